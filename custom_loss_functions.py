@@ -1,0 +1,182 @@
+"""Training losses for the CAE: SSIM, MS-SSIM, L2 and MSE.
+
+Each loss is a pure function ``f(y_true, y_pred) -> (batch,)`` returning **one value per
+image** (Keras then averages over the batch, so results do not depend on a distribution
+strategy), plus a small serialisable :class:`keras.losses.Loss` wrapper, registered under
+the package ``cae`` so saved ``.keras`` models load in safe mode without custom objects
+(importing this module is enough). Images are float tensors in [0, 1], NHWC.
+"""
+import math
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+SSIM_FILTER_SIZE = 11
+SSIM_SIGMA = 1.5
+SSIM_C1 = 0.01 ** 2
+SSIM_C2 = 0.03 ** 2
+MSSSIM_POWER_FACTORS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
+LOSSES = ("ssim", "mssim", "l2", "mse")
+
+
+def gaussian_window(size=SSIM_FILTER_SIZE, sigma=SSIM_SIGMA):
+    """Normalised 1-D Gaussian window (the SSIM window is its outer product)."""
+    ax = np.arange(size, dtype=np.float64) - (size - 1) / 2.0
+    g = np.exp(-(ax ** 2) / (2.0 * sigma ** 2))
+    return (g / g.sum()).astype(np.float32)
+
+
+def ssim_map(x, y, full=False):
+    """Per-pixel SSIM of two N×H×W×C batches in [0, 1] (TensorFlow, differentiable).
+
+    ``SSIM = ((2 μx μy + C1)(2 σxy + C2)) / ((μx² + μy² + C1)(σx² + σy² + C2))`` with
+    local statistics under an 11×11 Gaussian window (σ 1.5), data range 1, C1 = 0.01²,
+    C2 = 0.03², per channel. The window is applied as two 1-D passes (5.5× cheaper than
+    a 2-D one). ``full=False``: only positions where the window fits (H−10 × W−10, as
+    ``tf.image.ssim``); ``full=True``: images padded by reflection (``a b c | c b a``,
+    scipy's ``reflect``) so the map has the input's size and equals scikit-image's
+    ``structural_similarity(..., gaussian_weights=True, sigma=1.5,
+    use_sample_covariance=False, data_range=1, full=True)``.
+    """
+    x = tf.convert_to_tensor(x, tf.float32)
+    y = tf.convert_to_tensor(y, tf.float32)
+    channels = int(x.shape[-1])
+    g = gaussian_window()
+    # The five local statistics are blurred in one pass, stacked along channels.
+    k_rows = tf.constant(np.tile(g[:, None, None, None], (1, 1, 5 * channels, 1)))
+    k_cols = tf.constant(np.tile(g[None, :, None, None], (1, 1, 5 * channels, 1)))
+    pad = SSIM_FILTER_SIZE // 2
+
+    def blur(t):
+        if full:
+            t = tf.pad(t, [[0, 0], [pad, pad], [pad, pad], [0, 0]], mode="SYMMETRIC")
+        t = tf.nn.depthwise_conv2d(t, k_rows, strides=[1, 1, 1, 1], padding="VALID")
+        return tf.nn.depthwise_conv2d(t, k_cols, strides=[1, 1, 1, 1], padding="VALID")
+
+    mu_x, mu_y, exx, eyy, exy = tf.split(blur(tf.concat([x, y, x * x, y * y, x * y], axis=-1)), 5, axis=-1)
+    sxx, syy, sxy = exx - mu_x * mu_x, eyy - mu_y * mu_y, exy - mu_x * mu_y
+    num = (2.0 * mu_x * mu_y + SSIM_C1) * (2.0 * sxy + SSIM_C2)
+    den = (mu_x * mu_x + mu_y * mu_y + SSIM_C1) * (sxx + syy + SSIM_C2)
+    return num / den
+
+
+def ssim_loss(y_true, y_pred):
+    """1 − SSIM per image: ``1 − mean_{h,w,c} SSIM map`` (see :func:`ssim_map`, valid window
+    positions as in ``tf.image.ssim``). For RGB every channel counts, not just one.
+    """
+    return 1.0 - tf.reduce_mean(ssim_map(y_true, y_pred), axis=[1, 2, 3])
+
+
+def msssim_scales(size):
+    """Number of MS-SSIM scales an image side of ``size`` pixels allows (at most 5).
+
+    Scale s works on the image downsampled 2^(s-1) times, which must still exceed the
+    11-px window: ``size > (11 - 1) · 2^(s-1)``; 5 scales need sides ≥ 161 px.
+    """
+    size = int(size)
+    if size <= SSIM_FILTER_SIZE - 1:
+        return 0
+    return max(1, min(len(MSSSIM_POWER_FACTORS), int(math.floor(math.log2((size - 1) / (SSIM_FILTER_SIZE - 1)))) + 1))
+
+
+def mssim_loss(y_true, y_pred, scales=None):
+    """1 − MS-SSIM per image.
+
+    ``MS-SSIM = Π_{s<S} cs_s^{w_s} · ssim_S^{w_S}`` over ``S`` dyadic scales with the
+    weights of Wang et al. (2003), truncated to ``S`` scales and renormalised to sum 1.
+    ``scales`` defaults to :func:`msssim_scales` of the smaller image side.
+    """
+    if scales is None:
+        side = min(int(y_true.shape[1]), int(y_true.shape[2]))
+        scales = msssim_scales(side)
+    if scales < 1:
+        raise ValueError(f"MS-SSIM needs image sides of at least {SSIM_FILTER_SIZE} px, got {y_true.shape[1:3]}")
+    weights = MSSSIM_POWER_FACTORS[:scales]
+    total = sum(weights)
+    weights = [w / total for w in weights]
+    return 1.0 - tf.image.ssim_multiscale(
+        y_true, y_pred, max_val=1.0, power_factors=weights,
+        filter_size=SSIM_FILTER_SIZE, filter_sigma=SSIM_SIGMA,
+    )
+
+
+def l2_loss(y_true, y_pred):
+    """Sum of squared differences per image: ``Σ_{h,w,c} (y − ŷ)²`` (Bergmann et al.'s L2)."""
+    return tf.reduce_sum(tf.square(y_true - y_pred), axis=[1, 2, 3])
+
+
+def mse_loss(y_true, y_pred):
+    """Mean squared error per image: ``mean_{h,w,c} (y − ŷ)²``."""
+    return tf.reduce_mean(tf.square(y_true - y_pred), axis=[1, 2, 3])
+
+
+@keras.saving.register_keras_serializable(package="cae")
+class SSIMLoss(keras.losses.Loss):
+    """Serializable wrapper of :func:`ssim_loss` (1 − SSIM per image)."""
+
+    def __init__(self, name="ssim", reduction="sum_over_batch_size", dtype=None):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+
+    def call(self, y_true, y_pred):
+        return ssim_loss(y_true, y_pred)
+
+
+@keras.saving.register_keras_serializable(package="cae")
+class MSSSIMLoss(keras.losses.Loss):
+    """Serializable wrapper of :func:`mssim_loss`; ``scales`` is fixed at build time."""
+
+    def __init__(self, scales=5, name="mssim", reduction="sum_over_batch_size", dtype=None):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        self.scales = int(scales)
+
+    def call(self, y_true, y_pred):
+        return mssim_loss(y_true, y_pred, scales=self.scales)
+
+    def get_config(self):
+        return {**super().get_config(), "scales": self.scales}
+
+
+@keras.saving.register_keras_serializable(package="cae")
+class L2Loss(keras.losses.Loss):
+    """Serializable wrapper of :func:`l2_loss` (sum of squared differences per image)."""
+
+    def __init__(self, name="l2", reduction="sum_over_batch_size", dtype=None):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+
+    def call(self, y_true, y_pred):
+        return l2_loss(y_true, y_pred)
+
+
+@keras.saving.register_keras_serializable(package="cae")
+class MSELoss(keras.losses.Loss):
+    """Serializable wrapper of :func:`mse_loss` (mean squared error per image)."""
+
+    def __init__(self, name="mse", reduction="sum_over_batch_size", dtype=None):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+
+    def call(self, y_true, y_pred):
+        return mse_loss(y_true, y_pred)
+
+
+def get_loss(name, size):
+    """The loss object for ``name`` at square image side ``size``.
+
+    Raises ``ValueError`` (repeating the bad value) for an unknown name or a size that
+    MS-SSIM cannot handle.
+    """
+    if name == "ssim":
+        return SSIMLoss()
+    if name == "mssim":
+        scales = msssim_scales(size)
+        if scales < 2:
+            raise ValueError(
+                f"MS-SSIM needs at least 2 scales, i.e. images of at least {2 * (SSIM_FILTER_SIZE - 1) + 1} px; "
+                f"got --size {size} (use -l ssim)"
+            )
+        return MSSSIMLoss(scales=scales)
+    if name == "l2":
+        return L2Loss()
+    if name == "mse":
+        return MSELoss()
+    raise ValueError(f"unknown loss {name!r}; choose one of {', '.join(LOSSES)}")

@@ -1,0 +1,235 @@
+"""The MVTec AD data layout, image loading and the training input pipeline.
+
+One home for: which files count as images, how a class folder is laid out
+(``train/good``, ``test/<defect>``, ``ground_truth/<defect>/<stem>_mask.png``), loading
+and resizing to the model's size and colour mode, the seeded validation split, and the
+``tf.data`` pipeline with augmentation.
+"""
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from utils import UserError, warn
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+COLOR_MODES = {"grayscale": ("L", 1), "rgb": ("RGB", 3)}
+GOOD = "good"
+
+
+def is_image_name(path):
+    """True when ``path`` has a supported image extension (any case)."""
+    return Path(path).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def list_images(folder, recursive=False):
+    """Sorted image files in ``folder`` (recursively if asked); other files get a warning."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"folder not found: {folder}")
+    entries = folder.rglob("*") if recursive else folder.iterdir()
+    images = []
+    for path in sorted(entries):
+        if not path.is_file() or path.name.startswith("."):
+            continue
+        if is_image_name(path):
+            images.append(path)
+        else:
+            warn(f"skipping {path}: not an image file (supported: {', '.join(IMAGE_EXTENSIONS)})")
+    return images
+
+
+def output_stems(paths):
+    """A name per image for its output files: the file stem, or the whole name with the dot
+    replaced where two images in one folder share a stem (``x.png`` and ``x.bmp``)."""
+    seen = {}
+    for p in paths:
+        key = (Path(p).parent, Path(p).stem)
+        seen[key] = seen.get(key, 0) + 1
+    return [Path(p).stem if seen[(Path(p).parent, Path(p).stem)] == 1 else Path(p).name.replace(".", "_")
+            for p in paths]
+
+
+def channels_of(color):
+    """Number of channels of a colour mode (``grayscale`` → 1, ``rgb`` → 3)."""
+    if color not in COLOR_MODES:
+        raise ValueError(f"unknown colour mode {color!r}; choose one of {', '.join(COLOR_MODES)}")
+    return COLOR_MODES[color][1]
+
+
+def _to_mode(image, color):
+    mode = COLOR_MODES[color][0]
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16-bit images: scale to 8 bits instead of clipping everything above 255.
+        array = np.asarray(image, dtype=np.float64)
+        image = Image.fromarray(np.clip(array / (65535.0 if array.max() > 255 else 255.0) * 255.0, 0, 255).astype(np.uint8))
+    if image.mode in ("RGBA", "LA", "P"):
+        image = image.convert("RGBA").convert("RGB") if mode == "RGB" else image.convert("L")
+    return image.convert(mode)
+
+
+def load_image(path, color, size=None):
+    """Read one image as float32 H×W×C in [0, 1], in ``color`` mode, resized to ``size``.
+
+    Shrinking uses area interpolation (Pillow's box filter); enlarging uses bicubic.
+    Raises :class:`UserError` if the file cannot be read as an image.
+    """
+    try:
+        with Image.open(path) as image:
+            image.load()
+            image = _to_mode(image, color)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise UserError(f"cannot read image {path}: {exc.__class__.__name__}") from None
+    if size is not None and image.size != (size, size):
+        shrinking = image.size[0] >= size and image.size[1] >= size
+        image = image.resize((size, size), Image.Resampling.BOX if shrinking else Image.Resampling.BICUBIC)
+    array = np.asarray(image, dtype=np.float32) / 255.0
+    if array.ndim == 2:
+        array = array[..., None]
+    return array
+
+
+def image_size(path):
+    """(width, height) of an image file without decoding its pixels."""
+    with Image.open(path) as image:
+        return image.size
+
+
+def load_images(paths, color, size, progress=None):
+    """Load many images into one float32 N×H×W×C array.
+
+    Unreadable files are skipped with a warning; returns ``(array, kept_paths)``.
+    Raises :class:`UserError` when none can be read.
+    """
+    from tqdm import tqdm
+
+    arrays, kept = [], []
+    iterator = tqdm(paths, desc=progress, unit="img", leave=False, disable=None) if progress else paths
+    for path in iterator:
+        try:
+            arrays.append(load_image(path, color, size))
+            kept.append(Path(path))
+        except UserError as exc:
+            warn(f"skipping: {exc}")
+    if not arrays:
+        raise UserError(f"no readable images among {len(paths)} file(s)")
+    return np.stack(arrays), kept
+
+
+def load_mask(path, size):
+    """Read a ground-truth mask as a bool array of ``size`` (nearest-neighbour resize, with a warning)."""
+    try:
+        with Image.open(path) as image:
+            mask = image.convert("L")
+    except (UnidentifiedImageError, OSError) as exc:
+        raise UserError(f"cannot read mask {path}: {exc.__class__.__name__}") from None
+    if size is not None and mask.size != tuple(size):
+        warn(f"mask {path} is {mask.size[0]}x{mask.size[1]}, its image {size[0]}x{size[1]}: resized (nearest neighbour)")
+        mask = mask.resize(tuple(size), Image.Resampling.NEAREST)
+    return np.asarray(mask) > 127
+
+
+# ---- the MVTec layout ----
+
+def check_class_dir(directory):
+    """Validate a class folder for training; return ``(class_dir, train_good_dir)``."""
+    class_dir = Path(directory)
+    if not class_dir.is_dir():
+        raise UserError(f"directory not found: {directory}")
+    good = class_dir / "train" / GOOD
+    if not good.is_dir():
+        raise UserError(f"no train/good folder in {directory} (expected MVTec AD layout: <class>/train/good/*.png)")
+    return class_dir, good
+
+
+def list_test_images(class_dir):
+    """Every test image of a class: list of ``(path, defect_type, mask_path_or_None)``.
+
+    Folder ``good`` is defect-free; any other folder under ``test/`` is a defect type whose
+    masks are ``ground_truth/<defect>/<stem>_mask.png`` when they exist.
+    """
+    test_dir = Path(class_dir) / "test"
+    if not test_dir.is_dir():
+        raise UserError(f"no test folder in {class_dir} (expected <class>/test/<good|defect>/*.png)")
+    items = []
+    for defect_dir in sorted(p for p in test_dir.iterdir() if p.is_dir()):
+        defect = defect_dir.name
+        for path in list_images(defect_dir):
+            mask = Path(class_dir) / "ground_truth" / defect / f"{path.stem}_mask.png"
+            items.append((path, defect, mask if defect != GOOD and mask.is_file() else None))
+    if not items:
+        raise UserError(f"no test images under {test_dir}")
+    return items
+
+
+def split_validation(paths, val_split, seed):
+    """Random, seeded split of ``paths`` into ``(train, validation)``, both sorted.
+
+    At least one image goes to each side; raises :class:`UserError` if that is impossible.
+    """
+    if not 0.0 < val_split < 1.0:
+        raise UserError(f"--val-split must be between 0 and 1 (exclusive), got {val_split}")
+    paths = sorted(paths)
+    n_val = max(1, int(round(len(paths) * val_split)))
+    if len(paths) - n_val < 1:
+        raise UserError(
+            f"{len(paths)} training image(s) are too few for a validation split of {val_split}: "
+            "need at least 2 (one to train on, one to validate)"
+        )
+    order = np.random.default_rng(seed).permutation(len(paths))
+    val = sorted(paths[i] for i in order[:n_val])
+    train = sorted(paths[i] for i in order[n_val:])
+    return train, val
+
+
+def files_hash(names):
+    """SHA-256 of a list of file names (recorded so a run's validation list can be checked)."""
+    return hashlib.sha256("\n".join(str(n) for n in names).encode()).hexdigest()
+
+
+def relative_to(path, root):
+    """``path`` relative to ``root`` as a POSIX string (falls back to the absolute path)."""
+    try:
+        return Path(os.path.relpath(path, root)).as_posix()
+    except ValueError:
+        return str(Path(path).resolve())
+
+
+# ---- tf.data pipeline ----
+
+def augmenter(flip=False, seed=0):
+    """Keras preprocessing layers for training images: rotation ±10°, shift 5%, brightness ×0.95–1.05, mirror if ``flip``."""
+    import keras
+
+    steps = [
+        keras.layers.RandomRotation(10.0 / 360.0, fill_mode="reflect", seed=seed),
+        keras.layers.RandomTranslation(0.05, 0.05, fill_mode="reflect", seed=seed + 1),
+    ]
+    if flip:
+        steps.append(keras.layers.RandomFlip("horizontal_and_vertical", seed=seed + 2))
+    return keras.Sequential(steps, name="augment")
+
+
+def make_dataset(images, batch, training, augment=True, flip=False, seed=0):
+    """``tf.data`` pipeline of ``(x, x)`` batches from an in-memory N×H×W×C array.
+
+    Images are decoded once (they arrive decoded) and cached; training batches are shuffled
+    and augmented (vectorised per batch) in parallel with the model's step, then prefetched.
+    """
+    import tensorflow as tf
+
+    ds = tf.data.Dataset.from_tensor_slices(images).cache()
+    if training:
+        ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch)
+    if training and augment:
+        layers = augmenter(flip=flip, seed=seed)
+        def _augment(x):
+            x = layers(x, training=True)
+            gain = tf.random.uniform([tf.shape(x)[0], 1, 1, 1], 0.95, 1.05)
+            return tf.clip_by_value(x * gain, 0.0, 1.0)
+
+        ds = ds.map(_augment, num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.map(lambda x: (x, x)).prefetch(tf.data.AUTOTUNE)

@@ -1,0 +1,58 @@
+"""Shared fixtures: a tiny generated dataset and a tiny trained run (session-scoped, CPU-fast)."""
+import os
+import sys
+from argparse import Namespace
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+SIZE = 48
+REAL_BOTTLE = ROOT.parent / "shared" / "data" / "mvtec_real" / "bottle"
+
+
+def train_args(directory, out, **overrides):
+    """The Namespace ``train.py new`` would build, with tiny-run defaults."""
+    args = dict(directory=str(directory), architecture="mvtec2", batch=4, loss="ssim", color="grayscale",
+                instances=10000, tag="test", size=SIZE, epochs=2, lr=2e-4, seed=0, val_split=0.2, patience=10,
+                no_augment=False, flip=False, weights="none", out=str(out))
+    args.update(overrides)
+    return Namespace(**args)
+
+
+def cli(main, argv, capsys):
+    """Run a script's ``main`` through ``run_cli``; return ``(exit code, stdout, stderr)``."""
+    from utils import run_cli
+
+    try:
+        code = run_cli(main, argv)
+    except SystemExit as exc:  # argparse's own errors
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory):
+    """A grayscale MVTec-layout class (brick, 48 px): 14 train, 3 good test, 2 per defect type."""
+    import make_dataset
+
+    root = tmp_path_factory.mktemp("mvtec")
+    (class_dir,) = make_dataset.generate(root, classes=("brick",), size=SIZE, n_train=14, n_test_good=3,
+                                         n_test_defect=2, seed=0)
+    return class_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_dataset, tmp_path_factory):
+    """A 2-epoch mvtec2/ssim run on the tiny dataset; returns the run folder."""
+    import training
+
+    out = tmp_path_factory.mktemp("runs")
+    run_dir, _ = training.new_run(train_args(tiny_dataset, out))
+    return run_dir

@@ -1,0 +1,202 @@
+"""train.py new/resume: the run folder, resuming, and one-line errors for bad input."""
+import datetime as dt
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+import runs
+import train
+import training
+from conftest import ROOT, SIZE, cli, train_args
+
+
+def test_run_folder_has_every_file(tiny_run, tiny_dataset):
+    parts = tiny_run.parts
+    assert parts[-5:-1] == (tiny_dataset.parent.name, "brick", "mvtec2", "SSIM")
+    dt.datetime.strptime(parts[-1], "%Y-%m-%d_%H-%M-%S")  # timestamp, no colons
+    for name in ("CAE_mvtec2_b4.keras", "setup.json", "history.csv", "loss_curve.png", "validation_files.txt"):
+        assert (tiny_run / name).is_file(), name
+    assert not (tiny_run / runs.BACKUP).exists()
+    setup = json.loads((tiny_run / "setup.json").read_text())
+    assert setup["epochs_run"] == 2 and setup["status"] == "done" and setup["seed"] == 0
+    assert setup["n_images"] == 14 and setup["n_train"] + setup["n_validation"] == 14
+    assert {"keras", "numpy", "python"} <= set(setup["versions"])
+    history = pd.read_csv(tiny_run / "history.csv")
+    assert list(history["epoch"]) == [0, 1] and {"loss", "val_loss"} <= set(history.columns)
+    assert setup["best_val_loss"] == pytest.approx(history["val_loss"].min())
+
+
+def test_validation_files_are_held_back_and_hashed(tiny_run, tiny_dataset):
+    import data
+
+    names = (tiny_run / "validation_files.txt").read_text().split()
+    setup = json.loads((tiny_run / "setup.json").read_text())
+    assert len(names) == setup["n_validation"] == 3  # 20% of 14
+    assert all((tiny_dataset / n).is_file() and n.startswith("train/good/") for n in names)
+    assert data.files_hash(names) == setup["validation_files_sha256"]
+
+
+def test_model_loads_in_safe_mode_without_custom_objects(tiny_run):
+    code = ("import keras, numpy as np; m = keras.models.load_model(r'%s', safe_mode=True, compile=False); "
+            "print(m.predict(np.zeros((1, %d, %d, 1), 'float32'), verbose=0).shape)") % (tiny_run / "CAE_mvtec2_b4.keras", SIZE, SIZE)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/", timeout=300)
+    assert out.returncode == 0, out.stderr[-500:]
+    assert f"(1, {SIZE}, {SIZE}, 1)" in out.stdout
+
+
+def test_best_model_is_saved_not_the_last(tiny_run):
+    import keras
+
+    import custom_loss_functions as clf
+    import data
+
+    setup = json.loads((tiny_run / "setup.json").read_text())
+    model = keras.models.load_model(tiny_run / "CAE_mvtec2_b4.keras", compile=False)
+    names = (tiny_run / "validation_files.txt").read_text().split()
+    images, _ = data.load_images([runs.Path(setup["directory"]) / n for n in names], "grayscale", SIZE)
+    loss = float(np.mean(clf.ssim_loss(images, model.predict(images, verbose=0))))
+    assert loss == pytest.approx(setup["best_val_loss"], abs=2e-3)
+
+
+def test_resume_extends_a_finished_run(tiny_dataset, tmp_path, capsys):
+    run_dir, _ = training.new_run(train_args(tiny_dataset, tmp_path, epochs=1, architecture="mvtec", size=32))
+    code, out, err = cli(train.main, ["resume", "-p", str(run_dir / "CAE_mvtec_b4.keras"), "-e", "2"], capsys)
+    assert code == 0, err
+    assert out.strip().splitlines()[-1] == str(run_dir)
+    setup = json.loads((run_dir / "setup.json").read_text())
+    assert setup["epochs_run"] == 3
+    assert list(pd.read_csv(run_dir / "history.csv")["epoch"]) == [0, 1, 2]
+    code, _, err = cli(train.main, ["resume", "-p", str(run_dir)], capsys)
+    assert code == 2 and "already finished 3 epochs" in err
+
+
+def test_interrupted_run_resumes_from_last_finished_epoch(tiny_dataset, tmp_path, monkeypatch, capsys):
+    import keras
+
+    real = training._callbacks
+
+    class Crash(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 1:
+                raise KeyboardInterrupt  # like Ctrl-C right after epoch 2 was backed up
+
+    monkeypatch.setattr(training, "_callbacks", lambda *a, **k: real(*a, **k) + [Crash()])
+    with pytest.raises(KeyboardInterrupt):
+        training.new_run(train_args(tiny_dataset, tmp_path, epochs=4, architecture="mvtec", size=32))
+    (run_dir,) = list(tmp_path.glob("*/*/*/*/*"))
+    state = json.loads((run_dir / "backup" / "state.json").read_text())
+    assert state["epoch"] == 2
+    monkeypatch.setattr(training, "_callbacks", real)
+    code, out, err = cli(train.main, ["resume", "-p", str(run_dir)], capsys)
+    assert code == 0, err
+    assert "resuming interrupted run at epoch 3" in out
+    assert list(pd.read_csv(run_dir / "history.csv")["epoch"]) == [0, 1, 2, 3]
+    assert json.loads((run_dir / "setup.json").read_text())["epochs_run"] == 4
+    assert not (run_dir / "backup").exists()
+
+
+def test_new_cli_prints_run_folder_last_and_absolute_path_stays_in_out(tiny_dataset, tmp_path, capsys):
+    out_dir = tmp_path / "out"
+    code, out, err = cli(train.main, ["new", "-d", str(tiny_dataset.resolve()), "-a", "mvtec", "--size", "32",
+                                      "--epochs", "1", "-b", "4", "-l", "l2", "--out", str(out_dir)], capsys)
+    assert code == 0, err
+    run_dir = runs.Path(out.strip().splitlines()[-1])
+    assert out_dir in run_dir.parents and run_dir.parts[-3:-1] == ("mvtec", "L2")
+    assert "trained 1 epochs" in out
+
+
+def test_same_second_runs_get_a_suffix(tmp_path):
+    now = dt.datetime(2026, 1, 2, 3, 4, 5)
+    a = runs.new_run_dir(tmp_path, tmp_path / "ds" / "cls", "mvtec", "ssim", now=now)
+    b = runs.new_run_dir(tmp_path, tmp_path / "ds" / "cls", "mvtec", "ssim", now=now)
+    assert a.name == "2026-01-02_03-04-05" and b.name == "2026-01-02_03-04-05_1"
+
+
+def test_epochs_from_instances():
+    assert training.epochs_for(10000, 188) == 53
+    assert training.epochs_for(10, 188) == 1
+    assert training.freeze_epochs("resnet", 10) == 7 and training.freeze_epochs("mvtec", 10) == 0
+
+
+def _bad(tmp_path, name):
+    root = tmp_path / name / "cls"
+    (root / "train" / "good").mkdir(parents=True)
+    return root
+
+
+@pytest.mark.parametrize("case,extra,message", [
+    ("missing_dir", None, "directory not found"),
+    ("no_train_good", None, "no train/good folder"),
+    ("empty", None, "no images in"),
+    ("only_broken", None, "no readable images"),
+    ("one_image", None, "too few for a validation split"),
+    ("bad_size", ["--size", "100"], "size 100 does not fit"),
+    ("bad_batch", ["-b", "0"], "--batch must be >= 1"),
+    ("bad_split", ["--val-split", "0"], "--val-split must be between 0 and 1"),
+    ("bad_lr", ["--lr", "-1"], "--lr must be > 0"),
+    ("weights_missing", ["-a", "resnet", "--size", "96", "--weights", "imagenet"], "not in Keras's cache"),
+])
+def test_bad_input_one_line_error_no_run_folder(tmp_path, capsys, monkeypatch, case, extra, message, tiny_dataset):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
+    if case == "missing_dir":
+        directory = tmp_path / "nope"
+    elif case == "no_train_good":
+        directory = tmp_path / "plain"
+        directory.mkdir()
+    else:
+        directory = _bad(tmp_path, case)
+        good = directory / "train" / "good"
+        if case == "only_broken":
+            (good / "x.png").write_bytes(b"garbage")
+        elif case == "one_image":
+            Image.fromarray(np.zeros((32, 32), np.uint8)).save(good / "a.png")
+        elif case != "empty":
+            directory = tiny_dataset
+    out_dir = tmp_path / "out"
+    argv = ["new", "-d", str(directory), "--epochs", "1", "--size", "32", "--out", str(out_dir)] + (extra or [])
+    code, _, err = cli(train.main, argv, capsys)
+    assert code == 2
+    lines = [line for line in err.strip().splitlines() if not line.startswith("warning:")]
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in err
+    assert not any(p.is_dir() and any(p.iterdir()) for p in out_dir.glob("*/*/*/*")) if out_dir.exists() else True
+    assert not list(out_dir.rglob("setup.json"))
+
+
+def test_non_image_file_is_skipped_with_warning(tiny_dataset, tmp_path, capsys):
+    import shutil
+
+    copy = tmp_path / "ds" / "cls"
+    shutil.copytree(tiny_dataset / "train", copy / "train")
+    (copy / "train" / "good" / "readme.txt").write_text("not an image")
+    (copy / "train" / "good" / "broken.png").write_bytes(b"garbage")
+    code, out, err = cli(train.main, ["new", "-d", str(copy), "-a", "mvtec", "--size", "32", "--epochs", "1",
+                                      "--out", str(tmp_path / "out")], capsys)
+    assert code == 0
+    assert "readme.txt" in err and "broken.png" in err
+    setup = json.loads((runs.Path(out.strip().splitlines()[-1]) / "setup.json").read_text())
+    assert setup["n_images"] == 14
+
+
+def test_unknown_option_values_and_bad_resume_paths(tmp_path, capsys):
+    code, _, err = cli(train.main, ["new", "-d", "x", "-a", "vgg"], capsys)
+    assert code == 2 and "invalid choice: 'vgg'" in err
+    code, _, err = cli(train.main, ["resume", "-p", str(tmp_path)], capsys)
+    assert code == 2 and "is not a run folder" in err
+    code, _, err = cli(train.main, ["resume", "-p", str(tmp_path / "missing")], capsys)
+    assert code == 2 and "not a run folder" in err
+
+
+def test_help_lists_every_option_with_default():
+    out = subprocess.run([sys.executable, str(ROOT / "train.py"), "new", "--help"], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0
+    text = " ".join(out.stdout.split())
+    for flag in ("--directory", "--architecture", "--batch", "--loss", "--color", "--instances", "--tag", "--size",
+                 "--epochs", "--lr", "--seed", "--val-split", "--patience", "--no-augment", "--flip", "--weights", "--out"):
+        assert flag in text, flag
+    assert "(default: 256)" in text and "(default: 0.0002)" in text

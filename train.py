@@ -1,0 +1,65 @@
+"""Train a convolutional autoencoder on defect-free images (``train/good``).
+
+    python3 train.py new -d mvtec/capsule -a mvtec -b 12 -l ssim -c grayscale -t "first try"
+    python3 train.py resume -p saved_models/<...run folder...> [-e MORE_EPOCHS]
+
+The last line printed is the run folder's path.
+"""
+import argparse
+import sys
+
+from utils import quiet_tensorflow, run_cli
+
+quiet_tensorflow()
+
+
+def get_parser():
+    """Command-line options of ``train.py``."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{new,resume}")
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    new = sub.add_parser("new", help="train a new model", formatter_class=fmt)
+    new.add_argument("-d", "--directory", required=True, help="class folder holding train/good (MVTec AD layout)")
+    new.add_argument("-a", "--architecture", choices=("mvtec", "mvtec2", "resnet"), default="mvtec2",
+                     help="mvtec: Bergmann's CAE (1x1x100 code); mvtec2: same with a spatial 8x8xk code; "
+                          "resnet: InceptionResNetV2 encoder")
+    new.add_argument("-b", "--batch", type=int, default=8, help="batch size")
+    new.add_argument("-l", "--loss", choices=("ssim", "mssim", "l2", "mse"), default="ssim",
+                     help="training loss (1-SSIM, 1-MS-SSIM, summed or mean squared error)")
+    new.add_argument("-c", "--color", choices=("grayscale", "rgb"), default="grayscale", help="colour mode images are read in")
+    new.add_argument("-i", "--instances", type=int, default=10000,
+                     help="images to show the model; epochs = max(1, instances // training images)")
+    new.add_argument("-t", "--tag", default="", help="free text stored in setup.json")
+    new.add_argument("--size", type=int, default=256, help="square side images are resized to (px)")
+    new.add_argument("--epochs", type=int, default=None, help="number of epochs (overrides -i)")
+    new.add_argument("--lr", type=float, default=2e-4, help="Adam learning rate")
+    new.add_argument("--seed", type=int, default=0, help="random seed (split, shuffling, augmentation, weights)")
+    new.add_argument("--val-split", type=float, default=0.1, help="share of train/good held back for validation and thresholds")
+    new.add_argument("--patience", type=int, default=10, help="early stopping after this many epochs without a better validation loss (0: off)")
+    new.add_argument("--no-augment", action="store_true", help="train without augmentation (rotation, shift, brightness)")
+    new.add_argument("--flip", action="store_true", help="add mirror augmentation (for textures, not for oriented objects)")
+    new.add_argument("--weights", default="imagenet",
+                     help="resnet encoder weights: imagenet (from Keras's cache only, no download here), none, or a weights file")
+    new.add_argument("--out", default="saved_models", help="root folder for run folders")
+    resume = sub.add_parser("resume", help="continue an interrupted run, or extend a finished one", formatter_class=fmt)
+    resume.add_argument("-p", "--path", required=True, help="run folder (or the .keras model file inside it)")
+    resume.add_argument("-e", "--epochs", type=int, default=None, help="epochs to add to a finished (or interrupted) run")
+    return parser
+
+
+def main(argv=None):
+    """Parse arguments, train, print a one-line summary and the run folder."""
+    args = get_parser().parse_args(argv)
+    import training
+
+    if args.command == "new":
+        run_dir, setup = training.new_run(args)
+    else:
+        run_dir, setup = training.resume_run(args.path, args.epochs)
+    print(f"trained {setup['epochs_run']} epochs, best validation loss {setup['best_val_loss']:.5f} "
+          f"(epoch {setup['best_epoch']}), {setup['training_seconds']:.0f} s")
+    print(run_dir)
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

@@ -1,0 +1,69 @@
+"""Small pieces every command-line script shares: user errors, the CLI wrapper, seeding.
+
+A script raises :class:`UserError` for anything the user can fix (a wrong path, an
+impossible value); :func:`run_cli` turns it into one line on stderr and exit code 2,
+so users never see a traceback for their own mistakes.
+"""
+import os
+import sys
+import warnings
+
+EXIT_USER_ERROR = 2
+
+
+class UserError(Exception):
+    """An error caused by the user's input; printed as one line, no traceback."""
+
+
+def warn(message):
+    """Print a one-line warning on stderr (not through `warnings`, which adds file/line noise).
+
+    Goes through ``tqdm.write`` so it does not break a progress bar on the terminal.
+    """
+    from tqdm import tqdm
+
+    tqdm.write(f"warning: {message}", file=sys.stderr)
+
+
+def quiet_tensorflow():
+    """Silence TensorFlow's C++ start-up chatter; must run before TensorFlow is imported."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    warnings.filterwarnings("ignore", category=UserWarning, module="keras")
+
+
+def run_cli(main, argv=None):
+    """Run ``main(argv)``; map user errors and Ctrl-C to a one-line message and exit code.
+
+    Returns the process exit code (0 on success) so ``__main__`` can ``sys.exit`` it.
+    """
+    prog = os.path.basename(sys.argv[0]) or "cae"
+    try:
+        main(argv)
+    except UserError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr, flush=True)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr, flush=True)
+        return 130
+    return 0
+
+
+def set_seed(seed):
+    """Seed Python, NumPy and TensorFlow (through Keras) for reproducible runs."""
+    import keras
+
+    keras.utils.set_random_seed(int(seed))
+
+
+def package_versions():
+    """Versions of the packages that decide a run's numbers (for setup.json)."""
+    import importlib.metadata as md
+
+    versions = {"python": sys.version.split()[0]}
+    for name in ("tensorflow", "tensorflow-cpu", "keras", "numpy", "scikit-image", "scikit-learn"):
+        try:
+            versions[name] = md.version(name)
+        except md.PackageNotFoundError:
+            pass
+    return versions
