@@ -1,0 +1,355 @@
+"""Tests for metrics.py: hand-derived values and independent brute-force implementations."""
+import json
+import os
+import sys
+import warnings
+
+import numpy as np
+import pytest
+from scipy import ndimage
+from skimage.measure import label as sk_label
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import metrics  # noqa: E402
+
+_trapz = getattr(np, "trapezoid", None) or np.trapz
+
+
+# ------------------------------------------------------------------ brute force
+
+
+def brute_force_au_pro(maps, masks, fpr_limit=0.3):
+    """Threshold-by-threshold PRO, independent of metrics.pro_curve.
+
+    Regions: skimage 8-connected labelling. For every unique score t (descending):
+    PRO(t) = mean over all regions of mean(map[region] >= t),
+    FPR(t) = mean(map[ok] >= t) over all defect-free pixels of all images.
+    Curve gets (0, 0) in front and (1, 1) at the end; integrated up to fpr_limit with
+    np.interp at fpr_limit and np.trapezoid.
+    """
+    regions, ok_scores = [], []
+    for m, g in zip(maps, masks):
+        lab = sk_label(np.asarray(g) != 0, connectivity=2)
+        for k in range(1, lab.max() + 1):
+            regions.append(m[lab == k])
+        ok_scores.append(m[lab == 0])
+    ok_scores = np.concatenate(ok_scores)
+    thresholds = np.unique(np.concatenate([np.ravel(m) for m in maps]))[::-1]
+    fprs = [0.0]
+    pros = [0.0]
+    for t in thresholds:
+        fprs.append(np.mean(ok_scores >= t))
+        pros.append(np.mean([np.mean(r >= t) for r in regions]))
+    fprs.append(1.0)
+    pros.append(1.0)
+    fprs, pros = np.array(fprs), np.array(pros)
+
+    below = fprs <= fpr_limit
+    x, y = list(fprs[below]), list(pros[below])
+    if fpr_limit not in fprs:
+        # neighbours of fpr_limit on the polyline: last point at or below, first above
+        lo = np.flatnonzero(below)[-1]
+        hi = np.flatnonzero(~below)[0]
+        x.append(fpr_limit)
+        y.append(np.interp(fpr_limit, [fprs[lo], fprs[hi]], [pros[lo], pros[hi]]))
+    return _trapz(y, x) / fpr_limit
+
+
+def brute_force_auroc(scores, truth):
+    """Mann-Whitney U / (n_pos * n_neg) by counting all pairs; ties count 1/2."""
+    pos = scores[truth]
+    neg = scores[~truth]
+    diff = pos[:, None] - neg[None, :]
+    return (np.sum(diff > 0) + 0.5 * np.sum(diff == 0)) / (pos.size * neg.size)
+
+
+def random_case(seed, n_images=6, shape=(24, 28), n_levels=12):
+    """Blobby random masks (several regions, some good images) and integer-quantised maps."""
+    rng = np.random.default_rng(seed)
+    maps, masks = [], []
+    for i in range(n_images):
+        if i % 3 == 0:
+            mask = np.zeros(shape, dtype=bool)  # good image
+        else:
+            noise = ndimage.gaussian_filter(rng.normal(size=shape), 1.5)
+            mask = noise > np.quantile(noise, 0.85)
+        raw = rng.normal(size=shape) + 1.5 * mask
+        amap = np.clip(np.round((raw + 2.5) * n_levels / 6), 0, n_levels).astype(np.float64)
+        maps.append(amap)
+        masks.append(mask)
+    return maps, masks
+
+
+# ------------------------------------------------------------------ pixel AUROC / PRO
+
+
+def _perfect_case():
+    masks = [np.zeros((16, 16), bool) for _ in range(4)]
+    masks[1][2:6, 3:9] = True
+    masks[2][10:14, 10:12] = True
+    masks[2][0:2, 0:2] = True
+    masks[3][5, 5] = True
+    maps = [m.astype(np.float64) for m in masks]
+    return maps, masks
+
+
+def test_perfect_map_gives_one():
+    maps, masks = _perfect_case()
+    assert metrics.pixel_auroc(maps, masks) == 1.0
+    assert metrics.au_pro(maps, masks) == pytest.approx(1.0, abs=1e-12)
+    assert metrics.au_pro(np.stack(maps), np.stack(masks), fpr_limit=0.05) == pytest.approx(1.0, abs=1e-12)
+
+
+def test_inverse_map_gives_zero():
+    maps, masks = _perfect_case()
+    inverse = [1.0 - m for m in maps]
+    assert metrics.pixel_auroc(inverse, masks) == 0.0
+    assert metrics.au_pro(inverse, masks) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_au_pro_analytic():
+    # One 2x7 image. Region = columns 0-1 (4 pixels, R = 4); ok pixels = columns 2-6 (10).
+    #   region half A: (0,0), (0,1) score 2.0  -> above every ok pixel
+    #   region half B: (1,0) score 0.8 (tied with one ok pixel), (1,1) score 0.0 (below all)
+    #   ok pixels: 1.0, 0.9, ..., 0.1 (distinct)
+    # PRO curve (one point per distinct score, thresholds descending):
+    #   start (0, 0); t=2.0: (0, .5); t=1.0: (.1, .5); t=.9: (.2, .5);
+    #   t=.8: (.3, .75)  <- the tied ok pixel and B1 enter together (diagonal segment);
+    #   t=.7..0.1: (.4..1.0, .75); t=0: (1, 1); end (1, 1).
+    # Area to 0.3: 0 (vertical) + .1*.5 + .1*.5 + .1*(.5+.75)/2 = .05+.05+.0625 = .1625
+    #   -> AU-PRO(0.3) = .1625/.3 = 0.541666...
+    #   (were B1 ranked before its tied ok pixel it would be .175/.3: ties matter.)
+    # To 0.25: interpolated point (.25, .625): .1 + .05*(.5+.625)/2 = .128125 -> /.25 = .5125
+    # To 1.0:  .1625 + .7*.75 = .6875
+    amap = np.array([
+        [2.0, 2.0, 1.0, 0.9, 0.8, 0.7, 0.6],
+        [0.8, 0.0, 0.5, 0.4, 0.3, 0.2, 0.1],
+    ])
+    mask = np.zeros((2, 7), dtype=np.uint8)
+    mask[:, :2] = 1
+    assert metrics.au_pro([amap], [mask], fpr_limit=0.3) == pytest.approx(0.1625 / 0.3, abs=1e-9)
+    assert metrics.au_pro([amap], [mask], fpr_limit=0.25) == pytest.approx(0.5125, abs=1e-9)
+    assert metrics.au_pro([amap], [mask], fpr_limit=1.0) == pytest.approx(0.6875, abs=1e-9)
+
+    fprs, pros = metrics.pro_curve([amap], [mask])
+    np.testing.assert_allclose(fprs[:6], [0, 0, .1, .2, .3, .4], atol=1e-12)
+    np.testing.assert_allclose(pros[:6], [0, .5, .5, .5, .75, .75], atol=1e-12)
+    np.testing.assert_allclose(fprs[-3:], [1, 1, 1], atol=1e-12)
+    np.testing.assert_allclose(pros[-3:], [.75, 1, 1], atol=1e-12)
+
+    value, f2, p2 = metrics.au_pro([amap], [mask], return_curve=True)
+    assert value == pytest.approx(0.1625 / 0.3, abs=1e-9)
+    np.testing.assert_array_equal(f2, fprs)
+    np.testing.assert_array_equal(p2, pros)
+
+
+def test_pro_regions_are_8_connected_and_fpr_includes_good_images():
+    # Mask pixels (0,0),(0,1),(0,2) and (1,3): diagonal contact -> ONE region of 4 pixels.
+    mask = np.zeros((4, 6), bool)
+    mask[0, :3] = True
+    mask[1, 3] = True
+    amap = np.zeros((4, 6))
+    amap[1, 3] = 3.0          # only the diagonal pixel is detected first
+    amap[3, 5] = 2.0          # one ok pixel in the defective image
+    good_map = np.zeros((4, 6))
+    good_map[0, 0] = 2.0      # one ok pixel in a good image, tied with it
+    fprs, pros = metrics.pro_curve([amap, good_map], [mask, np.zeros((4, 6))])
+    n_ok = 4 * 6 - 4 + 4 * 6   # 44 ok pixels in both images together
+    # 8-connectivity: PRO = 1/4 (4-connectivity would give (0 + 1)/2 = 0.5)
+    assert pros[1] == pytest.approx(0.25) and fprs[1] == 0.0
+    assert fprs[2] == pytest.approx(2 / n_ok) and pros[2] == pytest.approx(0.25)
+
+
+def test_au_pro_matches_brute_force_on_random_maps():
+    for seed in range(4):
+        maps, masks = random_case(seed)
+        assert sum(sk_label(m, connectivity=2).max() for m in masks) >= 4  # several regions
+        for limit in (0.3, 0.1, 1.0):
+            expected = brute_force_au_pro(maps, masks, fpr_limit=limit)
+            assert metrics.au_pro(maps, masks, fpr_limit=limit) == pytest.approx(expected, abs=1e-6)
+
+
+def test_pro_curve_errors():
+    maps = [np.random.default_rng(0).random((5, 5))]
+    with pytest.raises(ValueError, match="no defect region"):
+        metrics.pro_curve(maps, [np.zeros((5, 5))])
+    with pytest.raises(ValueError, match="no defect-free"):
+        metrics.pro_curve(maps, [np.ones((5, 5))])
+    with pytest.raises(ValueError, match="shape"):
+        metrics.pro_curve(maps, [np.ones((5, 6))])
+    with pytest.raises(ValueError, match="fpr_limit"):
+        metrics.au_pro(maps, [np.eye(5)], fpr_limit=0.0)
+
+
+def test_pixel_auroc_matches_mann_whitney():
+    rng = np.random.default_rng(1)
+    maps = [rng.integers(0, 6, size=(7, 9)).astype(float) for _ in range(3)]
+    masks = [rng.random((7, 9)) < 0.3 for _ in range(3)]
+    scores = np.concatenate([m.ravel() for m in maps])
+    truth = np.concatenate([g.ravel() for g in masks])
+    expected = brute_force_auroc(scores, truth)
+    assert metrics.pixel_auroc(maps, masks) == pytest.approx(expected, abs=1e-12)
+    # channel axis (N, H, W, 1) and 0/255 masks are accepted
+    maps4 = np.stack(maps)[..., None]
+    masks255 = np.stack(masks).astype(np.uint8) * 255
+    assert metrics.pixel_auroc(maps4, masks255) == pytest.approx(expected, abs=1e-12)
+    # one class only -> None
+    assert metrics.pixel_auroc(maps, [np.zeros((7, 9))] * 3) is None
+
+
+def test_pixel_roc_curve_is_subsampled():
+    rng = np.random.default_rng(2)
+    masks = [rng.random((64, 64)) < 0.2 for _ in range(4)]
+    maps = [rng.random((64, 64)) + 0.5 * g for g in masks]
+    fpr, tpr = metrics.pixel_roc_curve(maps, masks)
+    assert 2 <= len(fpr) <= 2000 and len(fpr) == len(tpr)
+    assert (fpr[0], tpr[0]) == (0.0, 0.0) and (fpr[-1], tpr[-1]) == (1.0, 1.0)
+    assert np.all(np.diff(fpr) >= 0) and np.all(np.diff(tpr) >= 0)
+    assert _trapz(tpr, fpr) == pytest.approx(metrics.pixel_auroc(maps, masks), abs=5e-3)
+    fpr_s, _ = metrics.pixel_roc_curve(maps, masks, max_points=50)
+    assert len(fpr_s) <= 50
+
+
+# ------------------------------------------------------------------ trapezoid
+
+
+def test_trapezoid_hand_values():
+    x = [0.0, 0.2, 0.5, 1.0]
+    y = [0.0, 0.4, 0.7, 1.0]
+    # full: .2*(0+.4)/2 + .3*(.4+.7)/2 + .5*(.7+1)/2 = .04 + .165 + .425 = .63
+    assert metrics.trapezoid(x, y) == pytest.approx(0.63, abs=1e-12)
+    # to 0.3: y(0.3) = .4 + (.7-.4)*(.3-.2)/(.5-.2) = .5 ; .04 + .1*(.4+.5)/2 = .085
+    assert metrics.trapezoid(x, y, x_max=0.3) == pytest.approx(0.085, abs=1e-12)
+    # x_max on a sample point: no interpolation
+    assert metrics.trapezoid(x, y, x_max=0.5) == pytest.approx(0.205, abs=1e-12)
+    # vertical step (repeated x): order of y kept
+    assert metrics.trapezoid([0, 0, 1], [0, 1, 1], x_max=0.5) == pytest.approx(0.5, abs=1e-12)
+    # non-finite points dropped (with a warning)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        v = metrics.trapezoid([0.0, 0.2, np.nan, 0.5, 1.0], [0.0, 0.4, 5.0, 0.7, np.inf])
+    assert v == pytest.approx(0.04 + 0.165, abs=1e-12)
+    assert any(issubclass(w.category, RuntimeWarning) for w in caught)
+    with pytest.raises(ValueError, match="sorted"):
+        metrics.trapezoid([0, 1, 0.5], [0, 1, 1])
+    with pytest.raises(ValueError, match="outside"):
+        metrics.trapezoid(x, y, x_max=1.5)
+
+
+# ------------------------------------------------------------------ image level
+
+
+def test_image_auroc_and_roc_curve():
+    labels = [0, 0, 0, 1, 1]
+    scores = [0.1, 0.4, 0.35, 0.8, 0.4]
+    # pairs (pos, neg): .8 beats all 3; .4 beats .1, .35, ties .4 -> (3 + 2.5) / 6
+    assert metrics.image_auroc(labels, scores) == pytest.approx(5.5 / 6, abs=1e-12)
+    assert metrics.image_auroc([1, 1], [0.2, 0.3]) is None
+    fpr, tpr = metrics.roc_curve(np.array(labels, bool), scores)
+    assert fpr[0] == 0 and tpr[-1] == 1 and fpr[-1] == 1
+    with pytest.raises(ValueError):
+        metrics.roc_curve([0, 0], [0.1, 0.2])
+
+
+# ------------------------------------------------------------------ classification
+
+
+def test_classification_metrics_hand_built():
+    truth = np.array([1, 1, 1, 1, 0, 0, 0, 0, 0, 0], bool)
+    pred = np.array([1, 1, 1, 0, 1, 1, 0, 0, 0, 0], bool)
+    r = metrics.classification_metrics(truth, pred)
+    assert (r["tp"], r["fn"], r["fp"], r["tn"]) == (3, 1, 2, 4)
+    assert r["tpr"] == pytest.approx(0.75)
+    assert r["tnr"] == pytest.approx(4 / 6)
+    assert r["accuracy"] == pytest.approx(0.7)
+    assert r["balanced_accuracy"] == pytest.approx((0.75 + 4 / 6) / 2)
+    assert r["precision"] == pytest.approx(0.6)
+    assert r["f1"] == pytest.approx(2 * 0.6 * 0.75 / (0.6 + 0.75))
+    assert r["confusion_matrix"] == {
+        "truth_good": {"pred_good": 4, "pred_defective": 2},
+        "truth_defective": {"pred_good": 1, "pred_defective": 3},
+    }
+    assert (r["n_images"], r["n_good"], r["n_defective"]) == (10, 6, 4)
+    assert r["undefined"] == []
+    assert json.loads(json.dumps(r)) == r
+    assert all(type(r[k]) is int for k in ("tp", "fp", "tn", "fn"))
+
+
+def test_classification_metrics_undefined():
+    r = metrics.classification_metrics([False, False, False], [True, False, False])
+    assert r["tpr"] is None and r["balanced_accuracy"] is None
+    assert r["tnr"] == pytest.approx(2 / 3)
+    assert r["precision"] == 0.0 and r["f1"] == 0.0
+    assert "TPR cannot be computed: no defective images" in r["undefined"]
+    assert any("balanced accuracy" in n for n in r["undefined"])
+
+    r = metrics.classification_metrics([False, False], [False, False])
+    assert r["precision"] is None and r["f1"] is None and r["tpr"] is None
+    assert any("precision" in n for n in r["undefined"])
+
+    r = metrics.classification_metrics([True, True], [True, False])
+    assert r["tnr"] is None and r["tpr"] == 0.5 and r["precision"] == 1.0
+    assert "TNR cannot be computed: no good images" in r["undefined"]
+    json.dumps(r)
+
+
+# ------------------------------------------------------------------ evaluate
+
+
+def _eval_case():
+    types = ["good", "good", "good", "crack", "crack", "scratch"]
+    labels = [t != "good" for t in types]
+    scores = [0.1, 0.2, 0.3, 0.9, 0.25, 0.05]
+    return types, labels, scores
+
+
+def test_evaluate_without_masks():
+    types, labels, scores = _eval_case()
+    r = metrics.evaluate(None, None, labels, scores, types)
+    json.dumps(r)
+    assert r["pixel_auroc"] is None and r["au_pro"] is None
+    assert metrics.NO_MASKS_NOTE in r["notes"]
+    assert set(r["per_defect_type"]) == {"crack", "scratch"}
+    for entry in r["per_defect_type"].values():
+        assert {"image_auroc", "pixel_auroc", "au_pro", "n_images", "n_defective"} <= set(entry)
+        assert entry["pixel_auroc"] is None and entry["au_pro"] is None
+    # crack vs good: .9 beats 3, .25 beats .1, .2 -> 5/6 ; scratch .05 beats none -> 0
+    assert r["per_defect_type"]["crack"]["image_auroc"] == pytest.approx(5 / 6)
+    assert r["per_defect_type"]["scratch"]["image_auroc"] == pytest.approx(0.0)
+    assert r["per_defect_type"]["crack"]["n_images"] == 5
+    s, t = np.array(scores), np.array(labels)
+    assert r["image_auroc"] == pytest.approx(brute_force_auroc(s, t))
+    assert (r["n_images"], r["n_good"], r["n_defective"]) == (6, 3, 3)
+
+
+def test_evaluate_with_masks_matches_direct_calls():
+    types, labels, scores = _eval_case()
+    maps, masks = random_case(7, n_images=6)
+    masks = [np.zeros_like(m) if t == "good" else m for m, t in zip(masks, types)]
+    for i, t in enumerate(types):
+        if t != "good" and not masks[i].any():
+            masks[i][3:6, 3:6] = True
+    r = metrics.evaluate(maps, masks, labels, scores, types, fpr_limit=0.3)
+    json.dumps(r)
+    assert r["pixel_auroc"] == pytest.approx(metrics.pixel_auroc(maps, masks))
+    assert r["au_pro"] == pytest.approx(brute_force_au_pro(maps, masks), abs=1e-6)
+    idx = [0, 1, 2, 3, 4]  # good + crack
+    sub_maps, sub_masks = [maps[i] for i in idx], [masks[i] for i in idx]
+    crack = r["per_defect_type"]["crack"]
+    assert crack["pixel_auroc"] == pytest.approx(metrics.pixel_auroc(sub_maps, sub_masks))
+    assert crack["au_pro"] == pytest.approx(brute_force_au_pro(sub_maps, sub_masks), abs=1e-6)
+    assert metrics.NO_MASKS_NOTE not in r["notes"]
+
+
+def test_evaluate_undefined_notes_and_validation():
+    types = ["good", "good"]
+    maps = [np.random.default_rng(0).random((4, 4)) for _ in range(2)]
+    masks = [np.zeros((4, 4)) for _ in range(2)]
+    r = metrics.evaluate(maps, masks, [0, 0], [0.1, 0.2], types)
+    assert r["image_auroc"] is None and r["pixel_auroc"] is None and r["au_pro"] is None
+    assert r["per_defect_type"] == {}
+    assert any("image AUROC undefined" in n for n in r["notes"])
+    assert any("AU-PRO undefined" in n for n in r["notes"])
+    with pytest.raises(ValueError, match="disagree"):
+        metrics.evaluate(None, None, [1, 0], [0.1, 0.2], ["good", "crack"])
