@@ -1,0 +1,324 @@
+"""Fast checks of visualize.py: every figure writes a readable PNG and closes its figure."""
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import matplotlib.pyplot as plt  # noqa: E402
+
+import visualize as viz  # noqa: E402
+
+H, W = 32, 40
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def check_png(path, min_w=150, min_h=100):
+    """The file exists, is a non-empty PNG Pillow can decode, of a sensible size."""
+    path = Path(path)
+    assert path.is_file(), path
+    assert path.stat().st_size > 0
+    with Image.open(path) as im:
+        assert im.format == "PNG"
+        im.load()
+        w, h = im.size
+    assert min_w <= w <= 8000 and min_h <= h <= 8000, (w, h)
+    return w, h
+
+
+@pytest.fixture(autouse=True)
+def no_open_figures(monkeypatch):
+    monkeypatch.setattr(viz, "DPI", 60)  # keeps the suite fast; layout is DPI-independent
+    plt.close("all")
+    yield
+    assert plt.get_fignums() == [], "a figure was left open"
+
+
+def make_image(kind, rng):
+    base = rng.random((H, W)).astype(np.float32)
+    if kind == "hw":
+        return base
+    if kind == "hw1":
+        return base[..., None]
+    return rng.random((H, W, 3)).astype(np.float32)
+
+
+def blob_mask(r0, r1, c0, c1):
+    m = np.zeros((H, W), dtype=bool)
+    m[r0:r1, c0:c1] = True
+    return m
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
+
+
+@pytest.fixture
+def thresholds():
+    return np.round(np.arange(0.05, 0.8, 0.05), 3)
+
+
+# --------------------------------------------------------------------------- module
+
+
+def test_import_does_not_pull_in_tensorflow_and_uses_agg():
+    code = ("import sys, matplotlib, visualize; "
+            "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules; "
+            "assert matplotlib.get_backend().lower() == 'agg', matplotlib.get_backend()")
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=120)
+
+
+def test_command_line_section_comes_after_every_figure():
+    text = (ROOT / "visualize.py").read_text(encoding="utf-8")
+    figures, _, cli = text.partition("# ---- command line ----")
+    assert cli, "the command-line section marker is missing"
+    assert "def plot_" not in cli  # figures live above the command line
+    assert "import tensorflow" not in figures and "import keras" not in figures
+
+
+def test_save_figure_creates_parent_and_closes(tmp_path):
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [0, 1])
+    out = tmp_path / "a" / "b" / "fig.png"
+    assert viz.save_figure(fig, out) == out
+    assert plt.get_fignums() == []
+    check_png(out, min_w=50, min_h=50)
+
+
+def test_save_figure_accepts_str_path(tmp_path):
+    fig, _ = plt.subplots()
+    out = str(tmp_path / "s" / "fig.png")
+    assert viz.save_figure(fig, out) == out
+    check_png(out, min_w=50, min_h=50)
+
+
+# --------------------------------------------------------------------------- training
+
+
+@pytest.mark.parametrize("with_lr", [False, True])
+def test_plot_loss_curve(tmp_path, with_lr):
+    e = np.arange(1, 41)
+    hist = pd.DataFrame({"epoch": e, "loss": 0.5 * np.exp(-e / 6) + 0.01,
+                         "val_loss": 0.6 * np.exp(-e / 7) + 0.02 + 1e-4 * e})
+    if with_lr:
+        hist["learning_rate"] = np.where(e < 20, 1e-3, 1e-4)
+    out = tmp_path / "plots" / "loss.png"
+    assert viz.plot_loss_curve(hist, out, title="bottle") == out
+    check_png(out)
+
+
+def test_plot_loss_curve_small_range_and_nan(tmp_path):
+    hist = pd.DataFrame({"epoch": [0, 1, 2], "loss": [0.11, 0.1, 0.09],
+                         "val_loss": [np.nan, 0.12, 0.115]})
+    check_png(viz.plot_loss_curve(hist, tmp_path / "loss.png"))
+
+
+def test_plot_loss_curve_zero_based_epochs_shown_from_one(tmp_path, monkeypatch):
+    seen = {}
+    real_save = viz.save_figure
+
+    def spy(fig, path):
+        line = fig.axes[0].get_lines()[0]
+        seen["x"] = list(line.get_xdata())
+        return real_save(fig, path)
+
+    monkeypatch.setattr(viz, "save_figure", spy)
+    hist = pd.DataFrame({"epoch": [0, 1, 2], "loss": [0.3, 0.2, 0.1],
+                         "val_loss": [0.35, 0.25, 0.2]})
+    check_png(viz.plot_loss_curve(hist, tmp_path / "loss.png"))
+    assert seen["x"] == [1, 2, 3]
+
+
+def test_plot_loss_curve_single_epoch(tmp_path):
+    hist = pd.DataFrame({"epoch": [1], "loss": [0.2], "val_loss": [0.25]})
+    check_png(viz.plot_loss_curve(hist, tmp_path / "loss.png"))
+
+
+# --------------------------------------------------------------------------- threshold search
+
+
+def test_plot_threshold_search(tmp_path, thresholds):
+    largest = (5000 * np.exp(-thresholds / 0.08)).astype(int)
+    out = tmp_path / "t" / "search.png"
+    assert viz.plot_threshold_search(thresholds, largest, 0.35, 20, out) == out
+    check_png(out)
+
+
+def test_plot_threshold_search_with_zeros_l2(tmp_path, thresholds):
+    largest = (5000 * np.exp(-thresholds / 0.08)).astype(int)
+    largest[-4:] = 0
+    out = viz.plot_threshold_search(list(thresholds[::-1]), list(largest[::-1]), 0.4, 10,
+                                    tmp_path / "search.png", method="l2")
+    check_png(out)
+
+
+def test_plot_regions_vs_threshold(tmp_path, thresholds):
+    n = (3000 * np.exp(-thresholds / 0.1)).astype(int)
+    n[-2:] = 0
+    out = tmp_path / "r" / "regions.png"
+    assert viz.plot_regions_vs_threshold(thresholds, n, out) == out
+    check_png(out)
+
+
+def test_plot_area_stats_vs_threshold(tmp_path, thresholds):
+    mean = 200 * np.exp(-thresholds / 0.1) + 1
+    std = 0.7 * mean
+    mean[-3:] = np.nan
+    std[-3:] = np.nan
+    out = tmp_path / "s" / "stats.png"
+    assert viz.plot_area_stats_vs_threshold(thresholds, mean, std, out, method="l2") == out
+    check_png(out)
+
+
+def test_plot_area_distribution(tmp_path, rng):
+    areas = np.ceil(rng.exponential(8, 500)).astype(int)
+    out = tmp_path / "d" / "dist.png"
+    assert viz.plot_area_distribution(areas, 50, out, threshold=0.3) == out
+    check_png(out)
+
+
+def test_plot_area_distribution_empty_and_large_max(tmp_path):
+    check_png(viz.plot_area_distribution(np.array([]), 20, tmp_path / "empty.png"))
+    check_png(viz.plot_area_distribution([1, 2, 5000], 2000, tmp_path / "wide.png"))
+
+
+@pytest.mark.parametrize("n_thresholds", [1, 4, 30])
+def test_plot_area_distributions(tmp_path, rng, n_thresholds):
+    ts = np.linspace(0.1, 0.6, n_thresholds)
+    areas = {float(t): np.ceil(rng.exponential(20 * (1 - t), int(400 * (1 - t)))) for t in ts}
+    areas[float(ts[-1])] = np.array([])  # a threshold with no regions
+    out = tmp_path / "d" / "dists.png"
+    assert viz.plot_area_distributions(areas, 100, out) == out
+    check_png(out)
+
+
+def test_plot_area_distributions_empty_dict(tmp_path):
+    check_png(viz.plot_area_distributions({}, 10, tmp_path / "none.png"))
+
+
+# --------------------------------------------------------------------------- single images
+
+
+@pytest.mark.parametrize("kind", ["hw", "hw1", "rgb"])
+@pytest.mark.parametrize("method", ["ssim", "l2"])
+def test_plot_sample(tmp_path, rng, kind, method):
+    img, rec = make_image(kind, rng), make_image(kind, rng)
+    res = rng.random((H, W)).astype(np.float32) * (2.0 if method == "ssim" else 0.2)
+    out = tmp_path / "s" / f"sample_{kind}.png"
+    assert viz.plot_sample(img, rec, res, out, title="a sample", method=method) == out
+    check_png(out)
+
+
+@pytest.mark.parametrize("kind", ["hw", "hw1", "rgb"])
+def test_plot_stages(tmp_path, rng, kind):
+    img, rec = make_image(kind, rng), make_image(kind, rng)
+    res = rng.random((H, W)).astype(np.float32)
+    pred, gt = blob_mask(5, 15, 5, 15), blob_mask(8, 20, 8, 18)
+    out = tmp_path / "st" / "with_gt.png"
+    assert viz.plot_stages(img, rec, res, pred, out, gt_mask=gt, threshold=0.5, min_area=10,
+                           title="stages") == out
+    w_gt, _ = check_png(out)
+    out2 = viz.plot_stages(img, rec, res, pred, tmp_path / "st" / "no_gt.png", method="l2")
+    w_no_gt, _ = check_png(out2)
+    assert w_gt > w_no_gt  # the ground-truth panel adds width
+
+
+@pytest.mark.parametrize("kind", ["hw", "hw1", "rgb"])
+def test_plot_overlay(tmp_path, rng, kind):
+    img, rec = make_image(kind, rng), make_image(kind, rng)
+    res = rng.random((H, W)).astype(np.float32)
+    pred = blob_mask(0, 10, 0, 12)  # touches the border: outline must still close
+    pred[20:25, 30:36] = True
+    gt = blob_mask(2, 12, 2, 14)
+    out = tmp_path / "o" / "overlay.png"
+    assert viz.plot_overlay(img, rec, res, pred, out, gt_mask=gt, title="bottle 003",
+                            verdict="defective", score=0.734) == out
+    check_png(out)
+
+
+def test_plot_overlay_empty_masks_no_warnings(tmp_path, rng, recwarn):
+    img = make_image("hw", rng)
+    empty = np.zeros((H, W), dtype=bool)
+    out = viz.plot_overlay(img, img, np.zeros((H, W), np.float32), empty,
+                           tmp_path / "overlay.png", gt_mask=empty, verdict=False, score=0.0,
+                           method="l2")
+    check_png(out)
+    assert not [w for w in recwarn if "contour" in str(w.message).lower()]
+
+
+def test_plot_overlay_rejects_mismatched_mask(tmp_path, rng):
+    img = make_image("hw", rng)
+    with pytest.raises(ValueError):
+        viz.plot_overlay(img, img, np.zeros((H, W), np.float32), np.zeros((3, 3), bool),
+                         tmp_path / "bad.png")
+    assert not (tmp_path / "bad.png").exists()
+
+
+def test_bad_image_shape_and_method_raise(tmp_path, rng):
+    res = np.zeros((H, W), np.float32)
+    with pytest.raises(ValueError):
+        viz.plot_sample(np.zeros((H, W, 2)), np.zeros((H, W)), res, tmp_path / "x.png")
+    with pytest.raises(ValueError):
+        viz.plot_sample(np.zeros((H, W)), np.zeros((H, W)), res, tmp_path / "y.png",
+                        method="mse")
+
+
+# --------------------------------------------------------------------------- evaluation curves
+
+
+def test_plot_roc_curves(tmp_path):
+    x = np.linspace(0, 1, 50)
+    curves = {"image": (x, x ** 0.3, 0.87), "pixel": (x, x ** 0.1, 0.95),
+              "unknown": (x, x, float("nan"))}
+    out = tmp_path / "e" / "roc.png"
+    assert viz.plot_roc_curves(curves, out, title="ROC bottle") == out
+    check_png(out)
+
+
+def test_plot_pro_curve(tmp_path):
+    f = np.linspace(0, 1, 100)
+    p = 1 - np.exp(-f / 0.1)
+    out = tmp_path / "e" / "pro.png"
+    assert viz.plot_pro_curve(f, p, 0.62, out) == out
+    check_png(out)
+
+
+def test_plot_pro_curve_short_curve(tmp_path):
+    # curve that never reaches the FPR limit, unsorted input
+    check_png(viz.plot_pro_curve([0.1, 0.0, 0.05], [0.5, 0.0, 0.3], 0.4,
+                                 tmp_path / "pro.png", fpr_limit=0.3))
+
+
+# --------------------------------------------------------------------------- masks
+
+
+@pytest.mark.parametrize("shape", [(H, W), (H, W, 1)])
+def test_save_mask_png_round_trip(tmp_path, rng, shape):
+    mask = rng.random(shape) > 0.6
+    out = tmp_path / "m" / "mask.png"
+    assert viz.save_mask_png(mask, out) == out
+    with Image.open(out) as im:
+        assert im.format == "PNG"
+        assert im.mode == "L"
+        arr = np.asarray(im)
+    assert arr.dtype == np.uint8
+    assert arr.shape == (H, W)
+    assert set(np.unique(arr)) <= {0, 255}
+    np.testing.assert_array_equal(arr == 255, mask.reshape(H, W))
+    assert plt.get_fignums() == []
+
+
+def test_save_mask_png_all_false(tmp_path):
+    out = viz.save_mask_png(np.zeros((4, 5), bool), tmp_path / "z.png")
+    with Image.open(out) as im:
+        assert np.asarray(im).max() == 0
