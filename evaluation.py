@@ -1,0 +1,185 @@
+"""Labelled testing and predictions on new images: verdicts, anomaly maps, metrics, files.
+
+``test.py`` is only the command line over :func:`test_run` and :func:`predict_images`.
+Verdicts use the raw residual map at the model's size (the same map ``validate.py``
+calibrates the threshold on); anomaly maps and threshold-free metrics use the residual
+map smoothed by ``smooth`` pixels and brought to the ground truth's resolution.
+"""
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+import data
+import inference
+import metrics
+import resmaps
+import runs
+import visualize
+from utils import UserError, warn
+
+DEFAULT_SMOOTH = 4.0
+
+
+def _score(smoothed_map):
+    """Image score: the maximum of the smoothed residual map."""
+    return float(smoothed_map.max())
+
+
+def detection_table(frame):
+    """Per defect type: images and share classified defective (pandas), with a total row."""
+    table = frame.groupby("defect_type").agg(images=("prediction", "size"), predicted_defective=("prediction", "sum"))
+    table["rate"] = table["predicted_defective"] / table["images"]
+    table.loc["total"] = [table["images"].sum(), table["predicted_defective"].sum(), frame["prediction"].mean()]
+    table["images"] = table["images"].astype(int)
+    table["predicted_defective"] = table["predicted_defective"].astype(int)
+    return table
+
+
+def _write_tiff(path, array):
+    import tifffile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tifffile.imwrite(path, array.astype(np.float32))
+
+
+def test_run(path, method=None, threshold=None, min_area=None, smooth=DEFAULT_SMOOTH, save=False, batch=16,
+             fpr_limit=metrics.DEFAULT_FPR_LIMIT):
+    """Classify and score every image under ``<class>/test/*/`` for a run; write all results.
+
+    Returns ``(result dict, metrics dict, output folder)``.
+    """
+    if smooth < 0:
+        raise UserError(f"--smooth must be >= 0, got {smooth}")
+    run = runs.find_run(path)
+    method = run.method(method)
+    threshold, min_area, source = inference.resolve_threshold(run, method, threshold, min_area)
+    items = data.list_test_images(run.class_dir)
+    types = sorted({d for _, d, _ in items})
+    notes = []
+    if data.GOOD not in types:
+        notes.append("no test/good folder: TNR, balanced accuracy and AUROCs cannot be computed")
+    if not [t for t in types if t != data.GOOD]:
+        notes.append("no defect folder under test/: TPR, precision, balanced accuracy and AUROCs cannot be computed")
+    for note in notes:
+        warn(note)
+    seen = inference.inspect(run, [p for p, _, _ in items], method, batch, progress="test images")
+    kept = set(seen.paths)
+    items = [it for it in items if it[0] in kept]
+    defective, largest, counts = inference.classify(seen.maps, threshold, min_area)
+    smoothed = resmaps.smooth(seen.maps, smooth)
+    truth = np.array([d != data.GOOD for _, d, _ in items])
+    has_masks = any(m is not None for _, _, m in items)
+
+    # Anomaly maps and masks at the ground truth's (= the image file's) resolution.
+    full_maps, gt_masks = [], []
+    for (img_path, defect, mask_path), m, size in zip(items, smoothed, seen.sizes):
+        full_maps.append(inference.resize_map(m, size))
+        if mask_path is not None:
+            gt_masks.append(data.load_mask(mask_path, size))
+        else:
+            if defect != data.GOOD and has_masks:
+                warn(f"no ground-truth mask for {img_path}: counted as all-defect-free pixels in pixel metrics")
+            gt_masks.append(np.zeros((size[1], size[0]), dtype=bool))
+
+    frame = pd.DataFrame({
+        "path": [str(p) for p, _, _ in items],
+        "defect_type": [d for _, d, _ in items],
+        "truth": np.where(truth, "defective", "good"),
+        "prediction": defective,
+        "largest_area": largest,
+        "n_regions": counts,
+        "score": [_score(m) for m in smoothed],
+    })
+    cls = metrics.classification_metrics(truth, defective)
+    table = detection_table(frame)
+    result = {
+        "threshold": threshold, "min_area": min_area, "method": method, "threshold_source": source,
+        **{k: cls[k] for k in ("tpr", "tnr", "accuracy", "balanced_accuracy", "precision", "f1", "confusion_matrix")},
+        "n_images": cls["n_images"], "n_good": cls["n_good"], "n_defective": cls["n_defective"],
+        "detection_rate_per_defect_type": {t: float(table.loc[t, "rate"]) for t in types},
+        "images_per_defect_type": {t: int(table.loc[t, "images"]) for t in types},
+        "notes": notes + cls["undefined"],
+    }
+    evaluated = metrics.evaluate(full_maps if has_masks else None, gt_masks if has_masks else None,
+                                 truth, frame["score"].to_numpy(), [d for _, d, _ in items], fpr_limit=fpr_limit)
+    sizes = sorted({f"{w}x{h}" for w, h in seen.sizes})
+    evaluated.update(method=method, smooth_sigma=float(smooth),
+                     image_score="maximum of the residual map smoothed by a Gaussian of sigma smooth_sigma px (model resolution)",
+                     pixel_resolution=f"ground-truth resolution ({', '.join(sizes)}); model input {run.size}x{run.size}",
+                     model=str(run.model_path))
+    stems = data.output_stems([p for p, _, _ in items])
+    method_dir = run.dir / "test" / method
+    out_dir = method_dir / f"a{min_area}_t{runs.format_threshold(threshold)}"
+    with runs.StagedOutput(out_dir) as out:
+        frame.to_csv(out / "classification.csv", index=False)
+        runs.write_json(out / "test_result.json", result)
+        if save:
+            masks = inference.defect_masks(seen.maps, threshold, min_area)
+            for i, (img_path, defect, mask_path) in enumerate(tqdm(items, desc="saving masks and overlays", leave=False, disable=None)):
+                stem = stems[i]
+                visualize.save_mask_png(inference.resize_map(masks[i], seen.sizes[i]), out / defect / f"{stem}_mask.png")
+                gt_small = inference.resize_map(gt_masks[i], (run.size, run.size)) if mask_path is not None else None
+                visualize.plot_overlay(seen.images[i], seen.recons[i], seen.maps[i], masks[i], out / defect / f"{stem}_overlay.png",
+                                       gt_mask=gt_small, title=f"{defect}/{Path(img_path).name}", method=method,
+                                       verdict=bool(defective[i]), score=frame["score"][i])
+    with runs.StagedOutput(method_dir / "anomaly_maps") as out:
+        for (_, defect, _), stem, m in zip(items, stems, full_maps):
+            _write_tiff(out / defect / f"{stem}.tiff", m)
+    curves = {}
+    if evaluated["image_auroc"] is not None:
+        fpr, tpr = metrics.roc_curve(truth, frame["score"].to_numpy())
+        curves["image"] = (fpr, tpr, evaluated["image_auroc"])
+    if evaluated.get("pixel_auroc") is not None:
+        fpr, tpr = metrics.pixel_roc_curve(full_maps, gt_masks)
+        curves["pixel"] = (fpr, tpr, evaluated["pixel_auroc"])
+    if curves:
+        visualize.plot_roc_curves(curves, method_dir / "roc_curves.png", title=f"ROC ({method}, smooth {smooth:g} px)")
+    if evaluated.get("au_pro") is not None:
+        _, fprs, pros = metrics.au_pro(full_maps, gt_masks, fpr_limit=fpr_limit, return_curve=True)
+        visualize.plot_pro_curve(fprs, pros, evaluated["au_pro"], method_dir / "pro_curve.png", fpr_limit=fpr_limit,
+                                 title=f"PRO curve ({method}, smooth {smooth:g} px)")
+    runs.write_json(method_dir / "metrics.json", evaluated)
+    return result, evaluated, table, out_dir
+
+
+def predict_images(path, images_dir, method=None, threshold=None, min_area=None, smooth=DEFAULT_SMOOTH, batch=16, out=None):
+    """Verdicts on a folder of unlabelled images (recursive); writes predictions, masks and overlays.
+
+    Masks and overlays mirror the input tree under the output folder (printed by test.py).
+    Returns ``(frame, output folder)``.
+    """
+    if smooth < 0:
+        raise UserError(f"--smooth must be >= 0, got {smooth}")
+    run = runs.find_run(path)
+    method = run.method(method)
+    threshold, min_area, _ = inference.resolve_threshold(run, method, threshold, min_area)
+    images_dir = Path(images_dir)
+    paths = data.list_images(images_dir, recursive=True)
+    if not paths:
+        raise UserError(f"no images under {images_dir} (supported: {', '.join(data.IMAGE_EXTENSIONS)})")
+    seen = inference.inspect(run, paths, method, batch, progress="images")
+    defective, largest, counts = inference.classify(seen.maps, threshold, min_area)
+    smoothed = resmaps.smooth(seen.maps, smooth)
+    masks = inference.defect_masks(seen.maps, threshold, min_area)
+    out_dir = Path(out) if out else run.dir / "predictions" / method / f"{images_dir.resolve().name}_a{min_area}_t{runs.format_threshold(threshold)}"
+    rows = []
+    stems = data.output_stems(seen.paths)
+    with runs.StagedOutput(out_dir) as staged:
+        for i, img_path in enumerate(tqdm(seen.paths, desc="writing predictions", leave=False, disable=None)):
+            rel = Path(img_path).relative_to(images_dir)
+            mask_file = staged / rel.parent / f"{stems[i]}_mask.png"
+            overlay_file = staged / rel.parent / f"{stems[i]}_overlay.png"
+            visualize.save_mask_png(inference.resize_map(masks[i], seen.sizes[i]), mask_file)
+            visualize.plot_overlay(seen.images[i], seen.recons[i], seen.maps[i], masks[i], overlay_file,
+                                   title=str(rel), method=method, verdict=bool(defective[i]), score=_score(smoothed[i]))
+            rows.append({"path": str(img_path), "verdict": "defective" if defective[i] else "good",
+                         "score": _score(smoothed[i]), "largest_area": int(largest[i]), "n_regions": int(counts[i]),
+                         "mask": str(out_dir / mask_file.relative_to(staged)), "overlay": str(out_dir / overlay_file.relative_to(staged))})
+        frame = pd.DataFrame(rows)
+        frame.to_csv(staged / "predictions.csv", index=False)
+        runs.write_json(staged / "prediction_setup.json", {"threshold": threshold, "min_area": min_area, "method": method,
+                                                           "smooth_sigma": smooth, "images": str(images_dir.resolve()),
+                                                           "model": str(run.model_path)})
+    return frame, out_dir

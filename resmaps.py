@@ -1,0 +1,119 @@
+"""Residual maps, defect regions and thresholds: from reconstructions to defect masks.
+
+* :func:`residual_maps` — batched SSIM or L2 residual maps, float32, full image size.
+* :func:`reconstruct` / :func:`compute_resmaps` — run a model over images in batches.
+* :func:`label_regions`, :func:`region_stats` — 8-connected regions of ``resmap > t``.
+* :func:`min_threshold_for_area` — the exact smallest threshold with no region ≥ an area.
+"""
+import numpy as np
+from skimage import measure
+
+def residual_maps(images, reconstructions, method):
+    """Residual maps of a batch, N×H×W float32.
+
+    ``ssim``: 1 − SSIM map, mean over channels (values in [0, 2]; kept unclipped, so
+    darker and brighter defects both show). ``l2``: squared difference, mean over channels.
+    """
+    import tensorflow as tf
+
+    if method == "ssim":
+        from custom_loss_functions import ssim_map
+
+        maps = 1.0 - ssim_map(images, reconstructions, full=True)
+    elif method == "l2":
+        maps = tf.square(tf.convert_to_tensor(images, tf.float32) - tf.convert_to_tensor(reconstructions, tf.float32))
+    else:
+        raise ValueError(f"unknown residual method {method!r}; choose ssim or l2")
+    return tf.reduce_mean(maps, axis=-1).numpy().astype(np.float32)
+
+
+def reconstruct(model, images, batch=16):
+    """Model reconstructions of an N×H×W×C array, in batches (float32)."""
+    return np.asarray(model.predict(images, batch_size=batch, verbose=0), dtype=np.float32)
+
+
+def compute_resmaps(model, images, method, batch=16):
+    """``(reconstructions, resmaps)`` for an N×H×W×C array, both computed in batches."""
+    recons = reconstruct(model, images, batch)
+    maps = np.concatenate(
+        [residual_maps(images[i:i + batch], recons[i:i + batch], method) for i in range(0, len(images), batch)]
+    ) if len(images) else np.zeros((0,) + images.shape[1:3], np.float32)
+    return recons, maps
+
+
+def smooth(maps, sigma):
+    """Gaussian-smoothed copies of N×H×W maps (σ in pixels; 0 returns the maps)."""
+    if not sigma:
+        return maps
+    from scipy.ndimage import gaussian_filter
+
+    return gaussian_filter(maps, sigma=(0, sigma, sigma), mode="reflect").astype(np.float32)
+
+
+# ---- regions ----
+
+def label_regions(resmap, threshold):
+    """Label 8-connected regions of ``resmap > threshold``; returns ``(labels, areas)``.
+
+    ``areas[k]`` is the pixel count of region ``k + 1``. Border regions count like others.
+    """
+    labels = measure.label(resmap > threshold, connectivity=2)
+    areas = np.bincount(labels.ravel())[1:]
+    return labels, areas
+
+
+def largest_area(resmap, threshold):
+    """Area of the largest region of ``resmap > threshold`` (0 when there is none)."""
+    _, areas = label_regions(resmap, threshold)
+    return int(areas.max()) if areas.size else 0
+
+
+def region_stats(resmaps, threshold):
+    """Per image ``(largest area, number of regions)`` at a threshold, as two int arrays."""
+    largest, counts = [], []
+    for m in resmaps:
+        _, areas = label_regions(m, threshold)
+        largest.append(int(areas.max()) if areas.size else 0)
+        counts.append(int(areas.size))
+    return np.array(largest, dtype=np.int64), np.array(counts, dtype=np.int64)
+
+
+def defect_mask(resmap, threshold, min_area):
+    """Bool mask of the regions of ``resmap > threshold`` with at least ``min_area`` pixels."""
+    labels, areas = label_regions(resmap, threshold)
+    keep = np.concatenate([[False], areas >= min_area])
+    return keep[labels]
+
+
+def min_threshold_for_area(resmaps, min_area):
+    """The smallest threshold at which no map has a region of ``min_area`` pixels or more.
+
+    The largest region area of ``map > t`` never grows with ``t`` and only changes at the
+    map's own values, so the answer is one of them: per map, a binary search over its
+    sorted unique values finds the first value ``v`` with ``largest_area(map, v) <
+    min_area``; the result is the maximum over maps. Exact, no start value, no step.
+    """
+    if min_area < 1:
+        raise ValueError(f"min_area must be >= 1, got {min_area!r}")
+    best = -np.inf
+    for m in resmaps:
+        if np.isfinite(best) and largest_area(m, best) < min_area:
+            continue  # already clean at the current answer: it cannot raise the maximum
+        values = np.unique(m)
+        # Every value <= best is already known to fail; the top value always passes
+        # (nothing lies above it), so the answer for this map is in [lo, hi].
+        lo = int(np.searchsorted(values, best, side="right")) if np.isfinite(best) else 0
+        hi = len(values) - 1
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if largest_area(m, values[mid]) < min_area:
+                hi = mid
+            else:
+                lo = mid + 1
+        best = float(values[lo])
+    return float(best)
+
+
+def threshold_curve(resmaps, thresholds):
+    """Largest region area over all maps at each threshold (for the validation plot)."""
+    return np.array([max(largest_area(m, t) for m in resmaps) for t in thresholds], dtype=np.int64)

@@ -1,0 +1,66 @@
+"""Classify test images with a trained run (threshold + minimum area), score them, write results.
+
+    python3 test.py -p saved_models/<...run...>                  # threshold/area from validate.py
+    python3 test.py -p RUN -t 0.35 -a 50 --save                  # explicit, with masks and overlays
+    python3 test.py -p RUN --images my_new_images/               # unlabelled images: predictions only
+
+Labelled mode reads ``<class>/test/<good|defect>/`` of the run's dataset (and the
+ground-truth masks), writes ``RUN/test/<method>/a<AREA>_t<THRESHOLD>/`` (classification.csv,
+test_result.json, with --save masks and overlays), anomaly maps as float32 TIFF in
+``RUN/test/<method>/anomaly_maps/<defect>/<stem>.tiff`` and ``metrics.json`` with image
+AUROC, pixel AUROC and AU-PRO (FPR ≤ 0.3), plus ROC and PRO curve plots.
+"""
+import argparse
+import sys
+
+from utils import quiet_tensorflow, run_cli
+
+quiet_tensorflow()
+
+import evaluation  # noqa: E402
+import runs  # noqa: E402
+
+
+def get_parser():
+    """Command-line options of ``test.py``."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    runs.add_run_arguments(parser)
+    parser.add_argument("-t", "--threshold", type=float, default=None,
+                        help="residual threshold (default: from the newest validation result)")
+    parser.add_argument("-a", "--area", type=int, default=None,
+                        help="minimum defect area in pixels at the model's size (default: from the validation result)")
+    parser.add_argument("--smooth", type=float, default=evaluation.DEFAULT_SMOOTH,
+                        help="Gaussian sigma (px, model resolution) applied to residual maps for anomaly maps, "
+                             "image scores and AUROC/AU-PRO (0: none); verdicts use the raw map")
+    parser.add_argument("--save", action="store_true", help="also write each image's defect mask PNG and overlay PNG")
+    parser.add_argument("--images", default=None, help="folder of unlabelled images (searched recursively): write predictions only")
+    parser.add_argument("--out", default=None, help="with --images: output folder (default: inside the run folder)")
+    return parser
+
+
+def main(argv=None):
+    """Parse arguments, run labelled testing or predictions, print a summary and the output folder."""
+    args = get_parser().parse_args(argv)
+    if args.images:
+        frame, out = evaluation.predict_images(args.path, args.images, args.method, args.threshold, args.area,
+                                               args.smooth, args.batch, args.out)
+        print(f"{len(frame)} images: {int((frame['verdict'] == 'defective').sum())} defective, "
+              f"{int((frame['verdict'] == 'good').sum())} good")
+        print(out)
+        return
+    result, scores, table, out = evaluation.test_run(args.path, args.method, args.threshold, args.area,
+                                                     args.smooth, args.save, args.batch)
+    print(f"method {result['method']}, threshold {result['threshold']:.6f}, min area {result['min_area']} px "
+          f"({result['threshold_source']})")
+    print(table.rename(columns={"rate": "detection rate"}).to_string(float_format=lambda v: f"{v:.2f}"))
+    fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
+    print(f"TPR {fmt(result['tpr'])}  TNR {fmt(result['tnr'])}  balanced accuracy {fmt(result['balanced_accuracy'])}  "
+          f"image AUROC {fmt(scores['image_auroc'])}  pixel AUROC {fmt(scores.get('pixel_auroc'))}  "
+          f"AU-PRO(0.3) {fmt(scores.get('au_pro'))}")
+    for note in result["notes"] + scores.get("notes", []):
+        print(f"note: {note}")
+    print(out)
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

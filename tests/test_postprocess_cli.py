@@ -1,0 +1,702 @@
+"""End-to-end checks of the post-training command lines: validate.py, test.py, finetune.py, visualize.py.
+
+Every script is called in-process through ``cli(module.main, argv, capsys)`` on a copy of
+the session's tiny run (the shared ``tiny_run`` is never written to). Tests that corrupt a
+run or its dataset make their own copies; a copied run's setup.json is re-pointed at the
+copied dataset when the dataset is changed.
+"""
+import contextlib
+import io
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from conftest import ROOT, SIZE, cli
+
+import data  # noqa: E402
+import finetune  # noqa: E402
+import inference  # noqa: E402
+import resmaps  # noqa: E402
+import runs  # noqa: E402
+import validate  # noqa: E402
+import visualize  # noqa: E402
+from utils import UserError, run_cli  # noqa: E402
+
+
+def _load_test_script():
+    """``test.py`` by file (the name ``test`` would otherwise risk the standard library's package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("cae_test_script", ROOT / "test.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+test_script = _load_test_script()
+
+AREA = 10
+DEFECTS = ("contamination", "crack", "hole", "scratch", "stain")
+OUTPUT_DIRS = ("validation", "test", "predictions", "finetune", "visualize")
+CSV_COLUMNS = ["path", "defect_type", "truth", "prediction", "largest_area", "n_regions", "score"]
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+@pytest.fixture(scope="module", autouse=True)
+def low_dpi():
+    """Figures at a low DPI keep overlays and plots fast; their content does not depend on it."""
+    old = visualize.DPI
+    visualize.DPI = 40
+    yield
+    visualize.DPI = old
+
+
+def run_quietly(main, argv):
+    """``run_cli`` for module-scoped fixtures (no capsys there): ``(code, stdout, stderr)``."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = run_cli(main, argv)
+        except SystemExit as exc:
+            code = exc.code
+    return code, out.getvalue(), err.getvalue()
+
+
+def copy_run(tiny_run, dest, dataset=None):
+    """A pristine copy of the run (no outputs of earlier steps), optionally pointed at ``dataset``."""
+    dest = Path(dest)
+    shutil.copytree(tiny_run, dest, ignore=lambda d, names: [n for n in names if Path(d) == Path(tiny_run) and n in OUTPUT_DIRS])
+    if dataset is not None:
+        setup = json.loads((dest / runs.SETUP).read_text())
+        setup["directory"] = str(dataset)
+        (dest / runs.SETUP).write_text(json.dumps(setup, indent=2))
+    return dest
+
+
+def copy_dataset(tiny_dataset, dest):
+    dest = Path(dest) / "brick"
+    shutil.copytree(tiny_dataset, dest)
+    return dest
+
+
+def model_file(run_dir):
+    setup = json.loads((Path(run_dir) / runs.SETUP).read_text())
+    return Path(run_dir) / runs.model_filename(setup["architecture"], setup["batch"])
+
+
+def error_lines(err):
+    """Lines of stderr as a terminal would show them (tqdm's \\r-rewritten lines collapsed), non-empty."""
+    lines = [line.split("\r")[-1].rstrip() for line in err.split("\n")]
+    return [line for line in lines if line.strip()]
+
+
+def assert_user_error(code, err, *fragments):
+    """Exit code 2, exactly one visible stderr line of the form '<prog>: error: ...', no traceback."""
+    assert code == 2, err
+    assert "Traceback" not in err
+    lines = error_lines(err)
+    assert len(lines) == 1, lines
+    assert ": error: " in lines[0], lines[0]
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+    return lines[0]
+
+
+def tree_snapshot(folder):
+    """{relative path: bytes} of every file under ``folder``."""
+    folder = Path(folder)
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def listed_test_files(class_dir):
+    """(defect type, path) of every file under test/*/."""
+    return sorted((p.parent.name, p) for p in Path(class_dir, "test").glob("*/*") if p.is_file())
+
+
+def recomputed_validation_maps(run_dir, method="ssim"):
+    """Residual maps of the run's validation images, computed without inference/validate."""
+    import keras
+
+    import custom_loss_functions  # noqa: F401
+
+    setup = json.loads((run_dir / runs.SETUP).read_text())
+    names = [n.strip() for n in (run_dir / runs.VALIDATION_FILES).read_text().splitlines() if n.strip()]
+    paths = [Path(setup["directory"]) / n for n in names]
+    images, kept = data.load_images(paths, setup["color"], setup["size"])
+    assert len(kept) == len(names)
+    model = keras.models.load_model(model_file(run_dir), compile=False)
+    recons = np.asarray(model.predict(images, batch_size=16, verbose=0), dtype=np.float32)
+    return resmaps.residual_maps(images, recons, method)
+
+
+# --------------------------------------------------------------------------- shared state
+
+
+@pytest.fixture(scope="module")
+def run_dir(tiny_run, tmp_path_factory):
+    """A copy of the tiny run, validated at AREA (ssim) and tested with --save (no -t/-a)."""
+    run = copy_run(tiny_run, tmp_path_factory.mktemp("post") / "run")
+    code, out, err = run_quietly(validate.main, ["-p", str(run), "-a", str(AREA)])
+    assert code == 0, err
+    return run
+
+
+@pytest.fixture(scope="module")
+def labelled(run_dir):
+    """The labelled test on run_dir with the validation result: (stdout, stderr, output folder)."""
+    code, out, err = run_quietly(test_script.main, ["-p", str(run_dir), "--save"])
+    assert code == 0, err
+    return out, err, Path(out.strip().splitlines()[-1])
+
+
+# --------------------------------------------------------------------------- 1. validate.py
+
+
+def test_validate_result_file(run_dir, tiny_dataset):
+    folder = run_dir / "validation" / "ssim" / f"a{AREA}"
+    result = json.loads((folder / "validation_result.json").read_text())
+    n_listed = len([n for n in (run_dir / runs.VALIDATION_FILES).read_text().splitlines() if n.strip()])
+    assert result["min_area"] == AREA
+    assert result["method"] == "ssim"
+    assert result["n_images"] == n_listed == 3
+    assert result["largest_area_at_threshold"] < AREA
+    assert isinstance(result["threshold"], float)
+    assert sorted(Path(p).resolve() for p in result["validation_files"]) == sorted(
+        (tiny_dataset / n.strip()).resolve() for n in (run_dir / runs.VALIDATION_FILES).read_text().splitlines())
+    with Image.open(folder / "threshold_search.png") as im:
+        assert im.format == "PNG"
+    assert not list((run_dir / "validation" / "ssim").glob(".*")), "a staging folder was left behind"
+
+
+def test_validate_threshold_is_the_smallest(run_dir):
+    result = json.loads((run_dir / "validation" / "ssim" / f"a{AREA}" / "validation_result.json").read_text())
+    maps = recomputed_validation_maps(run_dir)
+    assert maps.shape == (3, SIZE, SIZE)
+    threshold = result["threshold"]
+    assert threshold == resmaps.min_threshold_for_area(maps, AREA)  # exact: same model, images and batches
+    assert result["resmap_range"] == pytest.approx([float(maps.min()), float(maps.max())], rel=1e-5, abs=1e-6)
+    # No validation image has a region of AREA px above the threshold ...
+    assert max(resmaps.largest_area(m, threshold) for m in maps) == result["largest_area_at_threshold"] < AREA
+    # ... but at the next lower residual value one has: nothing smaller would do.
+    values = np.unique(maps)
+    below = values[values < threshold]
+    assert below.size, "the threshold is the smallest residual value: nothing below to check"
+    assert max(resmaps.largest_area(m, below[-1]) for m in maps) >= AREA
+
+
+def test_validate_l2_has_its_own_folder(run_dir, capsys):
+    code, out, err = cli(validate.main, ["-p", str(run_dir), "-a", str(AREA), "--method", "l2"], capsys)
+    assert code == 0, err
+    folder = run_dir / "validation" / "l2" / f"a{AREA}"
+    assert out.strip().splitlines()[-1] == str(folder)
+    result = json.loads((folder / "validation_result.json").read_text())
+    ssim = json.loads((run_dir / "validation" / "ssim" / f"a{AREA}" / "validation_result.json").read_text())
+    assert result["method"] == "l2" and result["min_area"] == AREA
+    assert result["threshold"] != ssim["threshold"]
+    maps = recomputed_validation_maps(run_dir, "l2")
+    assert result["threshold"] == resmaps.min_threshold_for_area(maps, AREA)
+    assert (folder / "threshold_search.png").is_file()
+
+
+def test_validate_accepts_model_file(tiny_run, tmp_path, capsys):
+    run = copy_run(tiny_run, tmp_path / "run")
+    code, out, err = cli(validate.main, ["-p", str(model_file(run)), "-a", "20"], capsys)
+    assert code == 0, err
+    folder = run / "validation" / "ssim" / "a20"
+    assert out.strip().splitlines()[-1] == str(folder)
+    result = json.loads((folder / "validation_result.json").read_text())
+    assert result["min_area"] == 20 and result["largest_area_at_threshold"] < 20
+    assert result["threshold"] == resmaps.min_threshold_for_area(recomputed_validation_maps(run), 20)
+    assert "threshold for minimum area 20 px" in out
+
+
+# --------------------------------------------------------------------------- 2. test.py, labelled
+
+
+def test_labelled_uses_validation_result(run_dir, labelled):
+    out, _, out_dir = labelled
+    val = json.loads((run_dir / "validation" / "ssim" / f"a{AREA}" / "validation_result.json").read_text())
+    assert out_dir == run_dir / "test" / "ssim" / f"a{AREA}_t{val['threshold']:.6f}"
+    result = json.loads((out_dir / "test_result.json").read_text())
+    assert result["threshold"] == val["threshold"]
+    assert result["min_area"] == AREA
+    assert result["method"] == "ssim"
+    assert result["threshold_source"] == "validation"
+    assert "(validation)" in out
+
+
+def test_labelled_classification_csv(run_dir, labelled, tiny_dataset):
+    _, _, out_dir = labelled
+    frame = pd.read_csv(out_dir / "classification.csv")
+    files = listed_test_files(tiny_dataset)
+    assert len(files) == 13
+    assert list(frame.columns) == CSV_COLUMNS
+    assert len(frame) == len(files)
+    assert sorted(zip(frame["defect_type"], frame["path"].map(Path))) == files
+    assert (frame["truth"] == np.where(frame["defect_type"] == "good", "good", "defective")).all()
+    assert frame["prediction"].dtype == bool
+    assert (frame["prediction"] == (frame["largest_area"] >= AREA)).all()
+    assert (frame["n_regions"] >= (frame["largest_area"] > 0)).all()
+    assert (frame["largest_area"] <= SIZE * SIZE).all() and (frame["largest_area"] >= 0).all()
+    assert np.isfinite(frame["score"]).all() and (frame["score"] >= 0).all()
+
+
+def test_labelled_result_consistent_with_csv(labelled):
+    _, _, out_dir = labelled
+    frame = pd.read_csv(out_dir / "classification.csv")
+    result = json.loads((out_dir / "test_result.json").read_text())
+    truth = frame["truth"] == "defective"
+    pred = frame["prediction"]
+    tp, fp = int((truth & pred).sum()), int((~truth & pred).sum())
+    tn, fn = int((~truth & ~pred).sum()), int((truth & ~pred).sum())
+    assert result["confusion_matrix"] == {"truth_good": {"pred_good": tn, "pred_defective": fp},
+                                          "truth_defective": {"pred_good": fn, "pred_defective": tp}}
+    assert result["tpr"] == pytest.approx(tp / (tp + fn))
+    assert result["tnr"] == pytest.approx(tn / (tn + fp))
+    assert result["accuracy"] == pytest.approx((tp + tn) / len(frame))
+    assert result["balanced_accuracy"] == pytest.approx((tp / (tp + fn) + tn / (tn + fp)) / 2)
+    if tp + fp:
+        assert result["precision"] == pytest.approx(tp / (tp + fp))
+    else:
+        assert result["precision"] is None
+    assert result["f1"] == pytest.approx(2 * tp / (2 * tp + fp + fn))
+    assert (result["n_images"], result["n_good"], result["n_defective"]) == (13, 3, 10)
+    rates = frame.groupby("defect_type")["prediction"].mean()
+    assert set(result["detection_rate_per_defect_type"]) == {"good", *DEFECTS}
+    for defect, rate in result["detection_rate_per_defect_type"].items():
+        assert rate == pytest.approx(rates[defect])
+    assert result["images_per_defect_type"] == {"good": 3, **{d: 2 for d in DEFECTS}}
+
+
+def test_labelled_save_masks_and_overlays(labelled, tiny_dataset):
+    _, _, out_dir = labelled
+    frame = pd.read_csv(out_dir / "classification.csv")
+    written = sorted(p.relative_to(out_dir).as_posix() for p in out_dir.rglob("*.png"))
+    expected = sorted(f"{d}/{p.stem}_{kind}.png" for d, p in listed_test_files(tiny_dataset) for kind in ("mask", "overlay"))
+    assert written == expected
+    for _, row in frame.iterrows():
+        image_path = Path(row["path"])
+        stem, defect = image_path.stem, row["defect_type"]
+        with Image.open(out_dir / defect / f"{stem}_mask.png") as im, Image.open(image_path) as src:
+            assert im.format == "PNG" and im.size == src.size and im.mode == "L"
+            mask = np.asarray(im)
+        assert set(np.unique(mask)) <= {0, 255}
+        # The mask holds exactly the regions of at least min_area pixels (image = model size here).
+        assert ((mask > 0).sum() >= AREA) == bool(row["prediction"])
+        if not row["prediction"]:
+            assert not mask.any()
+        with Image.open(out_dir / defect / f"{stem}_overlay.png") as im:
+            assert im.format == "PNG"
+
+
+def test_labelled_anomaly_maps(run_dir, labelled, tiny_dataset):
+    import tifffile
+
+    maps_dir = run_dir / "test" / "ssim" / "anomaly_maps"
+    files = listed_test_files(tiny_dataset)
+    assert sorted(p.relative_to(maps_dir).as_posix() for p in maps_dir.rglob("*.tiff")) == \
+        sorted(f"{d}/{p.stem}.tiff" for d, p in files)
+    frame = pd.read_csv(labelled[2] / "classification.csv").set_index("path")
+    for defect, path in files:
+        array = tifffile.imread(maps_dir / defect / f"{path.stem}.tiff")
+        assert array.dtype == np.float32
+        assert array.shape == (SIZE, SIZE) == data.image_size(path)[::-1]
+        assert np.isfinite(array).all()
+        # At the model's size the image score is the maximum of the smoothed map.
+        assert float(array.max()) == pytest.approx(frame.loc[str(path), "score"], rel=1e-5)
+
+
+def test_labelled_metrics_json_and_plots(run_dir, labelled):
+    metrics = json.loads((run_dir / "test" / "ssim" / "metrics.json").read_text())
+    for key in ("image_auroc", "pixel_auroc", "au_pro"):
+        assert 0.0 <= metrics[key] <= 1.0, key
+    assert set(metrics["per_defect_type"]) == set(DEFECTS)
+    for defect, entry in metrics["per_defect_type"].items():
+        assert entry["n_images"] == 3 + 2 and entry["n_defective"] == 2
+        for key in ("image_auroc", "pixel_auroc", "au_pro"):
+            assert entry[key] is None or 0.0 <= entry[key] <= 1.0
+    assert metrics["method"] == "ssim" and metrics["n_images"] == 13
+    for name in ("roc_curves.png", "pro_curve.png"):
+        with Image.open(run_dir / "test" / "ssim" / name) as im:
+            assert im.format == "PNG"
+
+
+def test_labelled_stdout_table(run_dir, labelled):
+    out, _, out_dir = labelled
+    metrics = json.loads((run_dir / "test" / "ssim" / "metrics.json").read_text())
+    frame = pd.read_csv(out_dir / "classification.csv")
+    lines = out.splitlines()
+    for defect in ("good", *DEFECTS):
+        row = next(line for line in lines if line.split() and line.split()[0] == defect)
+        sub = frame[frame["defect_type"] == defect]
+        assert row.split()[1:3] == [str(len(sub)), str(int(sub["prediction"].sum()))]
+    total = next(line for line in lines if line.split() and line.split()[0] == "total")
+    assert total.split()[1:3] == ["13", str(int(frame["prediction"].sum()))]
+    assert f"image AUROC {metrics['image_auroc']:.3f}" in out
+    assert lines[-1] == str(out_dir)
+
+
+# --------------------------------------------------------------------------- 3. explicit threshold / no validation
+
+
+def test_explicit_threshold_and_area(run_dir, labelled, capsys):
+    code, out, err = cli(test_script.main, ["-p", str(run_dir), "-t", "0.5", "-a", "3"], capsys)
+    assert code == 0, err
+    folder = run_dir / "test" / "ssim" / "a3_t0.500000"
+    assert out.strip().splitlines()[-1] == str(folder)
+    result = json.loads((folder / "test_result.json").read_text())
+    assert (result["threshold"], result["min_area"], result["threshold_source"]) == (0.5, 3, "command line")
+    frame = pd.read_csv(folder / "classification.csv")
+    assert (frame["prediction"] == (frame["largest_area"] >= 3)).all()
+    assert not list(folder.glob("*/*_mask.png")), "masks written without --save"
+    assert (labelled[2] / "test_result.json").is_file(), "the validation-based result was removed"
+
+
+def test_without_validation_result_asks_for_validate(tiny_run, tmp_path, capsys):
+    run = copy_run(tiny_run, tmp_path / "run")
+    assert not (run / "validation").exists()
+    code, out, err = cli(test_script.main, ["-p", str(run)], capsys)
+    assert_user_error(code, err, "validate.py", "-t THRESHOLD")
+    assert not (run / "test").exists()
+    # Only one of the two is not enough either.
+    code, _, err = cli(test_script.main, ["-p", str(run), "-a", "3"], capsys)
+    assert_user_error(code, err, "validate.py", "area 3")
+    assert not (run / "test").exists()
+
+
+# --------------------------------------------------------------------------- 4. hand-built verdicts
+
+
+def synthetic_maps():
+    maps = np.zeros((3, 20, 20), np.float32)
+    maps[0, 2:7, 3:8] = 1.0                         # 5x5 blob: 25 px
+    maps[0, 15, 15] = maps[0, 15, 16] = maps[0, 16, 15] = 1.0  # 3-px speck, apart from the blob
+    for i in range(6):                               # a diagonal line: 8-connected, one region of 6
+        maps[1, 10 + i, 2 + i] = 0.9
+    maps[2, 5, 5] = 0.2                              # one faint pixel
+    return maps
+
+
+def test_classify_known_blob():
+    maps = synthetic_maps()
+    defective, largest, counts = inference.classify(maps, 0.5, 25)
+    assert defective.tolist() == [True, False, False]
+    assert largest.tolist() == [25, 6, 0]
+    assert counts.tolist() == [2, 1, 0]
+    defective, _, _ = inference.classify(maps, 0.5, 26)
+    assert defective.tolist() == [False, False, False]
+    # Diagonal neighbours join: the line is one region of 6 px, not six of 1.
+    assert inference.classify(maps, 0.5, 6)[0].tolist() == [True, True, False]
+    assert inference.classify(maps, 0.5, 7)[0].tolist() == [True, False, False]
+    # Strictly above the threshold: pixels equal to it do not count.
+    _, largest, counts = inference.classify(maps, 1.0, 1)
+    assert largest.tolist() == [0, 0, 0] and counts.tolist() == [0, 0, 0]
+    assert inference.classify(maps, 0.1, 1)[0].tolist() == [True, True, True]
+
+
+def test_defect_mask_keeps_only_large_regions():
+    maps = synthetic_maps()
+    blob = np.zeros((20, 20), bool)
+    blob[2:7, 3:8] = True
+    np.testing.assert_array_equal(resmaps.defect_mask(maps[0], 0.5, 25), blob)
+    np.testing.assert_array_equal(resmaps.defect_mask(maps[0], 0.5, 3), maps[0] > 0.5)
+    assert not resmaps.defect_mask(maps[0], 0.5, 26).any()
+    masks = inference.defect_masks(maps, 0.5, 6)
+    assert [int(m.sum()) for m in masks] == [25, 6, 0]
+
+
+# --------------------------------------------------------------------------- 5. predictions on new images
+
+
+def test_predict_images_mixed_formats(run_dir, tiny_dataset, tmp_path, capsys):
+    src = tiny_dataset / "test"
+    images = tmp_path / "new_images"
+    (images / "sub" / "deeper").mkdir(parents=True)
+    gray = Image.open(src / "hole" / "000.png").convert("L")
+    gray.save(images / "a.png")
+    gray.convert("RGB").resize((64, 64)).save(images / "sub" / "b.JPG", quality=95)
+    Image.open(src / "good" / "000.png").convert("RGB").save(images / "sub" / "deeper" / "c.bmp")
+    Image.open(src / "crack" / "001.png").convert("L").resize((64, 64)).save(images / "sub" / "d.tif")
+    (images / "sub" / "notes.txt").write_text("not an image")
+    sizes = {"a.png": (48, 48), "sub/b.JPG": (64, 64), "sub/deeper/c.bmp": (48, 48), "sub/d.tif": (64, 64)}
+
+    val = json.loads((run_dir / "validation" / "ssim" / f"a{AREA}" / "validation_result.json").read_text())
+    code, out, err = cli(test_script.main, ["-p", str(run_dir), "--images", str(images)], capsys)
+    assert code == 0, err
+    assert "notes.txt" in err and "warning" in err and "not an image" in err
+    out_dir = run_dir / "predictions" / "ssim" / f"new_images_a{AREA}_t{val['threshold']:.6f}"
+    assert out.strip().splitlines()[-1] == str(out_dir)
+    frame = pd.read_csv(out_dir / "predictions.csv")
+    assert len(frame) == 4
+    assert sorted(Path(p).relative_to(images).as_posix() for p in frame["path"]) == sorted(sizes)
+    assert {"verdict", "score", "largest_area", "n_regions"} <= set(frame.columns)
+    assert set(frame["verdict"]) <= {"good", "defective"}
+    assert ((frame["verdict"] == "defective") == (frame["largest_area"] >= AREA)).all()
+    assert (frame["n_regions"] >= (frame["largest_area"] > 0)).all()
+    assert np.isfinite(frame["score"]).all()
+    n_def = int((frame["verdict"] == "defective").sum())
+    assert f"4 images: {n_def} defective, {4 - n_def} good" in out
+    for _, row in frame.iterrows():
+        rel = Path(row["path"]).relative_to(images)
+        mask_path = out_dir / rel.parent / f"{rel.stem}_mask.png"
+        overlay_path = out_dir / rel.parent / f"{rel.stem}_overlay.png"
+        assert Path(row["mask"]) == mask_path and Path(row["overlay"]) == overlay_path
+        with Image.open(mask_path) as im:
+            assert im.size == sizes[rel.as_posix()]
+            mask = np.asarray(im)
+        assert set(np.unique(mask)) <= {0, 255}
+        assert mask.any() == (row["verdict"] == "defective")
+        with Image.open(overlay_path) as im:
+            assert im.format == "PNG"
+    pngs = sorted(p.relative_to(out_dir).as_posix() for p in out_dir.rglob("*.png"))
+    assert len(pngs) == 8
+    setup = json.loads((out_dir / "prediction_setup.json").read_text())
+    assert (setup["threshold"], setup["min_area"], setup["method"]) == (val["threshold"], AREA, "ssim")
+
+
+def test_predict_images_empty_folder(run_dir, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "readme.txt").write_text("x")
+    code, _, err = cli(test_script.main, ["-p", str(run_dir), "--images", str(tmp_path / "empty"), "-t", "0.5", "-a", "3"], capsys)
+    assert code == 2 and "Traceback" not in err
+    assert "no images under" in error_lines(err)[-1]
+    assert not (run_dir / "predictions" / "ssim" / "empty_a3_t0.500000").exists()
+
+
+# --------------------------------------------------------------------------- 6-8. unusual datasets
+
+
+def test_dataset_without_ground_truth(tiny_run, tiny_dataset, tmp_path, capsys):
+    dataset = copy_dataset(tiny_dataset, tmp_path / "data")
+    shutil.rmtree(dataset / "ground_truth")
+    run = copy_run(tiny_run, tmp_path / "run", dataset)
+    code, out, err = cli(test_script.main, ["-p", str(run), "-t", "0.5", "-a", "3"], capsys)
+    assert code == 0, err
+    metrics = json.loads((run / "test" / "ssim" / "metrics.json").read_text())
+    assert 0.0 <= metrics["image_auroc"] <= 1.0
+    assert metrics["pixel_auroc"] is None and metrics["au_pro"] is None
+    assert any("mask" in note for note in metrics["notes"])
+    assert all(entry["pixel_auroc"] is None for entry in metrics["per_defect_type"].values())
+    assert not (run / "test" / "ssim" / "pro_curve.png").exists()
+    assert "pixel AUROC n/a" in out
+    assert len(pd.read_csv(run / "test" / "ssim" / "a3_t0.500000" / "classification.csv")) == 13
+
+
+def test_mask_size_differs_from_image(tiny_run, tiny_dataset, run_dir, labelled, tmp_path, capsys):
+    dataset = copy_dataset(tiny_dataset, tmp_path / "data")
+    mask_path = dataset / "ground_truth" / "hole" / "000_mask.png"
+    with Image.open(mask_path) as im:
+        assert im.size == (SIZE, SIZE)
+        im.resize((2 * SIZE, 2 * SIZE), Image.Resampling.NEAREST).save(mask_path)
+    run = copy_run(tiny_run, tmp_path / "run", dataset)
+    code, out, err = cli(test_script.main, ["-p", str(run), "-t", "0.5", "-a", "3"], capsys)
+    assert code == 0, err
+    warning = [line for line in error_lines(err) if line.startswith("warning:")]
+    assert len(warning) == 1 and "000_mask.png" in warning[0] and "96x96" in warning[0], warning
+    before = json.loads((run_dir / "test" / "ssim" / "metrics.json").read_text())
+    after = json.loads((run / "test" / "ssim" / "metrics.json").read_text())
+    for key in ("image_auroc", "pixel_auroc", "au_pro"):
+        assert after[key] == pytest.approx(before[key], abs=1e-9), key
+    for defect in DEFECTS:
+        for key in ("image_auroc", "pixel_auroc", "au_pro"):
+            assert after["per_defect_type"][defect][key] == pytest.approx(before["per_defect_type"][defect][key], abs=1e-9)
+
+
+def test_test_folder_without_good(tiny_run, tiny_dataset, tmp_path, capsys):
+    dataset = copy_dataset(tiny_dataset, tmp_path / "data")
+    shutil.rmtree(dataset / "test" / "good")
+    run = copy_run(tiny_run, tmp_path / "run", dataset)
+    code, out, err = cli(test_script.main, ["-p", str(run), "-t", "0.5", "-a", "3"], capsys)
+    assert code == 0, err
+    assert "TNR" in err and "no test/good folder" in err
+    assert "TNR n/a" in out
+    assert "note: TNR cannot be computed: no good images" in out
+    folder = run / "test" / "ssim" / "a3_t0.500000"
+    result = json.loads((folder / "test_result.json").read_text())
+    assert result["tnr"] is None and result["balanced_accuracy"] is None
+    assert result["tpr"] is not None and result["n_good"] == 0 and result["n_defective"] == 10
+    assert any("TNR" in note for note in result["notes"])
+    assert len(pd.read_csv(folder / "classification.csv")) == 10
+    metrics = json.loads((run / "test" / "ssim" / "metrics.json").read_text())
+    assert metrics["image_auroc"] is None
+
+
+# --------------------------------------------------------------------------- 9. finetune.py
+
+
+def test_finetune_plots(run_dir, capsys):
+    code, out, err = cli(finetune.main, ["-p", str(run_dir), "-v", "good/" + Path(
+        (run_dir / runs.VALIDATION_FILES).read_text().split()[1]).name, "-t", "hole/001.png", "-r", "30"], capsys)
+    assert code == 0, err
+    folder = run_dir / "finetune" / "ssim"
+    assert out.strip().splitlines()[-1] == str(folder)
+    names = ("regions_vs_threshold.png", "area_mean_std_vs_threshold.png", "area_distribution_t0.png",
+             "area_distributions.png", "sample_validation.png", "sample_test.png")
+    assert sorted(p.name for p in folder.iterdir()) == sorted(names)
+    for name in names:
+        with Image.open(folder / name) as im:
+            assert im.format == "PNG"
+
+
+def test_finetune_bad_arguments(tiny_run, tiny_dataset, tmp_path, capsys):
+    run = copy_run(tiny_run, tmp_path / "run")
+    listed = [n.strip() for n in (run / runs.VALIDATION_FILES).read_text().splitlines() if n.strip()]
+    code, _, err = cli(finetune.main, ["-p", str(run), "-v", "good/NOT_THERE.png"], capsys)
+    line = assert_user_error(code, err, "NOT_THERE.png")
+    assert any(name.replace("train/", "", 1) in line for name in listed), line
+
+    train_only = sorted({f"train/good/{p.name}" for p in (tiny_dataset / "train" / "good").glob("*.png")} - set(listed))[0]
+    code, _, err = cli(finetune.main, ["-p", str(run), "-v", train_only.replace("train/", "", 1)], capsys)
+    assert_user_error(code, err, "not one of this run's validation images")
+
+    code, _, err = cli(finetune.main, ["-p", str(run), "-t", "nonexist/000.png"], capsys)
+    line = assert_user_error(code, err, "nonexist/000.png")
+    assert any(f"{d}/000.png" in line for d in ("good", *DEFECTS)), line
+
+    code, _, err = cli(finetune.main, ["-p", str(run), "-r", "0"], capsys)
+    assert_user_error(code, err, "-r")
+    assert not (run / "finetune").exists()
+
+
+# --------------------------------------------------------------------------- 10. visualize.py
+
+
+def test_visualize_cli(run_dir, capsys):
+    code, out, err = cli(visualize.main, ["-p", str(run_dir), "-i", "test/hole/000.png"], capsys)
+    assert code == 0, err
+    folder = run_dir / "visualize"
+    assert out.strip().splitlines()[-1] == str(folder)
+    pngs = list(folder.glob("*.png"))
+    assert [p.name for p in pngs] == ["test_hole_000_ssim.png"]
+    with Image.open(pngs[0]) as im:
+        assert im.format == "PNG"
+
+
+# --------------------------------------------------------------------------- 11. bad inputs
+
+
+def test_run_without_model(tiny_run, tmp_path, capsys):
+    run = copy_run(tiny_run, tmp_path / "run")
+    model_file(run).unlink()
+    for main, extra in ((validate.main, ["-a", "5"]), (test_script.main, ["-t", "0.5", "-a", "5"]),
+                        (finetune.main, []), (visualize.main, ["-t", "0.5", "-a", "5", "-i", "test/hole/000.png"])):
+        code, _, err = cli(main, ["-p", str(run), *extra], capsys)
+        assert_user_error(code, err, "no model", runs.model_filename("mvtec2", 4))
+    assert not any((run / name).exists() for name in OUTPUT_DIRS)
+
+
+@pytest.mark.parametrize("script", [validate, test_script, finetune], ids=["validate", "test", "finetune"])
+def test_not_a_run_folder_and_missing_path(script, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    extra = ["-a", "5"] if script is validate else []
+    code, _, err = cli(script.main, ["-p", str(tmp_path / "empty"), *extra], capsys)
+    assert_user_error(code, err, "setup.json", str(tmp_path / "empty"))
+    assert list((tmp_path / "empty").iterdir()) == []
+    code, _, err = cli(script.main, ["-p", str(tmp_path / "nowhere"), *extra], capsys)
+    assert_user_error(code, err, "not found", "nowhere")
+    assert not (tmp_path / "nowhere").exists()
+
+
+def test_bad_numbers(run_dir, capsys):
+    before = tree_snapshot(run_dir / "validation")
+    code, _, err = cli(validate.main, ["-p", str(run_dir), "-a", "-5"], capsys)
+    assert_user_error(code, err, "area", "-5")
+    code, _, err = cli(validate.main, ["-p", str(run_dir), "-a", "0"], capsys)
+    assert_user_error(code, err, "area")
+    assert tree_snapshot(run_dir / "validation") == before
+    assert not (run_dir / "validation" / "ssim" / "a-5").exists()
+
+    test_before = sorted(p.name for p in (run_dir / "test" / "ssim").iterdir()) if (run_dir / "test").exists() else []
+    code, _, err = cli(test_script.main, ["-p", str(run_dir), "-a", "-5", "-t", "0.5"], capsys)
+    assert_user_error(code, err, "area", "-5")
+    code, _, err = cli(test_script.main, ["-p", str(run_dir), "-a", "-5"], capsys)
+    assert_user_error(code, err, "area", "-5")
+    code, _, err = cli(test_script.main, ["-p", str(run_dir), "-t", "-0.1", "-a", "5"], capsys)
+    assert_user_error(code, err, "threshold", "-0.1")
+    code, _, err = cli(test_script.main, ["-p", str(run_dir), "-t", "nan", "-a", "5"], capsys)
+    assert_user_error(code, err, "threshold", "nan")
+    test_after = sorted(p.name for p in (run_dir / "test" / "ssim").iterdir()) if (run_dir / "test").exists() else []
+    assert test_after == test_before
+
+
+@pytest.mark.parametrize("script", [validate, test_script], ids=["validate", "test"])
+def test_unknown_method_is_an_argparse_error(script, run_dir, capsys):
+    code, out, err = cli(script.main, ["-p", str(run_dir), "-a", "5", "--method", "foo"], capsys)
+    assert code == 2
+    assert "Traceback" not in err
+    assert "invalid choice: 'foo'" in err.strip().splitlines()[-1]
+    assert not (run_dir / "validation" / "foo").exists() and not (run_dir / "test" / "foo").exists()
+
+
+def test_model_size_does_not_match_setup(tiny_run, tmp_path, capsys):
+    run = copy_run(tiny_run, tmp_path / "run")
+    setup = json.loads((run / runs.SETUP).read_text())
+    setup["size"] = 64
+    (run / runs.SETUP).write_text(json.dumps(setup))
+    code, _, err = cli(validate.main, ["-p", str(run), "-a", "5"], capsys)
+    assert_user_error(code, err, "setup.json", "64")
+    code, _, err = cli(test_script.main, ["-p", str(run), "-t", "0.5", "-a", "5"], capsys)
+    assert_user_error(code, err, "setup.json", "64")
+    assert not (run / "validation").exists() and not (run / "test").exists()
+
+
+def test_missing_test_folder(tiny_run, tiny_dataset, tmp_path, capsys):
+    dataset = copy_dataset(tiny_dataset, tmp_path / "data")
+    shutil.rmtree(dataset / "test")
+    run = copy_run(tiny_run, tmp_path / "run", dataset)
+    code, _, err = cli(test_script.main, ["-p", str(run), "-t", "0.5", "-a", "5"], capsys)
+    assert_user_error(code, err, "no test folder", str(dataset))
+    assert not (run / "test").exists()
+
+
+def test_failed_test_keeps_previous_result(tiny_run, tmp_path, capsys, monkeypatch):
+    run = copy_run(tiny_run, tmp_path / "run")
+    argv = ["-p", str(run), "-t", "0.5", "-a", "3", "--save"]
+    code, out, err = cli(test_script.main, argv, capsys)
+    assert code == 0, err
+    folder = run / "test" / "ssim" / "a3_t0.500000"
+    before = tree_snapshot(folder)
+    maps_before = tree_snapshot(run / "test" / "ssim" / "anomaly_maps")
+    assert "classification.csv" in before and "hole/000_mask.png" in before
+
+    # A failure half-way through writing the same output folder ...
+    calls, original = [], visualize.plot_overlay
+
+    def failing_overlay(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:
+            raise UserError("disk full (simulated)")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(visualize, "plot_overlay", failing_overlay)
+    code, _, err = cli(test_script.main, argv, capsys)
+    assert_user_error(code, err, "disk full")
+    assert len(calls) == 4
+    # ... leaves the earlier result (and the anomaly maps) as they were, and no staging folder.
+    assert tree_snapshot(folder) == before
+    assert tree_snapshot(run / "test" / "ssim" / "anomaly_maps") == maps_before
+    assert sorted(p.name for p in (run / "test" / "ssim").iterdir() if p.name.startswith(".")) == []
+
+    # A failure before any writing (the dataset's test folder went missing) does not touch it either.
+    monkeypatch.undo()
+    setup = json.loads((run / runs.SETUP).read_text())
+    setup["directory"] = str(tmp_path / "gone")
+    (run / runs.SETUP).write_text(json.dumps(setup))
+    code, _, err = cli(test_script.main, argv, capsys)
+    assert code == 2
+    assert tree_snapshot(folder) == before
+
+
+def test_help_in_a_subprocess():
+    proc = subprocess.run([sys.executable, "test.py", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "--images" in proc.stdout and "--threshold" in proc.stdout

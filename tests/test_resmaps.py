@@ -1,0 +1,82 @@
+"""Residual maps, regions and the exact threshold search."""
+import numpy as np
+import pytest
+from skimage.metrics import structural_similarity
+
+import resmaps
+
+
+def test_ssim_resmap_matches_skimage_interior_and_is_defined_at_borders():
+    rng = np.random.default_rng(0)
+    x = rng.random((2, 48, 48, 3), dtype=np.float32)
+    y = np.clip(x + rng.normal(0, 0.15, x.shape), 0, 1).astype(np.float32)
+    maps = resmaps.residual_maps(x, y, "ssim")
+    assert maps.shape == (2, 48, 48) and maps.dtype == np.float32
+    assert np.isfinite(maps).all()
+    for i in range(2):
+        ref = np.mean([structural_similarity(x[i, ..., c], y[i, ..., c], gaussian_weights=True, sigma=1.5,
+                                             use_sample_covariance=False, data_range=1.0, full=True)[1]
+                       for c in range(3)], axis=0)
+        np.testing.assert_allclose(maps[i, 5:-5, 5:-5], 1 - ref[5:-5, 5:-5], atol=1e-3)
+        np.testing.assert_allclose(maps[i], 1 - ref, atol=1e-3)  # borders too (same reflect padding)
+
+
+def test_l2_resmap_keeps_darker_and_brighter_differences():
+    x = np.full((1, 8, 8, 3), 0.5, np.float32)
+    y = x.copy()
+    y[0, 0, 0] = 0.2  # reconstruction darker
+    y[0, 7, 7] = 0.9  # reconstruction brighter
+    maps = resmaps.residual_maps(x, y, "l2")
+    assert maps[0, 0, 0] == pytest.approx(0.09, abs=1e-6)
+    assert maps[0, 7, 7] == pytest.approx(0.16, abs=1e-6)
+    assert maps[0, 3, 3] == 0.0
+    with pytest.raises(ValueError, match="unknown residual method 'l1'"):
+        resmaps.residual_maps(x, y, "l1")
+
+
+def _blob_map():
+    m = np.zeros((32, 32), np.float32)
+    m[5:10, 5:10] = 1.0  # 25-px blob
+    m[20, 20] = m[21, 21] = m[22, 22] = 0.8  # diagonal 3-px speck, one region with 8-connectivity
+    return m
+
+
+def test_regions_are_8_connected_with_exact_areas():
+    _, areas = resmaps.label_regions(_blob_map(), 0.5)
+    assert sorted(areas.tolist()) == [3, 25]
+    assert resmaps.largest_area(_blob_map(), 0.9) == 25
+    assert resmaps.largest_area(_blob_map(), 1.0) == 0
+    mask = resmaps.defect_mask(_blob_map(), 0.5, 4)
+    assert mask.sum() == 25 and mask[5:10, 5:10].all()
+
+
+def test_exact_threshold_agrees_with_brute_force():
+    rng = np.random.default_rng(3)
+    for _ in range(5):
+        maps = np.round(rng.random((4, 24, 24)), 2).astype(np.float32)  # ties on purpose
+        values = np.unique(maps)
+        for area in (1, 2, 5, 20, 100):
+            brute = min(v for v in values if max(resmaps.largest_area(m, v) for m in maps) < area)
+            assert resmaps.min_threshold_for_area(maps, area) == pytest.approx(float(brute))
+
+
+def test_threshold_search_on_known_blob():
+    m = _blob_map()
+    m[5:10, 5:10] = 0.6  # 25-px blob with a 3x3 core at 1.0
+    m[6:9, 6:9] = 1.0
+    maps = np.stack([m])
+    assert resmaps.min_threshold_for_area(maps, 26) == 0.0  # nothing reaches 26 px even at 0
+    assert resmaps.min_threshold_for_area(maps, 25) == pytest.approx(0.6)  # above 0.6 only the 9-px core
+    assert resmaps.min_threshold_for_area(maps, 10) == pytest.approx(0.6)
+    assert resmaps.min_threshold_for_area(maps, 9) == pytest.approx(1.0)
+    assert resmaps.min_threshold_for_area(maps, 4) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="min_area must be >= 1, got 0"):
+        resmaps.min_threshold_for_area(maps, 0)
+
+
+def test_smoothing_preserves_shape_and_mass():
+    maps = np.stack([_blob_map(), np.zeros((32, 32), np.float32)])
+    out = resmaps.smooth(maps, 2.0)
+    assert out.shape == maps.shape and out[1].max() == 0.0
+    assert out[0].sum() == pytest.approx(maps[0].sum(), rel=1e-3)
+    assert resmaps.smooth(maps, 0) is maps

@@ -1,0 +1,70 @@
+"""Pick the residual-map threshold for a minimum defect area, on held-back good images only.
+
+    python3 validate.py -p saved_models/<...run...> -a 50 [--method ssim]
+
+The threshold is the smallest one at which no validation image (the run's own
+``validation_files.txt``, never test images) has a defect region of at least MIN_AREA
+pixels: zero false alarms on defect-free images. Writes
+``RUN/validation/<method>/a<MIN_AREA>/validation_result.json`` and a plot.
+"""
+import argparse
+import sys
+
+import numpy as np
+
+from utils import quiet_tensorflow, run_cli
+
+quiet_tensorflow()
+
+import inference  # noqa: E402
+import resmaps  # noqa: E402
+import runs  # noqa: E402
+import visualize  # noqa: E402
+
+CURVE_POINTS = 120
+
+
+def get_parser():
+    """Command-line options of ``validate.py``."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    runs.add_run_arguments(parser)
+    parser.add_argument("-a", "--area", type=int, required=True, help="minimum defect area in pixels (at the model's size)")
+    return parser
+
+
+def validate(path, min_area, method=None, batch=16):
+    """Compute, save and return the validation result for ``min_area``."""
+    inference.check_area_threshold(min_area=min_area)
+    run = runs.find_run(path)
+    method = run.method(method)
+    seen = inference.inspect(run, run.validation_paths(), method, batch, progress="validation images")
+    threshold = resmaps.min_threshold_for_area(seen.maps, min_area)
+    largest, _ = resmaps.region_stats(seen.maps, threshold)
+    result = {
+        "min_area": int(min_area),
+        "threshold": threshold,
+        "method": method,
+        "n_images": len(seen.paths),
+        "largest_area_at_threshold": int(largest.max()),
+        "validation_files": [str(p) for p in seen.paths],
+        "resmap_range": [float(seen.maps.min()), float(seen.maps.max())],
+    }
+    grid = np.unique(np.concatenate([np.linspace(seen.maps.min(), seen.maps.max(), CURVE_POINTS), [threshold]]))
+    curve = resmaps.threshold_curve(seen.maps, grid)
+    with runs.StagedOutput(runs.validation_dir(run.dir, method, min_area)) as out:
+        runs.write_json(out / "validation_result.json", result)
+        visualize.plot_threshold_search(grid, curve, threshold, min_area, out / "threshold_search.png", method=method)
+    return result, runs.validation_dir(run.dir, method, min_area)
+
+
+def main(argv=None):
+    """Parse arguments, validate, print the threshold and where it was written."""
+    args = get_parser().parse_args(argv)
+    result, out = validate(args.path, args.area, args.method, args.batch)
+    print(f"{result['method']} threshold for minimum area {result['min_area']} px: {result['threshold']:.6f} "
+          f"({result['n_images']} validation images, largest region at it {result['largest_area_at_threshold']} px)")
+    print(out)
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))
