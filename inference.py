@@ -26,13 +26,51 @@ class Inspected:
     sizes: list  # original (width, height) per image
 
 
-def inspect(run, paths, method, batch=16, progress=None):
-    """Load ``paths`` at the run's size and colour, reconstruct them and compute residual maps."""
+BASELINE_SIGMA = 1.0
+
+
+def residual_baseline(run, method, batch=16):
+    """Mean residual map of the run's *training* images (model size, smoothed by 1 px).
+
+    Some places are always hard to reconstruct (sharp rims, fine texture); their residual
+    is high on every good image. Subtracting this mean leaves what is unusual for *that
+    place*. Training images are used so the held-back validation images stay independent
+    for choosing the threshold; test images are never used. Cached in the run folder and
+    recomputed when the model file changes.
+    """
+    cache = run.dir / f"residual_baseline_{method}.npz"
+    stamp = np.array([run.model_path.stat().st_mtime_ns, run.model_path.stat().st_size])
+    if cache.is_file():
+        with np.load(cache) as stored:
+            if np.array_equal(stored["model_stamp"], stamp) and stored["baseline"].shape == (run.size, run.size):
+                return stored["baseline"]
+    held_back = {p.resolve() for p in run.validation_paths()}
+    _, good = data.check_class_dir(run.class_dir)
+    train_paths = [p for p in data.list_images(good) if p.resolve() not in held_back]
+    if not train_paths:
+        raise UserError(f"no training images left in {good} to compute the residual baseline (use --no-baseline)")
+    images, _ = data.load_images(train_paths, run.color, run.size, progress="training images (residual baseline)")
+    _, maps = resmaps.compute_resmaps(run.load_model(), images, method, batch)
+    baseline = resmaps.smooth(maps, BASELINE_SIGMA).mean(axis=0).astype(np.float32)
+    tmp = cache.with_name(cache.stem + ".tmp.npz")
+    np.savez(tmp, baseline=baseline, model_stamp=stamp)
+    tmp.replace(cache)
+    return baseline
+
+
+def inspect(run, paths, method, batch=16, progress=None, baseline=True):
+    """Load ``paths`` at the run's size and colour, reconstruct them and compute residual maps.
+
+    With ``baseline`` the run's :func:`residual_baseline` is subtracted and negative values
+    set to 0 (a place is never *less* anomalous than usual).
+    """
     if batch < 1:
         raise UserError(f"--batch must be >= 1, got {batch}")
     images, kept = data.load_images(paths, run.color, run.size, progress=progress)
     model = run.load_model()
     recons, maps = resmaps.compute_resmaps(model, images, method, batch)
+    if baseline:
+        maps = np.maximum(maps - residual_baseline(run, method, batch), 0.0).astype(np.float32)
     return Inspected(kept, images, recons, maps, [data.image_size(p) for p in kept])
 
 
@@ -44,14 +82,15 @@ def check_area_threshold(min_area=None, threshold=None):
         raise UserError(f"threshold must be >= 0, got {threshold}")
 
 
-def resolve_threshold(run, method, threshold=None, min_area=None):
-    """Threshold and minimum area to classify with: as given, else the newest validation result.
+def resolve_threshold(run, method, threshold=None, min_area=None, baseline=None):
+    """Threshold, minimum area and baseline setting to classify with: as given, else from
+    the newest validation result (whose baseline setting must then match, if one is given).
 
-    Returns ``(threshold, min_area, source)``.
+    Returns ``(threshold, min_area, baseline, source)``.
     """
     check_area_threshold(min_area, threshold)
     if threshold is not None and min_area is not None:
-        return float(threshold), int(min_area), "command line"
+        return float(threshold), int(min_area), baseline is not False, "command line"
     found = runs.find_validation_result(run.dir, method, min_area)
     if found is None:
         which = f"method {method}" + (f", area {min_area}" if min_area is not None else "")
@@ -59,9 +98,16 @@ def resolve_threshold(run, method, threshold=None, min_area=None):
             f"no validation result for {which} in {run.dir}: run validate.py -p {run.dir} -a MIN_AREA"
             f"{' --method ' + method} first, or pass both -t THRESHOLD and -a MIN_AREA"
         )
+    found_baseline = bool(found.get("baseline", False))
+    if baseline is not None and baseline != found_baseline:
+        raise UserError(
+            f"the validation result for {method} (area {found['min_area']}) was computed "
+            f"{'with' if found_baseline else 'without'} the residual baseline; run validate.py again "
+            f"{'with' if found_baseline else 'without'} --no-baseline, or pass -t and -a"
+        )
     if threshold is not None:
-        return float(threshold), int(found["min_area"]), f"area from validation, threshold from command line"
-    return float(found["threshold"]), int(found["min_area"]), "validation"
+        return float(threshold), int(found["min_area"]), found_baseline, "area from validation, threshold from command line"
+    return float(found["threshold"]), int(found["min_area"]), found_baseline, "validation"
 
 
 def classify(maps, threshold, min_area):

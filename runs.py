@@ -221,4 +221,7 @@ def add_run_arguments(parser, method_help="residual map: ssim (1 - SSIM map) or 
     parser.add_argument("-p", "--path", required=True, help="run folder written by train.py (or the .keras model inside it)")
     parser.add_argument("--method", choices=METHODS, default=None, help=method_help)
     parser.add_argument("--batch", type=int, default=16, help="images per inference batch")
+    parser.add_argument("--no-baseline", dest="baseline", action="store_false", default=None,
+                        help="use the raw residual map; by default the mean residual map of the training images "
+                             "(places that are always hard to reconstruct) is subtracted first")
     return parser

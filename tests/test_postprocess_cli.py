@@ -122,20 +122,36 @@ def listed_test_files(class_dir):
     return sorted((p.parent.name, p) for p in Path(class_dir, "test").glob("*/*") if p.is_file())
 
 
-def recomputed_validation_maps(run_dir, method="ssim"):
-    """Residual maps of the run's validation images, computed without inference/validate."""
+def recomputed_validation_maps(run_dir, method="ssim", baseline=True):
+    """Residual maps of the run's validation images, computed without inference/validate.
+
+    With ``baseline``, the mean of the training images' residual maps (each smoothed by a
+    1-px Gaussian, scipy) is subtracted and negatives set to 0, as the scripts do by default.
+    """
     import keras
+    from scipy.ndimage import gaussian_filter
 
     import custom_loss_functions  # noqa: F401
 
     setup = json.loads((run_dir / runs.SETUP).read_text())
     names = [n.strip() for n in (run_dir / runs.VALIDATION_FILES).read_text().splitlines() if n.strip()]
     paths = [Path(setup["directory"]) / n for n in names]
-    images, kept = data.load_images(paths, setup["color"], setup["size"])
-    assert len(kept) == len(names)
     model = keras.models.load_model(model_file(run_dir), compile=False)
-    recons = np.asarray(model.predict(images, batch_size=16, verbose=0), dtype=np.float32)
-    return resmaps.residual_maps(images, recons, method)
+
+    def maps_of(image_paths):
+        images, kept = data.load_images(image_paths, setup["color"], setup["size"])
+        assert len(kept) == len(image_paths)
+        recons = np.asarray(model.predict(images, batch_size=16, verbose=0), dtype=np.float32)
+        return resmaps.residual_maps(images, recons, method)
+
+    maps = maps_of(paths)
+    if not baseline:
+        return maps
+    train = sorted(p for p in (Path(setup["directory"]) / "train" / "good").iterdir()
+                   if p.resolve() not in {q.resolve() for q in paths})
+    assert len(train) == setup["n_train"]
+    mean = np.mean([gaussian_filter(m, 1.0, mode="reflect") for m in maps_of(train)], axis=0)
+    return np.maximum(maps - mean, 0.0)
 
 
 # --------------------------------------------------------------------------- shared state
@@ -700,3 +716,22 @@ def test_help_in_a_subprocess():
     proc = subprocess.run([sys.executable, "test.py", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "--images" in proc.stdout and "--threshold" in proc.stdout
+
+
+def test_no_baseline_uses_raw_maps_and_must_match_validation(tiny_run, tmp_path, capsys):
+    run = copy_run(tiny_run, tmp_path / "run")
+    code, _, err = cli(validate.main, ["-p", str(run), "-a", str(AREA)], capsys)
+    assert code == 0, err
+    code, _, err = cli(test_script.main, ["-p", str(run), "--no-baseline"], capsys)
+    assert code == 2 and "computed with the residual baseline" in err and "--no-baseline" in err
+    code, _, err = cli(validate.main, ["-p", str(run), "-a", str(AREA), "--no-baseline"], capsys)
+    assert code == 0, err
+    result = json.loads((run / "validation" / "ssim" / f"a{AREA}" / "validation_result.json").read_text())
+    assert result["baseline"] is False
+    assert result["threshold"] == resmaps.min_threshold_for_area(recomputed_validation_maps(run, baseline=False), AREA)
+    code, _, err = cli(test_script.main, ["-p", str(run)], capsys)
+    assert code == 0, err
+    (tested,) = run.glob("test/ssim/a*_t*/test_result.json")
+    assert json.loads(tested.read_text())["baseline"] is False
+    # The baseline is cached in the run and recomputed only when the model changes.
+    assert (run / "residual_baseline_ssim.npz").is_file()
