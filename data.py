@@ -212,11 +212,44 @@ def augmenter(flip=False, seed=0):
     return keras.Sequential(steps, name="augment")
 
 
-def make_dataset(images, batch, training, augment=True, flip=False, seed=0):
-    """``tf.data`` pipeline of ``(x, x)`` batches from an in-memory N×H×W×C array.
+def paste_anomalies(x, probability=0.5, min_radius=0.03, max_radius=0.15):
+    """Denoising-training corruption: paste one random elliptical patch into some images.
+
+    A batch ``x`` (N×H×W×C, [0, 1]) gets, in each image with ``probability``, an ellipse
+    (radii ``min_radius``–``max_radius`` of the side) filled either with a shifted piece of
+    another image of the batch or with a random flat colour plus noise, blended with a
+    random opacity of 0.5–1. The model is trained to output the clean image, so it learns
+    to *remove* what does not belong instead of copying it (a denoising autoencoder).
+    """
+    import tensorflow as tf
+
+    n, h, w = tf.shape(x)[0], tf.shape(x)[1], tf.shape(x)[2]
+    hf, wf = tf.cast(h, tf.float32), tf.cast(w, tf.float32)
+    cy = tf.random.uniform([n, 1, 1], 0.0, 1.0) * hf
+    cx = tf.random.uniform([n, 1, 1], 0.0, 1.0) * wf
+    ry = tf.random.uniform([n, 1, 1], min_radius, max_radius) * hf
+    rx = tf.random.uniform([n, 1, 1], min_radius, max_radius) * wf
+    yy = tf.cast(tf.range(h), tf.float32)[None, :, None]
+    xx = tf.cast(tf.range(w), tf.float32)[None, None, :]
+    inside = tf.cast(((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1.0, tf.float32)
+    chosen = tf.cast(tf.random.uniform([n, 1, 1]) < probability, tf.float32)
+    alpha = tf.random.uniform([n, 1, 1], 0.5, 1.0)
+    mask = (inside * chosen * alpha)[..., None]
+    shift = tf.random.uniform([2], 0, tf.minimum(h, w), dtype=tf.int32)
+    other = tf.roll(tf.roll(x, 1, axis=0), shift, axis=[1, 2])
+    flat = tf.random.uniform([n, 1, 1, tf.shape(x)[3]]) + tf.random.normal(tf.shape(x), stddev=0.05)
+    use_other = tf.cast(tf.random.uniform([n, 1, 1, 1]) < 0.5, tf.float32)
+    source = tf.clip_by_value(use_other * other + (1.0 - use_other) * flat, 0.0, 1.0)
+    return x * (1.0 - mask) + source * mask
+
+
+def make_dataset(images, batch, training, augment=True, flip=False, seed=0, denoise=False):
+    """``tf.data`` pipeline of ``(input, target)`` batches from an in-memory N×H×W×C array.
 
     Images are decoded once (they arrive decoded) and cached; training batches are shuffled
     and augmented (vectorised per batch) in parallel with the model's step, then prefetched.
+    The target is the (augmented) image itself; with ``denoise`` the input additionally
+    gets :func:`paste_anomalies`, so the model learns to repair rather than copy.
     """
     import tensorflow as tf
 
@@ -226,10 +259,15 @@ def make_dataset(images, batch, training, augment=True, flip=False, seed=0):
     ds = ds.batch(batch)
     if training and augment:
         layers = augmenter(flip=flip, seed=seed)
+
         def _augment(x):
             x = layers(x, training=True)
             gain = tf.random.uniform([tf.shape(x)[0], 1, 1, 1], 0.95, 1.05)
             return tf.clip_by_value(x * gain, 0.0, 1.0)
 
         ds = ds.map(_augment, num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.map(lambda x: (x, x)).prefetch(tf.data.AUTOTUNE)
+    if training and denoise:
+        ds = ds.map(lambda x: (paste_anomalies(x), x), num_parallel_calls=tf.data.AUTOTUNE)
+    else:
+        ds = ds.map(lambda x: (x, x))
+    return ds.prefetch(tf.data.AUTOTUNE)

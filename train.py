@@ -38,6 +38,9 @@ def get_parser():
     new.add_argument("--patience", type=int, default=10, help="early stopping after this many epochs without a better validation loss (0: off)")
     new.add_argument("--no-augment", action="store_true", help="train without augmentation (rotation, shift, brightness)")
     new.add_argument("--flip", action="store_true", help="add mirror augmentation (for textures, not for oriented objects)")
+    new.add_argument("--denoise", action="store_true",
+                     help="train as a denoising autoencoder: paste random patches into half the inputs and learn to "
+                          "output the clean image, so defects are repaired instead of copied")
     new.add_argument("--weights", default="imagenet",
                      help="resnet encoder weights: imagenet (from Keras's cache only, no download here), none, or a weights file")
     new.add_argument("--out", default="saved_models", help="root folder for run folders")

@@ -146,6 +146,7 @@ def prepare(args):
         "val_split": args.val_split,
         "patience": args.patience,
         "augment": not args.no_augment,
+        "denoise": bool(getattr(args, "denoise", False)),
         "flip": args.flip,
         "weights": args.weights if args.architecture == "resnet" else None,
         "tag": args.tag,
@@ -203,7 +204,8 @@ def train(setup, run_dir, images, model, start_epoch=0, state=None):
     state = dict(state or {})
     train_images, val_images = images
     seed = setup["seed"]
-    train_ds = data.make_dataset(train_images, setup["batch"], training=True, augment=setup["augment"], flip=setup["flip"], seed=seed)
+    train_ds = data.make_dataset(train_images, setup["batch"], training=True, augment=setup["augment"], flip=setup["flip"],
+                                 seed=seed, denoise=setup.get("denoise", False))
     val_ds = data.make_dataset(val_images, setup["batch"], training=False)
     if not getattr(model, "optimizer", None) or setup["architecture"] != "resnet":
         if getattr(model, "compiled", False) and model.optimizer is not None and start_epoch > 0:

@@ -105,3 +105,19 @@ def test_pipeline_batches_augments_and_keeps_range():
 def test_output_stems_are_unique_per_folder():
     paths = ["a/x.png", "a/x.bmp", "a/y.png", "b/x.png"]
     assert data.output_stems(paths) == ["x_png", "x_bmp", "y", "x"]
+
+
+def test_denoise_pipeline_corrupts_inputs_not_targets():
+    import tensorflow as tf
+
+    tf.random.set_seed(0)
+    images = np.random.default_rng(0).random((16, 32, 32, 3), dtype=np.float32)
+    x, y = next(iter(data.make_dataset(images, 16, training=True, augment=False, denoise=True, seed=0)))
+    x, y = x.numpy(), y.numpy()
+    assert {img.tobytes() for img in y} == {img.tobytes() for img in images}  # targets: the clean images
+    changed = [not np.array_equal(a, b) for a, b in zip(x, y)]
+    assert 0 < sum(changed) < 16  # about half the inputs get a patch
+    assert 0.0 <= x.min() and x.max() <= 1.0
+    for a, b in zip(x, y):
+        frac = np.mean(np.any(np.abs(a - b) > 1e-6, axis=-1))
+        assert frac < 0.25  # one patch, not a whole new image
