@@ -200,3 +200,35 @@ def test_help_lists_every_option_with_default():
                  "--epochs", "--lr", "--seed", "--val-split", "--patience", "--no-augment", "--flip", "--weights", "--out"):
         assert flag in text, flag
     assert "(default: 256)" in text and "(default: 0.0002)" in text
+
+
+def test_resnet_encoder_frozen_for_first_70_percent(tiny_dataset, tmp_path, monkeypatch, capsys):
+    """The freeze schedule, on a stand-in model with an ``encoder`` sub-model (the real
+    InceptionResNetV2 is too slow to train in the test suite; its build is tested in test_models)."""
+    import keras
+
+    import models
+
+    def small_resnet(architecture, size, channels, weights="none"):
+        inputs = keras.Input((size, size, channels))
+        enc_in = keras.Input((size, size, channels))
+        encoder = keras.Model(enc_in, keras.layers.Conv2D(4, 3, padding="same")(enc_in), name="encoder")
+        outputs = keras.layers.Conv2D(channels, 3, padding="same", activation="sigmoid")(encoder(inputs))
+        return keras.Model(inputs, outputs)
+
+    monkeypatch.setattr(models, "build_model", small_resnet)
+    weights = {}
+
+    class Snapshot(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            weights[epoch] = self.model.get_layer("encoder").get_weights()[0].copy()
+
+    real = training._callbacks
+    monkeypatch.setattr(training, "_callbacks", lambda *a, **k: real(*a, **k) + [Snapshot()])
+    run_dir, setup = training.new_run(train_args(tiny_dataset, tmp_path, architecture="resnet", epochs=4, size=32,
+                                                 lr=1e-2))
+    out = capsys.readouterr().out
+    assert setup["freeze_epochs"] == 3
+    assert "encoder frozen for epochs 1-3" in out and "encoder trainable for epochs 4-4" in out
+    np.testing.assert_array_equal(weights[0], weights[2])  # frozen
+    assert not np.array_equal(weights[2], weights[3])  # trained after unfreezing
