@@ -39,7 +39,7 @@ from scipy.spatial import cKDTree
 
 from utils import UserError, run_cli, warn
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 SETTINGS_FILE = ".generated.json"
 
 MIN_SIZE, MAX_SIZE = 32, 1024
@@ -48,6 +48,8 @@ MIN_SIZE, MAX_SIZE = 32, 1024
 # grey levels (of 255) in any channel; smaller changes are undone, so the saved
 # defective image differs from its clean image exactly on the mask.
 MASK_TOLERANCE = 3
+MAX_SHIFT = 0.03  # good images: crop shift, as a share of the window side
+MAX_ROTATION = 3.0  # good images: rotation, degrees
 BORDER_PROBABILITY = 0.2  # share of defects placed so that they cross the image edge
 
 
@@ -154,16 +156,19 @@ def _spec(class_name):
 def make_good(class_name, size, rng):
     """One defect-free image of a class: float32 in [0, 1], (size, size) or (size, size, 3).
 
-    A random crop of the class photo (window side jittered by +-4%), rotated by up to
-    +-5 degrees, maybe mirrored, under random lighting: gain 0.9-1.1, offset +-0.03
-    and a gentle linear gradient; RGB classes also get a slight white-balance jitter.
+    A crop of the class photo around its centre, like a part under a fixed camera: the
+    window is shifted by up to +-MAX_SHIFT of its side, its side jittered by +-4% and it
+    is rotated by up to +-MAX_ROTATION degrees, under random lighting: gain 0.9-1.1,
+    offset +-0.03 and a gentle linear gradient; RGB classes also get a slight
+    white-balance jitter. (Crops from anywhere in the photo would make every good image a
+    different pattern, which no inspection line produces.)
     """
     spec = _spec(class_name)
     photo = _photo(spec.loader, spec.rgb)
     window = spec.window * min(photo.shape[:2]) * rng.uniform(0.96, 1.04)
-    theta = np.deg2rad(rng.uniform(-5, 5))
-    centre = _random_window_centre(rng, photo.shape, window, theta)
-    img = _crop(spec.loader, spec.rgb, size, window, theta, centre, flip=rng.random() < 0.5)
+    theta = np.deg2rad(rng.uniform(-MAX_ROTATION, MAX_ROTATION))
+    centre = np.array(photo.shape[:2], dtype=np.float64) / 2 + rng.uniform(-MAX_SHIFT, MAX_SHIFT, size=2) * window
+    img = _crop(spec.loader, spec.rgb, size, window, theta, centre, flip=False)
 
     gain, offset = rng.uniform(0.9, 1.1), rng.uniform(-0.03, 0.03)
     phi, slope = rng.uniform(0, 2 * np.pi), rng.uniform(0, 0.05)
