@@ -3,7 +3,7 @@
 * :func:`mvtec_cae` — the convolutional autoencoder of Bergmann et al. (SSIM-AE, 2018;
   MVTec AD, CVPR 2019) with a 1×1×``latent_dim`` bottleneck.
 * :func:`mvtec2_cae` — the same encoder/decoder family, but the bottleneck stays
-  *spatial* (``size/32``×``size/32``×``latent_channels`` at 256 px, e.g. 8×8×k): the
+  *spatial* (``size/32``×``size/32``×``latent_channels`` at 256 px, 8×8×32 by default): the
   code keeps *where* things are, so reconstructions stay sharp and aligned, while the
   narrow channel count still keeps the network from copying defects through.
 * :func:`resnet_cae` — Keras's ``InceptionResNetV2`` (no top) as encoder and a
@@ -103,13 +103,15 @@ def mvtec_cae(size=256, channels=1, latent_dim=100):
     return keras.Model(inputs, outputs, name="mvtec_cae")
 
 
-def mvtec2_cae(size=256, channels=1, latent_channels=8):
+def mvtec2_cae(size=256, channels=1, latent_channels=32):
     """The mvtec CAE with a spatial bottleneck: ``size/16``×``size/16``×``latent_channels``
     (``size/32`` at 256 px and above, i.e. 8×8×k at 256 px) instead of 1×1×100.
 
     Keeping a small map as the code preserves location information, so good regions are
-    reconstructed in place and sharp, while ``latent_channels`` (default 8, i.e. 512
-    numbers at 256 px) limits how much an unseen defect can be copied through.
+    reconstructed in place and sharp, while ``latent_channels`` (default 32: 2,048 numbers
+    at 256 px, 24× fewer than a 128-px RGB image has values) limits how much an unseen
+    defect can be copied through. On MVTec bottle, 32 channels reconstructed much better
+    than 8 and as well as 64 (bench/README.md).
     """
     _check_common(size, channels, "mvtec2_cae")
     _check_mvtec_size(size, "mvtec2_cae")

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Command 2: set up .venv if needed and run the test suite (CI runs exactly this).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+bash scripts/setup_env.sh
+export TF_CPP_MIN_LOG_LEVEL=2 MPLBACKEND=Agg
+exec .venv/bin/python -m pytest -q "$@"
