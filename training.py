@@ -207,11 +207,8 @@ def train(setup, run_dir, images, model, start_epoch=0, state=None):
     train_ds = data.make_dataset(train_images, setup["batch"], training=True, augment=setup["augment"], flip=setup["flip"],
                                  seed=seed, denoise=setup.get("denoise", False))
     val_ds = data.make_dataset(val_images, setup["batch"], training=False)
-    if not getattr(model, "optimizer", None) or setup["architecture"] != "resnet":
-        if getattr(model, "compiled", False) and model.optimizer is not None and start_epoch > 0:
-            pass  # a restored backup keeps its optimizer state
-        else:
-            _compile(model, setup)
+    if start_epoch == 0 or getattr(model, "optimizer", None) is None:
+        _compile(model, setup)  # a resumed model keeps its compiled optimizer state
     started = time.time()
     _fit_phases(model, setup, run_dir, (train_ds, val_ds), start_epoch, setup["epochs"], state)
     elapsed = time.time() - started
