@@ -3,7 +3,6 @@
 ``train.py`` is only the command line; everything that trains lives here so the
 benchmark and the tests drive the same code.
 """
-import json
 import math
 import os
 import sys
