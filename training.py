@@ -28,7 +28,8 @@ def freeze_epochs(architecture, epochs):
     return int(math.ceil(FREEZE_SHARE * epochs)) if architecture == "resnet" else 0
 
 
-def _callbacks(run_dir, model_path, patience, state):
+def _callbacks(run_dir, model_path, patience, state, clock):
+    """Keras callbacks of a run; ``clock()`` gives the run's training seconds so far."""
     import keras
 
     class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
@@ -59,7 +60,8 @@ def _callbacks(run_dir, model_path, patience, state):
             if self.stopper is None and val is not None:
                 best = min(val, best) if best is not None else val
             state.update(epoch=epoch + 1, best_val_loss=None if best is None or not np.isfinite(best) else float(best),
-                         wait=int(self.stopper.wait) if self.stopper is not None else 0)
+                         wait=int(self.stopper.wait) if self.stopper is not None else 0,
+                         training_seconds=round(clock(), 1))  # so a crashed run's time is not lost on resume
             runs.write_json(backup / "state.json", state)
 
     stopper = ResumableEarlyStopping(monitor="val_loss", patience=patience, restore_best_weights=False) if patience else None
@@ -166,7 +168,7 @@ def prepare(args):
     return setup, (train_images, val_images), val_names, model
 
 
-def _fit_phases(model, setup, run_dir, datasets, start_epoch, end_epoch, state):
+def _fit_phases(model, setup, run_dir, datasets, start_epoch, end_epoch, state, clock):
     """Fit from ``start_epoch`` to ``end_epoch``, unfreezing a resnet encoder at its epoch."""
     import keras
 
@@ -183,7 +185,7 @@ def _fit_phases(model, setup, run_dir, datasets, start_epoch, end_epoch, state):
             model.get_layer("encoder").trainable = trainable
             _compile(model, setup)  # changing trainability needs a recompile
             print(f"encoder {'trainable' if trainable else 'frozen'} for epochs {first + 1}-{last}", flush=True)
-        callbacks = _callbacks(run_dir, model_path, setup.get("patience"), state)
+        callbacks = _callbacks(run_dir, model_path, setup.get("patience"), state, clock)
         model.fit(train_ds, validation_data=val_ds, epochs=last, initial_epoch=first,
                   callbacks=callbacks, verbose=verbose)
         stopped = bool(model.stop_training)
@@ -208,8 +210,11 @@ def train(setup, run_dir, images, model, start_epoch=0, state=None):
     val_ds = data.make_dataset(val_images, setup["batch"], training=False)
     if start_epoch == 0 or getattr(model, "optimizer", None) is None:
         _compile(model, setup)  # a resumed model keeps its compiled optimizer state
+    # Seconds already spent: from the backup after a crash, else from the finished run being extended.
+    spent = float(state.get("training_seconds", setup.get("training_seconds", 0.0)))
     started = time.time()
-    _fit_phases(model, setup, run_dir, (train_ds, val_ds), start_epoch, setup["epochs"], state)
+    _fit_phases(model, setup, run_dir, (train_ds, val_ds), start_epoch, setup["epochs"], state,
+                clock=lambda: spent + time.time() - started)
     elapsed = time.time() - started
     history = pd.read_csv(run_dir / runs.HISTORY)
     history = history.drop_duplicates("epoch", keep="last").reset_index(drop=True)
@@ -222,7 +227,7 @@ def train(setup, run_dir, images, model, start_epoch=0, state=None):
         epochs_run=int(history["epoch"].max()) + 1,
         best_epoch=int(best_row["epoch"]) + 1,
         best_val_loss=float(best_row["val_loss"]),
-        training_seconds=round(setup.get("training_seconds", 0.0) + elapsed, 1),
+        training_seconds=round(spent + elapsed, 1),
     )
     visualize.plot_loss_curve(history, run_dir / runs.LOSS_PLOT, title=f"{setup['architecture']} / {setup['loss']} loss")
     runs.write_json(run_dir / runs.SETUP, setup)

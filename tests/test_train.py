@@ -64,12 +64,13 @@ def test_best_model_is_saved_not_the_last(tiny_run):
 
 
 def test_resume_extends_a_finished_run(tiny_dataset, tmp_path, capsys):
-    run_dir, _ = training.new_run(train_args(tiny_dataset, tmp_path, epochs=1, architecture="mvtec", size=32))
+    run_dir, first = training.new_run(train_args(tiny_dataset, tmp_path, epochs=1, architecture="mvtec", size=32))
     code, out, err = cli(train.main, ["resume", "-p", str(run_dir / "CAE_mvtec_b4.keras"), "-e", "2"], capsys)
     assert code == 0, err
     assert out.strip().splitlines()[-1] == str(run_dir)
     setup = json.loads((run_dir / "setup.json").read_text())
     assert setup["epochs_run"] == 3
+    assert setup["training_seconds"] > first["training_seconds"]
     assert list(pd.read_csv(run_dir / "history.csv")["epoch"]) == [0, 1, 2]
     code, _, err = cli(train.main, ["resume", "-p", str(run_dir)], capsys)
     assert code == 2 and "already finished 3 epochs" in err
@@ -91,12 +92,15 @@ def test_interrupted_run_resumes_from_last_finished_epoch(tiny_dataset, tmp_path
     (run_dir,) = list(tmp_path.glob("*/*/*/*/*"))
     state = json.loads((run_dir / "backup" / "state.json").read_text())
     assert state["epoch"] == 2
+    assert state["training_seconds"] > 0
     monkeypatch.setattr(training, "_callbacks", real)
     code, out, err = cli(train.main, ["resume", "-p", str(run_dir)], capsys)
     assert code == 0, err
     assert "resuming interrupted run at epoch 3" in out
     assert list(pd.read_csv(run_dir / "history.csv")["epoch"]) == [0, 1, 2, 3]
-    assert json.loads((run_dir / "setup.json").read_text())["epochs_run"] == 4
+    setup = json.loads((run_dir / "setup.json").read_text())
+    assert setup["epochs_run"] == 4
+    assert setup["training_seconds"] > state["training_seconds"]  # the time before the crash still counts
     assert not (run_dir / "backup").exists()
 
 
