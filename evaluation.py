@@ -45,7 +45,7 @@ def _write_tiff(path, array):
 
 
 def test_run(path, method=None, threshold=None, min_area=None, smooth=DEFAULT_SMOOTH, save=False, batch=16,
-             fpr_limit=metrics.DEFAULT_FPR_LIMIT, baseline=None):
+             fpr_limit=metrics.DEFAULT_FPR_LIMIT, baseline=None, scales=None):
     """Classify and score every image under ``<class>/test/*/`` for a run; write all results.
 
     Returns ``(result dict, metrics dict, output folder)``.
@@ -54,7 +54,7 @@ def test_run(path, method=None, threshold=None, min_area=None, smooth=DEFAULT_SM
         raise UserError(f"--smooth must be >= 0, got {smooth}")
     run = runs.find_run(path)
     method = run.method(method)
-    threshold, min_area, baseline, source = inference.resolve_threshold(run, method, threshold, min_area, baseline)
+    threshold, min_area, options, source = inference.resolve_threshold(run, method, threshold, min_area, baseline, scales)
     items = data.list_test_images(run.class_dir)
     types = sorted({d for _, d, _ in items})
     notes = []
@@ -64,7 +64,7 @@ def test_run(path, method=None, threshold=None, min_area=None, smooth=DEFAULT_SM
         notes.append("no defect folder under test/: TPR, precision, balanced accuracy and AUROCs cannot be computed")
     for note in notes:
         warn(note)
-    seen = inference.inspect(run, [p for p, _, _ in items], method, batch, progress="test images", baseline=baseline)
+    seen = inference.inspect(run, [p for p, _, _ in items], method, batch, progress="test images", options=options)
     kept = set(seen.paths)
     items = [it for it in items if it[0] in kept]
     defective, largest, counts = inference.classify(seen.maps, threshold, min_area)
@@ -95,7 +95,8 @@ def test_run(path, method=None, threshold=None, min_area=None, smooth=DEFAULT_SM
     cls = metrics.classification_metrics(truth, defective)
     table = detection_table(frame)
     result = {
-        "threshold": threshold, "min_area": min_area, "method": method, "baseline": baseline, "threshold_source": source,
+        "threshold": threshold, "min_area": min_area, "method": method, "baseline": options.baseline,
+        "scales": options.scales, "threshold_source": source,
         **{k: cls[k] for k in ("tpr", "tnr", "accuracy", "balanced_accuracy", "precision", "f1", "confusion_matrix")},
         "n_images": cls["n_images"], "n_good": cls["n_good"], "n_defective": cls["n_defective"],
         "detection_rate_per_defect_type": {t: float(table.loc[t, "rate"]) for t in types},
@@ -105,7 +106,7 @@ def test_run(path, method=None, threshold=None, min_area=None, smooth=DEFAULT_SM
     evaluated = metrics.evaluate(full_maps if has_masks else None, gt_masks if has_masks else None,
                                  truth, frame["score"].to_numpy(), [d for _, d, _ in items], fpr_limit=fpr_limit)
     sizes = sorted({f"{w}x{h}" for w, h in seen.sizes})
-    evaluated.update(method=method, baseline=baseline, smooth_sigma=float(smooth),
+    evaluated.update(method=method, baseline=options.baseline, scales=options.scales, smooth_sigma=float(smooth),
                      image_score="maximum of the residual map smoothed by a Gaussian of sigma smooth_sigma px (model resolution)",
                      pixel_resolution=f"ground-truth resolution ({', '.join(sizes)}); model input {run.size}x{run.size}",
                      model=str(run.model_path))
@@ -145,7 +146,7 @@ def test_run(path, method=None, threshold=None, min_area=None, smooth=DEFAULT_SM
 
 
 def predict_images(path, images_dir, method=None, threshold=None, min_area=None, smooth=DEFAULT_SMOOTH, batch=16, out=None,
-                   baseline=None):
+                   baseline=None, scales=None):
     """Verdicts on a folder of unlabelled images (recursive); writes predictions, masks and overlays.
 
     Masks and overlays mirror the input tree under the output folder (printed by test.py).
@@ -155,12 +156,12 @@ def predict_images(path, images_dir, method=None, threshold=None, min_area=None,
         raise UserError(f"--smooth must be >= 0, got {smooth}")
     run = runs.find_run(path)
     method = run.method(method)
-    threshold, min_area, baseline, _ = inference.resolve_threshold(run, method, threshold, min_area, baseline)
+    threshold, min_area, options, _ = inference.resolve_threshold(run, method, threshold, min_area, baseline, scales)
     images_dir = Path(images_dir)
     paths = data.list_images(images_dir, recursive=True)
     if not paths:
         raise UserError(f"no images under {images_dir} (supported: {', '.join(data.IMAGE_EXTENSIONS)})")
-    seen = inference.inspect(run, paths, method, batch, progress="images", baseline=baseline)
+    seen = inference.inspect(run, paths, method, batch, progress="images", options=options)
     defective, largest, counts = inference.classify(seen.maps, threshold, min_area)
     smoothed = resmaps.smooth(seen.maps, smooth)
     masks = inference.defect_masks(seen.maps, threshold, min_area)
@@ -181,7 +182,8 @@ def predict_images(path, images_dir, method=None, threshold=None, min_area=None,
         frame = pd.DataFrame(rows)
         frame.to_csv(staged / "predictions.csv", index=False)
         runs.write_json(staged / "prediction_setup.json", {"threshold": threshold, "min_area": min_area, "method": method,
-                                                           "baseline": baseline, "smooth_sigma": smooth,
+                                                           "baseline": options.baseline, "scales": options.scales,
+                                                           "smooth_sigma": smooth,
                                                            "images": str(images_dir.resolve()),
                                                            "model": str(run.model_path)})
     return frame, out_dir

@@ -42,7 +42,7 @@ def get_parser():
     return parser
 
 
-def finetune(path, val_image=None, test_image=None, max_area=50, method=None, batch=16, baseline=None):
+def finetune(path, val_image=None, test_image=None, max_area=50, method=None, batch=16, baseline=None, scales=None):
     """Compute region statistics over thresholds on validation images and write the plots."""
     if max_area < 1:
         raise UserError(f"-r/--range must be a positive number of pixels, got {max_area}")
@@ -59,8 +59,8 @@ def finetune(path, val_image=None, test_image=None, max_area=50, method=None, ba
         items = data.list_test_images(run.class_dir) if test_dir.is_dir() else []
         defective = [p for p, d, _ in items if d != data.GOOD]
         test_sample = defective[0] if defective else None
-    baseline = baseline is not False
-    seen = inference.inspect(run, val_paths, method, batch, progress="validation images", baseline=baseline)
+    options = inference.MapOptions.from_args(baseline, scales)
+    seen = inference.inspect(run, val_paths, method, batch, progress="validation images", options=options)
     thresholds = np.linspace(0.0, float(seen.maps.max()), N_THRESHOLDS)
     n_regions, mean_area, std_area, areas_at = [], [], [], {}
     for t in thresholds:
@@ -82,7 +82,7 @@ def finetune(path, val_image=None, test_image=None, max_area=50, method=None, ba
         visualize.plot_sample(seen.images[i], seen.recons[i], seen.maps[i], out / "sample_validation.png",
                               title=f"validation image {data.relative_to(val_sample, train_dir)}", method=method)
         if test_sample is not None:
-            sample = inference.inspect(run, [test_sample], method, batch, baseline=baseline)
+            sample = inference.inspect(run, [test_sample], method, batch, options=options)
             visualize.plot_sample(sample.images[0], sample.recons[0], sample.maps[0], out / "sample_test.png",
                                   title=f"test image {data.relative_to(test_sample, test_dir)} (shown only)", method=method)
     return out_dir
@@ -91,7 +91,8 @@ def finetune(path, val_image=None, test_image=None, max_area=50, method=None, ba
 def main(argv=None):
     """Parse arguments, write the plots, print where they are."""
     args = get_parser().parse_args(argv)
-    out = finetune(args.path, args.val_image, args.test_image, args.range, args.method, args.batch, args.baseline)
+    out = finetune(args.path, args.val_image, args.test_image, args.range, args.method, args.batch, args.baseline,
+                   args.scales)
     print(f"finetune plots written; choose a minimum area, then: python3 validate.py -p {args.path} -a AREA")
     print(out)
 

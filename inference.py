@@ -27,9 +27,31 @@ class Inspected:
 
 
 BASELINE_SIGMA = 1.0
+DEFAULT_SCALES = 2  # best measured on MVTec bottle (bench/README.md)
 
 
-def residual_baseline(run, method, batch=16):
+@dataclass(frozen=True)
+class MapOptions:
+    """How residual maps are made before thresholds and metrics; recorded with every result.
+
+    ``baseline``: subtract the run's :func:`residual_baseline`. ``scales``: the number of
+    image scales :func:`resmaps.residual_maps` averages (1 = the plain full-size map).
+    """
+
+    baseline: bool = True
+    scales: int = DEFAULT_SCALES
+
+    @classmethod
+    def from_args(cls, baseline=None, scales=None):
+        """Options from command-line values, where None means the default."""
+        return cls(baseline is not False, DEFAULT_SCALES if scales is None else int(scales))
+
+    def describe(self, method):
+        """E.g. ``ssim at 2 scales, minus baseline``."""
+        return f"{method} at {self.scales} scale{'s' if self.scales > 1 else ''}{', minus baseline' if self.baseline else ''}"
+
+
+def residual_baseline(run, method, batch=16, scales=1):
     """Mean residual map of the run's *training* images (model size, smoothed by 1 px).
 
     Some places are always hard to reconstruct (sharp rims, fine texture); their residual
@@ -38,7 +60,7 @@ def residual_baseline(run, method, batch=16):
     for choosing the threshold; test images are never used. Cached in the run folder and
     recomputed when the model file changes.
     """
-    cache = run.dir / f"residual_baseline_{method}.npz"
+    cache = run.dir / f"residual_baseline_{method}_s{scales}.npz"
     stamp = np.array([run.model_path.stat().st_mtime_ns, run.model_path.stat().st_size])
     if cache.is_file():
         with np.load(cache) as stored:
@@ -50,7 +72,7 @@ def residual_baseline(run, method, batch=16):
     if not train_paths:
         raise UserError(f"no training images left in {good} to compute the residual baseline (use --no-baseline)")
     images, _ = data.load_images(train_paths, run.color, run.size, progress="training images (residual baseline)")
-    _, maps = resmaps.compute_resmaps(run.load_model(), images, method, batch)
+    _, maps = resmaps.compute_resmaps(run.load_model(), images, method, batch, scales)
     baseline = resmaps.smooth(maps, BASELINE_SIGMA).mean(axis=0).astype(np.float32)
     tmp = cache.with_name(cache.stem + ".tmp.npz")
     np.savez(tmp, baseline=baseline, model_stamp=stamp)
@@ -58,19 +80,23 @@ def residual_baseline(run, method, batch=16):
     return baseline
 
 
-def inspect(run, paths, method, batch=16, progress=None, baseline=True):
+def inspect(run, paths, method, batch=16, progress=None, options=MapOptions()):
     """Load ``paths`` at the run's size and colour, reconstruct them and compute residual maps.
 
-    With ``baseline`` the run's :func:`residual_baseline` is subtracted and negative values
-    set to 0 (a place is never *less* anomalous than usual).
+    The maps are averaged over ``options.scales`` scales; with ``options.baseline`` the
+    run's :func:`residual_baseline` is subtracted and negative values set to 0 (a place
+    is never *less* anomalous than usual).
     """
     if batch < 1:
         raise UserError(f"--batch must be >= 1, got {batch}")
+    most = resmaps.max_scales(run.size, method)
+    if not 1 <= options.scales <= most:
+        raise UserError(f"--scales must be 1 to {most} for {method} maps of this {run.size}-px model, got {options.scales}")
     images, kept = data.load_images(paths, run.color, run.size, progress=progress)
     model = run.load_model()
-    recons, maps = resmaps.compute_resmaps(model, images, method, batch)
-    if baseline:
-        maps = np.maximum(maps - residual_baseline(run, method, batch), 0.0).astype(np.float32)
+    recons, maps = resmaps.compute_resmaps(model, images, method, batch, options.scales)
+    if options.baseline:
+        maps = np.maximum(maps - residual_baseline(run, method, batch, options.scales), 0.0).astype(np.float32)
     return Inspected(kept, images, recons, maps, [data.image_size(p) for p in kept])
 
 
@@ -82,15 +108,15 @@ def check_area_threshold(min_area=None, threshold=None):
         raise UserError(f"threshold must be >= 0, got {threshold}")
 
 
-def resolve_threshold(run, method, threshold=None, min_area=None, baseline=None):
-    """Threshold, minimum area and baseline setting to classify with: as given, else from
-    the newest validation result (whose baseline setting must then match, if one is given).
+def resolve_threshold(run, method, threshold=None, min_area=None, baseline=None, scales=None):
+    """Threshold, minimum area and map options to classify with: as given, else from the
+    newest validation result (whose map options must then match those given, if any).
 
-    Returns ``(threshold, min_area, baseline, source)``.
+    Returns ``(threshold, min_area, MapOptions, source)``.
     """
     check_area_threshold(min_area, threshold)
     if threshold is not None and min_area is not None:
-        return float(threshold), int(min_area), baseline is not False, "command line"
+        return float(threshold), int(min_area), MapOptions.from_args(baseline, scales), "command line"
     found = runs.find_validation_result(run.dir, method, min_area)
     if found is None:
         which = f"method {method}" + (f", area {min_area}" if min_area is not None else "")
@@ -98,16 +124,22 @@ def resolve_threshold(run, method, threshold=None, min_area=None, baseline=None)
             f"no validation result for {which} in {run.dir}: run validate.py -p {run.dir} -a MIN_AREA"
             f"{' --method ' + method} first, or pass both -t THRESHOLD and -a MIN_AREA"
         )
-    found_baseline = bool(found.get("baseline", False))
-    if baseline is not None and baseline != found_baseline:
+    # Results written before --scales existed used the plain full-size map.
+    options = MapOptions(bool(found.get("baseline", False)), int(found.get("scales", 1)))
+    if baseline is not None and baseline != options.baseline:
         raise UserError(
             f"the validation result for {method} (area {found['min_area']}) was computed "
-            f"{'with' if found_baseline else 'without'} the residual baseline; run validate.py again "
-            f"{'with' if found_baseline else 'without'} --no-baseline, or pass -t and -a"
+            f"{'with' if options.baseline else 'without'} the residual baseline; run validate.py again "
+            f"{'with' if options.baseline else 'without'} --no-baseline, or pass -t and -a"
+        )
+    if scales is not None and scales != options.scales:
+        raise UserError(
+            f"the validation result for {method} (area {found['min_area']}) was computed with --scales "
+            f"{options.scales}; run validate.py again with --scales {scales}, or pass -t and -a"
         )
     if threshold is not None:
-        return float(threshold), int(found["min_area"]), found_baseline, "area from validation, threshold from command line"
-    return float(found["threshold"]), int(found["min_area"]), found_baseline, "validation"
+        return float(threshold), int(found["min_area"]), options, "area from validation, threshold from command line"
+    return float(found["threshold"]), int(found["min_area"]), options, "validation"
 
 
 def classify(maps, threshold, min_area):

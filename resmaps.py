@@ -8,23 +8,58 @@
 import numpy as np
 from skimage import measure
 
-def residual_maps(images, reconstructions, method):
-    """Residual maps of a batch, N×H×W float32.
 
-    ``ssim``: 1 − SSIM map, mean over channels (values in [0, 2]; kept unclipped, so
-    darker and brighter defects both show). ``l2``: squared difference, mean over channels.
-    """
+def _single_scale_maps(x, y, method):
     import tensorflow as tf
 
     if method == "ssim":
         from custom_loss_functions import ssim_map
 
-        maps = 1.0 - ssim_map(images, reconstructions, full=True)
+        maps = 1.0 - ssim_map(x, y, full=True)
     elif method == "l2":
-        maps = tf.square(tf.convert_to_tensor(images, tf.float32) - tf.convert_to_tensor(reconstructions, tf.float32))
+        maps = tf.square(x - y)
     else:
         raise ValueError(f"unknown residual method {method!r}; choose ssim or l2")
-    return tf.reduce_mean(maps, axis=-1).numpy().astype(np.float32)
+    return tf.reduce_mean(maps, axis=-1)
+
+
+def max_scales(side, method):
+    """How many scales :func:`residual_maps` can use for ``side``-px images: the smallest
+    scale must still hold one 11-px SSIM window (any size for l2, capped at 4)."""
+    smallest = 11 if method == "ssim" else 1
+    n = 1
+    while n < 4 and side // 2 ** n >= smallest:
+        n += 1
+    return n
+
+
+def residual_maps(images, reconstructions, method, scales=1):
+    """Residual maps of a batch, N×H×W float32.
+
+    ``ssim``: 1 − SSIM map, mean over channels (values in [0, 2]; kept unclipped, so
+    darker and brighter defects both show). ``l2``: squared difference, mean over channels.
+    ``scales`` > 1 averages the map of the full-size pair with the maps of the pair
+    halved ``scales − 1`` times (2×2 mean pooling), each brought back to full size
+    bilinearly: ``(1/S) Σ_s up_s(map(down_s(x), down_s(y)))``. The coarser maps see
+    larger structures with less pixel noise; on MVTec bottle this raised AU-PRO by
+    about 0.01 (bench/README.md).
+    """
+    import tensorflow as tf
+
+    if method not in ("ssim", "l2"):
+        raise ValueError(f"unknown residual method {method!r}; choose ssim or l2")
+    x = tf.convert_to_tensor(images, tf.float32)
+    y = tf.convert_to_tensor(reconstructions, tf.float32)
+    if not 1 <= scales <= max_scales(min(x.shape[1], x.shape[2]), method):
+        raise ValueError(f"scales must be 1 to {max_scales(min(x.shape[1], x.shape[2]), method)} "
+                         f"for {x.shape[1]}×{x.shape[2]} images, got {scales!r}")
+    size = (x.shape[1], x.shape[2])
+    total = _single_scale_maps(x, y, method)
+    for _ in range(scales - 1):
+        x, y = tf.nn.avg_pool2d(x, 2, 2, "VALID"), tf.nn.avg_pool2d(y, 2, 2, "VALID")
+        coarse = _single_scale_maps(x, y, method)[..., None]
+        total += tf.image.resize(coarse, size, method="bilinear")[..., 0]
+    return (total / scales).numpy().astype(np.float32)
 
 
 def reconstruct(model, images, batch=16):
@@ -32,11 +67,11 @@ def reconstruct(model, images, batch=16):
     return np.asarray(model.predict(images, batch_size=batch, verbose=0), dtype=np.float32)
 
 
-def compute_resmaps(model, images, method, batch=16):
+def compute_resmaps(model, images, method, batch=16, scales=1):
     """``(reconstructions, resmaps)`` for an N×H×W×C array, both computed in batches."""
     recons = reconstruct(model, images, batch)
     maps = np.concatenate(
-        [residual_maps(images[i:i + batch], recons[i:i + batch], method) for i in range(0, len(images), batch)]
+        [residual_maps(images[i:i + batch], recons[i:i + batch], method, scales) for i in range(0, len(images), batch)]
     ) if len(images) else np.zeros((0,) + images.shape[1:3], np.float32)
     return recons, maps
 

@@ -217,11 +217,15 @@ def find_validation_result(run_dir, method, min_area=None):
 
 
 def add_run_arguments(parser, method_help="residual map: ssim (1 - SSIM map) or l2 (squared difference); default: the training loss's family"):
-    """The options every post-training script shares: ``-p``, ``--method``, ``--batch``."""
+    """The options every post-training script shares: ``-p``, ``--method``, ``--batch``,
+    ``--no-baseline``, ``--scales``."""
     parser.add_argument("-p", "--path", required=True, help="run folder written by train.py (or the .keras model inside it)")
     parser.add_argument("--method", choices=METHODS, default=None, help=method_help)
     parser.add_argument("--batch", type=int, default=16, help="images per inference batch")
     parser.add_argument("--no-baseline", dest="baseline", action="store_false", default=None,
                         help="use the raw residual map; by default the mean residual map of the training images "
                              "(places that are always hard to reconstruct) is subtracted first")
+    parser.add_argument("--scales", type=int, default=None,
+                        help="average the residual map over this many image scales: 1 = full size only, "
+                             "2 = also at half size (the default for validate.py; test.py follows the validation result)")
     return parser

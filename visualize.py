@@ -711,9 +711,10 @@ def main(argv=None):
     args = get_parser().parse_args(argv)
     run = runs.find_run(args.path)
     method = run.method(args.method)
-    threshold, min_area, baseline, _ = inference.resolve_threshold(run, method, args.threshold, args.area, args.baseline)
+    threshold, min_area, options, _ = inference.resolve_threshold(run, method, args.threshold, args.area, args.baseline,
+                                                                   args.scales)
     paths = [inference.resolve_sample(run, name, run.class_dir, what="image") for name in args.images]
-    seen = inference.inspect(run, paths, method, args.batch, baseline=baseline)
+    seen = inference.inspect(run, paths, method, args.batch, options=options)
     masks = inference.defect_masks(seen.maps, threshold, min_area)
     out_dir = run.dir / "visualize"
     for i, path in enumerate(seen.paths):

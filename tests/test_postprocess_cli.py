@@ -122,11 +122,13 @@ def listed_test_files(class_dir):
     return sorted((p.parent.name, p) for p in Path(class_dir, "test").glob("*/*") if p.is_file())
 
 
-def recomputed_validation_maps(run_dir, method="ssim", baseline=True):
+def recomputed_validation_maps(run_dir, method="ssim", baseline=True, scales=inference.DEFAULT_SCALES):
     """Residual maps of the run's validation images, computed without inference/validate.
 
-    With ``baseline``, the mean of the training images' residual maps (each smoothed by a
-    1-px Gaussian, scipy) is subtracted and negatives set to 0, as the scripts do by default.
+    The multi-scale map itself is checked against an independent version in
+    test_resmaps.py; here it is reused so thresholds can be compared exactly. With
+    ``baseline``, the mean of the training images' residual maps (each smoothed by a 1-px
+    Gaussian, scipy) is subtracted and negatives set to 0, as the scripts do by default.
     """
     import keras
     from scipy.ndimage import gaussian_filter
@@ -142,7 +144,7 @@ def recomputed_validation_maps(run_dir, method="ssim", baseline=True):
         images, kept = data.load_images(image_paths, setup["color"], setup["size"])
         assert len(kept) == len(image_paths)
         recons = np.asarray(model.predict(images, batch_size=16, verbose=0), dtype=np.float32)
-        return resmaps.residual_maps(images, recons, method)
+        return resmaps.residual_maps(images, recons, method, scales)
 
     maps = maps_of(paths)
     if not baseline:
@@ -733,5 +735,31 @@ def test_no_baseline_uses_raw_maps_and_must_match_validation(tiny_run, tmp_path,
     assert code == 0, err
     (tested,) = run.glob("test/ssim/a*_t*/test_result.json")
     assert json.loads(tested.read_text())["baseline"] is False
-    # The baseline is cached in the run and recomputed only when the model changes.
-    assert (run / "residual_baseline_ssim.npz").is_file()
+    # The baseline is cached in the run (per method and scales), recomputed only when the model changes.
+    assert (run / f"residual_baseline_ssim_s{inference.DEFAULT_SCALES}.npz").is_file()
+
+
+def test_scales_are_recorded_followed_and_checked(tiny_run, tmp_path, capsys):
+    run = copy_run(tiny_run, tmp_path / "run")
+    code, out, err = cli(validate.main, ["-p", str(run), "-a", str(AREA), "--scales", "1"], capsys)
+    assert code == 0, err
+    assert out.startswith("ssim at 1 scale, minus baseline: threshold")
+    result = json.loads((run / "validation" / "ssim" / f"a{AREA}" / "validation_result.json").read_text())
+    assert result["scales"] == 1
+    assert result["threshold"] == resmaps.min_threshold_for_area(recomputed_validation_maps(run, scales=1), AREA)
+    code, _, err = cli(test_script.main, ["-p", str(run), "--scales", "2"], capsys)
+    assert code == 2 and "computed with --scales 1" in err and "--scales 2" in err
+    code, out, err = cli(test_script.main, ["-p", str(run)], capsys)
+    assert code == 0, err
+    assert out.startswith("ssim at 1 scale, minus baseline, threshold")
+    assert json.loads((run / "test" / "ssim" / "metrics.json").read_text())["scales"] == 1
+    # A validation result from before --scales existed was made with the plain map.
+    del result["scales"]
+    runs.write_json(run / "validation" / "ssim" / f"a{AREA}" / "validation_result.json", result)
+    assert inference.resolve_threshold(runs.find_run(run), "ssim")[2] == inference.MapOptions(True, 1)
+    # A 48-px image cannot hold an 11-px SSIM window at an eighth of its size.
+    code, _, err = cli(validate.main, ["-p", str(run), "-a", str(AREA), "--scales", "4"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert f"--scales must be 1 to 3 for ssim maps of this {SIZE}-px model, got 4" in err
+    code, _, err = cli(test_script.main, ["-p", str(run), "-t", "0.1", "-a", "5", "--scales", "0"], capsys)
+    assert code == 2 and "--scales must be 1 to 3" in err

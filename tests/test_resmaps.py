@@ -34,6 +34,34 @@ def test_l2_resmap_keeps_darker_and_brighter_differences():
         resmaps.residual_maps(x, y, "l1")
 
 
+def test_multiscale_map_is_the_mean_of_the_scales():
+    # Analytic: a uniform difference d gives d² at every scale, so any number of scales gives d².
+    x = np.full((1, 16, 16, 1), 0.5, np.float32)
+    np.testing.assert_allclose(resmaps.residual_maps(x, x + 0.2, "l2", scales=3), 0.04, atol=1e-6)
+    big = np.full((1, 32, 32, 1), 0.5, np.float32)
+    np.testing.assert_allclose(resmaps.residual_maps(big, big, "ssim", scales=2), 0.0, atol=1e-6)
+    # Independent: a 2×2 defect seen at full and half size (scipy zoom for the upsampling
+    # gives the same bilinear, half-pixel-centred interpolation away from the borders).
+    from scipy.ndimage import zoom
+
+    y = x.copy()
+    y[0, 6:8, 6:8] = 0.9
+    fine = resmaps.residual_maps(x, y, "l2")[0]
+    pooled = lambda a: a.reshape(1, 8, 2, 8, 2, 1).mean(axis=(2, 4))  # noqa: E731
+    coarse = resmaps.residual_maps(pooled(x), pooled(y), "l2")[0]
+    assert coarse[3, 3] == pytest.approx(0.16, abs=1e-6)  # the defect fills one pooled pixel exactly
+    expected = (fine + zoom(coarse, 2, order=1, grid_mode=True, mode="nearest")) / 2
+    np.testing.assert_allclose(resmaps.residual_maps(x, y, "l2", scales=2)[0], expected, atol=1e-6)
+
+
+def test_scales_are_limited_by_the_ssim_window():
+    assert [resmaps.max_scales(s, "ssim") for s in (16, 32, 48, 128, 256)] == [1, 2, 3, 4, 4]
+    assert resmaps.max_scales(16, "l2") == 4
+    x = np.zeros((1, 32, 32, 1), np.float32)
+    with pytest.raises(ValueError, match="scales must be 1 to 2 for 32×32 images, got 3"):
+        resmaps.residual_maps(x, x, "ssim", scales=3)
+
+
 def _blob_map():
     m = np.zeros((32, 32), np.float32)
     m[5:10, 5:10] = 1.0  # 25-px blob
