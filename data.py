@@ -199,12 +199,16 @@ def relative_to(path, root):
 
 # ---- tf.data pipeline ----
 
-def augmenter(flip=False, seed=0):
-    """Keras preprocessing layers for training images: rotation ±10°, shift 5%, brightness ×0.95–1.05, mirror if ``flip``."""
+DEFAULT_ROTATION = 10.0
+
+
+def augmenter(flip=False, seed=0, rotation=DEFAULT_ROTATION):
+    """Keras preprocessing layers for training images: rotation ±``rotation``°, shift 5%, mirror if ``flip``
+    (brightness ×0.95–1.05 is applied in :func:`make_dataset`)."""
     import keras
 
     steps = [
-        keras.layers.RandomRotation(10.0 / 360.0, fill_mode="reflect", seed=seed),
+        keras.layers.RandomRotation(rotation / 360.0, fill_mode="reflect", seed=seed),
         keras.layers.RandomTranslation(0.05, 0.05, fill_mode="reflect", seed=seed + 1),
     ]
     if flip:
@@ -243,7 +247,7 @@ def paste_anomalies(x, probability=0.5, min_radius=0.03, max_radius=0.15):
     return x * (1.0 - mask) + source * mask
 
 
-def make_dataset(images, batch, training, augment=True, flip=False, seed=0, denoise=False):
+def make_dataset(images, batch, training, augment=True, flip=False, seed=0, denoise=False, rotation=DEFAULT_ROTATION):
     """``tf.data`` pipeline of ``(input, target)`` batches from an in-memory N×H×W×C array.
 
     Images are decoded once (they arrive decoded) and cached; training batches are shuffled
@@ -258,7 +262,7 @@ def make_dataset(images, batch, training, augment=True, flip=False, seed=0, deno
         ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch)
     if training and augment:
-        layers = augmenter(flip=flip, seed=seed)
+        layers = augmenter(flip=flip, seed=seed, rotation=rotation)
 
         def _augment(x):
             x = layers(x, training=True)

@@ -12,6 +12,8 @@ from utils import quiet_tensorflow, run_cli
 
 quiet_tensorflow()
 
+import data  # noqa: E402  (light: numpy and Pillow only)
+
 
 def get_parser():
     """Command-line options of ``train.py``."""
@@ -37,6 +39,8 @@ def get_parser():
     new.add_argument("--val-split", type=float, default=0.1, help="share of train/good held back for validation and thresholds")
     new.add_argument("--patience", type=int, default=10, help="early stopping after this many epochs without a better validation loss (0: off)")
     new.add_argument("--no-augment", action="store_true", help="train without augmentation (rotation, shift, brightness)")
+    new.add_argument("--rotation", type=float, default=data.DEFAULT_ROTATION,
+                     help="largest random rotation in degrees (0-180; 180 for round parts seen from above, such as bottle tops)")
     new.add_argument("--flip", action="store_true", help="add mirror augmentation (for textures, not for oriented objects)")
     new.add_argument("--denoise", action="store_true",
                      help="train as a denoising autoencoder: paste random patches into half the inputs and learn to "

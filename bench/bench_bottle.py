@@ -10,6 +10,7 @@ the published autoencoders. ``--run PATH`` re-evaluates an existing run instead 
 training. Results are appended to ``bench/results/bottle.jsonl`` and printed as a table.
 """
 import argparse
+import itertools
 import json
 import sys
 import time
@@ -24,6 +25,7 @@ from utils import quiet_tensorflow, run_cli, UserError  # noqa: E402
 quiet_tensorflow()
 
 import evaluation  # noqa: E402
+import inference  # noqa: E402
 import training  # noqa: E402
 import validate  # noqa: E402
 
@@ -49,9 +51,12 @@ def get_parser():
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--flip", action="store_true")
+    p.add_argument("--rotation", type=float, default=10.0, help="largest random rotation (degrees) in augmentation")
     p.add_argument("--area", type=int, default=None, help="minimum defect area (px at model size); default size²/800")
     p.add_argument("--methods", nargs="*", default=None, help="residual methods to evaluate (default: the loss's family)")
     p.add_argument("--smooth", nargs="*", type=float, default=[evaluation.DEFAULT_SMOOTH], help="smoothing sigmas to evaluate")
+    p.add_argument("--scales", nargs="*", type=int, default=[inference.DEFAULT_SCALES],
+                   help="numbers of image scales the residual map is averaged over, to evaluate")
     p.add_argument("--baseline", nargs="*", choices=("on", "off"), default=["on"],
                    help="evaluate with and/or without subtracting the training images' mean residual map")
     p.add_argument("--denoise", action="store_true", help="train as a denoising autoencoder (pasted patches)")
@@ -60,14 +65,14 @@ def get_parser():
     return p
 
 
-def _evaluate(run_dir, area, methods, smooths, baselines, train_seconds, label):
+def _evaluate(run_dir, area, methods, smooths, baselines, scales_list, train_seconds, label):
     rows = []
-    for method in methods:
-      for baseline in baselines:
-        val, _ = validate.validate(run_dir, area, method, baseline=baseline)
+    for method, baseline, scales in itertools.product(methods, baselines, scales_list):
+        val, _ = validate.validate(run_dir, area, method, baseline=baseline, scales=scales)
         for smooth in smooths:
-            result, scores, table, _ = evaluation.test_run(run_dir, method, smooth=smooth, baseline=baseline)
-            row = {"config": label, "method": method, "baseline": baseline, "smooth": smooth, "min_area": area,
+            result, scores, table, _ = evaluation.test_run(run_dir, method, smooth=smooth, baseline=baseline, scales=scales)
+            row = {"config": label, "method": method, "baseline": baseline, "scales": scales, "smooth": smooth,
+                   "min_area": area,
                    "threshold": val["threshold"], "image_auroc": scores["image_auroc"],
                    "pixel_auroc": scores["pixel_auroc"], "au_pro": scores["au_pro"], "tpr": result["tpr"],
                    "tnr": result["tnr"], "train_seconds": train_seconds, "run": str(run_dir),
@@ -90,33 +95,33 @@ def bench(args):
         label = f"{setup['architecture']}:{setup['loss']}@{setup['size']}"
         methods = args.methods or [training.runs.default_method(setup["loss"])]
         rows += _evaluate(run_dir, args.area or max(1, setup["size"] ** 2 // 800), methods, args.smooth, baselines,
-                          setup.get("training_seconds"), label + args.tag)
+                          args.scales, setup.get("training_seconds"), label + args.tag)
     for config in ([] if args.run else args.config):
         arch, loss = config.split(":")
         ns = Namespace(directory=str(data_dir), architecture=arch, batch=args.batch, loss=loss, color=args.color,
                        instances=args.instances, tag=f"bench {config}", size=args.size, epochs=args.epochs, lr=args.lr,
-                       seed=args.seed, val_split=0.1, patience=args.patience, no_augment=False, flip=args.flip,
+                       seed=args.seed, val_split=0.1, patience=args.patience, no_augment=False, rotation=args.rotation, flip=args.flip,
                        weights="none", out=args.out, denoise=args.denoise)
         started = time.time()
         run_dir, setup = training.new_run(ns)
         seconds = time.time() - started
         print(f"{config}: trained {setup['epochs_run']} epochs in {seconds:.0f} s -> {run_dir}", flush=True)
         rows += _evaluate(run_dir, area, args.methods or [training.runs.default_method(loss)], args.smooth, baselines,
-                          seconds, f"{config}@{args.size}" + ("+denoise" if args.denoise else "") + args.tag)
+                          args.scales, seconds, f"{config}@{args.size}" + ("+denoise" if args.denoise else "") + args.tag)
     out = ROOT / "bench" / "results" / "bottle.jsonl"
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("a") as f:
         for row in rows:
             f.write(json.dumps(row) + "\n")
-    print("| config | residual | smooth | image AUROC | pixel AUROC | AU-PRO 0.3 | TPR | TNR | train s |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| config | residual | scales | smooth | image AUROC | pixel AUROC | AU-PRO 0.3 | TPR | TNR | train s |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         f = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
         residual = r["method"] + (" − baseline" if r["baseline"] else "")
-        print(f"| {r['config']} | {residual} | {r['smooth']:g} | {f(r['image_auroc'])} | {f(r['pixel_auroc'])} | "
+        print(f"| {r['config']} | {residual} | {r.get('scales', 1)} | {r['smooth']:g} | {f(r['image_auroc'])} | {f(r['pixel_auroc'])} | "
               f"{f(r['au_pro'])} | {f(r['tpr'])} | {f(r['tnr'])} | {r['train_seconds'] or 0:.0f} |")
     for name, ref in PUBLISHED.items():
-        print(f"| {name} | | | | {ref['pixel_auroc']:.2f} | {ref['au_pro']:.3f} | | | |")
+        print(f"| {name} | | | | | {ref['pixel_auroc']:.2f} | {ref['au_pro']:.3f} | | | |")
     print(f"\nrows appended to {out}")
 
 

@@ -102,6 +102,20 @@ def test_pipeline_batches_augments_and_keeps_range():
     np.testing.assert_array_equal(val, images)  # validation: untouched, in order
 
 
+def test_rotation_range_is_the_augmenters():
+    import tensorflow as tf
+
+    # A 90° rotation is impossible at ±10° but happens at ±180°: compare a square image's
+    # rotations. An image with one bright corner shows where that corner went.
+    image = np.zeros((1, 32, 32, 1), np.float32)
+    image[0, :8, :8] = 1.0
+    tf.random.set_seed(0)
+    moved = lambda rot: [float(data.augmenter(seed=s, rotation=rot)(image, training=True)[0, :16, :16].numpy().mean())  # noqa: E731
+                         for s in range(12)]
+    assert min(moved(10.0)) > 0.15  # the corner stays in its quadrant
+    assert min(moved(180.0)) < 0.05  # some rotations take it out of the quadrant
+
+
 def test_output_stems_are_unique_per_folder():
     paths = ["a/x.png", "a/x.bmp", "a/y.png", "b/x.png"]
     assert data.output_stems(paths) == ["x_png", "x_bmp", "y", "x"]

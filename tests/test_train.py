@@ -71,6 +71,7 @@ def test_resume_extends_a_finished_run(tiny_dataset, tmp_path, capsys):
     setup = json.loads((run_dir / "setup.json").read_text())
     assert setup["epochs_run"] == 3
     assert setup["training_seconds"] > first["training_seconds"]
+    assert setup["rotation"] == 10.0 and setup["denoise"] is False  # augmentation settings are recorded
     assert list(pd.read_csv(run_dir / "history.csv")["epoch"]) == [0, 1, 2]
     code, _, err = cli(train.main, ["resume", "-p", str(run_dir)], capsys)
     assert code == 2 and "already finished 3 epochs" in err
@@ -143,6 +144,7 @@ def _bad(tmp_path, name):
     ("bad_batch", ["-b", "0"], "--batch must be >= 1"),
     ("bad_split", ["--val-split", "0"], "--val-split must be between 0 and 1"),
     ("bad_lr", ["--lr", "-1"], "--lr must be > 0"),
+    ("bad_rotation", ["--rotation", "200"], "--rotation must be 0 to 180 degrees, got 200"),
     ("weights_missing", ["-a", "resnet", "--size", "96", "--weights", "imagenet"], "not in Keras's cache"),
 ])
 def test_bad_input_one_line_error_no_run_folder(tmp_path, capsys, monkeypatch, case, extra, message, tiny_dataset):
@@ -201,7 +203,7 @@ def test_help_lists_every_option_with_default():
     assert out.returncode == 0
     text = " ".join(out.stdout.split())
     for flag in ("--directory", "--architecture", "--batch", "--loss", "--color", "--instances", "--tag", "--size",
-                 "--epochs", "--lr", "--seed", "--val-split", "--patience", "--no-augment", "--flip", "--weights", "--out"):
+                 "--epochs", "--lr", "--seed", "--val-split", "--patience", "--no-augment", "--rotation", "--flip", "--denoise", "--weights", "--out"):
         assert flag in text, flag
     assert "(default: 256)" in text and "(default: 0.0002)" in text
 
