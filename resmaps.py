@@ -64,7 +64,13 @@ def residual_maps(images, reconstructions, method, scales=1):
 
 def reconstruct(model, images, batch=16):
     """Model reconstructions of an N×H×W×C array, in batches (float32)."""
-    return np.asarray(model.predict(images, batch_size=batch, verbose=0), dtype=np.float32)
+    n = len(images)
+    if n == 0:
+        return np.zeros_like(images, dtype=np.float32)
+    # Pad to whole batches: a short last batch has a new shape, and every new shape makes
+    # TensorFlow retrace the predict function (slow, and a warning on every script run).
+    padded = np.concatenate([images, np.repeat(images[-1:], -n % batch, axis=0)]) if n % batch else images
+    return np.asarray(model.predict(padded, batch_size=batch, verbose=0)[:n], dtype=np.float32)
 
 
 def compute_resmaps(model, images, method, batch=16, scales=1):
