@@ -200,6 +200,7 @@ def relative_to(path, root):
 # ---- tf.data pipeline ----
 
 DEFAULT_ROTATION = 10.0
+DEFAULT_DENOISE = 0.5  # share of inputs that get a pasted patch with a bare --denoise
 
 
 def augmenter(flip=False, seed=0, rotation=DEFAULT_ROTATION):
@@ -247,13 +248,14 @@ def paste_anomalies(x, probability=0.5, min_radius=0.03, max_radius=0.15):
     return x * (1.0 - mask) + source * mask
 
 
-def make_dataset(images, batch, training, augment=True, flip=False, seed=0, denoise=False, rotation=DEFAULT_ROTATION):
+def make_dataset(images, batch, training, augment=True, flip=False, seed=0, denoise=0.0, rotation=DEFAULT_ROTATION):
     """``tf.data`` pipeline of ``(input, target)`` batches from an in-memory N×H×W×C array.
 
     Images are decoded once (they arrive decoded) and cached; training batches are shuffled
     and augmented (vectorised per batch) in parallel with the model's step, then prefetched.
-    The target is the (augmented) image itself; with ``denoise`` the input additionally
-    gets :func:`paste_anomalies`, so the model learns to repair rather than copy.
+    The target is the (augmented) image itself; with ``denoise`` > 0 that share of the
+    inputs additionally gets :func:`paste_anomalies`, so the model learns to repair rather
+    than copy (``True``, as older runs recorded it, means :data:`DEFAULT_DENOISE`).
     """
     import tensorflow as tf
 
@@ -271,7 +273,8 @@ def make_dataset(images, batch, training, augment=True, flip=False, seed=0, deno
 
         ds = ds.map(_augment, num_parallel_calls=tf.data.AUTOTUNE)
     if training and denoise:
-        ds = ds.map(lambda x: (paste_anomalies(x), x), num_parallel_calls=tf.data.AUTOTUNE)
+        share = DEFAULT_DENOISE if denoise is True else float(denoise)
+        ds = ds.map(lambda x: (paste_anomalies(x, probability=share), x), num_parallel_calls=tf.data.AUTOTUNE)
     else:
         ds = ds.map(lambda x: (x, x))
     return ds.prefetch(tf.data.AUTOTUNE)

@@ -42,9 +42,10 @@ def get_parser():
     new.add_argument("--rotation", type=float, default=data.DEFAULT_ROTATION,
                      help="largest random rotation in degrees (0-180; 180 for round parts seen from above, such as bottle tops)")
     new.add_argument("--flip", action="store_true", help="add mirror augmentation (for textures, not for oriented objects)")
-    new.add_argument("--denoise", action="store_true",
-                     help="train as a denoising autoencoder: paste random patches into half the inputs and learn to "
-                          "output the clean image, so defects are repaired instead of copied")
+    new.add_argument("--denoise", type=float, nargs="?", const=data.DEFAULT_DENOISE, default=0.0, metavar="SHARE",
+                     help="train as a denoising autoencoder: paste a random patch into this share of the inputs "
+                          f"(bare --denoise: {data.DEFAULT_DENOISE}) and learn to output the clean image, so defects "
+                          "are repaired instead of copied")
     new.add_argument("--weights", default="imagenet",
                      help="resnet encoder weights: imagenet (from Keras's cache only, no download here), none, or a weights file")
     new.add_argument("--out", default="saved_models", help="root folder for run folders")

@@ -105,6 +105,8 @@ def prepare(args):
         raise UserError(f"--instances must be >= 1, got {args.instances}")
     if args.epochs is not None and args.epochs < 1:
         raise UserError(f"--epochs must be >= 1, got {args.epochs}")
+    if not 0 <= args.denoise <= 1:
+        raise UserError(f"--denoise must be a share from 0 to 1, got {args.denoise}")
     if not 0 <= args.rotation <= 180:
         raise UserError(f"--rotation must be 0 to 180 degrees, got {args.rotation}")
     if args.patience is not None and args.patience < 0:
@@ -150,7 +152,7 @@ def prepare(args):
         "patience": args.patience,
         "augment": not args.no_augment,
         "rotation": float(args.rotation),
-        "denoise": bool(getattr(args, "denoise", False)),
+        "denoise": float(args.denoise),
         "flip": args.flip,
         "weights": args.weights if args.architecture == "resnet" else None,
         "tag": args.tag,
@@ -209,7 +211,7 @@ def train(setup, run_dir, images, model, start_epoch=0, state=None):
     train_images, val_images = images
     seed = setup["seed"]
     train_ds = data.make_dataset(train_images, setup["batch"], training=True, augment=setup["augment"], flip=setup["flip"],
-                                 seed=seed, denoise=setup.get("denoise", False),
+                                 seed=seed, denoise=setup.get("denoise", 0.0),
                                  rotation=setup.get("rotation", data.DEFAULT_ROTATION))
     val_ds = data.make_dataset(val_images, setup["batch"], training=False)
     if start_epoch == 0 or getattr(model, "optimizer", None) is None:

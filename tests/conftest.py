@@ -20,7 +20,7 @@ def train_args(directory, out, **overrides):
     """The Namespace ``train.py new`` would build, with tiny-run defaults."""
     args = dict(directory=str(directory), architecture="mvtec2", batch=4, loss="ssim", color="grayscale",
                 instances=10000, tag="test", size=SIZE, epochs=2, lr=2e-4, seed=0, val_split=0.2, patience=10,
-                no_augment=False, rotation=10.0, flip=False, denoise=False, weights="none", out=str(out))
+                no_augment=False, rotation=10.0, flip=False, denoise=0.0, weights="none", out=str(out))
     args.update(overrides)
     return Namespace(**args)
 

@@ -135,3 +135,8 @@ def test_denoise_pipeline_corrupts_inputs_not_targets():
     for a, b in zip(x, y):
         frac = np.mean(np.any(np.abs(a - b) > 1e-6, axis=-1))
         assert frac < 0.25  # one patch, not a whole new image
+    # The share is a parameter: 1.0 corrupts every input, 0 none.
+    x, y = next(iter(data.make_dataset(images, 16, training=True, augment=False, denoise=1.0, seed=0)))
+    assert all(not np.array_equal(a, b) for a, b in zip(x.numpy(), y.numpy()))
+    x, y = next(iter(data.make_dataset(images, 16, training=True, augment=False, denoise=0.0, seed=0)))
+    np.testing.assert_array_equal(x.numpy(), y.numpy())

@@ -71,7 +71,7 @@ def test_resume_extends_a_finished_run(tiny_dataset, tmp_path, capsys):
     setup = json.loads((run_dir / "setup.json").read_text())
     assert setup["epochs_run"] == 3
     assert setup["training_seconds"] > first["training_seconds"]
-    assert setup["rotation"] == 10.0 and setup["denoise"] is False  # augmentation settings are recorded
+    assert setup["rotation"] == 10.0 and setup["denoise"] == 0.0  # augmentation settings are recorded
     assert list(pd.read_csv(run_dir / "history.csv")["epoch"]) == [0, 1, 2]
     code, _, err = cli(train.main, ["resume", "-p", str(run_dir)], capsys)
     assert code == 2 and "already finished 3 epochs" in err
@@ -145,6 +145,7 @@ def _bad(tmp_path, name):
     ("bad_split", ["--val-split", "0"], "--val-split must be between 0 and 1"),
     ("bad_lr", ["--lr", "-1"], "--lr must be > 0"),
     ("bad_rotation", ["--rotation", "200"], "--rotation must be 0 to 180 degrees, got 200"),
+    ("bad_denoise", ["--denoise", "1.5"], "--denoise must be a share from 0 to 1, got 1.5"),
     ("weights_missing", ["-a", "resnet", "--size", "96", "--weights", "imagenet"], "not in Keras's cache"),
 ])
 def test_bad_input_one_line_error_no_run_folder(tmp_path, capsys, monkeypatch, case, extra, message, tiny_dataset):
