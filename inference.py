@@ -27,6 +27,7 @@ class Inspected:
 
 
 BASELINE_SIGMA = 1.0
+BASELINE_QUANTILE = 0.75  # per pixel, over the training images; beat the mean on bottle (bench/README.md)
 DEFAULT_SCALES = 2  # best measured on MVTec bottle (bench/README.md)
 
 
@@ -52,11 +53,13 @@ class MapOptions:
 
 
 def residual_baseline(run, method, batch=16, scales=1):
-    """Mean residual map of the run's *training* images (model size, smoothed by 1 px).
+    """Per-pixel upper quartile (:data:`BASELINE_QUANTILE`) of the residual maps of the
+    run's *training* images (model size, each smoothed by 1 px).
 
     Some places are always hard to reconstruct (sharp rims, fine texture); their residual
-    is high on every good image. Subtracting this mean leaves what is unusual for *that
-    place*. Training images are used so the held-back validation images stay independent
+    is high on every good image. Subtracting what is usual there (the upper quartile
+    rather than the mean, so places whose residual varies a lot are damped more) leaves
+    what is unusual for *that place*. Training images are used so the held-back validation images stay independent
     for choosing the threshold; test images are never used. Cached in the run folder and
     recomputed when the model file changes.
     """
@@ -64,7 +67,8 @@ def residual_baseline(run, method, batch=16, scales=1):
     stamp = np.array([run.model_path.stat().st_mtime_ns, run.model_path.stat().st_size])
     if cache.is_file():
         with np.load(cache) as stored:
-            if np.array_equal(stored["model_stamp"], stamp) and stored["baseline"].shape == (run.size, run.size):
+            if (np.array_equal(stored["model_stamp"], stamp) and stored["baseline"].shape == (run.size, run.size)
+                    and float(stored.get("quantile", -1)) == BASELINE_QUANTILE):
                 return stored["baseline"]
     held_back = {p.resolve() for p in run.validation_paths()}
     _, good = data.check_class_dir(run.class_dir)
@@ -73,9 +77,9 @@ def residual_baseline(run, method, batch=16, scales=1):
         raise UserError(f"no training images left in {good} to compute the residual baseline (use --no-baseline)")
     images, _ = data.load_images(train_paths, run.color, run.size, progress="training images (residual baseline)")
     _, maps = resmaps.compute_resmaps(run.load_model(), images, method, batch, scales)
-    baseline = resmaps.smooth(maps, BASELINE_SIGMA).mean(axis=0).astype(np.float32)
+    baseline = np.quantile(resmaps.smooth(maps, BASELINE_SIGMA), BASELINE_QUANTILE, axis=0).astype(np.float32)
     tmp = cache.with_name(cache.stem + ".tmp.npz")
-    np.savez(tmp, baseline=baseline, model_stamp=stamp)
+    np.savez(tmp, baseline=baseline, model_stamp=stamp, quantile=BASELINE_QUANTILE)
     tmp.replace(cache)
     return baseline
 

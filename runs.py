@@ -223,7 +223,7 @@ def add_run_arguments(parser, method_help="residual map: ssim (1 - SSIM map) or 
     parser.add_argument("--method", choices=METHODS, default=None, help=method_help)
     parser.add_argument("--batch", type=int, default=16, help="images per inference batch")
     parser.add_argument("--no-baseline", dest="baseline", action="store_false", default=None,
-                        help="use the raw residual map; by default the mean residual map of the training images "
+                        help="use the raw residual map; by default the usual residual of the training images (per-pixel upper quartile) "
                              "(places that are always hard to reconstruct) is subtracted first")
     parser.add_argument("--scales", type=int, default=None,
                         help="average the residual map over this many image scales: 1 = full size only, "

@@ -58,8 +58,9 @@ def get_parser():
     p.add_argument("--scales", nargs="*", type=int, default=[inference.DEFAULT_SCALES],
                    help="numbers of image scales the residual map is averaged over, to evaluate")
     p.add_argument("--baseline", nargs="*", choices=("on", "off"), default=["on"],
-                   help="evaluate with and/or without subtracting the training images' mean residual map")
-    p.add_argument("--denoise", action="store_true", help="train as a denoising autoencoder (pasted patches)")
+                   help="evaluate with and/or without subtracting the training images' usual residual (the baseline)")
+    p.add_argument("--denoise", type=float, nargs="?", const=0.5, default=0.0, metavar="SHARE",
+                   help="train as a denoising autoencoder: share of inputs with a pasted patch (bare: 0.5)")
     p.add_argument("--tag", default="", help="label added to each configuration in the table")
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "runs"), help="where run folders go")
     return p
@@ -107,7 +108,7 @@ def bench(args):
         seconds = time.time() - started
         print(f"{config}: trained {setup['epochs_run']} epochs in {seconds:.0f} s -> {run_dir}", flush=True)
         rows += _evaluate(run_dir, area, args.methods or [training.runs.default_method(loss)], args.smooth, baselines,
-                          args.scales, seconds, f"{config}@{args.size}" + ("+denoise" if args.denoise else "") + args.tag)
+                          args.scales, seconds, f"{config}@{args.size}" + (f"+denoise{args.denoise:g}" if args.denoise else "") + args.tag)
     out = ROOT / "bench" / "results" / "bottle.jsonl"
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("a") as f:

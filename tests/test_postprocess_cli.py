@@ -127,8 +127,9 @@ def recomputed_validation_maps(run_dir, method="ssim", baseline=True, scales=inf
 
     The multi-scale map itself is checked against an independent version in
     test_resmaps.py; here it is reused so thresholds can be compared exactly. With
-    ``baseline``, the mean of the training images' residual maps (each smoothed by a 1-px
-    Gaussian, scipy) is subtracted and negatives set to 0, as the scripts do by default.
+    ``baseline``, the per-pixel upper quartile of the training images' residual maps (each
+    smoothed by a 1-px Gaussian, scipy) is subtracted and negatives set to 0, as the
+    scripts do by default.
     """
     import keras
     from scipy.ndimage import gaussian_filter
@@ -152,8 +153,8 @@ def recomputed_validation_maps(run_dir, method="ssim", baseline=True, scales=inf
     train = sorted(p for p in (Path(setup["directory"]) / "train" / "good").iterdir()
                    if p.resolve() not in {q.resolve() for q in paths})
     assert len(train) == setup["n_train"]
-    mean = np.mean([gaussian_filter(m, 1.0, mode="reflect") for m in maps_of(train)], axis=0)
-    return np.maximum(maps - mean, 0.0)
+    usual = np.percentile([gaussian_filter(m, 1.0, mode="reflect") for m in maps_of(train)], 75, axis=0)
+    return np.maximum(maps - usual, 0.0)
 
 
 # --------------------------------------------------------------------------- shared state
