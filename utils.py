@@ -46,6 +46,11 @@ def run_cli(main, argv=None):
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr, flush=True)
         return 130
+    except BrokenPipeError:
+        # The reader of stdout went away (e.g. `| head -n 1`): stop quietly like other Unix
+        # tools, with the SIGPIPE exit status; send further output nowhere.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     return 0
 
 

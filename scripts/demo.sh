@@ -54,7 +54,7 @@ echo "[3/5] finetune: plots to choose the minimum defect area"
 "$PY" finetune.py -p "$RUN" -r 100 | tail -n 1
 
 echo "[4/5] validate: threshold for minimum area $AREA px from held-back good images"
-"$PY" validate.py -p "$RUN" -a "$AREA" | head -n 1
+"$PY" validate.py -p "$RUN" -a "$AREA" | sed -n 1p  # sed reads to the end: no broken pipe
 
 echo "[5/5] test: classify every test image, score, save masks and overlays"
 TEST_OUT=$("$PY" test.py -p "$RUN" --save | tee /dev/stderr | tail -n 1)

@@ -764,3 +764,12 @@ def test_scales_are_recorded_followed_and_checked(tiny_run, tmp_path, capsys):
     assert f"--scales must be 1 to 3 for ssim maps of this {SIZE}-px model, got 4" in err
     code, _, err = cli(test_script.main, ["-p", str(run), "-t", "0.1", "-a", "5", "--scales", "0"], capsys)
     assert code == 2 and "--scales must be 1 to 3" in err
+
+
+def test_closed_stdout_ends_quietly_without_traceback():
+    # `validate.py ... | head -n 1` closes the pipe before the script's last print.
+    code = ("import sys; sys.path.insert(0, '.'); from utils import run_cli\n"
+            "def main(argv):\n    raise BrokenPipeError(32, 'Broken pipe')\n"
+            "sys.exit(run_cli(main))\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 141 and proc.stderr == ""
