@@ -59,9 +59,10 @@ def residual_baseline(run, method, batch=16, scales=1):
     Some places are always hard to reconstruct (sharp rims, fine texture); their residual
     is high on every good image. Subtracting what is usual there (the upper quartile
     rather than the mean, so places whose residual varies a lot are damped more) leaves
-    what is unusual for *that place*. Training images are used so the held-back validation images stay independent
-    for choosing the threshold; test images are never used. Cached in the run folder and
-    recomputed when the model file changes.
+    what is unusual for *that place*. Training images are used so the held-back
+    validation images stay independent for choosing the threshold; test images are never
+    used. Cached in the run folder and recomputed when the model file or the quantile
+    changes.
     """
     cache = run.dir / f"residual_baseline_{method}_s{scales}.npz"
     stamp = np.array([run.model_path.stat().st_mtime_ns, run.model_path.stat().st_size])

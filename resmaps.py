@@ -10,16 +10,15 @@ from skimage import measure
 
 
 def _single_scale_maps(x, y, method):
+    """One scale of :func:`residual_maps` (``method`` already checked), as a tensor."""
     import tensorflow as tf
 
     if method == "ssim":
         from custom_loss_functions import ssim_map
 
         maps = 1.0 - ssim_map(x, y, full=True)
-    elif method == "l2":
-        maps = tf.square(x - y)
     else:
-        raise ValueError(f"unknown residual method {method!r}; choose ssim or l2")
+        maps = tf.square(x - y)
     return tf.reduce_mean(maps, axis=-1)
 
 
@@ -50,10 +49,10 @@ def residual_maps(images, reconstructions, method, scales=1):
         raise ValueError(f"unknown residual method {method!r}; choose ssim or l2")
     x = tf.convert_to_tensor(images, tf.float32)
     y = tf.convert_to_tensor(reconstructions, tf.float32)
-    if not 1 <= scales <= max_scales(min(x.shape[1], x.shape[2]), method):
-        raise ValueError(f"scales must be 1 to {max_scales(min(x.shape[1], x.shape[2]), method)} "
-                         f"for {x.shape[1]}×{x.shape[2]} images, got {scales!r}")
     size = (x.shape[1], x.shape[2])
+    most = max_scales(min(size), method)
+    if not 1 <= scales <= most:
+        raise ValueError(f"scales must be 1 to {most} for {size[0]}×{size[1]} images, got {scales!r}")
     total = _single_scale_maps(x, y, method)
     for _ in range(scales - 1):
         x, y = tf.nn.avg_pool2d(x, 2, 2, "VALID"), tf.nn.avg_pool2d(y, 2, 2, "VALID")

@@ -219,9 +219,8 @@ def train(setup, run_dir, images, model, start_epoch=0, state=None):
     # Seconds already spent: from the backup after a crash, else from the finished run being extended.
     spent = float(state.get("training_seconds", setup.get("training_seconds", 0.0)))
     started = time.time()
-    _fit_phases(model, setup, run_dir, (train_ds, val_ds), start_epoch, setup["epochs"], state,
-                clock=lambda: spent + time.time() - started)
-    elapsed = time.time() - started
+    clock = lambda: spent + time.time() - started  # noqa: E731
+    _fit_phases(model, setup, run_dir, (train_ds, val_ds), start_epoch, setup["epochs"], state, clock)
     history = pd.read_csv(run_dir / runs.HISTORY)
     history = history.drop_duplicates("epoch", keep="last").reset_index(drop=True)
     history.to_csv(run_dir / runs.HISTORY, index=False)
@@ -233,7 +232,7 @@ def train(setup, run_dir, images, model, start_epoch=0, state=None):
         epochs_run=int(history["epoch"].max()) + 1,
         best_epoch=int(best_row["epoch"]) + 1,
         best_val_loss=float(best_row["val_loss"]),
-        training_seconds=round(spent + elapsed, 1),
+        training_seconds=round(clock(), 1),
     )
     visualize.plot_loss_curve(history, run_dir / runs.LOSS_PLOT, title=f"{setup['architecture']} / {setup['loss']} loss")
     runs.write_json(run_dir / runs.SETUP, setup)

@@ -24,6 +24,7 @@ from utils import quiet_tensorflow, run_cli, UserError  # noqa: E402
 
 quiet_tensorflow()
 
+import data  # noqa: E402
 import evaluation  # noqa: E402
 import inference  # noqa: E402
 import training  # noqa: E402
@@ -51,7 +52,7 @@ def get_parser():
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--flip", action="store_true")
-    p.add_argument("--rotation", type=float, default=10.0, help="largest random rotation (degrees) in augmentation")
+    p.add_argument("--rotation", type=float, default=data.DEFAULT_ROTATION, help="largest random rotation (degrees) in augmentation")
     p.add_argument("--area", type=int, default=None, help="minimum defect area (px at model size); default size²/800")
     p.add_argument("--methods", nargs="*", default=None, help="residual methods to evaluate (default: the loss's family)")
     p.add_argument("--smooth", nargs="*", type=float, default=[evaluation.DEFAULT_SMOOTH], help="smoothing sigmas to evaluate")
@@ -59,8 +60,8 @@ def get_parser():
                    help="numbers of image scales the residual map is averaged over, to evaluate")
     p.add_argument("--baseline", nargs="*", choices=("on", "off"), default=["on"],
                    help="evaluate with and/or without subtracting the training images' usual residual (the baseline)")
-    p.add_argument("--denoise", type=float, nargs="?", const=0.5, default=0.0, metavar="SHARE",
-                   help="train as a denoising autoencoder: share of inputs with a pasted patch (bare: 0.5)")
+    p.add_argument("--denoise", type=float, nargs="?", const=data.DEFAULT_DENOISE, default=0.0, metavar="SHARE",
+                   help=f"train as a denoising autoencoder: share of inputs with a pasted patch (bare: {data.DEFAULT_DENOISE})")
     p.add_argument("--tag", default="", help="label added to each configuration in the table")
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "runs"), help="where run folders go")
     return p
