@@ -95,8 +95,8 @@ def test_run(path, method=None, threshold=None, min_area=None, smooth=DEFAULT_SM
     cls = metrics.classification_metrics(truth, defective)
     table = detection_table(frame)
     result = {
-        "threshold": threshold, "min_area": min_area, "method": method, "baseline": options.baseline,
-        "scales": options.scales, "threshold_source": source,
+        "threshold": threshold, "min_area": min_area, "method": method, **options.record(),
+        "threshold_source": source,
         **{k: cls[k] for k in ("tpr", "tnr", "accuracy", "balanced_accuracy", "precision", "f1", "confusion_matrix")},
         "n_images": cls["n_images"], "n_good": cls["n_good"], "n_defective": cls["n_defective"],
         "detection_rate_per_defect_type": {t: float(table.loc[t, "rate"]) for t in types},
@@ -106,7 +106,7 @@ def test_run(path, method=None, threshold=None, min_area=None, smooth=DEFAULT_SM
     evaluated = metrics.evaluate(full_maps if has_masks else None, gt_masks if has_masks else None,
                                  truth, frame["score"].to_numpy(), [d for _, d, _ in items], fpr_limit=fpr_limit)
     sizes = sorted({f"{w}x{h}" for w, h in seen.sizes})
-    evaluated.update(method=method, baseline=options.baseline, scales=options.scales, smooth_sigma=float(smooth),
+    evaluated.update(method=method, **options.record(), smooth_sigma=float(smooth),
                      image_score="maximum of the residual map smoothed by a Gaussian of sigma smooth_sigma px (model resolution)",
                      pixel_resolution=f"ground-truth resolution ({', '.join(sizes)}); model input {run.size}x{run.size}",
                      model=str(run.model_path))
@@ -182,7 +182,7 @@ def predict_images(path, images_dir, method=None, threshold=None, min_area=None,
         frame = pd.DataFrame(rows)
         frame.to_csv(staged / "predictions.csv", index=False)
         runs.write_json(staged / "prediction_setup.json", {"threshold": threshold, "min_area": min_area, "method": method,
-                                                           "baseline": options.baseline, "scales": options.scales,
+                                                           **options.record(),
                                                            "smooth_sigma": smooth,
                                                            "images": str(images_dir.resolve()),
                                                            "model": str(run.model_path)})

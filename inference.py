@@ -47,6 +47,32 @@ class MapOptions:
         """Options from command-line values, where None means the default."""
         return cls(baseline is not False, DEFAULT_SCALES if scales is None else int(scales))
 
+    def record(self):
+        """The fields every result file stores, so later scripts can check and follow them.
+
+        ``baseline_quantile`` says which baseline was subtracted; results written before
+        it was recorded used the per-pixel mean.
+        """
+        return {"baseline": self.baseline, "baseline_quantile": BASELINE_QUANTILE if self.baseline else None,
+                "scales": self.scales}
+
+    @classmethod
+    def from_record(cls, record, what):
+        """Options stored by :meth:`record` in a result file (``what`` names it in errors).
+
+        Older files: no ``scales`` means 1 scale; a baseline without ``baseline_quantile``
+        was the mean, which no longer exists, so such a result is refused.
+        """
+        options = cls(bool(record.get("baseline", False)), int(record.get("scales", 1)))
+        if options.baseline and record.get("baseline_quantile") != BASELINE_QUANTILE:
+            stored = record.get("baseline_quantile")
+            raise UserError(
+                f"{what} was computed with an older residual baseline ("
+                f"{'the mean' if stored is None else f'quantile {stored}'} instead of quantile {BASELINE_QUANTILE}); "
+                "run validate.py again, or pass -t and -a"
+            )
+        return options
+
     def describe(self, method):
         """E.g. ``ssim at 2 scales, minus baseline``."""
         return f"{method} at {self.scales} scale{'s' if self.scales > 1 else ''}{', minus baseline' if self.baseline else ''}"
@@ -129,8 +155,7 @@ def resolve_threshold(run, method, threshold=None, min_area=None, baseline=None,
             f"no validation result for {which} in {run.dir}: run validate.py -p {run.dir} -a MIN_AREA"
             f"{' --method ' + method} first, or pass both -t THRESHOLD and -a MIN_AREA"
         )
-    # Results written before --scales existed used the plain full-size map.
-    options = MapOptions(bool(found.get("baseline", False)), int(found.get("scales", 1)))
+    options = MapOptions.from_record(found, f"the validation result for {method} (area {found['min_area']})")
     if baseline is not None and baseline != options.baseline:
         raise UserError(
             f"the validation result for {method} (area {found['min_area']}) was computed "

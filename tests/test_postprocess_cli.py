@@ -753,11 +753,19 @@ def test_scales_are_recorded_followed_and_checked(tiny_run, tmp_path, capsys):
     code, out, err = cli(test_script.main, ["-p", str(run)], capsys)
     assert code == 0, err
     assert out.startswith("ssim at 1 scale, minus baseline, threshold")
-    assert json.loads((run / "test" / "ssim" / "metrics.json").read_text())["scales"] == 1
+    tested = json.loads((run / "test" / "ssim" / "metrics.json").read_text())
+    assert tested["scales"] == 1 and tested["baseline_quantile"] == result["baseline_quantile"] == inference.BASELINE_QUANTILE
     # A validation result from before --scales existed was made with the plain map.
     del result["scales"]
     runs.write_json(run / "validation" / "ssim" / f"a{AREA}" / "validation_result.json", result)
     assert inference.resolve_threshold(runs.find_run(run), "ssim")[2] == inference.MapOptions(True, 1)
+    # One from before the baseline was a quantile subtracted the mean: its threshold no longer fits.
+    del result["baseline_quantile"]
+    runs.write_json(run / "validation" / "ssim" / f"a{AREA}" / "validation_result.json", result)
+    before = tree_snapshot(run / "test")
+    code, _, err = cli(test_script.main, ["-p", str(run)], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and tree_snapshot(run / "test") == before
+    assert f"older residual baseline (the mean instead of quantile {inference.BASELINE_QUANTILE}); run validate.py again" in err
     # A 48-px image cannot hold an 11-px SSIM window at an eighth of its size.
     code, _, err = cli(validate.main, ["-p", str(run), "-a", str(AREA), "--scales", "4"], capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1
