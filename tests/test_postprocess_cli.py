@@ -128,8 +128,8 @@ def recomputed_validation_maps(run_dir, method="ssim", baseline=True, scales=inf
     The multi-scale map itself is checked against an independent version in
     test_resmaps.py; here it is reused so thresholds can be compared exactly. With
     ``baseline``, the per-pixel upper quartile of the training images' residual maps (each
-    smoothed by a 1-px Gaussian, scipy) is subtracted and negatives set to 0, as the
-    scripts do by default.
+    smoothed by a 1-px Gaussian, scipy), then its maximum over each 3×3 neighbourhood
+    (numpy windows), is subtracted and negatives set to 0, as the scripts do by default.
     """
     import keras
     from scipy.ndimage import gaussian_filter
@@ -154,7 +154,9 @@ def recomputed_validation_maps(run_dir, method="ssim", baseline=True, scales=inf
                    if p.resolve() not in {q.resolve() for q in paths})
     assert len(train) == setup["n_train"]
     usual = np.percentile([gaussian_filter(m, 1.0, mode="reflect") for m in maps_of(train)], 75, axis=0)
-    return np.maximum(maps - usual, 0.0)
+    t = inference.BASELINE_TOLERANCE
+    windows = np.lib.stride_tricks.sliding_window_view(np.pad(usual, t, mode="edge"), (2 * t + 1, 2 * t + 1))
+    return np.maximum(maps - windows.max(axis=(2, 3)), 0.0)
 
 
 # --------------------------------------------------------------------------- shared state
@@ -755,17 +757,21 @@ def test_scales_are_recorded_followed_and_checked(tiny_run, tmp_path, capsys):
     assert out.startswith("ssim at 1 scale, minus baseline, threshold")
     tested = json.loads((run / "test" / "ssim" / "metrics.json").read_text())
     assert tested["scales"] == 1 and tested["baseline_quantile"] == result["baseline_quantile"] == inference.BASELINE_QUANTILE
+    assert tested["baseline_tolerance"] == result["baseline_tolerance"] == inference.BASELINE_TOLERANCE == 1
     # A validation result from before --scales existed was made with the plain map.
     del result["scales"]
     runs.write_json(run / "validation" / "ssim" / f"a{AREA}" / "validation_result.json", result)
     assert inference.resolve_threshold(runs.find_run(run), "ssim")[2] == inference.MapOptions(True, 1)
-    # One from before the baseline was a quantile subtracted the mean: its threshold no longer fits.
-    del result["baseline_quantile"]
-    runs.write_json(run / "validation" / "ssim" / f"a{AREA}" / "validation_result.json", result)
+    # Results made with an older baseline (the mean; the quantile without tolerance) have
+    # thresholds that no longer fit the maps: refused, and nothing is written.
     before = tree_snapshot(run / "test")
-    code, _, err = cli(test_script.main, ["-p", str(run)], capsys)
-    assert code == 2 and len(err.strip().splitlines()) == 1 and tree_snapshot(run / "test") == before
-    assert f"older residual baseline (the mean instead of quantile {inference.BASELINE_QUANTILE}); run validate.py again" in err
+    for stale, said in [({"baseline_tolerance": None}, "quantile 0.75, 0-px tolerance"),
+                        ({"baseline_quantile": None, "baseline_tolerance": None}, "the mean")]:
+        runs.write_json(run / "validation" / "ssim" / f"a{AREA}" / "validation_result.json", {**result, **stale})
+        code, _, err = cli(test_script.main, ["-p", str(run)], capsys)
+        assert code == 2 and len(err.strip().splitlines()) == 1 and tree_snapshot(run / "test") == before
+        assert (f"older residual baseline ({said} instead of quantile 0.75, 1-px tolerance); "
+                "run validate.py again, or pass -t and -a") in err
     # A 48-px image cannot hold an 11-px SSIM window at an eighth of its size.
     code, _, err = cli(validate.main, ["-p", str(run), "-a", str(AREA), "--scales", "4"], capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1
