@@ -21,6 +21,10 @@ BATCH=${DEMO_BATCH:-8}
 LR=${DEMO_LR:-1e-3}
 SKIP_SETUP=${DEMO_SKIP_SETUP:-0}
 started=$(date +%s)
+# Steps whose output is shown *and* read keep a copy here. `tee /dev/stderr` would reopen
+# (truncate) a log file that stdout and stderr are redirected to; writing to fd 2 does not.
+STEP_LOG=$(mktemp)
+trap 'rm -f "$STEP_LOG"' EXIT
 
 if [ "$SKIP_SETUP" = 1 ]; then PY=${PYTHON:-python3}; else bash scripts/setup_env.sh; PY=.venv/bin/python; fi
 export TF_CPP_MIN_LOG_LEVEL=2 MPLBACKEND=Agg
@@ -46,8 +50,9 @@ if [ -n "$RUN" ]; then
   echo "[2/5] train: reusing finished demo run $RUN"
 else
   echo "[2/5] train: $ARCH CAE, $LOSS loss, $COLOR, $SIZE px, $INSTANCES images shown"
-  RUN=$("$PY" train.py new -d "$DATA/$CLASS" -a "$ARCH" -l "$LOSS" -c "$COLOR" -b "$BATCH" --size "$SIZE" --lr "$LR" \
-        -i "$INSTANCES" -t demo --out "$OUT" | tee /dev/stderr | tail -n 1)
+  "$PY" train.py new -d "$DATA/$CLASS" -a "$ARCH" -l "$LOSS" -c "$COLOR" -b "$BATCH" --size "$SIZE" --lr "$LR" \
+    -i "$INSTANCES" -t demo --out "$OUT" | tee "$STEP_LOG" >&2
+  RUN=$(tail -n 1 "$STEP_LOG")
 fi
 
 echo "[3/5] finetune: plots to choose the minimum defect area"
@@ -57,7 +62,8 @@ echo "[4/5] validate: threshold for minimum area $AREA px from held-back good im
 "$PY" validate.py -p "$RUN" -a "$AREA" | sed -n 1p  # sed reads to the end: no broken pipe
 
 echo "[5/5] test: classify every test image, score, save masks and overlays"
-TEST_OUT=$("$PY" test.py -p "$RUN" --save | tee /dev/stderr | tail -n 1)
+"$PY" test.py -p "$RUN" --save | tee "$STEP_LOG" >&2
+TEST_OUT=$(tail -n 1 "$STEP_LOG")
 
 cat <<TXT
 

@@ -25,8 +25,17 @@ def test_demo_runs_end_to_end_and_reuses_its_work(tmp_path):
     assert list(run.glob("test/ssim/a4_t*/hole/000_overlay.png"))
     assert f"run folder:          {run}" in first.stdout
 
-    second = subprocess.run(["bash", str(ROOT / "scripts" / "demo.sh")], env=env, capture_output=True, text=True,
-                            timeout=600, cwd=tmp_path)
-    assert second.returncode == 0, second.stderr[-2000:]
-    assert "reusing finished demo run" in second.stdout and "skip" in second.stdout.lower()
+    # Again, with everything into one log file, as `bash scripts/demo.sh > demo.log 2>&1` does:
+    # echoing progress must not reopen (truncate) that file and leave NUL bytes in it.
+    log = tmp_path / "demo.log"
+    with open(log, "w") as out:
+        second = subprocess.run(["bash", str(ROOT / "scripts" / "demo.sh")], env=env, stdout=out,
+                                stderr=subprocess.STDOUT, timeout=600, cwd=tmp_path)
+    text = log.read_text()
+    assert second.returncode == 0, text[-2000:]
+    assert "\x00" not in text
+    for step in ("[1/5] dataset", "reusing finished demo run", "[5/5] test", "TPR ", "Demo finished"):
+        assert step in text, step
+    assert text.index("[1/5] dataset") < text.index("[5/5] test") < text.index("TPR ") < text.index("Demo finished")
+    assert "skip" in text.lower()
     assert len(list((tmp_path / "runs").glob("data/brick/mvtec2/SSIM/*/setup.json"))) == 1
