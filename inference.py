@@ -108,8 +108,7 @@ def residual_baseline(run, method, batch=16, scales=1):
     if cache.is_file():
         with np.load(cache) as stored:
             if (np.array_equal(stored["model_stamp"], stamp) and stored["baseline"].shape == (run.size, run.size)
-                    and float(stored.get("quantile", -1)) == BASELINE_QUANTILE
-                    and int(stored.get("tolerance", -1)) == BASELINE_TOLERANCE):
+                    and all(k in stored and stored[k] == v for k, v in _BASELINE_KIND.items())):
                 return stored["baseline"]
     held_back = {p.resolve() for p in run.validation_paths()}
     _, good = data.check_class_dir(run.class_dir)
@@ -121,7 +120,7 @@ def residual_baseline(run, method, batch=16, scales=1):
     baseline = np.quantile(resmaps.smooth(maps, BASELINE_SIGMA), BASELINE_QUANTILE, axis=0)
     baseline = maximum_filter(baseline, size=2 * BASELINE_TOLERANCE + 1, mode="nearest").astype(np.float32)
     tmp = cache.with_name(cache.stem + ".tmp.npz")
-    np.savez(tmp, baseline=baseline, model_stamp=stamp, quantile=BASELINE_QUANTILE, tolerance=BASELINE_TOLERANCE)
+    np.savez(tmp, baseline=baseline, model_stamp=stamp, **_BASELINE_KIND)
     tmp.replace(cache)
     return baseline
 
@@ -170,17 +169,16 @@ def resolve_threshold(run, method, threshold=None, min_area=None, baseline=None,
             f"no validation result for {which} in {run.dir}: run validate.py -p {run.dir} -a MIN_AREA"
             f"{' --method ' + method} first, or pass both -t THRESHOLD and -a MIN_AREA"
         )
-    options = MapOptions.from_record(found, f"the validation result for {method} (area {found['min_area']})")
+    what = f"the validation result for {method} (area {found['min_area']})"
+    options = MapOptions.from_record(found, what)
     if baseline is not None and baseline != options.baseline:
         raise UserError(
-            f"the validation result for {method} (area {found['min_area']}) was computed "
-            f"{'with' if options.baseline else 'without'} the residual baseline; run validate.py again "
+            f"{what} was computed {'with' if options.baseline else 'without'} the residual baseline; run validate.py again "
             f"{'with' if options.baseline else 'without'} --no-baseline, or pass -t and -a"
         )
     if scales is not None and scales != options.scales:
         raise UserError(
-            f"the validation result for {method} (area {found['min_area']}) was computed with --scales "
-            f"{options.scales}; run validate.py again with --scales {scales}, or pass -t and -a"
+            f"{what} was computed with --scales {options.scales}; run validate.py again with --scales {scales}, or pass -t and -a"
         )
     if threshold is not None:
         return float(threshold), int(found["min_area"]), options, "area from validation, threshold from command line"
