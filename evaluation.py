@@ -45,7 +45,7 @@ def _write_tiff(path, array):
 
 
 def test_run(path, method=None, threshold=None, min_area=None, smooth=DEFAULT_SMOOTH, save=False, batch=16,
-             fpr_limit=metrics.DEFAULT_FPR_LIMIT, baseline=None, scales=None):
+             fpr_limit=metrics.DEFAULT_FPR_LIMIT, baseline=None, scales=None, passes=None):
     """Classify and score every image under ``<class>/test/*/`` for a run; write all results.
 
     Returns ``(result dict, metrics dict, output folder)``.
@@ -54,7 +54,7 @@ def test_run(path, method=None, threshold=None, min_area=None, smooth=DEFAULT_SM
         raise UserError(f"--smooth must be >= 0, got {smooth}")
     run = runs.find_run(path)
     method = run.method(method)
-    threshold, min_area, options, source = inference.resolve_threshold(run, method, threshold, min_area, baseline, scales)
+    threshold, min_area, options, source = inference.resolve_threshold(run, method, threshold, min_area, baseline, scales, passes)
     items = data.list_test_images(run.class_dir)
     types = sorted({d for _, d, _ in items})
     notes = []
@@ -146,7 +146,7 @@ def test_run(path, method=None, threshold=None, min_area=None, smooth=DEFAULT_SM
 
 
 def predict_images(path, images_dir, method=None, threshold=None, min_area=None, smooth=DEFAULT_SMOOTH, batch=16, out=None,
-                   baseline=None, scales=None):
+                   baseline=None, scales=None, passes=None):
     """Verdicts on a folder of unlabelled images (recursive); writes predictions, masks and overlays.
 
     Masks and overlays mirror the input tree under the output folder (printed by test.py).
@@ -156,7 +156,7 @@ def predict_images(path, images_dir, method=None, threshold=None, min_area=None,
         raise UserError(f"--smooth must be >= 0, got {smooth}")
     run = runs.find_run(path)
     method = run.method(method)
-    threshold, min_area, options, _ = inference.resolve_threshold(run, method, threshold, min_area, baseline, scales)
+    threshold, min_area, options, _ = inference.resolve_threshold(run, method, threshold, min_area, baseline, scales, passes)
     images_dir = Path(images_dir)
     paths = data.list_images(images_dir, recursive=True)
     if not paths:

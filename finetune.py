@@ -42,7 +42,8 @@ def get_parser():
     return parser
 
 
-def finetune(path, val_image=None, test_image=None, max_area=50, method=None, batch=16, baseline=None, scales=None):
+def finetune(path, val_image=None, test_image=None, max_area=50, method=None, batch=16, baseline=None, scales=None,
+             passes=None):
     """Compute region statistics over thresholds on validation images and write the plots."""
     if max_area < 1:
         raise UserError(f"-r/--range must be a positive number of pixels, got {max_area}")
@@ -59,7 +60,7 @@ def finetune(path, val_image=None, test_image=None, max_area=50, method=None, ba
         items = data.list_test_images(run.class_dir) if test_dir.is_dir() else []
         defective = [p for p, d, _ in items if d != data.GOOD]
         test_sample = defective[0] if defective else None
-    options = inference.MapOptions.from_args(baseline, scales)
+    options = inference.MapOptions.from_args(baseline, scales, passes)
     seen = inference.inspect(run, val_paths, method, batch, progress="validation images", options=options)
     thresholds = np.linspace(0.0, float(seen.maps.max()), N_THRESHOLDS)
     n_regions, mean_area, std_area, areas_at = [], [], [], {}
@@ -92,7 +93,7 @@ def main(argv=None):
     """Parse arguments, write the plots, print where they are."""
     args = get_parser().parse_args(argv)
     out = finetune(args.path, args.val_image, args.test_image, args.range, args.method, args.batch, args.baseline,
-                   args.scales)
+                   args.scales, args.passes)
     print(f"finetune plots written; choose a minimum area, then: python3 validate.py -p {args.path} -a AREA")
     print(out)
 

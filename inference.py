@@ -30,8 +30,13 @@ BASELINE_SIGMA = 1.0
 BASELINE_QUANTILE = 0.75  # per pixel, over the training images; beat the mean on bottle (bench/README.md)
 BASELINE_TOLERANCE = 1  # px: the baseline is the maximum over (2t+1)² neighbours, so a 1-px shift of a rim is usual
 DEFAULT_SCALES = 2  # best measured on MVTec bottle (bench/README.md)
-# What a result records of the baseline it subtracted (see residual_baseline).
+DEFAULT_PASSES = 3  # best measured on MVTec bottle (bench/README.md); see refined_maps
+MASK_QUANTILE = 0.999  # later passes repaint where the map exceeds this quantile of the training images' maps
+MASK_SIGMA = 4.0  # px (model size): the map is smoothed before that comparison, so the mask covers whole blobs
+MASK_FEATHER = 1.5  # px: soft edge of the repainted area
+# What a result records of the baseline it subtracted and of the later passes (see refined_maps).
 _BASELINE_KIND = {"baseline_quantile": BASELINE_QUANTILE, "baseline_tolerance": BASELINE_TOLERANCE}
+_PASS_KIND = {"mask_quantile": MASK_QUANTILE, "mask_sigma": MASK_SIGMA, "mask_feather": MASK_FEATHER}
 
 
 def _describe_baseline(baseline_quantile=None, baseline_tolerance=None):
@@ -44,104 +49,179 @@ def _describe_baseline(baseline_quantile=None, baseline_tolerance=None):
 class MapOptions:
     """How residual maps are made before thresholds and metrics; recorded with every result.
 
-    ``baseline``: subtract the run's :func:`residual_baseline`. ``scales``: the number of
-    image scales :func:`resmaps.residual_maps` averages (1 = the plain full-size map).
+    ``baseline``: subtract the usual residual of the run's training images (see
+    :func:`refined_maps`). ``scales``: the number of image scales
+    :func:`resmaps.residual_maps` averages (1 = the plain full-size map). ``passes``: the
+    number of reconstructions, each after repainting what the previous ones found
+    (1 = one plain reconstruction; see :func:`refined_maps`).
     """
 
     baseline: bool = True
     scales: int = DEFAULT_SCALES
+    passes: int = DEFAULT_PASSES
 
     @classmethod
-    def from_args(cls, baseline=None, scales=None):
+    def from_args(cls, baseline=None, scales=None, passes=None):
         """Options from command-line values, where None means the default."""
-        return cls(baseline is not False, DEFAULT_SCALES if scales is None else int(scales))
+        return cls(baseline is not False, DEFAULT_SCALES if scales is None else int(scales),
+                   DEFAULT_PASSES if passes is None else int(passes))
 
     def record(self):
         """The fields every result file stores, so later scripts can check and follow them.
 
-        ``baseline_quantile`` and ``baseline_tolerance`` say which baseline was subtracted
-        (see :func:`residual_baseline`).
+        ``baseline_quantile`` and ``baseline_tolerance`` say which baseline was subtracted,
+        ``mask_*`` how later passes chose what to repaint (see :func:`refined_maps`).
         """
         return {"baseline": self.baseline, **{k: v if self.baseline else None for k, v in _BASELINE_KIND.items()},
-                "scales": self.scales}
+                "scales": self.scales, "passes": self.passes,
+                **{k: v if self.passes > 1 else None for k, v in _PASS_KIND.items()}}
 
     @classmethod
     def from_record(cls, record, what):
         """Options stored by :meth:`record` in a result file (``what`` names it in errors).
 
-        Older files: no ``scales`` means 1 scale. A result made with another baseline than
-        today's (older versions subtracted the mean, then the quantile without tolerance)
-        has a threshold that no longer fits the maps, so it is refused.
+        Older files: no ``scales`` means 1 scale, no ``passes`` 1 pass. A result made with
+        another baseline than today's (older versions subtracted the mean, then the
+        quantile without tolerance) or other mask settings has a threshold that no longer
+        fits the maps, so it is refused.
         """
-        options = cls(bool(record.get("baseline", False)), int(record.get("scales", 1)))
+        options = cls(bool(record.get("baseline", False)), int(record.get("scales", 1)), int(record.get("passes", 1)))
         stored = {k: record.get(k) for k in _BASELINE_KIND}
         if options.baseline and stored != _BASELINE_KIND:
             raise UserError(
                 f"{what} was computed with an older residual baseline ({_describe_baseline(**stored)} instead of "
                 f"{_describe_baseline(**_BASELINE_KIND)}); run validate.py again, or pass -t and -a"
             )
+        stored = {k: record.get(k) for k in _PASS_KIND}
+        if options.passes > 1 and stored != _PASS_KIND:
+            raise UserError(f"{what} was computed with other mask settings for later passes ({stored} instead of "
+                            f"{_PASS_KIND}); run validate.py again, or pass -t and -a")
         return options
 
     def describe(self, method):
-        """E.g. ``ssim at 2 scales, minus baseline``."""
-        return f"{method} at {self.scales} scale{'s' if self.scales > 1 else ''}{', minus baseline' if self.baseline else ''}"
+        """E.g. ``ssim at 2 scales, 3 passes, minus baseline``."""
+        return (f"{method} at {self.scales} scale{'s' if self.scales > 1 else ''}"
+                f"{f', {self.passes} passes' if self.passes > 1 else ''}{', minus baseline' if self.baseline else ''}")
 
 
-def residual_baseline(run, method, batch=16, scales=1):
-    """Per-pixel upper quartile (:data:`BASELINE_QUANTILE`) of the residual maps of the
-    run's *training* images (model size, each smoothed by 1 px), then the maximum of that
-    over each pixel's neighbours within :data:`BASELINE_TOLERANCE` px.
+@dataclass(frozen=True)
+class Calibration:
+    """What a run's training images say is usual, for :func:`refined_maps`.
 
-    Some places are always hard to reconstruct (sharp rims, fine texture); their residual
-    is high on every good image. Subtracting what is usual there (the upper quartile
-    rather than the mean, so places whose residual varies a lot are damped more) leaves
-    what is unusual for *that place*. The neighbourhood maximum makes a rim that sits a
-    pixel off its usual place usual too (+0.001 to +0.002 AU-PRO on every bottle model
-    measured). Training images are used so the held-back validation images stay
-    independent for choosing the threshold; test images are never used. Cached in the
-    run folder and recomputed when the model file, the quantile or the tolerance changes.
+    ``baselines``: passes×H×W, the residual subtracted in each pass (zeros without the
+    baseline). ``mask_threshold``: where later passes repaint (inf with one pass).
     """
+
+    baselines: np.ndarray
+    mask_threshold: float
+
+
+def _usual_residual(maps):
+    """Per-pixel :data:`BASELINE_QUANTILE` of 1-px-smoothed maps, then its maximum over
+    each pixel's neighbours within :data:`BASELINE_TOLERANCE` px."""
     from scipy.ndimage import maximum_filter
 
-    cache = run.dir / f"residual_baseline_{method}_s{scales}.npz"
+    usual = np.quantile(resmaps.smooth(maps, BASELINE_SIGMA), BASELINE_QUANTILE, axis=0)
+    return maximum_filter(usual, size=2 * BASELINE_TOLERANCE + 1, mode="nearest").astype(np.float32)
+
+
+def refined_maps(model, images, method, options=MapOptions(), batch=16, calibration=None):
+    """Reconstructions and residual maps of an N×H×W×C array under ``options``.
+
+    Pass 1 reconstructs the images and takes their residual map. With
+    ``options.baseline``, the usual residual of each place on good images is subtracted
+    and negatives set to 0 (a place is never *less* anomalous than usual): the per-pixel
+    upper quartile of the training images' maps (each smoothed by 1 px), then its
+    maximum over each pixel's 3×3 neighbours. Some places (sharp rims, fine texture) are
+    always hard to reconstruct; the quartile rather than the mean damps places whose
+    residual varies a lot, and the neighbourhood maximum makes a rim one pixel off its
+    usual place usual too.
+
+    Each later pass repaints the images where the map so far, smoothed by
+    :data:`MASK_SIGMA` px, exceeds the mask threshold (the :data:`MASK_QUANTILE` quantile
+    of the training images' smoothed pass-1 maps), with the previous reconstruction
+    (soft edge of :data:`MASK_FEATHER` px), reconstructs the repainted images, and maps
+    the *original* images against those reconstructions, minus that pass's own baseline.
+    The result is the pixel-wise minimum over passes. Why: a defect disturbs the
+    reconstruction around it, so the map spills onto good pixels next to defects (most
+    false positives on bottle); once the defect is painted over, its surroundings are
+    reconstructed as usual while the defect itself still differs. Good images are barely
+    repainted, so their maps hardly change.
+
+    ``calibration`` None means ``images`` are the training images: the baselines (one
+    per pass) and the mask threshold are learnt from them. Returns ``(reconstructions
+    of the last pass, maps, Calibration)``.
+    """
+    learn = calibration is None
+    baselines = []
+
+    def above_usual(raw, k):
+        if not options.baseline:
+            usual = np.zeros(raw.shape[1:], np.float32)
+        else:
+            usual = _usual_residual(raw) if learn else calibration.baselines[k]
+        baselines.append(usual)
+        return np.maximum(raw - usual, 0.0).astype(np.float32)
+
+    recons, raw = resmaps.compute_resmaps(model, images, method, batch, options.scales)
+    maps = above_usual(raw, 0)
+    if not learn:
+        threshold = calibration.mask_threshold
+    elif options.passes > 1:
+        threshold = float(np.quantile(resmaps.smooth(maps, MASK_SIGMA), MASK_QUANTILE))
+    else:
+        threshold = float("inf")
+    for k in range(1, options.passes):
+        mask = resmaps.smooth((resmaps.smooth(maps, MASK_SIGMA) > threshold).astype(np.float32), MASK_FEATHER)[..., None]
+        recons = resmaps.reconstruct(model, images * (1 - mask) + recons * mask, batch)
+        maps = np.minimum(maps, above_usual(resmaps.batched_residual_maps(images, recons, method, batch, options.scales), k))
+    return recons, maps, Calibration(np.stack(baselines), threshold)
+
+
+def calibrate(run, method, options, model=None, batch=16):
+    """The run's :class:`Calibration` for ``options``, learnt from its *training* images.
+
+    Training images are used so the held-back validation images stay independent for
+    choosing the threshold; test images are never used. Without baseline and with one
+    pass nothing is learnt (no images are read). Cached in the run folder and recomputed
+    when the model file or the baseline and mask settings change.
+    """
+    if not options.baseline and options.passes == 1:
+        return Calibration(np.zeros((1, run.size, run.size), np.float32), float("inf"))
+    kind = {**_BASELINE_KIND, **_PASS_KIND}
+    cache = run.dir / f"calibration_{method}_s{options.scales}_p{options.passes}{'' if options.baseline else '_raw'}.npz"
     stamp = np.array([run.model_path.stat().st_mtime_ns, run.model_path.stat().st_size])
     if cache.is_file():
         with np.load(cache) as stored:
-            if (np.array_equal(stored["model_stamp"], stamp) and stored["baseline"].shape == (run.size, run.size)
-                    and all(k in stored and stored[k] == v for k, v in _BASELINE_KIND.items())):
-                return stored["baseline"]
+            if (np.array_equal(stored["model_stamp"], stamp) and stored["baselines"].shape == (options.passes, run.size, run.size)
+                    and all(k in stored and stored[k] == v for k, v in kind.items())):
+                return Calibration(stored["baselines"], float(stored["mask_threshold"]))
     held_back = {p.resolve() for p in run.validation_paths()}
     _, good = data.check_class_dir(run.class_dir)
     train_paths = [p for p in data.list_images(good) if p.resolve() not in held_back]
     if not train_paths:
-        raise UserError(f"no training images left in {good} to compute the residual baseline (use --no-baseline)")
+        raise UserError(f"no training images left in {good} to learn the residual baseline (use --no-baseline --passes 1)")
     images, _ = data.load_images(train_paths, run.color, run.size, progress="training images (residual baseline)")
-    _, maps = resmaps.compute_resmaps(run.load_model(), images, method, batch, scales)
-    baseline = np.quantile(resmaps.smooth(maps, BASELINE_SIGMA), BASELINE_QUANTILE, axis=0)
-    baseline = maximum_filter(baseline, size=2 * BASELINE_TOLERANCE + 1, mode="nearest").astype(np.float32)
+    _, _, learnt = refined_maps(model or run.load_model(), images, method, options, batch)
     tmp = cache.with_name(cache.stem + ".tmp.npz")
-    np.savez(tmp, baseline=baseline, model_stamp=stamp, **_BASELINE_KIND)
+    np.savez(tmp, baselines=learnt.baselines, mask_threshold=learnt.mask_threshold, model_stamp=stamp, **kind)
     tmp.replace(cache)
-    return baseline
+    return learnt
 
 
 def inspect(run, paths, method, batch=16, progress=None, options=MapOptions()):
-    """Load ``paths`` at the run's size and colour, reconstruct them and compute residual maps.
-
-    The maps are averaged over ``options.scales`` scales; with ``options.baseline`` the
-    run's :func:`residual_baseline` is subtracted and negative values set to 0 (a place
-    is never *less* anomalous than usual).
-    """
+    """Load ``paths`` at the run's size and colour, reconstruct them and compute residual
+    maps as ``options`` say (see :func:`refined_maps`)."""
     if batch < 1:
         raise UserError(f"--batch must be >= 1, got {batch}")
     most = resmaps.max_scales(run.size, method)
     if not 1 <= options.scales <= most:
         raise UserError(f"--scales must be 1 to {most} for {method} maps of this {run.size}-px model, got {options.scales}")
+    if options.passes < 1:
+        raise UserError(f"--passes must be >= 1, got {options.passes}")
     images, kept = data.load_images(paths, run.color, run.size, progress=progress)
     model = run.load_model()
-    recons, maps = resmaps.compute_resmaps(model, images, method, batch, options.scales)
-    if options.baseline:
-        maps = np.maximum(maps - residual_baseline(run, method, batch, options.scales), 0.0).astype(np.float32)
+    recons, maps, _ = refined_maps(model, images, method, options, batch, calibrate(run, method, options, model, batch))
     return Inspected(kept, images, recons, maps, [data.image_size(p) for p in kept])
 
 
@@ -153,7 +233,7 @@ def check_area_threshold(min_area=None, threshold=None):
         raise UserError(f"threshold must be >= 0, got {threshold}")
 
 
-def resolve_threshold(run, method, threshold=None, min_area=None, baseline=None, scales=None):
+def resolve_threshold(run, method, threshold=None, min_area=None, baseline=None, scales=None, passes=None):
     """Threshold, minimum area and map options to classify with: as given, else from the
     newest validation result (whose map options must then match those given, if any).
 
@@ -161,7 +241,7 @@ def resolve_threshold(run, method, threshold=None, min_area=None, baseline=None,
     """
     check_area_threshold(min_area, threshold)
     if threshold is not None and min_area is not None:
-        return float(threshold), int(min_area), MapOptions.from_args(baseline, scales), "command line"
+        return float(threshold), int(min_area), MapOptions.from_args(baseline, scales, passes), "command line"
     found = runs.find_validation_result(run.dir, method, min_area)
     if found is None:
         which = f"method {method}" + (f", area {min_area}" if min_area is not None else "")
@@ -176,10 +256,9 @@ def resolve_threshold(run, method, threshold=None, min_area=None, baseline=None,
             f"{what} was computed {'with' if options.baseline else 'without'} the residual baseline; run validate.py again "
             f"{'with' if options.baseline else 'without'} --no-baseline, or pass -t and -a"
         )
-    if scales is not None and scales != options.scales:
-        raise UserError(
-            f"{what} was computed with --scales {options.scales}; run validate.py again with --scales {scales}, or pass -t and -a"
-        )
+    for flag, given, used in (("--scales", scales, options.scales), ("--passes", passes, options.passes)):
+        if given is not None and given != used:
+            raise UserError(f"{what} was computed with {flag} {used}; run validate.py again with {flag} {given}, or pass -t and -a")
     if threshold is not None:
         return float(threshold), int(found["min_area"]), options, "area from validation, threshold from command line"
     return float(found["threshold"]), int(found["min_area"]), options, "validation"

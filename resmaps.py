@@ -1,7 +1,7 @@
 """Residual maps, defect regions and thresholds: from reconstructions to defect masks.
 
 * :func:`residual_maps` — batched SSIM or L2 residual maps, float32, full image size.
-* :func:`reconstruct` / :func:`compute_resmaps` — run a model over images in batches.
+* :func:`reconstruct` / :func:`compute_resmaps` / :func:`batched_residual_maps` — in batches.
 * :func:`label_regions`, :func:`region_stats` — 8-connected regions of ``resmap > t``.
 * :func:`min_threshold_for_area` — the exact smallest threshold with no region ≥ an area.
 """
@@ -72,13 +72,18 @@ def reconstruct(model, images, batch=16):
     return np.asarray(model.predict(padded, batch_size=batch, verbose=0)[:n], dtype=np.float32)
 
 
+def batched_residual_maps(images, reconstructions, method, batch=16, scales=1):
+    """:func:`residual_maps` of N images, ``batch`` at a time (bounded memory)."""
+    if not len(images):
+        return np.zeros((0,) + images.shape[1:3], np.float32)
+    return np.concatenate([residual_maps(images[i:i + batch], reconstructions[i:i + batch], method, scales)
+                           for i in range(0, len(images), batch)])
+
+
 def compute_resmaps(model, images, method, batch=16, scales=1):
     """``(reconstructions, resmaps)`` for an N×H×W×C array, both computed in batches."""
     recons = reconstruct(model, images, batch)
-    maps = np.concatenate(
-        [residual_maps(images[i:i + batch], recons[i:i + batch], method, scales) for i in range(0, len(images), batch)]
-    ) if len(images) else np.zeros((0,) + images.shape[1:3], np.float32)
-    return recons, maps
+    return recons, batched_residual_maps(images, recons, method, batch, scales)
 
 
 def smooth(maps, sigma):

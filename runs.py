@@ -218,7 +218,7 @@ def find_validation_result(run_dir, method, min_area=None):
 
 def add_run_arguments(parser, method_help="residual map: ssim (1 - SSIM map) or l2 (squared difference); default: the training loss's family"):
     """The options every post-training script shares: ``-p``, ``--method``, ``--batch``,
-    ``--no-baseline``, ``--scales``."""
+    ``--no-baseline``, ``--scales``, ``--passes``."""
     parser.add_argument("-p", "--path", required=True, help="run folder written by train.py (or the .keras model inside it)")
     parser.add_argument("--method", choices=METHODS, default=None, help=method_help)
     parser.add_argument("--batch", type=int, default=16, help="images per inference batch")
@@ -228,4 +228,9 @@ def add_run_arguments(parser, method_help="residual map: ssim (1 - SSIM map) or 
     parser.add_argument("--scales", type=int, default=None,
                         help="average the residual map over this many image scales: 1 = full size only, "
                              "2 = also at half size (the default for validate.py; test.py follows the validation result)")
+    parser.add_argument("--passes", type=int, default=None,
+                        help="reconstructions per image: each later pass repaints what the map so far finds with the previous "
+                             "reconstruction, reconstructs again, and keeps the pixel-wise minimum of the maps, which cuts the "
+                             "false alarms around defects; 1 = one plain reconstruction (default for validate.py: "
+                             "3; test.py follows the validation result)")
     return parser

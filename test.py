@@ -44,15 +44,16 @@ def main(argv=None):
     args = get_parser().parse_args(argv)
     if args.images:
         frame, out = evaluation.predict_images(args.path, args.images, args.method, args.threshold, args.area,
-                                               args.smooth, args.batch, args.out, args.baseline, args.scales)
+                                               args.smooth, args.batch, args.out, args.baseline, args.scales,
+                                               args.passes)
         print(f"{len(frame)} images: {int((frame['verdict'] == 'defective').sum())} defective, "
               f"{int((frame['verdict'] == 'good').sum())} good")
         print(out)
         return
     result, scores, table, out = evaluation.test_run(args.path, args.method, args.threshold, args.area,
                                                      args.smooth, args.save, args.batch, baseline=args.baseline,
-                                                     scales=args.scales)
-    options = inference.MapOptions(result["baseline"], result["scales"])
+                                                     scales=args.scales, passes=args.passes)
+    options = inference.MapOptions(result["baseline"], result["scales"], result["passes"])
     print(f"{options.describe(result['method'])}, threshold "
           f"{result['threshold']:.6f}, min area {result['min_area']} px ({result['threshold_source']})")
     print(table.rename(columns={"rate": "detection rate"}).to_string(float_format=lambda v: f"{v:.2f}"))

@@ -32,12 +32,12 @@ def get_parser():
     return parser
 
 
-def validate(path, min_area, method=None, batch=16, baseline=None, scales=None):
+def validate(path, min_area, method=None, batch=16, baseline=None, scales=None, passes=None):
     """Compute, save and return the validation result for ``min_area``."""
     inference.check_area_threshold(min_area=min_area)
     run = runs.find_run(path)
     method = run.method(method)
-    options = inference.MapOptions.from_args(baseline, scales)
+    options = inference.MapOptions.from_args(baseline, scales, passes)
     seen = inference.inspect(run, run.validation_paths(), method, batch, progress="validation images", options=options)
     threshold = resmaps.min_threshold_for_area(seen.maps, min_area)
     largest, _ = resmaps.region_stats(seen.maps, threshold)
@@ -62,8 +62,8 @@ def validate(path, min_area, method=None, batch=16, baseline=None, scales=None):
 def main(argv=None):
     """Parse arguments, validate, print the threshold and where it was written."""
     args = get_parser().parse_args(argv)
-    result, out = validate(args.path, args.area, args.method, args.batch, args.baseline, args.scales)
-    options = inference.MapOptions(result["baseline"], result["scales"])
+    result, out = validate(args.path, args.area, args.method, args.batch, args.baseline, args.scales, args.passes)
+    options = inference.MapOptions(result["baseline"], result["scales"], result["passes"])
     print(f"{options.describe(result['method'])}: threshold for minimum area {result['min_area']} px: {result['threshold']:.6f} "
           f"({result['n_images']} validation images, largest region at it {result['largest_area_at_threshold']} px)")
     print(out)

@@ -712,7 +712,7 @@ def main(argv=None):
     run = runs.find_run(args.path)
     method = run.method(args.method)
     threshold, min_area, options, _ = inference.resolve_threshold(run, method, args.threshold, args.area, args.baseline,
-                                                                   args.scales)
+                                                                   args.scales, args.passes)
     paths = [inference.resolve_sample(run, name, run.class_dir, what="image") for name in args.images]
     seen = inference.inspect(run, paths, method, args.batch, options=options)
     masks = inference.defect_masks(seen.maps, threshold, min_area)

@@ -58,6 +58,8 @@ def get_parser():
     p.add_argument("--smooth", nargs="*", type=float, default=[evaluation.DEFAULT_SMOOTH], help="smoothing sigmas to evaluate")
     p.add_argument("--scales", nargs="*", type=int, default=[inference.DEFAULT_SCALES],
                    help="numbers of image scales the residual map is averaged over, to evaluate")
+    p.add_argument("--passes", nargs="*", type=int, default=[inference.DEFAULT_PASSES],
+                   help="numbers of reconstruction passes (repaint what was found, reconstruct again) to evaluate")
     p.add_argument("--baseline", nargs="*", choices=("on", "off"), default=["on"],
                    help="evaluate with and/or without subtracting the training images' usual residual (the baseline)")
     p.add_argument("--denoise", type=float, nargs="?", const=data.DEFAULT_DENOISE, default=0.0, metavar="SHARE",
@@ -67,13 +69,14 @@ def get_parser():
     return p
 
 
-def _evaluate(run_dir, area, methods, smooths, baselines, scales_list, train_seconds, label):
+def _evaluate(run_dir, area, methods, smooths, baselines, scales_list, passes_list, train_seconds, label):
     rows = []
-    for method, baseline, scales in itertools.product(methods, baselines, scales_list):
-        val, _ = validate.validate(run_dir, area, method, baseline=baseline, scales=scales)
+    for method, baseline, scales, passes in itertools.product(methods, baselines, scales_list, passes_list):
+        val, _ = validate.validate(run_dir, area, method, baseline=baseline, scales=scales, passes=passes)
         for smooth in smooths:
-            result, scores, table, _ = evaluation.test_run(run_dir, method, smooth=smooth, baseline=baseline, scales=scales)
-            row = {"config": label, "method": method, "baseline": baseline, "scales": scales, "smooth": smooth,
+            result, scores, table, _ = evaluation.test_run(run_dir, method, smooth=smooth, baseline=baseline, scales=scales,
+                                                           passes=passes)
+            row = {"config": label, "method": method, "baseline": baseline, "scales": scales, "passes": passes, "smooth": smooth,
                    "min_area": area,
                    "threshold": val["threshold"], "image_auroc": scores["image_auroc"],
                    "pixel_auroc": scores["pixel_auroc"], "au_pro": scores["au_pro"], "tpr": result["tpr"],
@@ -97,7 +100,7 @@ def bench(args):
         label = f"{setup['architecture']}:{setup['loss']}@{setup['size']}"
         methods = args.methods or [training.runs.default_method(setup["loss"])]
         rows += _evaluate(run_dir, args.area or max(1, setup["size"] ** 2 // 800), methods, args.smooth, baselines,
-                          args.scales, setup.get("training_seconds"), label + args.tag)
+                          args.scales, args.passes, setup.get("training_seconds"), label + args.tag)
     for config in ([] if args.run else args.config):
         arch, loss = config.split(":")
         ns = Namespace(directory=str(data_dir), architecture=arch, batch=args.batch, loss=loss, color=args.color,
@@ -109,21 +112,21 @@ def bench(args):
         seconds = time.time() - started
         print(f"{config}: trained {setup['epochs_run']} epochs in {seconds:.0f} s -> {run_dir}", flush=True)
         rows += _evaluate(run_dir, area, args.methods or [training.runs.default_method(loss)], args.smooth, baselines,
-                          args.scales, seconds, f"{config}@{args.size}" + (f"+denoise{args.denoise:g}" if args.denoise else "") + args.tag)
+                          args.scales, args.passes, seconds, f"{config}@{args.size}" + (f"+denoise{args.denoise:g}" if args.denoise else "") + args.tag)
     out = ROOT / "bench" / "results" / "bottle.jsonl"
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("a") as f:
         for row in rows:
             f.write(json.dumps(row) + "\n")
-    print("| config | residual | scales | smooth | image AUROC | pixel AUROC | AU-PRO 0.3 | TPR | TNR | train s |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| config | residual | scales | passes | smooth | image AUROC | pixel AUROC | AU-PRO 0.3 | TPR | TNR | train s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         f = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
         residual = r["method"] + (" − baseline" if r["baseline"] else "")
-        print(f"| {r['config']} | {residual} | {r.get('scales', 1)} | {r['smooth']:g} | {f(r['image_auroc'])} | {f(r['pixel_auroc'])} | "
+        print(f"| {r['config']} | {residual} | {r.get('scales', 1)} | {r.get('passes', 1)} | {r['smooth']:g} | {f(r['image_auroc'])} | {f(r['pixel_auroc'])} | "
               f"{f(r['au_pro'])} | {f(r['tpr'])} | {f(r['tnr'])} | {r['train_seconds'] or 0:.0f} |")
     for name, ref in PUBLISHED.items():
-        print(f"| {name} | | | | | {ref['pixel_auroc']:.2f} | {ref['au_pro']:.3f} | | | |")
+        print(f"| {name} | | | | | | {ref['pixel_auroc']:.2f} | {ref['au_pro']:.3f} | | | |")
     print(f"\nrows appended to {out}")
 
 

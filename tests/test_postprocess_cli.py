@@ -122,7 +122,8 @@ def listed_test_files(class_dir):
     return sorted((p.parent.name, p) for p in Path(class_dir, "test").glob("*/*") if p.is_file())
 
 
-def recomputed_validation_maps(run_dir, method="ssim", baseline=True, scales=inference.DEFAULT_SCALES):
+def recomputed_validation_maps(run_dir, method="ssim", baseline=True, scales=inference.DEFAULT_SCALES,
+                               passes=inference.DEFAULT_PASSES):
     """Residual maps of the run's validation images, computed without inference/validate.
 
     The multi-scale map itself is checked against an independent version in
@@ -130,6 +131,10 @@ def recomputed_validation_maps(run_dir, method="ssim", baseline=True, scales=inf
     ``baseline``, the per-pixel upper quartile of the training images' residual maps (each
     smoothed by a 1-px Gaussian, scipy), then its maximum over each 3×3 neighbourhood
     (numpy windows), is subtracted and negatives set to 0, as the scripts do by default.
+    Each later pass repaints where the σ-4 smoothed map so far exceeds the 0.999 quantile
+    of the training images' smoothed first-pass maps with the previous reconstruction
+    (mask feathered by σ 1.5), reconstructs again, subtracts that pass's own baseline
+    (learnt the same way on the training images) and keeps the pixel-wise minimum.
     """
     import keras
     from scipy.ndimage import gaussian_filter
@@ -141,22 +146,42 @@ def recomputed_validation_maps(run_dir, method="ssim", baseline=True, scales=inf
     paths = [Path(setup["directory"]) / n for n in names]
     model = keras.models.load_model(model_file(run_dir), compile=False)
 
-    def maps_of(image_paths):
+    def load(image_paths):
         images, kept = data.load_images(image_paths, setup["color"], setup["size"])
         assert len(kept) == len(image_paths)
-        recons = np.asarray(model.predict(images, batch_size=16, verbose=0), dtype=np.float32)
-        return resmaps.residual_maps(images, recons, method, scales)
+        return images
 
-    maps = maps_of(paths)
-    if not baseline:
-        return maps
+    def usual(maps):
+        if not baseline:
+            return np.zeros(maps.shape[1:], np.float32)
+        quartile = np.percentile([gaussian_filter(m, 1.0, mode="reflect") for m in maps], 75, axis=0)
+        t = inference.BASELINE_TOLERANCE
+        windows = np.lib.stride_tricks.sliding_window_view(np.pad(quartile, t, mode="edge"), (2 * t + 1, 2 * t + 1))
+        return windows.max(axis=(2, 3)).astype(np.float32)
+
+    def all_passes(images, learnt=None):
+        """The maps after every pass; learns (baselines, mask threshold) when ``learnt`` is None."""
+        bases, threshold = ([], None) if learnt is None else learnt
+        out, recons, shown = None, None, images
+        for k in range(passes):
+            if k:
+                smoothed = gaussian_filter(out, (0, 4, 4))
+                threshold = np.quantile(smoothed, 0.999) if threshold is None else threshold
+                mask = gaussian_filter((smoothed > threshold).astype(np.float32), (0, 1.5, 1.5))[..., None]
+                shown = images * (1 - mask) + recons * mask
+            recons = np.asarray(model.predict(shown, batch_size=16, verbose=0), dtype=np.float32)
+            raw = resmaps.residual_maps(images, recons, method, scales)
+            if learnt is None:
+                bases.append(usual(raw))
+            now = np.maximum(raw - bases[k], 0.0).astype(np.float32)
+            out = now if out is None else np.minimum(out, now)
+        return out, (bases, threshold)
+
     train = sorted(p for p in (Path(setup["directory"]) / "train" / "good").iterdir()
                    if p.resolve() not in {q.resolve() for q in paths})
     assert len(train) == setup["n_train"]
-    usual = np.percentile([gaussian_filter(m, 1.0, mode="reflect") for m in maps_of(train)], 75, axis=0)
-    t = inference.BASELINE_TOLERANCE
-    windows = np.lib.stride_tricks.sliding_window_view(np.pad(usual, t, mode="edge"), (2 * t + 1, 2 * t + 1))
-    return np.maximum(maps - windows.max(axis=(2, 3)), 0.0)
+    _, learnt = all_passes(load(train))
+    return all_passes(load(paths), learnt)[0]
 
 
 # --------------------------------------------------------------------------- shared state
@@ -738,15 +763,17 @@ def test_no_baseline_uses_raw_maps_and_must_match_validation(tiny_run, tmp_path,
     assert code == 0, err
     (tested,) = run.glob("test/ssim/a*_t*/test_result.json")
     assert json.loads(tested.read_text())["baseline"] is False
-    # The baseline is cached in the run (per method and scales), recomputed only when the model changes.
-    assert (run / f"residual_baseline_ssim_s{inference.DEFAULT_SCALES}.npz").is_file()
+    # What the training images say is usual is cached in the run (per method, scales, passes and
+    # baseline), recomputed only when the model changes.
+    assert (run / f"calibration_ssim_s{inference.DEFAULT_SCALES}_p{inference.DEFAULT_PASSES}.npz").is_file()
+    assert (run / f"calibration_ssim_s{inference.DEFAULT_SCALES}_p{inference.DEFAULT_PASSES}_raw.npz").is_file()
 
 
 def test_scales_are_recorded_followed_and_checked(tiny_run, tmp_path, capsys):
     run = copy_run(tiny_run, tmp_path / "run")
     code, out, err = cli(validate.main, ["-p", str(run), "-a", str(AREA), "--scales", "1"], capsys)
     assert code == 0, err
-    assert out.startswith("ssim at 1 scale, minus baseline: threshold")
+    assert out.startswith("ssim at 1 scale, 3 passes, minus baseline: threshold")
     result = json.loads((run / "validation" / "ssim" / f"a{AREA}" / "validation_result.json").read_text())
     assert result["scales"] == 1
     assert result["threshold"] == resmaps.min_threshold_for_area(recomputed_validation_maps(run, scales=1), AREA)
@@ -754,14 +781,14 @@ def test_scales_are_recorded_followed_and_checked(tiny_run, tmp_path, capsys):
     assert code == 2 and "computed with --scales 1" in err and "--scales 2" in err
     code, out, err = cli(test_script.main, ["-p", str(run)], capsys)
     assert code == 0, err
-    assert out.startswith("ssim at 1 scale, minus baseline, threshold")
+    assert out.startswith("ssim at 1 scale, 3 passes, minus baseline, threshold")
     tested = json.loads((run / "test" / "ssim" / "metrics.json").read_text())
     assert tested["scales"] == 1 and tested["baseline_quantile"] == result["baseline_quantile"] == inference.BASELINE_QUANTILE
     assert tested["baseline_tolerance"] == result["baseline_tolerance"] == inference.BASELINE_TOLERANCE == 1
     # A validation result from before --scales existed was made with the plain map.
     del result["scales"]
     runs.write_json(run / "validation" / "ssim" / f"a{AREA}" / "validation_result.json", result)
-    assert inference.resolve_threshold(runs.find_run(run), "ssim")[2] == inference.MapOptions(True, 1)
+    assert inference.resolve_threshold(runs.find_run(run), "ssim")[2] == inference.MapOptions(True, 1, inference.DEFAULT_PASSES)
     # Results made with an older baseline (the mean; the quantile without tolerance) have
     # thresholds that no longer fit the maps: refused, and nothing is written.
     before = tree_snapshot(run / "test")
@@ -778,6 +805,36 @@ def test_scales_are_recorded_followed_and_checked(tiny_run, tmp_path, capsys):
     assert f"--scales must be 1 to 3 for ssim maps of this {SIZE}-px model, got 4" in err
     code, _, err = cli(test_script.main, ["-p", str(run), "-t", "0.1", "-a", "5", "--scales", "0"], capsys)
     assert code == 2 and "--scales must be 1 to 3" in err
+
+
+def test_passes_are_recorded_followed_and_checked(tiny_run, tmp_path, capsys):
+    run = copy_run(tiny_run, tmp_path / "run")
+    folder = run / "validation" / "ssim" / f"a{AREA}"
+    for passes in (1, 2):
+        code, out, err = cli(validate.main, ["-p", str(run), "-a", str(AREA), "--passes", str(passes)], capsys)
+        assert code == 0, err
+        result = json.loads((folder / "validation_result.json").read_text())
+        assert result["passes"] == passes
+        assert result["threshold"] == resmaps.min_threshold_for_area(recomputed_validation_maps(run, passes=passes), AREA)
+    assert out.startswith("ssim at 2 scales, 2 passes, minus baseline: threshold")
+    assert (result["mask_quantile"], result["mask_sigma"], result["mask_feather"]) == (0.999, 4.0, 1.5)
+    code, _, err = cli(test_script.main, ["-p", str(run), "--passes", "3"], capsys)
+    assert code == 2 and "computed with --passes 2; run validate.py again with --passes 3, or pass -t and -a" in err
+    code, out, err = cli(test_script.main, ["-p", str(run)], capsys)
+    assert code == 0, err
+    assert out.startswith("ssim at 2 scales, 2 passes, minus baseline, threshold")
+    assert json.loads((run / "test" / "ssim" / "metrics.json").read_text())["passes"] == 2
+    # A result from before --passes existed was made with one reconstruction.
+    runs.write_json(folder / "validation_result.json", {k: v for k, v in result.items() if k != "passes"})
+    assert inference.resolve_threshold(runs.find_run(run), "ssim")[2] == inference.MapOptions(True, 2, 1)
+    # Other mask settings give other maps: refused, nothing written.
+    runs.write_json(folder / "validation_result.json", {**result, "mask_quantile": 0.99})
+    before = tree_snapshot(run / "test")
+    code, _, err = cli(test_script.main, ["-p", str(run)], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and tree_snapshot(run / "test") == before
+    assert "other mask settings for later passes" in err and "run validate.py again, or pass -t and -a" in err
+    code, _, err = cli(validate.main, ["-p", str(run), "-a", str(AREA), "--passes", "0"], capsys)
+    assert code == 2 and "--passes must be >= 1, got 0" in err
 
 
 def test_closed_stdout_ends_quietly_without_traceback():
