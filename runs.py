@@ -232,5 +232,5 @@ def add_run_arguments(parser, method_help="residual map: ssim (1 - SSIM map) or 
                         help="reconstructions per image: each later pass repaints what the map so far finds with the previous "
                              "reconstruction, reconstructs again, and keeps the pixel-wise minimum of the maps, which cuts the "
                              "false alarms around defects; 1 = one plain reconstruction (default for validate.py: "
-                             "3; test.py follows the validation result)")
+                             "4; test.py follows the validation result)")
     return parser

@@ -773,7 +773,7 @@ def test_scales_are_recorded_followed_and_checked(tiny_run, tmp_path, capsys):
     run = copy_run(tiny_run, tmp_path / "run")
     code, out, err = cli(validate.main, ["-p", str(run), "-a", str(AREA), "--scales", "1"], capsys)
     assert code == 0, err
-    assert out.startswith("ssim at 1 scale, 3 passes, minus baseline: threshold")
+    assert out.startswith("ssim at 1 scale, 4 passes, minus baseline: threshold")
     result = json.loads((run / "validation" / "ssim" / f"a{AREA}" / "validation_result.json").read_text())
     assert result["scales"] == 1
     assert result["threshold"] == resmaps.min_threshold_for_area(recomputed_validation_maps(run, scales=1), AREA)
@@ -781,7 +781,7 @@ def test_scales_are_recorded_followed_and_checked(tiny_run, tmp_path, capsys):
     assert code == 2 and "computed with --scales 1" in err and "--scales 2" in err
     code, out, err = cli(test_script.main, ["-p", str(run)], capsys)
     assert code == 0, err
-    assert out.startswith("ssim at 1 scale, 3 passes, minus baseline, threshold")
+    assert out.startswith("ssim at 1 scale, 4 passes, minus baseline, threshold")
     tested = json.loads((run / "test" / "ssim" / "metrics.json").read_text())
     assert tested["scales"] == 1 and tested["baseline_quantile"] == result["baseline_quantile"] == inference.BASELINE_QUANTILE
     assert tested["baseline_tolerance"] == result["baseline_tolerance"] == inference.BASELINE_TOLERANCE == 1
