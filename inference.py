@@ -99,7 +99,7 @@ class MapOptions:
         return options
 
     def describe(self, method):
-        """E.g. ``ssim at 2 scales, 3 passes, minus baseline``."""
+        """E.g. ``ssim at 2 scales, 4 passes, minus baseline``."""
         return (f"{method} at {self.scales} scale{'s' if self.scales > 1 else ''}"
                 f"{f', {self.passes} passes' if self.passes > 1 else ''}{', minus baseline' if self.baseline else ''}")
 
