@@ -165,17 +165,15 @@ def refined_maps(model, images, method, options=MapOptions(), batch=16, calibrat
 
     recons, raw = resmaps.compute_resmaps(model, images, method, batch, options.scales)
     maps = above_usual(raw, 0)
-    if not learn:
-        threshold = calibration.mask_threshold
-    elif options.passes > 1:
-        threshold = float(np.quantile(resmaps.smooth(maps, MASK_SIGMA), MASK_QUANTILE))
-    else:
-        threshold = float("inf")
+    threshold = None if learn else calibration.mask_threshold
     for k in range(1, options.passes):
-        mask = resmaps.smooth((resmaps.smooth(maps, MASK_SIGMA) > threshold).astype(np.float32), MASK_FEATHER)[..., None]
+        smoothed = resmaps.smooth(maps, MASK_SIGMA)
+        if threshold is None:  # learnt from the training images' first-pass maps
+            threshold = float(np.quantile(smoothed, MASK_QUANTILE))
+        mask = resmaps.smooth((smoothed > threshold).astype(np.float32), MASK_FEATHER)[..., None]
         recons = resmaps.reconstruct(model, images * (1 - mask) + recons * mask, batch)
         maps = np.minimum(maps, above_usual(resmaps.batched_residual_maps(images, recons, method, batch, options.scales), k))
-    return recons, maps, Calibration(np.stack(baselines), threshold)
+    return recons, maps, Calibration(np.stack(baselines), float("inf") if threshold is None else threshold)
 
 
 def calibrate(run, method, options, model=None, batch=16):

@@ -53,7 +53,7 @@ def main(argv=None):
     result, scores, table, out = evaluation.test_run(args.path, args.method, args.threshold, args.area,
                                                      args.smooth, args.save, args.batch, baseline=args.baseline,
                                                      scales=args.scales, passes=args.passes)
-    options = inference.MapOptions(result["baseline"], result["scales"], result["passes"])
+    options = inference.MapOptions.from_record(result, "this test result")
     print(f"{options.describe(result['method'])}, threshold "
           f"{result['threshold']:.6f}, min area {result['min_area']} px ({result['threshold_source']})")
     print(table.rename(columns={"rate": "detection rate"}).to_string(float_format=lambda v: f"{v:.2f}"))

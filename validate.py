@@ -63,7 +63,7 @@ def main(argv=None):
     """Parse arguments, validate, print the threshold and where it was written."""
     args = get_parser().parse_args(argv)
     result, out = validate(args.path, args.area, args.method, args.batch, args.baseline, args.scales, args.passes)
-    options = inference.MapOptions(result["baseline"], result["scales"], result["passes"])
+    options = inference.MapOptions.from_record(result, "this validation result")
     print(f"{options.describe(result['method'])}: threshold for minimum area {result['min_area']} px: {result['threshold']:.6f} "
           f"({result['n_images']} validation images, largest region at it {result['largest_area_at_threshold']} px)")
     print(out)
