@@ -1,6 +1,7 @@
 """The README's first command (scripts/demo.sh) end to end on a tiny configuration, twice."""
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -11,19 +12,37 @@ def test_demo_runs_end_to_end_and_reuses_its_work(tmp_path):
     env = {**os.environ, "DEMO_SKIP_SETUP": "1", "PYTHON": sys.executable, "DEMO_SIZE": "48",
            "DEMO_TRAIN": "12", "DEMO_TEST_GOOD": "3", "DEMO_TEST_DEFECT": "1", "DEMO_INSTANCES": "20",
            "DEMO_AREA": "4", "DEMO_DATA": str(tmp_path / "data"), "DEMO_OUT": str(tmp_path / "runs")}
+    for name in ("DEMO_ARCH", "DEMO_LOSS", "DEMO_COLOR", "DEMO_BATCH", "DEMO_LR", "DEMO_TRAIN_ARGS"):
+        env.pop(name, None)
     first = subprocess.run(["bash", str(ROOT / "scripts" / "demo.sh")], env=env, capture_output=True, text=True,
                            timeout=600, cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-2000:]
     for step in ("[1/5] dataset", "[2/5] train", "[3/5] finetune", "[4/5] validate", "[5/5] test", "Demo finished"):
         assert step in first.stdout, step
-    (setup_path,) = (tmp_path / "runs").glob("data/brick/mvtec2/SSIM/*/setup.json")
+    (setup_path,) = (tmp_path / "runs").glob("data/brick/*/*/*/setup.json")
     run = setup_path.parent
-    assert json.loads(setup_path.read_text())["tag"] == "demo"
-    (result,) = run.glob("test/ssim/a4_t*/test_result.json")
-    assert json.loads(result.read_text())["n_images"] == 3 + 5
-    assert (run / "test" / "ssim" / "metrics.json").is_file()
-    assert list(run.glob("test/ssim/a4_t*/hole/000_overlay.png"))
+    setup = json.loads(setup_path.read_text())
+    assert setup["tag"] == "demo"
+    # train.py's defaults: only the tiny configuration's overrides are on the command line.
+    assert setup["command"] == f"train.py new -d {tmp_path / 'data'}/brick -t demo --out {tmp_path / 'runs'} --size 48 -i 20"
+    (result_path,) = run.glob("test/*/a4_t*/test_result.json")
+    result = json.loads(result_path.read_text())
+    assert result["n_images"] == 3 + 5
+    metrics_path = result_path.parent.parent / "metrics.json"
+    assert metrics_path.is_file()
+    assert list(result_path.parent.glob("hole/000_overlay.png"))
     assert f"run folder:          {run}" in first.stdout
+
+    # The closing figures are the ones in the result files.
+    scores = json.loads(metrics_path.read_text())
+    fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
+    found = round(result["tpr"] * result["n_defective"])
+    assert f"found {found} of 5 defective images (TPR {result['tpr']:.2f})" in first.stdout
+    assert re.search(rf"passed \d of 3 good ones \(TNR {result['tnr']:.2f}\)", first.stdout)
+    assert (f"image AUROC {fmt(scores['image_auroc'])}   pixel AUROC {fmt(scores['pixel_auroc'])}   "
+            f"AU-PRO (FPR <= 0.3) {fmt(scores['au_pro'])}") in first.stdout
+    assert "found per defect type: contamination " in first.stdout
+    assert first.stdout.index("image AUROC") < first.stdout.index("Demo finished")
 
     # Again, with everything into one log file, as `bash scripts/demo.sh > demo.log 2>&1` does:
     # echoing progress must not reopen (truncate) that file and leave NUL bytes in it.
@@ -38,4 +57,4 @@ def test_demo_runs_end_to_end_and_reuses_its_work(tmp_path):
         assert step in text, step
     assert text.index("[1/5] dataset") < text.index("[5/5] test") < text.index("TPR ") < text.index("Demo finished")
     assert "skip" in text.lower()
-    assert len(list((tmp_path / "runs").glob("data/brick/mvtec2/SSIM/*/setup.json"))) == 1
+    assert len(list((tmp_path / "runs").glob("data/brick/*/*/*/setup.json"))) == 1
