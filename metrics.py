@@ -16,8 +16,9 @@ Conventions used throughout:
 * Metrics that are undefined (e.g. an AUROC with only one class) are returned as
   ``None`` rather than NaN, so the results stay valid JSON.
 
-Ties: ROC/AUROC use scikit-learn, which counts a tied (positive, negative) pair as
-1/2 (the Mann-Whitney convention) and puts all tied scores on one ROC point. The PRO
+Ties: ROC/AUROC count a tied (positive, negative) pair as 1/2 (the Mann-Whitney
+convention, as scikit-learn, which computes the image-level figures) and put all tied
+scores on one ROC point. The PRO
 curve likewise has one point per distinct score: all pixels with an equal score enter
 the positive set together, exactly as MVTec's official ``compute_pro`` does.
 """
@@ -99,7 +100,8 @@ def _as_image_list(images, name):
 
 
 def _maps_and_masks(anomaly_maps, gt_masks):
-    """Validated lists of float64 maps and bool masks with matching shapes."""
+    """Validated lists of float maps (float32 kept, anything else as float64) and bool
+    masks with matching shapes."""
     maps = _as_image_list(anomaly_maps, "anomaly_maps")
     masks = _as_image_list(gt_masks, "gt_masks")
     if len(maps) != len(masks):
@@ -110,19 +112,14 @@ def _maps_and_masks(anomaly_maps, gt_masks):
     for i, (m, g) in enumerate(zip(maps, masks)):
         if m.shape != g.shape:
             raise ValueError(f"anomaly map {i} has shape {m.shape} but its mask has shape {g.shape}")
-        m = np.asarray(m, dtype=np.float64)
-        if not np.all(np.isfinite(m)):
+        m = np.asarray(m)
+        if m.dtype not in (np.float32, np.float64):
+            m = m.astype(np.float64)
+        if not np.isfinite(m).all():
             raise ValueError(f"anomaly map {i} contains NaN or infinite values")
         out_maps.append(m)
         out_masks.append(np.asarray(g) != 0)
     return out_maps, out_masks
-
-
-def _flat_pixels(anomaly_maps, gt_masks):
-    maps, masks = _maps_and_masks(anomaly_maps, gt_masks)
-    scores = np.concatenate([m.ravel() for m in maps])
-    truth = np.concatenate([g.ravel() for g in masks])
-    return scores, truth
 
 
 def _subsample_curve(x, y, max_points):
@@ -179,33 +176,205 @@ def roc_curve(labels, scores):
 # --------------------------------------------------------------------- pixel level
 
 
+def _descending_order(scores):
+    """Indices that sort finite float ``scores`` by descending score; ties in any order.
+
+    Scores that are float32 values (every map this suite makes) are sorted as one uint64
+    key per pixel, ``(order-preserving float32 bits, inverted) << 32 | index``, with
+    ``np.sort``, several times faster than ``np.argsort``; other scores fall back to
+    ``np.argsort``. Returns ``(order, starts)``: ``starts`` is True where a run of equal
+    scores begins in sorted order.
+    """
+    n = scores.size
+    as32 = scores if scores.dtype == np.float32 else scores.astype(np.float32)
+    if n >= 2 ** 32 or (as32 is not scores and not np.array_equal(as32, scores)):
+        order = np.argsort(scores, kind="stable")[::-1]
+        ranked = scores[order]
+        return order, np.concatenate(([True], ranked[1:] != ranked[:-1]))
+    bits = (as32 + np.float32(0.0)).view(np.uint32)  # + 0 turns -0.0 into +0.0: equal scores, one key
+    # Negative floats: flip every bit; others: flip the sign bit. Then invert, for descending.
+    key = ~(bits ^ ((bits >> np.uint32(31)) * np.uint32(0xFFFFFFFF) | np.uint32(0x80000000)))
+    packed = key.astype(np.uint64)
+    packed <<= np.uint64(32)
+    packed |= np.arange(n, dtype=np.uint64)
+    packed.sort()
+    halves = packed.view(np.uint32).reshape(n, 2)  # (low, high) words on little-endian machines
+    low, high = (0, 1) if np.little_endian else (1, 0)
+    order = halves[:, low].astype(np.intp)
+    return order, np.concatenate(([True], halves[1:, high] != halves[:-1, high]))
+
+
+class PixelRanking:
+    """All pixels of a set of anomaly maps, sorted once by score, serving every pixel metric.
+
+    Building it sorts the pixel scores once (and labels each mask's regions once); then
+    :meth:`auroc`, :meth:`roc_curve`, :meth:`pro_curve` and :meth:`au_pro` answer for all
+    images or any subset of them (``images``: bool per image) in linear time, without
+    sorting again. Subset results equal those of a fresh computation on the subset's maps:
+    every pixel of the subset keeps its rank among the subset's pixels, and a run of equal
+    scores of the whole set holds either no pixel of the subset (no curve point, no area) or
+    exactly the subset's pixels with that score.
+
+    * AUROC counts, for each defect pixel p of the subset, the defect-free pixels of the
+      subset below it plus half of those tied with it (Mann-Whitney U, in integers):
+      AUROC = U / (n_defect · n_ok). Equal to scikit-learn's ``roc_auc_score``.
+    * The PRO curve is :func:`pro_curve`'s: one point per distinct score.
+    """
+
+    def __init__(self, anomaly_maps, gt_masks):
+        maps, masks = _maps_and_masks(anomaly_maps, gt_masks)
+        sizes = np.array([m.size for m in maps], dtype=np.int64)
+        self.n_images = len(maps)
+        scores = np.concatenate([m.ravel() for m in maps])
+        truth = np.concatenate([g.ravel() for g in masks])
+        # Regions of every mask (8-connected), numbered across images; region k's pixels
+        # weigh 1/|R_k| in the PRO curve.
+        self.regions = np.zeros(self.n_images, dtype=np.int64)
+        labels, region_sizes = [], [np.zeros(1, dtype=np.int64)]  # global region 0: no region
+        for i, g in enumerate(masks):
+            labeled, n_components = ndimage.label(g, structure=_STRUCTURE)
+            self.regions[i] = n_components
+            if n_components:
+                region_sizes.append(np.bincount(labeled.ravel())[1:])
+                labeled[g] += int(self.regions[:i].sum())  # to global region numbers
+            labels.append(labeled.ravel())
+        labels = np.concatenate(labels)
+        region_sizes = np.concatenate(region_sizes)
+        self.ok_per_image = sizes - np.array([int(g.sum()) for g in masks], dtype=np.int64)
+        order, starts = _descending_order(scores)
+        del scores
+        self.n_pixels = order.size
+        # Counts fit in int32 below 2**31 pixels (a faster cumulative sum).
+        self._count_dtype = np.int32 if self.n_pixels < 2 ** 31 else np.int64
+        self.image = np.repeat(np.arange(self.n_images, dtype=np.int32), sizes)[order]
+        self.ok = ~truth[order]
+        # Last position of each run of equal scores, in sorted order.
+        self.run_last = np.append(np.flatnonzero(starts[1:]), self.n_pixels - 1)
+        del starts
+        # Defect pixels in sorted order: their image, PRO weight and the run they sit in.
+        self.defect_pos = np.flatnonzero(~self.ok)
+        self.defect_image = self.image[self.defect_pos]
+        region = labels[order[self.defect_pos]]
+        self.defect_weight = 1.0 / region_sizes[region] if region.size else np.zeros(0)
+        del order, truth, labels
+        run_of = np.searchsorted(self.run_last, self.defect_pos)  # first run ending at or after the pixel
+        self.defect_run_last = self.run_last[run_of]
+        self.defect_run_first = np.where(run_of > 0, self.run_last[run_of - 1] + 1, 0)
+        # Defect pixels at or above each run's end (any subset's count is a prefix sum over them).
+        self.defects_upto_run = np.searchsorted(self.defect_pos, self.run_last, side="right")
+        self._last_subset = None
+
+    def _subset(self, images):
+        """``(bool per image, bool per sorted pixel or None for all, bool per defect pixel,
+        defect-free pixels of the subset at or above each sorted position)``.
+
+        The last subset's answer is kept: AUROC and AU-PRO of one subset share it.
+        """
+        if images is None:
+            chosen = np.ones(self.n_images, dtype=bool)
+        else:
+            chosen = np.asarray(images, dtype=bool).reshape(-1)
+            if chosen.size != self.n_images:
+                raise ValueError(f"images selects from {chosen.size} images but the ranking holds {self.n_images}")
+        key = chosen.tobytes()
+        if self._last_subset is None or self._last_subset[0] != key:
+            if chosen.all():
+                sel, dsel, ok = None, np.ones(self.defect_pos.size, dtype=bool), self.ok
+            else:
+                sel, dsel = chosen[self.image], chosen[self.defect_image]
+                ok = self.ok & sel
+            self._last_subset = (key, (chosen, sel, dsel, np.cumsum(ok, dtype=self._count_dtype)))
+        return self._last_subset[1]
+
+    def auroc(self, images=None):
+        """Pixel AUROC of the subset, or None if it has only one pixel class."""
+        _, _, dsel, cum_ok = self._subset(images)
+        n_def = int(dsel.sum())
+        n_ok = int(cum_ok[-1])
+        if n_def == 0 or n_ok == 0:
+            return None
+        at_or_above = cum_ok[self.defect_run_last[dsel]].astype(np.int64)
+        first = self.defect_run_first[dsel]
+        above = np.where(first > 0, cum_ok[np.maximum(first - 1, 0)], 0).astype(np.int64)
+        # 2U = sum over defect pixels of 2·(ok pixels below) + (ok pixels tied).
+        twice_u = int(np.sum(2 * (n_ok - at_or_above) + (at_or_above - above)))
+        return twice_u / (2.0 * n_def * n_ok)
+
+    def roc_curve(self, max_points=2000):
+        """ROC curve ``(fpr, tpr)`` of all pixels as :func:`pixel_roc_curve` describes."""
+        n_def = self.defect_pos.size
+        n_ok = self.n_pixels - n_def
+        if n_def == 0 or n_ok == 0:
+            raise ValueError("pixel ROC curve needs both defect and defect-free pixels")
+        tps = self.defects_upto_run.astype(np.int64)
+        fps = self.run_last + 1 - tps
+        # scikit-learn's drop_intermediate: drop points collinear with both neighbours.
+        if tps.size > 2:
+            keep = np.r_[True, np.logical_or(np.diff(fps, 2), np.diff(tps, 2)), True]
+            tps, fps = tps[keep], fps[keep]
+        fpr = np.r_[0, fps] / n_ok
+        tpr = np.r_[0, tps] / n_def
+        return _subsample_curve(fpr, tpr, int(max_points))
+
+    def _pro_points(self, images, limit=None):
+        """``(fprs, pros)`` at every run end (with (0, 0) and (1, 1)), up to the first point
+        past FPR ``limit`` when given; runs without a pixel of the subset repeat the previous
+        point (zero area). Raises ValueError when the curve is undefined."""
+        chosen, sel, dsel, cum_ok = self._subset(images)
+        n_regions = int(self.regions[chosen].sum())
+        n_ok = int(self.ok_per_image[chosen].sum())
+        if n_regions == 0:
+            raise ValueError("PRO curve undefined: the ground-truth masks contain no defect region")
+        if n_ok == 0:
+            raise ValueError("PRO curve undefined: there are no defect-free pixels")
+        runs = self.run_last.size
+        if limit is not None:  # the curve past the first point beyond the limit cannot change the area
+            within = np.array(np.floor(limit * n_ok), dtype=cum_ok.dtype)  # searched without converting cum_ok
+            past = int(np.searchsorted(cum_ok, within, side="right"))  # first position past the limit
+            runs = min(runs, int(np.searchsorted(self.run_last, past)) + 2)
+        ok_at_end = cum_ok[self.run_last[:runs]]
+        cum_weight = np.concatenate(([0.0], np.cumsum(np.where(dsel, self.defect_weight, 0.0))))
+        fprs = np.minimum(ok_at_end / n_ok, 1.0)
+        pros = np.minimum(cum_weight[self.defects_upto_run[:runs]] / n_regions, 1.0)
+        tail = [1.0] if runs == self.run_last.size else []
+        return np.concatenate(([0.0], fprs, tail)), np.concatenate(([0.0], pros, tail)), sel
+
+    def pro_curve(self, images=None):
+        """PRO curve ``(fprs, pros)`` of the subset, exactly as :func:`pro_curve`."""
+        fprs, pros, sel = self._pro_points(images)
+        if sel is not None:  # drop the runs that hold no pixel of the subset
+            has = np.diff(np.concatenate(([0], np.cumsum(sel, dtype=np.int64)[self.run_last]))) > 0
+            keep = np.concatenate(([True], has, [True]))
+            fprs, pros = fprs[keep], pros[keep]
+        return fprs, pros
+
+    def au_pro(self, fpr_limit=DEFAULT_FPR_LIMIT, images=None):
+        """AU-PRO of the subset up to ``fpr_limit``, exactly as :func:`au_pro`."""
+        fpr_limit = _check_fpr_limit(fpr_limit)
+        fprs, pros, _ = self._pro_points(images, fpr_limit)
+        return trapezoid(fprs, pros, x_max=fpr_limit) / fpr_limit
+
+
 def pixel_auroc(anomaly_maps, gt_masks):
     """Pixel-level ROC AUC over all pixels of all images, or None if only one class.
 
     All maps and masks are flattened and concatenated; then, as for images,
-    AUROC = P(s_defect_pixel > s_ok_pixel) + 1/2 * P(equal), via
-    ``sklearn.metrics.roc_auc_score``. Memory is a few tens of bytes per pixel
-    (~100 images of 256x256 = 6.5M pixels is fine).
+    AUROC = P(s_defect_pixel > s_ok_pixel) + 1/2 * P(equal), equal to
+    ``sklearn.metrics.roc_auc_score`` (computed by :class:`PixelRanking` from one sort).
+    Memory is a few tens of bytes per pixel (~100 images of 256x256 = 6.5M pixels is fine).
     """
-    scores, truth = _flat_pixels(anomaly_maps, gt_masks)
-    if truth.all() or not truth.any():
-        return None
-    return float(_skm.roc_auc_score(truth, scores))
+    return PixelRanking(anomaly_maps, gt_masks).auroc()
 
 
 def pixel_roc_curve(anomaly_maps, gt_masks, max_points=2000):
     """Pixel-level ROC curve ``(fpr, tpr)``, subsampled to at most ``max_points`` points.
 
-    Same definition as :func:`roc_curve` over all pixels. sklearn's collinear-point
+    Same definition as :func:`roc_curve` over all pixels. scikit-learn's collinear-point
     dropping is applied first, then (if still longer) points are taken evenly spaced by
     index, always keeping the first (0, 0) and last (1, 1) point. For plotting only;
     use :func:`pixel_auroc` for the number. Raises ValueError with only one class.
     """
-    scores, truth = _flat_pixels(anomaly_maps, gt_masks)
-    if truth.all() or not truth.any():
-        raise ValueError("pixel ROC curve needs both defect and defect-free pixels")
-    fpr, tpr, _ = _skm.roc_curve(truth, scores, drop_intermediate=True)
-    return _subsample_curve(fpr, tpr, int(max_points))
+    return PixelRanking(anomaly_maps, gt_masks).roc_curve(max_points)
 
 
 # ---------------------------------------------------------------------------- PRO
@@ -221,61 +390,18 @@ def pro_curve(anomaly_maps, gt_masks):
         PRO(t) = 1/K * sum_k |{p in R_k : s_p >= t}| / |R_k|
         FPR(t) = |{p in OK : s_p >= t}| / |OK|
 
-    Computed in one pass: every OK pixel carries fp_change = 1, every pixel of region k
-    carries pro_change = 1/|R_k|; all pixels are sorted by score (descending), both
-    changes cumulatively summed, and only the last position of each run of equal scores
-    is kept (so tied pixels enter together: one curve point per distinct score, t = that
-    score). fprs = cum_fp / |OK|, pros = cum_pro / K, clipped to <= 1, with 0 prepended
-    and 1 appended to both.
+    Computed in one pass (:class:`PixelRanking`): all pixels are sorted by score
+    (descending); at the last position of each run of equal scores (so tied pixels enter
+    together: one curve point per distinct score, t = that score), cum_fp counts the OK
+    pixels so far and cum_pro sums 1/|R_k| over the region pixels so far.
+    fprs = cum_fp / |OK|, pros = cum_pro / K, clipped to <= 1, with 0 prepended and 1
+    appended to both.
 
     Returns float64 arrays, fprs non-decreasing (MVTec casts fprs to float32; we keep
     float64, which only differs at the 1e-7 level). Raises ValueError if there is no
     ground-truth region at all or no defect-free pixel.
     """
-    maps, masks = _maps_and_masks(anomaly_maps, gt_masks)
-
-    n_total = sum(m.size for m in maps)
-    scores = np.empty(n_total, dtype=np.float64)
-    is_ok = np.empty(n_total, dtype=bool)
-    pro_change = np.zeros(n_total, dtype=np.float64)
-
-    num_ok = 0
-    num_regions = 0
-    pos = 0
-    for m, g in zip(maps, masks):
-        n = m.size
-        labeled, n_components = ndimage.label(g, structure=_STRUCTURE)
-        labeled = labeled.ravel()
-        scores[pos:pos + n] = m.ravel()
-        ok = labeled == 0
-        is_ok[pos:pos + n] = ok
-        num_ok += int(ok.sum())
-        if n_components:
-            sizes = np.bincount(labeled, minlength=n_components + 1).astype(np.float64)
-            weights = np.zeros(n_components + 1, dtype=np.float64)
-            weights[1:] = 1.0 / sizes[1:]
-            pro_change[pos:pos + n] = weights[labeled]  # label 0 -> weight 0
-        num_regions += int(n_components)
-        pos += n
-
-    if num_regions == 0:
-        raise ValueError("PRO curve undefined: the ground-truth masks contain no defect region")
-    if num_ok == 0:
-        raise ValueError("PRO curve undefined: there are no defect-free pixels")
-
-    order = np.argsort(scores, kind="stable")[::-1]
-    scores = scores[order]
-    cum_fp = np.cumsum(is_ok[order], dtype=np.int64)
-    del is_ok
-    cum_pro = np.cumsum(pro_change[order])
-    del pro_change, order
-
-    # Last position of each run of equal scores: [7, 4, 4, 4, 3, 1, 1] -> [T, F, F, T, T, F, T]
-    keep = np.append(np.diff(scores) != 0, True)
-    fprs = np.minimum(cum_fp[keep] / num_ok, 1.0)
-    pros = np.minimum(cum_pro[keep] / num_regions, 1.0)
-
-    return np.concatenate(([0.0], fprs, [1.0])), np.concatenate(([0.0], pros, [1.0]))
+    return PixelRanking(anomaly_maps, gt_masks).pro_curve()
 
 
 def trapezoid(x, y, x_max=None):
@@ -325,6 +451,13 @@ def trapezoid(x, y, x_max=None):
     return float(np.sum(0.5 * (y[1:] + y[:-1]) * (x[1:] - x[:-1])) + correction)
 
 
+def _check_fpr_limit(fpr_limit):
+    fpr_limit = float(fpr_limit)
+    if not 0.0 < fpr_limit <= 1.0:
+        raise ValueError(f"fpr_limit must be in (0, 1], got {fpr_limit}")
+    return fpr_limit
+
+
 def au_pro(anomaly_maps, gt_masks, fpr_limit=DEFAULT_FPR_LIMIT, return_curve=False):
     """Normalised area under the PRO curve up to FPR = ``fpr_limit`` (MVTec's AU-PRO).
 
@@ -336,14 +469,12 @@ def au_pro(anomaly_maps, gt_masks, fpr_limit=DEFAULT_FPR_LIMIT, return_curve=Fal
     Raises ValueError when the PRO curve is undefined (no regions / no ok pixels) or
     ``fpr_limit`` is not in (0, 1].
     """
-    fpr_limit = float(fpr_limit)
-    if not 0.0 < fpr_limit <= 1.0:
-        raise ValueError(f"fpr_limit must be in (0, 1], got {fpr_limit}")
-    fprs, pros = pro_curve(anomaly_maps, gt_masks)
-    value = trapezoid(fprs, pros, x_max=fpr_limit) / fpr_limit
-    if return_curve:
-        return value, fprs, pros
-    return value
+    fpr_limit = _check_fpr_limit(fpr_limit)
+    ranking = PixelRanking(anomaly_maps, gt_masks)
+    if not return_curve:
+        return ranking.au_pro(fpr_limit)
+    fprs, pros = ranking.pro_curve()
+    return trapezoid(fprs, pros, x_max=fpr_limit) / fpr_limit, fprs, pros
 
 
 # ------------------------------------------------------------------ classification
@@ -431,28 +562,33 @@ def classification_metrics(truth, pred):
 # ------------------------------------------------------------------------ evaluate
 
 
-def _image_and_pixel_metrics(idx, labels, scores, maps, masks, fpr_limit, prefix, notes):
-    """image_auroc / pixel_auroc / au_pro on the images ``idx``; undefined ones -> None + note."""
+def _image_and_pixel_metrics(idx, labels, scores, ranking, fpr_limit, prefix, notes):
+    """image_auroc / pixel_auroc / au_pro on the images ``idx``; undefined ones -> None + note.
+
+    ``ranking``: the :class:`PixelRanking` of all images (None without maps or masks).
+    """
     out = {"image_auroc": None, "pixel_auroc": None, "au_pro": None}
     out["image_auroc"] = image_auroc(labels[idx], scores[idx])
     if out["image_auroc"] is None:
         notes.append(f"{prefix}image AUROC undefined: only one class (good/defective) present")
-    if maps is None or masks is None:
+    if ranking is None:
         return out
-    sub_maps = [maps[i] for i in idx]
-    sub_masks = [masks[i] for i in idx]
-    out["pixel_auroc"] = pixel_auroc(sub_maps, sub_masks)
+    chosen = None
+    if idx.size != labels.size:
+        chosen = np.zeros(labels.size, dtype=bool)
+        chosen[idx] = True
+    out["pixel_auroc"] = _opt_float(ranking.auroc(chosen))
     if out["pixel_auroc"] is None:
         notes.append(f"{prefix}pixel AUROC undefined: only one pixel class (defect/defect-free) present")
     try:
-        out["au_pro"] = au_pro(sub_maps, sub_masks, fpr_limit=fpr_limit)
+        out["au_pro"] = float(ranking.au_pro(fpr_limit, chosen))
     except ValueError as exc:
         notes.append(f"{prefix}AU-PRO undefined: {exc}")
     return out
 
 
 def evaluate(anomaly_maps, gt_masks, image_labels, image_scores, defect_types,
-             fpr_limit=DEFAULT_FPR_LIMIT):
+             fpr_limit=DEFAULT_FPR_LIMIT, return_curves=False):
     """All threshold-free metrics for ``metrics.json``, overall and per defect type.
 
     Args:
@@ -478,6 +614,12 @@ def evaluate(anomaly_maps, gt_masks, image_labels, image_scores, defect_types,
          "notes": [str, ...]}
 
     Every metric that is None gets an explanatory entry in ``notes``.
+
+    All pixel figures come from one :class:`PixelRanking` (one sort of all pixel scores).
+    With ``return_curves=True`` returns ``(result, curves)``, ``curves`` holding the
+    overall ``"pixel_roc"`` (fpr, tpr) of :func:`pixel_roc_curve` and ``"pro"`` (fprs,
+    pros) of :func:`pro_curve`, each None where its metric is None, so plotting them
+    needs no second sort.
     """
     labels = _as_labels(image_labels, "image_labels")
     scores = _as_scores(image_scores, "image_scores")
@@ -494,12 +636,10 @@ def evaluate(anomaly_maps, gt_masks, image_labels, image_scores, defect_types,
             f"{bad} image(s) where image_labels disagree with defect_types "
             f"(label must be False exactly for defect type {GOOD_TYPE!r})"
         )
-    fpr_limit = float(fpr_limit)
-    if not 0.0 < fpr_limit <= 1.0:
-        raise ValueError(f"fpr_limit must be in (0, 1], got {fpr_limit}")
+    fpr_limit = _check_fpr_limit(fpr_limit)
 
     notes = []
-    maps = masks = None
+    ranking = None
     if gt_masks is None:
         notes.append(NO_MASKS_NOTE)
     elif anomaly_maps is None:
@@ -515,9 +655,10 @@ def evaluate(anomaly_maps, gt_masks, image_labels, image_scores, defect_types,
         marked_good = int(np.sum(~labels & has_defect))
         if marked_good:
             notes.append(f"{marked_good} good image(s) have defect pixels in their ground-truth mask")
+        ranking = PixelRanking(maps, masks)
 
     all_idx = np.arange(n)
-    result = _image_and_pixel_metrics(all_idx, labels, scores, maps, masks, fpr_limit, "", notes)
+    result = _image_and_pixel_metrics(all_idx, labels, scores, ranking, fpr_limit, "", notes)
     result["fpr_limit"] = fpr_limit
     result["n_images"] = int(n)
     result["n_good"] = int(np.sum(~labels))
@@ -528,11 +669,18 @@ def evaluate(anomaly_maps, gt_masks, image_labels, image_scores, defect_types,
     for dtype in sorted(set(types[~is_good_type].tolist())):
         idx = np.concatenate([good_idx, np.flatnonzero(types == dtype)])
         entry = _image_and_pixel_metrics(
-            idx, labels, scores, maps, masks, fpr_limit, f"{dtype}: ", notes
+            idx, labels, scores, ranking, fpr_limit, f"{dtype}: ", notes
         )
         entry["n_images"] = int(idx.size)
         entry["n_defective"] = int(np.sum(types == dtype))
         per_type[dtype] = entry
     result["per_defect_type"] = per_type
     result["notes"] = notes
-    return result
+    if not return_curves:
+        return result
+    curves = {"pixel_roc": None, "pro": None}
+    if result["pixel_auroc"] is not None:
+        curves["pixel_roc"] = ranking.roc_curve()
+    if result["au_pro"] is not None:
+        curves["pro"] = ranking.pro_curve()
+    return result, curves

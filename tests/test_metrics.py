@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 from skimage.measure import label as sk_label
+from sklearn import metrics as sk_metrics
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -353,3 +354,210 @@ def test_evaluate_undefined_notes_and_validation():
     assert any("AU-PRO undefined" in n for n in r["notes"])
     with pytest.raises(ValueError, match="disagree"):
         metrics.evaluate(None, None, [1, 0], [0.1, 0.2], ["good", "crack"])
+
+
+# ------------------------------------------- one sort: pinned to the previous implementation
+#
+# The functions below are the pixel metrics as they were before PixelRanking (one sort per
+# call, scikit-learn for the pixel AUROC and ROC curve), kept verbatim as the reference the
+# one-sort code must reproduce to 1e-9.
+
+
+def _ref_maps_and_masks(anomaly_maps, gt_masks):
+    maps = metrics._as_image_list(anomaly_maps, "anomaly_maps")
+    masks = metrics._as_image_list(gt_masks, "gt_masks")
+    return [np.asarray(m, dtype=np.float64) for m in maps], [np.asarray(g) != 0 for g in masks]
+
+
+def _ref_flat_pixels(anomaly_maps, gt_masks):
+    maps, masks = _ref_maps_and_masks(anomaly_maps, gt_masks)
+    return np.concatenate([m.ravel() for m in maps]), np.concatenate([g.ravel() for g in masks])
+
+
+def _ref_pixel_auroc(anomaly_maps, gt_masks):
+    scores, truth = _ref_flat_pixels(anomaly_maps, gt_masks)
+    if truth.all() or not truth.any():
+        return None
+    return float(sk_metrics.roc_auc_score(truth, scores))
+
+
+def _ref_pixel_roc_curve(anomaly_maps, gt_masks, max_points=2000):
+    scores, truth = _ref_flat_pixels(anomaly_maps, gt_masks)
+    fpr, tpr, _ = sk_metrics.roc_curve(truth, scores, drop_intermediate=True)
+    return metrics._subsample_curve(fpr, tpr, int(max_points))
+
+
+def _ref_pro_curve(anomaly_maps, gt_masks):
+    maps, masks = _ref_maps_and_masks(anomaly_maps, gt_masks)
+    n_total = sum(m.size for m in maps)
+    scores = np.empty(n_total, dtype=np.float64)
+    is_ok = np.empty(n_total, dtype=bool)
+    pro_change = np.zeros(n_total, dtype=np.float64)
+    num_ok = num_regions = pos = 0
+    for m, g in zip(maps, masks):
+        n = m.size
+        labeled, n_components = ndimage.label(g, structure=np.ones((3, 3), dtype=int))
+        labeled = labeled.ravel()
+        scores[pos:pos + n] = m.ravel()
+        ok = labeled == 0
+        is_ok[pos:pos + n] = ok
+        num_ok += int(ok.sum())
+        if n_components:
+            sizes = np.bincount(labeled, minlength=n_components + 1).astype(np.float64)
+            weights = np.zeros(n_components + 1, dtype=np.float64)
+            weights[1:] = 1.0 / sizes[1:]
+            pro_change[pos:pos + n] = weights[labeled]
+        num_regions += int(n_components)
+        pos += n
+    if num_regions == 0:
+        raise ValueError("PRO curve undefined: the ground-truth masks contain no defect region")
+    if num_ok == 0:
+        raise ValueError("PRO curve undefined: there are no defect-free pixels")
+    order = np.argsort(scores, kind="stable")[::-1]
+    scores = scores[order]
+    cum_fp = np.cumsum(is_ok[order], dtype=np.int64)
+    cum_pro = np.cumsum(pro_change[order])
+    keep = np.append(np.diff(scores) != 0, True)
+    fprs = np.minimum(cum_fp[keep] / num_ok, 1.0)
+    pros = np.minimum(cum_pro[keep] / num_regions, 1.0)
+    return np.concatenate(([0.0], fprs, [1.0])), np.concatenate(([0.0], pros, [1.0]))
+
+
+def _ref_au_pro(anomaly_maps, gt_masks, fpr_limit=0.3):
+    fprs, pros = _ref_pro_curve(anomaly_maps, gt_masks)
+    return metrics.trapezoid(fprs, pros, x_max=fpr_limit) / fpr_limit
+
+
+def _ref_evaluate_pixels(maps, masks, types, fpr_limit=0.3):
+    """Pixel AUROC / AU-PRO overall and per defect type (good + that type), as evaluate did."""
+    types = np.asarray(types)
+    subsets = {"": np.arange(len(types))}
+    good = np.flatnonzero(types == "good")
+    for t in sorted(set(types[types != "good"].tolist())):
+        subsets[t] = np.concatenate([good, np.flatnonzero(types == t)])
+    out = {}
+    for name, idx in subsets.items():
+        sub_maps, sub_masks = [maps[i] for i in idx], [masks[i] for i in idx]
+        try:
+            pro = _ref_au_pro(sub_maps, sub_masks, fpr_limit)
+        except ValueError:
+            pro = None
+        out[name] = (_ref_pixel_auroc(sub_maps, sub_masks), pro)
+    return out
+
+
+def _assert_close_or_none(a, b, tol=1e-9):
+    assert (a is None) == (b is None), (a, b)
+    if a is not None:
+        assert abs(a - b) <= tol, (a, b)
+
+
+def _pinning_cases():
+    """Ties (quantised float64), continuous float32, negative scores, -0.0 and 0.0, float64
+    values that float32 cannot hold (the argsort fallback), a good image marked defective,
+    an empty defective mask, differently sized images."""
+    rng = np.random.default_rng(11)
+    cases = []
+    for seed in range(3):
+        maps, masks = random_case(seed, n_images=9)
+        cases.append((maps, masks))
+    maps, masks = random_case(5, n_images=9, shape=(40, 36))
+    cases.append(([(m - 6).astype(np.float32) + rng.random(m.shape, dtype=np.float32) for m in maps], masks))
+    signed = [np.where(rng.random(m.shape) < 0.2, -0.0, m - 6.0) for m in maps]
+    cases.append((signed, masks))
+    cases.append(([m + rng.random(m.shape) * 1e-3 for m in maps], masks))  # needs float64
+    odd_masks = [g.copy() for g in masks]
+    odd_masks[0][2:5, 2:5] = True  # a "good" image (type below) with defect pixels
+    odd_masks[1][:] = False  # a defective image with an empty mask
+    cases.append((maps, odd_masks))
+    sized = [rng.random((20 + 3 * i, 25), dtype=np.float32) + 0.5 * (rng.random((20 + 3 * i, 25)) < 0.1)
+             for i in range(6)]
+    sized_masks = [np.zeros(s.shape, bool) if i % 3 == 0 else ndimage.binary_dilation(s > 1.2) for i, s in enumerate(sized)]
+    cases.append((sized, sized_masks))
+    return cases
+
+
+def _types_for(masks):
+    return ["good" if i % 3 == 0 else ("crack" if i % 3 == 1 else "scratch") for i in range(len(masks))]
+
+
+def test_one_sort_metrics_equal_the_previous_implementation():
+    for maps, masks in _pinning_cases():
+        types = _types_for(masks)
+        labels = [t != "good" for t in types]
+        scores = [float(np.max(m)) for m in maps]
+        for limit in (0.3, 0.05, 1.0):
+            expected = _ref_evaluate_pixels(maps, masks, types, limit)
+            got = metrics.evaluate(maps, masks, labels, scores, types, fpr_limit=limit)
+            for name, (auroc, pro) in expected.items():
+                entry = got if name == "" else got["per_defect_type"][name]
+                _assert_close_or_none(entry["pixel_auroc"], auroc)
+                _assert_close_or_none(entry["au_pro"], pro)
+            _assert_close_or_none(metrics.au_pro(maps, masks, fpr_limit=limit), _ref_au_pro(maps, masks, limit))
+        f_ref, p_ref = _ref_pro_curve(maps, masks)
+        f_new, p_new = metrics.pro_curve(maps, masks)
+        assert f_new.shape == f_ref.shape  # one point per distinct score, as before
+        np.testing.assert_allclose(f_new, f_ref, rtol=0, atol=1e-12)
+        np.testing.assert_allclose(p_new, p_ref, rtol=0, atol=1e-12)
+        for points in (2000, 50):
+            for new, ref in zip(metrics.pixel_roc_curve(maps, masks, points), _ref_pixel_roc_curve(maps, masks, points)):
+                np.testing.assert_array_equal(new, ref)
+        _assert_close_or_none(metrics.pixel_auroc(maps, masks), _ref_pixel_auroc(maps, masks))
+
+
+def test_ranking_subsets_equal_fresh_computations_on_the_subset():
+    maps, masks = random_case(3, n_images=9)
+    ranking = metrics.PixelRanking(maps, masks)
+    rng = np.random.default_rng(4)
+    for _ in range(5):
+        chosen = rng.random(9) < 0.5
+        chosen[1] = True  # at least one image with regions
+        sub_maps = [m for m, c in zip(maps, chosen) if c]
+        sub_masks = [g for g, c in zip(masks, chosen) if c]
+        _assert_close_or_none(ranking.auroc(chosen), _ref_pixel_auroc(sub_maps, sub_masks))
+        f, p = ranking.pro_curve(chosen)
+        f_ref, p_ref = _ref_pro_curve(sub_maps, sub_masks)
+        assert f.shape == f_ref.shape
+        np.testing.assert_allclose(f, f_ref, atol=1e-12)
+        np.testing.assert_allclose(p, p_ref, atol=1e-12)
+        assert ranking.au_pro(0.3, chosen) == pytest.approx(_ref_au_pro(sub_maps, sub_masks), abs=1e-12)
+    with pytest.raises(ValueError, match="no defect region"):
+        ranking.au_pro(0.3, np.arange(9) % 3 == 0)  # only the good images
+    with pytest.raises(ValueError, match="selects from 2 images"):
+        ranking.auroc([True, False])
+
+
+def test_pixel_figures_equal_scikit_learn_on_small_inputs():
+    rng = np.random.default_rng(8)
+    for trial in range(20):
+        shape = (int(rng.integers(2, 9)), int(rng.integers(2, 9)))
+        n = int(rng.integers(1, 4))
+        levels = int(rng.integers(2, 30))
+        maps = [rng.integers(0, levels, size=shape).astype(np.float32) / levels - 0.3 for _ in range(n)]
+        masks = [rng.random(shape) < 0.3 for _ in range(n)]
+        truth = np.concatenate([g.ravel() for g in masks])
+        scores = np.concatenate([m.ravel() for m in maps])
+        if truth.all() or not truth.any():
+            assert metrics.pixel_auroc(maps, masks) is None
+            continue
+        assert metrics.pixel_auroc(maps, masks) == pytest.approx(sk_metrics.roc_auc_score(truth, scores), abs=1e-12)
+        assert metrics.pixel_auroc(maps, masks) == pytest.approx(brute_force_auroc(scores, truth), abs=1e-12)
+        fpr, tpr = metrics.pixel_roc_curve(maps, masks, max_points=10 ** 6)
+        sk_fpr, sk_tpr, _ = sk_metrics.roc_curve(truth, scores)
+        np.testing.assert_array_equal(fpr, sk_fpr)
+        np.testing.assert_array_equal(tpr, sk_tpr)
+
+
+def test_evaluate_returns_the_curves_of_its_figures():
+    maps, masks = random_case(2, n_images=6)
+    types = _types_for(masks)
+    labels = [t != "good" for t in types]
+    scores = [float(np.max(m)) for m in maps]
+    result, curves = metrics.evaluate(maps, masks, labels, scores, types, return_curves=True)
+    assert result == metrics.evaluate(maps, masks, labels, scores, types)
+    for new, ref in zip(curves["pro"], _ref_pro_curve(maps, masks)):
+        np.testing.assert_allclose(new, ref, atol=1e-12)
+    for new, ref in zip(curves["pixel_roc"], _ref_pixel_roc_curve(maps, masks)):
+        np.testing.assert_array_equal(new, ref)
+    _, none = metrics.evaluate(None, None, labels, scores, types, return_curves=True)
+    assert none == {"pixel_roc": None, "pro": None}
