@@ -103,8 +103,10 @@ def test_run(path, method=None, threshold=None, min_area=None, smooth=DEFAULT_SM
         "images_per_defect_type": {t: int(table.loc[t, "images"]) for t in types},
         "notes": notes + cls["undefined"],
     }
-    evaluated = metrics.evaluate(full_maps if has_masks else None, gt_masks if has_masks else None,
-                                 truth, frame["score"].to_numpy(), [d for _, d, _ in items], fpr_limit=fpr_limit)
+    # One sort of all pixel scores serves every pixel figure and both curves plotted below.
+    evaluated, pixel_curves = metrics.evaluate(full_maps if has_masks else None, gt_masks if has_masks else None,
+                                               truth, frame["score"].to_numpy(), [d for _, d, _ in items],
+                                               fpr_limit=fpr_limit, return_curves=True)
     sizes = sorted({f"{w}x{h}" for w, h in seen.sizes})
     evaluated.update(method=method, **options.record(), smooth_sigma=float(smooth),
                      image_score="maximum of the residual map smoothed by a Gaussian of sigma smooth_sigma px (model resolution)",
@@ -133,12 +135,12 @@ def test_run(path, method=None, threshold=None, min_area=None, smooth=DEFAULT_SM
         fpr, tpr = metrics.roc_curve(truth, frame["score"].to_numpy())
         curves["image"] = (fpr, tpr, evaluated["image_auroc"])
     if evaluated.get("pixel_auroc") is not None:
-        fpr, tpr = metrics.pixel_roc_curve(full_maps, gt_masks)
+        fpr, tpr = pixel_curves["pixel_roc"]
         curves["pixel"] = (fpr, tpr, evaluated["pixel_auroc"])
     if curves:
         visualize.plot_roc_curves(curves, method_dir / "roc_curves.png", title=f"ROC ({method}, smooth {smooth:g} px)")
     if evaluated.get("au_pro") is not None:
-        _, fprs, pros = metrics.au_pro(full_maps, gt_masks, fpr_limit=fpr_limit, return_curve=True)
+        fprs, pros = pixel_curves["pro"]
         visualize.plot_pro_curve(fprs, pros, evaluated["au_pro"], method_dir / "pro_curve.png", fpr_limit=fpr_limit,
                                  title=f"PRO curve ({method}, smooth {smooth:g} px)")
     runs.write_json(method_dir / "metrics.json", evaluated)
