@@ -7,6 +7,7 @@ and resizing to the model's size and colour mode, the seeded validation split, a
 """
 import hashlib
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -70,30 +71,75 @@ def _to_mode(image, color):
     return image.convert(mode)
 
 
+TINY_SHARE = 4  # an image whose smaller side is under size / TINY_SHARE gets a warning when enlarged
+
+
+def _open_image(path):
+    """``Image.open`` that refuses decompression bombs (Pillow's pixel limit) as unreadable,
+    instead of decoding gigapixels or aborting the whole batch."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            return Image.open(path)
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            raise UserError(f"cannot read image {path}: too many pixels (over Pillow's limit of "
+                            f"{Image.MAX_IMAGE_PIXELS} px; a decompression bomb?)") from None
+
+
 def load_image(path, color, size=None):
-    """Read one image as float32 H×W×C in [0, 1], in ``color`` mode, resized to ``size``.
+    """Read one image as float32 H×W×C in [0, 1], in ``color`` mode, resized to ``size``
+    (a square side, or ``(height, width)`` for surface runs that keep the aspect ratio).
 
     Shrinking uses area interpolation (Pillow's box filter); enlarging uses bicubic.
-    Raises :class:`UserError` if the file cannot be read as an image.
+    Raises :class:`UserError` if the file cannot be read as an image (including
+    decompression bombs).
     """
+    return _load_image(path, color, size)[0]
+
+
+def model_size(size):
+    """Pillow ``(width, height)`` of a model input size: a square side or a ``(height, width)`` pair."""
+    if size is None:
+        return None
+    if isinstance(size, (tuple, list)):
+        return int(size[1]), int(size[0])
+    return int(size), int(size)
+
+
+def _load_image(path, color, size=None):
+    """:func:`load_image` plus the file's own (width, height)."""
     try:
-        with Image.open(path) as image:
+        with _open_image(path) as image:
             image.load()
             image = _to_mode(image, color)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, MemoryError) as exc:
         raise UserError(f"cannot read image {path}: {exc.__class__.__name__}") from None
-    if size is not None and image.size != (size, size):
-        shrinking = image.size[0] >= size and image.size[1] >= size
-        image = image.resize((size, size), Image.Resampling.BOX if shrinking else Image.Resampling.BICUBIC)
+    original = image.size
+    target = model_size(size)
+    if target is not None and image.size != target:
+        shrinking = image.size[0] >= target[0] and image.size[1] >= target[1]
+        image = image.resize(target, Image.Resampling.BOX if shrinking else Image.Resampling.BICUBIC)
     array = np.asarray(image, dtype=np.float32) / 255.0
     if array.ndim == 2:
         array = array[..., None]
-    return array
+    return array, original
+
+
+def detect_color(paths, sample=16):
+    """``rgb`` when any of the first ``sample`` images has colour (channels that differ), else ``grayscale``."""
+    for path in list(paths)[:sample]:
+        try:
+            rgb = load_image(path, "rgb", 64)
+        except UserError:
+            continue
+        if np.abs(rgb - rgb.mean(axis=-1, keepdims=True)).max() > 2.0 / 255.0:
+            return "rgb"
+    return "grayscale"
 
 
 def image_size(path):
     """(width, height) of an image file without decoding its pixels."""
-    with Image.open(path) as image:
+    with _open_image(path) as image:
         return image.size
 
 
@@ -105,14 +151,21 @@ def load_images(paths, color, size, progress=None):
     """
     from tqdm import tqdm
 
-    arrays, kept = [], []
+    arrays, kept, tiny = [], [], []
     iterator = tqdm(paths, desc=progress, unit="img", leave=False, disable=None) if progress else paths
     for path in iterator:
         try:
-            arrays.append(load_image(path, color, size))
-            kept.append(Path(path))
+            array, (width, height) = _load_image(path, color, size)
         except UserError as exc:
             warn(f"skipping: {exc}")
+            continue
+        arrays.append(array)
+        kept.append(Path(path))
+        if size is not None and min(width, height) * TINY_SHARE < min(model_size(size)):
+            tiny.append(f"{path} ({width}x{height})")
+    if tiny:
+        warn(f"{len(tiny)} image(s) are far smaller than the model's {size} px and were enlarged, so they carry little "
+             f"detail, e.g. {tiny[0]}")
     if not arrays:
         raise UserError(f"no readable images among {len(paths)} file(s)")
     return np.stack(arrays), kept
@@ -121,9 +174,9 @@ def load_images(paths, color, size, progress=None):
 def load_mask(path, size):
     """Read a ground-truth mask as a bool array of ``size`` (nearest-neighbour resize, with a warning)."""
     try:
-        with Image.open(path) as image:
+        with _open_image(path) as image:
             mask = image.convert("L")
-    except (UnidentifiedImageError, OSError) as exc:
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise UserError(f"cannot read mask {path}: {exc.__class__.__name__}") from None
     if size is not None and mask.size != tuple(size):
         warn(f"mask {path} is {mask.size[0]}x{mask.size[1]}, its image {size[0]}x{size[1]}: resized (nearest neighbour)")
@@ -248,7 +301,8 @@ def paste_anomalies(x, probability=0.5, min_radius=0.03, max_radius=0.15):
     return x * (1.0 - mask) + source * mask
 
 
-def make_dataset(images, batch, training, augment=True, flip=False, seed=0, denoise=0.0, rotation=DEFAULT_ROTATION):
+def make_dataset(images, batch, training, augment=True, flip=False, seed=0, denoise=0.0, rotation=DEFAULT_ROTATION,
+                 patch=None):
     """``tf.data`` pipeline of ``(input, target)`` batches from an in-memory N×H×W×C array.
 
     Images are decoded once (they arrive decoded) and cached; training batches are shuffled
@@ -256,12 +310,17 @@ def make_dataset(images, batch, training, augment=True, flip=False, seed=0, deno
     The target is the (augmented) image itself; with ``denoise`` > 0 that share of the
     inputs additionally gets :func:`paste_anomalies`, so the model learns to repair rather
     than copy (``True``, as older runs recorded it, means :data:`DEFAULT_DENOISE`).
+    With ``patch`` (surface runs), each training image contributes one random
+    ``patch``×``patch`` crop per epoch, so a pattern is seen at every offset.
     """
     import tensorflow as tf
 
     ds = tf.data.Dataset.from_tensor_slices(images).cache()
     if training:
         ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
+    if training and patch:
+        crop = [int(patch), int(patch), int(images.shape[-1])]
+        ds = ds.map(lambda x: tf.image.random_crop(x, crop), num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.batch(batch)
     if training and augment:
         layers = augmenter(flip=flip, seed=seed, rotation=rotation)

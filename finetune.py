@@ -60,7 +60,7 @@ def finetune(path, val_image=None, test_image=None, max_area=50, method=None, ba
         items = data.list_test_images(run.class_dir) if test_dir.is_dir() else []
         defective = [p for p, d, _ in items if d != data.GOOD]
         test_sample = defective[0] if defective else None
-    options = inference.MapOptions.from_args(baseline, scales, passes)
+    options = inference.MapOptions.from_args(baseline, scales, passes, method, run.mode)
     seen = inference.inspect(run, val_paths, method, batch, progress="validation images", options=options)
     thresholds = np.linspace(0.0, float(seen.maps.max()), N_THRESHOLDS)
     n_regions, mean_area, std_area, areas_at = [], [], [], {}
@@ -72,7 +72,7 @@ def finetune(path, val_image=None, test_image=None, max_area=50, method=None, ba
         areas_at[float(t)] = areas
     shown = {float(t): areas_at[float(t)] for t in thresholds[:: max(1, N_THRESHOLDS // N_DISTRIBUTIONS)]}
     out_dir = run.dir / "finetune" / method
-    with runs.StagedOutput(out_dir) as out:
+    with runs.StagedOutput(out_dir, {"kind": "finetune", "model_sha256": runs.model_id(run.model_path)}, archive=True) as out:
         visualize.plot_regions_vs_threshold(thresholds, np.array(n_regions), out / "regions_vs_threshold.png", method=method)
         visualize.plot_area_stats_vs_threshold(thresholds, np.array(mean_area), np.array(std_area),
                                                out / "area_mean_std_vs_threshold.png", method=method)

@@ -6,21 +6,35 @@ loss curve, ``validation_files.txt``; ``validate.py``, ``test.py`` and ``finetun
 add their own sub-folders. A run can be moved as one folder.
 """
 import datetime as dt
+import errno
+import fcntl
+import hashlib
 import json
+import math
 import os
 import re
+import secrets
 import shutil
+import zipfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from utils import UserError
+from utils import UserError, warn
 
 SETUP = "setup.json"
 VALIDATION_FILES = "validation_files.txt"
 HISTORY = "history.csv"
 LOSS_PLOT = "loss_curve.png"
 BACKUP = "backup"
-METHODS = ("ssim", "l2")
+METHODS = ("ssim", "l2", "learned")  # learned: the segmentation head of learned.py
+HEAD_FILE = "head.keras"
+MARKER = ".cae-result.json"  # marks a folder this tool wrote as one result (may be replaced by the same result)
+LOCK = ".lock"  # per run: training holds it exclusively, validate/test/finetune shared
+OTHER_WEIGHTS = "other_weights"  # results of earlier weights are moved here, never overwritten
+ARCHITECTURES = ("mvtec", "mvtec2", "resnet")
+LOSSES = ("ssim", "mssim", "l2", "mse")
+COLORS = ("grayscale", "rgb")
 
 
 def model_filename(architecture, batch):
@@ -44,34 +58,238 @@ def new_run_dir(out, class_dir, architecture, loss, now=None):
     dataset, klass = _safe_part(class_dir.parent.name), _safe_part(class_dir.name)
     stamp = (now or dt.datetime.now()).strftime("%Y-%m-%d_%H-%M-%S")
     base = Path(out) / dataset / klass / architecture / loss.upper()
-    base.mkdir(parents=True, exist_ok=True)
     for i in range(1000):
         run = base / (stamp if i == 0 else f"{stamp}_{i}")
         try:
+            base.mkdir(parents=True, exist_ok=True)
             run.mkdir()
             return run
         except FileExistsError:
+            if not base.is_dir():
+                raise UserError(f"cannot create a run folder under {out}: {base} or a folder above it is a file") from None
             continue
+        except OSError as exc:
+            raise UserError(f"cannot create a run folder under {out}: {exc.strerror or exc}") from None
     raise UserError(f"cannot create a run folder under {base}")
 
 
 def write_json(path, data):
-    """Write JSON atomically (temp file + rename), so a crash never leaves half a file."""
+    """Write JSON atomically (a per-process temp file + rename), so a crash never leaves half a
+    file; non-finite numbers are refused (``NaN``/``Infinity`` are not JSON)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
-
-
-def read_json(path):
-    """Read a JSON file, with a one-line error when it is missing or broken."""
     try:
-        return json.loads(Path(path).read_text())
+        text = json.dumps(data, indent=2, default=str, allow_nan=False) + "\n"
+    except ValueError:
+        raise UserError(f"refusing to write a non-finite number (NaN or infinity) into {path}") from None
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True) if tmp.parent.is_dir() else None
+        raise UserError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def read_json(path, kind=dict):
+    """Read a JSON file, with a one-line error when it is missing, broken or not a ``kind``."""
+    try:
+        data = json.loads(Path(path).read_text())
     except FileNotFoundError:
         raise UserError(f"file not found: {path}") from None
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path} is not valid JSON: {exc}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path} is not valid JSON ({str(exc).splitlines()[0]}): was it edited by hand?") from None
+    except OSError as exc:
+        raise UserError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if kind is not None and not isinstance(data, kind):
+        raise UserError(f"{path} holds {type(data).__name__ if data is not None else 'null'} instead of a JSON object: "
+                        "was it edited by hand?")
+    return data
+
+
+def is_number(value):
+    """True for a real JSON number (not a bool, not a string)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def inside(folder, name, what):
+    """``folder / name`` resolved, refused (one line) unless it lies inside ``folder``.
+
+    Paths read from run files are never trusted to point elsewhere: a hand-edited
+    ``../../x.keras`` must not make a step read or overwrite a file outside the run.
+    """
+    if not isinstance(name, str) or not name.strip():
+        raise UserError(f"{what} must be a file name, got {name!r}")
+    root = Path(folder).resolve()
+    path = (root / name).resolve()
+    if path == root or root not in path.parents:
+        raise UserError(f"{what} {name!r} points outside {folder}: refused")
+    return path
+
+
+_SETUP_TYPES = {  # key: (check, description); what every later step relies on
+    "architecture": (lambda v: v in ARCHITECTURES, f"one of {', '.join(ARCHITECTURES)}"),
+    "loss": (lambda v: v in LOSSES, f"one of {', '.join(LOSSES)}"),
+    "color": (lambda v: v in COLORS, f"one of {', '.join(COLORS)}"),
+    "size": (lambda v: is_number(v) and v == int(v) and 16 <= v <= 4096, "a whole number of pixels"),
+    "batch": (lambda v: is_number(v) and v == int(v) and v >= 1, "a whole number >= 1"),
+    "directory": (lambda v: isinstance(v, str) and v.strip() != "", "a folder path"),
+}
+_TRAINING_TYPES = {
+    "epochs": (lambda v: is_number(v) and v == int(v) and v >= 1, "a whole number >= 1"),
+    "seed": (lambda v: is_number(v) and v == int(v), "a whole number"),
+    "lr": (lambda v: is_number(v) and math.isfinite(v) and v > 0, "a number > 0"),
+    "validation_files_sha256": (lambda v: isinstance(v, str), "a hash"),
+    "augment": (lambda v: isinstance(v, bool), "true or false"),
+    "flip": (lambda v: isinstance(v, bool), "true or false"),
+}
+
+
+def check_setup(setup, setup_path, training=False):
+    """Refuse (one line) a ``setup.json`` whose fields later steps rely on are missing or of the
+    wrong type, e.g. after a hand edit; with ``training``, also the fields resuming needs."""
+    fields = {**_SETUP_TYPES, **(_TRAINING_TYPES if training else {})}
+    for key, (ok, expected) in fields.items():
+        if key not in setup:
+            raise UserError(f"{setup_path} lacks '{key}': not a setup written by train.py")
+        if not ok(setup[key]):
+            raise UserError(f"{setup_path}: '{key}' must be {expected}, got {setup[key]!r} (edited by hand?)")
+    for key in ("epochs_run", "patience"):
+        value = setup.get(key)
+        if value is not None and not (is_number(value) and value == int(value) and value >= 0):
+            raise UserError(f"{setup_path}: '{key}' must be a whole number >= 0, got {value!r} (edited by hand?)")
+    best = setup.get("best_val_loss")
+    if best is not None and not is_number(best):
+        raise UserError(f"{setup_path}: 'best_val_loss' must be a number, got {best!r} (edited by hand?)")
+    return setup
+
+
+_MODEL_IDS = {}
+
+
+def model_id(path):
+    """SHA-256 of a model file (cached per path, size and mtime): which weights a result came from."""
+    path = Path(path)
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _MODEL_IDS:
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        _MODEL_IDS[key] = digest.hexdigest()
+    return _MODEL_IDS[key]
+
+
+def model_record(path):
+    """What results store about the model they were computed on."""
+    stat = Path(path).stat()
+    return {"model_sha256": model_id(path), "model_size": stat.st_size, "model_mtime_ns": stat.st_mtime_ns}
+
+
+# ---- locks ----
+
+def _open_lock(path, create=True):
+    flags = os.O_RDONLY | (os.O_CREAT if create else 0)
+    try:
+        return os.open(path, flags, 0o644)
+    except PermissionError:
+        if create:
+            return _open_lock(path, create=False)
+        raise
+    except FileNotFoundError:
+        return None
+
+
+class RunLock:
+    """A lock on a run folder, released when this object is released or garbage collected.
+
+    Training holds it exclusively; validate/test/finetune/visualize hold it shared while
+    they use the run, so they refuse a run that is being trained (and training refuses a
+    run in use) with one line instead of reading a model while it is rewritten.
+    """
+
+    def __init__(self, run_dir, exclusive):
+        self.fd = None
+        path = Path(run_dir) / LOCK
+        try:
+            self.fd = _open_lock(path)
+        except OSError:
+            self.fd = None  # a read-only run without a lock file: nothing can be training it
+        if self.fd is None:
+            return
+        try:
+            fcntl.flock(self.fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.release()
+            if exclusive:
+                raise UserError(f"run {run_dir} is in use by another process (being trained, or read by validate/test); "
+                                "try again when it has finished") from None
+            raise UserError(f"run {run_dir} is being trained by another process right now; wait until it finishes") from None
+
+    def release(self):
+        """Release the lock (idempotent)."""
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    def __del__(self):
+        self.release()
+
+
+_HELD = {}  # folder -> [fd, depth]: folders this process holds the writer lock of (re-entrant)
+
+
+@contextmanager
+def writing(folder):
+    """Exclusive lock on ``folder`` while this process writes into it; another writer waits.
+
+    Used around replacing result folders, so two processes never interleave their files in
+    one result. Re-entrant within a process. Locks the folder itself (no lock files left).
+    """
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create {folder}: {exc.strerror or exc}") from None
+    key = os.path.realpath(folder)
+    if key in _HELD:
+        _HELD[key][1] += 1
+        try:
+            yield
+        finally:
+            _HELD[key][1] -= 1
+        return
+    fd = os.open(key, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            warn(f"waiting for another process writing into {folder}")
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        _HELD[key] = [fd, 1]
+        yield
+    finally:
+        _HELD.pop(key, None)
+        os.close(fd)
+
+
+class Writing:
+    """:func:`writing` held until :meth:`release` (or until this object goes away), for code
+    that cannot wrap its writing in one ``with`` block."""
+
+    def __init__(self, folder):
+        self._context = writing(folder)
+        self._context.__enter__()
+
+    def release(self):
+        """Release the lock (idempotent)."""
+        if self._context is not None:
+            context, self._context = self._context, None
+            context.__exit__(None, None, None)
+
+    def __del__(self):
+        self.release()
 
 
 def default_method(loss):
@@ -87,10 +305,38 @@ class Run:
     setup: dict
     model_path: Path
     _model: object = field(default=None, repr=False)
+    _lock: object = field(default=None, repr=False)
+    _head: object = field(default=None, repr=False)
 
     @property
     def size(self):
         return int(self.setup["size"])
+
+    @property
+    def mode(self):
+        """``object`` or ``surface`` (see regime.py); runs from before the choice existed are objects."""
+        return self.setup.get("mode", "object")
+
+    @property
+    def shape(self):
+        """Model input ``(height, width)`` of whole images: the square side, or a surface run's own shape."""
+        if self.setup.get("shape"):
+            return tuple(int(v) for v in self.setup["shape"])
+        return (self.size, self.size)
+
+    @property
+    def head_path(self):
+        """The learned residual's head (learned.py); may be missing (older runs, --head-steps 0)."""
+        return inside(self.dir, (self.setup.get("head") or {}).get("file", HEAD_FILE), "setup.json head file")
+
+    def load_head(self):
+        """Load the segmentation head of the ``learned`` map method."""
+        if self._head is None:
+            if not self.head_path.is_file():
+                raise UserError(f"run {self.dir} has no learned residual head ({self.head_path.name}); train a new run "
+                                "with --head-steps > 0, or use --method ssim or l2")
+            self._head = load_keras(self.head_path, compile=False)
+        return self._head
 
     @property
     def color(self):
@@ -101,7 +347,10 @@ class Run:
         return Path(self.setup["directory"])
 
     def method(self, method=None):
-        """The residual-map method to use: the one asked for, else the loss's family."""
+        """The residual-map method to use: the one asked for, else ``learned`` for surface runs
+        that have a head (fixed formulas flag the texture itself there), else the loss's family."""
+        if method is None and self.mode == "surface" and self.head_path.is_file():
+            method = "learned"
         method = method or default_method(self.setup["loss"])
         if method not in METHODS:
             raise UserError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
@@ -113,7 +362,7 @@ class Run:
         if not listing.is_file():
             raise UserError(f"{listing} is missing: this run has no validation list (was it made by train.py?)")
         names = [line.strip() for line in listing.read_text().splitlines() if line.strip()]
-        paths = [p if Path(p).is_absolute() else self.class_dir / p for p in names]
+        paths = [inside(self.class_dir, p, f"{listing}: image") for p in names]
         missing = [str(p) for p in paths if not Path(p).is_file()]
         if missing:
             raise UserError(f"{len(missing)} validation image(s) not found, e.g. {missing[0]} (was the dataset moved?)")
@@ -126,11 +375,9 @@ class Run:
 
             import custom_loss_functions  # noqa: F401  (registers the losses)
 
-            try:
-                model = keras.models.load_model(self.model_path, compile=False)
-            except Exception as exc:  # noqa: BLE001 - any loading failure is the user's file
-                raise UserError(f"cannot load model {self.model_path}: {exc.__class__.__name__}: {str(exc).splitlines()[0][:200]}") from None
-            expected = (self.size, self.size, 3 if self.color == "rgb" else 1)
+            model = load_keras(self.model_path, compile=False)
+            side = None if self.mode == "surface" else self.size  # surface models are fully convolutional
+            expected = (side, side, 3 if self.color == "rgb" else 1)
             if tuple(model.input_shape[1:]) != expected:
                 raise UserError(
                     f"model {self.model_path} takes {model.input_shape[1:]} but setup.json says {expected} "
@@ -139,13 +386,51 @@ class Run:
             self._model = model
         return self._model
 
+    def model_record(self):
+        """What results store about this run's model (see :func:`model_record`)."""
+        return model_record(self.model_path)
+
     def subdir(self, *parts):
         """A folder inside the run (not created)."""
         return self.dir.joinpath(*parts)
 
 
-def find_run(path, need_model=True):
-    """Open a run from its folder or from the model file inside it."""
+def load_keras(path, compile=False):
+    """Load a ``.keras`` model with one-line errors for a damaged file or non-finite weights."""
+    import keras
+    import numpy as np
+
+    import custom_loss_functions  # noqa: F401  (registers the losses)
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"model file not found: {path}")
+    if not zipfile.is_zipfile(path):
+        raise UserError(f"model file {path} is damaged: not a Keras .keras archive (truncated or overwritten?)")
+    try:
+        model = keras.models.load_model(path, compile=compile)
+    except Exception as exc:  # noqa: BLE001 - any loading failure is the user's file
+        first = (str(exc).splitlines() or [""])[0][:200]
+        raise UserError(f"model file {path} is damaged or not a model of this tool: {exc.__class__.__name__}: {first}") from None
+    if not all(np.isfinite(np.asarray(w)).all() for w in model.weights):
+        raise UserError(f"model {path} has non-finite weights (training diverged): it cannot be used; "
+                        "train again, e.g. with a smaller --lr")
+    return model
+
+
+def run_is_empty_message(run_dir):
+    """Why a run without model and backup cannot be used or resumed."""
+    return (f"run {run_dir} stopped before finishing its first epoch: it holds no model and nothing to resume; "
+            f"start a new run with train.py new (this folder can be deleted)")
+
+
+def find_run(path, need_model=True, lock=True):
+    """Open a run from its folder or from the model file inside it.
+
+    Checks ``setup.json`` (one-line errors for hand-edited fields), that the model named
+    in it lies inside the run, that training did not diverge, and takes the run's shared
+    lock (refused while it is being trained) for as long as the returned :class:`Run` lives.
+    """
     path = Path(path)
     if not path.exists():
         raise UserError(f"run not found: {path}")
@@ -153,14 +438,22 @@ def find_run(path, need_model=True):
     setup_path = run_dir / SETUP
     if not setup_path.is_file():
         raise UserError(f"{run_dir} is not a run folder: no {SETUP} (give the folder train.py printed, or the .keras file in it)")
-    setup = read_json(setup_path)
-    for key in ("architecture", "batch", "size", "color", "loss", "directory"):
-        if key not in setup:
-            raise UserError(f"{setup_path} lacks '{key}': not a setup written by train.py")
-    model_path = path if path.is_file() else run_dir / model_filename(setup["architecture"], setup["batch"])
+    held = RunLock(run_dir, exclusive=False) if lock else None
+    setup = check_setup(read_json(setup_path), setup_path)
+    expected = inside(run_dir, setup.get("model_file") or model_filename(setup["architecture"], setup["batch"]),
+                      f"{setup_path}: model_file")
+    if path.is_file() and path.suffix != ".keras":
+        raise UserError(f"{path} is not a model file ({expected.name}): give the run folder or the .keras file in it")
+    model_path = path if path.is_file() else expected
+    best = setup.get("best_val_loss")
+    if is_number(best) and not math.isfinite(best):
+        raise UserError(f"run {run_dir} diverged (best validation loss {best}): it is never validated or tested; "
+                        "train again, e.g. with a smaller --lr")
     if need_model and not model_path.is_file():
+        if setup.get("status") == "training" and not (run_dir / BACKUP / "state.json").is_file():
+            raise UserError(run_is_empty_message(run_dir))
         raise UserError(f"no model in {run_dir}: {model_path.name} is missing (training unfinished? try train.py resume -p {run_dir})")
-    return Run(dir=run_dir, setup=setup, model_path=model_path)
+    return Run(dir=run_dir, setup=setup, model_path=model_path, _lock=held)
 
 
 def remove_tree(path):
@@ -173,34 +466,157 @@ def format_threshold(value):
     return f"{float(value):.6f}"
 
 
-class StagedOutput:
-    """Write an output folder completely or not at all.
+def read_marker(folder):
+    """The identity a result folder of this tool records (its marker file), or None."""
+    marker = Path(folder) / MARKER
+    if not marker.is_file():
+        return None
+    try:
+        data = json.loads(marker.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
-    Files go into a hidden sibling ``.<name>.partial``; on success it replaces ``final``
-    (an older result of the same name is swapped out only then), on any error it is
-    deleted, so a failed step never leaves half a folder nor destroys a previous result.
+
+def _related(a, b):
+    return a == b or a in b.parents or b in a.parents
+
+
+def check_output(final, inputs=(), protect=(), archive=False):
+    """Refuse (one line) an output folder that is, holds or lies inside an input folder, or
+    that is (or holds) one of ``protect`` (the run folder), or (unless ``archive``: a default
+    location inside a run, where it is moved aside instead) that exists and is not a result
+    folder of this tool."""
+    final = Path(final)
+    real = Path(os.path.realpath(final))
+    for folder in inputs:
+        if _related(real, Path(os.path.realpath(folder))):
+            raise UserError(f"output {final} overlaps the input folder {folder}: choose an --out outside it")
+    for folder in protect:
+        other = Path(os.path.realpath(folder))
+        if real == other or real in other.parents:
+            raise UserError(f"output {final} would replace {folder} (or a folder holding it): choose another --out")
+    if (final.exists() or final.is_symlink()) and not archive:
+        if not final.is_dir():
+            raise UserError(f"output {final} exists and is not a folder: choose another --out (nothing was written)")
+        if read_marker(final) is None:
+            raise UserError(f"output {final} exists and is not a result folder of this tool: "
+                            "choose a new folder for --out (nothing was written or deleted)")
+
+
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def set_aside(parent, names, old_model, reason):
+    """Move ``parent/<name>`` for each of ``names`` that exists into
+    ``parent/other_weights/<model id>/`` (a fresh folder), with a warning; never deletes."""
+    parent = Path(parent)
+    present = [n for n in names if (parent / n).exists()]
+    if not present:
+        return None
+    base = parent / OTHER_WEIGHTS / (str(old_model or "unknown")[:12])
+    dest, i = base, 1
+    while dest.exists() and any((dest / n).exists() for n in present):
+        dest, i = Path(f"{base}_{i}"), i + 1
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in present:
+        os.replace(parent / name, dest / name)
+    warn(f"{', '.join(present)} in {parent} came from {reason}: moved to {dest}")
+    return dest
+
+
+class StagedOutput:
+    """Write an output folder completely or not at all, and never lose anything.
+
+    Files go into a per-process hidden sibling ``.<name>.partial-<pid>-<token>``; on success
+    it is renamed to ``final`` atomically, under a writer lock on the parent folder. An
+    existing ``final`` is replaced only when it is a result folder of this tool (marker file)
+    holding the *same* result (``identity``: kind, model, input); one from other weights is
+    moved into ``other_weights/`` when ``archive`` (default locations inside a run), any
+    other existing path is refused with one line. ``final`` must not overlap ``inputs`` nor
+    be (or hold) any of ``protect``. On any error the staging folder is deleted.
     """
 
-    def __init__(self, final):
+    def __init__(self, final, identity=None, inputs=(), protect=(), archive=False):
         self.final = Path(final)
-        self.partial = self.final.parent / f".{self.final.name}.partial"
+        self.identity = dict(identity or {})
+        self.inputs, self.protect, self.archive = tuple(inputs), tuple(protect), archive
+        self.partial = None
+
+    def _conflict(self, existing):
+        """None when ``existing`` (a marker) may be replaced, else ``(what differs, the old model)``."""
+        if existing.get("kind") != self.identity.get("kind"):
+            return f"a {existing.get('kind') or 'different'} result", existing.get("model_sha256") or "unknown"
+        for key in ("images",):
+            if existing.get(key) != self.identity.get(key):
+                return f"results for other images ({existing.get(key)})", None
+        if existing.get("model_sha256") != self.identity.get("model_sha256"):
+            return "results of other weights", existing.get("model_sha256") or "unknown"
+        return None
 
     def __enter__(self):
-        remove_tree(self.partial)
-        self.partial.mkdir(parents=True)
+        check_output(self.final, self.inputs, self.protect, self.archive)
+        parent, name = self.final.parent, self.final.name
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+            for stale in parent.glob(f".{name}.partial-*"):  # left by a killed process
+                pid = stale.name.rsplit(".partial-", 1)[1].split("-")[0]
+                if pid.isdigit() and not _pid_alive(int(pid)):
+                    remove_tree(stale)
+            self.partial = parent / f".{name}.partial-{os.getpid()}-{secrets.token_hex(4)}"
+            self.partial.mkdir()
+        except OSError as exc:
+            raise UserError(f"cannot write into {parent}: {exc.strerror or exc}") from None
         return self.partial
 
     def __exit__(self, exc_type, exc, tb):
         if exc_type is not None:
             remove_tree(self.partial)
+            if issubclass(exc_type, OSError) and not isinstance(exc, (BlockingIOError,)):
+                raise UserError(f"cannot write {self.final}: {exc.strerror or exc}") from None
             return False
-        old = self.final.parent / f".{self.final.name}.old"
-        remove_tree(old)
-        if self.final.exists():
-            os.replace(self.final, old)
-        os.replace(self.partial, self.final)
-        remove_tree(old)
+        try:
+            (self.partial / MARKER).write_text(json.dumps({"tool": "cae", **self.identity}, default=str) + "\n")
+            with writing(self.final.parent):
+                self._commit()
+        except BaseException:
+            remove_tree(self.partial)
+            raise
         return False
+
+    def _commit(self):
+        final, parent = self.final, self.final.parent
+        old = None
+        if final.exists() or final.is_symlink():
+            existing = read_marker(final) if final.is_dir() and not final.is_symlink() else None
+            if existing is None:  # not marked: never ours to replace
+                if not self.archive:
+                    raise UserError(f"output {final} exists and is not a result folder of this tool: nothing was written")
+                existing = {"kind": "unmarked"}  # an older version's result, or put there by hand: kept aside
+            conflict = self._conflict(existing)
+            if conflict is not None:
+                what, old_model = conflict
+                if not self.archive:
+                    raise UserError(f"output {final} holds {what}: choose another --out (nothing was written or deleted)")
+                set_aside(parent, [final.name], old_model, what)
+            else:
+                old = parent / f".{final.name}.old-{os.getpid()}-{secrets.token_hex(4)}"
+                os.replace(final, old)
+        try:
+            os.replace(self.partial, final)
+        except OSError as exc:
+            if old is not None:
+                os.replace(old, final)
+            raise UserError(f"cannot write {final}: {exc.strerror or exc}") from None
+        if old is not None:
+            remove_tree(old)
 
 
 def validation_dir(run_dir, method, min_area):
@@ -208,12 +624,45 @@ def validation_dir(run_dir, method, min_area):
     return Path(run_dir) / "validation" / method / f"a{int(min_area)}"
 
 
-def find_validation_result(run_dir, method, min_area=None):
-    """The newest ``validation_result.json`` for ``method`` (and ``min_area`` if given), or None."""
+def check_validation_result(result, path):
+    """Refuse (one line) a hand-edited or damaged validation result."""
+    problem = None
+    threshold, area = result.get("threshold"), result.get("min_area")
+    if not is_number(threshold) or not math.isfinite(threshold) or threshold < 0:
+        problem = f"threshold {threshold!r} is not a finite number >= 0"
+    elif not is_number(area) or area != int(area) or area < 1:
+        problem = f"min_area {area!r} is not a whole number >= 1"
+    else:
+        for key in ("scales", "passes"):
+            value = result.get(key, 1)
+            if not is_number(value) or value != int(value) or value < 1:
+                problem = f"{key} {value!r} is not a whole number >= 1"
+        if not isinstance(result.get("baseline", False), bool):
+            problem = f"baseline {result.get('baseline')!r} is not true or false"
+    if problem:
+        raise UserError(f"{path} is damaged ({problem}; edited by hand?): run validate.py again")
+    return result
+
+
+def find_validation_result(run_dir, method, min_area=None, model=None):
+    """The newest ``validation_result.json`` for ``method`` (and ``min_area`` if given), or None.
+
+    With ``model`` (the run's model file), a result computed on other weights is refused
+    with a request to validate again: its threshold does not fit the current model.
+    """
     root = Path(run_dir) / "validation" / method
     pattern = f"a{int(min_area)}/validation_result.json" if min_area is not None else "a*/validation_result.json"
     found = sorted(root.glob(pattern), key=lambda p: p.stat().st_mtime)
-    return read_json(found[-1]) if found else None
+    if not found:
+        return None
+    result = check_validation_result(read_json(found[-1]), found[-1])
+    if model is not None:
+        stored = result.get("model_sha256")
+        other = stored != model_id(model) if stored else found[-1].stat().st_mtime_ns < Path(model).stat().st_mtime_ns
+        if other:
+            raise UserError(f"{found[-1]} was computed on other weights (the model changed since, e.g. by train.py resume): "
+                            f"run validate.py -p {run_dir} -a {int(result['min_area'])} again")
+    return result
 
 
 def add_run_arguments(parser, method_help="residual map: ssim (1 - SSIM map) or l2 (squared difference); default: the training loss's family"):

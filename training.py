@@ -5,6 +5,7 @@ benchmark and the tests drive the same code.
 """
 import math
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -12,10 +13,12 @@ from pathlib import Path
 import numpy as np
 
 import data
+import regime
 import runs
 from utils import UserError, package_versions, set_seed, warn
 
 FREEZE_SHARE = 0.7  # resnet: encoder frozen for the first 70% of epochs
+DEFAULT_OBJECT_SIZE = 128  # px: objects train at this square side unless --size says otherwise
 
 
 def epochs_for(instances, n_train):
@@ -28,9 +31,42 @@ def freeze_epochs(architecture, epochs):
     return int(math.ceil(FREEZE_SHARE * epochs)) if architecture == "resnet" else 0
 
 
+class NonFiniteLoss(UserError):
+    """The loss became NaN or infinite: training stops at once, that epoch is not saved."""
+
+
+def _save_model(model, path):
+    """Save atomically (per-process temp file, then rename): a kill never leaves half a model."""
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.keras")
+    model.save(tmp)
+    os.replace(tmp, path)
+
+
 def _callbacks(run_dir, model_path, patience, state, clock):
     """Keras callbacks of a run; ``clock()`` gives the run's training seconds so far."""
     import keras
+
+    class StopOnNonFinite(keras.callbacks.Callback):
+        """Stop at the first non-finite loss, before anything of that epoch is saved
+        (it runs first), so a diverged model never replaces a good one."""
+
+        epoch = 0
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch = epoch
+
+        def _check(self, logs, where):
+            for key in ("loss", "val_loss"):
+                value = (logs or {}).get(key)
+                if value is not None and not np.isfinite(float(value)):
+                    raise NonFiniteLoss(f"training stopped at epoch {self.epoch + 1}{where}: the {key.replace('_', ' ')} "
+                                        f"is {float(value)} (diverged; try a smaller --lr)")
+
+        def on_train_batch_end(self, batch, logs=None):
+            self._check(logs, f", batch {batch + 1}")
+
+        def on_epoch_end(self, epoch, logs=None):
+            self._check(logs, "")
 
     class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
         """Early stopping whose counters survive ``train.py resume``."""
@@ -41,43 +77,53 @@ def _callbacks(run_dir, model_path, patience, state, clock):
                 self.best = state["best_val_loss"]
                 self.wait = state.get("wait", 0)
 
-    class RunBackup(keras.callbacks.Callback):
-        """After every epoch, save the whole model (weights + optimizer) and the epoch reached,
-        so an interrupted run continues exactly where it stopped."""
+    class BestModel(keras.callbacks.Callback):
+        """Keep the model with the lowest validation loss so far (saved atomically)."""
 
-        def __init__(self, stopper):
+        def __init__(self):
             super().__init__()
-            self.stopper = stopper
+            self.best = state.get("best_val_loss")
+
+        def on_epoch_end(self, epoch, logs=None):
+            val = (logs or {}).get("val_loss")
+            if val is not None and (self.best is None or float(val) < self.best):
+                _save_model(self.model, model_path)
+                self.best = float(val)
+
+    class RunBackup(keras.callbacks.Callback):
+        """After every epoch, save the whole model (weights + optimizer) under the epoch's own
+        name, then the state naming it, so an interrupted run continues exactly where it
+        stopped whenever it was killed."""
+
+        def __init__(self, stopper, saver):
+            super().__init__()
+            self.stopper, self.saver = stopper, saver
 
         def on_epoch_end(self, epoch, logs=None):
             backup = run_dir / runs.BACKUP
             backup.mkdir(exist_ok=True)
-            tmp = backup / "last.tmp.keras"
-            self.model.save(tmp)
-            os.replace(tmp, backup / "last.keras")
-            best = self.stopper.best if self.stopper is not None else state.get("best_val_loss")
-            val = (logs or {}).get("val_loss")
-            if self.stopper is None and val is not None:
-                best = min(val, best) if best is not None else val
+            name = f"last-e{epoch + 1}.keras"
+            _save_model(self.model, backup / name)
+            best = self.saver.best
             state.update(epoch=epoch + 1, best_val_loss=None if best is None or not np.isfinite(best) else float(best),
-                         wait=int(self.stopper.wait) if self.stopper is not None else 0,
+                         wait=int(self.stopper.wait) if self.stopper is not None else 0, model=name,
                          training_seconds=round(clock(), 1))  # so a crashed run's time is not lost on resume
             runs.write_json(backup / "state.json", state)
+            for old in backup.glob("last*.keras"):  # earlier epochs, now that the state names this one
+                if old.name != name:
+                    old.unlink(missing_ok=True)
 
     stopper = ResumableEarlyStopping(monitor="val_loss", patience=patience, restore_best_weights=False) if patience else None
-    checkpoint = keras.callbacks.ModelCheckpoint(
-        str(model_path), monitor="val_loss", save_best_only=True,
-        initial_value_threshold=state.get("best_val_loss"),
-    )
+    saver = BestModel()
     callbacks = [
-        keras.callbacks.TerminateOnNaN(),
-        checkpoint,
+        StopOnNonFinite(),
+        saver,
         keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=max(2, (patience or 10) // 2), min_lr=1e-6),
         keras.callbacks.CSVLogger(str(run_dir / runs.HISTORY), append=True),
     ]
     if stopper is not None:
         callbacks.append(stopper)
-    callbacks.append(RunBackup(stopper))
+    callbacks.append(RunBackup(stopper, saver))
     return callbacks
 
 
@@ -87,6 +133,29 @@ def _compile(model, setup):
     import custom_loss_functions as clf
 
     model.compile(optimizer=keras.optimizers.Adam(learning_rate=setup["lr"]), loss=clf.get_loss(setup["loss"], setup["size"]))
+
+
+def _geometry(args, mode, paths):
+    """``(model size, whole-image (height, width), training patch or None)`` of a new run.
+
+    Objects: every image is squeezed to a ``--size`` square (default
+    :data:`DEFAULT_OBJECT_SIZE`). Surfaces: images keep their aspect ratio (shorter side
+    ``--size``, default native up to 256 px, see :func:`regime.surface_shape`) and the
+    fully convolutional model trains on ``--patch`` crops, so its size is the patch's.
+    """
+    if mode == "object":
+        if args.patch is not None:
+            warn("--patch only applies to surface runs (--mode surface); ignored for this object run")
+        size = args.size or DEFAULT_OBJECT_SIZE
+        return size, (size, size), None
+    if args.architecture == "resnet":
+        raise UserError("-a resnet needs whole square images: use -a mvtec or mvtec2 for surface runs, or --mode object")
+    shape = regime.surface_shape([data.image_size(p) for p in paths], args.size)
+    patch = regime.DEFAULT_PATCH if args.patch is None else args.patch
+    if patch < 32 or patch % regime.STRIDE or patch > min(shape):
+        raise UserError(f"--patch must be a multiple of {regime.STRIDE} from 32 to the image's shorter side "
+                        f"({min(shape)} px here), got {patch}")
+    return patch, shape, patch
 
 
 def prepare(args):
@@ -99,8 +168,8 @@ def prepare(args):
 
     if args.batch < 1:
         raise UserError(f"--batch must be >= 1, got {args.batch}")
-    if args.lr <= 0:
-        raise UserError(f"--lr must be > 0, got {args.lr}")
+    if not (math.isfinite(args.lr) and args.lr > 0):
+        raise UserError(f"--lr must be a finite number > 0, got {args.lr}")
     if args.instances < 1:
         raise UserError(f"--instances must be >= 1, got {args.instances}")
     if args.epochs is not None and args.epochs < 1:
@@ -113,24 +182,38 @@ def prepare(args):
         raise UserError(f"--patience must be >= 0, got {args.patience}")
     if args.weights not in ("imagenet", "none") and args.architecture != "resnet":
         warn(f"--weights {args.weights} only applies to -a resnet; ignored for -a {args.architecture}")
-    channels = data.channels_of(args.color)
-    try:  # architecture and loss check their own arguments; show their message as the user's error
-        models.build_model(args.architecture, args.size, channels, weights="none") if args.architecture != "resnet" else None
-        loss = clf.get_loss(args.loss, args.size)
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
+    if args.head_steps < 0:
+        raise UserError(f"--head-steps must be >= 0 (0: no learned residual), got {args.head_steps}")
+    if args.size is not None and args.size < 1:
+        raise UserError(f"--size must be a positive number of pixels, got {args.size}")
     class_dir, good = data.check_class_dir(args.directory)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a folder for run folders")
+    real_out, real_class = Path(os.path.realpath(out)), Path(os.path.realpath(class_dir))
+    if real_out == real_class or real_class in real_out.parents:
+        raise UserError(f"--out {out} lies inside the dataset {class_dir}: choose a folder outside it")
     paths = data.list_images(good)
     if not paths:
         raise UserError(f"no images in {good} (supported: {', '.join(data.IMAGE_EXTENSIONS)})")
+    color = data.detect_color(paths) if args.color == "auto" else args.color
+    channels = data.channels_of(color)
+    mode, alignment = regime.choose_mode(args.mode, paths)
+    size, shape, patch = _geometry(args, mode, paths)
+    try:  # architecture and loss check their own arguments; show their message as the user's error
+        models.build_model(args.architecture, size, channels, weights="none") if args.architecture != "resnet" else None
+        loss = clf.get_loss(args.loss, size)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
     set_seed(args.seed)
-    images, kept = data.load_images(paths, args.color, args.size, progress="loading train/good")
+    images, kept = data.load_images(paths, color, shape, progress="loading train/good")
     train_paths, val_paths = data.split_validation(kept, args.val_split, args.seed)
     index = {p: i for i, p in enumerate(kept)}
     train_images = images[[index[p] for p in train_paths]]
     val_images = images[[index[p] for p in val_paths]]
     try:
-        model = models.build_model(args.architecture, args.size, channels, weights=args.weights)
+        model = models.build_model(args.architecture, size, channels, weights=args.weights,
+                                   fully_convolutional=mode == "surface")
     except (ValueError, FileNotFoundError) as exc:
         raise UserError(str(exc)) from None
     epochs = args.epochs if args.epochs is not None else epochs_for(args.instances, len(train_paths))
@@ -140,9 +223,17 @@ def prepare(args):
         "architecture": args.architecture,
         "batch": args.batch,
         "loss": args.loss,
-        "color": args.color,
+        "color": color,
+        "color_requested": args.color,
         "channels": channels,
-        "size": args.size,
+        "size": size,
+        "mode": mode,
+        "mode_requested": args.mode,
+        "alignment": alignment,
+        "shape": list(shape),
+        "patch": patch,
+        "head_steps": args.head_steps,
+        "head": None,
         "instances": args.instances,
         "epochs": epochs,
         "epochs_requested": args.epochs,
@@ -212,7 +303,7 @@ def train(setup, run_dir, images, model, start_epoch=0, state=None):
     seed = setup["seed"]
     train_ds = data.make_dataset(train_images, setup["batch"], training=True, augment=setup["augment"], flip=setup["flip"],
                                  seed=seed, denoise=setup.get("denoise", 0.0),
-                                 rotation=setup.get("rotation", data.DEFAULT_ROTATION))
+                                 rotation=setup.get("rotation", data.DEFAULT_ROTATION), patch=setup.get("patch"))
     val_ds = data.make_dataset(val_images, setup["batch"], training=False)
     if start_epoch == 0 or getattr(model, "optimizer", None) is None:
         _compile(model, setup)  # a resumed model keeps its compiled optimizer state
@@ -220,13 +311,26 @@ def train(setup, run_dir, images, model, start_epoch=0, state=None):
     spent = float(state.get("training_seconds", setup.get("training_seconds", 0.0)))
     started = time.time()
     clock = lambda: spent + time.time() - started  # noqa: E731
-    _fit_phases(model, setup, run_dir, (train_ds, val_ds), start_epoch, setup["epochs"], state, clock)
-    history = pd.read_csv(run_dir / runs.HISTORY)
-    history = history.drop_duplicates("epoch", keep="last").reset_index(drop=True)
-    history.to_csv(run_dir / runs.HISTORY, index=False)
-    if history.empty or not (run_dir / setup["model_file"]).is_file():
-        raise UserError("training produced no usable epoch (loss NaN from the start?); nothing saved")
+    diverged = None
+    try:
+        _fit_phases(model, setup, run_dir, (train_ds, val_ds), start_epoch, setup["epochs"], state, clock)
+    except NonFiniteLoss as exc:
+        diverged = exc
+    model_path = run_dir / setup["model_file"]
+    history_path = run_dir / runs.HISTORY
+    history = pd.read_csv(history_path) if history_path.is_file() and history_path.stat().st_size else pd.DataFrame()
+    if history.empty or not model_path.is_file() or "val_loss" not in history:
+        raise diverged or UserError("training produced no usable epoch; nothing saved")
+    history = history.drop_duplicates("epoch", keep="last")
+    # Only epochs the backup confirms count (a kill can leave a logged epoch whose state was not saved).
+    history = history[history["epoch"] < int(state.get("epoch", history["epoch"].max() + 1))].reset_index(drop=True)
+    history = history[np.isfinite(history["val_loss"])]
+    tmp = history_path.with_name(f".{history_path.name}.{os.getpid()}.tmp")
+    history.to_csv(tmp, index=False)
+    os.replace(tmp, history_path)
     best_row = history.loc[history["val_loss"].idxmin()]
+    if diverged is None and setup.get("head_steps") and not setup.get("head"):
+        setup["head"] = _train_head(setup, run_dir, train_images)
     setup.update(
         status="done",
         epochs_run=int(history["epoch"].max()) + 1,
@@ -234,77 +338,165 @@ def train(setup, run_dir, images, model, start_epoch=0, state=None):
         best_val_loss=float(best_row["val_loss"]),
         training_seconds=round(clock(), 1),
     )
-    visualize.plot_loss_curve(history, run_dir / runs.LOSS_PLOT, title=f"{setup['architecture']} / {setup['loss']} loss")
+    if diverged is not None:
+        setup["stopped"] = str(diverged)
+    plot = run_dir / f".{runs.LOSS_PLOT}.{os.getpid()}.tmp.png"
+    visualize.plot_loss_curve(history, plot, title=f"{setup['architecture']} / {setup['loss']} loss")
+    os.replace(plot, run_dir / runs.LOSS_PLOT)
     runs.write_json(run_dir / runs.SETUP, setup)
-    runs.remove_tree(run_dir / runs.BACKUP)
+    _remove_backup(run_dir)
+    if diverged is not None:
+        raise UserError(f"{diverged}; the run keeps its best model (epoch {setup['best_epoch']}, validation loss "
+                        f"{setup['best_val_loss']:.5f}) and is finished: {run_dir}")
     return setup
+
+
+def _train_head(setup, run_dir, train_images):
+    """Train the learned residual's head on the run's best autoencoder (see learned.py)."""
+    import learned
+
+    print(f"learned residual: training the segmentation head for {setup['head_steps']} steps on simulated defects",
+          flush=True)
+    model = runs.load_keras(run_dir / setup["model_file"], compile=False)
+    try:
+        return learned.train_head(model, train_images, run_dir / runs.HEAD_FILE, steps=setup["head_steps"],
+                                  patch=setup.get("patch"), seed=setup["seed"])
+    except FloatingPointError as exc:
+        raise UserError(f"learned residual: {exc}; the autoencoder is kept, use --method ssim or l2") from None
+
+
+def _remove_backup(run_dir):
+    """Remove the backup, its state first, so a kill half-way leaves no state naming a missing model."""
+    (run_dir / runs.BACKUP / "state.json").unlink(missing_ok=True)
+    runs.remove_tree(run_dir / runs.BACKUP)
 
 
 def new_run(args):
     """``train.py new``: check inputs, create the run folder, train. Returns the run folder."""
     setup, images, val_names, model = prepare(args)
     run_dir = runs.new_run_dir(args.out, setup["directory"], setup["architecture"], setup["loss"])
+    lock = runs.RunLock(run_dir, exclusive=True)  # validate/test refuse it while it trains
     try:
         (run_dir / runs.VALIDATION_FILES).write_text("\n".join(val_names) + "\n")
         runs.write_json(run_dir / runs.SETUP, setup)
         print(f"run folder: {run_dir}", flush=True)
         train(setup, run_dir, images, model)
-    except BaseException:
-        # Keep a run that finished at least one epoch (it can be resumed); drop an empty one.
-        if not (run_dir / runs.BACKUP / "state.json").is_file():
+    except BaseException as exc:
+        # Keep a run that finished at least one epoch (it can be resumed); drop the empty one we created.
+        if not (run_dir / runs.BACKUP / "state.json").is_file() and not (run_dir / setup["model_file"]).is_file():
+            lock.release()
             runs.remove_tree(run_dir)
-        elif not isinstance(sys.exc_info()[1], UserError):
+        elif not isinstance(exc, UserError):
             print(f"training stopped; continue it with: python3 train.py resume -p {run_dir}", file=sys.stderr)
         raise
+    finally:
+        lock.release()
     return run_dir, setup
+
+
+def _load_state(run_dir, setup):
+    """The backup's state and model file, or None when there is no usable backup.
+
+    A backup left behind by a finished run (killed while removing it) is stale: removed.
+    """
+    backup = run_dir / runs.BACKUP
+    state_path = backup / "state.json"
+    if not state_path.is_file():
+        if backup.exists() and setup.get("status") == "done":
+            runs.remove_tree(backup)
+        return None
+    state = runs.read_json(state_path)
+    epoch = state.get("epoch")
+    if not (runs.is_number(epoch) and epoch == int(epoch) and epoch >= 0):
+        raise UserError(f"{state_path}: 'epoch' must be a whole number >= 0, got {epoch!r} (edited by hand?)")
+    target = state.get("epochs", setup["epochs"])
+    if setup.get("status") == "done" and (not runs.is_number(target) or target <= setup["epochs"]):
+        _remove_backup(run_dir)  # the run finished after this backup was written
+        return None
+    model_file = runs.inside(backup, state.get("model", "last.keras"), f"{state_path}: model")
+    if not model_file.is_file():
+        raise UserError(f"{state_path} names {model_file.name}, which is missing: the backup is damaged; "
+                        f"{'the run keeps its best model' if (run_dir / setup['model_file']).is_file() else 'start a new run'}")
+    return state, model_file
 
 
 def resume_run(path, more_epochs=None):
     """``train.py resume``: continue an interrupted run, or extend a finished one by ``more_epochs``."""
-    import keras
-
-    import custom_loss_functions  # noqa: F401  (registers the losses for loading)
-
     path = Path(path)
     run_dir = path.parent if path.is_file() else path
     if not (run_dir / runs.SETUP).is_file():
         raise UserError(f"{run_dir} is not a run folder: no {runs.SETUP}")
-    setup = runs.read_json(run_dir / runs.SETUP)
-    backup = run_dir / runs.BACKUP
     if more_epochs is not None and more_epochs < 1:
         raise UserError(f"-e/--epochs must be >= 1, got {more_epochs}")
-    if (backup / "state.json").is_file():
-        state = runs.read_json(backup / "state.json")
-        model_file = backup / "last.keras"
+    lock = runs.RunLock(run_dir, exclusive=True)  # a second resume (or a reader) refuses with one line
+    try:
+        return _resume_locked(run_dir, more_epochs)
+    finally:
+        lock.release()
+
+
+def _resume_locked(run_dir, more_epochs):
+    setup_path = run_dir / runs.SETUP
+    setup = runs.check_setup(runs.read_json(setup_path), setup_path, training=True)
+    name = setup.get("model_file") or runs.model_filename(setup["architecture"], setup["batch"])
+    runs.inside(run_dir, name, f"{setup_path}: model_file")  # never load or overwrite a file outside the run
+    if Path(name).name != name:
+        raise UserError(f"{setup_path}: model_file {name!r} must be a file name inside the run folder")
+    setup["model_file"] = name
+    best = run_dir / setup["model_file"]
+    found = _load_state(run_dir, setup)
+    if found is not None:
+        state, model_file = found
         start = int(state["epoch"])
-        print(f"resuming interrupted run at epoch {start + 1} of {setup['epochs']}", flush=True)
+        setup["epochs"] = int(state.get("epochs", setup["epochs"]))
+        print(f"resuming interrupted run at epoch {start + 1} of {setup['epochs'] + (more_epochs or 0)}", flush=True)
     elif setup.get("status") == "done":
         if not more_epochs:
             raise UserError(f"run {run_dir} already finished {setup['epochs_run']} epochs; pass -e MORE_EPOCHS to train longer")
-        state = {"best_val_loss": setup.get("best_val_loss"), "wait": 0}
-        model_file = run_dir / setup["model_file"]
+        if not best.is_file():
+            raise UserError(f"no model in {run_dir}: {best.name} is missing, nothing to extend")
         start = int(setup["epochs_run"])
+        state = {"best_val_loss": setup.get("best_val_loss"), "wait": 0, "epoch": start,
+                 "training_seconds": setup.get("training_seconds", 0.0)}
+        model_file = best
         print(f"extending finished run by {more_epochs} epochs from its best model", flush=True)
+    elif not best.is_file():
+        raise UserError(runs.run_is_empty_message(run_dir))
     else:
-        raise UserError(f"run {run_dir} has no backup to resume from (it stopped before finishing an epoch); start a new run")
+        raise UserError(f"run {run_dir} has no backup to resume from, but status {setup.get('status')!r}: "
+                        "its best model is kept; validate or test it")
     if more_epochs:
         setup["epochs"] = max(int(setup["epochs"]), start) + more_epochs
     class_dir = Path(setup["directory"])
-    val_names = [n for n in (run_dir / runs.VALIDATION_FILES).read_text().splitlines() if n.strip()]
+    listing = run_dir / runs.VALIDATION_FILES
+    if not listing.is_file():
+        raise UserError(f"{listing} is missing: this run cannot be resumed")
+    val_names = [n.strip() for n in listing.read_text().splitlines() if n.strip()]
     if data.files_hash(val_names) != setup["validation_files_sha256"]:
         raise UserError(f"{runs.VALIDATION_FILES} in {run_dir} does not match setup.json (edited?)")
     _, good = data.check_class_dir(class_dir)
     all_paths = data.list_images(good)
-    val_set = {class_dir / n for n in val_names}
+    val_set = {runs.inside(class_dir, n, f"{listing}: image") for n in val_names}
     set_seed(setup["seed"] + start)  # a fresh but reproducible shuffle order after resuming
-    train_paths = [p for p in all_paths if p not in val_set]
-    train_images, _ = data.load_images(train_paths, setup["color"], setup["size"], progress="loading train/good")
-    val_images, _ = data.load_images(sorted(val_set), setup["color"], setup["size"], progress="loading validation")
-    try:
-        model = keras.models.load_model(model_file, compile=True)
-    except Exception as exc:  # noqa: BLE001
-        raise UserError(f"cannot load {model_file}: {exc.__class__.__name__}") from None
+    train_paths = [p for p in all_paths if p.resolve() not in val_set]
+    shape = setup.get("shape") or setup["size"]
+    train_images, _ = data.load_images(train_paths, setup["color"], shape, progress="loading train/good")
+    val_images, _ = data.load_images(sorted(val_set), setup["color"], shape, progress="loading validation")
+    model = runs.load_keras(model_file, compile=True)
+    if found is None:
+        # Extending a finished run: first a backup at its current epoch (the state names the
+        # epochs to reach), then the status, so a kill at any moment leaves it resumable.
+        backup = run_dir / runs.BACKUP
+        backup.mkdir(exist_ok=True)
+        name = f"last-e{start}.keras"
+        tmp = backup / f".{name}.{os.getpid()}.tmp.keras"
+        shutil.copy2(model_file, tmp)
+        os.replace(tmp, backup / name)
+        state.update(model=name, epochs=setup["epochs"])
+        runs.write_json(backup / "state.json", state)
+    state["epochs"] = setup["epochs"]
     setup["status"] = "training"
     runs.write_json(run_dir / runs.SETUP, setup)
     train(setup, run_dir, (train_images, val_images), model, start_epoch=start, state=state)
     return run_dir, setup
+

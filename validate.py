@@ -12,7 +12,7 @@ import sys
 
 import numpy as np
 
-from utils import quiet_tensorflow, run_cli
+from utils import UserError, quiet_tensorflow, run_cli
 
 quiet_tensorflow()
 
@@ -37,8 +37,10 @@ def validate(path, min_area, method=None, batch=16, baseline=None, scales=None, 
     inference.check_area_threshold(min_area=min_area)
     run = runs.find_run(path)
     method = run.method(method)
-    options = inference.MapOptions.from_args(baseline, scales, passes)
+    options = inference.MapOptions.from_args(baseline, scales, passes, method, run.mode)
     seen = inference.inspect(run, run.validation_paths(), method, batch, progress="validation images", options=options)
+    if not np.isfinite(seen.maps).all():
+        raise UserError(f"the residual maps of {run.model_path} are not finite (a diverged model?): no threshold can be chosen")
     threshold = resmaps.min_threshold_for_area(seen.maps, min_area)
     largest, _ = resmaps.region_stats(seen.maps, threshold)
     result = {
@@ -50,10 +52,13 @@ def validate(path, min_area, method=None, batch=16, baseline=None, scales=None, 
         "largest_area_at_threshold": int(largest.max()),
         "validation_files": [str(p) for p in seen.paths],
         "resmap_range": [float(seen.maps.min()), float(seen.maps.max())],
+        "model": str(run.model_path),
+        **run.model_record(),  # test.py refuses this threshold for other weights
     }
     grid = np.unique(np.concatenate([np.linspace(seen.maps.min(), seen.maps.max(), CURVE_POINTS), [threshold]]))
     curve = resmaps.threshold_curve(seen.maps, grid)
-    with runs.StagedOutput(runs.validation_dir(run.dir, method, min_area)) as out:
+    identity = {"kind": "validation", "model_sha256": result["model_sha256"]}
+    with runs.StagedOutput(runs.validation_dir(run.dir, method, min_area), identity, archive=True) as out:
         runs.write_json(out / "validation_result.json", result)
         visualize.plot_threshold_search(grid, curve, threshold, min_area, out / "threshold_search.png", method=method)
     return result, runs.validation_dir(run.dir, method, min_area)

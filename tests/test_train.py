@@ -49,18 +49,47 @@ def test_model_loads_in_safe_mode_without_custom_objects(tiny_run):
     assert f"(1, {SIZE}, {SIZE}, 1)" in out.stdout
 
 
-def test_best_model_is_saved_not_the_last(tiny_run):
+def _validation_loss(run_dir, model_name):
     import keras
 
     import custom_loss_functions as clf
     import data
 
+    setup = json.loads((run_dir / "setup.json").read_text())
+    model = keras.models.load_model(run_dir / model_name, compile=False)
+    names = (run_dir / "validation_files.txt").read_text().split()
+    images, _ = data.load_images([runs.Path(setup["directory"]) / n for n in names], setup["color"], setup["size"])
+    return float(np.mean(clf.ssim_loss(images, model.predict(images, verbose=0))))
+
+
+def test_best_model_is_saved_not_the_last(tiny_dataset, tmp_path, monkeypatch):
+    """The last epoch is made clearly worse (strong noise is added to its weights before it
+    starts), so the saved model must be an earlier one: the test fails if the last model is kept."""
+    import keras
+
+    real = training._callbacks
+
+    class SpoilLastEpoch(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 2:
+                rng = np.random.default_rng(0)
+                self.model.set_weights([w + rng.normal(0, 1.0, w.shape).astype(w.dtype) for w in self.model.get_weights()])
+
+    monkeypatch.setattr(training, "_callbacks", lambda *a, **k: [SpoilLastEpoch()] + real(*a, **k))
+    run_dir, setup = training.new_run(train_args(tiny_dataset, tmp_path, epochs=3, architecture="mvtec", size=32))
+    history = pd.read_csv(run_dir / "history.csv")
+    assert list(history["epoch"]) == [0, 1, 2]
+    last = float(history["val_loss"].iloc[-1])
+    assert setup["best_epoch"] < 3 and setup["best_val_loss"] == pytest.approx(history["val_loss"][:2].min())
+    assert last > setup["best_val_loss"] + 0.05  # the spoilt epoch is far worse
+    saved = _validation_loss(run_dir, "CAE_mvtec_b4.keras")
+    assert saved == pytest.approx(setup["best_val_loss"], abs=5e-3)
+    assert abs(saved - last) > 0.04
+
+
+def test_best_model_of_the_session_run_matches_its_recorded_loss(tiny_run):
     setup = json.loads((tiny_run / "setup.json").read_text())
-    model = keras.models.load_model(tiny_run / "CAE_mvtec2_b4.keras", compile=False)
-    names = (tiny_run / "validation_files.txt").read_text().split()
-    images, _ = data.load_images([runs.Path(setup["directory"]) / n for n in names], "grayscale", SIZE)
-    loss = float(np.mean(clf.ssim_loss(images, model.predict(images, verbose=0))))
-    assert loss == pytest.approx(setup["best_val_loss"], abs=2e-3)
+    assert _validation_loss(tiny_run, "CAE_mvtec2_b4.keras") == pytest.approx(setup["best_val_loss"], abs=5e-3)
 
 
 def test_resume_extends_a_finished_run(tiny_dataset, tmp_path, capsys):
@@ -143,7 +172,9 @@ def _bad(tmp_path, name):
     ("bad_size", ["--size", "100"], "size 100 does not fit"),
     ("bad_batch", ["-b", "0"], "--batch must be >= 1"),
     ("bad_split", ["--val-split", "0"], "--val-split must be between 0 and 1"),
-    ("bad_lr", ["--lr", "-1"], "--lr must be > 0"),
+    ("bad_lr", ["--lr", "-1"], "--lr must be a finite number > 0"),
+    ("nan_lr", ["--lr", "nan"], "--lr must be a finite number > 0, got nan"),
+    ("inf_lr", ["--lr", "inf"], "--lr must be a finite number > 0, got inf"),
     ("bad_rotation", ["--rotation", "200"], "--rotation must be 0 to 180 degrees, got 200"),
     ("bad_denoise", ["--denoise", "1.5"], "--denoise must be a share from 0 to 1, got 1.5"),
     ("weights_missing", ["-a", "resnet", "--size", "96", "--weights", "imagenet"], "not in Keras's cache"),
@@ -239,3 +270,114 @@ def test_resnet_encoder_frozen_for_first_70_percent(tiny_dataset, tmp_path, monk
     assert "encoder frozen for epochs 1-3" in out and "encoder trainable for epochs 4-4" in out
     np.testing.assert_array_equal(weights[0], weights[2])  # frozen
     assert not np.array_equal(weights[2], weights[3])  # trained after unfreezing
+
+
+# --------------------------------------------------------------------------- divergence, early stopping, options end to end
+
+
+def _prepend_callback(monkeypatch, callback):
+    real = training._callbacks
+    monkeypatch.setattr(training, "_callbacks", lambda *a, **k: [callback] + real(*a, **k))
+
+
+def _poison_at(epoch_to_poison):
+    import keras
+
+    class Poison(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == epoch_to_poison:
+                self.model.set_weights([np.full_like(w, np.nan) for w in self.model.get_weights()])
+
+    return Poison()
+
+
+def test_nan_from_the_start_stops_at_once_and_saves_nothing(tiny_dataset, tmp_path, monkeypatch, capsys):
+    _prepend_callback(monkeypatch, _poison_at(0))
+    out_dir = tmp_path / "out"
+    code, out, err = cli(train.main, ["new", "-d", str(tiny_dataset), "-a", "mvtec", "--size", "32", "--epochs", "3",
+                                      "--out", str(out_dir)], capsys)
+    assert code == 2 and "Traceback" not in err
+    lines = [line for line in err.strip().splitlines() if not line.startswith("warning:")]
+    assert len(lines) == 1 and "training stopped at epoch 1, batch 1: the loss is nan" in lines[0] and "--lr" in lines[0]
+    assert not list(out_dir.rglob("setup.json")) and not list(out_dir.rglob("*.keras"))
+
+
+def test_nan_later_keeps_the_finite_best_model_and_finishes_the_run(tiny_dataset, tmp_path, monkeypatch, capsys):
+    import validate
+
+    _prepend_callback(monkeypatch, _poison_at(1))
+    with pytest.raises(runs.UserError, match="training stopped at epoch 2, batch 1: the loss is nan") as info:
+        training.new_run(train_args(tiny_dataset, tmp_path, epochs=3, architecture="mvtec", size=32))
+    assert "keeps its best model (epoch 1" in str(info.value)
+    (run_dir,) = list(tmp_path.glob("*/*/*/*/*"))
+    setup = json.loads((run_dir / "setup.json").read_text())
+    assert setup["status"] == "done" and setup["epochs_run"] == 1 and setup["best_epoch"] == 1
+    assert np.isfinite(setup["best_val_loss"]) and "stopped" in setup
+    assert list(pd.read_csv(run_dir / "history.csv")["epoch"]) == [0]
+    assert not (run_dir / "backup").exists()
+    monkeypatch.undo()
+    code, _, err = cli(validate.main, ["-p", str(run_dir), "-a", "5", "--passes", "1", "--scales", "1"], capsys)
+    assert code == 0, err
+    assert np.isfinite(json.loads((run_dir / "validation/ssim/a5/validation_result.json").read_text())["threshold"])
+
+
+def test_early_stopping_stops_and_keeps_the_best_epoch(tiny_dataset, tmp_path, monkeypatch):
+    import keras
+
+    class RisingValidationLoss(keras.callbacks.Callback):
+        """Every later epoch looks worse: early stopping with patience 2 must stop after epoch 3."""
+
+        def on_epoch_end(self, epoch, logs=None):
+            logs["val_loss"] = 1.0 + epoch
+
+    _prepend_callback(monkeypatch, RisingValidationLoss())
+    run_dir, setup = training.new_run(train_args(tiny_dataset, tmp_path, epochs=8, patience=2, architecture="mvtec", size=32))
+    assert setup["epochs"] == 8 and setup["epochs_run"] == 3
+    assert setup["best_epoch"] == 1 and setup["best_val_loss"] == 1.0
+    assert list(pd.read_csv(run_dir / "history.csv")["val_loss"]) == [1.0, 2.0, 3.0]
+
+
+def test_flip_and_no_augment_reach_the_input_pipeline(tiny_dataset, tmp_path, monkeypatch):
+    import data
+
+    seen, real = [], data.make_dataset
+    monkeypatch.setattr(data, "make_dataset", lambda *a, **k: seen.append(k) or real(*a, **k))
+    _, setup = training.new_run(train_args(tiny_dataset, tmp_path / "a", epochs=1, architecture="mvtec", size=32, flip=True))
+    assert setup["flip"] is True and setup["augment"] is True
+    assert seen[0]["training"] and seen[0]["flip"] is True and seen[0]["augment"] is True
+    seen.clear()
+    _, setup = training.new_run(train_args(tiny_dataset, tmp_path / "b", epochs=1, architecture="mvtec", size=32,
+                                           no_augment=True))
+    assert setup["augment"] is False and seen[0]["augment"] is False
+    assert [type(layer).__name__ for layer in data.augmenter(flip=True).layers][-1] == "RandomFlip"
+    assert "RandomFlip" not in [type(layer).__name__ for layer in data.augmenter(flip=False).layers]
+
+
+def test_no_augment_feeds_the_images_unchanged_and_augment_changes_them():
+    import data
+
+    images = np.random.default_rng(0).random((6, 32, 32, 1)).astype(np.float32)
+    plain = list(data.make_dataset(images, 3, training=True, augment=False, seed=0).as_numpy_iterator())
+    inputs = np.concatenate([x for x, _ in plain])
+    assert all(np.array_equal(x, y) for x, y in plain)
+    assert sorted(map(bytes, inputs)) == sorted(map(bytes, images))  # the same images, only shuffled
+    augmented = np.concatenate([x for x, _ in data.make_dataset(images, 3, training=True, augment=True, seed=0)])
+    assert not any(np.allclose(a, b, atol=1e-3) for a in augmented for b in images)
+
+
+@pytest.mark.parametrize("color,loss", [("rgb", "ssim"), ("grayscale", "mssim"), ("grayscale", "mse")])
+def test_other_colours_and_losses_train_and_validate_end_to_end(tiny_dataset, tmp_path, capsys, color, loss):
+    import validate
+
+    run_dir, setup = training.new_run(train_args(tiny_dataset, tmp_path, epochs=1, architecture="mvtec", size=32,
+                                                 color=color, loss=loss))
+    assert setup["status"] == "done" and setup["color"] == color and setup["loss"] == loss
+    assert np.isfinite(setup["best_val_loss"])
+    if loss == "mssim":
+        assert setup["msssim_scales"] >= 1
+    assert run_dir.parts[-2] == loss.upper()
+    code, out, err = cli(validate.main, ["-p", str(run_dir), "-a", "5", "--passes", "1", "--scales", "1"], capsys)
+    assert code == 0, err
+    method = "ssim" if loss in ("ssim", "mssim") else "l2"
+    result = json.loads((run_dir / "validation" / method / "a5" / "validation_result.json").read_text())
+    assert result["method"] == method and np.isfinite(result["threshold"]) and result["largest_area_at_threshold"] < 5
