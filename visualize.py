@@ -209,7 +209,8 @@ def _suptitle(fig, *parts):
 
 def _sorted_xy(x, *ys):
     x = np.asarray(x, dtype=float).ravel()
-    order = np.argsort(x, kind="stable")
+    # Curves usually arrive sorted (a PRO curve has millions of points): skip the argsort then.
+    order = slice(None) if np.all(x[1:] >= x[:-1]) else np.argsort(x, kind="stable")
     out = [x[order]]
     for y in ys:
         y = np.asarray(y, dtype=float).ravel()
@@ -587,6 +588,25 @@ def plot_overlay(image, reconstruction, resmap, pred_mask, path, gt_mask=None, t
 
 # --------------------------------------------------------------------------- evaluation curves
 
+CURVE_POINTS = 3000  # a curve is drawn with about this many points (a pixel PRO curve has millions)
+
+
+def _decimate(x, y, max_points=CURVE_POINTS, x_span=None):
+    """About ``max_points`` points of the polyline (x, y) that draw the same line: points at
+    even steps of its length (measured in fractions of the axes, x over ``x_span`` or its
+    range, y over its range), each with its predecessor so corners stay, and both ends.
+    Plotting millions of points took seconds and looked no different."""
+    x = np.asarray(x, dtype=float)
+    y = np.asarray(y, dtype=float)
+    if x.size <= max_points:
+        return x, y
+    x_span = x_span or (np.ptp(x) or 1.0)
+    y_span = np.ptp(y) or 1.0
+    length = np.concatenate(([0.0], np.cumsum(np.hypot(np.diff(x) / x_span, np.diff(y) / y_span))))
+    picked = np.searchsorted(length, np.linspace(0.0, length[-1], max_points // 2))
+    keep = np.unique(np.concatenate((picked, picked - 1, [0, x.size - 1])).clip(0, x.size - 1))
+    return x[keep], y[keep]
+
 
 @_styled
 def plot_roc_curves(curves, path, title="ROC"):
@@ -596,8 +616,7 @@ def plot_roc_curves(curves, path, title="ROC"):
     colors = plt.get_cmap("tab10")
     for i, (name, (fpr, tpr, auc)) in enumerate(dict(curves).items()):
         auc_text = "n/a" if auc is None or not np.isfinite(auc) else f"{float(auc):.3f}"
-        ax.plot(np.asarray(fpr, dtype=float), np.asarray(tpr, dtype=float),
-                color=colors(i % 10), linewidth=2, label=f"{name} (AUC = {auc_text})")
+        ax.plot(*_decimate(fpr, tpr), color=colors(i % 10), linewidth=2, label=f"{name} (AUC = {auc_text})")
     ax.set_xlim(-0.01, 1.01)
     ax.set_ylim(-0.01, 1.01)
     ax.set_aspect("equal")
@@ -627,11 +646,15 @@ def plot_pro_curve(fprs, pros, au_pro, path, fpr_limit=0.3, title="PRO curve"):
         f_fill = p_fill = np.array([])
     au_text = "n/a" if au_pro is None or not np.isfinite(au_pro) else f"{float(au_pro):.3f}"
     fig, axes = plt.subplots(1, 2, figsize=(12, 5.2), layout="constrained")
-    for ax, xmax, sub in ((axes[0], 1.0, "full FPR range"),
-                          (axes[1], fpr_limit, f"zoom: FPR ≤ {fpr_limit:g}")):
-        ax.fill_between(f_fill, 0, p_fill, color=TRAIN_COLOR, alpha=0.2,
+    # The zoomed panel gets its own decimation of the part it shows (and one point past it).
+    shown = slice(0, int(np.searchsorted(f, fpr_limit * 1.02, side="right")) + 1)
+    for ax, xmax, sub, (f_ax, p_ax), fill in (
+            (axes[0], 1.0, "full FPR range", _decimate(f, p), _decimate(f_fill, p_fill, x_span=1.0)),
+            (axes[1], fpr_limit, f"zoom: FPR ≤ {fpr_limit:g}", _decimate(f[shown], p[shown], x_span=fpr_limit),
+             _decimate(f_fill, p_fill, x_span=fpr_limit))):
+        ax.fill_between(*fill, 0, color=TRAIN_COLOR, alpha=0.2,
                         label=f"AU-PRO (FPR ≤ {fpr_limit:g}) = {au_text}")
-        ax.plot(f, p, color=TRAIN_COLOR, linewidth=2, label="PRO curve")
+        ax.plot(f_ax, p_ax, color=TRAIN_COLOR, linewidth=2, label="PRO curve")
         ax.axvline(fpr_limit, color=ACCENT_COLOR, linestyle="--",
                    label=f"FPR limit = {fpr_limit:g}")
         ax.set_xlim(0, xmax * 1.02 if xmax < 1 else 1.0)
@@ -719,7 +742,7 @@ def main(argv=None):
     out_dir = run.dir / "visualize"
     for i, path in enumerate(seen.paths):
         gt_path = inference.ground_truth_for(run, path)
-        gt = inference.resize_map(data.load_mask(gt_path, data.image_size(path)), (run.size, run.size)) if gt_path else None
+        gt = inference.resize_map(data.load_mask(gt_path, data.image_size(path)), run.shape[::-1]) if gt_path else None
         name = data.relative_to(path, run.class_dir).replace("/", "_").replace("..", "up")
         plot_stages(seen.images[i], seen.recons[i], seen.maps[i], masks[i], out_dir / f"{Path(name).stem}_{method}.png",
                     gt_mask=gt, threshold=threshold, min_area=min_area, title=str(path), method=method)

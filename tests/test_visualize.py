@@ -299,6 +299,23 @@ def test_plot_pro_curve_short_curve(tmp_path):
                                  tmp_path / "pro.png", fpr_limit=0.3))
 
 
+def test_long_curves_are_decimated_to_the_same_line(tmp_path):
+    # A pixel PRO curve has millions of points; the drawn line keeps a few thousand that
+    # stay within a thousandth of the axes of the full curve (ends and corners kept).
+    rng = np.random.default_rng(0)
+    f = np.concatenate(([0.0], np.sort(rng.random(400_000)), [1.0]))
+    p = np.minimum(1.0, np.sqrt(f) + 0.02 * (f > 0.25))  # with a jump at 0.25
+    fd, pd_ = viz._decimate(f, p)
+    assert len(fd) <= viz.CURVE_POINTS + 2 and (fd[0], pd_[0], fd[-1], pd_[-1]) == (0.0, 0.0, 1.0, 1.0)
+    assert np.all(np.diff(fd) >= 0)
+    assert np.max(np.abs(np.interp(f, fd, pd_) - p)) < 2e-3
+    zoom_f, zoom_p = viz._decimate(f[f <= 0.3], p[f <= 0.3], x_span=0.3)
+    assert np.max(np.abs(np.interp(f[f <= 0.3], zoom_f, zoom_p) - p[f <= 0.3])) < 2e-3
+    short = np.linspace(0, 1, 10)
+    assert len(viz._decimate(short, short)[0]) == 10  # short curves untouched
+    check_png(viz.plot_pro_curve(f, p, 0.5, tmp_path / "long.png"))
+
+
 # --------------------------------------------------------------------------- masks
 
 
