@@ -5,6 +5,7 @@ Verdicts use the raw residual map at the model's size (the same map ``validate.p
 calibrates the threshold on); anomaly maps and threshold-free metrics use the residual
 map smoothed by ``smooth`` pixels and brought to the ground truth's resolution.
 """
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -50,8 +51,7 @@ def test_run(path, method=None, threshold=None, min_area=None, smooth=DEFAULT_SM
 
     Returns ``(result dict, metrics dict, output folder)``.
     """
-    if smooth < 0:
-        raise UserError(f"--smooth must be >= 0, got {smooth}")
+    _check_smooth(smooth)
     run = runs.find_run(path)
     method = run.method(method)
     threshold, min_area, options, source = inference.resolve_threshold(run, method, threshold, min_area, baseline, scales, passes)
@@ -65,6 +65,7 @@ def test_run(path, method=None, threshold=None, min_area=None, smooth=DEFAULT_SM
     for note in notes:
         warn(note)
     seen = inference.inspect(run, [p for p, _, _ in items], method, batch, progress="test images", options=options)
+    _check_finite(seen.maps, run)
     kept = set(seen.paths)
     items = [it for it in items if it[0] in kept]
     defective, largest, counts = inference.classify(seen.maps, threshold, min_area)
@@ -111,11 +112,16 @@ def test_run(path, method=None, threshold=None, min_area=None, smooth=DEFAULT_SM
     evaluated.update(method=method, **options.record(), smooth_sigma=float(smooth),
                      image_score="maximum of the residual map smoothed by a Gaussian of sigma smooth_sigma px (model resolution)",
                      pixel_resolution=f"ground-truth resolution ({', '.join(sizes)}); model input {run.size}x{run.size}",
-                     model=str(run.model_path))
+                     model=str(run.model_path), **run.model_record())
     stems = data.output_stems([p for p, _, _ in items])
     method_dir = run.dir / "test" / method
     out_dir = method_dir / f"a{min_area}_t{runs.format_threshold(threshold)}"
-    with runs.StagedOutput(out_dir) as out:
+    identity = {"kind": "test", "model_sha256": evaluated["model_sha256"]}
+    # One writer at a time per method folder, so the result, anomaly maps and metrics.json
+    # written below all come from the same process; results of other weights are moved aside.
+    writing = runs.Writing(method_dir)
+    _set_aside_other_weights(method_dir, evaluated["model_sha256"])
+    with runs.StagedOutput(out_dir, identity, archive=True) as out:
         frame.to_csv(out / "classification.csv", index=False)
         runs.write_json(out / "test_result.json", result)
         if save:
@@ -127,7 +133,7 @@ def test_run(path, method=None, threshold=None, min_area=None, smooth=DEFAULT_SM
                 visualize.plot_overlay(seen.images[i], seen.recons[i], seen.maps[i], masks[i], out / defect / f"{stem}_overlay.png",
                                        gt_mask=gt_small, title=f"{defect}/{Path(img_path).name}", method=method,
                                        verdict=bool(defective[i]), score=frame["score"][i])
-    with runs.StagedOutput(method_dir / "anomaly_maps") as out:
+    with runs.StagedOutput(method_dir / "anomaly_maps", identity, archive=True) as out:
         for (_, defect, _), stem, m in zip(items, stems, full_maps):
             _write_tiff(out / defect / f"{stem}.tiff", m)
     curves = {}
@@ -144,7 +150,34 @@ def test_run(path, method=None, threshold=None, min_area=None, smooth=DEFAULT_SM
         visualize.plot_pro_curve(fprs, pros, evaluated["au_pro"], method_dir / "pro_curve.png", fpr_limit=fpr_limit,
                                  title=f"PRO curve ({method}, smooth {smooth:g} px)")
     runs.write_json(method_dir / "metrics.json", evaluated)
+    writing.release()
     return result, evaluated, table, out_dir
+
+
+def _check_smooth(smooth):
+    if not (np.isfinite(smooth) and smooth >= 0):
+        raise UserError(f"--smooth must be a finite number >= 0, got {smooth}")
+
+
+def _check_finite(maps, run):
+    if not np.isfinite(maps).all():
+        raise UserError(f"the residual maps of {run.model_path} are not finite (a diverged model?): nothing written")
+
+
+METHOD_OUTPUTS = ("anomaly_maps", "metrics.json", "roc_curves.png", "pro_curve.png")
+
+
+def _set_aside_other_weights(method_dir, model_sha256):
+    """Move the per-method outputs of a labelled test of other weights into ``other_weights/``."""
+    metrics_path = method_dir / "metrics.json"
+    if not metrics_path.is_file():
+        return
+    try:
+        old = runs.read_json(metrics_path).get("model_sha256")
+    except UserError:
+        old = None
+    if old != model_sha256:
+        runs.set_aside(method_dir, METHOD_OUTPUTS, old or "unknown", "other weights (the model changed since)")
 
 
 def predict_images(path, images_dir, method=None, threshold=None, min_area=None, smooth=DEFAULT_SMOOTH, batch=16, out=None,
@@ -154,8 +187,7 @@ def predict_images(path, images_dir, method=None, threshold=None, min_area=None,
     Masks and overlays mirror the input tree under the output folder (printed by test.py).
     Returns ``(frame, output folder)``.
     """
-    if smooth < 0:
-        raise UserError(f"--smooth must be >= 0, got {smooth}")
+    _check_smooth(smooth)
     run = runs.find_run(path)
     method = run.method(method)
     threshold, min_area, options, _ = inference.resolve_threshold(run, method, threshold, min_area, baseline, scales, passes)
@@ -163,14 +195,21 @@ def predict_images(path, images_dir, method=None, threshold=None, min_area=None,
     paths = data.list_images(images_dir, recursive=True)
     if not paths:
         raise UserError(f"no images under {images_dir} (supported: {', '.join(data.IMAGE_EXTENSIONS)})")
+    # Default name: the folder's name plus a hash of its full path, so /a/imgs and /b/imgs never share a result.
+    source = str(images_dir.resolve())
+    out_dir = Path(out) if out else run.dir / "predictions" / method / (
+        f"{images_dir.resolve().name}-{hashlib.sha256(source.encode()).hexdigest()[:6]}_a{min_area}_t{runs.format_threshold(threshold)}")
+    identity = {"kind": "predictions", "images": source, "model_sha256": runs.model_id(run.model_path)}
+    staging = runs.StagedOutput(out_dir, identity, inputs=[images_dir, run.class_dir], protect=[run.dir], archive=not out)
+    runs.check_output(out_dir, staging.inputs, staging.protect, staging.archive)  # before the long inference
     seen = inference.inspect(run, paths, method, batch, progress="images", options=options)
+    _check_finite(seen.maps, run)
     defective, largest, counts = inference.classify(seen.maps, threshold, min_area)
     smoothed = resmaps.smooth(seen.maps, smooth)
     masks = inference.defect_masks(seen.maps, threshold, min_area)
-    out_dir = Path(out) if out else run.dir / "predictions" / method / f"{images_dir.resolve().name}_a{min_area}_t{runs.format_threshold(threshold)}"
     rows = []
     stems = data.output_stems(seen.paths)
-    with runs.StagedOutput(out_dir) as staged:
+    with staging as staged:
         for i, img_path in enumerate(tqdm(seen.paths, desc="writing predictions", leave=False, disable=None)):
             rel = Path(img_path).relative_to(images_dir)
             mask_file = staged / rel.parent / f"{stems[i]}_mask.png"
@@ -187,5 +226,5 @@ def predict_images(path, images_dir, method=None, threshold=None, min_area=None,
                                                            **options.record(),
                                                            "smooth_sigma": smooth,
                                                            "images": str(images_dir.resolve()),
-                                                           "model": str(run.model_path)})
+                                                           "model": str(run.model_path), **run.model_record()})
     return frame, out_dir

@@ -227,8 +227,8 @@ def check_area_threshold(min_area=None, threshold=None):
     """Reject negative or zero areas and negative thresholds with a one-line error."""
     if min_area is not None and min_area < 1:
         raise UserError(f"minimum area must be a positive number of pixels, got {min_area}")
-    if threshold is not None and not threshold >= 0:  # "not >=" also rejects NaN
-        raise UserError(f"threshold must be >= 0, got {threshold}")
+    if threshold is not None and not (threshold >= 0 and np.isfinite(threshold)):  # "not >=" also rejects NaN
+        raise UserError(f"threshold must be a finite number >= 0, got {threshold}")
 
 
 def resolve_threshold(run, method, threshold=None, min_area=None, baseline=None, scales=None, passes=None):
@@ -240,7 +240,7 @@ def resolve_threshold(run, method, threshold=None, min_area=None, baseline=None,
     check_area_threshold(min_area, threshold)
     if threshold is not None and min_area is not None:
         return float(threshold), int(min_area), MapOptions.from_args(baseline, scales, passes), "command line"
-    found = runs.find_validation_result(run.dir, method, min_area)
+    found = runs.find_validation_result(run.dir, method, min_area, model=run.model_path)  # refuses other weights
     if found is None:
         which = f"method {method}" + (f", area {min_area}" if min_area is not None else "")
         raise UserError(

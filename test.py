@@ -13,7 +13,7 @@ AUROC, pixel AUROC and AU-PRO (FPR ≤ 0.3), plus ROC and PRO curve plots.
 import argparse
 import sys
 
-from utils import quiet_tensorflow, run_cli
+from utils import UserError, quiet_tensorflow, run_cli
 
 quiet_tensorflow()
 
@@ -42,6 +42,8 @@ def get_parser():
 def main(argv=None):
     """Parse arguments, run labelled testing or predictions, print a summary and the output folder."""
     args = get_parser().parse_args(argv)
+    if args.out and not args.images:
+        raise UserError("--out only applies with --images (labelled results are written inside the run folder)")
     if args.images:
         frame, out = evaluation.predict_images(args.path, args.images, args.method, args.threshold, args.area,
                                                args.smooth, args.batch, args.out, args.baseline, args.scales,
