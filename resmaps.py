@@ -5,8 +5,8 @@
 * :func:`label_regions`, :func:`region_stats` — 8-connected regions of ``resmap > t``.
 * :func:`min_threshold_for_area` — the exact smallest threshold with no region ≥ an area.
 """
+import cv2
 import numpy as np
-from skimage import measure
 
 
 def _single_scale_maps(x, y, method):
@@ -87,12 +87,21 @@ def compute_resmaps(model, images, method, batch=16, scales=1):
 
 
 def smooth(maps, sigma):
-    """Gaussian-smoothed copies of N×H×W maps (σ in pixels; 0 returns the maps)."""
+    """Gaussian-smoothed copies of N×H×W maps, float32 (σ in pixels; 0 returns the maps).
+
+    The kernel and borders are ``scipy.ndimage.gaussian_filter``'s (radius ⌊4σ + ½⌋,
+    mirrored borders); OpenCV computes it about 6× faster (bench/README.md, "Speed"),
+    equal to within float32 rounding (~3e-7).
+    """
     if not sigma:
         return maps
-    from scipy.ndimage import gaussian_filter
-
-    return gaussian_filter(maps, sigma=(0, sigma, sigma), mode="reflect").astype(np.float32)
+    radius = int(4.0 * float(sigma) + 0.5)
+    size = (2 * radius + 1, 2 * radius + 1)
+    maps = np.ascontiguousarray(maps, dtype=np.float32)
+    out = np.empty_like(maps)
+    for m, o in zip(maps, out):
+        cv2.GaussianBlur(m, size, float(sigma), dst=o, sigmaY=float(sigma), borderType=cv2.BORDER_REFLECT)
+    return out
 
 
 # ---- regions ----
@@ -101,10 +110,11 @@ def label_regions(resmap, threshold):
     """Label 8-connected regions of ``resmap > threshold``; returns ``(labels, areas)``.
 
     ``areas[k]`` is the pixel count of region ``k + 1``. Border regions count like others.
+    OpenCV's labelling (the same regions as ``skimage.measure.label``, about 1.5–2× faster).
     """
-    labels = measure.label(resmap > threshold, connectivity=2)
-    areas = np.bincount(labels.ravel())[1:]
-    return labels, areas
+    _, labels, stats, _ = cv2.connectedComponentsWithStats(
+        np.ascontiguousarray(resmap > threshold).view(np.uint8), connectivity=8, ltype=cv2.CV_32S)
+    return labels, stats[1:, cv2.CC_STAT_AREA].astype(np.int64)
 
 
 def largest_area(resmap, threshold):

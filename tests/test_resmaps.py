@@ -88,6 +88,49 @@ def test_exact_threshold_agrees_with_brute_force():
             assert resmaps.min_threshold_for_area(maps, area) == pytest.approx(float(brute))
 
 
+def test_regions_and_thresholds_equal_skimage_labelling():
+    # OpenCV labels the regions; scikit-image (what it replaced) is the independent reference.
+    from scipy.ndimage import gaussian_filter
+    from skimage.measure import label
+
+    rng = np.random.default_rng(5)
+    maps = gaussian_filter(rng.random((6, 40, 33)), (0, 1.5, 1.5)).astype(np.float32)
+    for m in maps:
+        for t in np.quantile(m, [0.1, 0.5, 0.9, 0.99]):
+            ref = label(m > t, connectivity=2)
+            labels, areas = resmaps.label_regions(m, t)
+            # the same partition: every reference region is exactly one of ours, of the same area
+            pairs = np.unique(np.stack([ref.ravel(), labels.ravel()]), axis=1)
+            assert pairs.shape[1] == ref.max() + 1 == areas.size + 1
+            np.testing.assert_array_equal(np.sort(areas), np.sort(np.bincount(ref.ravel())[1:]))
+            ref_keep = np.concatenate([[False], np.bincount(ref.ravel())[1:] >= 12])
+            np.testing.assert_array_equal(resmaps.defect_mask(m, t, 12), ref_keep[ref])
+
+    def ref_largest(m, t):
+        return int(np.bincount(label(m > t, connectivity=2).ravel())[1:].max(initial=0))
+
+    maps = np.round(maps, 2)  # few distinct values (ties on purpose), so the brute force stays quick
+    for area in (1, 7, 40, 300):
+        values = np.unique(maps)
+        candidates = [v for v in values[::-1] if max(ref_largest(m, v) for m in maps) < area]
+        brute = candidates[-1]  # the smallest value that passes (the check is monotone)
+        assert resmaps.min_threshold_for_area(maps, area) == float(brute)
+
+
+def test_smoothing_equals_scipy_gaussian_filter():
+    from scipy.ndimage import gaussian_filter
+
+    rng = np.random.default_rng(6)
+    for shape in ((3, 48, 40), (2, 7, 5)):  # the second smaller than the σ-4 kernel
+        maps = rng.random(shape, dtype=np.float32)
+        for sigma in (0.7, 1.0, 1.5, 4.0):
+            expected = gaussian_filter(maps.astype(np.float64), (0, sigma, sigma), mode="reflect")
+            out = resmaps.smooth(maps, sigma)
+            assert out.dtype == np.float32 and out.shape == shape
+            np.testing.assert_allclose(out, expected, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(resmaps.smooth(maps.astype(np.float64), 1.0), resmaps.smooth(maps, 1.0))
+
+
 def test_threshold_search_on_known_blob():
     m = _blob_map()
     m[5:10, 5:10] = 0.6  # 25-px blob with a 3x3 core at 1.0
