@@ -339,3 +339,105 @@ def test_save_mask_png_all_false(tmp_path):
     out = viz.save_mask_png(np.zeros((4, 5), bool), tmp_path / "z.png")
     with Image.open(out) as im:
         assert np.asarray(im).max() == 0
+
+
+# --------------------------------------------------------------------------- what is drawn
+
+
+@pytest.fixture
+def drawn(monkeypatch):
+    """The figures the plot functions save, kept open for inspection (closed afterwards)."""
+    figures, real = [], viz.save_figure
+
+    def keep(fig, path):
+        figures.append(fig)
+        fig.savefig(path, dpi=20)
+        return path
+
+    monkeypatch.setattr(viz, "save_figure", keep)
+    yield figures
+    for fig in figures:
+        plt.close(fig)
+
+
+def _line(ax, label_start):
+    return next(line for line in ax.get_lines() if str(line.get_label()).startswith(label_start))
+
+
+def test_loss_curve_draws_the_epochs_from_one_and_marks_the_best(tmp_path, drawn):
+    history = pd.DataFrame({"epoch": [0, 1, 2, 3], "loss": [0.9, 0.6, 0.5, 0.45], "val_loss": [0.8, 0.55, 0.6, 0.7]})
+    viz.plot_loss_curve(history, tmp_path / "l.png")
+    (ax,) = drawn[0].axes
+    train = _line(ax, "training loss")
+    np.testing.assert_array_equal(train.get_xdata(), [1, 2, 3, 4])
+    np.testing.assert_allclose(train.get_ydata(), history["loss"])
+    np.testing.assert_allclose(_line(ax, "validation loss").get_ydata(), history["val_loss"])
+    best = _line(ax, "best validation")
+    assert list(best.get_xdata()) == [2] and list(best.get_ydata()) == [0.55]
+    assert best.get_label() == "best validation: epoch 2, loss 0.55"
+    assert ax.get_title() == "Loss per epoch (4 epochs)"
+
+
+def test_threshold_search_marks_the_chosen_threshold_and_min_area(tmp_path, drawn, thresholds):
+    areas = np.linspace(400, 0, thresholds.size)
+    viz.plot_threshold_search(thresholds, areas, 0.3, 20, tmp_path / "t.png")
+    (ax,) = drawn[0].axes
+    curve = _line(ax, "largest region")
+    np.testing.assert_allclose(curve.get_xdata(), thresholds)
+    np.testing.assert_allclose(curve.get_ydata(), areas)
+    chosen = _line(ax, "chosen threshold")
+    assert list(chosen.get_xdata()) == [0.3, 0.3] and chosen.get_label() == "chosen threshold = 0.3"
+    assert list(_line(ax, "min_area").get_ydata()) == [20, 20]
+    point = [line for line in ax.get_lines() if line.get_marker() == "o" and len(line.get_xdata()) == 1][0]
+    assert point.get_xdata()[0] == 0.3 and point.get_ydata()[0] == pytest.approx(np.interp(0.3, thresholds, areas))
+
+
+def test_regions_vs_threshold_draws_the_counts_sorted(tmp_path, drawn):
+    viz.plot_regions_vs_threshold([0.3, 0.1, 0.2], [1, 9, 4], tmp_path / "r.png", method="l2")
+    (ax,) = drawn[0].axes
+    (line,) = ax.get_lines()
+    np.testing.assert_allclose(line.get_xdata(), [0.1, 0.2, 0.3])
+    np.testing.assert_allclose(line.get_ydata(), [9, 4, 1])
+    assert "l2" in ax.get_title().lower() or "squared" in ax.get_title().lower() or "L2" in ax.get_title()
+
+
+def test_roc_curves_draw_each_curve_with_its_auc(tmp_path, drawn):
+    fpr, tpr = np.array([0.0, 0.2, 1.0]), np.array([0.0, 0.7, 1.0])
+    viz.plot_roc_curves({"image": (fpr, tpr, 0.8125), "pixel": (tpr * 0, tpr, None)}, tmp_path / "roc.png", title="ROC x")
+    (ax,) = drawn[0].axes
+    image = _line(ax, "image")
+    np.testing.assert_allclose(image.get_xdata(), fpr)
+    np.testing.assert_allclose(image.get_ydata(), tpr)
+    assert image.get_label() == "image (AUC = 0.812)" and _line(ax, "pixel").get_label() == "pixel (AUC = n/a)"
+    assert list(_line(ax, "chance").get_xdata()) == [0, 1] and ax.get_title() == "ROC x"
+
+
+def test_pro_curve_draws_the_curve_the_limit_and_the_area(tmp_path, drawn):
+    fprs, pros = np.array([0.0, 0.1, 0.3, 1.0]), np.array([0.0, 0.5, 0.8, 1.0])
+    viz.plot_pro_curve(fprs, pros, 0.4567, tmp_path / "pro.png", fpr_limit=0.3)
+    full, zoom = drawn[0].axes[:2]
+    curve = _line(full, "PRO curve")
+    np.testing.assert_allclose(curve.get_xdata(), fprs)
+    np.testing.assert_allclose(curve.get_ydata(), pros)
+    assert list(_line(full, "FPR limit").get_xdata()) == [0.3, 0.3]
+    labels = [t.get_text() for t in full.get_legend().get_texts()]
+    assert "AU-PRO (FPR ≤ 0.3) = 0.457" in labels
+    shaded = full.collections[0].get_paths()[0].vertices
+    assert shaded[:, 0].max() == pytest.approx(0.3)  # the area is shaded up to the limit only
+    assert zoom.get_xlim()[1] == pytest.approx(0.306) and zoom.get_title() == "zoom: FPR ≤ 0.3"
+
+
+def test_overlay_shows_the_images_the_verdict_and_the_outlines(tmp_path, drawn, rng):
+    image, recon = make_image("hw", rng), make_image("hw", rng)
+    pred, gt = blob_mask(5, 12, 6, 15), blob_mask(20, 25, 20, 30)
+    viz.plot_overlay(image, recon, make_image("hw", rng), pred, tmp_path / "o.png", gt_mask=gt, title="hole/000.png",
+                     verdict=True, score=0.123456)
+    fig = drawn[0]
+    axes = fig.axes
+    np.testing.assert_allclose(axes[0].images[0].get_array(), image)
+    np.testing.assert_allclose(axes[1].images[0].get_array(), recon)
+    text = fig._suptitle.get_text()
+    assert "hole/000.png" in text and "verdict: DEFECTIVE" in text and "score: 0.1235" in text
+    labels = [t.get_text() for t in axes[3].get_legend().get_texts()]
+    assert labels == ["predicted defect", "ground truth"]
+    assert len(axes[3].collections) + len(axes[3].get_lines()) >= 2  # both outlines are drawn
