@@ -314,12 +314,13 @@ def _check_supported(run, method, found):
     """One-line refusal of map methods and modes the graph does not reproduce."""
     if method not in GRAPH_METHODS:
         raise UserError(f"export supports the map methods {', '.join(GRAPH_METHODS)}, not {method!r}")
-    for where, record in (("validation result", found), ("setup.json", run.setup)):
-        mode = record.get("mode")
-        if isinstance(mode, dict):  # e.g. {"chosen": ..., "requested": ...}
-            mode = mode.get("chosen", mode.get("mode"))
-        if mode not in KNOWN_MODES and not (where == "setup.json" and mode == "auto" and found.get("mode") in KNOWN_MODES):
+    modes = {"setup.json": getattr(run, "mode", run.setup.get("mode")), "validation result": found.get("mode")}
+    for where, mode in modes.items():
+        if mode not in KNOWN_MODES:
             raise UserError(f"export supports the object mode only; this run's {where} says mode {mode!r}")
+    shape = tuple(getattr(run, "shape", (run.size, run.size)))
+    if shape != (run.size, run.size):
+        raise UserError(f"export supports square models only; this run's model takes {shape[0]}x{shape[1]} images")
 
 
 def export_run(path, fmt="saved_model", out=None, method=None, min_area=None, smooth=None, check_images=2):
@@ -341,7 +342,7 @@ def export_run(path, fmt="saved_model", out=None, method=None, min_area=None, sm
     inference.check_area_threshold(min_area=min_area)
     run = runs.find_run(path)
     method = run.method(method)
-    found = runs.find_validation_result(run.dir, method, min_area)
+    found = runs.find_validation_result(run.dir, method, min_area, model=run.model_path)  # refuses other weights
     if found is None:
         which = f"method {method}" + (f", area {min_area}" if min_area is not None else "")
         raise UserError(f"no validation result for {which} in {run.dir}: run validate.py -p {run.dir} -a MIN_AREA "

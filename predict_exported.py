@@ -168,8 +168,11 @@ class Detector:
                 from ai_edge_litert.interpreter import Interpreter
                 self.runtime = "ai-edge-litert"
             except ImportError:
+                import warnings
+
                 import tensorflow as tf
 
+                warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated")  # still works in TF 2.21
                 Interpreter = tf.lite.Interpreter
                 self.runtime = f"tensorflow.lite {tf.__version__}"
             interpreter = Interpreter(model_path=str(artefact))
