@@ -111,7 +111,7 @@ def test_run(path, method=None, threshold=None, min_area=None, smooth=DEFAULT_SM
     sizes = sorted({f"{w}x{h}" for w, h in seen.sizes})
     evaluated.update(method=method, **options.record(), smooth_sigma=float(smooth),
                      image_score="maximum of the residual map smoothed by a Gaussian of sigma smooth_sigma px (model resolution)",
-                     pixel_resolution=f"ground-truth resolution ({', '.join(sizes)}); model input {run.size}x{run.size}",
+                     pixel_resolution=f"ground-truth resolution ({', '.join(sizes)}); model input {run.shape[1]}x{run.shape[0]}",
                      model=str(run.model_path), **run.model_record())
     stems = data.output_stems([p for p, _, _ in items])
     method_dir = run.dir / "test" / method
@@ -129,7 +129,7 @@ def test_run(path, method=None, threshold=None, min_area=None, smooth=DEFAULT_SM
             for i, (img_path, defect, mask_path) in enumerate(tqdm(items, desc="saving masks and overlays", leave=False, disable=None)):
                 stem = stems[i]
                 visualize.save_mask_png(inference.resize_map(masks[i], seen.sizes[i]), out / defect / f"{stem}_mask.png")
-                gt_small = inference.resize_map(gt_masks[i], (run.size, run.size)) if mask_path is not None else None
+                gt_small = inference.resize_map(gt_masks[i], run.shape[::-1]) if mask_path is not None else None
                 visualize.plot_overlay(seen.images[i], seen.recons[i], seen.maps[i], masks[i], out / defect / f"{stem}_overlay.png",
                                        gt_mask=gt_small, title=f"{defect}/{Path(img_path).name}", method=method,
                                        verdict=bool(defective[i]), score=frame["score"][i])
@@ -201,7 +201,7 @@ def predict_images(path, images_dir, method=None, threshold=None, min_area=None,
         f"{images_dir.resolve().name}-{hashlib.sha256(source.encode()).hexdigest()[:6]}_a{min_area}_t{runs.format_threshold(threshold)}")
     identity = {"kind": "predictions", "images": source, "model_sha256": runs.model_id(run.model_path)}
     staging = runs.StagedOutput(out_dir, identity, inputs=[images_dir, run.class_dir], protect=[run.dir], archive=not out)
-    runs.check_output(out_dir, staging.inputs, staging.protect, staging.archive)  # before the long inference
+    staging.check()  # before the long inference
     seen = inference.inspect(run, paths, method, batch, progress="images", options=options)
     _check_finite(seen.maps, run)
     defective, largest, counts = inference.classify(seen.maps, threshold, min_area)
@@ -228,3 +228,35 @@ def predict_images(path, images_dir, method=None, threshold=None, min_area=None,
                                                            "images": str(images_dir.resolve()),
                                                            "model": str(run.model_path), **run.model_record()})
     return frame, out_dir
+
+
+def proxy_scores(run, method, options, good_images, good_maps, threshold, min_area, batch=16, smooth=DEFAULT_SMOOTH,
+                 seed=0):
+    """Quality on held-back good images with the demo's defects painted in (no test image used).
+
+    Each good validation image gets one painted copy (scratch, crack, hole, stain,
+    contamination in turn; see :func:`synthetic.painted_copies`); the copies are mapped
+    like test images. Returns image AUROC (copies against the good originals), pixel
+    AUROC and AU-PRO (all images, smoothed as test.py smooths), and the share of copies
+    found at ``threshold``/``min_area``: a proxy for how a map method or setting will do
+    on real defects, to compare settings without looking at any test set.
+    """
+    import synthetic
+
+    painted, masks, defects = synthetic.painted_copies(good_images, seed)
+    if not len(painted):
+        return None
+    _, maps = inference.run_maps(run, painted, method, options, batch)
+    all_maps = np.concatenate([good_maps, maps])
+    smoothed = resmaps.smooth(all_maps, smooth)
+    gt = np.concatenate([np.zeros(good_maps.shape, bool), masks])
+    labels = np.r_[np.zeros(len(good_maps), int), np.ones(len(maps), int)]
+    found, _, _ = inference.classify(maps, threshold, min_area)
+    return {
+        "n_good": int(len(good_maps)), "n_painted": int(len(maps)), "defects": sorted(set(defects)), "seed": seed,
+        "smooth_sigma": float(smooth),
+        "image_auroc": metrics.image_auroc(labels, [_score(m) for m in smoothed]),
+        "pixel_auroc": metrics.pixel_auroc(list(smoothed), list(gt)),
+        "au_pro": metrics.au_pro(list(smoothed), list(gt)),
+        "detected": float(np.mean(found)),
+    }

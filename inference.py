@@ -61,9 +61,16 @@ class MapOptions:
     passes: int = DEFAULT_PASSES
 
     @classmethod
-    def from_args(cls, baseline=None, scales=None, passes=None):
-        """Options from command-line values, where None means the default."""
-        return cls(baseline is not False, DEFAULT_SCALES if scales is None else int(scales),
+    def from_args(cls, baseline=None, scales=None, passes=None, method=None, mode="object"):
+        """Options from command-line values, where None means the default for ``method`` and the
+        run's ``mode``. The learned map takes no options (the head saw one plain
+        reconstruction); surface runs subtract no per-pixel baseline (nothing sits at the same
+        place in every image there)."""
+        if method == "learned":
+            if baseline is False or scales not in (None, 1) or passes not in (None, 1):
+                raise UserError("--no-baseline, --scales and --passes apply to ssim and l2 maps, not to --method learned")
+            return cls(False, 1, 1)
+        return cls(baseline is not False and mode != "surface", DEFAULT_SCALES if scales is None else int(scales),
                    DEFAULT_PASSES if passes is None else int(passes))
 
     def record(self):
@@ -185,13 +192,13 @@ def calibrate(run, method, options, model=None, batch=16):
     when the model file or the baseline and mask settings change.
     """
     if not options.baseline and options.passes == 1:
-        return Calibration(np.zeros((1, run.size, run.size), np.float32), float("inf"))
+        return Calibration(np.zeros((1, *run.shape), np.float32), float("inf"))
     kind = {**_BASELINE_KIND, **_PASS_KIND}
     cache = run.dir / f"calibration_{method}_s{options.scales}_p{options.passes}{'' if options.baseline else '_raw'}.npz"
     stamp = np.array([run.model_path.stat().st_mtime_ns, run.model_path.stat().st_size])
     if cache.is_file():
         with np.load(cache) as stored:
-            if (np.array_equal(stored["model_stamp"], stamp) and stored["baselines"].shape == (options.passes, run.size, run.size)
+            if (np.array_equal(stored["model_stamp"], stamp) and stored["baselines"].shape == (options.passes, *run.shape)
                     and all(k in stored and stored[k] == v for k, v in kind.items())):
                 return Calibration(stored["baselines"], float(stored["mask_threshold"]))
     held_back = {p.resolve() for p in run.validation_paths()}
@@ -199,7 +206,7 @@ def calibrate(run, method, options, model=None, batch=16):
     train_paths = [p for p in data.list_images(good) if p.resolve() not in held_back]
     if not train_paths:
         raise UserError(f"no training images left in {good} to learn the residual baseline (use --no-baseline --passes 1)")
-    images, _ = data.load_images(train_paths, run.color, run.size, progress="training images (residual baseline)")
+    images, _ = data.load_images(train_paths, run.color, run.shape, progress="training images (residual baseline)")
     _, _, learnt = refined_maps(model or run.load_model(), images, method, options, batch)
     tmp = cache.with_name(cache.stem + ".tmp.npz")
     np.savez(tmp, baselines=learnt.baselines, mask_threshold=learnt.mask_threshold, model_stamp=stamp, **kind)
@@ -207,19 +214,33 @@ def calibrate(run, method, options, model=None, batch=16):
     return learnt
 
 
-def inspect(run, paths, method, batch=16, progress=None, options=MapOptions()):
-    """Load ``paths`` at the run's size and colour, reconstruct them and compute residual
-    maps as ``options`` say (see :func:`refined_maps`)."""
+def run_maps(run, images, method, options=MapOptions(), batch=16):
+    """``(reconstructions, maps)`` of an N×H×W×C array at the run's shape: the ``learned``
+    head's defect probability (learned.py), or ssim/l2 maps as ``options`` say (see
+    :func:`refined_maps`, calibrated on the run's training images)."""
     if batch < 1:
         raise UserError(f"--batch must be >= 1, got {batch}")
-    most = resmaps.max_scales(run.size, method)
+    model = run.load_model()
+    if method == "learned":
+        import learned
+
+        return learned.learned_maps(model, run.load_head(), images, batch)
+    most = resmaps.max_scales(min(run.shape), method)
     if not 1 <= options.scales <= most:
-        raise UserError(f"--scales must be 1 to {most} for {method} maps of this {run.size}-px model, got {options.scales}")
+        raise UserError(f"--scales must be 1 to {most} for {method} maps of this {min(run.shape)}-px model, got {options.scales}")
     if options.passes < 1:
         raise UserError(f"--passes must be >= 1, got {options.passes}")
-    images, kept = data.load_images(paths, run.color, run.size, progress=progress)
-    model = run.load_model()
     recons, maps, _ = refined_maps(model, images, method, options, batch, calibrate(run, method, options, model, batch))
+    return recons, maps
+
+
+def inspect(run, paths, method, batch=16, progress=None, options=MapOptions()):
+    """Load ``paths`` at the run's shape and colour, reconstruct them and compute their maps
+    (see :func:`run_maps`)."""
+    if method == "learned":
+        run.load_head()  # a missing head is reported before any image is read
+    images, kept = data.load_images(paths, run.color, run.shape, progress=progress)
+    recons, maps = run_maps(run, images, method, options, batch)
     return Inspected(kept, images, recons, maps, [data.image_size(p) for p in kept])
 
 
@@ -239,7 +260,8 @@ def resolve_threshold(run, method, threshold=None, min_area=None, baseline=None,
     """
     check_area_threshold(min_area, threshold)
     if threshold is not None and min_area is not None:
-        return float(threshold), int(min_area), MapOptions.from_args(baseline, scales, passes), "command line"
+        return (float(threshold), int(min_area), MapOptions.from_args(baseline, scales, passes, method, run.mode),
+                "command line")
     found = runs.find_validation_result(run.dir, method, min_area, model=run.model_path)  # refuses other weights
     if found is None:
         which = f"method {method}" + (f", area {min_area}" if min_area is not None else "")

@@ -505,6 +505,21 @@ def _finalise(clean, painted):
     return d8.astype(np.float32) / 255, mask
 
 
+def paint(clean, defect, rng, max_tries=50):
+    """Paint one ``defect`` into a square image of any class (float [0, 1], H×W or H×W×3).
+
+    Returns ``(defective, mask)`` as from :func:`make_pair`, or ``None`` when no visible
+    defect could be painted (a flat image). Used by the validation proxy to paste the demo's
+    defects into a run's own held-back good images.
+    """
+    class_name = "tissue" if clean.ndim == 3 else "brick"  # only picks the contaminant photos
+    for _ in range(max_tries):
+        defective, mask = _finalise(clean, PAINTERS[defect](clean, rng, class_name))
+        if mask.sum() >= _min_area(clean.shape[0]):
+            return defective, mask
+    return None
+
+
 def make_pair(class_name, defect, size, rng, max_tries=50):
     """A clean image, the same image with one painted defect, and the defect mask.
 

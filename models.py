@@ -51,6 +51,12 @@ def _check_mvtec_size(size, name):
         )
 
 
+def _input(size, channels, fully_convolutional):
+    # Surface runs train on size-px patches and score whole images of any (stride-multiple) shape.
+    side = None if fully_convolutional else size
+    return keras.Input((side, side, channels), name="input")
+
+
 def _conv(x, filters, kernel, stride, name):
     x = layers.Conv2D(filters, kernel, strides=stride, padding="same", name=f"{name}_conv")(x)
     return layers.LeakyReLU(0.2, name=f"{name}_lrelu")(x)
@@ -82,18 +88,20 @@ def _mvtec_decoder(x, size, channels):
     return layers.Conv2D(channels, 3, padding="same", activation="sigmoid", name="dec_output")(x)
 
 
-def mvtec_cae(size=256, channels=1, latent_dim=100):
+def mvtec_cae(size=256, channels=1, latent_dim=100, fully_convolutional=False):
     """Bergmann et al.'s CAE with a dense 1×1×``latent_dim`` bottleneck.
 
     Encoder Conv 32/4/s2, 32/4/s2, 32/3, 64/4/s2, 64/3, 128/4/s2, 64/3, 32/3 (LeakyReLU
     0.2), then a valid convolution to 1×1×latent; the decoder mirrors it and ends in a
     sigmoid. At 256 px and above one more stride-2 convolution stands in front.
+    ``fully_convolutional``: accept any height and width that are multiples of the total
+    stride (``size`` is then the training patch side; the code becomes a spatial map).
     """
     _check_common(size, channels, "mvtec_cae")
     _check_mvtec_size(size, "mvtec_cae")
     if latent_dim < 1:
         raise ValueError(f"mvtec_cae: latent_dim must be >= 1, got {latent_dim!r}")
-    inputs = keras.Input((size, size, channels), name="input")
+    inputs = _input(size, channels, fully_convolutional)
     x = _mvtec_encoder(inputs, size)
     side = int(x.shape[1])
     latent = layers.Conv2D(latent_dim, side, padding="valid", name="latent_conv")(x)
@@ -103,7 +111,7 @@ def mvtec_cae(size=256, channels=1, latent_dim=100):
     return keras.Model(inputs, outputs, name="mvtec_cae")
 
 
-def mvtec2_cae(size=256, channels=1, latent_channels=32):
+def mvtec2_cae(size=256, channels=1, latent_channels=32, fully_convolutional=False):
     """The mvtec CAE with a spatial bottleneck: ``size/16``×``size/16``×``latent_channels``
     (``size/32`` at 256 px and above, i.e. 8×8×k at 256 px) instead of 1×1×100.
 
@@ -111,13 +119,13 @@ def mvtec2_cae(size=256, channels=1, latent_channels=32):
     reconstructed in place and sharp, while ``latent_channels`` (default 32: 2,048 numbers
     at 256 px, 24× fewer than a 128-px RGB image has values) limits how much an unseen
     defect can be copied through. On MVTec bottle, 32 channels reconstructed much better
-    than 8 and as well as 64 (bench/README.md).
+    than 8 and as well as 64 (bench/README.md). ``fully_convolutional``: as in :func:`mvtec_cae`.
     """
     _check_common(size, channels, "mvtec2_cae")
     _check_mvtec_size(size, "mvtec2_cae")
     if latent_channels < 1:
         raise ValueError(f"mvtec2_cae: latent_channels must be >= 1, got {latent_channels!r}")
-    inputs = keras.Input((size, size, channels), name="input")
+    inputs = _input(size, channels, fully_convolutional)
     x = _mvtec_encoder(inputs, size)
     latent = layers.Conv2D(latent_channels, 1, padding="same", name="latent_conv")(x)
     x = layers.Conv2D(32, 1, padding="same", name="dec_latent_conv")(latent)
@@ -191,12 +199,57 @@ def resnet_cae(size=256, channels=3, weights="none", decoder_filters=(256, 128, 
     return keras.Model(inputs, outputs, name="resnet_cae")
 
 
-def build_model(architecture, size, channels, weights="none"):
-    """Build the named architecture (``mvtec``, ``mvtec2`` or ``resnet``)."""
+def build_model(architecture, size, channels, weights="none", fully_convolutional=False):
+    """Build the named architecture (``mvtec``, ``mvtec2`` or ``resnet``; the first two can be
+    ``fully_convolutional``, for surface runs)."""
     if architecture == "mvtec":
-        return mvtec_cae(size=size, channels=channels)
+        return mvtec_cae(size=size, channels=channels, fully_convolutional=fully_convolutional)
     if architecture == "mvtec2":
-        return mvtec2_cae(size=size, channels=channels)
+        return mvtec2_cae(size=size, channels=channels, fully_convolutional=fully_convolutional)
+    if fully_convolutional:
+        raise ValueError("resnet_cae cannot be fully convolutional (InceptionResNetV2 needs whole square images)")
     if architecture == "resnet":
         return resnet_cae(size=size, channels=channels, weights=weights)
     raise ValueError(f"unknown architecture {architecture!r}; choose one of {', '.join(ARCHITECTURES)}")
+
+
+# ---- the learned residual (see learned.py) ----
+
+HEAD_LEVELS = 3  # stride-2 steps of the segmentation head: inputs must be multiples of 2**HEAD_LEVELS
+
+
+def segmentation_head(channels=1, filters=(16, 32, 64, 128)):
+    """Small U-Net that marks defects from an image and its reconstruction (fully convolutional).
+
+    Inputs ``image`` and ``reconstruction`` (both H×W×``channels`` in [0, 1], H and W any
+    multiples of 8) are joined with their squared difference; ``len(filters) - 1`` stride-2
+    blocks go down, transposed convolutions with skip connections come back, and a 1×1
+    sigmoid convolution gives the defect probability per pixel (H×W×1). The head learns
+    *which* differences matter, instead of a fixed SSIM/L2 formula (DRAEM's discriminative
+    sub-network, Zavrtanik et al., ICCV 2021, at a size that trains on a CPU).
+    """
+    if channels not in (1, 3):
+        raise ValueError(f"segmentation_head: channels must be 1 (grayscale) or 3 (rgb), got {channels!r}")
+    if len(filters) != HEAD_LEVELS + 1 or any(int(f) < 1 for f in filters):
+        raise ValueError(f"segmentation_head: filters must be {HEAD_LEVELS + 1} positive counts, got {filters!r}")
+    image = keras.Input((None, None, channels), name="image")
+    recon = keras.Input((None, None, channels), name="reconstruction")
+    diff = layers.Subtract(name="in_diff")([image, recon])
+    x = layers.Concatenate(name="in_concat")([image, recon, layers.Multiply(name="in_diff_sq")([diff, diff])])
+    skips = []
+    for i, f in enumerate(filters):
+        if i:
+            x = layers.Conv2D(f, 3, strides=2, padding="same", name=f"down_block{i}_stride")(x)
+            x = layers.LeakyReLU(0.2, name=f"down_block{i}_stride_lrelu")(x)
+        x = layers.Conv2D(f, 3, padding="same", name=f"down_block{i}_conv")(x)
+        x = layers.BatchNormalization(name=f"down_block{i}_bn")(x)
+        x = layers.LeakyReLU(0.2, name=f"down_block{i}_lrelu")(x)
+        skips.append(x)
+    for i in range(len(filters) - 2, -1, -1):
+        x = layers.Conv2DTranspose(filters[i], 4, strides=2, padding="same", name=f"up_block{i}_deconv")(x)
+        x = layers.Concatenate(name=f"up_block{i}_skip")([x, skips[i]])
+        x = layers.Conv2D(filters[i], 3, padding="same", name=f"up_block{i}_conv")(x)
+        x = layers.BatchNormalization(name=f"up_block{i}_bn")(x)
+        x = layers.LeakyReLU(0.2, name=f"up_block{i}_lrelu")(x)
+    outputs = layers.Conv2D(1, 1, activation="sigmoid", name="out_conv")(x)
+    return keras.Model([image, recon], outputs, name="segmentation_head")

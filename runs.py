@@ -478,6 +478,19 @@ def read_marker(folder):
     return data if isinstance(data, dict) else {}
 
 
+def check_writable(folder, what=None):
+    """Refuse (one line) a folder that cannot be created or written: its nearest existing
+    ancestor is a file or not writable. ``what`` names the output in the message."""
+    folder = Path(folder)
+    ancestor = folder
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise UserError(f"cannot write {what or folder}: {ancestor} is a file, not a folder")
+    if not os.access(ancestor, os.W_OK):
+        raise UserError(f"cannot write {what or folder}: no permission to write into {ancestor}")
+
+
 def _related(a, b):
     return a == b or a in b.parents or b in a.parents
 
@@ -496,6 +509,7 @@ def check_output(final, inputs=(), protect=(), archive=False):
         other = Path(os.path.realpath(folder))
         if real == other or real in other.parents:
             raise UserError(f"output {final} would replace {folder} (or a folder holding it): choose another --out")
+    check_writable(final.parent, final)
     if (final.exists() or final.is_symlink()) and not archive:
         if not final.is_dir():
             raise UserError(f"output {final} exists and is not a folder: choose another --out (nothing was written)")
@@ -561,8 +575,16 @@ class StagedOutput:
             return "results of other weights", existing.get("model_sha256") or "unknown"
         return None
 
-    def __enter__(self):
+    def check(self):
+        """Refuse (one line) before any work what :meth:`__enter__`/commit would refuse."""
         check_output(self.final, self.inputs, self.protect, self.archive)
+        if not self.archive and self.final.is_dir():
+            conflict = self._conflict(read_marker(self.final) or {})
+            if conflict is not None:
+                raise UserError(f"output {self.final} holds {conflict[0]}: choose another --out (nothing was written or deleted)")
+
+    def __enter__(self):
+        self.check()
         parent, name = self.final.parent, self.final.name
         try:
             parent.mkdir(parents=True, exist_ok=True)

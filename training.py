@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 import data
+import distribution
 import regime
 import runs
 from utils import UserError, package_versions, set_seed, warn
@@ -132,7 +133,8 @@ def _compile(model, setup):
 
     import custom_loss_functions as clf
 
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate=setup["lr"]), loss=clf.get_loss(setup["loss"], setup["size"]))
+    with distribution.scope(setup):  # optimizer variables live where the model's do
+        model.compile(optimizer=keras.optimizers.Adam(learning_rate=setup["lr"]), loss=clf.get_loss(setup["loss"], setup["size"]))
 
 
 def _geometry(args, mode, paths):
@@ -158,6 +160,18 @@ def _geometry(args, mode, paths):
     return patch, shape, patch
 
 
+def _check_out(out, directory):
+    """Refuse (one line, before any work) an --out that is a file, cannot be created, or lies
+    inside the dataset (a run is never written into its input)."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a folder for run folders")
+    runs.check_writable(out, f"a run folder under {out}")
+    real_out, real_class = Path(os.path.realpath(out)), Path(os.path.realpath(directory))
+    if real_out == real_class or real_class in real_out.parents:
+        raise UserError(f"--out {out} lies inside the dataset {directory}: choose a folder outside it")
+
+
 def prepare(args):
     """Check everything a new run needs, before any folder is created.
 
@@ -166,6 +180,7 @@ def prepare(args):
     import custom_loss_functions as clf
     import models
 
+    _check_out(args.out, args.directory)
     if args.batch < 1:
         raise UserError(f"--batch must be >= 1, got {args.batch}")
     if not (math.isfinite(args.lr) and args.lr > 0):
@@ -186,13 +201,9 @@ def prepare(args):
         raise UserError(f"--head-steps must be >= 0 (0: no learned residual), got {args.head_steps}")
     if args.size is not None and args.size < 1:
         raise UserError(f"--size must be a positive number of pixels, got {args.size}")
+    # Before any TensorFlow op: a multi-worker strategy must be created at program start.
+    distributed = distribution.describe(getattr(args, "strategy", "one"), args.batch)
     class_dir, good = data.check_class_dir(args.directory)
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} is a file, not a folder for run folders")
-    real_out, real_class = Path(os.path.realpath(out)), Path(os.path.realpath(class_dir))
-    if real_out == real_class or real_class in real_out.parents:
-        raise UserError(f"--out {out} lies inside the dataset {class_dir}: choose a folder outside it")
     paths = data.list_images(good)
     if not paths:
         raise UserError(f"no images in {good} (supported: {', '.join(data.IMAGE_EXTENSIONS)})")
@@ -212,8 +223,9 @@ def prepare(args):
     train_images = images[[index[p] for p in train_paths]]
     val_images = images[[index[p] for p in val_paths]]
     try:
-        model = models.build_model(args.architecture, size, channels, weights=args.weights,
-                                   fully_convolutional=mode == "surface")
+        with distribution.scope(distributed):  # variables mirrored on every replica
+            model = models.build_model(args.architecture, size, channels, weights=args.weights,
+                                       fully_convolutional=mode == "surface")
     except (ValueError, FileNotFoundError) as exc:
         raise UserError(str(exc)) from None
     epochs = args.epochs if args.epochs is not None else epochs_for(args.instances, len(train_paths))
@@ -260,6 +272,7 @@ def prepare(args):
         "best_val_loss": None,
         "training_seconds": 0.0,
         "model_file": runs.model_filename(args.architecture, args.batch),
+        **distributed,
     }
     return setup, (train_images, val_images), val_names, model
 
@@ -301,10 +314,10 @@ def train(setup, run_dir, images, model, start_epoch=0, state=None):
     state = dict(state or {})
     train_images, val_images = images
     seed = setup["seed"]
-    train_ds = data.make_dataset(train_images, setup["batch"], training=True, augment=setup["augment"], flip=setup["flip"],
+    train_ds = data.make_dataset(train_images, distribution.global_batch(setup), training=True, augment=setup["augment"], flip=setup["flip"],
                                  seed=seed, denoise=setup.get("denoise", 0.0),
                                  rotation=setup.get("rotation", data.DEFAULT_ROTATION), patch=setup.get("patch"))
-    val_ds = data.make_dataset(val_images, setup["batch"], training=False)
+    val_ds = data.make_dataset(val_images, distribution.global_batch(setup), training=False)
     if start_epoch == 0 or getattr(model, "optimizer", None) is None:
         _compile(model, setup)  # a resumed model keeps its compiled optimizer state
     # Seconds already spent: from the backup after a crash, else from the finished run being extended.
@@ -374,7 +387,8 @@ def _remove_backup(run_dir):
 def new_run(args):
     """``train.py new``: check inputs, create the run folder, train. Returns the run folder."""
     setup, images, val_names, model = prepare(args)
-    run_dir = runs.new_run_dir(args.out, setup["directory"], setup["architecture"], setup["loss"])
+    chief = distribution.is_chief()  # other multi-worker tasks train in a scratch folder that is removed
+    run_dir = runs.new_run_dir(args.out, setup["directory"], setup["architecture"], setup["loss"]) if chief else distribution.scratch_dir()
     lock = runs.RunLock(run_dir, exclusive=True)  # validate/test refuse it while it trains
     try:
         (run_dir / runs.VALIDATION_FILES).write_text("\n".join(val_names) + "\n")
@@ -391,6 +405,8 @@ def new_run(args):
         raise
     finally:
         lock.release()
+        if not chief:
+            runs.remove_tree(run_dir)
     return run_dir, setup
 
 
@@ -420,8 +436,9 @@ def _load_state(run_dir, setup):
     return state, model_file
 
 
-def resume_run(path, more_epochs=None):
-    """``train.py resume``: continue an interrupted run, or extend a finished one by ``more_epochs``."""
+def resume_run(path, more_epochs=None, strategy=None):
+    """``train.py resume``: continue an interrupted run, or extend a finished one by ``more_epochs``,
+    under the strategy setup.json records (or ``strategy``, recorded then)."""
     path = Path(path)
     run_dir = path.parent if path.is_file() else path
     if not (run_dir / runs.SETUP).is_file():
@@ -430,12 +447,12 @@ def resume_run(path, more_epochs=None):
         raise UserError(f"-e/--epochs must be >= 1, got {more_epochs}")
     lock = runs.RunLock(run_dir, exclusive=True)  # a second resume (or a reader) refuses with one line
     try:
-        return _resume_locked(run_dir, more_epochs)
+        return _resume_locked(run_dir, more_epochs, strategy)
     finally:
         lock.release()
 
 
-def _resume_locked(run_dir, more_epochs):
+def _resume_locked(run_dir, more_epochs, strategy=None):
     setup_path = run_dir / runs.SETUP
     setup = runs.check_setup(runs.read_json(setup_path), setup_path, training=True)
     name = setup.get("model_file") or runs.model_filename(setup["architecture"], setup["batch"])
@@ -482,7 +499,10 @@ def _resume_locked(run_dir, more_epochs):
     shape = setup.get("shape") or setup["size"]
     train_images, _ = data.load_images(train_paths, setup["color"], shape, progress="loading train/good")
     val_images, _ = data.load_images(sorted(val_set), setup["color"], shape, progress="loading validation")
-    model = runs.load_keras(model_file, compile=True)
+    if strategy is not None:
+        setup.update(distribution.describe(strategy, setup["batch"]))
+    with distribution.scope(setup):  # the run's strategy (recorded in setup.json), or the one asked for
+        model = runs.load_keras(model_file, compile=True)
     if found is None:
         # Extending a finished run: first a backup at its current epoch (the state names the
         # epochs to reach), then the status, so a kill at any moment leaves it resumable.

@@ -17,6 +17,7 @@ from utils import UserError, quiet_tensorflow, run_cli
 quiet_tensorflow()
 
 import inference  # noqa: E402
+import evaluation  # noqa: E402
 import resmaps  # noqa: E402
 import runs  # noqa: E402
 import visualize  # noqa: E402
@@ -55,6 +56,7 @@ def validate(path, min_area, method=None, batch=16, baseline=None, scales=None, 
         "model": str(run.model_path),
         **run.model_record(),  # test.py refuses this threshold for other weights
     }
+    result["proxy"] = evaluation.proxy_scores(run, method, options, seen.images, seen.maps, threshold, min_area, batch)
     grid = np.unique(np.concatenate([np.linspace(seen.maps.min(), seen.maps.max(), CURVE_POINTS), [threshold]]))
     curve = resmaps.threshold_curve(seen.maps, grid)
     identity = {"kind": "validation", "model_sha256": result["model_sha256"]}
@@ -71,6 +73,10 @@ def main(argv=None):
     options = inference.MapOptions.from_record(result, "this validation result")
     print(f"{options.describe(result['method'])}: threshold for minimum area {result['min_area']} px: {result['threshold']:.6f} "
           f"({result['n_images']} validation images, largest region at it {result['largest_area_at_threshold']} px)")
+    if result.get("proxy"):
+        p = result["proxy"]
+        print(f"proxy on {p['n_painted']} validation images with painted defects: image AUROC {p['image_auroc']:.3f}, "
+              f"pixel AUROC {p['pixel_auroc']:.3f}, AU-PRO {p['au_pro']:.3f}, found at this threshold {p['detected']:.2f}")
     print(out)
 
 

@@ -67,6 +67,11 @@ _METHODS = {
         "residual": "L2 residual",
         "colorbar": "squared difference  (0 = identical)",
     },
+    "learned": {
+        "name": "learned",
+        "residual": "learned residual",
+        "colorbar": "defect probability (segmentation head)",
+    },
 }
 
 

@@ -1,0 +1,88 @@
+"""The learned residual: a segmentation head that marks defects from image + reconstruction.
+
+A fixed residual formula (1 − SSIM, squared difference) flags *every* difference between an
+image and its reconstruction, including the texture an autoencoder never reproduces
+exactly, and misses defects the decoder copies (thin dark cracks). The head
+(:func:`models.segmentation_head`) instead learns which differences are defects: it is
+trained after the autoencoder, on the run's good training images with simulated defects
+pasted in (:mod:`synthetic`), to output the defect mask; the autoencoder stays frozen and
+reconstructs the corrupted images as it would at test time. This is DRAEM's recipe
+(Zavrtanik et al., ICCV 2021) at a size that trains on a CPU. The map method ``learned``
+is the head's per-pixel defect probability.
+
+Object runs train the head on whole images; surface runs on random patches (the head is
+fully convolutional, so it then scores whole images of any size).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+import resmaps
+import synthetic
+
+HEAD_FILE = "head.keras"
+DEFAULT_HEAD_STEPS = 1500
+HEAD_BATCH = 8
+HEAD_LR = 1e-3
+HEAD_SHARE = 0.7  # share of training inputs that get a simulated defect; the rest teach "good"
+
+
+def _crops(images: np.ndarray, patch: int | None, n: int, rng: np.random.Generator) -> np.ndarray:
+    """``n`` training inputs: whole images (``patch`` None) or random ``patch``-px crops."""
+    idx = rng.integers(len(images), size=n)
+    if patch is None:
+        return images[idx]
+    h, w = images.shape[1:3]
+    ys = rng.integers(0, h - patch + 1, size=n)
+    xs = rng.integers(0, w - patch + 1, size=n)
+    return np.stack([images[i, y:y + patch, x:x + patch] for i, y, x in zip(idx, ys, xs)])
+
+
+def train_head(model, images: np.ndarray, path: Path, steps: int = DEFAULT_HEAD_STEPS, patch: int | None = None,
+               seed: int = 0, batch: int = HEAD_BATCH, progress: bool = True) -> dict:
+    """Train a segmentation head for the autoencoder ``model`` on good ``images`` and save it.
+
+    Each step pastes simulated defects into ``HEAD_SHARE`` of a batch of training images
+    (or ``patch``-px crops of them), reconstructs the batch with the frozen ``model``, and
+    fits the head to the exact defect masks with a focal loss (defect pixels are rare).
+    The head is written atomically to ``path``. Returns a summary for ``setup.json``.
+    """
+    import keras
+    from tqdm import tqdm
+
+    import models
+
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps!r}")
+    rng = np.random.default_rng(seed)
+    keras.utils.set_random_seed(seed)
+    head = models.segmentation_head(channels=images.shape[-1])
+    head.compile(optimizer=keras.optimizers.Adam(HEAD_LR), loss=keras.losses.BinaryFocalCrossentropy(gamma=2.0))
+    started = time.time()
+    losses = []
+    bar = tqdm(range(steps), desc="learned residual head", unit="step", leave=False, disable=None if progress else True)
+    for _ in bar:
+        x, masks = synthetic.corrupt(_crops(images, patch, batch, rng), rng, HEAD_SHARE)
+        recon = np.asarray(model(x, training=False), np.float32)
+        loss = float(head.train_on_batch([x, recon], masks[..., None].astype(np.float32)))
+        if not np.isfinite(loss):
+            raise FloatingPointError(f"the head's loss became {loss} at step {len(losses) + 1}")
+        losses.append(loss)
+        if len(losses) % 50 == 0:
+            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
+    tmp = Path(path).with_name(Path(path).stem + ".tmp.keras")
+    head.save(tmp)
+    tmp.replace(path)
+    return {"file": Path(path).name, "steps": steps, "patch": patch, "batch": batch, "share": HEAD_SHARE,
+            "final_loss": float(np.mean(losses[-50:])), "seconds": round(time.time() - started, 1)}
+
+
+def learned_maps(model, head, images: np.ndarray, batch: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """``(reconstructions, maps)``: the head's defect probability per pixel (N×H×W float32)."""
+    recons = resmaps.reconstruct(model, images, batch)
+    maps = head.predict([images, recons], batch_size=batch, verbose=0)[..., 0]
+    return recons, np.asarray(maps, np.float32)

@@ -1,0 +1,247 @@
+"""The quality regime of issue 12: object/surface choice, simulated defects, the learned
+residual head, the validation proxy, and surface runs end to end on tiny data."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import data
+import regime
+import synthetic
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _texture(side=256, seed=0):
+    """A random blob texture with structure at several scales (a stand-in for a surface)."""
+    from scipy.ndimage import gaussian_filter
+
+    rng = np.random.default_rng(seed)
+    t = sum(gaussian_filter(rng.standard_normal((side, side)), s, mode="wrap") * s for s in (1, 3, 8))
+    return ((t - t.min()) / (t.max() - t.min()) * 200 + 25).astype(np.uint8)
+
+
+def _write_class(root, images, name="part"):
+    good = root / name / "train" / "good"
+    good.mkdir(parents=True)
+    for i, img in enumerate(images):
+        Image.fromarray(img).save(good / f"{i:03d}.png")
+    return root / name
+
+
+def aligned_class(root, n=12, side=48, seed=0):
+    """The same object (a disc with a notch) in every image, with pixel noise and lighting changes."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:side, :side]
+    obj = np.where((yy - side / 2) ** 2 + (xx - side / 2) ** 2 < (side / 3) ** 2, 200.0, 40.0)
+    obj[side // 2 - 3:side // 2 + 3, : side // 2] = 90.0
+    imgs = [np.clip(obj * rng.uniform(0.9, 1.1) + rng.normal(0, 6, obj.shape), 0, 255).astype(np.uint8) for _ in range(n)]
+    return _write_class(root, imgs, "aligned")
+
+
+def shifted_texture_class(root, n=12, side=48, width=None, seed=0):
+    """Random crops of one texture: the pattern sits somewhere else in every image."""
+    rng = np.random.default_rng(seed)
+    tex = _texture(256, seed)
+    width = width or side
+    crops = []
+    for _ in range(n):
+        y, x = rng.integers(0, 256 - side), rng.integers(0, 256 - width)
+        crops.append(tex[y:y + side, x:x + width])
+    return _write_class(root, crops, "texture")
+
+
+# ---- regime ----
+
+def test_alignment_separates_an_aligned_object_from_a_shifted_texture(tmp_path):
+    aligned = data.list_images(aligned_class(tmp_path) / "train" / "good")
+    texture = data.list_images(shifted_texture_class(tmp_path) / "train" / "good")
+    assert regime.alignment(aligned) > 0.9
+    assert regime.alignment(texture) < 0.3
+    assert regime.choose_mode("auto", aligned)[0] == "object"
+    assert regime.choose_mode("auto", texture)[0] == "surface"
+    mode, score = regime.choose_mode("object", texture)  # an explicit choice wins and the score is still recorded
+    assert mode == "object" and score < 0.3
+
+
+def test_alignment_of_identical_images_is_one_and_of_the_mean_is_exact(tmp_path):
+    img = _texture(64)
+    paths = data.list_images(_write_class(tmp_path, [img, img, img]) / "train" / "good")
+    assert regime.alignment(paths) == pytest.approx(1.0, abs=1e-6)
+    with pytest.raises(ValueError, match="unknown mode 'plane'"):
+        regime.choose_mode("plane", paths)
+
+
+def test_surface_shape_keeps_the_aspect_ratio_in_stride_multiples():
+    assert regime.surface_shape([(256, 640)] * 3 + [(100, 100)], None) == (640, 256)  # native, most common size
+    assert regime.surface_shape([(256, 640)], 128) == (320, 128)
+    assert regime.surface_shape([(1000, 500)], None) == (256, 512)  # native capped at 256 on the shorter side
+    h, w = regime.surface_shape([(250, 333)], None)
+    assert h % 16 == 0 and w % 16 == 0 and abs(w / h - 250 / 333) < 0.05
+
+
+# ---- simulated defects ----
+
+def test_corrupt_marks_exactly_the_changed_pixels_and_is_seeded():
+    rng = np.random.default_rng(0)
+    images = (rng.uniform(0.3, 0.7, (12, 48, 64, 1))).astype(np.float32)
+    out, masks = synthetic.corrupt(images, seed=3, share=1.0)
+    changed = np.abs(out - images).max(-1) > synthetic.VISIBLE
+    np.testing.assert_array_equal(masks, changed)
+    assert masks.reshape(12, -1).any(axis=1).sum() >= 10  # (almost) every image got a visible defect
+    assert (masks.mean(axis=(1, 2)) < 0.2).all()  # defects are local
+    again, masks_again = synthetic.corrupt(images, seed=3, share=1.0)
+    np.testing.assert_array_equal(out, again)
+    np.testing.assert_array_equal(masks, masks_again)
+    untouched, none = synthetic.corrupt(images, seed=3, share=0.0)
+    np.testing.assert_array_equal(untouched, images)
+    assert not none.any()
+    with pytest.raises(ValueError, match="share must be in"):
+        synthetic.corrupt(images, 0, share=1.5)
+
+
+def test_painted_copies_differ_from_the_originals_only_inside_their_masks():
+    images = np.stack([_texture(64, s)[:48, :, None] / 255.0 for s in range(5)]).astype(np.float32)  # 48x64, not square
+    painted, masks, defects = synthetic.painted_copies(images, seed=1)
+    assert painted.shape == images.shape and masks.shape == images.shape[:3]
+    assert defects == ["scratch", "crack", "hole", "stain", "contamination"]
+    for img, copy, mask in zip(images, painted, masks):
+        assert mask.any()
+        np.testing.assert_array_equal(copy[~mask], img[~mask])
+        assert np.abs(copy[mask] - img[mask]).max() > 3 / 255
+
+
+# ---- the head ----
+
+def test_segmentation_head_is_fully_convolutional_and_saves_in_safe_mode(tmp_path):
+    import keras
+
+    import models
+
+    head = models.segmentation_head(channels=3)
+    x = np.random.default_rng(0).uniform(size=(2, 40, 72, 3)).astype(np.float32)
+    out = head.predict([x, x], verbose=0)
+    assert out.shape == (2, 40, 72, 1) and 0 <= out.min() <= out.max() <= 1
+    head.save(tmp_path / "h.keras")
+    again = keras.models.load_model(tmp_path / "h.keras", safe_mode=True)
+    np.testing.assert_allclose(again.predict([x, x], verbose=0), out, atol=1e-5)
+    with pytest.raises(ValueError, match=r"filters must be 4 positive counts, got \(8, 16\)"):
+        models.segmentation_head(filters=(8, 16))
+    with pytest.raises(ValueError, match="channels must be 1 .* got 2"):
+        models.segmentation_head(channels=2)
+
+
+def test_trained_head_marks_simulated_defects_above_good_pixels(tmp_path):
+    """A copying 'autoencoder' (identity) hides nothing, so the head must learn from the image:
+    after a short training its probability inside fresh simulated defects beats the rest."""
+    import keras
+
+    import learned
+
+    inp = keras.Input((None, None, 1))
+    identity = keras.Model(inp, keras.layers.Identity()(inp))
+    images = np.stack([_texture(128, s)[..., None] / 255.0 for s in range(6)]).astype(np.float32)
+    summary = learned.train_head(identity, images, tmp_path / "head.keras", steps=120, patch=48, seed=0, progress=False)
+    assert (tmp_path / "head.keras").is_file() and summary["steps"] == 120 and summary["patch"] == 48
+    head = keras.models.load_model(tmp_path / "head.keras")
+    test, masks = synthetic.corrupt(images[:, :64, :64], seed=99, share=1.0)
+    _, maps = learned.learned_maps(identity, head, test, batch=4)
+    assert maps.shape == masks.shape
+    from sklearn.metrics import roc_auc_score
+
+    assert roc_auc_score(masks.ravel(), maps.ravel()) > 0.75
+    with pytest.raises(ValueError, match="steps must be >= 1, got 0"):
+        learned.train_head(identity, images, tmp_path / "x.keras", steps=0)
+
+
+# ---- command lines, end to end ----
+
+def _cli(script, *args, check=True):
+    proc = subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], capture_output=True, text=True,
+                          cwd=ROOT, env={**__import__("os").environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    if check:
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc
+
+
+@pytest.fixture(scope="module")
+def surface_run(tmp_path_factory):
+    """A surface run on a non-square texture class (48x80 images) with a test set."""
+    root = tmp_path_factory.mktemp("surface")
+    klass = shifted_texture_class(root, n=14, side=48, width=80)
+    tex = _texture(256, 7)
+    for folder, n in (("good", 3), ("stain", 3)):
+        d = klass / "test" / folder
+        d.mkdir(parents=True)
+        for i in range(n):
+            img = tex[i * 50:i * 50 + 48, :80].copy()
+            if folder == "stain":
+                mask = np.zeros(img.shape, bool)
+                mask[10:22, 20:40] = True
+                img[mask] = 10
+                gt = klass / "ground_truth" / folder
+                gt.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(mask.astype(np.uint8) * 255).save(gt / f"{i:03d}_mask.png")
+            Image.fromarray(img).save(d / f"{i:03d}.png")
+    out = _cli("train.py", "new", "-d", klass, "--epochs", 2, "--head-steps", 10, "--patch", 32, "--out", root / "runs")
+    return Path(out.stdout.strip().splitlines()[-1]), klass
+
+
+def test_surface_run_records_its_regime_and_keeps_the_aspect_ratio(surface_run):
+    run, _ = surface_run
+    setup = json.loads((run / "setup.json").read_text())
+    assert setup["mode"] == "surface" and setup["mode_requested"] == "auto" and setup["alignment"] < 0.8
+    assert setup["shape"] == [48, 80] and setup["patch"] == 32 and setup["size"] == 32
+    assert setup["color"] == "grayscale" and setup["head"]["steps"] == 10 and (run / "head.keras").is_file()
+
+
+def test_surface_run_validates_with_a_proxy_and_tests_with_the_learned_map(surface_run):
+    import tifffile
+
+    run, klass = surface_run
+    v = _cli("validate.py", "-p", run, "-a", 4)
+    assert v.stdout.startswith("learned")
+    result = json.loads((run / "validation" / "learned" / "a4" / "validation_result.json").read_text())
+    proxy = result["proxy"]
+    assert proxy["n_painted"] == result["n_images"] and 0 <= proxy["au_pro"] <= 1 and 0 <= proxy["pixel_auroc"] <= 1
+    assert result["baseline"] is False and result["scales"] == 1 and result["passes"] == 1
+    t = _cli("test.py", "-p", run)
+    out = Path(t.stdout.strip().splitlines()[-1])
+    assert out.parent.name == "learned"
+    tiff = tifffile.imread(out.parent / "anomaly_maps" / "stain" / "000.tiff")
+    assert tiff.shape == (48, 80)  # the ground truth's own (non-square) resolution
+    ssim = _cli("validate.py", "-p", run, "-a", 4, "--method", "ssim")
+    ssim_result = json.loads((run / "validation" / "ssim" / "a4" / "validation_result.json").read_text())
+    assert ssim.returncode == 0 and ssim_result["baseline"] is False  # no per-pixel baseline on surfaces
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--mode", "plane"], "invalid choice: 'plane'"),
+    (["--patch", "40"], "--patch must be a multiple of 16 from 32 to the image's shorter side (48 px here), got 40"),
+    (["--patch", "64"], "--patch must be a multiple of 16"),
+    (["--head-steps", "-1"], "--head-steps must be >= 0"),
+    (["--mode", "surface", "-a", "resnet"], "-a resnet needs whole square images"),
+])
+def test_bad_regime_options_get_one_line_errors(surface_run, tmp_path, args, message):
+    _, klass = surface_run
+    proc = _cli("train.py", "new", "-d", klass, "--epochs", 1, "--out", tmp_path / "runs", *args, check=False)
+    assert proc.returncode != 0 and message in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("setup.json"))
+
+
+def test_learned_method_refuses_map_options_and_a_missing_head(surface_run, tmp_path):
+    run, _ = surface_run
+    proc = _cli("validate.py", "-p", run, "-a", 4, "--method", "learned", "--scales", 2, check=False)
+    assert proc.returncode != 0 and "--scales and --passes apply to ssim and l2 maps" in proc.stderr
+    import shutil
+
+    copy = tmp_path / "nohead"
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("head.keras", "validation", "test", ".lock"))
+    proc = _cli("validate.py", "-p", copy, "-a", 4, "--method", "learned", check=False)
+    assert proc.returncode != 0 and "has no learned residual head" in proc.stderr and "Traceback" not in proc.stderr
