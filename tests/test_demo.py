@@ -8,11 +8,19 @@ import sys
 from conftest import ROOT
 
 
+def _train_has(option):
+    """True when ``train.py new`` offers ``option`` (the tiny configuration shrinks every costly step it has)."""
+    usage = subprocess.run([sys.executable, str(ROOT / "train.py"), "new", "--help"], capture_output=True, text=True).stdout
+    return option in usage
+
+
 def test_demo_runs_end_to_end_and_reuses_its_work(tmp_path):
-    env = {**os.environ, "DEMO_SKIP_SETUP": "1", "PYTHON": sys.executable, "DEMO_SIZE": "48",
+    # 64 px: the smallest side the surface regime's default 64-px training patches fit in.
+    extra = "--head-steps 20" if _train_has("--head-steps") else ""
+    env = {**os.environ, "DEMO_SKIP_SETUP": "1", "PYTHON": sys.executable, "DEMO_SIZE": "64",
            "DEMO_TRAIN": "12", "DEMO_TEST_GOOD": "3", "DEMO_TEST_DEFECT": "1", "DEMO_INSTANCES": "20",
-           "DEMO_AREA": "4", "DEMO_DATA": str(tmp_path / "data"), "DEMO_OUT": str(tmp_path / "runs")}
-    for name in ("DEMO_ARCH", "DEMO_LOSS", "DEMO_COLOR", "DEMO_BATCH", "DEMO_LR", "DEMO_TRAIN_ARGS"):
+           "DEMO_AREA": "4", "DEMO_TRAIN_ARGS": extra, "DEMO_DATA": str(tmp_path / "data"), "DEMO_OUT": str(tmp_path / "runs")}
+    for name in ("DEMO_ARCH", "DEMO_LOSS", "DEMO_COLOR", "DEMO_BATCH", "DEMO_LR"):
         env.pop(name, None)
     first = subprocess.run(["bash", str(ROOT / "scripts" / "demo.sh")], env=env, capture_output=True, text=True,
                            timeout=600, cwd=tmp_path)
@@ -24,7 +32,8 @@ def test_demo_runs_end_to_end_and_reuses_its_work(tmp_path):
     setup = json.loads(setup_path.read_text())
     assert setup["tag"] == "demo"
     # train.py's defaults: only the tiny configuration's overrides are on the command line.
-    assert setup["command"] == f"train.py new -d {tmp_path / 'data'}/brick -t demo --out {tmp_path / 'runs'} --size 48 -i 20"
+    assert setup["command"] == (f"train.py new -d {tmp_path / 'data'}/brick -t demo --out {tmp_path / 'runs'} --size 64 -i 20"
+                                f"{' ' + extra if extra else ''}")
     (result_path,) = run.glob("test/*/a4_t*/test_result.json")
     result = json.loads(result_path.read_text())
     assert result["n_images"] == 3 + 5
