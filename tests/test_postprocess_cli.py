@@ -184,6 +184,16 @@ def recomputed_validation_maps(run_dir, method="ssim", baseline=True, scales=inf
     return all_passes(load(paths), learnt)[0]
 
 
+THRESHOLD_TOLERANCE = 1e-5  # TensorFlow on a multi-threaded CPU is not bit-reproducible (maps differ by ~1e-7)
+
+
+def assert_threshold_matches(threshold, maps, area):
+    """The written threshold is the smallest one for ``area`` on independently recomputed maps,
+    up to how much recomputed maps may differ (a shift of every value by at most e moves the
+    smallest threshold by at most e)."""
+    assert threshold == pytest.approx(resmaps.min_threshold_for_area(maps, area), abs=THRESHOLD_TOLERANCE)
+
+
 # --------------------------------------------------------------------------- shared state
 
 
@@ -197,11 +207,16 @@ def run_dir(tiny_run, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def labelled(run_dir):
-    """The labelled test on run_dir with the validation result: (stdout, stderr, output folder)."""
+def labelled(run_dir, tmp_path_factory):
+    """The labelled test on run_dir with the validation result: (stdout, stderr, output folder,
+    a private copy of test/ssim as this test wrote it). Later tests write test/ssim again
+    (other thresholds), so tests read metrics.json and anomaly maps from the copy: they do not
+    depend on which test ran last."""
     code, out, err = run_quietly(test_script.main, ["-p", str(run_dir), "--save"])
     assert code == 0, err
-    return out, err, Path(out.strip().splitlines()[-1])
+    copy = tmp_path_factory.mktemp("labelled") / "ssim"
+    shutil.copytree(run_dir / "test" / "ssim", copy)
+    return out, err, Path(out.strip().splitlines()[-1]), copy
 
 
 # --------------------------------------------------------------------------- 1. validate.py
@@ -227,11 +242,12 @@ def test_validate_threshold_is_the_smallest(run_dir):
     result = json.loads((run_dir / "validation" / "ssim" / f"a{AREA}" / "validation_result.json").read_text())
     maps = recomputed_validation_maps(run_dir)
     assert maps.shape == (3, SIZE, SIZE)
-    threshold = result["threshold"]
-    assert threshold == resmaps.min_threshold_for_area(maps, AREA)  # exact: same model, images and batches
+    assert_threshold_matches(result["threshold"], maps, AREA)
+    assert result["largest_area_at_threshold"] < AREA
     assert result["resmap_range"] == pytest.approx([float(maps.min()), float(maps.max())], rel=1e-5, abs=1e-6)
-    # No validation image has a region of AREA px above the threshold ...
-    assert max(resmaps.largest_area(m, threshold) for m in maps) == result["largest_area_at_threshold"] < AREA
+    # On the recomputed maps: no validation image has a region of AREA px above their threshold ...
+    threshold = resmaps.min_threshold_for_area(maps, AREA)
+    assert max(resmaps.largest_area(m, threshold) for m in maps) < AREA
     # ... but at the next lower residual value one has: nothing smaller would do.
     values = np.unique(maps)
     below = values[values < threshold]
@@ -249,7 +265,7 @@ def test_validate_l2_has_its_own_folder(run_dir, capsys):
     assert result["method"] == "l2" and result["min_area"] == AREA
     assert result["threshold"] != ssim["threshold"]
     maps = recomputed_validation_maps(run_dir, "l2")
-    assert result["threshold"] == resmaps.min_threshold_for_area(maps, AREA)
+    assert_threshold_matches(result["threshold"], maps, AREA)
     assert (folder / "threshold_search.png").is_file()
 
 
@@ -261,7 +277,7 @@ def test_validate_accepts_model_file(tiny_run, tmp_path, capsys):
     assert out.strip().splitlines()[-1] == str(folder)
     result = json.loads((folder / "validation_result.json").read_text())
     assert result["min_area"] == 20 and result["largest_area_at_threshold"] < 20
-    assert result["threshold"] == resmaps.min_threshold_for_area(recomputed_validation_maps(run), 20)
+    assert_threshold_matches(result["threshold"], recomputed_validation_maps(run), 20)
     assert "threshold for minimum area 20 px" in out
 
 
@@ -269,7 +285,7 @@ def test_validate_accepts_model_file(tiny_run, tmp_path, capsys):
 
 
 def test_labelled_uses_validation_result(run_dir, labelled):
-    out, _, out_dir = labelled
+    out, _, out_dir, _ = labelled
     val = json.loads((run_dir / "validation" / "ssim" / f"a{AREA}" / "validation_result.json").read_text())
     assert out_dir == run_dir / "test" / "ssim" / f"a{AREA}_t{val['threshold']:.6f}"
     result = json.loads((out_dir / "test_result.json").read_text())
@@ -281,7 +297,7 @@ def test_labelled_uses_validation_result(run_dir, labelled):
 
 
 def test_labelled_classification_csv(run_dir, labelled, tiny_dataset):
-    _, _, out_dir = labelled
+    _, _, out_dir, _ = labelled
     frame = pd.read_csv(out_dir / "classification.csv")
     files = listed_test_files(tiny_dataset)
     assert len(files) == 13
@@ -297,7 +313,7 @@ def test_labelled_classification_csv(run_dir, labelled, tiny_dataset):
 
 
 def test_labelled_result_consistent_with_csv(labelled):
-    _, _, out_dir = labelled
+    _, _, out_dir, _ = labelled
     frame = pd.read_csv(out_dir / "classification.csv")
     result = json.loads((out_dir / "test_result.json").read_text())
     truth = frame["truth"] == "defective"
@@ -324,7 +340,7 @@ def test_labelled_result_consistent_with_csv(labelled):
 
 
 def test_labelled_save_masks_and_overlays(labelled, tiny_dataset):
-    _, _, out_dir = labelled
+    _, _, out_dir, _ = labelled
     frame = pd.read_csv(out_dir / "classification.csv")
     written = sorted(p.relative_to(out_dir).as_posix() for p in out_dir.rglob("*.png"))
     expected = sorted(f"{d}/{p.stem}_{kind}.png" for d, p in listed_test_files(tiny_dataset) for kind in ("mask", "overlay"))
@@ -347,7 +363,7 @@ def test_labelled_save_masks_and_overlays(labelled, tiny_dataset):
 def test_labelled_anomaly_maps(run_dir, labelled, tiny_dataset):
     import tifffile
 
-    maps_dir = run_dir / "test" / "ssim" / "anomaly_maps"
+    maps_dir = labelled[3] / "anomaly_maps"
     files = listed_test_files(tiny_dataset)
     assert sorted(p.relative_to(maps_dir).as_posix() for p in maps_dir.rglob("*.tiff")) == \
         sorted(f"{d}/{p.stem}.tiff" for d, p in files)
@@ -362,7 +378,7 @@ def test_labelled_anomaly_maps(run_dir, labelled, tiny_dataset):
 
 
 def test_labelled_metrics_json_and_plots(run_dir, labelled):
-    metrics = json.loads((run_dir / "test" / "ssim" / "metrics.json").read_text())
+    metrics = json.loads((labelled[3] / "metrics.json").read_text())
     for key in ("image_auroc", "pixel_auroc", "au_pro"):
         assert 0.0 <= metrics[key] <= 1.0, key
     assert set(metrics["per_defect_type"]) == set(DEFECTS)
@@ -372,13 +388,87 @@ def test_labelled_metrics_json_and_plots(run_dir, labelled):
             assert entry[key] is None or 0.0 <= entry[key] <= 1.0
     assert metrics["method"] == "ssim" and metrics["n_images"] == 13
     for name in ("roc_curves.png", "pro_curve.png"):
-        with Image.open(run_dir / "test" / "ssim" / name) as im:
+        with Image.open(labelled[3] / name) as im:
             assert im.format == "PNG"
 
 
+def _independent_au_pro(maps, masks, fpr_limit=0.3, steps=4000):
+    """AU-PRO by its definition (Bergmann et al.), with scipy's labelling and numpy only: for
+    thresholds sweeping the maps' range, FPR = share of defect-free pixels above it and PRO =
+    mean over ground-truth regions of the share of the region above it; the area under PRO
+    over FPR up to ``fpr_limit``, divided by ``fpr_limit``."""
+    from scipy.ndimage import label
+
+    values = np.concatenate([m.ravel() for m in maps])
+    good = np.concatenate([~g.ravel() for g in masks])
+    regions = []
+    for m, g in zip(maps, masks):
+        labels, n = label(g, structure=np.ones((3, 3)))
+        regions += [m[labels == k] for k in range(1, n + 1)]
+    thresholds = np.quantile(values, np.linspace(0, 1, steps))[::-1]
+    fpr = np.array([(values[good] > t).mean() for t in thresholds])
+    pro = np.array([np.mean([(r > t).mean() for r in regions]) for t in thresholds])
+    fpr, pro = np.concatenate([[0.0], fpr]), np.concatenate([[0.0], pro])
+    keep = fpr <= fpr_limit
+    x, y = np.append(fpr[keep], fpr_limit), np.append(pro[keep], np.interp(fpr_limit, fpr, pro))
+    return float(np.trapezoid(y, x) / fpr_limit) if hasattr(np, "trapezoid") else float(np.trapz(y, x) / fpr_limit)
+
+
+def test_labelled_metrics_match_values_recomputed_from_the_written_files(labelled, tiny_dataset):
+    """image AUROC from classification.csv, pixel AUROC and AU-PRO from the written TIFFs and
+    the dataset's masks, all recomputed without metrics.py."""
+    import tifffile
+    from sklearn.metrics import roc_auc_score
+
+    _, _, out_dir, copy = labelled
+    metrics = json.loads((copy / "metrics.json").read_text())
+    frame = pd.read_csv(out_dir / "classification.csv")
+    truth = (frame["truth"] == "defective").to_numpy()
+    assert metrics["image_auroc"] == pytest.approx(roc_auc_score(truth, frame["score"]), abs=1e-9)
+    maps, masks = [], []
+    for _, row in frame.iterrows():
+        path = Path(row["path"])
+        maps.append(tifffile.imread(copy / "anomaly_maps" / row["defect_type"] / f"{path.stem}.tiff"))
+        mask = tiny_dataset / "ground_truth" / row["defect_type"] / f"{path.stem}_mask.png"
+        masks.append(np.asarray(Image.open(mask).convert("L")) > 127 if mask.is_file() else np.zeros(maps[-1].shape, bool))
+    pixels = np.concatenate([m.ravel() for m in maps])
+    assert metrics["pixel_auroc"] == pytest.approx(roc_auc_score(np.concatenate([g.ravel() for g in masks]), pixels), abs=1e-6)
+    assert metrics["au_pro"] == pytest.approx(_independent_au_pro(maps, masks), abs=0.01)
+    for defect in DEFECTS:
+        sub = frame["defect_type"].isin(["good", defect]).to_numpy()
+        expected = roc_auc_score(truth[sub], frame["score"][sub])
+        assert metrics["per_defect_type"][defect]["image_auroc"] == pytest.approx(expected, abs=1e-9), defect
+
+
+def test_smooth_sets_the_sigma_of_anomaly_maps_and_scores_not_the_verdicts(run_dir, labelled, tmp_path, capsys):
+    """--smooth 0 writes the raw maps; --smooth 2 writes those maps smoothed by a Gaussian of
+    sigma 2 (scipy, recomputed here); verdicts are the same; scores are the maps' maxima."""
+    import tifffile
+    from scipy.ndimage import gaussian_filter
+
+    tiffs, frames = {}, {}
+    for sigma in (0, 2):
+        code, out, err = cli(test_script.main, ["-p", str(run_dir), "-t", "0.5", "-a", "3", "--smooth", str(sigma)], capsys)
+        assert code == 0, err
+        assert json.loads((run_dir / "test" / "ssim" / "metrics.json").read_text())["smooth_sigma"] == sigma
+        frames[sigma] = pd.read_csv(run_dir / "test" / "ssim" / "a3_t0.500000" / "classification.csv")
+        tiffs[sigma] = {p.relative_to(run_dir / "test" / "ssim" / "anomaly_maps").as_posix(): tifffile.imread(p)
+                        for p in sorted((run_dir / "test" / "ssim" / "anomaly_maps").rglob("*.tiff"))}
+    assert (frames[0]["prediction"] == frames[2]["prediction"]).all()
+    assert (frames[0]["largest_area"] == frames[2]["largest_area"]).all()
+    assert set(tiffs[0]) == set(tiffs[2]) and len(tiffs[0]) == 13
+    for name, raw in tiffs[0].items():
+        np.testing.assert_allclose(tiffs[2][name], gaussian_filter(raw, 2, mode="reflect"), atol=1e-5)
+    for sigma in (0, 2):
+        by_name = {f"{r['defect_type']}/{Path(r['path']).stem}.tiff": r["score"] for _, r in frames[sigma].iterrows()}
+        for name, array in tiffs[sigma].items():
+            assert by_name[name] == pytest.approx(float(array.max()), rel=1e-5)
+    assert not np.allclose(frames[0]["score"], frames[2]["score"])
+
+
 def test_labelled_stdout_table(run_dir, labelled):
-    out, _, out_dir = labelled
-    metrics = json.loads((run_dir / "test" / "ssim" / "metrics.json").read_text())
+    out, _, out_dir, _ = labelled
+    metrics = json.loads((labelled[3] / "metrics.json").read_text())
     frame = pd.read_csv(out_dir / "classification.csv")
     lines = out.splitlines()
     for defect in ("good", *DEFECTS):
@@ -479,7 +569,7 @@ def test_predict_images_mixed_formats(run_dir, tiny_dataset, tmp_path, capsys):
     code, out, err = cli(test_script.main, ["-p", str(run_dir), "--images", str(images)], capsys)
     assert code == 0, err
     assert "notes.txt" in err and "warning" in err and "not an image" in err
-    out_dir = run_dir / "predictions" / "ssim" / f"new_images_a{AREA}_t{val['threshold']:.6f}"
+    (out_dir,) = (run_dir / "predictions" / "ssim").glob(f"new_images-*_a{AREA}_t{val['threshold']:.6f}")
     assert out.strip().splitlines()[-1] == str(out_dir)
     frame = pd.read_csv(out_dir / "predictions.csv")
     assert len(frame) == 4
@@ -515,7 +605,7 @@ def test_predict_images_empty_folder(run_dir, tmp_path, capsys):
     code, _, err = cli(test_script.main, ["-p", str(run_dir), "--images", str(tmp_path / "empty"), "-t", "0.5", "-a", "3"], capsys)
     assert code == 2 and "Traceback" not in err
     assert "no images under" in error_lines(err)[-1]
-    assert not (run_dir / "predictions" / "ssim" / "empty_a3_t0.500000").exists()
+    assert not list((run_dir / "predictions" / "ssim").glob("empty*"))
 
 
 # --------------------------------------------------------------------------- 6-8. unusual datasets
@@ -548,13 +638,14 @@ def test_mask_size_differs_from_image(tiny_run, tiny_dataset, run_dir, labelled,
     assert code == 0, err
     warning = [line for line in error_lines(err) if line.startswith("warning:")]
     assert len(warning) == 1 and "000_mask.png" in warning[0] and "96x96" in warning[0], warning
-    before = json.loads((run_dir / "test" / "ssim" / "metrics.json").read_text())
+    before = json.loads((labelled[3] / "metrics.json").read_text())
     after = json.loads((run / "test" / "ssim" / "metrics.json").read_text())
+    # Two separate runs of TensorFlow: maps differ by ~1e-7, which may swap a few near-tied pixels.
     for key in ("image_auroc", "pixel_auroc", "au_pro"):
-        assert after[key] == pytest.approx(before[key], abs=1e-9), key
+        assert after[key] == pytest.approx(before[key], abs=2e-3), key
     for defect in DEFECTS:
         for key in ("image_auroc", "pixel_auroc", "au_pro"):
-            assert after["per_defect_type"][defect][key] == pytest.approx(before["per_defect_type"][defect][key], abs=1e-9)
+            assert after["per_defect_type"][defect][key] == pytest.approx(before["per_defect_type"][defect][key], abs=2e-3)
 
 
 def test_test_folder_without_good(tiny_run, tiny_dataset, tmp_path, capsys):
@@ -587,7 +678,7 @@ def test_finetune_plots(run_dir, capsys):
     assert out.strip().splitlines()[-1] == str(folder)
     names = ("regions_vs_threshold.png", "area_mean_std_vs_threshold.png", "area_distribution_t0.png",
              "area_distributions.png", "sample_validation.png", "sample_test.png")
-    assert sorted(p.name for p in folder.iterdir()) == sorted(names)
+    assert sorted(p.name for p in folder.iterdir()) == sorted([*names, runs.MARKER])
     for name in names:
         with Image.open(folder / name) as im:
             assert im.format == "PNG"
@@ -758,7 +849,7 @@ def test_no_baseline_uses_raw_maps_and_must_match_validation(tiny_run, tmp_path,
     assert code == 0, err
     result = json.loads((run / "validation" / "ssim" / f"a{AREA}" / "validation_result.json").read_text())
     assert result["baseline"] is False
-    assert result["threshold"] == resmaps.min_threshold_for_area(recomputed_validation_maps(run, baseline=False), AREA)
+    assert_threshold_matches(result["threshold"], recomputed_validation_maps(run, baseline=False), AREA)
     code, _, err = cli(test_script.main, ["-p", str(run)], capsys)
     assert code == 0, err
     (tested,) = run.glob("test/ssim/a*_t*/test_result.json")
@@ -776,7 +867,7 @@ def test_scales_are_recorded_followed_and_checked(tiny_run, tmp_path, capsys):
     assert out.startswith("ssim at 1 scale, 4 passes, minus baseline: threshold")
     result = json.loads((run / "validation" / "ssim" / f"a{AREA}" / "validation_result.json").read_text())
     assert result["scales"] == 1
-    assert result["threshold"] == resmaps.min_threshold_for_area(recomputed_validation_maps(run, scales=1), AREA)
+    assert_threshold_matches(result["threshold"], recomputed_validation_maps(run, scales=1), AREA)
     code, _, err = cli(test_script.main, ["-p", str(run), "--scales", "2"], capsys)
     assert code == 2 and "computed with --scales 1" in err and "--scales 2" in err
     code, out, err = cli(test_script.main, ["-p", str(run)], capsys)
@@ -815,7 +906,7 @@ def test_passes_are_recorded_followed_and_checked(tiny_run, tmp_path, capsys):
         assert code == 0, err
         result = json.loads((folder / "validation_result.json").read_text())
         assert result["passes"] == passes
-        assert result["threshold"] == resmaps.min_threshold_for_area(recomputed_validation_maps(run, passes=passes), AREA)
+        assert_threshold_matches(result["threshold"], recomputed_validation_maps(run, passes=passes), AREA)
     assert out.startswith("ssim at 2 scales, 2 passes, minus baseline: threshold")
     assert (result["mask_quantile"], result["mask_sigma"], result["mask_feather"]) == (0.999, 4.0, 1.5)
     code, _, err = cli(test_script.main, ["-p", str(run), "--passes", "3"], capsys)

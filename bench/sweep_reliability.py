@@ -1,0 +1,427 @@
+"""Bad-input, fault and concurrency sweep of the command lines, as a new user would try them.
+
+    .venv/bin/python bench/sweep_reliability.py [--out /tmp/sweep] [--only ID ...]
+
+Builds a tiny world (a generated 48-px dataset, a 2-epoch run validated at area 10, a few
+folders and files of the user's), then runs every case of :data:`CASES` as a separate
+process on a fresh copy of that world and sorts each outcome into:
+
+- ``clean``: exit code != 0 and exactly one ``<prog>: error: ...`` line on stderr naming the
+  expected problem, no traceback;
+- ``works``: a case that should work did, with the expected result;
+- ``traceback``: a Python traceback;
+- ``wrong``: exit 0 where a refusal was due, a refusal where the case should work, or a
+  message that does not name the problem (a silent or misleading result);
+- ``lost``: a file that existed before the case was changed or deleted (data loss).
+
+The same table drives ``tests/test_reliability.py`` in-process (faster), so the sweep and
+the test suite cover the same cases. Prints one line per case and the counts.
+"""
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+SIZE = 48
+
+
+@dataclass
+class Case:
+    """One case: ``script`` run with ``argv`` (placeholders filled by :meth:`World.fill`) after
+    ``mutate`` changed the copy; ``expect`` is a fragment of the one-line error, or None when
+    the case should work (then ``check(world)`` must hold)."""
+
+    id: str
+    script: str
+    argv: list
+    expect: str = None
+    mutate: object = None
+    check: object = None
+    hold_lock: bool = False
+    cwd: str = None
+
+
+@dataclass
+class World:
+    """A case's copy of the world: the dataset, the run and the user's own files."""
+
+    root: Path
+    paths: dict = field(default_factory=dict)
+
+    @property
+    def run(self):
+        return self.root / "runs" / "run"
+
+    def fill(self, argv):
+        names = {"run": self.run, "data": self.root / "data" / "brick", "root": self.root, "imgs": self.root / "imgs",
+                 "imgs2": self.root / "b" / "imgs", "notes": self.root / "notes.csv", "mine": self.root / "mine",
+                 "empty": self.root / "empty", "bombs": self.root / "bombs", "victim": self.root / "victim.keras"}
+        return [a.format(**{k: str(v) for k, v in names.items()}) for a in argv]
+
+    def setup(self):
+        return json.loads((self.run / "setup.json").read_text())
+
+    def write_setup(self, setup, raw=None):
+        (self.run / "setup.json").write_text(raw if raw is not None else json.dumps(setup, indent=2))
+
+    def model(self):
+        return next(self.run.glob("*.keras"))
+
+    def validation_result(self):
+        return self.run / "validation" / "ssim" / "a10" / "validation_result.json"
+
+
+# ---- mutations (each changes the case's own copy before the case runs) ----
+
+def set_setup(**changes):
+    def mutate(world):
+        setup = world.setup()
+        setup.update(changes)
+        world.write_setup(setup)
+    return mutate
+
+
+def drop_setup_key(key):
+    def mutate(world):
+        setup = world.setup()
+        del setup[key]
+        world.write_setup(setup)
+    return mutate
+
+
+def raw_setup(text):
+    return lambda world: world.write_setup(None, raw=text)
+
+
+def raw_validation(text):
+    return lambda world: world.validation_result().write_text(text)
+
+
+def edit_validation(**changes):
+    def mutate(world):
+        result = json.loads(world.validation_result().read_text())
+        result.update(changes)
+        world.validation_result().write_text(json.dumps(result))
+    return mutate
+
+
+def garbage_model(world):
+    world.model().write_bytes(b"PK\x03\x04 not really a keras file")
+
+
+def truncated_model(world):
+    path = world.model()
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def nan_model(world):
+    import keras
+
+    path = world.model()
+    model = keras.models.load_model(path, compile=False)
+    model.set_weights([w * float("nan") for w in model.get_weights()])
+    model.save(path)
+
+
+def retrained_model(world):
+    """Other weights in place of the validated ones (as train.py resume leaves them)."""
+    import keras
+
+    path = world.model()
+    model = keras.models.load_model(path, compile=False)
+    model.set_weights([w * 1.01 for w in model.get_weights()])
+    model.save(path)
+
+
+def empty_run(world):
+    """A new run killed before its first epoch: setup.json says training, no model, no backup."""
+    world.model().unlink()
+    setup = world.setup()
+    setup.update(status="training", epochs_run=0, best_val_loss=None)
+    world.write_setup(setup)
+
+
+def validation_list_outside(world):
+    (world.run / "validation_files.txt").write_text("../../../../etc/hostname\n")
+
+
+def chain(*mutations):
+    def mutate(world):
+        for m in mutations:
+            m(world)
+    return mutate
+
+
+def prediction_exists(world, count=3):
+    found = list((world.run / "predictions" / "ssim").glob("imgs-*_a5_t0.500000/predictions.csv"))
+    return len(found) == 1 and len(found[0].read_text().splitlines()) == count + 1
+
+
+def two_prediction_folders(world):
+    return len(list((world.run / "predictions" / "ssim").glob("imgs-*_a5_t0.500000/predictions.csv"))) == 2
+
+
+def bomb_skipped(world):
+    found = list((world.run / "predictions" / "ssim").glob("bombs-*_a5_t0.500000/predictions.csv"))
+    return len(found) == 1 and "bomb.png" not in found[0].read_text() and len(found[0].read_text().splitlines()) == 3
+
+
+T = ["-t", "0.5", "-a", "5"]
+CASES = [
+    # --out of test.py --images: never into or over the input, the run, or a folder not ours
+    Case("out_is_input", "test", ["-p", "{run}", "--images", "{imgs}", "--out", "{imgs}", *T], "overlaps the input folder"),
+    Case("out_inside_input", "test", ["-p", "{run}", "--images", "{imgs}", "--out", "{imgs}/res", *T], "overlaps the input folder"),
+    Case("out_parent_of_input", "test", ["-p", "{run}", "--images", "{imgs}", "--out", "{root}", *T], "overlaps the input folder"),
+    Case("out_is_run", "test", ["-p", "{run}", "--images", "{imgs}", "--out", "{run}", *T], "would replace"),
+    Case("out_parent_of_run", "test", ["-p", "{run}", "--images", "{imgs}", "--out", "{root}/runs", *T], "would replace"),
+    Case("out_is_dataset", "test", ["-p", "{run}", "--images", "{imgs}", "--out", "{data}/test", *T], "overlaps the input folder"),
+    Case("out_is_file", "test", ["-p", "{run}", "--images", "{imgs}", "--out", "{notes}", *T], "exists and is not a folder"),
+    Case("out_is_user_folder", "test", ["-p", "{run}", "--images", "{imgs}", "--out", "{mine}", *T], "not a result folder of this tool"),
+    Case("out_is_cwd", "test", ["-p", "{run}", "--images", "{imgs}", "--out", ".", *T], "not a result folder of this tool",
+         cwd="{mine}"),
+    Case("out_under_file", "test", ["-p", "{run}", "--images", "{imgs}", "--out", "{notes}/res", *T], "cannot write"),
+    Case("out_holds_validation", "test", ["-p", "{run}", "--images", "{imgs}", "--out", "{run}/validation/ssim/a10", *T],
+         "holds a validation result"),
+    Case("out_without_images", "test", ["-p", "{run}", "--out", "{root}/x", *T], "--out only applies with --images"),
+    Case("images_missing", "test", ["-p", "{run}", "--images", "{root}/nope", *T], "folder not found"),
+    Case("images_empty", "test", ["-p", "{run}", "--images", "{empty}", *T], "no images under"),
+    # numbers
+    Case("threshold_inf", "test", ["-p", "{run}", "-t", "inf", "-a", "5"], "threshold must be a finite number"),
+    Case("threshold_nan", "test", ["-p", "{run}", "-t", "nan", "-a", "5"], "threshold must be a finite number"),
+    Case("threshold_negative", "test", ["-p", "{run}", "-t", "-1", "-a", "5"], "threshold must be a finite number"),
+    Case("area_zero", "test", ["-p", "{run}", "-t", "0.5", "-a", "0"], "minimum area must be a positive"),
+    Case("smooth_inf", "test", ["-p", "{run}", "--smooth", "inf", *T], "--smooth must be a finite number"),
+    Case("smooth_nan", "test", ["-p", "{run}", "--smooth", "nan", *T], "--smooth must be a finite number"),
+    Case("smooth_negative", "test", ["-p", "{run}", "--images", "{imgs}", "--smooth", "-1", *T], "--smooth must be a finite"),
+    Case("batch_zero", "test", ["-p", "{run}", "--batch", "0", *T], "--batch must be >= 1"),
+    Case("passes_zero", "validate", ["-p", "{run}", "-a", "5", "--passes", "0"], "--passes must be >= 1"),
+    Case("scales_too_many", "validate", ["-p", "{run}", "-a", "5", "--scales", "9"], "--scales must be 1 to"),
+    Case("validate_area_zero", "validate", ["-p", "{run}", "-a", "0"], "minimum area must be a positive"),
+    Case("finetune_range_zero", "finetune", ["-p", "{run}", "-r", "0"], "-r/--range must be a positive"),
+    Case("run_missing", "test", ["-p", "{root}/nope", *T], "run not found"),
+    Case("run_not_a_run", "validate", ["-p", "{mine}", "-a", "5"], "is not a run folder"),
+    # hand-edited or damaged run files
+    Case("setup_size_text", "test", ["-p", "{run}", *T], "'size' must be a whole number", set_setup(size="sixtyfour")),
+    Case("setup_size_null", "validate", ["-p", "{run}", "-a", "5"], "'size' must be a whole number", set_setup(size=None)),
+    Case("setup_null", "test", ["-p", "{run}", *T], "holds null instead of a JSON object", raw_setup("null")),
+    Case("setup_broken_json", "finetune", ["-p", "{run}"], "is not valid JSON", raw_setup('{"size": 48,')),
+    Case("setup_no_color", "test", ["-p", "{run}", *T], "lacks 'color'", drop_setup_key("color")),
+    Case("setup_loss_unknown", "validate", ["-p", "{run}", "-a", "5"], "'loss' must be one of", set_setup(loss="ssim2")),
+    Case("setup_model_outside", "validate", ["-p", "{run}", "-a", "5"], "points outside",
+         set_setup(model_file="../../victim.keras")),
+    Case("setup_best_nan", "test", ["-p", "{run}", *T], "diverged", set_setup(best_val_loss=float("nan"))),
+    Case("validation_list_outside", "validate", ["-p", "{run}", "-a", "5"], "points outside", validation_list_outside),
+    Case("validation_result_empty", "test", ["-p", "{run}"], "is damaged", raw_validation("{}")),
+    Case("validation_result_text", "test", ["-p", "{run}"], "threshold 'abc' is not a finite number",
+         edit_validation(threshold="abc")),
+    Case("validation_result_inf", "test", ["-p", "{run}"], "is damaged", raw_validation('{"threshold": Infinity, "min_area": 10}')),
+    Case("validation_result_null", "test", ["-p", "{run}"], "instead of a JSON object", raw_validation("null")),
+    Case("validation_other_weights", "test", ["-p", "{run}"], "computed on other weights", retrained_model),
+    Case("model_garbage", "validate", ["-p", "{run}", "-a", "5"], "is damaged", garbage_model),
+    Case("model_truncated", "test", ["-p", "{run}", *T], "is damaged", truncated_model),
+    Case("model_nan", "test", ["-p", "{run}", *T], "non-finite weights", nan_model),
+    Case("empty_run_test", "test", ["-p", "{run}", *T], "stopped before finishing its first epoch", empty_run),
+    Case("empty_run_resume", "train", ["resume", "-p", "{run}"], "stopped before finishing its first epoch", empty_run),
+    Case("resume_model_outside", "train", ["resume", "-p", "{run}", "-e", "1"], "points outside",
+         set_setup(model_file="../../victim.keras")),
+    Case("resume_done_without_e", "train", ["resume", "-p", "{run}"], "already finished"),
+    Case("resume_e_zero", "train", ["resume", "-p", "{run}", "-e", "0"], "-e/--epochs must be >= 1"),
+    Case("resume_setup_text", "train", ["resume", "-p", "{run}", "-e", "1"], "'epochs' must be", set_setup(epochs="many")),
+    # concurrency: the run is being trained by another process
+    Case("test_while_training", "test", ["-p", "{run}", *T], "being trained by another process", hold_lock=True),
+    Case("resume_while_in_use", "train", ["resume", "-p", "{run}", "-e", "1"], "in use by another process", hold_lock=True),
+    # train.py new
+    Case("train_out_is_file", "train", ["new", "-d", "{data}", "--size", "32", "--epochs", "1", "--out", "{notes}"], "is a file"),
+    Case("train_out_under_file", "train", ["new", "-d", "{data}", "-a", "mvtec", "--size", "32", "--epochs", "1",
+                                           "--out", "{notes}/runs"], "cannot write a run folder under"),
+    Case("train_out_in_dataset", "train", ["new", "-d", "{data}", "--size", "32", "--epochs", "1", "--out", "{data}/runs"],
+         "inside the dataset"),
+    Case("train_lr_nan", "train", ["new", "-d", "{data}", "--size", "32", "--epochs", "1", "--out", "{root}/out", "--lr", "nan"],
+         "--lr must be a finite number"),
+    Case("train_lr_inf", "train", ["new", "-d", "{data}", "--size", "32", "--epochs", "1", "--out", "{root}/out", "--lr", "inf"],
+         "--lr must be a finite number"),
+    # cases that must simply work (and lose nothing)
+    Case("predict_default_out", "test", ["-p", "{run}", "--images", "{imgs}", *T], None, check=prediction_exists),
+    Case("predict_same_name_two_folders", "test", ["-p", "{run}", "--images", "{imgs2}", *T], None,
+         check=two_prediction_folders),
+    Case("predict_skips_bomb", "test", ["-p", "{run}", "--images", "{bombs}", *T], None, check=bomb_skipped),
+]
+# predict_same_name_two_folders first writes a result for {imgs} (another folder named imgs), see FIRST.
+FIRST = {"predict_same_name_two_folders": ["-p", "{run}", "--images", "{imgs}", *T]}
+
+
+def file_hashes(root):
+    """{relative path: sha256} of every file under ``root`` (symlinks not followed)."""
+    root = Path(root)
+    out = {}
+    for p in sorted(root.rglob("*")):
+        if p.is_file() and not p.is_symlink():
+            out[p.relative_to(root).as_posix()] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
+def write_bomb(path, width=20000, height=20000):
+    """A PNG whose header claims ``width``×``height`` pixels (a decompression bomb) in a few bytes."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    idat = zlib.compress(b"\x00" * 1024)
+    Path(path).write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+
+
+def build_template(root, class_dir, run_dir):
+    """The world every case copies: dataset, run (validated at area 10), the user's files."""
+    from PIL import Image
+
+    root = Path(root)
+    shutil.copytree(class_dir, root / "data" / "brick")
+    shutil.copytree(run_dir, root / "runs" / "run", ignore=shutil.ignore_patterns("validation", "test", "predictions",
+                                                                                    "finetune", "visualize"))
+    setup = json.loads((root / "runs" / "run" / "setup.json").read_text())
+    setup["directory"] = str(root / "data" / "brick")
+    (root / "runs" / "run" / "setup.json").write_text(json.dumps(setup, indent=2))
+    samples = sorted((root / "data" / "brick" / "test").glob("*/*.png"))[:3]
+    for folder in (root / "imgs", root / "b" / "imgs", root / "bombs"):
+        folder.mkdir(parents=True)
+        for i, p in enumerate(samples):
+            Image.open(p).save(folder / f"{i}.png")
+    write_bomb(root / "bombs" / "bomb.png")
+    (root / "bombs" / "2.png").unlink()  # two readable images and the bomb
+    (root / "notes.csv").write_text("a,b\n1,2\n")
+    (root / "mine").mkdir()
+    (root / "mine" / "keep.txt").write_text("the user's own file\n")
+    (root / "empty").mkdir()
+    (root / "victim.keras").write_bytes(b"the user's own file, not a model\n")
+    return root
+
+
+def relocate(world_root):
+    """After copying a template, point the run's setup.json at the copy's dataset."""
+    setup_path = Path(world_root) / "runs" / "run" / "setup.json"
+    setup = json.loads(setup_path.read_text())
+    setup["directory"] = str(Path(world_root) / "data" / "brick")
+    setup_path.write_text(json.dumps(setup, indent=2))
+
+
+def hold_lock_process(run_dir):
+    """A helper process holding the run's lock exclusively (as training does) until killed."""
+    code = ("import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDONLY | os.O_CREAT); "
+            "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); time.sleep(600)")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(Path(run_dir) / ".lock")], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def classify(case, code, err, before, after, world):
+    """The outcome of a case: clean / works / traceback / wrong / lost, with a reason."""
+    changed = [k for k, v in before.items() if after.get(k) != v]
+    if changed:
+        return "lost", f"changed or deleted: {changed[:3]}"
+    if "Traceback" in err:
+        return "traceback", err.strip().splitlines()[-1][:160]
+    lines = [line.split("\r")[-1] for line in err.splitlines()]
+    lines = [line for line in lines if line.strip() and not line.startswith("warning:")]
+    if case.expect is None:
+        if code != 0:
+            return "wrong", f"refused a case that should work: {lines[-1] if lines else code}"
+        if case.check is not None and not case.check(world):
+            return "wrong", "exit 0 but the result is not what it should be"
+        return "works", ""
+    if code == 0:
+        return "wrong", "exit 0 where a refusal was due"
+    if len(lines) != 1 or ": error: " not in lines[0]:
+        return "wrong", f"not one error line: {lines[:3]}"
+    if case.expect not in lines[0]:
+        return "wrong", f"message does not name the problem: {lines[0][:160]}"
+    return "clean", lines[0]
+
+
+SCRIPTS = {"test": "test.py", "validate": "validate.py", "train": "train.py", "finetune": "finetune.py"}
+
+
+def prepare_case(case, template, dest):
+    """A fresh copy of the template world for ``case``, mutated as the case says."""
+    shutil.copytree(template, dest, symlinks=True)
+    relocate(dest)
+    world = World(Path(dest))
+    if case.mutate is not None:
+        case.mutate(world)
+    return world
+
+
+def run_case_subprocess(case, template, dest):
+    """Run one case as a user would (a new process); returns ``(outcome, reason)``."""
+    world = prepare_case(case, template, dest)
+    if case.id in FIRST:
+        first = subprocess.run([sys.executable, str(ROOT / "test.py"), *world.fill(FIRST[case.id])],
+                               capture_output=True, text=True)
+        assert first.returncode == 0, first.stderr[-500:]
+    before = file_hashes(world.root)
+    holder = hold_lock_process(world.run) if case.hold_lock else None
+    try:
+        cwd = world.fill([case.cwd])[0] if case.cwd else str(ROOT)
+        proc = subprocess.run([sys.executable, str(ROOT / SCRIPTS[case.script]), *world.fill(case.argv)], cwd=cwd,
+                              capture_output=True, text=True, timeout=900,
+                              env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "MPLBACKEND": "Agg"})
+    finally:
+        if holder is not None:
+            holder.kill()
+            holder.wait()
+    return classify(case, proc.returncode, proc.stderr, before, file_hashes(world.root), world)
+
+
+def make_template(out):
+    """Generate a dataset, train a 2-epoch run and validate it: the sweep's template world."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import make_dataset
+
+    out = Path(out)
+    (class_dir,) = make_dataset.generate(out / "gen", classes=("brick",), size=SIZE, n_train=14, n_test_good=3,
+                                         n_test_defect=2, seed=0)
+    train = subprocess.run([sys.executable, str(ROOT / "train.py"), "new", "-d", str(class_dir), "--size", str(SIZE),
+                            "--epochs", "2", "-b", "4", "--val-split", "0.2", "--out", str(out / "gen_runs")],
+                           capture_output=True, text=True, check=True)
+    run_dir = Path(train.stdout.strip().splitlines()[-1])
+    template = build_template(out / "template", class_dir, run_dir)
+    subprocess.run([sys.executable, str(ROOT / "validate.py"), "-p", str(template / "runs" / "run"), "-a", "10",
+                    "--passes", "1", "--scales", "1"], capture_output=True, text=True, check=True)
+    return template
+
+
+def main(argv=None):
+    """Build the world, run every case in its own process, print outcomes and counts."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="/tmp/cae_sweep", help="scratch folder (emptied first)")
+    parser.add_argument("--only", nargs="*", default=None, help="case ids to run (default: all)")
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    started = time.time()
+    template = make_template(out)
+    counts = {"clean": 0, "works": 0, "traceback": 0, "wrong": 0, "lost": 0}
+    cases = [c for c in CASES if args.only is None or c.id in args.only]
+    for i, case in enumerate(cases):
+        outcome, reason = run_case_subprocess(case, template, out / "cases" / case.id)
+        counts[outcome] += 1
+        print(f"{i + 1:3d} {case.id:32s} {outcome:9s} {reason[:150]}", flush=True)
+    print(f"{len(cases)} cases in {time.time() - started:.0f} s: {counts['clean']} clean refusals, {counts['works']} worked, "
+          f"{counts['traceback']} tracebacks, {counts['wrong']} silent wrong results, {counts['lost']} data lost")
+    return 0 if counts["traceback"] == counts["wrong"] == counts["lost"] == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,295 @@
+"""Lose nothing, ever: bad input, damaged run files, concurrent writers, kills and stale results.
+
+The bad-input table is bench/sweep_reliability.py's (the sweep runs the same cases as
+separate processes); here every case runs in-process on its own copy of a small world (a
+dataset, a validated run, the user's own files) and must end in exit code 2 with one
+error line naming the problem, or work, and leave every file that existed before unchanged.
+"""
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from conftest import ROOT, cli, train_args
+
+import data  # noqa: E402
+import finetune  # noqa: E402
+import inference  # noqa: E402
+import runs  # noqa: E402
+import train  # noqa: E402
+import training  # noqa: E402
+import validate  # noqa: E402
+from utils import UserError  # noqa: E402
+
+_spec = importlib.util.spec_from_file_location("sweep_reliability", ROOT / "bench" / "sweep_reliability.py")
+sweep = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(sweep)
+_spec = importlib.util.spec_from_file_location("cae_test_script_rel", ROOT / "test.py")
+test_script = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(test_script)
+
+MAINS = {"test": test_script.main, "validate": validate.main, "train": train.main, "finetune": finetune.main}
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "MPLBACKEND": "Agg"}
+
+
+@pytest.fixture(scope="module")
+def template(tiny_dataset, tiny_run, tmp_path_factory):
+    """The sweep's world built from the session's tiny dataset and run, validated at area 10."""
+    root = sweep.build_template(tmp_path_factory.mktemp("reliability") / "template", tiny_dataset, tiny_run)
+    from utils import run_cli
+
+    assert run_cli(validate.main, ["-p", str(root / "runs" / "run"), "-a", "10", "--passes", "1", "--scales", "1"]) == 0
+    return root
+
+
+def test_the_table_covers_at_least_forty_refusals():
+    refusals = [c for c in sweep.CASES if c.expect is not None]
+    assert len(refusals) >= 40 and len({c.id for c in sweep.CASES}) == len(sweep.CASES)
+
+
+@pytest.mark.parametrize("case", sweep.CASES, ids=[c.id for c in sweep.CASES])
+def test_bad_input_table(case, template, tmp_path, capsys, monkeypatch):
+    world = sweep.prepare_case(case, template, tmp_path / "world")
+    if case.id in sweep.FIRST:
+        code, _, err = cli(MAINS["test"], world.fill(sweep.FIRST[case.id]), capsys)
+        assert code == 0, err
+    before = sweep.file_hashes(world.root)
+    if case.cwd:
+        monkeypatch.chdir(world.fill([case.cwd])[0])
+    holder = sweep.hold_lock_process(world.run) if case.hold_lock else None
+    try:
+        code, _, err = cli(MAINS[case.script], world.fill(case.argv), capsys)
+    finally:
+        if holder is not None:
+            holder.kill()
+            holder.wait()
+    outcome, reason = sweep.classify(case, code, err, before, sweep.file_hashes(world.root), world)
+    assert outcome == ("works" if case.expect is None else "clean"), (outcome, reason, err[-800:])
+    if case.expect is not None:
+        assert code == 2
+        new = set(sweep.file_hashes(world.root)) - set(before)
+        assert {Path(n).name for n in new} <= {".lock"}, new  # a refusal writes nothing
+
+
+# --------------------------------------------------------------------------- --out and result folders
+
+
+def test_out_reused_for_the_same_images_is_replaced_for_other_images_refused(template, tmp_path, capsys):
+    world = sweep.prepare_case(sweep.Case("x", "test", []), template, tmp_path / "world")
+    out = world.root / "results"
+    argv = ["-p", str(world.run), "--images", str(world.root / "imgs"), "-t", "0.5", "-a", "5", "--out", str(out)]
+    assert cli(MAINS["test"], argv, capsys)[0] == 0
+    assert (out / runs.MARKER).is_file() and len(pd.read_csv(out / "predictions.csv")) == 3
+    (world.root / "imgs" / "0.png").unlink()
+    code, _, err = cli(MAINS["test"], argv, capsys)  # the same result again: replaced
+    assert code == 0, err
+    assert len(pd.read_csv(out / "predictions.csv")) == 2
+    before = sweep.file_hashes(out)
+    argv[3] = str(world.root / "b" / "imgs")
+    code, _, err = cli(MAINS["test"], argv, capsys)
+    assert code == 2 and "holds results for other images" in err and len(err.strip().splitlines()) == 1
+    assert sweep.file_hashes(out) == before
+    assert not [p for p in world.root.iterdir() if ".partial" in p.name]
+
+
+def test_stale_threshold_is_refused_and_old_results_are_kept(template, tmp_path, capsys):
+    """validate; the weights change (as train.py resume does); test.py refuses the old
+    threshold; validate again keeps the old result under other_weights/; test.py never
+    overwrites a result of other weights."""
+    world = sweep.prepare_case(sweep.Case("x", "test", []), template, tmp_path / "world")
+    run = world.run
+    fast = ["--passes", "1", "--scales", "1"]
+    code, out, err = cli(MAINS["test"], ["-p", str(run), "-t", "0.5", "-a", "5", *fast], capsys)
+    assert code == 0, err
+    old_result = sweep.file_hashes(run / "test" / "ssim" / "a5_t0.500000")
+    old_validation = sweep.file_hashes(run / "validation" / "ssim" / "a10")
+    old_id = runs.model_id(world.model())
+    sweep.retrained_model(world)
+    code, _, err = cli(MAINS["test"], ["-p", str(run)], capsys)
+    assert code == 2 and "computed on other weights" in err and f"validate.py -p {run} -a 10" in err
+    code, _, err = cli(MAINS["validate"], ["-p", str(run), "-a", "10", *fast], capsys)
+    assert code == 0, err
+    kept = run / "validation" / "ssim" / runs.OTHER_WEIGHTS / old_id[:12] / "a10"
+    assert sweep.file_hashes(kept) == old_validation
+    assert json.loads((run / "validation/ssim/a10/validation_result.json").read_text())["model_sha256"] == runs.model_id(world.model())
+    code, _, err = cli(MAINS["test"], ["-p", str(run)], capsys)
+    assert code == 0, err
+    code, _, err = cli(MAINS["test"], ["-p", str(run), "-t", "0.5", "-a", "5", *fast], capsys)
+    assert code == 0, err
+    moved = run / "test" / "ssim" / runs.OTHER_WEIGHTS / old_id[:12]
+    assert sweep.file_hashes(moved / "a5_t0.500000") == old_result
+    assert (moved / "metrics.json").is_file() and (moved / "anomaly_maps").is_dir()
+    assert json.loads((run / "test/ssim/a5_t0.500000/test_result.json").read_text())["threshold"] == 0.5
+
+
+def test_staged_output_failure_leaves_nothing_and_stale_partials_of_dead_processes_go(tmp_path):
+    final = tmp_path / "res"
+    with pytest.raises(RuntimeError):
+        with runs.StagedOutput(final, {"kind": "t"}) as out:
+            (out / "a.txt").write_text("x")
+            raise RuntimeError("boom")
+    assert list(tmp_path.iterdir()) == []
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / f".res.partial-{dead.pid}-abcd").mkdir()
+    (tmp_path / f".res.partial-{os.getpid()}-live").mkdir()  # a live process's: kept
+    with runs.StagedOutput(final, {"kind": "t"}) as out:
+        (out / "a.txt").write_text("x")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f".res.partial-{os.getpid()}-live", "res"]
+    assert json.loads((final / runs.MARKER).read_text())["kind"] == "t"
+    with pytest.raises(UserError, match="holds a t result"):
+        with runs.StagedOutput(final, {"kind": "u"}):
+            pass
+    assert (final / "a.txt").read_text() == "x"
+
+
+def test_write_json_refuses_non_finite_numbers(tmp_path):
+    with pytest.raises(UserError, match="non-finite"):
+        runs.write_json(tmp_path / "x.json", {"threshold": float("inf")})
+    assert not list(tmp_path.iterdir())
+
+
+# --------------------------------------------------------------------------- images
+
+
+def test_decompression_bomb_and_tiny_images_are_warned_about(tmp_path, capsys):
+    sweep.write_bomb(tmp_path / "bomb.png")
+    Image.fromarray(np.full((1, 1), 128, np.uint8)).save(tmp_path / "tiny.png")
+    Image.fromarray(np.full((40, 40), 128, np.uint8)).save(tmp_path / "fine.png")
+    images, kept = data.load_images([tmp_path / "bomb.png", tmp_path / "tiny.png", tmp_path / "fine.png"], "grayscale", 32)
+    err = capsys.readouterr().err
+    assert [p.name for p in kept] == ["tiny.png", "fine.png"] and images.shape == (2, 32, 32, 1)
+    assert "bomb.png" in err and "decompression bomb" in err
+    assert "tiny.png (1x1)" in err and "far smaller than the model's 32 px" in err
+
+
+# --------------------------------------------------------------------------- calibration cache
+
+
+def test_calibration_cache_is_reused_and_recomputed_when_the_model_changes(template, tmp_path, monkeypatch):
+    world = sweep.prepare_case(sweep.Case("x", "test", []), template, tmp_path / "world")
+    run = runs.find_run(world.run)
+    options = inference.MapOptions(True, 1, 2)
+    calls, real = [], inference.refined_maps
+    monkeypatch.setattr(inference, "refined_maps", lambda *a, **k: calls.append(1) or real(*a, **k))
+    first = inference.calibrate(run, "ssim", options)
+    cache = world.run / "calibration_ssim_s1_p2.npz"
+    assert cache.is_file() and len(calls) == 1
+    again = inference.calibrate(run, "ssim", options)
+    assert len(calls) == 1  # read from the cache, not recomputed
+    np.testing.assert_array_equal(first.baselines, again.baselines)
+    del run
+    sweep.retrained_model(world)
+    inference.calibrate(runs.find_run(world.run), "ssim", options)
+    assert len(calls) == 2  # the model file changed: learnt again
+
+
+# --------------------------------------------------------------------------- processes: concurrency and kill -9
+
+
+def _tiny_run(tiny_dataset, out):
+    run_dir, _ = training.new_run(train_args(tiny_dataset, out, epochs=1, architecture="mvtec", size=32))
+    return run_dir
+
+
+def _script(name, *argv):
+    return subprocess.Popen([sys.executable, str(ROOT / name), *map(str, argv)], cwd=ROOT, env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_two_concurrent_tests_of_one_run_write_one_consistent_result(template, tmp_path):
+    import tifffile
+    from sklearn.metrics import roc_auc_score
+
+    world = sweep.prepare_case(sweep.Case("x", "test", []), template, tmp_path / "world")
+    common = ["-p", world.run, "-t", "0.5", "-a", "5", "--passes", "1", "--scales", "1"]
+    procs = [_script("test.py", *common, "--smooth", smooth) for smooth in (1, 6)]
+    outputs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [o[1][-600:] for o in outputs]
+    method_dir = world.run / "test" / "ssim"
+    folder = method_dir / "a5_t0.500000"
+    assert sorted(p.name for p in folder.iterdir()) == sorted([runs.MARKER, "classification.csv", "test_result.json"])
+    assert not [p for p in method_dir.iterdir() if ".partial" in p.name or ".old" in p.name]
+    frame = pd.read_csv(folder / "classification.csv")
+    metrics = json.loads((method_dir / "metrics.json").read_text())
+    assert len(frame) == 13
+    # Scores, anomaly maps and metrics.json come from the same process (the same --smooth).
+    for _, row in frame.iterrows():
+        tiff = tifffile.imread(method_dir / "anomaly_maps" / row["defect_type"] / f"{Path(row['path']).stem}.tiff")
+        assert float(tiff.max()) == pytest.approx(row["score"], rel=1e-5)
+    assert metrics["image_auroc"] == pytest.approx(roc_auc_score(frame["truth"] == "defective", frame["score"]), abs=1e-9)
+
+
+def test_two_resumes_one_refuses_then_kill_9_mid_training_stays_resumable(tiny_dataset, tmp_path):
+    run_dir = _tiny_run(tiny_dataset, tmp_path)
+    first = _script("train.py", "resume", "-p", run_dir, "-e", "8")
+    line = first.stdout.readline()
+    assert "extending finished run by 8 epochs" in line, first.stderr.read()[-800:] if first.poll() is not None else line
+    second = subprocess.run([sys.executable, str(ROOT / "train.py"), "resume", "-p", str(run_dir), "-e", "1"], cwd=ROOT,
+                            env=ENV, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 2
+    assert second.stderr.strip().splitlines() == [f"train.py: error: run {run_dir} is in use by another process "
+                                                  "(being trained, or read by validate/test); try again when it has finished"]
+    deadline = time.time() + 300
+    while time.time() < deadline and first.poll() is None:
+        state_path = run_dir / "backup" / "state.json"
+        if state_path.is_file() and json.loads(state_path.read_text())["epoch"] >= 2:
+            break
+        time.sleep(0.05)
+    first.send_signal(signal.SIGKILL)
+    first.communicate()
+    assert first.returncode == -signal.SIGKILL
+    setup = json.loads((run_dir / "setup.json").read_text())
+    assert setup["status"] == "training" and setup["epochs"] == 9
+    state = json.loads((run_dir / "backup" / "state.json").read_text())
+    assert (run_dir / "backup" / state["model"]).is_file() and state["epoch"] >= 2
+    done = subprocess.run([sys.executable, str(ROOT / "train.py"), "resume", "-p", str(run_dir), "-e", "1"], cwd=ROOT,
+                          env=ENV, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-800:]
+    assert f"resuming interrupted run at epoch {state['epoch'] + 1} of 10" in done.stdout
+    assert json.loads((run_dir / "setup.json").read_text())["epochs_run"] == 10
+
+
+def test_kill_9_at_the_start_of_resume_leaves_the_run_resumable(tiny_dataset, tmp_path):
+    """Killed as soon as the extension's backup exists (before the first new epoch): both
+    ``resume`` and ``resume -e`` continue; test.py sees a usable model meanwhile."""
+    run_dir = _tiny_run(tiny_dataset, tmp_path)
+    history = pd.read_csv(run_dir / "history.csv")
+    proc = _script("train.py", "resume", "-p", run_dir, "-e", "2")
+    deadline = time.time() + 300
+    while time.time() < deadline and not (run_dir / "backup" / "state.json").is_file() and proc.poll() is None:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    assert proc.returncode == -signal.SIGKILL
+    state = json.loads((run_dir / "backup" / "state.json").read_text())
+    assert state["epoch"] == 1 and state["epochs"] == 3 and (run_dir / "backup" / state["model"]).is_file()
+    pd.testing.assert_frame_equal(pd.read_csv(run_dir / "history.csv"), history)
+    assert runs.find_run(run_dir).model_path.is_file()  # still offered for testing: its best model is intact
+    done = subprocess.run([sys.executable, str(ROOT / "train.py"), "resume", "-p", str(run_dir)], cwd=ROOT, env=ENV,
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-800:]
+    setup = json.loads((run_dir / "setup.json").read_text())
+    assert setup["status"] == "done" and setup["epochs_run"] == 3 and not (run_dir / "backup").exists()
+    assert list(pd.read_csv(run_dir / "history.csv")["epoch"]) == [0, 1, 2]
+
+
+def test_new_run_killed_before_its_first_epoch_is_reported_as_empty_everywhere(tiny_dataset, tmp_path, capsys):
+    run_dir = tmp_path / "w" / "runs" / "run"
+    run_dir.parent.mkdir(parents=True)
+    shutil.move(str(_tiny_run(tiny_dataset, tmp_path / "t")), str(run_dir))
+    sweep.empty_run(sweep.World(tmp_path / "w"))  # the state a kill -9 before epoch 1 ends leaves
+    for main, argv in ((MAINS["test"], ["-p", run_dir, "-t", "0.5", "-a", "5"]), (MAINS["train"], ["resume", "-p", run_dir]),
+                       (MAINS["train"], ["resume", "-p", run_dir, "-e", "2"]), (MAINS["validate"], ["-p", run_dir, "-a", "5"])):
+        code, _, err = cli(main, [str(a) for a in argv], capsys)
+        assert code == 2 and "stopped before finishing its first epoch" in err and "train.py new" in err, err
