@@ -244,6 +244,14 @@ def inspect(run, paths, method, batch=16, progress=None, options=MapOptions()):
     return Inspected(kept, images, recons, maps, [data.image_size(p) for p in kept])
 
 
+DEFAULT_AREA_SHARE = 1 / 800  # validate.py's default minimum area, as a share of the whole image (bottle benchmark's rule)
+
+
+def default_min_area(shape):
+    """Default minimum defect area for whole images of ``shape`` (height, width) at the model's scale."""
+    return max(4, int(shape[0] * shape[1] * DEFAULT_AREA_SHARE))
+
+
 def check_area_threshold(min_area=None, threshold=None):
     """Reject negative or zero areas and negative thresholds with a one-line error."""
     if min_area is not None and min_area < 1:

@@ -46,7 +46,7 @@ def get_parser():
                      help=f"object runs: square side images are resized to (default {training.DEFAULT_OBJECT_SIZE}); "
                           f"surface runs: shorter side, aspect ratio kept (default: native, at most {regime.MAX_SURFACE_SIDE})")
     new.add_argument("--patch", type=int, default=None,
-                     help=f"surface runs: side of the random training crops, a multiple of 16 (default {regime.DEFAULT_PATCH})")
+                     help=f"surface runs: side of the random training crops, a multiple of 16 (default {regime.DEFAULT_PATCH}, or the shorter side of smaller images)")
     new.add_argument("--head-steps", type=int, default=DEFAULT_HEAD_STEPS,
                      help="after the autoencoder, train the learned residual's segmentation head for this many steps "
                           "on simulated defects (map method 'learned'; the default for surface runs); 0: none")

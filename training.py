@@ -153,7 +153,8 @@ def _geometry(args, mode, paths):
     if args.architecture == "resnet":
         raise UserError("-a resnet needs whole square images: use -a mvtec or mvtec2 for surface runs, or --mode object")
     shape = regime.surface_shape([data.image_size(p) for p in paths], args.size)
-    patch = regime.DEFAULT_PATCH if args.patch is None else args.patch
+    # Default: the usual patch, or the whole shorter side of images smaller than it.
+    patch = min(regime.DEFAULT_PATCH, min(shape)) if args.patch is None else args.patch
     if patch < 32 or patch % regime.STRIDE or patch > min(shape):
         raise UserError(f"--patch must be a multiple of {regime.STRIDE} from 32 to the image's shorter side "
                         f"({min(shape)} px here), got {patch}")
@@ -317,7 +318,8 @@ def train(setup, run_dir, images, model, start_epoch=0, state=None):
     train_ds = data.make_dataset(train_images, distribution.global_batch(setup), training=True, augment=setup["augment"], flip=setup["flip"],
                                  seed=seed, denoise=setup.get("denoise", 0.0),
                                  rotation=setup.get("rotation", data.DEFAULT_ROTATION), patch=setup.get("patch"))
-    val_ds = data.make_dataset(val_images, distribution.global_batch(setup), training=False)
+    distribution.check_train_count(setup, len(train_images))
+    val_ds = data.make_dataset(val_images, distribution.validation_batch(setup, len(val_images)), training=False)
     if start_epoch == 0 or getattr(model, "optimizer", None) is None:
         _compile(model, setup)  # a resumed model keeps its compiled optimizer state
     # Seconds already spent: from the backup after a crash, else from the finished run being extended.
@@ -373,7 +375,7 @@ def _train_head(setup, run_dir, train_images):
     model = runs.load_keras(run_dir / setup["model_file"], compile=False)
     try:
         return learned.train_head(model, train_images, run_dir / runs.HEAD_FILE, steps=setup["head_steps"],
-                                  patch=setup.get("patch"), seed=setup["seed"])
+                                  patch=setup.get("patch") or min(learned.OBJECT_HEAD_PATCH, setup["size"]), seed=setup["seed"])
     except FloatingPointError as exc:
         raise UserError(f"learned residual: {exc}; the autoencoder is kept, use --method ssim or l2") from None
 

@@ -29,7 +29,9 @@ def get_parser():
     """Command-line options of ``validate.py``."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     runs.add_run_arguments(parser)
-    parser.add_argument("-a", "--area", type=int, required=True, help="minimum defect area in pixels (at the model's size)")
+    parser.add_argument("-a", "--area", type=int, default=None,
+                        help="minimum defect area in pixels at the model's size (default: 1/800 of the whole image's "
+                             "pixels, at least 4: 20 px for a 128-px square)")
     return parser
 
 
@@ -37,6 +39,8 @@ def validate(path, min_area, method=None, batch=16, baseline=None, scales=None, 
     """Compute, save and return the validation result for ``min_area``."""
     inference.check_area_threshold(min_area=min_area)
     run = runs.find_run(path)
+    if min_area is None:
+        min_area = inference.default_min_area(run.shape)
     method = run.method(method)
     options = inference.MapOptions.from_args(baseline, scales, passes, method, run.mode)
     seen = inference.inspect(run, run.validation_paths(), method, batch, progress="validation images", options=options)

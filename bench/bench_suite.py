@@ -72,6 +72,7 @@ class Settings:
     append: bool
     readme: Path
     python: str
+    compare: tuple = ()  # map methods also evaluated on every run (besides its default one)
 
 
 def get_parser():
@@ -92,6 +93,9 @@ def get_parser():
                    help="extra train.py options for an experiment, as one quoted string (recorded in the table header)")
     p.add_argument("--extra-eval-args", default="", metavar="ARGS",
                    help="extra options for validate.py and test.py, e.g. '--method l2' (recorded in the table header)")
+    p.add_argument("--compare", nargs="*", default=["ssim", "learned"], metavar="METHOD",
+                   help="map methods also validated and tested on every trained run, besides the run's default one "
+                        "(same area), for the method table and the proxy's ranking; none: only the default")
     p.add_argument("--append", action="store_true", help="add the tables to the Suite section of the README")
     p.add_argument("--readme", default=str(README), help="README that --append writes to")
     return p
@@ -112,7 +116,8 @@ def settings_from_args(args) -> Settings:
     if args.append and not readme.is_file():
         raise UserError(f"--readme {readme} not found")
     return Settings(tuple(args.categories), tuple(dict.fromkeys(args.textures)), tuple(args.seeds), out.resolve(),
-                    Path(args.real_data), args.quick, extra_train, extra_eval, args.append, readme, sys.executable)
+                    Path(args.real_data), args.quick, extra_train, extra_eval, args.append, readme, sys.executable,
+                    tuple(dict.fromkeys(args.compare)))
 
 
 def _split(text, flag, reserved):
@@ -206,8 +211,10 @@ def _run_step(settings, step, script, argv, log):
     with log.open("a") as f:
         f.write(f"$ {shlex.join(command)}\n{done.stdout}{done.stderr}[exit {done.returncode}, {time.time() - started:.0f} s]\n\n")
     if done.returncode != 0:
-        lines = [line for line in (done.stderr + done.stdout).splitlines() if line.strip()]
-        errors = [line for line in lines if "error" in line.lower()]
+        # The script's own one-line error ("x.py: error: ..."), else the last line of stderr (a
+        # traceback's exception), never a TensorFlow log line that happens to say "error".
+        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        errors = [line for line in lines if re.match(r"[\w.-]+\.py: error: ", line)]
         raise StepFailed(step, ((errors or lines or [f"exit code {done.returncode}"])[-1]).strip()[:200])
     lines = [line for line in done.stdout.splitlines() if line.strip()]
     if not lines:
@@ -304,12 +311,61 @@ def run_category(settings: Settings, category: Category, seed: int, default_area
                    n_defective=result.get("n_defective"),
                    detection_rate_per_defect_type=result.get("detection_rate_per_defect_type", {}),
                    per_defect_type=scores.get("per_defect_type", {}), status="ok")
+        row["methods"] = {row["method"]: _method_row(row)}
+        for method in (m for m in settings.compare if m != row["method"]):
+            try:
+                row["methods"][method] = _evaluate_method(settings, run_dir, method, validation["min_area"], log)
+            except (StepFailed, OSError, ValueError, KeyError) as exc:
+                row["methods"][method] = {"error": str(exc)}
     except StepFailed as exc:
         row["error"] = str(exc)
     except (OSError, ValueError, KeyError) as exc:  # a result file missing or unreadable
         row["error"] = f"reading results: {exc.__class__.__name__}: {exc}"
     row["wall_minutes"] = (time.time() - started) / 60
     return row
+
+
+def _method_row(row):
+    return {k: row.get(k) for k in ("image_auroc", "pixel_auroc", "au_pro", "tpr", "tnr", "proxy")}
+
+
+def _evaluate_method(settings, run_dir, method, area, log):
+    """Validate and test an already trained run with another map ``method`` (same minimum area)."""
+    flags = ["-p", str(run_dir), "--method", method]
+    val_dir = Path(_run_step(settings, f"validate {method}", "validate.py", [*flags, "-a", str(area)], log)[-1])
+    validation = json.loads((val_dir / "validation_result.json").read_text())
+    test_dir = Path(_run_step(settings, f"test {method}", "test.py", flags, log)[-1])
+    result = json.loads((test_dir / "test_result.json").read_text())
+    scores = json.loads((test_dir.parent / "metrics.json").read_text())
+    return {**{k: scores.get(k) for k in ("image_auroc", "pixel_auroc", "au_pro")}, "tpr": result.get("tpr"),
+            "tnr": result.get("tnr"), "proxy": proxy_score(validation)[0]}
+
+
+def method_table(rows):
+    """Markdown: every evaluated map method per run (real test metrics beside the proxy), and how
+    often the proxy AU-PRO picks the method with the better real AU-PRO."""
+    ok = [r for r in rows if r.get("status") == "ok" and len(r.get("methods", {})) > 1]
+    if not ok:
+        return ""
+    lines = ["", "Map methods on the same trained runs (default first; proxy = AU-PRO on validation images with painted "
+             "defects, no test image used):", "",
+             "| category | seed | method | image AUROC | pixel AUROC | AU-PRO | TPR | TNR | proxy AU-PRO |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    agree = total = 0
+    for r in ok:
+        for method, m in r["methods"].items():
+            if "error" in m:
+                lines.append(f"| {r['category']} | {r['seed']} | {method} | failed: {m['error'][:80]} | | | | | |")
+                continue
+            lines.append(f"| {r['category']} | {r['seed']} | {method} | " + " | ".join(
+                _fmt(m.get(k)) for k in ("image_auroc", "pixel_auroc", "au_pro", "tpr", "tnr", "proxy")) + " |")
+        good = {k: v for k, v in r["methods"].items() if v.get("au_pro") is not None and v.get("proxy") is not None}
+        if len(good) > 1:
+            total += 1
+            agree += max(good, key=lambda k: good[k]["proxy"]) == max(good, key=lambda k: good[k]["au_pro"])
+    if total:
+        lines += ["", f"The proxy picked the method with the better real AU-PRO on {agree} of {total} runs."]
+    return "\n".join(lines) + "\n"
 
 
 # --------------------------------------------------------------------------- tables
@@ -380,7 +436,7 @@ def format_tables(rows, header):
                 rate = r.get("detection_rate_per_defect_type", {}).get(defect)
                 lines.append(f"| {r['category']} | {r['seed']} | {defect} | {m.get('n_defective', '–')} | "
                              f"{_fmt(m.get('image_auroc'))} | {_fmt(m.get('pixel_auroc'))} | {_fmt(m.get('au_pro'))} | {_fmt(rate, 2)} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + method_table(rows)
 
 
 def header_for(settings: Settings, default_area: bool, argv) -> str:
