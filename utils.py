@@ -4,11 +4,14 @@ A script raises :class:`UserError` for anything the user can fix (a wrong path, 
 impossible value); :func:`run_cli` turns it into one line on stderr and exit code 2,
 so users never see a traceback for their own mistakes.
 """
+import errno
 import os
 import sys
 import warnings
 
 EXIT_USER_ERROR = 2
+# File-system refusals that are the user's environment, not a bug: reported in one line.
+_ENVIRONMENT_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT}
 
 
 class UserError(Exception):
@@ -51,6 +54,13 @@ def run_cli(main, argv=None):
         # tools, with the SIGPIPE exit status; send further output nowhere.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+    except OSError as exc:
+        if exc.errno not in _ENVIRONMENT_ERRNOS:
+            raise
+        # The file system refused (permission, read-only, full): the user's to fix, one line.
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"{prog}: error: cannot write or read{where}: {exc.strerror or exc}", file=sys.stderr, flush=True)
+        return EXIT_USER_ERROR
     return 0
 
 

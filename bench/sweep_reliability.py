@@ -391,9 +391,16 @@ def make_template(out):
     out = Path(out)
     (class_dir,) = make_dataset.generate(out / "gen", classes=("brick",), size=SIZE, n_train=14, n_test_good=3,
                                          n_test_defect=2, seed=0)
+    extra = []
+    helped = subprocess.run([sys.executable, str(ROOT / "train.py"), "new", "--help"], capture_output=True, text=True).stdout
+    for flag, value in (("--mode", "object"), ("--head-steps", "0"), ("--color", "grayscale")):
+        if flag in helped:  # the plain object-mode CAE the cases are written for
+            extra += [flag, value]
     train = subprocess.run([sys.executable, str(ROOT / "train.py"), "new", "-d", str(class_dir), "--size", str(SIZE),
-                            "--epochs", "2", "-b", "4", "--val-split", "0.2", "--out", str(out / "gen_runs")],
-                           capture_output=True, text=True, check=True)
+                            "--epochs", "2", "-b", "4", "--val-split", "0.2", "--out", str(out / "gen_runs"), *extra],
+                           capture_output=True, text=True)
+    if train.returncode:
+        raise SystemExit(f"training the sweep's run failed: {train.stderr[-800:]}")
     run_dir = Path(train.stdout.strip().splitlines()[-1])
     template = build_template(out / "template", class_dir, run_dir)
     subprocess.run([sys.executable, str(ROOT / "validate.py"), "-p", str(template / "runs" / "run"), "-a", "10",

@@ -293,3 +293,48 @@ def test_new_run_killed_before_its_first_epoch_is_reported_as_empty_everywhere(t
                        (MAINS["train"], ["resume", "-p", run_dir, "-e", "2"]), (MAINS["validate"], ["-p", run_dir, "-a", "5"])):
         code, _, err = cli(main, [str(a) for a in argv], capsys)
         assert code == 2 and "stopped before finishing its first epoch" in err and "train.py new" in err, err
+
+
+def test_file_system_refusals_are_one_line(tmp_path, capsys, monkeypatch):
+    """Permission denied (e.g. writing a calibration cache into a read-only run) or a full
+    disk end in one line; other OSErrors (bugs) keep their traceback."""
+    import errno
+
+    from utils import run_cli
+
+    def denied(argv):
+        raise PermissionError(errno.EACCES, "Permission denied", str(tmp_path / "run" / "calibration.npz"))
+
+    assert run_cli(denied) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].endswith(f"error: cannot write or read: {tmp_path / 'run' / 'calibration.npz'}: "
+                                             "Permission denied")
+
+    def full(argv):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    assert run_cli(full) == 2 and "No space left on device" in capsys.readouterr().err
+
+    def bug(argv):
+        raise FileNotFoundError(errno.ENOENT, "No such file", "x")
+
+    with pytest.raises(FileNotFoundError):
+        run_cli(bug)
+
+
+def test_unwritable_output_is_refused_before_any_work(template, tmp_path, capsys, monkeypatch):
+    world = sweep.prepare_case(sweep.Case("x", "test", []), template, tmp_path / "world")
+    real = os.access
+    locked = {str(world.root / "readonly")}
+    (world.root / "readonly").mkdir()
+    monkeypatch.setattr(os, "access", lambda p, mode, **k: False if str(p) in locked else real(p, mode, **k))
+    before = sweep.file_hashes(world.root)
+    code, _, err = cli(MAINS["test"], ["-p", str(world.run), "--images", str(world.root / "imgs"), "-t", "0.5", "-a", "5",
+                                       "--out", str(world.root / "readonly" / "res")], capsys)
+    (line,) = err.strip().splitlines()
+    assert code == 2 and line.endswith(f"error: cannot write {world.root / 'readonly' / 'res'}: no permission to write "
+                                       f"into {world.root / 'readonly'}")
+    code, _, err = cli(MAINS["train"], ["new", "-d", str(world.root / "data" / "brick"), "--out", str(world.root / "readonly"),
+                                        "--epochs", "1"], capsys)
+    assert code == 2 and "no permission to write into" in err and len(err.strip().splitlines()) == 1
+    assert sweep.file_hashes(world.root) == before
