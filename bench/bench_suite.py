@@ -1,7 +1,7 @@
 """Suite benchmark: the *default* configuration on every category, as a new user runs it.
 
     .venv/bin/python bench/bench_suite.py [--categories NAME ...] [--seeds 0 1 2] [--append]
-    .venv/bin/python bench/bench_suite.py --quick            # smoke run on tiny data (about a minute a category)
+    .venv/bin/python bench/bench_suite.py --quick            # smoke run at 64 px (about a minute a category)
 
 Categories: every class folder under ``../shared/data/*/*`` (read only; skipped with a
 note when absent) and generated texture classes (``make_dataset.py --classes brick
@@ -50,7 +50,6 @@ AREA_DIVISOR = 800  # fixed area rule when validate.py has no default: size² //
 QUICK_DATA = ("--size", "64", "--train", "10", "--test-good", "2", "--test-defect", "1")
 # Each used only when train.py has the option (the suite drives whatever train.py is checked out).
 QUICK_TRAIN = (("--size", "64"), ("--epochs", "1"), ("--head-steps", "20"))
-QUICK_REAL_TRAIN, QUICK_REAL_TEST = 12, 2  # images linked per real category (train/good; per test folder)
 # Flags the suite sets itself; an experiment may not override them through the passthrough.
 RESERVED_TRAIN = {"-d", "--directory", "--out", "--seed"}
 RESERVED_EVAL = {"-p", "--path"}
@@ -87,8 +86,8 @@ def get_parser():
     p.add_argument("--out", default=str(DEFAULT_OUT), help="folder for generated data, run folders, logs and suite.jsonl")
     p.add_argument("--real-data", default=str(DEFAULT_REAL), help="root of the real categories (<root>/<dataset>/<class>)")
     p.add_argument("--quick", action="store_true",
-                   help=f"smoke run: generated data at 64 px with 10 training images, real categories cut to "
-                        f"{QUICK_REAL_TRAIN} training images (linked, not copied), training with {' '.join(' '.join(f) for f in QUICK_TRAIN)} where train.py has these options")
+                   help=f"smoke run: generated data at 64 px with 10 training images, real categories whole "
+                        f"(they are small) but trained and scored tiny: {' '.join(' '.join(f) for f in QUICK_TRAIN)} where train.py has these options")
     p.add_argument("--extra-train-args", default="", metavar="ARGS",
                    help="extra train.py options for an experiment, as one quoted string (recorded in the table header)")
     p.add_argument("--extra-eval-args", default="", metavar="ARGS",
@@ -161,24 +160,6 @@ def discover(settings: Settings):
             raise UserError(f"unknown category {want!r}; available: {', '.join(c.name for c in found)}")
         chosen += [c for c in match if c not in chosen]
     return chosen, notes
-
-
-def _quick_subset(category: Category, root: Path) -> Path:
-    """A small view of a real category for --quick: a few images of each folder, as symbolic
-    links (the data is never copied), and the ground-truth folder linked whole."""
-    view = root / category.name
-    for sub in ("train/good", *(f"test/{d.name}" for d in sorted((category.directory / "test").glob("*")) if d.is_dir())):
-        target = view / sub
-        target.mkdir(parents=True, exist_ok=True)
-        keep = QUICK_REAL_TRAIN if sub == "train/good" else QUICK_REAL_TEST
-        for image in sorted(p for p in (category.directory / sub).iterdir() if p.is_file() and not p.name.startswith("."))[:keep]:
-            link = target / image.name
-            if not link.is_symlink():
-                link.symlink_to(image.resolve())
-    gt = view / "ground_truth"
-    if (category.directory / "ground_truth").is_dir() and not gt.is_symlink():
-        gt.symlink_to((category.directory / "ground_truth").resolve(), target_is_directory=True)
-    return view
 
 
 # --------------------------------------------------------------------------- one category
@@ -288,8 +269,6 @@ def run_category(settings: Settings, category: Category, seed: int, default_area
             _run_step(settings, "generate", "make_dataset.py",
                       ["--out", str(directory.parent), "--classes", directory.name, "--seed", "0",
                        *(QUICK_DATA if settings.quick else ())], log)
-        elif settings.quick:
-            directory = _quick_subset(category, base / "real")
         row["directory"] = str(directory)
         train_argv = ["new", "-d", str(directory), "--out", str(base / "runs"), "--seed", str(seed),
                       *quick_train, *settings.extra_train]

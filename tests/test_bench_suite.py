@@ -109,21 +109,6 @@ def test_proxy_and_regime_are_read_whatever_their_shape():
     assert "| proxy |" in text and "| a/x | 0 | surface | 0.900 |" in text and "| 0.610 |" in text
 
 
-def test_quick_view_of_a_real_category_links_a_few_images(tmp_path):
-    real = tmp_path / "real" / "set" / "part"
-    for sub, n in (("train/good", 20), ("test/good", 5), ("test/crack", 4), ("ground_truth/crack", 4)):
-        (real / sub).mkdir(parents=True)
-        for i in range(n):
-            (real / sub / (f"{i:03d}_mask.png" if "ground" in sub else f"{i:03d}.png")).write_bytes(b"png")
-    view = suite._quick_subset(suite.Category("set/part", real, False), tmp_path / "view")
-    train = sorted((view / "train" / "good").iterdir())
-    assert len(train) == suite.QUICK_REAL_TRAIN and all(p.is_symlink() for p in train)
-    assert train[0].resolve() == (real / "train" / "good" / "000.png").resolve()
-    assert len(list((view / "test" / "crack").iterdir())) == suite.QUICK_REAL_TEST
-    assert (view / "ground_truth").is_symlink() and (view / "ground_truth" / "crack" / "003_mask.png").is_file()
-    suite._quick_subset(suite.Category("set/part", real, False), tmp_path / "view")  # again: reuses its links
-
-
 def test_bad_options_give_one_line_errors(tmp_path, capsys):
     base = ["--real-data", str(tmp_path), "--out", str(tmp_path / "out")]
     for argv, message in ((["--categories", "nosuch"], "unknown category 'nosuch'; available: generated/brick, generated/gravel"),
