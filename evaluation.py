@@ -17,6 +17,7 @@ import inference
 import metrics
 import resmaps
 import runs
+import sharding
 import visualize
 from utils import UserError, warn
 
@@ -181,13 +182,16 @@ def _set_aside_other_weights(method_dir, model_sha256):
 
 
 def predict_images(path, images_dir, method=None, threshold=None, min_area=None, smooth=DEFAULT_SMOOTH, batch=16, out=None,
-                   baseline=None, scales=None, passes=None):
+                   baseline=None, scales=None, passes=None, shard=None):
     """Verdicts on a folder of unlabelled images (recursive); writes predictions, masks and overlays.
+
+    ``shard`` ``"K/N"``: only the K-th of N parts of the folder (see sharding.py).
 
     Masks and overlays mirror the input tree under the output folder (printed by test.py).
     Returns ``(frame, output folder)``.
     """
     _check_smooth(smooth)
+    shard = sharding.parse(shard)
     run = runs.find_run(path)
     method = run.method(method)
     threshold, min_area, options, _ = inference.resolve_threshold(run, method, threshold, min_area, baseline, scales, passes)
@@ -195,11 +199,14 @@ def predict_images(path, images_dir, method=None, threshold=None, min_area=None,
     paths = data.list_images(images_dir, recursive=True)
     if not paths:
         raise UserError(f"no images under {images_dir} (supported: {', '.join(data.IMAGE_EXTENSIONS)})")
+    part = sharding.record(shard, paths, images_dir)
+    if shard:
+        paths = sharding.select(paths, images_dir, shard)
     # Default name: the folder's name plus a hash of its full path, so /a/imgs and /b/imgs never share a result.
     source = str(images_dir.resolve())
     out_dir = Path(out) if out else run.dir / "predictions" / method / (
-        f"{images_dir.resolve().name}-{hashlib.sha256(source.encode()).hexdigest()[:6]}_a{min_area}_t{runs.format_threshold(threshold)}")
-    identity = {"kind": "predictions", "images": source, "model_sha256": runs.model_id(run.model_path)}
+        f"{images_dir.resolve().name}-{hashlib.sha256(source.encode()).hexdigest()[:6]}_a{min_area}_t{runs.format_threshold(threshold)}{sharding.suffix(shard)}")
+    identity = {"kind": "predictions", "images": source, "model_sha256": runs.model_id(run.model_path), **part}
     staging = runs.StagedOutput(out_dir, identity, inputs=[images_dir, run.class_dir], protect=[run.dir], archive=not out)
     staging.check()  # before the long inference
     seen = inference.inspect(run, paths, method, batch, progress="images", options=options)
@@ -226,7 +233,7 @@ def predict_images(path, images_dir, method=None, threshold=None, min_area=None,
                                                            **options.record(),
                                                            "smooth_sigma": smooth,
                                                            "images": str(images_dir.resolve()),
-                                                           "model": str(run.model_path), **run.model_record()})
+                                                           "model": str(run.model_path), **run.model_record(), **part})
     return frame, out_dir
 
 

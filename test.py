@@ -20,6 +20,7 @@ quiet_tensorflow()
 import evaluation  # noqa: E402
 import inference  # noqa: E402
 import runs  # noqa: E402
+import sharding  # noqa: E402
 
 
 def get_parser():
@@ -35,19 +36,34 @@ def get_parser():
                              "image scores and AUROC/AU-PRO (0: none); verdicts use the raw map")
     parser.add_argument("--save", action="store_true", help="also write each image's defect mask PNG and overlay PNG")
     parser.add_argument("--images", default=None, help="folder of unlabelled images (searched recursively): write predictions only")
-    parser.add_argument("--out", default=None, help="with --images: output folder (default: inside the run folder)")
+    parser.add_argument("--out", default=None, help="with --images or --merge: output folder (default: inside the run folder)")
+    parser.add_argument("--shard", default=None, metavar="K/N",
+                        help="with --images: score only the K-th of N disjoint parts of the folder (its sorted list cut in N), "
+                             "e.g. one part per machine; join the parts with --merge")
+    parser.add_argument("--merge", nargs="+", default=None, metavar="PART",
+                        help="join the predictions.csv of every --shard part (their output folders) into one")
     return parser
 
 
 def main(argv=None):
     """Parse arguments, run labelled testing or predictions, print a summary and the output folder."""
     args = get_parser().parse_args(argv)
-    if args.out and not args.images:
-        raise UserError("--out only applies with --images (labelled results are written inside the run folder)")
+    if args.out and not (args.images or args.merge):
+        raise UserError("--out only applies with --images or --merge (labelled results are written inside the run folder)")
+    if args.shard and not args.images:
+        raise UserError("--shard only applies with --images")
+    if args.merge:
+        if args.images:
+            raise UserError("--merge joins finished --shard parts: give it without --images")
+        frame, out = sharding.merge(args.merge, args.out, args.path)
+        print(f"{len(frame)} images from {len(args.merge)} parts: {int((frame['verdict'] == 'defective').sum())} defective, "
+              f"{int((frame['verdict'] == 'good').sum())} good")
+        print(out)
+        return
     if args.images:
         frame, out = evaluation.predict_images(args.path, args.images, args.method, args.threshold, args.area,
                                                args.smooth, args.batch, args.out, args.baseline, args.scales,
-                                               args.passes)
+                                               args.passes, args.shard)
         print(f"{len(frame)} images: {int((frame['verdict'] == 'defective').sum())} defective, "
               f"{int((frame['verdict'] == 'good').sum())} good")
         print(out)

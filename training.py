@@ -135,6 +135,7 @@ def _compile(model, setup):
 
     with distribution.scope(setup):  # optimizer variables live where the model's do
         model.compile(optimizer=keras.optimizers.Adam(learning_rate=setup["lr"]), loss=clf.get_loss(setup["loss"], setup["size"]))
+    distribution.adapt(model, setup)
 
 
 def _geometry(args, mode, paths):
@@ -319,7 +320,10 @@ def train(setup, run_dir, images, model, start_epoch=0, state=None):
                                  seed=seed, denoise=setup.get("denoise", 0.0),
                                  rotation=setup.get("rotation", data.DEFAULT_ROTATION), patch=setup.get("patch"))
     distribution.check_train_count(setup, len(train_images))
-    val_ds = data.make_dataset(val_images, distribution.validation_batch(setup, len(val_images)), training=False)
+    train_ds = distribution.drop_short_batches(train_ds, setup, len(train_images), distribution.global_batch(setup), "training")
+    val_batch = distribution.validation_batch(setup, len(val_images))
+    val_ds = distribution.drop_short_batches(data.make_dataset(val_images, val_batch, training=False), setup,
+                                             len(val_images), val_batch, "validation")
     if start_epoch == 0 or getattr(model, "optimizer", None) is None:
         _compile(model, setup)  # a resumed model keeps its compiled optimizer state
     # Seconds already spent: from the backup after a crash, else from the finished run being extended.
