@@ -28,11 +28,48 @@ def warn(message):
     tqdm.write(f"warning: {message}", file=sys.stderr)
 
 
+class _QuietImport:
+    """Import finder that imports ``tensorflow`` (whenever something first asks for it) with
+    the process's stderr sent to /dev/null: its C++ library prints start-up lines (absl's
+    "All log messages before absl::InitializeLog()", oneDNN's notice) that
+    ``TF_CPP_MIN_LOG_LEVEL`` does not silence and that would break one-line error messages."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "tensorflow":
+            return None
+        import importlib
+        import importlib.abc
+        import importlib.util
+
+        sys.meta_path.remove(self)
+        sys.stderr.flush()
+        saved = os.dup(2)
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, 2)
+            os.close(devnull)
+            module = importlib.import_module("tensorflow")
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+        class _Loaded(importlib.abc.Loader):
+            def create_module(self, spec):
+                return module
+
+            def exec_module(self, mod):
+                pass
+
+        return importlib.util.spec_from_loader(name, _Loaded(), origin=getattr(module, "__file__", None))
+
+
 def quiet_tensorflow():
     """Silence TensorFlow's C++ start-up chatter; must run before TensorFlow is imported."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     warnings.filterwarnings("ignore", category=UserWarning, module="keras")
+    if "tensorflow" not in sys.modules and not any(isinstance(f, _QuietImport) for f in sys.meta_path):
+        sys.meta_path.insert(0, _QuietImport())
 
 
 def run_cli(main, argv=None):

@@ -338,3 +338,13 @@ def test_unwritable_output_is_refused_before_any_work(template, tmp_path, capsys
                                         "--epochs", "1"], capsys)
     assert code == 2 and "no permission to write into" in err and len(err.strip().splitlines()) == 1
     assert sweep.file_hashes(world.root) == before
+
+
+def test_tensorflow_start_up_lines_do_not_break_one_line_errors():
+    """TensorFlow's C++ start-up lines (absl, oneDNN) would precede every error raised after
+    the model is loaded; the scripts import TensorFlow with them silenced."""
+    code = ("import sys; sys.path.insert(0, '.'); from utils import quiet_tensorflow; quiet_tensorflow(); "
+            "import keras, tensorflow as tf; assert tf.constant([2.0]).numpy()[0] == 2.0")
+    env = {k: v for k, v in ENV.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr[-600:]
