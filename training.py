@@ -174,6 +174,11 @@ def _check_out(out, directory):
         raise UserError(f"--out {out} lies inside the dataset {directory}: choose a folder outside it")
 
 
+# Options a caller's Namespace may lack (code that builds one itself, e.g. the tests' fixtures):
+# the plain object-mode CAE without the learned head, as before those options existed.
+PROGRAMMATIC_DEFAULTS = {"mode": "object", "patch": None, "head_steps": 0}
+
+
 def prepare(args):
     """Check everything a new run needs, before any folder is created.
 
@@ -182,6 +187,9 @@ def prepare(args):
     import custom_loss_functions as clf
     import models
 
+    for name, default in PROGRAMMATIC_DEFAULTS.items():
+        if not hasattr(args, name):  # a Namespace built by code written before the option existed
+            setattr(args, name, default)
     _check_out(args.out, args.directory)
     if args.batch < 1:
         raise UserError(f"--batch must be >= 1, got {args.batch}")
