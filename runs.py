@@ -6,7 +6,6 @@ loss curve, ``validation_files.txt``; ``validate.py``, ``test.py`` and ``finetun
 add their own sub-folders. A run can be moved as one folder.
 """
 import datetime as dt
-import errno
 import fcntl
 import hashlib
 import json
