@@ -27,8 +27,10 @@ def test_quick_suite_runs_every_category_and_reports_a_failure_in_its_row(tmp_pa
     readme = tmp_path / "README.md"
     readme.write_text(README_TEXT)
     out = tmp_path / "out"
+    # --compare with no method: only the run's default map (the comparison table is checked below on fixed rows).
     done = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_suite.py"), "--quick", "--textures", "brick", "nosuch",
-                           "--real-data", str(tmp_path / "absent"), "--out", str(out), "--append", "--readme", str(readme)],
+                           "--real-data", str(tmp_path / "absent"), "--out", str(out), "--append", "--readme", str(readme),
+                           "--compare"],
                           capture_output=True, text=True, timeout=300, cwd=tmp_path)  # its steps end with it (pdeathsig)
     assert done.returncode == 0, done.stderr[-2000:]
     assert f"note: no real categories under {tmp_path / 'absent'}" in done.stdout
@@ -107,6 +109,22 @@ def test_proxy_and_regime_are_read_whatever_their_shape():
     assert suite._mode({"mode": {"requested": "auto", "chosen": "object"}}) == "object"
     text = suite.format_tables([_row("a/x", 0, image_auroc=0.9, proxy=0.61, mode="surface")], "### h")
     assert "| proxy |" in text and "| a/x | 0 | surface | 0.900 |" in text and "| 0.610 |" in text
+
+
+def test_method_table_sets_the_proxy_against_the_real_au_pro():
+    def methods(proxy_ssim, au_pro_ssim, proxy_learned, au_pro_learned):
+        return {"ssim": {"au_pro": au_pro_ssim, "proxy": proxy_ssim, "image_auroc": 0.9},
+                "learned": {"au_pro": au_pro_learned, "proxy": proxy_learned}}
+
+    rows = [_row("a/x", 0, methods=methods(0.5, 0.8, 0.6, 0.7)),  # proxy prefers learned, the test set ssim
+            _row("b/y", 0, methods=methods(0.2, 0.3, 0.4, 0.6)),  # both prefer learned
+            _row("c/z", 0, methods={"ssim": {"au_pro": 0.5, "proxy": 0.1}, "learned": {"error": "test learned: boom"}}),
+            _row("d/w", 0, methods={"ssim": {"au_pro": 0.5}})]  # one method only: not in the table
+    text = suite.method_table(rows)
+    assert "| a/x | 0 | ssim | 0.900 | – | 0.800 | – | – | 0.500 |" in text
+    assert "| c/z | 0 | learned | failed: test learned: boom |" in text and "d/w" not in text
+    assert "The proxy picked the method with the better real AU-PRO on 1 of 2 runs." in text
+    assert suite.method_table([_row("d/w", 0, methods={"ssim": {"au_pro": 0.5}})]) == ""
 
 
 def test_bad_options_give_one_line_errors(tmp_path, capsys):
