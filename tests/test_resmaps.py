@@ -54,6 +54,31 @@ def test_multiscale_map_is_the_mean_of_the_scales():
     np.testing.assert_allclose(resmaps.residual_maps(x, y, "l2", scales=2)[0], expected, atol=1e-6)
 
 
+def test_maps_equal_the_tensorflow_graph_version():
+    # residual_maps runs in NumPy/OpenCV; _single_scale_maps keeps the same maps as
+    # TensorFlow ops for graphs (the exported detector). Both must agree, odd sizes and
+    # grey images included.
+    import tensorflow as tf
+
+    def graph_maps(images, recons, method, scales):
+        x, y = tf.constant(images), tf.constant(recons)
+        total = resmaps._single_scale_maps(x, y, method)
+        for _ in range(scales - 1):
+            x, y = tf.nn.avg_pool2d(x, 2, 2, "VALID"), tf.nn.avg_pool2d(y, 2, 2, "VALID")
+            coarse = resmaps._single_scale_maps(x, y, method)[..., None]
+            total += tf.image.resize(coarse, images.shape[1:3], method="bilinear")[..., 0]
+        return (total / scales).numpy()
+
+    rng = np.random.default_rng(2)
+    for shape in ((2, 48, 48, 3), (2, 45, 37, 1)):
+        x = rng.random(shape, dtype=np.float32)
+        y = np.clip(x + rng.normal(0, 0.2, shape), 0, 1).astype(np.float32)
+        for method in ("ssim", "l2"):
+            for scales in range(1, resmaps.max_scales(min(shape[1:3]), method) + 1):
+                np.testing.assert_allclose(resmaps.residual_maps(x, y, method, scales),
+                                           graph_maps(x, y, method, scales), rtol=0, atol=2e-5)
+
+
 def test_scales_are_limited_by_the_ssim_window():
     assert [resmaps.max_scales(s, "ssim") for s in (16, 32, 48, 128, 256)] == [1, 2, 3, 4, 4]
     assert resmaps.max_scales(16, "l2") == 4
