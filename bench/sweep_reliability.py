@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -383,6 +384,186 @@ def run_case_subprocess(case, template, dest):
     return classify(case, proc.returncode, proc.stderr, before, file_hashes(world.root), world)
 
 
+# ---- scenarios: several processes, kills, changed weights (sweep only; tests/test_reliability.py
+# has its own versions of these) ----
+
+def _run(script, *argv, cwd=ROOT):
+    return subprocess.run([sys.executable, str(ROOT / script), *map(str, argv)], cwd=cwd, capture_output=True, text=True,
+                          timeout=900, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "MPLBACKEND": "Agg"})
+
+
+def _start(script, *argv):
+    # SIGINT back to its default: a sweep started in the background inherits it ignored, and
+    # Python then never turns Ctrl-C into KeyboardInterrupt.
+    return subprocess.Popen([sys.executable, str(ROOT / script), *map(str, argv)], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+
+
+def _one_error_line(stderr, fragment):
+    lines = [line for line in stderr.splitlines() if line.strip() and not line.startswith("warning:")]
+    return len(lines) == 1 and ": error: " in lines[0] and fragment in lines[0] and "Traceback" not in stderr
+
+
+def _wait_for(condition, proc, seconds=300):
+    deadline = time.time() + seconds
+    while time.time() < deadline and proc.poll() is None and not condition():
+        time.sleep(0.01)
+    return proc.poll() is None
+
+
+def _state_epoch(run):
+    try:
+        return json.loads((run / "backup" / "state.json").read_text())["epoch"]
+    except (OSError, ValueError, KeyError):
+        return -1
+
+
+FAST = ["--passes", "1", "--scales", "1"]
+
+
+def scenario_concurrent_tests(world):
+    """Two test.py on one run, other --smooth: both work, one complete, consistent result."""
+    procs = [_start("test.py", "-p", world.run, "-t", "0.5", "-a", "5", *FAST, "--smooth", s) for s in (1, 6)]
+    outs = [p.communicate(timeout=900) for p in procs]
+    if any(p.returncode for p in procs):
+        return "traceback" if any("Traceback" in o[1] for o in outs) else "wrong", outs[0][1][-200:] + outs[1][1][-200:]
+    import pandas as pd
+    import tifffile
+
+    method_dir = world.run / "test" / "ssim"
+    frame = pd.read_csv(method_dir / "a5_t0.500000" / "classification.csv")
+    for _, row in frame.iterrows():
+        tiff = tifffile.imread(method_dir / "anomaly_maps" / row["defect_type"] / f"{Path(row['path']).stem}.tiff")
+        if abs(float(tiff.max()) - row["score"]) > 1e-5 * max(1.0, abs(row["score"])):
+            return "wrong", "scores and anomaly maps come from different processes"
+    if [p for p in method_dir.iterdir() if ".partial" in p.name]:
+        return "wrong", "a staging folder was left"
+    return "works", f"{len(frame)} images, one consistent result"
+
+
+def scenario_concurrent_resumes(world):
+    """Two resume of one run: the second refuses with one line; the first finishes."""
+    first = _start("train.py", "resume", "-p", world.run, "-e", "3")
+    first.stdout.readline()
+    second = _run("train.py", "resume", "-p", world.run, "-e", "1")
+    out, err = first.communicate(timeout=900)
+    if first.returncode:
+        return "wrong", f"the first resume failed: {err[-200:]}"
+    if second.returncode != 2 or not _one_error_line(second.stderr, "in use by another process"):
+        return "traceback" if "Traceback" in second.stderr else "wrong", second.stderr[-200:]
+    return "clean", second.stderr.strip()
+
+
+def scenario_kill_at_resume_start(world):
+    """kill -9 the moment resume -e 2 has written its backup: resume and resume -e continue."""
+    proc = _start("train.py", "resume", "-p", world.run, "-e", "2")
+    alive = _wait_for(lambda: (world.run / "backup" / "state.json").is_file(), proc)
+    proc.kill()
+    proc.communicate()
+    if not alive:
+        return "wrong", "resume ended before it could be killed"
+    done = _run("train.py", "resume", "-p", world.run, "-e", "1")
+    setup = world.setup()
+    if done.returncode or setup["status"] != "done" or setup["epochs_run"] != 5:
+        return "wrong", f"not resumable: {done.stderr[-200:]} {setup.get('status')} {setup.get('epochs_run')}"
+    return "works", "killed at start, resumed to 5 epochs"
+
+
+def scenario_kill_mid_training(world):
+    """kill -9 during the second new epoch: resume continues from the last finished one."""
+    proc = _start("train.py", "resume", "-p", world.run, "-e", "4")
+    alive = _wait_for(lambda: _state_epoch(world.run) >= 3, proc)
+    proc.kill()
+    proc.communicate()
+    if not alive:
+        return "wrong", "resume ended before it could be killed"
+    done = _run("train.py", "resume", "-p", world.run)
+    setup = world.setup()
+    import pandas as pd
+
+    epochs = list(pd.read_csv(world.run / "history.csv")["epoch"])
+    if done.returncode or setup["epochs_run"] != 6 or epochs != list(range(6)):
+        return "wrong", f"{done.stderr[-200:]} epochs {epochs}"
+    return "works", "killed mid-training, resumed, history 0-5"
+
+
+def scenario_stale_threshold(world):
+    """validate; the weights change (resume -e 1); test.py refuses the old threshold;
+    validate again keeps the old result in other_weights/; test.py works."""
+    before = file_hashes(world.run / "validation" / "ssim" / "a10")
+    if _run("train.py", "resume", "-p", world.run, "-e", "1").returncode:
+        return "wrong", "resume failed"
+    refused = _run("test.py", "-p", world.run)
+    if refused.returncode != 2 or not _one_error_line(refused.stderr, "computed on other weights"):
+        return "traceback" if "Traceback" in refused.stderr else "wrong", refused.stderr[-200:]
+    if _run("validate.py", "-p", world.run, "-a", "10", *FAST).returncode or _run("test.py", "-p", world.run).returncode:
+        return "wrong", "validate/test after re-validation failed"
+    kept = [p for p in (world.run / "validation" / "ssim" / OTHER).glob("*/a10")]
+    if len(kept) != 1 or file_hashes(kept[0]) != before:
+        return "lost", "the old validation result was not kept"
+    return "clean", refused.stderr.strip()
+
+
+def scenario_kill_during_test(world):
+    """kill -9 test.py while it writes: the earlier result stays whole; the next run cleans up."""
+    argv = ["-p", world.run, "-t", "0.5", "-a", "5", *FAST, "--save"]
+    if _run("test.py", *argv).returncode:
+        return "wrong", "first test failed"
+    folder = world.run / "test" / "ssim" / "a5_t0.500000"
+    before = file_hashes(folder)
+    proc = _start("test.py", *argv)
+    _wait_for(lambda: any(".partial" in p.name for p in folder.parent.iterdir()), proc)
+    proc.kill()
+    proc.communicate()
+    if file_hashes(folder) != before:
+        return "lost", "the earlier result changed"
+    if _run("test.py", *argv).returncode or [p for p in folder.parent.iterdir() if ".partial" in p.name]:
+        return "wrong", "the next run failed or left the killed run's staging folder"
+    return "works", "earlier result intact, staging of the killed process removed"
+
+
+def scenario_ctrl_c_new_run(world):
+    """Ctrl-C during a new run's second epoch: one line, the run resumes."""
+    out = world.root / "ctrlc"
+    proc = _start("train.py", "new", "-d", world.root / "data" / "brick", "--size", "32", "-a", "mvtec", "--epochs", "12",
+                  "--out", out, *EXTRA_TRAIN)
+    alive = _wait_for(lambda: any(_state_epoch(r) >= 1 for r in out.glob("*/*/*/*/*")), proc)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    if "Traceback" in err:
+        return "traceback", err[-200:]
+    if not alive or proc.returncode != 130 or "interrupted" not in err:
+        return "wrong", f"not interrupted (exit {proc.returncode})"
+    (run,) = list(out.glob("*/*/*/*/*"))
+    done = _run("train.py", "resume", "-p", run)
+    if done.returncode or json.loads((run / "setup.json").read_text())["epochs_run"] != 12:
+        return "wrong", done.stderr[-200:]
+    return "works", "Ctrl-C after the first epoch, resumed to 12 epochs"
+
+
+OTHER = "other_weights"
+EXTRA_TRAIN = []
+SCENARIOS = [scenario_concurrent_tests, scenario_concurrent_resumes, scenario_kill_at_resume_start,
+             scenario_kill_mid_training, scenario_stale_threshold, scenario_kill_during_test, scenario_ctrl_c_new_run]
+
+
+def run_scenario(scenario, template, dest):
+    """A scenario on a fresh copy of the world; files that existed before must survive
+    (the run's own model, history, setup and backup may change: training rewrites them)."""
+    world = prepare_case(Case(scenario.__name__, "", []), template, dest)
+    own = ("runs/run/CAE_", "runs/run/setup.json", "runs/run/history.csv", "runs/run/loss_curve.png", "runs/run/backup",
+           "runs/run/calibration_", "runs/run/test/", "runs/run/validation/")
+    before = {k: v for k, v in file_hashes(world.root).items() if not k.startswith(own)}
+    try:
+        outcome, reason = scenario(world)
+    except Exception as exc:  # noqa: BLE001 - a scenario that breaks is reported, not fatal to the sweep
+        outcome, reason = "wrong", f"{exc.__class__.__name__}: {exc}"
+    after = file_hashes(world.root)
+    changed = [k for k, v in before.items() if after.get(k) != v]
+    return ("lost", f"changed or deleted: {changed[:3]}") if changed else (outcome, reason)
+
+
 def make_template(out):
     """Generate a dataset, train a 2-epoch run and validate it: the sweep's template world."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -396,6 +577,7 @@ def make_template(out):
     for flag, value in (("--mode", "object"), ("--head-steps", "0"), ("--color", "grayscale")):
         if flag in helped:  # the plain object-mode CAE the cases are written for
             extra += [flag, value]
+    EXTRA_TRAIN[:] = extra
     train = subprocess.run([sys.executable, str(ROOT / "train.py"), "new", "-d", str(class_dir), "--size", str(SIZE),
                             "--epochs", "2", "-b", "4", "--val-split", "0.2", "--out", str(out / "gen_runs"), *extra],
                            capture_output=True, text=True)
@@ -421,10 +603,16 @@ def main(argv=None):
     template = make_template(out)
     counts = {"clean": 0, "works": 0, "traceback": 0, "wrong": 0, "lost": 0}
     cases = [c for c in CASES if args.only is None or c.id in args.only]
+    scenarios = [s for s in SCENARIOS if args.only is None or s.__name__ in args.only]
     for i, case in enumerate(cases):
         outcome, reason = run_case_subprocess(case, template, out / "cases" / case.id)
         counts[outcome] += 1
         print(f"{i + 1:3d} {case.id:32s} {outcome:9s} {reason[:150]}", flush=True)
+    for i, scenario in enumerate(scenarios):
+        outcome, reason = run_scenario(scenario, template, out / "scenarios" / scenario.__name__)
+        counts[outcome] += 1
+        print(f"{len(cases) + i + 1:3d} {scenario.__name__:32s} {outcome:9s} {reason[:150]}", flush=True)
+    cases = cases + scenarios
     print(f"{len(cases)} cases in {time.time() - started:.0f} s: {counts['clean']} clean refusals, {counts['works']} worked, "
           f"{counts['traceback']} tracebacks, {counts['wrong']} silent wrong results, {counts['lost']} data lost")
     return 0 if counts["traceback"] == counts["wrong"] == counts["lost"] == 0 else 1
