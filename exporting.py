@@ -116,7 +116,7 @@ def _fixed_point(k):
     return tf.where(k < 0, tf.math.ceil(scaled - 0.5), tf.floor(scaled + 0.5))
 
 
-def pillow_resize_uint8(images, size, dtype):
+def pillow_resize_uint8(images, size: int, dtype):
     """uint8 N×H×W×C → float32 N×size×size×C pixel values (0-255) exactly as ``data.load_image``:
     Pillow's box filter when shrinking both sides, else bicubic, two separable passes."""
     tf = _tf()
@@ -149,7 +149,7 @@ def pillow_resize_float(maps, height, width, dtype):
 
 # ---- the map pipeline as one graph ----
 
-def gaussian_blur(maps, sigma):
+def gaussian_blur(maps, sigma: float):
     """``scipy.ndimage.gaussian_filter(maps, (0, σ, σ), mode='reflect')`` (truncate 4) as graph ops."""
     tf = _tf()
     if not sigma:
@@ -178,7 +178,7 @@ class Spec:
     channels: int
 
 
-def residual(x, y, method, scales):
+def residual(x, y, method: str, scales: int):
     """:func:`resmaps.residual_maps` as graph ops (the same formula, without leaving the graph)."""
     tf = _tf()
     single = GRAPH_METHODS[method]
@@ -190,7 +190,7 @@ def residual(x, y, method, scales):
     return total / scales
 
 
-def detector_function(model, spec: Spec, resize_inside=True):
+def detector_function(model, spec: Spec, resize_inside: bool = True):
     """The serving function: uint8 images → dict of anomaly map, score, residual map, defect pixels.
 
     Mirrors :func:`inference.refined_maps` with the run's calibration and
@@ -249,8 +249,11 @@ def _write_saved_model(model, spec, folder):
 
 def _write_onnx(model, spec, folder):
     """ONNX through tf2onnx (opset 17), its outputs renamed to the signature's names."""
-    import onnx
-    import tf2onnx
+    try:
+        import onnx
+        import tf2onnx
+    except ImportError as exc:
+        raise UserError(f"ONNX export needs {exc.name} (pip install -r requirements.txt)") from None
 
     tf = _tf()
     function = tf.function(detector_function(model, spec), input_signature=_signature(spec))
@@ -323,7 +326,8 @@ def _check_supported(run, method, found):
         raise UserError(f"export supports square models only; this run's model takes {shape[0]}x{shape[1]} images")
 
 
-def export_run(path, fmt="saved_model", out=None, method=None, min_area=None, smooth=None, check_images=2):
+def export_run(path, fmt: str = "saved_model", out=None, method: str | None = None, min_area: int | None = None,
+               smooth: float | None = None, check_images: int = 2) -> tuple[Path, dict]:
     """Export run ``path`` with the newest validation result (for ``min_area`` if given).
 
     Writes ``out`` (default ``RUN/export/<fmt>``) holding the artefact, ``detector.json``
