@@ -346,6 +346,7 @@ def export_run(path, fmt: str = "saved_model", out=None, method: str | None = No
     inference.check_area_threshold(min_area=min_area)
     run = runs.find_run(path)
     method = run.method(method)
+    _check_supported(run, method, {})  # before looking for a validation result: say what is unsupported first
     found = runs.find_validation_result(run.dir, method, min_area, model=run.model_path)  # refuses other weights
     if found is None:
         which = f"method {method}" + (f", area {min_area}" if min_area is not None else "")
@@ -377,7 +378,7 @@ def export_run(path, fmt: str = "saved_model", out=None, method: str | None = No
         },
         "threshold": spec.threshold, "min_area": int(found["min_area"]), "method": method, **options.record(),
         "smooth_sigma": smooth, "size": run.size, "channels": spec.channels,
-        "mask_threshold": spec.mask_threshold,
+        "mask_threshold": spec.mask_threshold if np.isfinite(spec.mask_threshold) else None,  # None: one pass
         "validation_result": {"path": str(result_path), "sha256": _sha256(result_path), "threshold": spec.threshold,
                               "min_area": int(found["min_area"])},
         "run": str(run.dir), "model": str(run.model_path), "model_sha256": _sha256(run.model_path),
