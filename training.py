@@ -513,8 +513,8 @@ def _resume_locked(run_dir, more_epochs, strategy=None):
     shape = setup.get("shape") or setup["size"]
     train_images, _ = data.load_images(train_paths, setup["color"], shape, progress="loading train/good")
     val_images, _ = data.load_images(sorted(val_set), setup["color"], shape, progress="loading validation")
-    if strategy is not None:
-        setup.update(distribution.describe(strategy, setup["batch"]))
+    # Replicas are counted again: the machine may differ from the one that started the run.
+    setup.update(distribution.describe(strategy or setup.get("strategy", "one"), setup["batch"]))
     with distribution.scope(setup):  # the run's strategy (recorded in setup.json), or the one asked for
         model = runs.load_keras(model_file, compile=True)
     if found is None:
