@@ -228,7 +228,7 @@ def main(argv=None):
     out = Path(args.out) if args.out else None
     if out:
         out.mkdir(parents=True, exist_ok=True)
-    rows = []
+    rows, used = [], set()
     for path in _image_files(args.images):
         try:
             result = detector.predict(read_image(path, detector.color))
@@ -238,7 +238,9 @@ def main(argv=None):
         row = {"path": str(path), "verdict": "defective" if result["defective"] else "good", "score": result["score"],
                "largest_area": result["largest_area"], "n_regions": result["n_regions"]}
         if out:
-            row["mask"] = str(out / f"{path.stem}_mask.png")
+            name = path.stem if path.stem not in used else "_".join(path.with_suffix("").parts[-3:])  # same stems elsewhere
+            used.add(name)
+            row["mask"] = str(out / f"{name}_mask.png")
             cv2.imwrite(row["mask"], result["mask"].astype(np.uint8) * 255)
         rows.append(row)
         print(",".join(str(v) for v in row.values()), flush=True)
