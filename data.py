@@ -302,7 +302,7 @@ def paste_anomalies(x, probability=0.5, min_radius=0.03, max_radius=0.15):
 
 
 def make_dataset(images, batch, training, augment=True, flip=False, seed=0, denoise=0.0, rotation=DEFAULT_ROTATION,
-                 patch=None):
+                 patch=None, per_epoch=None):
     """``tf.data`` pipeline of ``(input, target)`` batches from an in-memory N×H×W×C array.
 
     Images are decoded once (they arrive decoded) and cached; training batches are shuffled
@@ -310,14 +310,17 @@ def make_dataset(images, batch, training, augment=True, flip=False, seed=0, deno
     The target is the (augmented) image itself; with ``denoise`` > 0 that share of the
     inputs additionally gets :func:`paste_anomalies`, so the model learns to repair rather
     than copy (``True``, as older runs recorded it, means :data:`DEFAULT_DENOISE`).
-    With ``patch`` (surface runs), each training image contributes one random
-    ``patch``×``patch`` crop per epoch, so a pattern is seen at every offset.
+    With ``patch`` (surface runs), each training image contributes random
+    ``patch``×``patch`` crops (one per epoch, or as many as ``per_epoch`` patches in all
+    need), so a pattern is seen at every offset.
     """
     import tensorflow as tf
 
     ds = tf.data.Dataset.from_tensor_slices(images).cache()
+    if training and patch and per_epoch and per_epoch > len(images):
+        ds = ds.repeat(-(-int(per_epoch) // len(images))).take(int(per_epoch))
     if training:
-        ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
+        ds = ds.shuffle(int(per_epoch or len(images)) if patch else len(images), seed=seed, reshuffle_each_iteration=True)
     if training and patch:
         crop = [int(patch), int(patch), int(images.shape[-1])]
         ds = ds.map(lambda x: tf.image.random_crop(x, crop), num_parallel_calls=tf.data.AUTOTUNE)

@@ -28,6 +28,7 @@ ALIGNMENT_SIDE = 64  # px: images are compared at this size (fine texture does n
 ALIGNMENT_THRESHOLD = 0.8  # explained variance at or above which a class counts as aligned
 STRIDE = 16  # surface images are resized to multiples of this (the autoencoder's total stride below 256 px)
 MAX_SURFACE_SIDE = 256  # default shorter side of surface images: native resolution up to this
+MIN_PATCHES_PER_EPOCH = 256  # a surface epoch repeats the training images until it holds this many patches
 DEFAULT_PATCH = 96  # px: side of the random training crops of surface runs (6x6 code positions)
 
 

@@ -238,7 +238,10 @@ def prepare(args):
                                        fully_convolutional=mode == "surface")
     except (ValueError, FileNotFoundError) as exc:
         raise UserError(str(exc)) from None
-    epochs = args.epochs if args.epochs is not None else epochs_for(args.instances, len(train_paths))
+    # Surface epochs draw at least MIN_PATCHES_PER_EPOCH patches, so a small class does not spend
+    # its time on per-epoch validation and checkpoints (36 cookies: 468 epochs of 32 patches otherwise).
+    per_epoch = len(train_paths) if patch is None else max(len(train_paths), regime.MIN_PATCHES_PER_EPOCH)
+    epochs = args.epochs if args.epochs is not None else epochs_for(args.instances, per_epoch)
     val_names = [data.relative_to(p, class_dir) for p in val_paths]
     setup = {
         "directory": str(class_dir.resolve()),
@@ -254,6 +257,7 @@ def prepare(args):
         "alignment": alignment,
         "shape": list(shape),
         "patch": patch,
+        "patches_per_epoch": None if patch is None else per_epoch,
         "head_steps": args.head_steps,
         "head": None,
         "instances": args.instances,
@@ -326,7 +330,8 @@ def train(setup, run_dir, images, model, start_epoch=0, state=None):
     seed = setup["seed"]
     train_ds = data.make_dataset(train_images, distribution.global_batch(setup), training=True, augment=setup["augment"], flip=setup["flip"],
                                  seed=seed, denoise=setup.get("denoise", 0.0),
-                                 rotation=setup.get("rotation", data.DEFAULT_ROTATION), patch=setup.get("patch"))
+                                 rotation=setup.get("rotation", data.DEFAULT_ROTATION), patch=setup.get("patch"),
+                                 per_epoch=setup.get("patches_per_epoch"))
     distribution.check_train_count(setup, len(train_images))
     train_ds = distribution.drop_short_batches(train_ds, setup, len(train_images), distribution.global_batch(setup), "training")
     val_batch = distribution.validation_batch(setup, len(val_images))
