@@ -96,6 +96,8 @@ def get_parser():
                    help="map methods also validated and tested on every trained run, besides the run's default one "
                         "(same area), for the method table and the proxy's ranking; none: only the default")
     p.add_argument("--append", action="store_true", help="add the tables to the Suite section of the README")
+    p.add_argument("--report", default=None, metavar="JSONL",
+                   help="run nothing: print (and with --append add) the tables of rows saved in this suite.jsonl")
     p.add_argument("--readme", default=str(README), help="README that --append writes to")
     return p
 
@@ -492,10 +494,32 @@ def run_suite(settings: Settings, argv=()) -> list:
     return rows
 
 
+def report(settings: Settings, jsonl: Path, argv=()) -> str:
+    """The tables of rows saved by earlier runs (``OUT/suite.jsonl``), e.g. of one suite run that was
+    split into parts; with ``--append`` added to the README too."""
+    try:
+        rows = [json.loads(line) for line in Path(jsonl).read_text().splitlines() if line.strip()]
+    except (OSError, ValueError) as exc:
+        raise UserError(f"--report {jsonl}: cannot read saved rows: {exc.__class__.__name__}") from None
+    if not rows:
+        raise UserError(f"--report {jsonl}: no rows")
+    stamps = sorted({str(r.get("started")) for r in rows})
+    header = header_for(settings, True, argv) + f"\n\nRows of {len(stamps)} suite run(s) started {', '.join(stamps)}, from `{jsonl}`."
+    block = format_tables(rows, header)
+    print(block)
+    if settings.append:
+        append_to_readme(settings.readme, block)
+    return block
+
+
 def main(argv=None):
-    """Parse arguments and run the suite."""
+    """Parse arguments and run the suite (or, with --report, print the tables of saved rows)."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    run_suite(settings_from_args(get_parser().parse_args(argv)), argv)
+    args = get_parser().parse_args(argv)
+    if args.report:
+        report(settings_from_args(args), Path(args.report), argv)
+        return
+    run_suite(settings_from_args(args), argv)
 
 
 if __name__ == "__main__":
