@@ -332,12 +332,16 @@ class PixelRanking:
             within = np.array(np.floor(limit * n_ok), dtype=cum_ok.dtype)  # searched without converting cum_ok
             past = int(np.searchsorted(cum_ok, within, side="right"))  # first position past the limit
             runs = min(runs, int(np.searchsorted(self.run_last, past)) + 2)
-        ok_at_end = cum_ok[self.run_last[:runs]]
         cum_weight = np.concatenate(([0.0], np.cumsum(np.where(dsel, self.defect_weight, 0.0))))
-        fprs = np.minimum(ok_at_end / n_ok, 1.0)
-        pros = np.minimum(cum_weight[self.defects_upto_run[:runs]] / n_regions, 1.0)
-        tail = [1.0] if runs == self.run_last.size else []
-        return np.concatenate(([0.0], fprs, tail)), np.concatenate(([0.0], pros, tail)), sel
+        # (0, 0), one point per run end, and (1, 1) when the curve is whole.
+        points = runs + 1 + (runs == self.run_last.size)
+        fprs, pros = np.empty(points), np.empty(points)
+        fprs[0] = pros[0] = 0.0
+        fprs[-1] = pros[-1] = 1.0
+        np.divide(cum_ok[self.run_last[:runs]], n_ok, out=fprs[1:runs + 1])  # <= 1 already: counts <= n_ok
+        np.divide(cum_weight[self.defects_upto_run[:runs]], n_regions, out=pros[1:runs + 1])
+        np.minimum(pros, 1.0, out=pros)
+        return fprs, pros, sel
 
     def pro_curve(self, images=None):
         """PRO curve ``(fprs, pros)`` of the subset, exactly as :func:`pro_curve`."""
@@ -352,7 +356,7 @@ class PixelRanking:
         """AU-PRO of the subset up to ``fpr_limit``, exactly as :func:`au_pro`."""
         fpr_limit = _check_fpr_limit(fpr_limit)
         fprs, pros, _ = self._pro_points(images, fpr_limit)
-        return trapezoid(fprs, pros, x_max=fpr_limit) / fpr_limit
+        return _sorted_area(fprs, pros, fpr_limit) / fpr_limit  # the points are finite and sorted
 
 
 def pixel_auroc(anomaly_maps, gt_masks):
@@ -436,18 +440,22 @@ def trapezoid(x, y, x_max=None):
     if np.any(np.diff(x) < 0):
         raise ValueError("trapezoid: x must be sorted in ascending order")
 
-    correction = 0.0
     if x_max is not None:
         x_max = float(x_max)
         if not x[0] <= x_max <= x[-1]:
             raise ValueError(f"trapezoid: x_max={x_max} outside the range of x [{x[0]}, {x[-1]}]")
-        if x_max not in x:
-            i = int(np.searchsorted(x, x_max, side="right"))  # x[i-1] < x_max < x[i] (= bisect_right)
+    return _sorted_area(x, y, x_max)
+
+
+def _sorted_area(x, y, x_max=None):
+    """:func:`trapezoid`'s area for finite float64 x, sorted ascending, x_max None or in range."""
+    correction = 0.0
+    if x_max is not None:
+        i = int(np.searchsorted(x, x_max, side="right"))  # x[:i] <= x_max (= bisect_right)
+        if x[i - 1] != x_max:  # x_max is not one of the x: x[i-1] < x_max < x[i]
             y_interp = y[i - 1] + (y[i] - y[i - 1]) * (x_max - x[i - 1]) / (x[i] - x[i - 1])
             correction = 0.5 * (y_interp + y[i - 1]) * (x_max - x[i - 1])
-        keep = x <= x_max
-        x, y = x[keep], y[keep]
-
+        x, y = x[:i], y[:i]
     return float(np.sum(0.5 * (y[1:] + y[:-1]) * (x[1:] - x[:-1])) + correction)
 
 
