@@ -33,6 +33,7 @@ __all__ = [
     "roc_curve",
     "pixel_auroc",
     "pixel_roc_curve",
+    "PixelRanking",
     "pro_curve",
     "trapezoid",
     "au_pro",
