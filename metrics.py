@@ -262,7 +262,7 @@ class PixelRanking:
         self.defect_run_last = self.run_last[run_of]
         self.defect_run_first = np.where(run_of > 0, self.run_last[run_of - 1] + 1, 0)
         # Defect pixels at or above each run's end (any subset's count is a prefix sum over them).
-        self.defects_upto_run = np.searchsorted(self.defect_pos, self.run_last, side="right")
+        self.defects_upto_run = np.cumsum(np.bincount(run_of, minlength=self.run_last.size), dtype=self._count_dtype)
         self._last_subset = None
 
     def _subset(self, images):
