@@ -142,8 +142,8 @@ def in_process(run_dir):
         visualize.plot_pro_curve(fprs, pros, result["au_pro"], Path(tmp) / "pro.png")
         plots_s = time.perf_counter() - started
     return {"images": len(images), "size": run.size, "maps": options.describe(method),
-            "maps_per_s": len(images) / maps_s, "maps_cpu_s_per_image": maps_cpu / len(images), "map_prep_s": prepared, "metrics_s": metrics_s,
-            "metrics_cpu_s": metrics_cpu, "plots_s": plots_s, "pixels": int(sum(m.size for m in full)),
+            "maps_per_s": len(images) / maps_s, "maps_cpu_s_per_image": maps_cpu / len(images), "map_prep_s": prepared,
+            "metrics_s": metrics_s, "metrics_cpu_s": metrics_cpu, "plots_s": plots_s, "pixels": int(sum(m.size for m in full)),
             "pixel_auroc": result["pixel_auroc"], "au_pro": result["au_pro"]}
 
 
