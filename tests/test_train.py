@@ -137,7 +137,8 @@ def test_interrupted_run_resumes_from_last_finished_epoch(tiny_dataset, tmp_path
 def test_new_cli_prints_run_folder_last_and_absolute_path_stays_in_out(tiny_dataset, tmp_path, capsys):
     out_dir = tmp_path / "out"
     code, out, err = cli(train.main, ["new", "-d", str(tiny_dataset.resolve()), "-a", "mvtec", "--size", "32",
-                                      "--epochs", "1", "-b", "4", "-l", "l2", "--out", str(out_dir)], capsys)
+                                      "--epochs", "1", "-b", "4", "-l", "l2", "--out", str(out_dir), "--mode", "object",
+                                      "--head-steps", "0"], capsys)
     assert code == 0, err
     run_dir = runs.Path(out.strip().splitlines()[-1])
     assert out_dir in run_dir.parents and run_dir.parts[-3:-1] == ("mvtec", "L2")
@@ -342,13 +343,11 @@ def test_flip_and_no_augment_reach_the_input_pipeline(tiny_dataset, tmp_path, mo
 
     seen, real = [], data.make_dataset
     monkeypatch.setattr(data, "make_dataset", lambda *a, **k: seen.append(k) or real(*a, **k))
-    _, setup = training.new_run(train_args(tiny_dataset, tmp_path / "a", epochs=1, architecture="mvtec", size=32, flip=True))
-    assert setup["flip"] is True and setup["augment"] is True
-    assert seen[0]["training"] and seen[0]["flip"] is True and seen[0]["augment"] is True
-    seen.clear()
-    _, setup = training.new_run(train_args(tiny_dataset, tmp_path / "b", epochs=1, architecture="mvtec", size=32,
+    _, setup = training.new_run(train_args(tiny_dataset, tmp_path, epochs=1, architecture="mvtec", size=32, flip=True,
                                            no_augment=True))
-    assert setup["augment"] is False and seen[0]["augment"] is False
+    assert setup["flip"] is True and setup["augment"] is False
+    assert seen[0]["training"] and seen[0]["flip"] is True and seen[0]["augment"] is False
+    assert not seen[1]["training"]  # the validation pipeline is never augmented
     assert [type(layer).__name__ for layer in data.augmenter(flip=True).layers][-1] == "RandomFlip"
     assert "RandomFlip" not in [type(layer).__name__ for layer in data.augmenter(flip=False).layers]
 
