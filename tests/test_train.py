@@ -214,7 +214,7 @@ def test_non_image_file_is_skipped_with_warning(tiny_dataset, tmp_path, capsys):
     (copy / "train" / "good" / "readme.txt").write_text("not an image")
     (copy / "train" / "good" / "broken.png").write_bytes(b"garbage")
     code, out, err = cli(train.main, ["new", "-d", str(copy), "-a", "mvtec", "--size", "32", "--epochs", "1",
-                                      "--out", str(tmp_path / "out")], capsys)
+                                      "--out", str(tmp_path / "out"), "--mode", "object", "--head-steps", "0"], capsys)
     assert code == 0
     assert "readme.txt" in err and "broken.png" in err
     setup = json.loads((runs.Path(out.strip().splitlines()[-1]) / "setup.json").read_text())
@@ -296,7 +296,7 @@ def test_nan_from_the_start_stops_at_once_and_saves_nothing(tiny_dataset, tmp_pa
     _prepend_callback(monkeypatch, _poison_at(0))
     out_dir = tmp_path / "out"
     code, out, err = cli(train.main, ["new", "-d", str(tiny_dataset), "-a", "mvtec", "--size", "32", "--epochs", "3",
-                                      "--out", str(out_dir)], capsys)
+                                      "--out", str(out_dir), "--mode", "object", "--head-steps", "0"], capsys)
     assert code == 2 and "Traceback" not in err
     lines = [line for line in err.strip().splitlines() if not line.startswith("warning:")]
     assert len(lines) == 1 and "training stopped at epoch 1, batch 1: the loss is nan" in lines[0] and "--lr" in lines[0]
