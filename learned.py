@@ -33,15 +33,14 @@ HEAD_SHARE = 0.7  # share of training inputs that get a simulated defect; the re
 OBJECT_HEAD_PATCH = 64  # px: object runs train the (local, fully convolutional) head on crops this size, 4x cheaper
 
 
-def _crops(images: np.ndarray, patch: int | None, n: int, rng: np.random.Generator) -> np.ndarray:
-    """``n`` training inputs: whole images (``patch`` None) or random ``patch``-px crops."""
-    idx = rng.integers(len(images), size=n)
+def _crop(arrays: list[np.ndarray], patch: int | None, rng: np.random.Generator) -> list[np.ndarray]:
+    """The same random ``patch``-px window of every N×H×W(×C) array (all of them with ``patch`` None)."""
     if patch is None:
-        return images[idx]
-    h, w = images.shape[1:3]
+        return arrays
+    n, h, w = arrays[0].shape[:3]
     ys = rng.integers(0, h - patch + 1, size=n)
     xs = rng.integers(0, w - patch + 1, size=n)
-    return np.stack([images[i, y:y + patch, x:x + patch] for i, y, x in zip(idx, ys, xs)])
+    return [np.stack([a[i, y:y + patch, x:x + patch] for i, (y, x) in enumerate(zip(ys, xs))]) for a in arrays]
 
 
 def train_head(model, images: np.ndarray, path: Path, steps: int = DEFAULT_HEAD_STEPS, patch: int | None = None,
@@ -67,9 +66,17 @@ def train_head(model, images: np.ndarray, path: Path, steps: int = DEFAULT_HEAD_
     started = time.time()
     losses = []
     bar = tqdm(range(steps), desc="learned residual head", unit="step", leave=False, disable=None if progress else True)
+    # A fully convolutional autoencoder (surface runs) reconstructs the crops themselves; an object
+    # autoencoder only takes whole images, so those are corrupted and reconstructed whole, then cropped.
+    whole = model.input_shape[1] is not None
     for _ in bar:
-        x, masks = synthetic.corrupt(_crops(images, patch, batch, rng), rng, HEAD_SHARE)
-        recon = np.asarray(model(x, training=False), np.float32)
+        picked = images[rng.integers(len(images), size=batch)]
+        if whole:
+            x, masks = synthetic.corrupt(picked, rng, HEAD_SHARE)
+            x, recon, masks = _crop([x, np.asarray(model(x, training=False), np.float32), masks], patch, rng)
+        else:
+            x, masks = synthetic.corrupt(_crop([picked], patch, rng)[0], rng, HEAD_SHARE)
+            recon = np.asarray(model(x, training=False), np.float32)
         loss = float(head.train_on_batch([x, recon], masks[..., None].astype(np.float32)))
         if not np.isfinite(loss):
             raise FloatingPointError(f"the head's loss became {loss} at step {len(losses) + 1}")

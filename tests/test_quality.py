@@ -245,3 +245,15 @@ def test_learned_method_refuses_map_options_and_a_missing_head(surface_run, tmp_
     shutil.copytree(run, copy, ignore=shutil.ignore_patterns("head.keras", "validation", "test", ".lock"))
     proc = _cli("validate.py", "-p", copy, "-a", 4, "--method", "learned", check=False)
     assert proc.returncode != 0 and "has no learned residual head" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_head_trains_on_crops_of_an_object_autoencoder_that_takes_whole_images(tmp_path):
+    """Object CAEs have a fixed input size: the head's crops are cut after reconstructing whole images."""
+    import models
+
+    import learned
+
+    cae = models.mvtec2_cae(size=64, channels=1)
+    images = np.stack([_texture(64, s)[..., None] / 255.0 for s in range(4)]).astype(np.float32)
+    summary = learned.train_head(cae, images, tmp_path / "head.keras", steps=3, patch=32, progress=False)
+    assert summary["patch"] == 32 and (tmp_path / "head.keras").is_file()
