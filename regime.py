@@ -42,7 +42,18 @@ def alignment(paths: list[Path]) -> float:
     """
     from data import load_image
 
-    x = np.stack([load_image(p, "grayscale", ALIGNMENT_SIDE)[..., 0] for p in paths])
+    from utils import UserError
+
+    def readable(p):  # undecodable files are skipped here; load_images warns about them by name
+        try:
+            return load_image(p, "grayscale", ALIGNMENT_SIDE)[..., 0]
+        except UserError:
+            return None
+
+    x = [a for a in map(readable, paths) if a is not None]
+    if not x:
+        raise UserError(f"no readable images among {len(paths)} file(s)")
+    x = np.stack(x)
     x = x - x.mean(axis=(1, 2), keepdims=True)
     total = float((x**2).sum())
     if total == 0.0:

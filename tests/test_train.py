@@ -197,7 +197,7 @@ def test_bad_input_one_line_error_no_run_folder(tmp_path, capsys, monkeypatch, c
         elif case != "empty":
             directory = tiny_dataset
     out_dir = tmp_path / "out"
-    argv = ["new", "-d", str(directory), "--epochs", "1", "--size", "32", "--out", str(out_dir)] + (extra or [])
+    argv = ["new", "-d", str(directory), "--epochs", "1", "--size", "32", "--out", str(out_dir), "--mode", "object"] + (extra or [])
     code, _, err = cli(train.main, argv, capsys)
     assert code == 2
     lines = [line for line in err.strip().splitlines() if not line.startswith("warning:")]
@@ -238,7 +238,7 @@ def test_help_lists_every_option_with_default():
     for flag in ("--directory", "--architecture", "--batch", "--loss", "--color", "--instances", "--tag", "--size",
                  "--epochs", "--lr", "--seed", "--val-split", "--patience", "--no-augment", "--rotation", "--flip", "--denoise", "--weights", "--out"):
         assert flag in text, flag
-    assert "(default: 256)" in text and "(default: 0.0002)" in text
+    assert "(default: 8)" in text and "(default: saved_models)" in text
 
 
 def test_resnet_encoder_frozen_for_first_70_percent(tiny_dataset, tmp_path, monkeypatch, capsys):
@@ -248,7 +248,7 @@ def test_resnet_encoder_frozen_for_first_70_percent(tiny_dataset, tmp_path, monk
 
     import models
 
-    def small_resnet(architecture, size, channels, weights="none"):
+    def small_resnet(architecture, size, channels, weights="none", **options):
         inputs = keras.Input((size, size, channels))
         enc_in = keras.Input((size, size, channels))
         encoder = keras.Model(enc_in, keras.layers.Conv2D(4, 3, padding="same")(enc_in), name="encoder")
