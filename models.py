@@ -103,7 +103,8 @@ def mvtec_cae(size=256, channels=1, latent_dim=100, fully_convolutional=False):
         raise ValueError(f"mvtec_cae: latent_dim must be >= 1, got {latent_dim!r}")
     inputs = _input(size, channels, fully_convolutional)
     x = _mvtec_encoder(inputs, size)
-    side = int(x.shape[1])
+    # The code convolution spans the whole encoded patch (fully convolutional: the training patch's).
+    side = size // (16 * 2 ** _extra_strides(size))
     latent = layers.Conv2D(latent_dim, side, padding="valid", name="latent_conv")(x)
     x = layers.Conv2DTranspose(32, side, padding="valid", name="dec_latent_deconv")(latent)
     x = layers.LeakyReLU(0.2, name="dec_latent_lrelu")(x)

@@ -257,3 +257,13 @@ def test_head_trains_on_crops_of_an_object_autoencoder_that_takes_whole_images(t
     images = np.stack([_texture(64, s)[..., None] / 255.0 for s in range(4)]).astype(np.float32)
     summary = learned.train_head(cae, images, tmp_path / "head.keras", steps=3, patch=32, progress=False)
     assert summary["patch"] == 32 and (tmp_path / "head.keras").is_file()
+
+
+def test_mvtec_cae_is_fully_convolutional_for_surface_runs():
+    """Bergmann's CAE with its whole-patch code convolution slides over larger images too."""
+    import models
+
+    cae = models.mvtec_cae(size=32, channels=1, fully_convolutional=True)
+    x = np.random.default_rng(0).uniform(size=(1, 64, 96, 1)).astype(np.float32)
+    assert cae.predict(x, verbose=0).shape == (1, 64, 96, 1)
+    assert models.mvtec_cae(size=32, channels=1).count_params() == cae.count_params()
