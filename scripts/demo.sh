@@ -31,7 +31,10 @@ for pair in SIZE:--size ARCH:-a LOSS:-l COLOR:-c BATCH:-b LR:--lr INSTANCES:-i; 
   var=DEMO_${pair%%:*}
   if [ -n "${!var:-}" ]; then OVERRIDES+=("${pair#*:}" "${!var}"); fi
 done
-read -r -a EXTRA <<< "${DEMO_TRAIN_ARGS:-}"  # free extra train.py options, e.g. DEMO_TRAIN_ARGS="--epochs 5"
+# The demo's one departure from the defaults: a shorter training budget (6000 patches, 600 head
+# steps instead of 15000 and 1500), so it ends in a few minutes; measured: TPR 0.76 at TNR 0.85.
+# DEMO_TRAIN_ARGS replaces it (DEMO_TRAIN_ARGS="" trains with the plain defaults).
+read -r -a EXTRA <<< "${DEMO_TRAIN_ARGS--i 6000 --head-steps 600}"  # free extra train.py options
 TRAIN_ARGS+=(${OVERRIDES[@]+"${OVERRIDES[@]}"} ${EXTRA[@]+"${EXTRA[@]}"})
 
 echo "[1/5] dataset: $DATA/$CLASS ($DATA_SIZE px, generated offline from scikit-image photographs)"
