@@ -6,6 +6,7 @@ strategy), plus a small serialisable :class:`keras.losses.Loss` wrapper, registe
 the package ``cae`` so saved ``.keras`` models load in safe mode without custom objects
 (importing this module is enough). Images are float tensors in [0, 1], NHWC.
 """
+
 import math
 
 import keras
@@ -14,8 +15,8 @@ import tensorflow as tf
 
 SSIM_FILTER_SIZE = 11
 SSIM_SIGMA = 1.5
-SSIM_C1 = 0.01 ** 2
-SSIM_C2 = 0.03 ** 2
+SSIM_C1 = 0.01**2
+SSIM_C2 = 0.03**2
 MSSSIM_POWER_FACTORS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 LOSSES = ("ssim", "mssim", "l2", "mse")
 
@@ -23,7 +24,7 @@ LOSSES = ("ssim", "mssim", "l2", "mse")
 def gaussian_window(size=SSIM_FILTER_SIZE, sigma=SSIM_SIGMA):
     """Normalised 1-D Gaussian window (the SSIM window is its outer product)."""
     ax = np.arange(size, dtype=np.float64) - (size - 1) / 2.0
-    g = np.exp(-(ax ** 2) / (2.0 * sigma ** 2))
+    g = np.exp(-(ax**2) / (2.0 * sigma**2))
     return (g / g.sum()).astype(np.float32)
 
 
@@ -96,8 +97,12 @@ def mssim_loss(y_true, y_pred, scales=None):
     total = sum(weights)
     weights = [w / total for w in weights]
     return 1.0 - tf.image.ssim_multiscale(
-        y_true, y_pred, max_val=1.0, power_factors=weights,
-        filter_size=SSIM_FILTER_SIZE, filter_sigma=SSIM_SIGMA,
+        y_true,
+        y_pred,
+        max_val=1.0,
+        power_factors=weights,
+        filter_size=SSIM_FILTER_SIZE,
+        filter_sigma=SSIM_SIGMA,
     )
 
 

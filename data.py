@@ -5,6 +5,7 @@ One home for: which files count as images, how a class folder is laid out
 and resizing to the model's size and colour mode, the seeded validation split, and the
 ``tf.data`` pipeline with augmentation.
 """
+
 import hashlib
 import os
 import warnings
@@ -49,8 +50,9 @@ def output_stems(paths):
     for p in paths:
         key = (Path(p).parent, Path(p).stem)
         seen[key] = seen.get(key, 0) + 1
-    return [Path(p).stem if seen[(Path(p).parent, Path(p).stem)] == 1 else Path(p).name.replace(".", "_")
-            for p in paths]
+    return [
+        Path(p).stem if seen[(Path(p).parent, Path(p).stem)] == 1 else Path(p).name.replace(".", "_") for p in paths
+    ]
 
 
 def channels_of(color):
@@ -65,7 +67,9 @@ def _to_mode(image, color):
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
         # 16-bit images: scale to 8 bits instead of clipping everything above 255.
         array = np.asarray(image, dtype=np.float64)
-        image = Image.fromarray(np.clip(array / (65535.0 if array.max() > 255 else 255.0) * 255.0, 0, 255).astype(np.uint8))
+        image = Image.fromarray(
+            np.clip(array / (65535.0 if array.max() > 255 else 255.0) * 255.0, 0, 255).astype(np.uint8)
+        )
     if image.mode in ("RGBA", "LA", "P"):
         image = image.convert("RGBA").convert("RGB") if mode == "RGB" else image.convert("L")
     return image.convert(mode)
@@ -82,8 +86,10 @@ def _open_image(path):
         try:
             return Image.open(path)
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-            raise UserError(f"cannot read image {path}: too many pixels (over Pillow's limit of "
-                            f"{Image.MAX_IMAGE_PIXELS} px; a decompression bomb?)") from None
+            raise UserError(
+                f"cannot read image {path}: too many pixels (over Pillow's limit of "
+                f"{Image.MAX_IMAGE_PIXELS} px; a decompression bomb?)"
+            ) from None
 
 
 def load_image(path, color, size=None):
@@ -164,8 +170,10 @@ def load_images(paths, color, size, progress=None):
         if size is not None and min(width, height) * TINY_SHARE < min(model_size(size)):
             tiny.append(f"{path} ({width}x{height})")
     if tiny:
-        warn(f"{len(tiny)} image(s) are far smaller than the model's {size} px and were enlarged, so they carry little "
-             f"detail, e.g. {tiny[0]}")
+        warn(
+            f"{len(tiny)} image(s) are far smaller than the model's {size} px and were enlarged, so they carry little "
+            f"detail, e.g. {tiny[0]}"
+        )
     if not arrays:
         raise UserError(f"no readable images among {len(paths)} file(s)")
     return np.stack(arrays), kept
@@ -179,12 +187,15 @@ def load_mask(path, size):
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise UserError(f"cannot read mask {path}: {exc.__class__.__name__}") from None
     if size is not None and mask.size != tuple(size):
-        warn(f"mask {path} is {mask.size[0]}x{mask.size[1]}, its image {size[0]}x{size[1]}: resized (nearest neighbour)")
+        warn(
+            f"mask {path} is {mask.size[0]}x{mask.size[1]}, its image {size[0]}x{size[1]}: resized (nearest neighbour)"
+        )
         mask = mask.resize(tuple(size), Image.Resampling.NEAREST)
     return np.asarray(mask) > 127
 
 
 # ---- the MVTec layout ----
+
 
 def check_class_dir(directory):
     """Validate a class folder for training; return ``(class_dir, train_good_dir)``."""
@@ -301,8 +312,18 @@ def paste_anomalies(x, probability=0.5, min_radius=0.03, max_radius=0.15):
     return x * (1.0 - mask) + source * mask
 
 
-def make_dataset(images, batch, training, augment=True, flip=False, seed=0, denoise=0.0, rotation=DEFAULT_ROTATION,
-                 patch=None, per_epoch=None):
+def make_dataset(
+    images,
+    batch,
+    training,
+    augment=True,
+    flip=False,
+    seed=0,
+    denoise=0.0,
+    rotation=DEFAULT_ROTATION,
+    patch=None,
+    per_epoch=None,
+):
     """``tf.data`` pipeline of ``(input, target)`` batches from an in-memory N×H×W×C array.
 
     Images are decoded once (they arrive decoded) and cached; training batches are shuffled
@@ -320,7 +341,9 @@ def make_dataset(images, batch, training, augment=True, flip=False, seed=0, deno
     if training and patch and per_epoch and per_epoch > len(images):
         ds = ds.repeat(-(-int(per_epoch) // len(images))).take(int(per_epoch))
     if training:
-        ds = ds.shuffle(int(per_epoch or len(images)) if patch else len(images), seed=seed, reshuffle_each_iteration=True)
+        ds = ds.shuffle(
+            int(per_epoch or len(images)) if patch else len(images), seed=seed, reshuffle_each_iteration=True
+        )
     if training and patch:
         crop = [int(patch), int(patch), int(images.shape[-1])]
         ds = ds.map(lambda x: tf.image.random_crop(x, crop), num_parallel_calls=tf.data.AUTOTUNE)

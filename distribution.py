@@ -10,6 +10,7 @@ and the benchmark split a CPU in two). ``multiworker``:
 both). Losses are per image, averaged over the global batch, so one step on two replicas
 equals one step on one device with the global batch.
 """
+
 from __future__ import annotations
 
 import json
@@ -33,15 +34,23 @@ def tf_config():
     """``TF_CONFIG`` parsed and checked: ``(cluster dict, task type, task index)``; one-line errors."""
     raw = os.environ.get("TF_CONFIG")
     if not raw:
-        raise UserError("--strategy multiworker needs TF_CONFIG, e.g. "
-                        '{"cluster": {"worker": ["host1:12345", "host2:12345"]}, "task": {"type": "worker", "index": 0}}')
+        raise UserError(
+            "--strategy multiworker needs TF_CONFIG, e.g. "
+            '{"cluster": {"worker": ["host1:12345", "host2:12345"]}, "task": {"type": "worker", "index": 0}}'
+        )
     try:
         config = json.loads(raw)
     except json.JSONDecodeError as exc:
         raise UserError(f"TF_CONFIG is not valid JSON ({exc.msg} at character {exc.pos})") from None
-    if not isinstance(config, dict) or not isinstance(config.get("cluster"), dict) or not isinstance(config.get("task"), dict):
-        raise UserError("TF_CONFIG must be a JSON object with 'cluster' (job name -> list of host:port) and 'task' "
-                        "({'type': ..., 'index': ...})")
+    if (
+        not isinstance(config, dict)
+        or not isinstance(config.get("cluster"), dict)
+        or not isinstance(config.get("task"), dict)
+    ):
+        raise UserError(
+            "TF_CONFIG must be a JSON object with 'cluster' (job name -> list of host:port) and 'task' "
+            "({'type': ..., 'index': ...})"
+        )
     cluster, task = config["cluster"], config["task"]
     for job, hosts in cluster.items():
         if not isinstance(hosts, list) or not all(isinstance(h, str) and ":" in h for h in hosts) or not hosts:
@@ -93,7 +102,9 @@ def get_strategy(name="one"):
         try:
             strategy = tf.distribute.MultiWorkerMirroredStrategy()
         except (ValueError, RuntimeError) as exc:
-            raise UserError(f"cannot start the multi-worker strategy from TF_CONFIG: {str(exc).splitlines()[0][:200]}") from None
+            raise UserError(
+                f"cannot start the multi-worker strategy from TF_CONFIG: {str(exc).splitlines()[0][:200]}"
+            ) from None
     _CREATED[name] = strategy
     return strategy
 
@@ -102,8 +113,13 @@ def describe(name, per_replica_batch):
     """What setup.json records about the strategy: name asked, what ran, replicas, batches."""
     strategy = get_strategy(name)
     replicas = int(strategy.num_replicas_in_sync)
-    record = {"strategy": name, "strategy_class": type(strategy).__name__, "replicas": replicas,
-              "per_replica_batch": int(per_replica_batch), "global_batch": int(per_replica_batch) * replicas}
+    record = {
+        "strategy": name,
+        "strategy_class": type(strategy).__name__,
+        "replicas": replicas,
+        "per_replica_batch": int(per_replica_batch),
+        "global_batch": int(per_replica_batch) * replicas,
+    }
     if name == "multiworker":
         cluster, _, _ = tf_config()
         record["workers"] = sum(len(hosts) for hosts in cluster.values())
@@ -130,8 +146,10 @@ def validation_batch(setup, n_images):
     if replicas == 1 or n_images >= batch:
         return batch
     if n_images < replicas:
-        raise UserError(f"{n_images} validation image(s) cannot be shared by {replicas} replicas: "
-                        "use a larger --val-split or fewer devices")
+        raise UserError(
+            f"{n_images} validation image(s) cannot be shared by {replicas} replicas: "
+            "use a larger --val-split or fewer devices"
+        )
     return n_images // replicas * replicas
 
 
@@ -151,8 +169,10 @@ def drop_short_batches(dataset, setup, n_images, batch, what):
 def check_train_count(setup, n_images):
     """One-line refusal when the training images do not fill one global batch (see :func:`validation_batch`)."""
     if int(setup.get("replicas") or 1) > 1 and n_images < global_batch(setup):
-        raise UserError(f"{n_images} training images do not fill one global batch of {global_batch(setup)} "
-                        f"({setup['replicas']} replicas x -b {setup['batch']}): use a smaller -b or fewer devices")
+        raise UserError(
+            f"{n_images} training images do not fill one global batch of {global_batch(setup)} "
+            f"({setup['replicas']} replicas x -b {setup['batch']}): use a smaller -b or fewer devices"
+        )
 
 
 def adapt(model, setup):
@@ -173,8 +193,13 @@ def adapt(model, setup):
         if iterator is not None:
             for _, _, it in iterator:
                 data_batch = tree.map_structure(
-                    lambda v: model.distribute_strategy.experimental_local_results(v)[0]
-                    if isinstance(v, tf.distribute.DistributedValues) else v, next(it))
+                    lambda v: (
+                        model.distribute_strategy.experimental_local_results(v)[0]
+                        if isinstance(v, tf.distribute.DistributedValues)
+                        else v
+                    ),
+                    next(it),
+                )
                 break
         with model.distribute_strategy.scope():
             model._symbolic_build(data_batch=data_batch)
@@ -197,10 +222,12 @@ def _patch_scalar_mean():
 
     def reduce_per_replica(values, strategy, reduction):
         if reduction in ("auto", "mean") and isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+
             def mean(v):
                 if isinstance(v, tf.distribute.DistributedValues) or tf.is_tensor(v):
                     return strategy.reduce("MEAN", v, axis=None if v.shape.rank == 0 else 0)
                 return v
+
             return tf.nest.map_structure(mean, values)
         return original(values, strategy, reduction)
 

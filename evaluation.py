@@ -5,6 +5,7 @@ Verdicts use the raw residual map at the model's size (the same map ``validate.p
 calibrates the threshold on); anomaly maps and threshold-free metrics use the residual
 map smoothed by ``smooth`` pixels and brought to the ground truth's resolution.
 """
+
 import hashlib
 from pathlib import Path
 
@@ -46,8 +47,19 @@ def _write_tiff(path, array):
     tifffile.imwrite(path, array.astype(np.float32))
 
 
-def test_run(path, method=None, threshold=None, min_area=None, smooth=DEFAULT_SMOOTH, save=False, batch=16,
-             fpr_limit=metrics.DEFAULT_FPR_LIMIT, baseline=None, scales=None, passes=None):
+def test_run(
+    path,
+    method=None,
+    threshold=None,
+    min_area=None,
+    smooth=DEFAULT_SMOOTH,
+    save=False,
+    batch=16,
+    fpr_limit=metrics.DEFAULT_FPR_LIMIT,
+    baseline=None,
+    scales=None,
+    passes=None,
+):
     """Classify and score every image under ``<class>/test/*/`` for a run; write all results.
 
     Returns ``(result dict, metrics dict, output folder)``.
@@ -55,7 +67,9 @@ def test_run(path, method=None, threshold=None, min_area=None, smooth=DEFAULT_SM
     _check_smooth(smooth)
     run = runs.find_run(path)
     method = run.method(method)
-    threshold, min_area, options, source = inference.resolve_threshold(run, method, threshold, min_area, baseline, scales, passes)
+    threshold, min_area, options, source = inference.resolve_threshold(
+        run, method, threshold, min_area, baseline, scales, passes
+    )
     items = data.list_test_images(run.class_dir)
     types = sorted({d for _, d, _ in items})
     notes = []
@@ -85,35 +99,53 @@ def test_run(path, method=None, threshold=None, min_area=None, smooth=DEFAULT_SM
                 warn(f"no ground-truth mask for {img_path}: counted as all-defect-free pixels in pixel metrics")
             gt_masks.append(np.zeros((size[1], size[0]), dtype=bool))
 
-    frame = pd.DataFrame({
-        "path": [str(p) for p, _, _ in items],
-        "defect_type": [d for _, d, _ in items],
-        "truth": np.where(truth, "defective", "good"),
-        "prediction": defective,
-        "largest_area": largest,
-        "n_regions": counts,
-        "score": [_score(m) for m in smoothed],
-    })
+    frame = pd.DataFrame(
+        {
+            "path": [str(p) for p, _, _ in items],
+            "defect_type": [d for _, d, _ in items],
+            "truth": np.where(truth, "defective", "good"),
+            "prediction": defective,
+            "largest_area": largest,
+            "n_regions": counts,
+            "score": [_score(m) for m in smoothed],
+        }
+    )
     cls = metrics.classification_metrics(truth, defective)
     table = detection_table(frame)
     result = {
-        "threshold": threshold, "min_area": min_area, "method": method, **options.record(),
+        "threshold": threshold,
+        "min_area": min_area,
+        "method": method,
+        **options.record(),
         "threshold_source": source,
         **{k: cls[k] for k in ("tpr", "tnr", "accuracy", "balanced_accuracy", "precision", "f1", "confusion_matrix")},
-        "n_images": cls["n_images"], "n_good": cls["n_good"], "n_defective": cls["n_defective"],
+        "n_images": cls["n_images"],
+        "n_good": cls["n_good"],
+        "n_defective": cls["n_defective"],
         "detection_rate_per_defect_type": {t: float(table.loc[t, "rate"]) for t in types},
         "images_per_defect_type": {t: int(table.loc[t, "images"]) for t in types},
         "notes": notes + cls["undefined"],
     }
     # One sort of all pixel scores serves every pixel figure and both curves plotted below.
-    evaluated, pixel_curves = metrics.evaluate(full_maps if has_masks else None, gt_masks if has_masks else None,
-                                               truth, frame["score"].to_numpy(), [d for _, d, _ in items],
-                                               fpr_limit=fpr_limit, return_curves=True)
+    evaluated, pixel_curves = metrics.evaluate(
+        full_maps if has_masks else None,
+        gt_masks if has_masks else None,
+        truth,
+        frame["score"].to_numpy(),
+        [d for _, d, _ in items],
+        fpr_limit=fpr_limit,
+        return_curves=True,
+    )
     sizes = sorted({f"{w}x{h}" for w, h in seen.sizes})
-    evaluated.update(method=method, **options.record(), smooth_sigma=float(smooth),
-                     image_score="maximum of the residual map smoothed by a Gaussian of sigma smooth_sigma px (model resolution)",
-                     pixel_resolution=f"ground-truth resolution ({', '.join(sizes)}); model input {run.shape[1]}x{run.shape[0]}",
-                     model=str(run.model_path), **run.model_record())
+    evaluated.update(
+        method=method,
+        **options.record(),
+        smooth_sigma=float(smooth),
+        image_score="maximum of the residual map smoothed by a Gaussian of sigma smooth_sigma px (model resolution)",
+        pixel_resolution=f"ground-truth resolution ({', '.join(sizes)}); model input {run.shape[1]}x{run.shape[0]}",
+        model=str(run.model_path),
+        **run.model_record(),
+    )
     stems = data.output_stems([p for p, _, _ in items])
     method_dir = run.dir / "test" / method
     out_dir = method_dir / f"a{min_area}_t{runs.format_threshold(threshold)}"
@@ -127,13 +159,26 @@ def test_run(path, method=None, threshold=None, min_area=None, smooth=DEFAULT_SM
         runs.write_json(out / "test_result.json", result)
         if save:
             masks = inference.defect_masks(seen.maps, threshold, min_area)
-            for i, (img_path, defect, mask_path) in enumerate(tqdm(items, desc="saving masks and overlays", leave=False, disable=None)):
+            for i, (img_path, defect, mask_path) in enumerate(
+                tqdm(items, desc="saving masks and overlays", leave=False, disable=None)
+            ):
                 stem = stems[i]
-                visualize.save_mask_png(inference.resize_map(masks[i], seen.sizes[i]), out / defect / f"{stem}_mask.png")
+                visualize.save_mask_png(
+                    inference.resize_map(masks[i], seen.sizes[i]), out / defect / f"{stem}_mask.png"
+                )
                 gt_small = inference.resize_map(gt_masks[i], run.shape[::-1]) if mask_path is not None else None
-                visualize.plot_overlay(seen.images[i], seen.recons[i], seen.maps[i], masks[i], out / defect / f"{stem}_overlay.png",
-                                       gt_mask=gt_small, title=f"{defect}/{Path(img_path).name}", method=method,
-                                       verdict=bool(defective[i]), score=frame["score"][i])
+                visualize.plot_overlay(
+                    seen.images[i],
+                    seen.recons[i],
+                    seen.maps[i],
+                    masks[i],
+                    out / defect / f"{stem}_overlay.png",
+                    gt_mask=gt_small,
+                    title=f"{defect}/{Path(img_path).name}",
+                    method=method,
+                    verdict=bool(defective[i]),
+                    score=frame["score"][i],
+                )
     with runs.StagedOutput(method_dir / "anomaly_maps", identity, archive=True) as out:
         for (_, defect, _), stem, m in zip(items, stems, full_maps):
             _write_tiff(out / defect / f"{stem}.tiff", m)
@@ -148,8 +193,14 @@ def test_run(path, method=None, threshold=None, min_area=None, smooth=DEFAULT_SM
         visualize.plot_roc_curves(curves, method_dir / "roc_curves.png", title=f"ROC ({method}, smooth {smooth:g} px)")
     if evaluated.get("au_pro") is not None:
         fprs, pros = pixel_curves["pro"]
-        visualize.plot_pro_curve(fprs, pros, evaluated["au_pro"], method_dir / "pro_curve.png", fpr_limit=fpr_limit,
-                                 title=f"PRO curve ({method}, smooth {smooth:g} px)")
+        visualize.plot_pro_curve(
+            fprs,
+            pros,
+            evaluated["au_pro"],
+            method_dir / "pro_curve.png",
+            fpr_limit=fpr_limit,
+            title=f"PRO curve ({method}, smooth {smooth:g} px)",
+        )
     runs.write_json(method_dir / "metrics.json", evaluated)
     writing.release()
     return result, evaluated, table, out_dir
@@ -181,8 +232,20 @@ def _set_aside_other_weights(method_dir, model_sha256):
         runs.set_aside(method_dir, METHOD_OUTPUTS, old or "unknown", "other weights (the model changed since)")
 
 
-def predict_images(path, images_dir, method=None, threshold=None, min_area=None, smooth=DEFAULT_SMOOTH, batch=16, out=None,
-                   baseline=None, scales=None, passes=None, shard=None):
+def predict_images(
+    path,
+    images_dir,
+    method=None,
+    threshold=None,
+    min_area=None,
+    smooth=DEFAULT_SMOOTH,
+    batch=16,
+    out=None,
+    baseline=None,
+    scales=None,
+    passes=None,
+    shard=None,
+):
     """Verdicts on a folder of unlabelled images (recursive); writes predictions, masks and overlays.
 
     ``shard`` ``"K/N"``: only the K-th of N parts of the folder (see sharding.py).
@@ -194,7 +257,9 @@ def predict_images(path, images_dir, method=None, threshold=None, min_area=None,
     shard = sharding.parse(shard)
     run = runs.find_run(path)
     method = run.method(method)
-    threshold, min_area, options, _ = inference.resolve_threshold(run, method, threshold, min_area, baseline, scales, passes)
+    threshold, min_area, options, _ = inference.resolve_threshold(
+        run, method, threshold, min_area, baseline, scales, passes
+    )
     images_dir = Path(images_dir)
     paths = data.list_images(images_dir, recursive=True)
     if not paths:
@@ -204,10 +269,20 @@ def predict_images(path, images_dir, method=None, threshold=None, min_area=None,
         paths = sharding.select(paths, images_dir, shard)
     # Default name: the folder's name plus a hash of its full path, so /a/imgs and /b/imgs never share a result.
     source = str(images_dir.resolve())
-    out_dir = Path(out) if out else run.dir / "predictions" / method / (
-        f"{images_dir.resolve().name}-{hashlib.sha256(source.encode()).hexdigest()[:6]}_a{min_area}_t{runs.format_threshold(threshold)}{sharding.suffix(shard)}")
+    out_dir = (
+        Path(out)
+        if out
+        else run.dir
+        / "predictions"
+        / method
+        / (
+            f"{images_dir.resolve().name}-{hashlib.sha256(source.encode()).hexdigest()[:6]}_a{min_area}_t{runs.format_threshold(threshold)}{sharding.suffix(shard)}"
+        )
+    )
     identity = {"kind": "predictions", "images": source, "model_sha256": runs.model_id(run.model_path), **part}
-    staging = runs.StagedOutput(out_dir, identity, inputs=[images_dir, run.class_dir], protect=[run.dir], archive=not out)
+    staging = runs.StagedOutput(
+        out_dir, identity, inputs=[images_dir, run.class_dir], protect=[run.dir], archive=not out
+    )
     staging.check()  # before the long inference
     seen = inference.inspect(run, paths, method, batch, progress="images", options=options)
     _check_finite(seen.maps, run)
@@ -222,23 +297,50 @@ def predict_images(path, images_dir, method=None, threshold=None, min_area=None,
             mask_file = staged / rel.parent / f"{stems[i]}_mask.png"
             overlay_file = staged / rel.parent / f"{stems[i]}_overlay.png"
             visualize.save_mask_png(inference.resize_map(masks[i], seen.sizes[i]), mask_file)
-            visualize.plot_overlay(seen.images[i], seen.recons[i], seen.maps[i], masks[i], overlay_file,
-                                   title=str(rel), method=method, verdict=bool(defective[i]), score=_score(smoothed[i]))
-            rows.append({"path": str(img_path), "verdict": "defective" if defective[i] else "good",
-                         "score": _score(smoothed[i]), "largest_area": int(largest[i]), "n_regions": int(counts[i]),
-                         "mask": str(out_dir / mask_file.relative_to(staged)), "overlay": str(out_dir / overlay_file.relative_to(staged))})
+            visualize.plot_overlay(
+                seen.images[i],
+                seen.recons[i],
+                seen.maps[i],
+                masks[i],
+                overlay_file,
+                title=str(rel),
+                method=method,
+                verdict=bool(defective[i]),
+                score=_score(smoothed[i]),
+            )
+            rows.append(
+                {
+                    "path": str(img_path),
+                    "verdict": "defective" if defective[i] else "good",
+                    "score": _score(smoothed[i]),
+                    "largest_area": int(largest[i]),
+                    "n_regions": int(counts[i]),
+                    "mask": str(out_dir / mask_file.relative_to(staged)),
+                    "overlay": str(out_dir / overlay_file.relative_to(staged)),
+                }
+            )
         frame = pd.DataFrame(rows)
         frame.to_csv(staged / "predictions.csv", index=False)
-        runs.write_json(staged / "prediction_setup.json", {"threshold": threshold, "min_area": min_area, "method": method,
-                                                           **options.record(),
-                                                           "smooth_sigma": smooth,
-                                                           "images": str(images_dir.resolve()),
-                                                           "model": str(run.model_path), **run.model_record(), **part})
+        runs.write_json(
+            staged / "prediction_setup.json",
+            {
+                "threshold": threshold,
+                "min_area": min_area,
+                "method": method,
+                **options.record(),
+                "smooth_sigma": smooth,
+                "images": str(images_dir.resolve()),
+                "model": str(run.model_path),
+                **run.model_record(),
+                **part,
+            },
+        )
     return frame, out_dir
 
 
-def proxy_scores(run, method, options, good_images, good_maps, threshold, min_area, batch=16, smooth=DEFAULT_SMOOTH,
-                 seed=0):
+def proxy_scores(
+    run, method, options, good_images, good_maps, threshold, min_area, batch=16, smooth=DEFAULT_SMOOTH, seed=0
+):
     """Quality on held-back good images with the demo's defects painted in (no test image used).
 
     Each good validation image gets one painted copy (scratch, crack, hole, stain,
@@ -260,7 +362,10 @@ def proxy_scores(run, method, options, good_images, good_maps, threshold, min_ar
     labels = np.r_[np.zeros(len(good_maps), int), np.ones(len(maps), int)]
     found, _, _ = inference.classify(maps, threshold, min_area)
     return {
-        "n_good": int(len(good_maps)), "n_painted": int(len(maps)), "defects": sorted(set(defects)), "seed": seed,
+        "n_good": int(len(good_maps)),
+        "n_painted": int(len(maps)),
+        "defects": sorted(set(defects)),
+        "seed": seed,
         "smooth_sigma": float(smooth),
         "image_auroc": metrics.image_auroc(labels, [_score(m) for m in smoothed]),
         "pixel_auroc": metrics.pixel_auroc(list(smoothed), list(gt)),

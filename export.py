@@ -9,6 +9,7 @@ and the pixels above the run's validated threshold, with the whole map pipeline 
 test.py inside; predict_exported.py (copied beside it) adds the minimum-area filter.
 Needs a validation result (validate.py) and uses the newest one, or the one for -a.
 """
+
 import argparse
 import sys
 
@@ -22,12 +23,27 @@ def get_parser():
     import exporting
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("-p", "--path", required=True, help="run folder written by train.py (or the .keras model inside it)")
+    parser.add_argument(
+        "-p", "--path", required=True, help="run folder written by train.py (or the .keras model inside it)"
+    )
     parser.add_argument("--format", default="saved_model", help=f"artefact format: {', '.join(exporting.FORMATS)}")
     parser.add_argument("--out", default=None, help="output folder (default: RUN/export/<format>)")
-    parser.add_argument("--method", default=None, help="residual map of the validation result to export (default: the loss's family)")
-    parser.add_argument("-a", "--area", type=int, default=None, help="use the validation result for this minimum area (default: the newest)")
-    parser.add_argument("--smooth", type=float, default=None, help="Gaussian sigma (px) of the anomaly map and score, as test.py's --smooth (default 4)")
+    parser.add_argument(
+        "--method", default=None, help="residual map of the validation result to export (default: the loss's family)"
+    )
+    parser.add_argument(
+        "-a",
+        "--area",
+        type=int,
+        default=None,
+        help="use the validation result for this minimum area (default: the newest)",
+    )
+    parser.add_argument(
+        "--smooth",
+        type=float,
+        default=None,
+        help="Gaussian sigma (px) of the anomaly map and score, as test.py's --smooth (default 4)",
+    )
     return parser
 
 
@@ -37,9 +53,11 @@ def main(argv=None):
 
     args = get_parser().parse_args(argv)
     out, meta = exporting.export_run(args.path, args.format, args.out, args.method, args.area, args.smooth)
-    print(f"{meta['format']}: {meta['method']}, threshold {meta['threshold']:.6f}, min area {meta['min_area']} px, "
-          f"{meta['passes']} passes, {meta['scales']} scales (from {meta['validation_result']['path']}); "
-          f"checked in {meta['check']['runtime']}: max abs difference {meta['check']['max_abs_difference_vs_graph']:.1e}")
+    print(
+        f"{meta['format']}: {meta['method']}, threshold {meta['threshold']:.6f}, min area {meta['min_area']} px, "
+        f"{meta['passes']} passes, {meta['scales']} scales (from {meta['validation_result']['path']}); "
+        f"checked in {meta['check']['runtime']}: max abs difference {meta['check']['max_abs_difference_vs_graph']:.1e}"
+    )
     print(out)
 
 

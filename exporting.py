@@ -12,6 +12,7 @@ outside, in ``predict_exported.py``, a NumPy/OpenCV script copied beside the art
 Adding a map method: one entry in :data:`GRAPH_METHODS` (a TensorFlow function of an
 image batch and its reconstruction). Adding a format: one entry in :data:`FORMATS`.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -40,6 +41,7 @@ def _tf():
 
 # ---- map methods the graph can compute: one entry per method ----
 
+
 def _ssim_or_l2(method):
     def single_scale(x, y):
         return resmaps._single_scale_maps(x, y, method)  # the very ops test.py runs, traced into the graph
@@ -54,6 +56,7 @@ KNOWN_MODES = (None, "object")
 
 
 # ---- Pillow's resampling, as graph ops (so the artefact resizes exactly as data.load_image) ----
+
 
 def _filter(t, name):
     """Pillow's resampling filters (Resample.c), same expression order, on float64 ``t``."""
@@ -125,7 +128,9 @@ def pillow_resize_uint8(images, size: int, dtype):
     shrink = (h >= size) & (w >= size)
 
     def kk(n):
-        return _fixed_point(tf.where(shrink, _coefficients(n, size, "box", dtype), _coefficients(n, size, "bicubic", dtype)))
+        return _fixed_point(
+            tf.where(shrink, _coefficients(n, size, "box", dtype), _coefficients(n, size, "bicubic", dtype))
+        )
 
     kw, kh = kk(w), kk(h)
     across_first = _fixed_point_pass(_fixed_point_pass(pixels, kw, axis=2), kh, axis=1)
@@ -149,6 +154,7 @@ def pillow_resize_float(maps, height, width, dtype):
 
 # ---- the map pipeline as one graph ----
 
+
 def gaussian_blur(maps, sigma: float):
     """``scipy.ndimage.gaussian_filter(maps, (0, σ, σ), mode='reflect')`` (truncate 4) as graph ops."""
     tf = _tf()
@@ -156,7 +162,7 @@ def gaussian_blur(maps, sigma: float):
         return maps
     radius = int(4.0 * float(sigma) + 0.5)
     x = np.arange(-radius, radius + 1, dtype=np.float64)
-    g = np.exp(-0.5 / float(sigma) ** 2 * x ** 2)
+    g = np.exp(-0.5 / float(sigma) ** 2 * x**2)
     g = (g / g.sum()).astype(np.float32)
     t = tf.pad(maps[..., None], [[0, 0], [radius, radius], [radius, radius], [0, 0]], mode="SYMMETRIC")
     t = tf.nn.conv2d(t, tf.constant(g[:, None, None, None]), 1, "VALID")
@@ -229,6 +235,7 @@ def detector_function(model, spec: Spec, resize_inside: bool = True):
 
 # ---- formats: one writer per format, each also returns the runtime that checks it ----
 
+
 def _signature(spec, resize_inside=True):
     tf = _tf()
     side = None if resize_inside else spec.size
@@ -262,7 +269,9 @@ def _write_onnx(model, spec, folder):
     try:
         proto, _ = tf2onnx.convert.from_function(function, input_signature=_signature(spec), opset=17)
     except Exception as exc:  # noqa: BLE001 - a converter failure is reported, not a crash
-        raise UserError(f"tf2onnx cannot convert this detector: {exc.__class__.__name__}: {str(exc).splitlines()[0][:200]}") from None
+        raise UserError(
+            f"tf2onnx cannot convert this detector: {exc.__class__.__name__}: {str(exc).splitlines()[0][:200]}"
+        ) from None
     renamed = dict(zip([o.name for o in proto.graph.output], names))
     for node in proto.graph.node:
         node.output[:] = [renamed.get(o, o) for o in node.output]
@@ -285,15 +294,20 @@ def _write_tflite(model, spec, folder):
     # uninitialised resource variables (NaN outputs); the SavedModel path freezes them.
     archive = keras.export.ExportArchive()
     archive.track(model)
-    archive.add_endpoint(name="serving_default", fn=detector_function(model, spec, resize_inside=False),
-                         input_signature=_signature(spec, False))
+    archive.add_endpoint(
+        name="serving_default",
+        fn=detector_function(model, spec, resize_inside=False),
+        input_signature=_signature(spec, False),
+    )
     try:
         with tempfile.TemporaryDirectory(dir=folder) as tmp:
             archive.write_out(tmp, verbose=False)
             flat = tf.lite.TFLiteConverter.from_saved_model(tmp).convert()
     except Exception as exc:  # noqa: BLE001
-        raise UserError(f"the TFLite converter cannot convert this detector: {exc.__class__.__name__}: "
-                        f"{str(exc).splitlines()[0][:200]}") from None
+        raise UserError(
+            f"the TFLite converter cannot convert this detector: {exc.__class__.__name__}: "
+            f"{str(exc).splitlines()[0][:200]}"
+        ) from None
     target = folder / "detector.tflite"
     target.write_bytes(flat)
     return target.name
@@ -302,11 +316,20 @@ def _write_tflite(model, spec, folder):
 FORMATS = {"saved_model": _write_saved_model, "onnx": _write_onnx, "tflite": _write_tflite}
 RESIZE_OUTSIDE = {"tflite"}  # formats whose graph takes model-size images (see _write_tflite)
 # Which steps run outside the artefact, in predict_exported.py, per format (the README repeats it).
-_ALWAYS_OUTSIDE = ["reading image files into uint8 arrays in the run's colour mode (as Pillow converts)",
-                   "minimum-area filter (8-connected regions of defect_pixels, cv2.connectedComponentsWithStats)",
-                   "mask back to the image's size (nearest neighbour, as Pillow)"]
-OUTSIDE = {fmt: _ALWAYS_OUTSIDE + (["resize to the model's size and the anomaly map back (NumPy port of Pillow's resampling)"]
-                                   if fmt in RESIZE_OUTSIDE else []) for fmt in FORMATS}
+_ALWAYS_OUTSIDE = [
+    "reading image files into uint8 arrays in the run's colour mode (as Pillow converts)",
+    "minimum-area filter (8-connected regions of defect_pixels, cv2.connectedComponentsWithStats)",
+    "mask back to the image's size (nearest neighbour, as Pillow)",
+]
+OUTSIDE = {
+    fmt: _ALWAYS_OUTSIDE
+    + (
+        ["resize to the model's size and the anomaly map back (NumPy port of Pillow's resampling)"]
+        if fmt in RESIZE_OUTSIDE
+        else []
+    )
+    for fmt in FORMATS
+}
 
 
 def _sha256(path):
@@ -326,8 +349,15 @@ def _check_supported(run, method, found):
         raise UserError(f"export supports square models only; this run's model takes {shape[0]}x{shape[1]} images")
 
 
-def export_run(path, fmt: str = "saved_model", out=None, method: str | None = None, min_area: int | None = None,
-               smooth: float | None = None, check_images: int = 2) -> tuple[Path, dict]:
+def export_run(
+    path,
+    fmt: str = "saved_model",
+    out=None,
+    method: str | None = None,
+    min_area: int | None = None,
+    smooth: float | None = None,
+    check_images: int = 2,
+) -> tuple[Path, dict]:
     """Export run ``path`` with the newest validation result (for ``min_area`` if given).
 
     Writes ``out`` (default ``RUN/export/<fmt>``) holding the artefact, ``detector.json``
@@ -350,39 +380,74 @@ def export_run(path, fmt: str = "saved_model", out=None, method: str | None = No
     found = runs.find_validation_result(run.dir, method, min_area, model=run.model_path)  # refuses other weights
     if found is None:
         which = f"method {method}" + (f", area {min_area}" if min_area is not None else "")
-        raise UserError(f"no validation result for {which} in {run.dir}: run validate.py -p {run.dir} -a MIN_AREA "
-                        f"--method {method} first (export bakes in its threshold)")
+        raise UserError(
+            f"no validation result for {which} in {run.dir}: run validate.py -p {run.dir} -a MIN_AREA "
+            f"--method {method} first (export bakes in its threshold)"
+        )
     _check_supported(run, method, found)
     result_path = runs.validation_dir(run.dir, method, found["min_area"]) / "validation_result.json"
     options = inference.MapOptions.from_record(found, f"the validation result {result_path}")
     for sigma in (smooth, inference.MASK_SIGMA if options.passes > 1 else 0):
         if int(4 * sigma + 0.5) > run.size:
-            raise UserError(f"smoothing sigma {sigma} px is too wide to export for a {run.size}-px model (at most {run.size / 4:g})")
+            raise UserError(
+                f"smoothing sigma {sigma} px is too wide to export for a {run.size}-px model (at most {run.size / 4:g})"
+            )
     model = run.load_model()
     calibration = inference.calibrate(run, method, options, model)
-    spec = Spec(method, options, np.asarray(calibration.baselines, np.float32), float(calibration.mask_threshold),
-                float(found["threshold"]), smooth, run.size, 3 if run.color == "rgb" else 1)
+    spec = Spec(
+        method,
+        options,
+        np.asarray(calibration.baselines, np.float32),
+        float(calibration.mask_threshold),
+        float(found["threshold"]),
+        smooth,
+        run.size,
+        3 if run.color == "rgb" else 1,
+    )
     serve = detector_function(model, spec)  # the reference the written artefact is checked against
     out_dir = Path(out) if out else run.dir / "export" / fmt
     metadata = {
-        "format": fmt, "created": dt.datetime.now().isoformat(timespec="seconds"),
-        "input": {"name": "images", "dtype": "uint8", "color": run.color,
-                  "shape": ["N", run.size, run.size, spec.channels] if fmt in RESIZE_OUTSIDE else ["N", "H", "W", spec.channels],
-                  "note": ("model-size images: predict_exported.py resizes as test.py does" if fmt in RESIZE_OUTSIDE else
-                           "any H, W (one size per batch); resized inside to the model's size as test.py does")},
+        "format": fmt,
+        "created": dt.datetime.now().isoformat(timespec="seconds"),
+        "input": {
+            "name": "images",
+            "dtype": "uint8",
+            "color": run.color,
+            "shape": ["N", run.size, run.size, spec.channels]
+            if fmt in RESIZE_OUTSIDE
+            else ["N", "H", "W", spec.channels],
+            "note": (
+                "model-size images: predict_exported.py resizes as test.py does"
+                if fmt in RESIZE_OUTSIDE
+                else "any H, W (one size per batch); resized inside to the model's size as test.py does"
+            ),
+        },
         "outputs": {
             "anomaly_map": "N×H×W float32 at the input's size: residual map smoothed by smooth_sigma, as test.py's TIFFs",
             "score": "N float32: maximum of the smoothed map at the model's size (test.py's score)",
             "residual_map": f"N×{run.size}×{run.size} float32: the raw map the threshold applies to",
             "defect_pixels": f"N×{run.size}×{run.size} uint8: residual_map > threshold, before the minimum area",
         },
-        "threshold": spec.threshold, "min_area": int(found["min_area"]), "method": method, **options.record(),
-        "smooth_sigma": smooth, "size": run.size, "channels": spec.channels,
+        "threshold": spec.threshold,
+        "min_area": int(found["min_area"]),
+        "method": method,
+        **options.record(),
+        "smooth_sigma": smooth,
+        "size": run.size,
+        "channels": spec.channels,
         "mask_threshold": spec.mask_threshold if np.isfinite(spec.mask_threshold) else None,  # None: one pass
-        "validation_result": {"path": str(result_path), "sha256": _sha256(result_path), "threshold": spec.threshold,
-                              "min_area": int(found["min_area"])},
-        "run": str(run.dir), "model": str(run.model_path), "model_sha256": _sha256(run.model_path),
-        "resize_inside": fmt not in RESIZE_OUTSIDE, "outside_the_artefact": OUTSIDE[fmt], "versions": package_versions(),
+        "validation_result": {
+            "path": str(result_path),
+            "sha256": _sha256(result_path),
+            "threshold": spec.threshold,
+            "min_area": int(found["min_area"]),
+        },
+        "run": str(run.dir),
+        "model": str(run.model_path),
+        "model_sha256": _sha256(run.model_path),
+        "resize_inside": fmt not in RESIZE_OUTSIDE,
+        "outside_the_artefact": OUTSIDE[fmt],
+        "versions": package_versions(),
     }
     with runs.StagedOutput(out_dir) as staged:
         metadata["artefact"] = FORMATS[fmt](model, spec, staged)
@@ -396,8 +461,6 @@ def _check_artefact(folder, fmt, metadata, serve, run, n):
     """Run the written artefact in its own runtime on ``n`` validation images and compare
     with the graph in memory; a mismatch beyond 1e-4 aborts the export (nothing is kept)."""
     import importlib.util
-
-    import data
 
     tf = _tf()
     spec_ = importlib.util.spec_from_file_location("predict_exported", folder / PREDICTOR.name)
@@ -418,6 +481,8 @@ def _check_artefact(folder, fmt, metadata, serve, run, n):
         if (differ & (np.abs(expected["residual_map"] - metadata["threshold"]) > 1e-4)).any():
             worst, which = 1.0, "defect_pixels"
     if worst > 1e-4:
-        raise UserError(f"the {fmt} artefact's {which} disagrees with the TensorFlow graph by {worst:.2e} (max abs) on "
-                        "the run's validation images; nothing written")
+        raise UserError(
+            f"the {fmt} artefact's {which} disagrees with the TensorFlow graph by {worst:.2e} (max abs) on "
+            "the run's validation images; nothing written"
+        )
     return {"images": len(paths), "max_abs_difference_vs_graph": worst, "runtime": detector.runtime}

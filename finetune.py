@@ -9,12 +9,13 @@ validation image and a sample test image beside their reconstructions and residu
 Pick the minimum area above the areas that noise regions on good images reach, then run
 ``validate.py -a AREA``. The test image is only shown, never used to choose anything.
 """
+
 import argparse
 import sys
 
 import numpy as np
 
-from utils import quiet_tensorflow, run_cli, UserError
+from utils import UserError, quiet_tensorflow, run_cli
 
 quiet_tensorflow()
 
@@ -32,18 +33,29 @@ def get_parser():
     """Command-line options of ``finetune.py``."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     runs.add_run_arguments(parser)
-    parser.add_argument("-v", "--val-image", default=None,
-                        help="sample validation image, relative to <class>/train/ (e.g. good/000.png); "
-                             "default: the first of the run's validation images")
-    parser.add_argument("-t", "--test-image", default=None,
-                        help="sample test image, relative to <class>/test/ (e.g. broken_large/000.png); "
-                             "default: the first defective test image")
-    parser.add_argument("-r", "--range", type=int, default=50, help="largest region area (px) shown in the area distributions")
+    parser.add_argument(
+        "-v",
+        "--val-image",
+        default=None,
+        help="sample validation image, relative to <class>/train/ (e.g. good/000.png); "
+        "default: the first of the run's validation images",
+    )
+    parser.add_argument(
+        "-t",
+        "--test-image",
+        default=None,
+        help="sample test image, relative to <class>/test/ (e.g. broken_large/000.png); "
+        "default: the first defective test image",
+    )
+    parser.add_argument(
+        "-r", "--range", type=int, default=50, help="largest region area (px) shown in the area distributions"
+    )
     return parser
 
 
-def finetune(path, val_image=None, test_image=None, max_area=50, method=None, batch=16, baseline=None, scales=None,
-             passes=None):
+def finetune(
+    path, val_image=None, test_image=None, max_area=50, method=None, batch=16, baseline=None, scales=None, passes=None
+):
     """Compute region statistics over thresholds on validation images and write the plots."""
     if max_area < 1:
         raise UserError(f"-r/--range must be a positive number of pixels, got {max_area}")
@@ -51,8 +63,11 @@ def finetune(path, val_image=None, test_image=None, max_area=50, method=None, ba
     method = run.method(method)
     val_paths = run.validation_paths()
     train_dir, test_dir = run.class_dir / "train", run.class_dir / "test"
-    val_sample = inference.resolve_sample(run, val_image, train_dir, allowed=val_paths, what="validation image") \
-        if val_image else val_paths[0]
+    val_sample = (
+        inference.resolve_sample(run, val_image, train_dir, allowed=val_paths, what="validation image")
+        if val_image
+        else val_paths[0]
+    )
     if test_image:
         test_sample = inference.resolve_sample(run, test_image, test_dir, what="test image")
     else:
@@ -72,28 +87,59 @@ def finetune(path, val_image=None, test_image=None, max_area=50, method=None, ba
         areas_at[float(t)] = areas
     shown = {float(t): areas_at[float(t)] for t in thresholds[:: max(1, N_THRESHOLDS // N_DISTRIBUTIONS)]}
     out_dir = run.dir / "finetune" / method
-    with runs.StagedOutput(out_dir, {"kind": "finetune", "model_sha256": runs.model_id(run.model_path)}, archive=True) as out:
-        visualize.plot_regions_vs_threshold(thresholds, np.array(n_regions), out / "regions_vs_threshold.png", method=method)
-        visualize.plot_area_stats_vs_threshold(thresholds, np.array(mean_area), np.array(std_area),
-                                               out / "area_mean_std_vs_threshold.png", method=method)
-        visualize.plot_area_distribution(areas_at[float(thresholds[0])], max_area, out / "area_distribution_t0.png",
-                                         threshold=float(thresholds[0]), method=method)
+    with runs.StagedOutput(
+        out_dir, {"kind": "finetune", "model_sha256": runs.model_id(run.model_path)}, archive=True
+    ) as out:
+        visualize.plot_regions_vs_threshold(
+            thresholds, np.array(n_regions), out / "regions_vs_threshold.png", method=method
+        )
+        visualize.plot_area_stats_vs_threshold(
+            thresholds, np.array(mean_area), np.array(std_area), out / "area_mean_std_vs_threshold.png", method=method
+        )
+        visualize.plot_area_distribution(
+            areas_at[float(thresholds[0])],
+            max_area,
+            out / "area_distribution_t0.png",
+            threshold=float(thresholds[0]),
+            method=method,
+        )
         visualize.plot_area_distributions(shown, max_area, out / "area_distributions.png", method=method)
         i = [p.resolve() for p in seen.paths].index(val_sample.resolve())
-        visualize.plot_sample(seen.images[i], seen.recons[i], seen.maps[i], out / "sample_validation.png",
-                              title=f"validation image {data.relative_to(val_sample, train_dir)}", method=method)
+        visualize.plot_sample(
+            seen.images[i],
+            seen.recons[i],
+            seen.maps[i],
+            out / "sample_validation.png",
+            title=f"validation image {data.relative_to(val_sample, train_dir)}",
+            method=method,
+        )
         if test_sample is not None:
             sample = inference.inspect(run, [test_sample], method, batch, options=options)
-            visualize.plot_sample(sample.images[0], sample.recons[0], sample.maps[0], out / "sample_test.png",
-                                  title=f"test image {data.relative_to(test_sample, test_dir)} (shown only)", method=method)
+            visualize.plot_sample(
+                sample.images[0],
+                sample.recons[0],
+                sample.maps[0],
+                out / "sample_test.png",
+                title=f"test image {data.relative_to(test_sample, test_dir)} (shown only)",
+                method=method,
+            )
     return out_dir
 
 
 def main(argv=None):
     """Parse arguments, write the plots, print where they are."""
     args = get_parser().parse_args(argv)
-    out = finetune(args.path, args.val_image, args.test_image, args.range, args.method, args.batch, args.baseline,
-                   args.scales, args.passes)
+    out = finetune(
+        args.path,
+        args.val_image,
+        args.test_image,
+        args.range,
+        args.method,
+        args.batch,
+        args.baseline,
+        args.scales,
+        args.passes,
+    )
     print(f"finetune plots written; choose a minimum area, then: python3 validate.py -p {args.path} -a AREA")
     print(out)
 

@@ -4,6 +4,7 @@ The one place where the post-training scripts load images for a run, reconstruct
 compute residual maps, and turn them into verdicts; ``validate.py``, ``test.py``,
 ``finetune.py`` and ``visualize.py`` only call these.
 """
+
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +31,9 @@ BASELINE_SIGMA = 1.0
 BASELINE_QUANTILE = 0.75  # per pixel, over the training images; beat the mean on bottle (bench/README.md)
 BASELINE_TOLERANCE = 1  # px: the baseline is the maximum over (2t+1)² neighbours, so a 1-px shift of a rim is usual
 DEFAULT_SCALES = 2  # best measured on MVTec bottle (bench/README.md)
-DEFAULT_PASSES = 4  # best measured on MVTec bottle; 5 or 6 add at most 0.0003 AU-PRO (bench/README.md); see refined_maps
+DEFAULT_PASSES = (
+    4  # best measured on MVTec bottle; 5 or 6 add at most 0.0003 AU-PRO (bench/README.md); see refined_maps
+)
 MASK_QUANTILE = 0.999  # later passes repaint where the map exceeds this quantile of the training images' maps
 MASK_SIGMA = 4.0  # px (model size): the map is smoothed before that comparison, so the mask covers whole blobs
 MASK_FEATHER = 1.5  # px: soft edge of the repainted area
@@ -68,10 +71,15 @@ class MapOptions:
         place in every image there)."""
         if method == "learned":
             if baseline is False or scales not in (None, 1) or passes not in (None, 1):
-                raise UserError("--no-baseline, --scales and --passes apply to ssim and l2 maps, not to --method learned")
+                raise UserError(
+                    "--no-baseline, --scales and --passes apply to ssim and l2 maps, not to --method learned"
+                )
             return cls(False, 1, 1)
-        return cls(baseline is not False and mode != "surface", DEFAULT_SCALES if scales is None else int(scales),
-                   DEFAULT_PASSES if passes is None else int(passes))
+        return cls(
+            baseline is not False and mode != "surface",
+            DEFAULT_SCALES if scales is None else int(scales),
+            DEFAULT_PASSES if passes is None else int(passes),
+        )
 
     def record(self):
         """The fields every result file stores, so later scripts can check and follow them.
@@ -79,9 +87,13 @@ class MapOptions:
         ``baseline_quantile`` and ``baseline_tolerance`` say which baseline was subtracted,
         ``mask_*`` how later passes chose what to repaint (see :func:`refined_maps`).
         """
-        return {"baseline": self.baseline, **{k: v if self.baseline else None for k, v in _BASELINE_KIND.items()},
-                "scales": self.scales, "passes": self.passes,
-                **{k: v if self.passes > 1 else None for k, v in _PASS_KIND.items()}}
+        return {
+            "baseline": self.baseline,
+            **{k: v if self.baseline else None for k, v in _BASELINE_KIND.items()},
+            "scales": self.scales,
+            "passes": self.passes,
+            **{k: v if self.passes > 1 else None for k, v in _PASS_KIND.items()},
+        }
 
     @classmethod
     def from_record(cls, record, what):
@@ -101,14 +113,18 @@ class MapOptions:
             )
         stored = {k: record.get(k) for k in _PASS_KIND}
         if options.passes > 1 and stored != _PASS_KIND:
-            raise UserError(f"{what} was computed with other mask settings for later passes ({stored} instead of "
-                            f"{_PASS_KIND}); run validate.py again, or pass -t and -a")
+            raise UserError(
+                f"{what} was computed with other mask settings for later passes ({stored} instead of "
+                f"{_PASS_KIND}); run validate.py again, or pass -t and -a"
+            )
         return options
 
     def describe(self, method):
         """E.g. ``ssim at 2 scales, 4 passes, minus baseline``."""
-        return (f"{method} at {self.scales} scale{'s' if self.scales > 1 else ''}"
-                f"{f', {self.passes} passes' if self.passes > 1 else ''}{', minus baseline' if self.baseline else ''}")
+        return (
+            f"{method} at {self.scales} scale{'s' if self.scales > 1 else ''}"
+            f"{f', {self.passes} passes' if self.passes > 1 else ''}{', minus baseline' if self.baseline else ''}"
+        )
 
 
 @dataclass(frozen=True)
@@ -179,7 +195,9 @@ def refined_maps(model, images, method, options=MapOptions(), batch=16, calibrat
             threshold = float(np.quantile(smoothed, MASK_QUANTILE))
         mask = resmaps.smooth((smoothed > threshold).astype(np.float32), MASK_FEATHER)[..., None]
         recons = resmaps.reconstruct(model, images * (1 - mask) + recons * mask, batch)
-        maps = np.minimum(maps, above_usual(resmaps.batched_residual_maps(images, recons, method, batch, options.scales), k))
+        maps = np.minimum(
+            maps, above_usual(resmaps.batched_residual_maps(images, recons, method, batch, options.scales), k)
+        )
     return recons, maps, Calibration(np.stack(baselines), float("inf") if threshold is None else threshold)
 
 
@@ -194,18 +212,25 @@ def calibrate(run, method, options, model=None, batch=16):
     if not options.baseline and options.passes == 1:
         return Calibration(np.zeros((1, *run.shape), np.float32), float("inf"))
     kind = {**_BASELINE_KIND, **_PASS_KIND}
-    cache = run.dir / f"calibration_{method}_s{options.scales}_p{options.passes}{'' if options.baseline else '_raw'}.npz"
+    cache = (
+        run.dir / f"calibration_{method}_s{options.scales}_p{options.passes}{'' if options.baseline else '_raw'}.npz"
+    )
     stamp = np.array([run.model_path.stat().st_mtime_ns, run.model_path.stat().st_size])
     if cache.is_file():
         with np.load(cache) as stored:
-            if (np.array_equal(stored["model_stamp"], stamp) and stored["baselines"].shape == (options.passes, *run.shape)
-                    and all(k in stored and stored[k] == v for k, v in kind.items())):
+            if (
+                np.array_equal(stored["model_stamp"], stamp)
+                and stored["baselines"].shape == (options.passes, *run.shape)
+                and all(k in stored and stored[k] == v for k, v in kind.items())
+            ):
                 return Calibration(stored["baselines"], float(stored["mask_threshold"]))
     held_back = {p.resolve() for p in run.validation_paths()}
     _, good = data.check_class_dir(run.class_dir)
     train_paths = [p for p in data.list_images(good) if p.resolve() not in held_back]
     if not train_paths:
-        raise UserError(f"no training images left in {good} to learn the residual baseline (use --no-baseline --passes 1)")
+        raise UserError(
+            f"no training images left in {good} to learn the residual baseline (use --no-baseline --passes 1)"
+        )
     images, _ = data.load_images(train_paths, run.color, run.shape, progress="training images (residual baseline)")
     _, _, learnt = refined_maps(model or run.load_model(), images, method, options, batch)
     tmp = cache.with_name(cache.stem + ".tmp.npz")
@@ -227,7 +252,9 @@ def run_maps(run, images, method, options=MapOptions(), batch=16):
         return learned.learned_maps(model, run.load_head(), images, batch)
     most = resmaps.max_scales(min(run.shape), method)
     if not 1 <= options.scales <= most:
-        raise UserError(f"--scales must be 1 to {most} for {method} maps of this {min(run.shape)}-px model, got {options.scales}")
+        raise UserError(
+            f"--scales must be 1 to {most} for {method} maps of this {min(run.shape)}-px model, got {options.scales}"
+        )
     if options.passes < 1:
         raise UserError(f"--passes must be >= 1, got {options.passes}")
     recons, maps, _ = refined_maps(model, images, method, options, batch, calibrate(run, method, options, model, batch))
@@ -244,7 +271,9 @@ def inspect(run, paths, method, batch=16, progress=None, options=MapOptions()):
     return Inspected(kept, images, recons, maps, [data.image_size(p) for p in kept])
 
 
-DEFAULT_AREA_SHARE = 1 / 800  # validate.py's default minimum area, as a share of the whole image (bottle benchmark's rule)
+DEFAULT_AREA_SHARE = (
+    1 / 800
+)  # validate.py's default minimum area, as a share of the whole image (bottle benchmark's rule)
 
 
 def default_min_area(shape):
@@ -268,8 +297,12 @@ def resolve_threshold(run, method, threshold=None, min_area=None, baseline=None,
     """
     check_area_threshold(min_area, threshold)
     if threshold is not None and min_area is not None:
-        return (float(threshold), int(min_area), MapOptions.from_args(baseline, scales, passes, method, run.mode),
-                "command line")
+        return (
+            float(threshold),
+            int(min_area),
+            MapOptions.from_args(baseline, scales, passes, method, run.mode),
+            "command line",
+        )
     found = runs.find_validation_result(run.dir, method, min_area, model=run.model_path)  # refuses other weights
     if found is None:
         which = f"method {method}" + (f", area {min_area}" if min_area is not None else "")
@@ -286,7 +319,9 @@ def resolve_threshold(run, method, threshold=None, min_area=None, baseline=None,
         )
     for flag, given, used in (("--scales", scales, options.scales), ("--passes", passes, options.passes)):
         if given is not None and given != used:
-            raise UserError(f"{what} was computed with {flag} {used}; run validate.py again with {flag} {given}, or pass -t and -a")
+            raise UserError(
+                f"{what} was computed with {flag} {used}; run validate.py again with {flag} {given}, or pass -t and -a"
+            )
     if threshold is not None:
         return float(threshold), int(found["min_area"]), options, "area from validation, threshold from command line"
     return float(found["threshold"]), int(found["min_area"]), options, "validation"

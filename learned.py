@@ -40,11 +40,19 @@ def _crop(arrays: list[np.ndarray], patch: int | None, rng: np.random.Generator)
     n, h, w = arrays[0].shape[:3]
     ys = rng.integers(0, h - patch + 1, size=n)
     xs = rng.integers(0, w - patch + 1, size=n)
-    return [np.stack([a[i, y:y + patch, x:x + patch] for i, (y, x) in enumerate(zip(ys, xs))]) for a in arrays]
+    return [np.stack([a[i, y : y + patch, x : x + patch] for i, (y, x) in enumerate(zip(ys, xs))]) for a in arrays]
 
 
-def train_head(model, images: np.ndarray, path: Path, steps: int = DEFAULT_HEAD_STEPS, patch: int | None = None,
-               seed: int = 0, batch: int = HEAD_BATCH, progress: bool = True) -> dict:
+def train_head(
+    model,
+    images: np.ndarray,
+    path: Path,
+    steps: int = DEFAULT_HEAD_STEPS,
+    patch: int | None = None,
+    seed: int = 0,
+    batch: int = HEAD_BATCH,
+    progress: bool = True,
+) -> dict:
     """Train a segmentation head for the autoencoder ``model`` on good ``images`` and save it.
 
     Each step pastes simulated defects into ``HEAD_SHARE`` of a batch of training images
@@ -86,8 +94,15 @@ def train_head(model, images: np.ndarray, path: Path, steps: int = DEFAULT_HEAD_
     tmp = Path(path).with_name(Path(path).stem + ".tmp.keras")
     head.save(tmp)
     tmp.replace(path)
-    return {"file": Path(path).name, "steps": steps, "patch": patch, "batch": batch, "share": HEAD_SHARE,
-            "final_loss": float(np.mean(losses[-50:])), "seconds": round(time.time() - started, 1)}
+    return {
+        "file": Path(path).name,
+        "steps": steps,
+        "patch": patch,
+        "batch": batch,
+        "share": HEAD_SHARE,
+        "final_loss": float(np.mean(losses[-50:])),
+        "seconds": round(time.time() - started, 1),
+    }
 
 
 def learned_maps(model, head, images: np.ndarray, batch: int = 16) -> tuple[np.ndarray, np.ndarray]:

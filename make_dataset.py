@@ -23,13 +23,14 @@ Example::
 
     python3 make_dataset.py --classes gravel --size 256
 """
+
 import argparse
 import json
 import shutil
 import sys
 import time
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -84,7 +85,7 @@ GRAY_CONTAMINANTS = ("brick", "grass", "gravel", "moon", "cell")
 # --------------------------------------------------------------------------- sources
 
 
-@lru_cache(maxsize=None)
+@cache
 def _photo(loader, rgb):
     """A scikit-image sample photo as float32 in [0, 1]: (H, W) or (H, W, 3)."""
     import skimage.data
@@ -323,8 +324,9 @@ def _paint_scratch(clean, rng, class_name):
     d = np.array([np.sin(a), np.cos(a)])
     n = np.array([d[1], -d[0]])
     bend = rng.normal(0, 0.18 * length, size=2)
-    ctrl = np.array([c - d * length / 2, c - d * length / 6 + n * bend[0], c + d * length / 6 + n * bend[1],
-                     c + d * length / 2])
+    ctrl = np.array(
+        [c - d * length / 2, c - d * length / 6 + n * bend[0], c + d * length / 6 + n * bend[1], c + d * length / 2]
+    )
     t = np.linspace(0, 1, max(8, int(length / 2)))[:, None]
     curve = (1 - t) ** 3 * ctrl[0] + 3 * (1 - t) ** 2 * t * ctrl[1] + 3 * (1 - t) * t**2 * ctrl[2] + t**3 * ctrl[3]
     # small lateral wobble, as from a hand-held tool
@@ -713,7 +715,11 @@ def get_parser():
     )
     parser.add_argument("--out", default="mvtec", help="folder to write the class folders into")
     parser.add_argument(
-        "--classes", nargs="+", choices=list(CLASSES), default=list(CLASSES), metavar="CLASS",
+        "--classes",
+        nargs="+",
+        choices=list(CLASSES),
+        default=list(CLASSES),
+        metavar="CLASS",
         help="classes to generate; pick one for a quick demo",
     )
     parser.add_argument(
@@ -723,12 +729,17 @@ def get_parser():
     parser.add_argument("--test-good", type=int, default=20, help="defect-free test images per class")
     parser.add_argument("--test-defect", type=int, default=10, help="defective test images per defect type")
     parser.add_argument(
-        "--defects", nargs="+", choices=list(DEFECTS), default=list(DEFECTS), metavar="DEFECT",
+        "--defects",
+        nargs="+",
+        choices=list(DEFECTS),
+        default=list(DEFECTS),
+        metavar="DEFECT",
         help="defect types to generate",
     )
     parser.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives identical files")
     parser.add_argument(
-        "--force", action="store_true",
+        "--force",
+        action="store_true",
         help="delete and regenerate the chosen class folders, even complete ones (needed when a folder "
         "exists with other settings or is incomplete)",
     )

@@ -22,6 +22,7 @@ scores on one ROC point. The PRO
 curve likewise has one point per distinct score: all pixels with an equal score enter
 the positive set together, exactly as MVTec's official ``compute_pro`` does.
 """
+
 import warnings
 
 import numpy as np
@@ -87,8 +88,7 @@ def _as_image_list(images, name):
             images = images[..., 0]
         if images.ndim != 3:
             raise ValueError(
-                f"{name} must be a sequence of 2-D arrays or an (N, H, W) array, "
-                f"got an array of shape {images.shape}"
+                f"{name} must be a sequence of 2-D arrays or an (N, H, W) array, got an array of shape {images.shape}"
             )
         return list(images)
     out = []
@@ -188,7 +188,7 @@ def _descending_order(scores):
     """
     n = scores.size
     as32 = scores if scores.dtype == np.float32 else scores.astype(np.float32)
-    if n >= 2 ** 32 or (as32 is not scores and not np.array_equal(as32, scores)):
+    if n >= 2**32 or (as32 is not scores and not np.array_equal(as32, scores)):
         order = np.argsort(scores, kind="stable")[::-1]
         ranked = scores[order]
         return order, np.concatenate(([True], ranked[1:] != ranked[:-1]))
@@ -246,7 +246,7 @@ class PixelRanking:
         del scores
         self.n_pixels = order.size
         # Counts fit in int32 below 2**31 pixels (a faster cumulative sum).
-        self._count_dtype = np.int32 if self.n_pixels < 2 ** 31 else np.int64
+        self._count_dtype = np.int32 if self.n_pixels < 2**31 else np.int64
         self.image = np.repeat(np.arange(self.n_images, dtype=np.int32), sizes)[order]
         self.ok = ~truth[order]
         # Last position of each run of equal scores, in sorted order.
@@ -339,8 +339,8 @@ class PixelRanking:
         fprs, pros = np.empty(points), np.empty(points)
         fprs[0] = pros[0] = 0.0
         fprs[-1] = pros[-1] = 1.0
-        np.divide(cum_ok[self.run_last[:runs]], n_ok, out=fprs[1:runs + 1])  # <= 1 already: counts <= n_ok
-        np.divide(cum_weight[self.defects_upto_run[:runs]], n_regions, out=pros[1:runs + 1])
+        np.divide(cum_ok[self.run_last[:runs]], n_ok, out=fprs[1 : runs + 1])  # <= 1 already: counts <= n_ok
+        np.divide(cum_weight[self.defects_upto_run[:runs]], n_regions, out=pros[1 : runs + 1])
         np.minimum(pros, 1.0, out=pros)
         return fprs, pros, sel
 
@@ -432,9 +432,7 @@ def trapezoid(x, y, x_max=None):
         raise ValueError(f"x has {x.size} points but y has {y.size}")
     finite = np.isfinite(x) & np.isfinite(y)
     if not finite.all():
-        warnings.warn(
-            "trapezoid: dropping points with non-finite x or y", RuntimeWarning, stacklevel=2
-        )
+        warnings.warn("trapezoid: dropping points with non-finite x or y", RuntimeWarning, stacklevel=2)
         x, y = x[finite], y[finite]
     if x.size == 0:
         raise ValueError("trapezoid: no finite points")
@@ -596,8 +594,9 @@ def _image_and_pixel_metrics(idx, labels, scores, ranking, fpr_limit, prefix, no
     return out
 
 
-def evaluate(anomaly_maps, gt_masks, image_labels, image_scores, defect_types,
-             fpr_limit=DEFAULT_FPR_LIMIT, return_curves=False):
+def evaluate(
+    anomaly_maps, gt_masks, image_labels, image_scores, defect_types, fpr_limit=DEFAULT_FPR_LIMIT, return_curves=False
+):
     """All threshold-free metrics for ``metrics.json``, overall and per defect type.
 
     Args:
@@ -635,9 +634,7 @@ def evaluate(anomaly_maps, gt_masks, image_labels, image_scores, defect_types,
     types = np.asarray([str(t) for t in defect_types], dtype=object)
     n = labels.size
     if scores.size != n or types.size != n:
-        raise ValueError(
-            f"got {n} image labels, {scores.size} image scores and {types.size} defect types"
-        )
+        raise ValueError(f"got {n} image labels, {scores.size} image scores and {types.size} defect types")
     is_good_type = types == GOOD_TYPE
     if np.any(labels == is_good_type):
         bad = int(np.sum(labels == is_good_type))
@@ -677,9 +674,7 @@ def evaluate(anomaly_maps, gt_masks, image_labels, image_scores, defect_types,
     per_type = {}
     for dtype in sorted(set(types[~is_good_type].tolist())):
         idx = np.concatenate([good_idx, np.flatnonzero(types == dtype)])
-        entry = _image_and_pixel_metrics(
-            idx, labels, scores, ranking, fpr_limit, f"{dtype}: ", notes
-        )
+        entry = _image_and_pixel_metrics(idx, labels, scores, ranking, fpr_limit, f"{dtype}: ", notes)
         entry["n_images"] = int(idx.size)
         entry["n_defective"] = int(np.sum(types == dtype))
         per_type[dtype] = entry

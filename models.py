@@ -11,6 +11,7 @@
 
 All take and return images in [0, 1]; the output shape always equals the input shape.
 """
+
 import os
 
 import keras

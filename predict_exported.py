@@ -19,6 +19,7 @@ In your own program::
     result = detector.predict(read_image("part.png", detector.color))
     result["defective"], result["score"], result["mask"], result["anomaly_map"]
 """
+
 import argparse
 import csv
 import json
@@ -58,6 +59,7 @@ def read_image(path, color):
 
 # ---- Pillow's resampling in NumPy (for formats that cannot resize inside, e.g. TFLite) ----
 
+
 def _coefficients(in_size, out_size, name):
     """Pillow's precompute_coeffs (Resample.c) in float64: out_size×in_size weights."""
     support = {"box": 0.5, "bilinear": 1.0, "bicubic": 2.0}[name]
@@ -75,8 +77,9 @@ def _coefficients(in_size, out_size, name):
         w = np.where(x < 1.0, 1.0 - x, 0.0)
     else:
         a = -0.5
-        w = np.where(x < 1.0, ((a + 2.0) * x - (a + 3.0)) * x * x + 1,
-                     np.where(x < 2.0, (((x - 5) * x + 8) * x - 4) * a, 0.0))
+        w = np.where(
+            x < 1.0, ((a + 2.0) * x - (a + 3.0)) * x * x + 1, np.where(x < 2.0, (((x - 5) * x + 8) * x - 4) * a, 0.0)
+        )
     w = np.where((j >= xmin) & (j < xmax), w, 0.0)
     total = w.sum(axis=1, keepdims=True)
     return np.divide(w, total, out=w.copy(), where=total != 0)
@@ -120,6 +123,7 @@ def resize_float(maps, width, height):
 def resize_nearest(mask, width, height):
     """Nearest-neighbour resize as Pillow does it (source = floor((x + 0.5) · scale), the
     positions accumulated in double precision as Pillow's ImagingScaleAffine)."""
+
     def positions(n_out, n_in):
         step = n_in / n_out
         steps = np.full(n_out, step)
@@ -166,13 +170,16 @@ class Detector:
         elif fmt == "tflite":
             try:
                 from ai_edge_litert.interpreter import Interpreter
+
                 self.runtime = "ai-edge-litert"
             except ImportError:
                 import warnings
 
                 import tensorflow as tf
 
-                warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated")  # still works in TF 2.21
+                warnings.filterwarnings(
+                    "ignore", message=".*tf.lite.Interpreter is deprecated"
+                )  # still works in TF 2.21
                 Interpreter = tf.lite.Interpreter
                 self.runtime = f"tensorflow.lite {tf.__version__}"
             interpreter = Interpreter(model_path=str(artefact))
@@ -200,9 +207,14 @@ class Detector:
         """Verdict, score, anomaly map and defect mask (at the image's size) for one uint8 H×W×C image."""
         out = self.run(image[None])
         mask, largest, regions = min_area_filter(out["defect_pixels"][0], self.min_area)
-        return {"defective": largest >= self.min_area, "score": float(out["score"][0]), "largest_area": largest,
-                "n_regions": regions, "anomaly_map": out["anomaly_map"][0],
-                "mask": resize_nearest(mask, image.shape[1], image.shape[0])}
+        return {
+            "defective": largest >= self.min_area,
+            "score": float(out["score"][0]),
+            "largest_area": largest,
+            "n_regions": regions,
+            "anomaly_map": out["anomaly_map"][0],
+            "mask": resize_nearest(mask, image.shape[1], image.shape[0]),
+        }
 
 
 def _image_files(items):
@@ -235,10 +247,17 @@ def main(argv=None):
         except ValueError as exc:
             print(f"predict_exported: warning: {exc}", file=sys.stderr)
             continue
-        row = {"path": str(path), "verdict": "defective" if result["defective"] else "good", "score": result["score"],
-               "largest_area": result["largest_area"], "n_regions": result["n_regions"]}
+        row = {
+            "path": str(path),
+            "verdict": "defective" if result["defective"] else "good",
+            "score": result["score"],
+            "largest_area": result["largest_area"],
+            "n_regions": result["n_regions"],
+        }
         if out:
-            name = path.stem if path.stem not in used else "_".join(path.with_suffix("").parts[-3:])  # same stems elsewhere
+            name = (
+                path.stem if path.stem not in used else "_".join(path.with_suffix("").parts[-3:])
+            )  # same stems elsewhere
             used.add(name)
             row["mask"] = str(out / f"{name}_mask.png")
             cv2.imwrite(row["mask"], result["mask"].astype(np.uint8) * 255)

@@ -41,7 +41,6 @@ def alignment(paths: list[Path]) -> float:
     mean image; 0 = the mean image explains nothing (a texture that moves).
     """
     from data import load_image
-
     from utils import UserError
 
     def readable(p):  # undecodable files are skipped here; load_images warns about them by name

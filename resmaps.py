@@ -5,6 +5,7 @@
 * :func:`label_regions`, :func:`region_stats` — 8-connected regions of ``resmap > t``.
 * :func:`min_threshold_for_area` — the exact smallest threshold with no region ≥ an area.
 """
+
 import cv2
 import numpy as np
 
@@ -28,7 +29,7 @@ def max_scales(side, method):
     scale must still hold one 11-px SSIM window (any size for l2, capped at 4)."""
     smallest = 11 if method == "ssim" else 1
     n = 1
-    while n < 4 and side // 2 ** n >= smallest:
+    while n < 4 and side // 2**n >= smallest:
         n += 1
     return n
 
@@ -48,10 +49,10 @@ def _single_scale_map(x, y, method):
     window = gaussian_window()
     c = x.shape[0]
     stats = np.empty((5 * c,) + x.shape[1:], np.float32)  # the five local statistics, blurred in place
-    stats[:c], stats[c:2 * c] = x, y
-    np.multiply(x, x, out=stats[2 * c:3 * c])
-    np.multiply(y, y, out=stats[3 * c:4 * c])
-    np.multiply(x, y, out=stats[4 * c:])
+    stats[:c], stats[c : 2 * c] = x, y
+    np.multiply(x, x, out=stats[2 * c : 3 * c])
+    np.multiply(y, y, out=stats[3 * c : 4 * c])
+    np.multiply(x, y, out=stats[4 * c :])
     for plane in stats:
         cv2.sepFilter2D(plane, cv2.CV_32F, window, window, dst=plane, borderType=cv2.BORDER_REFLECT)
     mu_x, mu_y, exx, eyy, exy = stats.reshape((5, c) + x.shape[1:])
@@ -116,8 +117,12 @@ def batched_residual_maps(images, reconstructions, method, batch=16, scales=1):
     """:func:`residual_maps` of N images, ``batch`` at a time (bounded memory)."""
     if not len(images):
         return np.zeros((0,) + images.shape[1:3], np.float32)
-    return np.concatenate([residual_maps(images[i:i + batch], reconstructions[i:i + batch], method, scales)
-                           for i in range(0, len(images), batch)])
+    return np.concatenate(
+        [
+            residual_maps(images[i : i + batch], reconstructions[i : i + batch], method, scales)
+            for i in range(0, len(images), batch)
+        ]
+    )
 
 
 def compute_resmaps(model, images, method, batch=16, scales=1):
@@ -146,6 +151,7 @@ def smooth(maps, sigma):
 
 # ---- regions ----
 
+
 def label_regions(resmap, threshold):
     """Label 8-connected regions of ``resmap > threshold``; returns ``(labels, areas)``.
 
@@ -153,7 +159,8 @@ def label_regions(resmap, threshold):
     OpenCV's labelling (the same regions as ``skimage.measure.label``, about 1.5–2× faster).
     """
     _, labels, stats, _ = cv2.connectedComponentsWithStats(
-        np.ascontiguousarray(resmap > threshold).view(np.uint8), connectivity=8, ltype=cv2.CV_32S)
+        np.ascontiguousarray(resmap > threshold).view(np.uint8), connectivity=8, ltype=cv2.CV_32S
+    )
     return labels, stats[1:, cv2.CC_STAT_AREA].astype(np.int64)
 
 

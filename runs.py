@@ -5,6 +5,7 @@ the model ``CAE_<architecture>_b<batch>.keras``, ``setup.json``, ``history.csv``
 loss curve, ``validation_files.txt``; ``validate.py``, ``test.py`` and ``finetune.py``
 add their own sub-folders. A run can be moved as one folder.
 """
+
 import datetime as dt
 import fcntl
 import hashlib
@@ -65,7 +66,9 @@ def new_run_dir(out, class_dir, architecture, loss, now=None):
             return run
         except FileExistsError:
             if not base.is_dir():
-                raise UserError(f"cannot create a run folder under {out}: {base} or a folder above it is a file") from None
+                raise UserError(
+                    f"cannot create a run folder under {out}: {base} or a folder above it is a file"
+                ) from None
             continue
         except OSError as exc:
             raise UserError(f"cannot create a run folder under {out}: {exc.strerror or exc}") from None
@@ -101,8 +104,10 @@ def read_json(path, kind=dict):
     except OSError as exc:
         raise UserError(f"cannot read {path}: {exc.strerror or exc}") from None
     if kind is not None and not isinstance(data, kind):
-        raise UserError(f"{path} holds {type(data).__name__ if data is not None else 'null'} instead of a JSON object: "
-                        "was it edited by hand?")
+        raise UserError(
+            f"{path} holds {type(data).__name__ if data is not None else 'null'} instead of a JSON object: "
+            "was it edited by hand?"
+        )
     return data
 
 
@@ -188,6 +193,7 @@ def model_record(path):
 
 # ---- locks ----
 
+
 def _open_lock(path, create=True):
     flags = os.O_RDONLY | (os.O_CREAT if create else 0)
     try:
@@ -222,9 +228,13 @@ class RunLock:
         except BlockingIOError:
             self.release()
             if exclusive:
-                raise UserError(f"run {run_dir} is in use by another process (being trained, or read by validate/test); "
-                                "try again when it has finished") from None
-            raise UserError(f"run {run_dir} is being trained by another process right now; wait until it finishes") from None
+                raise UserError(
+                    f"run {run_dir} is in use by another process (being trained, or read by validate/test); "
+                    "try again when it has finished"
+                ) from None
+            raise UserError(
+                f"run {run_dir} is being trained by another process right now; wait until it finishes"
+            ) from None
 
     def release(self):
         """Release the lock (idempotent)."""
@@ -332,8 +342,10 @@ class Run:
         """Load the segmentation head of the ``learned`` map method."""
         if self._head is None:
             if not self.head_path.is_file():
-                raise UserError(f"run {self.dir} has no learned residual head ({self.head_path.name}); train a new run "
-                                "with --head-steps > 0, or use --method ssim or l2")
+                raise UserError(
+                    f"run {self.dir} has no learned residual head ({self.head_path.name}); train a new run "
+                    "with --head-steps > 0, or use --method ssim or l2"
+                )
             self._head = load_keras(self.head_path, compile=False)
         return self._head
 
@@ -370,8 +382,6 @@ class Run:
     def load_model(self):
         """Load the model once (safe mode, no compile needed for inference) and check its shape."""
         if self._model is None:
-            import keras
-
             import custom_loss_functions  # noqa: F401  (registers the losses)
 
             model = load_keras(self.model_path, compile=False)
@@ -410,17 +420,23 @@ def load_keras(path, compile=False):
         model = keras.models.load_model(path, compile=compile)
     except Exception as exc:  # noqa: BLE001 - any loading failure is the user's file
         first = (str(exc).splitlines() or [""])[0][:200]
-        raise UserError(f"model file {path} is damaged or not a model of this tool: {exc.__class__.__name__}: {first}") from None
+        raise UserError(
+            f"model file {path} is damaged or not a model of this tool: {exc.__class__.__name__}: {first}"
+        ) from None
     if not all(np.isfinite(np.asarray(w)).all() for w in model.weights):
-        raise UserError(f"model {path} has non-finite weights (training diverged): it cannot be used; "
-                        "train again, e.g. with a smaller --lr")
+        raise UserError(
+            f"model {path} has non-finite weights (training diverged): it cannot be used; "
+            "train again, e.g. with a smaller --lr"
+        )
     return model
 
 
 def run_is_empty_message(run_dir):
     """Why a run without model and backup cannot be used or resumed."""
-    return (f"run {run_dir} stopped before finishing its first epoch: it holds no model and nothing to resume; "
-            f"start a new run with train.py new (this folder can be deleted)")
+    return (
+        f"run {run_dir} stopped before finishing its first epoch: it holds no model and nothing to resume; "
+        f"start a new run with train.py new (this folder can be deleted)"
+    )
 
 
 def find_run(path, need_model=True, lock=True):
@@ -436,22 +452,31 @@ def find_run(path, need_model=True, lock=True):
     run_dir = path.parent if path.is_file() else path
     setup_path = run_dir / SETUP
     if not setup_path.is_file():
-        raise UserError(f"{run_dir} is not a run folder: no {SETUP} (give the folder train.py printed, or the .keras file in it)")
+        raise UserError(
+            f"{run_dir} is not a run folder: no {SETUP} (give the folder train.py printed, or the .keras file in it)"
+        )
     held = RunLock(run_dir, exclusive=False) if lock else None
     setup = check_setup(read_json(setup_path), setup_path)
-    expected = inside(run_dir, setup.get("model_file") or model_filename(setup["architecture"], setup["batch"]),
-                      f"{setup_path}: model_file")
+    expected = inside(
+        run_dir,
+        setup.get("model_file") or model_filename(setup["architecture"], setup["batch"]),
+        f"{setup_path}: model_file",
+    )
     if path.is_file() and path.suffix != ".keras":
         raise UserError(f"{path} is not a model file ({expected.name}): give the run folder or the .keras file in it")
     model_path = path if path.is_file() else expected
     best = setup.get("best_val_loss")
     if is_number(best) and not math.isfinite(best):
-        raise UserError(f"run {run_dir} diverged (best validation loss {best}): it is never validated or tested; "
-                        "train again, e.g. with a smaller --lr")
+        raise UserError(
+            f"run {run_dir} diverged (best validation loss {best}): it is never validated or tested; "
+            "train again, e.g. with a smaller --lr"
+        )
     if need_model and not model_path.is_file():
         if setup.get("status") == "training" and not (run_dir / BACKUP / "state.json").is_file():
             raise UserError(run_is_empty_message(run_dir))
-        raise UserError(f"no model in {run_dir}: {model_path.name} is missing (training unfinished? try train.py resume -p {run_dir})")
+        raise UserError(
+            f"no model in {run_dir}: {model_path.name} is missing (training unfinished? try train.py resume -p {run_dir})"
+        )
     return Run(dir=run_dir, setup=setup, model_path=model_path, _lock=held)
 
 
@@ -513,8 +538,10 @@ def check_output(final, inputs=(), protect=(), archive=False):
         if not final.is_dir():
             raise UserError(f"output {final} exists and is not a folder: choose another --out (nothing was written)")
         if read_marker(final) is None:
-            raise UserError(f"output {final} exists and is not a result folder of this tool: "
-                            "choose a new folder for --out (nothing was written or deleted)")
+            raise UserError(
+                f"output {final} exists and is not a result folder of this tool: "
+                "choose a new folder for --out (nothing was written or deleted)"
+            )
 
 
 def _pid_alive(pid):
@@ -580,7 +607,9 @@ class StagedOutput:
         if not self.archive and self.final.is_dir():
             conflict = self._conflict(read_marker(self.final) or {})
             if conflict is not None:
-                raise UserError(f"output {self.final} holds {conflict[0]}: choose another --out (nothing was written or deleted)")
+                raise UserError(
+                    f"output {self.final} holds {conflict[0]}: choose another --out (nothing was written or deleted)"
+                )
 
     def __enter__(self):
         self.check()
@@ -619,13 +648,17 @@ class StagedOutput:
             existing = read_marker(final) if final.is_dir() and not final.is_symlink() else None
             if existing is None:  # not marked: never ours to replace
                 if not self.archive:
-                    raise UserError(f"output {final} exists and is not a result folder of this tool: nothing was written")
+                    raise UserError(
+                        f"output {final} exists and is not a result folder of this tool: nothing was written"
+                    )
                 existing = {"kind": "unmarked"}  # an older version's result, or put there by hand: kept aside
             conflict = self._conflict(existing)
             if conflict is not None:
                 what, old_model = conflict
                 if not self.archive:
-                    raise UserError(f"output {final} holds {what}: choose another --out (nothing was written or deleted)")
+                    raise UserError(
+                        f"output {final} holds {what}: choose another --out (nothing was written or deleted)"
+                    )
                 set_aside(parent, [final.name], old_model, what)
             else:
                 old = parent / f".{final.name}.old-{os.getpid()}-{secrets.token_hex(4)}"
@@ -681,26 +714,46 @@ def find_validation_result(run_dir, method, min_area=None, model=None):
         stored = result.get("model_sha256")
         other = stored != model_id(model) if stored else found[-1].stat().st_mtime_ns < Path(model).stat().st_mtime_ns
         if other:
-            raise UserError(f"{found[-1]} was computed on other weights (the model changed since, e.g. by train.py resume): "
-                            f"run validate.py -p {run_dir} -a {int(result['min_area'])} again")
+            raise UserError(
+                f"{found[-1]} was computed on other weights (the model changed since, e.g. by train.py resume): "
+                f"run validate.py -p {run_dir} -a {int(result['min_area'])} again"
+            )
     return result
 
 
-def add_run_arguments(parser, method_help="residual map: ssim (1 - SSIM map) or l2 (squared difference); default: the training loss's family"):
+def add_run_arguments(
+    parser,
+    method_help="residual map: ssim (1 - SSIM map) or l2 (squared difference); default: the training loss's family",
+):
     """The options every post-training script shares: ``-p``, ``--method``, ``--batch``,
     ``--no-baseline``, ``--scales``, ``--passes``."""
-    parser.add_argument("-p", "--path", required=True, help="run folder written by train.py (or the .keras model inside it)")
+    parser.add_argument(
+        "-p", "--path", required=True, help="run folder written by train.py (or the .keras model inside it)"
+    )
     parser.add_argument("--method", choices=METHODS, default=None, help=method_help)
     parser.add_argument("--batch", type=int, default=16, help="images per inference batch")
-    parser.add_argument("--no-baseline", dest="baseline", action="store_false", default=None,
-                        help="use the raw residual map; by default the usual residual of the training images (per-pixel upper quartile) "
-                             "(places that are always hard to reconstruct) is subtracted first")
-    parser.add_argument("--scales", type=int, default=None,
-                        help="average the residual map over this many image scales: 1 = full size only, "
-                             "2 = also at half size (the default for validate.py; test.py follows the validation result)")
-    parser.add_argument("--passes", type=int, default=None,
-                        help="reconstructions per image: each later pass repaints what the map so far finds with the previous "
-                             "reconstruction, reconstructs again, and keeps the pixel-wise minimum of the maps, which cuts the "
-                             "false alarms around defects; 1 = one plain reconstruction (default for validate.py: "
-                             "4; test.py follows the validation result)")
+    parser.add_argument(
+        "--no-baseline",
+        dest="baseline",
+        action="store_false",
+        default=None,
+        help="use the raw residual map; by default the usual residual of the training images (per-pixel upper quartile) "
+        "(places that are always hard to reconstruct) is subtracted first",
+    )
+    parser.add_argument(
+        "--scales",
+        type=int,
+        default=None,
+        help="average the residual map over this many image scales: 1 = full size only, "
+        "2 = also at half size (the default for validate.py; test.py follows the validation result)",
+    )
+    parser.add_argument(
+        "--passes",
+        type=int,
+        default=None,
+        help="reconstructions per image: each later pass repaints what the map so far finds with the previous "
+        "reconstruction, reconstructs again, and keeps the pixel-wise minimum of the maps, which cuts the "
+        "false alarms around defects; 1 = one plain reconstruction (default for validate.py: "
+        "4; test.py follows the validation result)",
+    )
     return parser

@@ -7,9 +7,9 @@ together are the whole folder. ``test.py --merge SHARD_DIR...`` checks that the 
 come from one listing, one model and one threshold, that none is missing or repeated,
 and writes one ``predictions.csv`` in the order an unsharded run would have written.
 """
+
 from __future__ import annotations
 
-import hashlib
 import re
 from pathlib import Path
 
@@ -32,7 +32,9 @@ def parse(spec: str | None) -> tuple[int, int] | None:
         return None
     match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(spec))
     if not match or not 1 <= int(match.group(1)) <= int(match.group(2)):
-        raise UserError(f"--shard must be K/N with whole numbers 1 <= K <= N (the K-th of N parts), e.g. 1/4; got {spec!r}")
+        raise UserError(
+            f"--shard must be K/N with whole numbers 1 <= K <= N (the K-th of N parts), e.g. 1/4; got {spec!r}"
+        )
     return int(match.group(1)), int(match.group(2))
 
 
@@ -59,8 +61,13 @@ def record(shard, paths, root) -> dict:
     """What a part's prediction_setup.json says about it (empty without a shard)."""
     if not shard:
         return {}
-    return {"shard": f"{shard[0]}/{shard[1]}", "shard_index": shard[0], "shard_count": shard[1],
-            "images_in_folder": len(paths), "listing_sha256": listing_hash(paths, root)}
+    return {
+        "shard": f"{shard[0]}/{shard[1]}",
+        "shard_index": shard[0],
+        "shard_count": shard[1],
+        "images_in_folder": len(paths),
+        "listing_sha256": listing_hash(paths, root),
+    }
 
 
 def _read_part(folder: Path) -> tuple[dict, pd.DataFrame]:
@@ -88,7 +95,9 @@ def merge(folders, out=None, run_path=None):
     for folder, setup, _ in parts[1:]:
         differ = [k for k in SAME + ("shard_count", "listing_sha256") if setup.get(k) != first.get(k)]
         if differ:
-            raise UserError(f"{folder} and {parts[0][0]} are not parts of one result: they differ in {', '.join(differ)}")
+            raise UserError(
+                f"{folder} and {parts[0][0]} are not parts of one result: they differ in {', '.join(differ)}"
+            )
     if run_path is not None:
         run = runs.find_run(run_path)
         if first.get("model_sha256") != runs.model_id(run.model_path):
@@ -98,15 +107,30 @@ def merge(folders, out=None, run_path=None):
     missing = sorted(set(range(1, count + 1)) - set(seen))
     repeated = sorted({k for k in seen if seen.count(k) > 1})
     if missing or repeated:
-        raise UserError(f"--merge needs each of the {count} parts once: "
-                        + "; ".join(filter(None, [f"missing {', '.join(f'{k}/{count}' for k in missing)}" if missing else "",
-                                                  f"repeated {', '.join(f'{k}/{count}' for k in repeated)}" if repeated else ""])))
+        raise UserError(
+            f"--merge needs each of the {count} parts once: "
+            + "; ".join(
+                filter(
+                    None,
+                    [
+                        f"missing {', '.join(f'{k}/{count}' for k in missing)}" if missing else "",
+                        f"repeated {', '.join(f'{k}/{count}' for k in repeated)}" if repeated else "",
+                    ],
+                )
+            )
+        )
     parts.sort(key=lambda part: int(part[1]["shard_index"]))
     frame = pd.concat([f for _, _, f in parts], ignore_index=True)
     if len(frame) != int(first["images_in_folder"]) or frame["path"].duplicated().any():
-        raise UserError(f"the parts hold {len(frame)} rows ({frame['path'].duplicated().sum()} repeated) for a folder of "
-                        f"{first['images_in_folder']} images: a part is incomplete or edited")
-    out_dir = Path(out) if out else parts[0][0].parent / parts[0][0].name.replace(suffix((parts[0][1]["shard_index"], count)), "")
+        raise UserError(
+            f"the parts hold {len(frame)} rows ({frame['path'].duplicated().sum()} repeated) for a folder of "
+            f"{first['images_in_folder']} images: a part is incomplete or edited"
+        )
+    out_dir = (
+        Path(out)
+        if out
+        else parts[0][0].parent / parts[0][0].name.replace(suffix((parts[0][1]["shard_index"], count)), "")
+    )
     if out_dir.resolve() in {f.resolve() for f in folders}:
         raise UserError(f"--out {out_dir} is one of the parts: choose another folder")
     setup = {k: v for k, v in first.items() if k not in ("shard", "shard_index")}

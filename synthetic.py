@@ -22,19 +22,30 @@ never scores the network on the very material it was trained on.
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 from PIL import Image, ImageDraw
 from scipy.ndimage import gaussian_filter
 
 FAMILIES = ("blob", "stain", "stroke")
-FILL_PHOTOS = ("astronaut", "camera", "coins", "rocket", "hubble_deep_field", "retina", "page", "text", "horse", "clock")
+FILL_PHOTOS = (
+    "astronaut",
+    "camera",
+    "coins",
+    "rocket",
+    "hubble_deep_field",
+    "retina",
+    "page",
+    "text",
+    "horse",
+    "clock",
+)
 MIN_AREA_SHARE, MAX_AREA_SHARE = 0.002, 0.06  # blob area as a share of the image
 VISIBLE = 3.0 / 255.0  # a pixel is in the mask only where the defect changed it this much
 
 
-@lru_cache(maxsize=None)
+@cache
 def _photo(name: str) -> np.ndarray:
     """A scikit-image sample photograph as float32 H×W×3 in [0, 1]."""
     import skimage.data
@@ -97,7 +108,9 @@ def _photo_patch(rng: np.random.Generator, shape: tuple[int, int], channels: int
     ch, cw = max(1, int(h * scale)), max(1, int(w * scale))
     y = int(rng.integers(0, photo.shape[0] - ch + 1))
     x = int(rng.integers(0, photo.shape[1] - cw + 1))
-    crop = Image.fromarray((photo[y:y + ch, x:x + cw] * 255).astype(np.uint8)).resize((w, h), Image.Resampling.BILINEAR)
+    crop = Image.fromarray((photo[y : y + ch, x : x + cw] * 255).astype(np.uint8)).resize(
+        (w, h), Image.Resampling.BILINEAR
+    )
     patch = np.asarray(crop, np.float32) / 255.0
     return patch.mean(-1, keepdims=True) if channels == 1 else patch
 
@@ -127,7 +140,9 @@ def corrupt_one(image: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray
         if rng.random() < 0.7:
             source = _photo_patch(rng, (h, w), c)
         else:
-            source = rng.uniform(0, 1, (1, 1, c)).astype(np.float32) + rng.normal(0, 0.05, image.shape).astype(np.float32)
+            source = rng.uniform(0, 1, (1, 1, c)).astype(np.float32) + rng.normal(0, 0.05, image.shape).astype(
+                np.float32
+            )
         alpha = rng.uniform(0.5, 1.0)
     blend = (alpha * soft)[..., None]
     out = np.clip(image * (1 - blend) + np.clip(source, 0, 1) * blend, 0, 1).astype(np.float32)
@@ -169,14 +184,14 @@ def painted_copies(images: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.nd
         h, w, c = image.shape
         side = min(h, w)
         y, x = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
-        window = image[y:y + side, x:x + side]
+        window = image[y : y + side, x : x + side]
         defect = make_dataset.DEFECTS[i % len(make_dataset.DEFECTS)]
         painted = make_dataset.paint(window[..., 0] if c == 1 else window, defect, rng)
         if painted is None:
             continue
         copy, mask = image.copy(), np.zeros((h, w), bool)
-        copy[y:y + side, x:x + side] = painted[0].reshape(window.shape)
-        mask[y:y + side, x:x + side] = painted[1]
+        copy[y : y + side, x : x + side] = painted[0].reshape(window.shape)
+        mask[y : y + side, x : x + side] = painted[1]
         out.append(copy)
         masks.append(mask)
         names.append(defect)

@@ -10,6 +10,7 @@ test_result.json, with --save masks and overlays), anomaly maps as float32 TIFF 
 ``RUN/test/<method>/anomaly_maps/<defect>/<stem>.tiff`` and ``metrics.json`` with image
 AUROC, pixel AUROC and AU-PRO (FPR ≤ 0.3), plus ROC and PRO curve plots.
 """
+
 import argparse
 import sys
 
@@ -27,21 +28,48 @@ def get_parser():
     """Command-line options of ``test.py``."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     runs.add_run_arguments(parser)
-    parser.add_argument("-t", "--threshold", type=float, default=None,
-                        help="residual threshold (default: from the newest validation result)")
-    parser.add_argument("-a", "--area", type=int, default=None,
-                        help="minimum defect area in pixels at the model's size (default: from the validation result)")
-    parser.add_argument("--smooth", type=float, default=evaluation.DEFAULT_SMOOTH,
-                        help="Gaussian sigma (px, model resolution) applied to residual maps for anomaly maps, "
-                             "image scores and AUROC/AU-PRO (0: none); verdicts use the raw map")
+    parser.add_argument(
+        "-t",
+        "--threshold",
+        type=float,
+        default=None,
+        help="residual threshold (default: from the newest validation result)",
+    )
+    parser.add_argument(
+        "-a",
+        "--area",
+        type=int,
+        default=None,
+        help="minimum defect area in pixels at the model's size (default: from the validation result)",
+    )
+    parser.add_argument(
+        "--smooth",
+        type=float,
+        default=evaluation.DEFAULT_SMOOTH,
+        help="Gaussian sigma (px, model resolution) applied to residual maps for anomaly maps, "
+        "image scores and AUROC/AU-PRO (0: none); verdicts use the raw map",
+    )
     parser.add_argument("--save", action="store_true", help="also write each image's defect mask PNG and overlay PNG")
-    parser.add_argument("--images", default=None, help="folder of unlabelled images (searched recursively): write predictions only")
-    parser.add_argument("--out", default=None, help="with --images or --merge: output folder (default: inside the run folder)")
-    parser.add_argument("--shard", default=None, metavar="K/N",
-                        help="with --images: score only the K-th of N disjoint parts of the folder (its sorted list cut in N), "
-                             "e.g. one part per machine; join the parts with --merge")
-    parser.add_argument("--merge", nargs="+", default=None, metavar="PART",
-                        help="join the predictions.csv of every --shard part (their output folders) into one")
+    parser.add_argument(
+        "--images", default=None, help="folder of unlabelled images (searched recursively): write predictions only"
+    )
+    parser.add_argument(
+        "--out", default=None, help="with --images or --merge: output folder (default: inside the run folder)"
+    )
+    parser.add_argument(
+        "--shard",
+        default=None,
+        metavar="K/N",
+        help="with --images: score only the K-th of N disjoint parts of the folder (its sorted list cut in N), "
+        "e.g. one part per machine; join the parts with --merge",
+    )
+    parser.add_argument(
+        "--merge",
+        nargs="+",
+        default=None,
+        metavar="PART",
+        help="join the predictions.csv of every --shard part (their output folders) into one",
+    )
     return parser
 
 
@@ -49,36 +77,66 @@ def main(argv=None):
     """Parse arguments, run labelled testing or predictions, print a summary and the output folder."""
     args = get_parser().parse_args(argv)
     if args.out and not (args.images or args.merge):
-        raise UserError("--out only applies with --images or --merge (labelled results are written inside the run folder)")
+        raise UserError(
+            "--out only applies with --images or --merge (labelled results are written inside the run folder)"
+        )
     if args.shard and not args.images:
         raise UserError("--shard only applies with --images")
     if args.merge:
         if args.images:
             raise UserError("--merge joins finished --shard parts: give it without --images")
         frame, out = sharding.merge(args.merge, args.out, args.path)
-        print(f"{len(frame)} images from {len(args.merge)} parts: {int((frame['verdict'] == 'defective').sum())} defective, "
-              f"{int((frame['verdict'] == 'good').sum())} good")
+        print(
+            f"{len(frame)} images from {len(args.merge)} parts: {int((frame['verdict'] == 'defective').sum())} defective, "
+            f"{int((frame['verdict'] == 'good').sum())} good"
+        )
         print(out)
         return
     if args.images:
-        frame, out = evaluation.predict_images(args.path, args.images, args.method, args.threshold, args.area,
-                                               args.smooth, args.batch, args.out, args.baseline, args.scales,
-                                               args.passes, args.shard)
-        print(f"{len(frame)} images: {int((frame['verdict'] == 'defective').sum())} defective, "
-              f"{int((frame['verdict'] == 'good').sum())} good")
+        frame, out = evaluation.predict_images(
+            args.path,
+            args.images,
+            args.method,
+            args.threshold,
+            args.area,
+            args.smooth,
+            args.batch,
+            args.out,
+            args.baseline,
+            args.scales,
+            args.passes,
+            args.shard,
+        )
+        print(
+            f"{len(frame)} images: {int((frame['verdict'] == 'defective').sum())} defective, "
+            f"{int((frame['verdict'] == 'good').sum())} good"
+        )
         print(out)
         return
-    result, scores, table, out = evaluation.test_run(args.path, args.method, args.threshold, args.area,
-                                                     args.smooth, args.save, args.batch, baseline=args.baseline,
-                                                     scales=args.scales, passes=args.passes)
+    result, scores, table, out = evaluation.test_run(
+        args.path,
+        args.method,
+        args.threshold,
+        args.area,
+        args.smooth,
+        args.save,
+        args.batch,
+        baseline=args.baseline,
+        scales=args.scales,
+        passes=args.passes,
+    )
     options = inference.MapOptions.from_record(result, "this test result")
-    print(f"{options.describe(result['method'])}, threshold "
-          f"{result['threshold']:.6f}, min area {result['min_area']} px ({result['threshold_source']})")
+    print(
+        f"{options.describe(result['method'])}, threshold "
+        f"{result['threshold']:.6f}, min area {result['min_area']} px ({result['threshold_source']})"
+    )
     print(table.rename(columns={"rate": "detection rate"}).to_string(float_format=lambda v: f"{v:.2f}"))
     fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
-    print(f"TPR {fmt(result['tpr'])}  TNR {fmt(result['tnr'])}  balanced accuracy {fmt(result['balanced_accuracy'])}  "
-          f"image AUROC {fmt(scores['image_auroc'])}  pixel AUROC {fmt(scores.get('pixel_auroc'))}  "
-          f"AU-PRO(0.3) {fmt(scores.get('au_pro'))}")
+    print(
+        f"TPR {fmt(result['tpr'])}  TNR {fmt(result['tnr'])}  balanced accuracy {fmt(result['balanced_accuracy'])}  "
+        f"image AUROC {fmt(scores['image_auroc'])}  pixel AUROC {fmt(scores.get('pixel_auroc'))}  "
+        f"AU-PRO(0.3) {fmt(scores.get('au_pro'))}"
+    )
     for note in result["notes"] + scores.get("notes", []):
         print(f"note: {note}")
     print(out)

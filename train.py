@@ -5,6 +5,7 @@
 
 The last line printed is the run folder's path.
 """
+
 import argparse
 import sys
 
@@ -26,55 +27,126 @@ def get_parser():
     fmt = argparse.ArgumentDefaultsHelpFormatter
     new = sub.add_parser("new", help="train a new model", formatter_class=fmt)
     new.add_argument("-d", "--directory", required=True, help="class folder holding train/good (MVTec AD layout)")
-    new.add_argument("-a", "--architecture", choices=("mvtec", "mvtec2", "resnet"), default="mvtec2",
-                     help="mvtec: Bergmann's CAE (1x1x100 code); mvtec2: same with a spatial 8x8xk code; "
-                          "resnet: InceptionResNetV2 encoder")
+    new.add_argument(
+        "-a",
+        "--architecture",
+        choices=("mvtec", "mvtec2", "resnet"),
+        default="mvtec2",
+        help="mvtec: Bergmann's CAE (1x1x100 code); mvtec2: same with a spatial 8x8xk code; "
+        "resnet: InceptionResNetV2 encoder",
+    )
     new.add_argument("-b", "--batch", type=int, default=8, help="batch size")
-    new.add_argument("-l", "--loss", choices=("ssim", "mssim", "l2", "mse"), default="ssim",
-                     help="training loss (1-SSIM, 1-MS-SSIM, summed or mean squared error)")
-    new.add_argument("-c", "--color", choices=("auto", "grayscale", "rgb"), default="auto",
-                     help="colour mode images are read in; auto: rgb when the training images have colour")
-    new.add_argument("-i", "--instances", type=int, default=15000,
-                     help="images to show the model; epochs = max(1, instances // training images)")
+    new.add_argument(
+        "-l",
+        "--loss",
+        choices=("ssim", "mssim", "l2", "mse"),
+        default="ssim",
+        help="training loss (1-SSIM, 1-MS-SSIM, summed or mean squared error)",
+    )
+    new.add_argument(
+        "-c",
+        "--color",
+        choices=("auto", "grayscale", "rgb"),
+        default="auto",
+        help="colour mode images are read in; auto: rgb when the training images have colour",
+    )
+    new.add_argument(
+        "-i",
+        "--instances",
+        type=int,
+        default=15000,
+        help="images to show the model; epochs = max(1, instances // training images)",
+    )
     new.add_argument("-t", "--tag", default="", help="free text stored in setup.json")
-    new.add_argument("--mode", choices=regime.MODES, default="auto",
-                     help="object: aligned parts, whole images squeezed to a square, per-pixel baseline; surface: "
-                          "textures and unaligned parts, aspect ratio kept, training on random patches, fully "
-                          "convolutional maps; auto: object when the mean good image explains >= "
-                          f"{regime.ALIGNMENT_THRESHOLD:g} of the good images' variance (recorded in setup.json)")
-    new.add_argument("--size", type=int, default=None,
-                     help=f"object runs: square side images are resized to (default {training.DEFAULT_OBJECT_SIZE}); "
-                          f"surface runs: shorter side, aspect ratio kept (default: native, at most {regime.MAX_SURFACE_SIDE})")
-    new.add_argument("--patch", type=int, default=None,
-                     help=f"surface runs: side of the random training crops, a multiple of 16 (default {regime.DEFAULT_PATCH}, or the shorter side of smaller images)")
-    new.add_argument("--head-steps", type=int, default=DEFAULT_HEAD_STEPS,
-                     help="after the autoencoder, train the learned residual's segmentation head for this many steps "
-                          "on simulated defects (map method 'learned'; the default for surface runs); 0: none")
+    new.add_argument(
+        "--mode",
+        choices=regime.MODES,
+        default="auto",
+        help="object: aligned parts, whole images squeezed to a square, per-pixel baseline; surface: "
+        "textures and unaligned parts, aspect ratio kept, training on random patches, fully "
+        "convolutional maps; auto: object when the mean good image explains >= "
+        f"{regime.ALIGNMENT_THRESHOLD:g} of the good images' variance (recorded in setup.json)",
+    )
+    new.add_argument(
+        "--size",
+        type=int,
+        default=None,
+        help=f"object runs: square side images are resized to (default {training.DEFAULT_OBJECT_SIZE}); "
+        f"surface runs: shorter side, aspect ratio kept (default: native, at most {regime.MAX_SURFACE_SIDE})",
+    )
+    new.add_argument(
+        "--patch",
+        type=int,
+        default=None,
+        help=f"surface runs: side of the random training crops, a multiple of 16 (default {regime.DEFAULT_PATCH}, or the shorter side of smaller images)",
+    )
+    new.add_argument(
+        "--head-steps",
+        type=int,
+        default=DEFAULT_HEAD_STEPS,
+        help="after the autoencoder, train the learned residual's segmentation head for this many steps "
+        "on simulated defects (map method 'learned'; the default for surface runs); 0: none",
+    )
     new.add_argument("--epochs", type=int, default=None, help="number of epochs (overrides -i)")
     new.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
     new.add_argument("--seed", type=int, default=0, help="random seed (split, shuffling, augmentation, weights)")
-    new.add_argument("--val-split", type=float, default=0.1, help="share of train/good held back for validation and thresholds")
-    new.add_argument("--patience", type=int, default=10, help="early stopping after this many epochs without a better validation loss (0: off)")
-    new.add_argument("--no-augment", action="store_true", help="train without augmentation (rotation, shift, brightness)")
-    new.add_argument("--rotation", type=float, default=data.DEFAULT_ROTATION,
-                     help="largest random rotation in degrees (0-180; 180 for round parts seen from above, such as bottle tops)")
-    new.add_argument("--flip", action="store_true", help="add mirror augmentation (for textures, not for oriented objects)")
-    new.add_argument("--denoise", type=float, nargs="?", const=data.DEFAULT_DENOISE, default=data.DEFAULT_DENOISE, metavar="SHARE",
-                     help="train as a denoising autoencoder: paste a random patch into this share of the inputs "
-                          f"(bare --denoise: {data.DEFAULT_DENOISE}) and learn to output the clean image, so defects "
-                          "are repaired instead of copied")
-    new.add_argument("--weights", default="imagenet",
-                     help="resnet encoder weights: imagenet (from Keras's cache only, no download here), none, or a weights file")
+    new.add_argument(
+        "--val-split", type=float, default=0.1, help="share of train/good held back for validation and thresholds"
+    )
+    new.add_argument(
+        "--patience",
+        type=int,
+        default=10,
+        help="early stopping after this many epochs without a better validation loss (0: off)",
+    )
+    new.add_argument(
+        "--no-augment", action="store_true", help="train without augmentation (rotation, shift, brightness)"
+    )
+    new.add_argument(
+        "--rotation",
+        type=float,
+        default=data.DEFAULT_ROTATION,
+        help="largest random rotation in degrees (0-180; 180 for round parts seen from above, such as bottle tops)",
+    )
+    new.add_argument(
+        "--flip", action="store_true", help="add mirror augmentation (for textures, not for oriented objects)"
+    )
+    new.add_argument(
+        "--denoise",
+        type=float,
+        nargs="?",
+        const=data.DEFAULT_DENOISE,
+        default=data.DEFAULT_DENOISE,
+        metavar="SHARE",
+        help="train as a denoising autoencoder: paste a random patch into this share of the inputs "
+        f"(bare --denoise: {data.DEFAULT_DENOISE}) and learn to output the clean image, so defects "
+        "are repaired instead of copied",
+    )
+    new.add_argument(
+        "--weights",
+        default="imagenet",
+        help="resnet encoder weights: imagenet (from Keras's cache only, no download here), none, or a weights file",
+    )
     new.add_argument("--out", default="saved_models", help="root folder for run folders")
-    new.add_argument("--strategy", choices=distribution.STRATEGIES, default="auto",
-                     help="devices to train on: one; mirrored (every local GPU, else every logical CPU device); "
-                          "multiworker (the machines in TF_CONFIG); auto: mirrored when there are several GPUs, else one. "
-                          "-b is per replica: the global batch is -b x replicas (recorded in setup.json)")
+    new.add_argument(
+        "--strategy",
+        choices=distribution.STRATEGIES,
+        default="auto",
+        help="devices to train on: one; mirrored (every local GPU, else every logical CPU device); "
+        "multiworker (the machines in TF_CONFIG); auto: mirrored when there are several GPUs, else one. "
+        "-b is per replica: the global batch is -b x replicas (recorded in setup.json)",
+    )
     resume = sub.add_parser("resume", help="continue an interrupted run, or extend a finished one", formatter_class=fmt)
     resume.add_argument("-p", "--path", required=True, help="run folder (or the .keras model file inside it)")
-    resume.add_argument("-e", "--epochs", type=int, default=None, help="epochs to add to a finished (or interrupted) run")
-    resume.add_argument("--strategy", choices=distribution.STRATEGIES, default=None,
-                        help="devices to train on (see train.py new --help); default: the run's own, from setup.json")
+    resume.add_argument(
+        "-e", "--epochs", type=int, default=None, help="epochs to add to a finished (or interrupted) run"
+    )
+    resume.add_argument(
+        "--strategy",
+        choices=distribution.STRATEGIES,
+        default=None,
+        help="devices to train on (see train.py new --help); default: the run's own, from setup.json",
+    )
     return parser
 
 
@@ -86,8 +158,10 @@ def main(argv=None):
         run_dir, setup = training.new_run(args)
     else:
         run_dir, setup = training.resume_run(args.path, args.epochs, args.strategy)
-    print(f"trained {setup['epochs_run']} epochs, best validation loss {setup['best_val_loss']:.5f} "
-          f"(epoch {setup['best_epoch']}), {setup['training_seconds']:.0f} s")
+    print(
+        f"trained {setup['epochs_run']} epochs, best validation loss {setup['best_val_loss']:.5f} "
+        f"(epoch {setup['best_epoch']}), {setup['training_seconds']:.0f} s"
+    )
     print(run_dir)
 
 

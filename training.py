@@ -3,6 +3,7 @@
 ``train.py`` is only the command line; everything that trains lives here so the
 benchmark and the tests drive the same code.
 """
+
 import math
 import os
 import shutil
@@ -60,8 +61,10 @@ def _callbacks(run_dir, model_path, patience, state, clock):
             for key in ("loss", "val_loss"):
                 value = (logs or {}).get(key)
                 if value is not None and not np.isfinite(float(value)):
-                    raise NonFiniteLoss(f"training stopped at epoch {self.epoch + 1}{where}: the {key.replace('_', ' ')} "
-                                        f"is {float(value)} (diverged; try a smaller --lr)")
+                    raise NonFiniteLoss(
+                        f"training stopped at epoch {self.epoch + 1}{where}: the {key.replace('_', ' ')} "
+                        f"is {float(value)} (diverged; try a smaller --lr)"
+                    )
 
         def on_train_batch_end(self, batch, logs=None):
             self._check(logs, f", batch {batch + 1}")
@@ -106,20 +109,28 @@ def _callbacks(run_dir, model_path, patience, state, clock):
             name = f"last-e{epoch + 1}.keras"
             _save_model(self.model, backup / name)
             best = self.saver.best
-            state.update(epoch=epoch + 1, best_val_loss=None if best is None or not np.isfinite(best) else float(best),
-                         wait=int(self.stopper.wait) if self.stopper is not None else 0, model=name,
-                         training_seconds=round(clock(), 1))  # so a crashed run's time is not lost on resume
+            state.update(
+                epoch=epoch + 1,
+                best_val_loss=None if best is None or not np.isfinite(best) else float(best),
+                wait=int(self.stopper.wait) if self.stopper is not None else 0,
+                model=name,
+                training_seconds=round(clock(), 1),
+            )  # so a crashed run's time is not lost on resume
             runs.write_json(backup / "state.json", state)
             for old in backup.glob("last*.keras"):  # earlier epochs, now that the state names this one
                 if old.name != name:
                     old.unlink(missing_ok=True)
 
-    stopper = ResumableEarlyStopping(monitor="val_loss", patience=patience, restore_best_weights=False) if patience else None
+    stopper = (
+        ResumableEarlyStopping(monitor="val_loss", patience=patience, restore_best_weights=False) if patience else None
+    )
     saver = BestModel()
     callbacks = [
         StopOnNonFinite(),
         saver,
-        keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=max(2, (patience or 10) // 2), min_lr=1e-6),
+        keras.callbacks.ReduceLROnPlateau(
+            monitor="val_loss", factor=0.5, patience=max(2, (patience or 10) // 2), min_lr=1e-6
+        ),
         keras.callbacks.CSVLogger(str(run_dir / runs.HISTORY), append=True),
     ]
     if stopper is not None:
@@ -134,7 +145,9 @@ def _compile(model, setup):
     import custom_loss_functions as clf
 
     with distribution.scope(setup):  # optimizer variables live where the model's do
-        model.compile(optimizer=keras.optimizers.Adam(learning_rate=setup["lr"]), loss=clf.get_loss(setup["loss"], setup["size"]))
+        model.compile(
+            optimizer=keras.optimizers.Adam(learning_rate=setup["lr"]), loss=clf.get_loss(setup["loss"], setup["size"])
+        )
     distribution.adapt(model, setup)
 
 
@@ -152,13 +165,17 @@ def _geometry(args, mode, paths):
         size = args.size or DEFAULT_OBJECT_SIZE
         return size, (size, size), None
     if args.architecture == "resnet":
-        raise UserError("-a resnet needs whole square images: use -a mvtec or mvtec2 for surface runs, or --mode object")
+        raise UserError(
+            "-a resnet needs whole square images: use -a mvtec or mvtec2 for surface runs, or --mode object"
+        )
     shape = regime.surface_shape([data.image_size(p) for p in paths], args.size)
     # Default: the usual patch, or the whole shorter side of images smaller than it.
     patch = min(regime.DEFAULT_PATCH, min(shape)) if args.patch is None else args.patch
     if patch < 32 or patch % regime.STRIDE or patch > min(shape):
-        raise UserError(f"--patch must be a multiple of {regime.STRIDE} from 32 to the image's shorter side "
-                        f"({min(shape)} px here), got {patch}")
+        raise UserError(
+            f"--patch must be a multiple of {regime.STRIDE} from 32 to the image's shorter side "
+            f"({min(shape)} px here), got {patch}"
+        )
     return patch, shape, patch
 
 
@@ -234,8 +251,9 @@ def prepare(args):
     val_images = images[[index[p] for p in val_paths]]
     try:
         with distribution.scope(distributed):  # variables mirrored on every replica
-            model = models.build_model(args.architecture, size, channels, weights=args.weights,
-                                       fully_convolutional=mode == "surface")
+            model = models.build_model(
+                args.architecture, size, channels, weights=args.weights, fully_convolutional=mode == "surface"
+            )
     except (ValueError, FileNotFoundError) as exc:
         raise UserError(str(exc)) from None
     # Surface epochs draw at least MIN_PATCHES_PER_EPOCH patches, so a small class does not spend
@@ -293,7 +311,6 @@ def prepare(args):
 
 def _fit_phases(model, setup, run_dir, datasets, start_epoch, end_epoch, state, clock):
     """Fit from ``start_epoch`` to ``end_epoch``, unfreezing a resnet encoder at its epoch."""
-    import keras
 
     train_ds, val_ds = datasets
     model_path = run_dir / setup["model_file"]
@@ -309,8 +326,9 @@ def _fit_phases(model, setup, run_dir, datasets, start_epoch, end_epoch, state, 
             _compile(model, setup)  # changing trainability needs a recompile
             print(f"encoder {'trainable' if trainable else 'frozen'} for epochs {first + 1}-{last}", flush=True)
         callbacks = _callbacks(run_dir, model_path, setup.get("patience"), state, clock)
-        model.fit(train_ds, validation_data=val_ds, epochs=last, initial_epoch=first,
-                  callbacks=callbacks, verbose=verbose)
+        model.fit(
+            train_ds, validation_data=val_ds, epochs=last, initial_epoch=first, callbacks=callbacks, verbose=verbose
+        )
         stopped = bool(model.stop_training)
     return state
 
@@ -328,15 +346,26 @@ def train(setup, run_dir, images, model, start_epoch=0, state=None):
     state = dict(state or {})
     train_images, val_images = images
     seed = setup["seed"]
-    train_ds = data.make_dataset(train_images, distribution.global_batch(setup), training=True, augment=setup["augment"], flip=setup["flip"],
-                                 seed=seed, denoise=setup.get("denoise", 0.0),
-                                 rotation=setup.get("rotation", data.DEFAULT_ROTATION), patch=setup.get("patch"),
-                                 per_epoch=setup.get("patches_per_epoch"))
+    train_ds = data.make_dataset(
+        train_images,
+        distribution.global_batch(setup),
+        training=True,
+        augment=setup["augment"],
+        flip=setup["flip"],
+        seed=seed,
+        denoise=setup.get("denoise", 0.0),
+        rotation=setup.get("rotation", data.DEFAULT_ROTATION),
+        patch=setup.get("patch"),
+        per_epoch=setup.get("patches_per_epoch"),
+    )
     distribution.check_train_count(setup, len(train_images))
-    train_ds = distribution.drop_short_batches(train_ds, setup, len(train_images), distribution.global_batch(setup), "training")
+    train_ds = distribution.drop_short_batches(
+        train_ds, setup, len(train_images), distribution.global_batch(setup), "training"
+    )
     val_batch = distribution.validation_batch(setup, len(val_images))
-    val_ds = distribution.drop_short_batches(data.make_dataset(val_images, val_batch, training=False), setup,
-                                             len(val_images), val_batch, "validation")
+    val_ds = distribution.drop_short_batches(
+        data.make_dataset(val_images, val_batch, training=False), setup, len(val_images), val_batch, "validation"
+    )
     if start_epoch == 0 or getattr(model, "optimizer", None) is None:
         _compile(model, setup)  # a resumed model keeps its compiled optimizer state
     # Seconds already spent: from the backup after a crash, else from the finished run being extended.
@@ -378,8 +407,10 @@ def train(setup, run_dir, images, model, start_epoch=0, state=None):
     runs.write_json(run_dir / runs.SETUP, setup)
     _remove_backup(run_dir)
     if diverged is not None:
-        raise UserError(f"{diverged}; the run keeps its best model (epoch {setup['best_epoch']}, validation loss "
-                        f"{setup['best_val_loss']:.5f}) and is finished: {run_dir}")
+        raise UserError(
+            f"{diverged}; the run keeps its best model (epoch {setup['best_epoch']}, validation loss "
+            f"{setup['best_val_loss']:.5f}) and is finished: {run_dir}"
+        )
     return setup
 
 
@@ -387,12 +418,20 @@ def _train_head(setup, run_dir, train_images):
     """Train the learned residual's head on the run's best autoencoder (see learned.py)."""
     import learned
 
-    print(f"learned residual: training the segmentation head for {setup['head_steps']} steps on simulated defects",
-          flush=True)
+    print(
+        f"learned residual: training the segmentation head for {setup['head_steps']} steps on simulated defects",
+        flush=True,
+    )
     model = runs.load_keras(run_dir / setup["model_file"], compile=False)
     try:
-        return learned.train_head(model, train_images, run_dir / runs.HEAD_FILE, steps=setup["head_steps"],
-                                  patch=setup.get("patch") or min(learned.OBJECT_HEAD_PATCH, setup["size"]), seed=setup["seed"])
+        return learned.train_head(
+            model,
+            train_images,
+            run_dir / runs.HEAD_FILE,
+            steps=setup["head_steps"],
+            patch=setup.get("patch") or min(learned.OBJECT_HEAD_PATCH, setup["size"]),
+            seed=setup["seed"],
+        )
     except FloatingPointError as exc:
         raise UserError(f"learned residual: {exc}; the autoencoder is kept, use --method ssim or l2") from None
 
@@ -407,7 +446,11 @@ def new_run(args):
     """``train.py new``: check inputs, create the run folder, train. Returns the run folder."""
     setup, images, val_names, model = prepare(args)
     chief = distribution.is_chief()  # other multi-worker tasks train in a scratch folder that is removed
-    run_dir = runs.new_run_dir(args.out, setup["directory"], setup["architecture"], setup["loss"]) if chief else distribution.scratch_dir()
+    run_dir = (
+        runs.new_run_dir(args.out, setup["directory"], setup["architecture"], setup["loss"])
+        if chief
+        else distribution.scratch_dir()
+    )
     lock = runs.RunLock(run_dir, exclusive=True)  # validate/test refuse it while it trains
     try:
         (run_dir / runs.VALIDATION_FILES).write_text("\n".join(val_names) + "\n")
@@ -450,8 +493,10 @@ def _load_state(run_dir, setup):
         return None
     model_file = runs.inside(backup, state.get("model", "last.keras"), f"{state_path}: model")
     if not model_file.is_file():
-        raise UserError(f"{state_path} names {model_file.name}, which is missing: the backup is damaged; "
-                        f"{'the run keeps its best model' if (run_dir / setup['model_file']).is_file() else 'start a new run'}")
+        raise UserError(
+            f"{state_path} names {model_file.name}, which is missing: the backup is damaged; "
+            f"{'the run keeps its best model' if (run_dir / setup['model_file']).is_file() else 'start a new run'}"
+        )
     return state, model_file
 
 
@@ -488,19 +533,27 @@ def _resume_locked(run_dir, more_epochs, strategy=None):
         print(f"resuming interrupted run at epoch {start + 1} of {setup['epochs'] + (more_epochs or 0)}", flush=True)
     elif setup.get("status") == "done":
         if not more_epochs:
-            raise UserError(f"run {run_dir} already finished {setup['epochs_run']} epochs; pass -e MORE_EPOCHS to train longer")
+            raise UserError(
+                f"run {run_dir} already finished {setup['epochs_run']} epochs; pass -e MORE_EPOCHS to train longer"
+            )
         if not best.is_file():
             raise UserError(f"no model in {run_dir}: {best.name} is missing, nothing to extend")
         start = int(setup["epochs_run"])
-        state = {"best_val_loss": setup.get("best_val_loss"), "wait": 0, "epoch": start,
-                 "training_seconds": setup.get("training_seconds", 0.0)}
+        state = {
+            "best_val_loss": setup.get("best_val_loss"),
+            "wait": 0,
+            "epoch": start,
+            "training_seconds": setup.get("training_seconds", 0.0),
+        }
         model_file = best
         print(f"extending finished run by {more_epochs} epochs from its best model", flush=True)
     elif not best.is_file():
         raise UserError(runs.run_is_empty_message(run_dir))
     else:
-        raise UserError(f"run {run_dir} has no backup to resume from, but status {setup.get('status')!r}: "
-                        "its best model is kept; validate or test it")
+        raise UserError(
+            f"run {run_dir} has no backup to resume from, but status {setup.get('status')!r}: "
+            "its best model is kept; validate or test it"
+        )
     if more_epochs:
         setup["epochs"] = max(int(setup["epochs"]), start) + more_epochs
     class_dir = Path(setup["directory"])
@@ -538,4 +591,3 @@ def _resume_locked(run_dir, more_epochs, strategy=None):
     runs.write_json(run_dir / runs.SETUP, setup)
     train(setup, run_dir, (train_images, val_images), model, start_epoch=start, state=state)
     return run_dir, setup
-

@@ -4,6 +4,7 @@ A script raises :class:`UserError` for anything the user can fix (a wrong path, 
 impossible value); :func:`run_cli` turns it into one line on stderr and exit code 2,
 so users never see a traceback for their own mistakes.
 """
+
 import errno
 import os
 import sys

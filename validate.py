@@ -7,6 +7,7 @@ The threshold is the smallest one at which no validation image (the run's own
 pixels: zero false alarms on defect-free images. Writes
 ``RUN/validation/<method>/a<MIN_AREA>/validation_result.json`` and a plot.
 """
+
 import argparse
 import sys
 
@@ -16,8 +17,8 @@ from utils import UserError, quiet_tensorflow, run_cli
 
 quiet_tensorflow()
 
-import inference  # noqa: E402
 import evaluation  # noqa: E402
+import inference  # noqa: E402
 import resmaps  # noqa: E402
 import runs  # noqa: E402
 import visualize  # noqa: E402
@@ -29,9 +30,14 @@ def get_parser():
     """Command-line options of ``validate.py``."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     runs.add_run_arguments(parser)
-    parser.add_argument("-a", "--area", type=int, default=None,
-                        help="minimum defect area in pixels at the model's size (default: 1/800 of the whole image's "
-                             "pixels, at least 4: 20 px for a 128-px square)")
+    parser.add_argument(
+        "-a",
+        "--area",
+        type=int,
+        default=None,
+        help="minimum defect area in pixels at the model's size (default: 1/800 of the whole image's "
+        "pixels, at least 4: 20 px for a 128-px square)",
+    )
     return parser
 
 
@@ -45,7 +51,9 @@ def validate(path, min_area, method=None, batch=16, baseline=None, scales=None, 
     options = inference.MapOptions.from_args(baseline, scales, passes, method, run.mode)
     seen = inference.inspect(run, run.validation_paths(), method, batch, progress="validation images", options=options)
     if not np.isfinite(seen.maps).all():
-        raise UserError(f"the residual maps of {run.model_path} are not finite (a diverged model?): no threshold can be chosen")
+        raise UserError(
+            f"the residual maps of {run.model_path} are not finite (a diverged model?): no threshold can be chosen"
+        )
     threshold = resmaps.min_threshold_for_area(seen.maps, min_area)
     largest, _ = resmaps.region_stats(seen.maps, threshold)
     result = {
@@ -75,12 +83,16 @@ def main(argv=None):
     args = get_parser().parse_args(argv)
     result, out = validate(args.path, args.area, args.method, args.batch, args.baseline, args.scales, args.passes)
     options = inference.MapOptions.from_record(result, "this validation result")
-    print(f"{options.describe(result['method'])}: threshold for minimum area {result['min_area']} px: {result['threshold']:.6f} "
-          f"({result['n_images']} validation images, largest region at it {result['largest_area_at_threshold']} px)")
+    print(
+        f"{options.describe(result['method'])}: threshold for minimum area {result['min_area']} px: {result['threshold']:.6f} "
+        f"({result['n_images']} validation images, largest region at it {result['largest_area_at_threshold']} px)"
+    )
     if result.get("proxy"):
         p = result["proxy"]
-        print(f"proxy on {p['n_painted']} validation images with painted defects: image AUROC {p['image_auroc']:.3f}, "
-              f"pixel AUROC {p['pixel_auroc']:.3f}, AU-PRO {p['au_pro']:.3f}, found at this threshold {p['detected']:.2f}")
+        print(
+            f"proxy on {p['n_painted']} validation images with painted defects: image AUROC {p['image_auroc']:.3f}, "
+            f"pixel AUROC {p['pixel_auroc']:.3f}, AU-PRO {p['au_pro']:.3f}, found at this threshold {p['detected']:.2f}"
+        )
     print(out)
 
 

@@ -14,6 +14,7 @@ Conventions of the data passed in:
 
 This module must not import TensorFlow/Keras (it is imported by light-weight tools).
 """
+
 import functools
 import math
 import os
@@ -235,8 +236,7 @@ def _spans_decades(values, decades=1.0):
 
 def _count_scale(ax, values, extra=()):
     """Log y for counts/areas spanning more than a decade; symlog when zeros are present."""
-    allv = np.concatenate([np.asarray(values, dtype=float).ravel(),
-                           np.asarray(extra, dtype=float).ravel()])
+    allv = np.concatenate([np.asarray(values, dtype=float).ravel(), np.asarray(extra, dtype=float).ravel()])
     allv = allv[np.isfinite(allv)]
     if not _spans_decades(allv):
         return
@@ -277,8 +277,11 @@ def plot_loss_curve(history, path, title=None):
     """
     if "loss" not in history.columns:
         raise ValueError("history needs a 'loss' column")
-    epochs = (history["epoch"].to_numpy(dtype=float) if "epoch" in history.columns
-              else np.arange(1, len(history) + 1, dtype=float))
+    epochs = (
+        history["epoch"].to_numpy(dtype=float)
+        if "epoch" in history.columns
+        else np.arange(1, len(history) + 1, dtype=float)
+    )
     if epochs.size and np.nanmin(epochs) == 0:
         epochs = epochs + 1
     loss = history["loss"].to_numpy(dtype=float)
@@ -290,9 +293,9 @@ def plot_loss_curve(history, path, title=None):
             lr = None
 
     if lr is not None:
-        fig, (ax, ax_lr) = plt.subplots(2, 1, figsize=(8, 6), sharex=True,
-                                        gridspec_kw={"height_ratios": [3, 1]},
-                                        layout="constrained")
+        fig, (ax, ax_lr) = plt.subplots(
+            2, 1, figsize=(8, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]}, layout="constrained"
+        )
     else:
         fig, ax = plt.subplots(figsize=(8, 4.8), layout="constrained")
         ax_lr = None
@@ -301,15 +304,22 @@ def plot_loss_curve(history, path, title=None):
     ax.plot(epochs, loss, color=TRAIN_COLOR, marker=marker, markersize=3, label="training loss")
     curves = [loss]
     if val is not None:
-        ax.plot(epochs, val, color=VAL_COLOR, marker=marker, markersize=3,
-                label="validation loss")
+        ax.plot(epochs, val, color=VAL_COLOR, marker=marker, markersize=3, label="validation loss")
         curves.append(val)
         if np.isfinite(val).any():
             best = int(np.nanargmin(val))
             bx, by = epochs[best], val[best]
-            ax.plot([bx], [by], marker="*", markersize=16, color=ACCENT_COLOR,
-                    markeredgecolor="black", linestyle="none",
-                    label=f"best validation: epoch {bx:g}, loss {by:.4g}", zorder=5)
+            ax.plot(
+                [bx],
+                [by],
+                marker="*",
+                markersize=16,
+                color=ACCENT_COLOR,
+                markeredgecolor="black",
+                linestyle="none",
+                label=f"best validation: epoch {bx:g}, loss {by:.4g}",
+                zorder=5,
+            )
             right = bx > epochs.min() + 0.7 * (epochs.max() - epochs.min())
             # put the note above the star unless the star sits in the upper half
             finite = np.concatenate([c[np.isfinite(c)] for c in (loss, val)])
@@ -319,12 +329,17 @@ def plot_loss_curve(history, path, title=None):
             else:
                 yb = by
             upper = hi > lo and (yb - lo) / (hi - lo) > 0.5
-            ax.annotate(f"best epoch {bx:g}\nval loss {by:.4g}", xy=(bx, by),
-                        xytext=(-20 if right else 20, -45 if upper else 35),
-                        textcoords="offset points", ha="right" if right else "left",
-                        va="top" if upper else "bottom", fontsize=9,
-                        bbox={"boxstyle": "round", "fc": "white", "ec": "0.6"},
-                        arrowprops={"arrowstyle": "->", "color": "0.3"})
+            ax.annotate(
+                f"best epoch {bx:g}\nval loss {by:.4g}",
+                xy=(bx, by),
+                xytext=(-20 if right else 20, -45 if upper else 35),
+                textcoords="offset points",
+                ha="right" if right else "left",
+                va="top" if upper else "bottom",
+                fontsize=9,
+                bbox={"boxstyle": "round", "fc": "white", "ec": "0.6"},
+                arrowprops={"arrowstyle": "->", "color": "0.3"},
+            )
     if _spans_decades(np.concatenate(curves)):
         ax.set_yscale("log")
         ax.set_ylabel("loss (log scale)")
@@ -357,15 +372,28 @@ def plot_threshold_search(thresholds, largest_areas, threshold, min_area, path, 
     info = _method(method)
     t, a = _sorted_xy(thresholds, largest_areas)
     fig, ax = plt.subplots(figsize=(8, 4.8), layout="constrained")
-    ax.plot(t, a, color=TRAIN_COLOR, marker="o" if t.size <= 40 else None, markersize=3,
-            label="largest region (all validation images)")
+    ax.plot(
+        t,
+        a,
+        color=TRAIN_COLOR,
+        marker="o" if t.size <= 40 else None,
+        markersize=3,
+        label="largest region (all validation images)",
+    )
     ax.axhline(min_area, color="0.3", linestyle="--", label=f"min_area = {min_area:g} px")
-    ax.axvline(threshold, color=ACCENT_COLOR, linestyle=":",
-               label=f"chosen threshold = {threshold:.4g}")
+    ax.axvline(threshold, color=ACCENT_COLOR, linestyle=":", label=f"chosen threshold = {threshold:.4g}")
     if t.size:
         at = float(np.interp(threshold, t, a))
-        ax.plot([threshold], [at], marker="o", markersize=9, color=ACCENT_COLOR,
-                markeredgecolor="black", linestyle="none", zorder=5)
+        ax.plot(
+            [threshold],
+            [at],
+            marker="o",
+            markersize=9,
+            color=ACCENT_COLOR,
+            markeredgecolor="black",
+            linestyle="none",
+            zorder=5,
+        )
     finite = a[np.isfinite(a)]
     if np.any(finite <= 0) or min_area <= 0:
         ax.set_yscale("symlog", linthresh=1.0)
@@ -375,8 +403,9 @@ def plot_threshold_search(thresholds, largest_areas, threshold, min_area, path, 
         ax.set_yscale("log")
         ax.set_ylabel("largest region area (px, log scale)")
     ax.set_xlabel(_threshold_label(method))
-    ax.set_title(f"Threshold search ({info['name']}): smallest threshold whose largest "
-                 f"region stays below min_area", fontsize=10)
+    ax.set_title(
+        f"Threshold search ({info['name']}): smallest threshold whose largest region stays below min_area", fontsize=10
+    )
     ax.grid(True, which="both")
     ax.legend(loc="upper right")
     return save_figure(fig, path)
@@ -404,14 +433,19 @@ def plot_area_stats_vs_threshold(thresholds, mean_area, std_area, path, method="
     info = _method(method)
     t, m, s = _sorted_xy(thresholds, mean_area, std_area)
     fig, ax = plt.subplots(figsize=(8, 4.8), layout="constrained")
-    ax.fill_between(t, np.maximum(m - s, 0.0), m + s, color=TRAIN_COLOR, alpha=0.25,
-                    label="± 1 standard deviation")
-    ax.plot(t, m, color=TRAIN_COLOR, marker="o" if t.size <= 40 else None, markersize=3,
-            label="mean region area")
+    ax.fill_between(t, np.maximum(m - s, 0.0), m + s, color=TRAIN_COLOR, alpha=0.25, label="± 1 standard deviation")
+    ax.plot(t, m, color=TRAIN_COLOR, marker="o" if t.size <= 40 else None, markersize=3, label="mean region area")
     empty = ~np.isfinite(m)
     if empty.any():
-        ax.plot(t[empty], np.zeros(int(empty.sum())), linestyle="none", marker="x",
-                color="0.45", clip_on=False, label="no regions at this threshold")
+        ax.plot(
+            t[empty],
+            np.zeros(int(empty.sum())),
+            linestyle="none",
+            marker="x",
+            color="0.45",
+            clip_on=False,
+            label="no regions at this threshold",
+        )
     if t.size:
         pad = 0.02 * (t.max() - t.min() or 1.0)
         ax.set_xlim(t.min() - pad, t.max() + pad)
@@ -445,8 +479,7 @@ def plot_area_distribution(areas, max_area, path, threshold=0.0, method="ssim"):
     hidden = int(areas.size - shown.size)
     fig, ax = plt.subplots(figsize=(8, 4.8), layout="constrained")
     if areas.size:
-        counts, _, _ = ax.hist(shown, bins=bins, color=TRAIN_COLOR, edgecolor="none",
-                               label=_n_regions(areas.size))
+        counts, _, _ = ax.hist(shown, bins=bins, color=TRAIN_COLOR, edgecolor="none", label=_n_regions(areas.size))
         if hidden:
             ax.plot([], [], " ", label=f"{_n_regions(hidden)} > {max_area:g} px not shown")
         if np.percentile(areas, 50) <= max_area:
@@ -456,13 +489,20 @@ def plot_area_distribution(areas, max_area, path, threshold=0.0, method="ssim"):
             ax.set_yscale("log")
         ax.legend(loc="upper right")
     else:
-        ax.text(0.5, 0.5, "no regions at this threshold", transform=ax.transAxes,
-                ha="center", va="center", fontsize=12, color="0.4")
+        ax.text(
+            0.5,
+            0.5,
+            "no regions at this threshold",
+            transform=ax.transAxes,
+            ha="center",
+            va="center",
+            fontsize=12,
+            color="0.4",
+        )
     ax.set_xlim(-0.5, max_area + 0.5)
     ax.set_xlabel("region area (px)" + (f", bins of {width} px" if width > 1 else ""))
     ax.set_ylabel("number of regions" + (" (log scale)" if ax.get_yscale() == "log" else ""))
-    ax.set_title(f"Region areas on validation images at threshold {threshold:.4g} "
-                 f"({info['name']})")
+    ax.set_title(f"Region areas on validation images at threshold {threshold:.4g} ({info['name']})")
     ax.grid(True, axis="y", which="both")
     return save_figure(fig, path)
 
@@ -475,8 +515,7 @@ def plot_area_distributions(areas_by_threshold, max_area, path, method="ssim"):
     ``MAX_OVERLAID`` thresholds, that many evenly spaced ones are drawn (said in the title).
     """
     info = _method(method)
-    items = sorted((float(k), np.asarray(v, dtype=float).ravel())
-                   for k, v in dict(areas_by_threshold).items())
+    items = sorted((float(k), np.asarray(v, dtype=float).ravel()) for k, v in dict(areas_by_threshold).items())
     n_given = len(items)
     if n_given > MAX_OVERLAID:
         pick = np.unique(np.round(np.linspace(0, n_given - 1, MAX_OVERLAID)).astype(int))
@@ -484,11 +523,14 @@ def plot_area_distributions(areas_by_threshold, max_area, path, method="ssim"):
     bins, width = _area_bins(max_area, target=50)
     fig, ax = plt.subplots(figsize=(9, 5), layout="constrained")
     if not items:
-        ax.text(0.5, 0.5, "no thresholds given", transform=ax.transAxes,
-                ha="center", va="center", fontsize=12, color="0.4")
+        ax.text(
+            0.5, 0.5, "no thresholds given", transform=ax.transAxes, ha="center", va="center", fontsize=12, color="0.4"
+        )
     ts = np.array([k for k, _ in items])
-    norm = Normalize(vmin=ts.min() if ts.size else 0.0,
-                     vmax=ts.max() if ts.size and ts.max() > ts.min() else (ts.min() + 1 if ts.size else 1.0))
+    norm = Normalize(
+        vmin=ts.min() if ts.size else 0.0,
+        vmax=ts.max() if ts.size and ts.max() > ts.min() else (ts.min() + 1 if ts.size else 1.0),
+    )
     cmap = plt.get_cmap("viridis")
     all_counts = []
     for t, areas in items:
@@ -496,8 +538,7 @@ def plot_area_distributions(areas_by_threshold, max_area, path, method="ssim"):
         shown = areas[areas <= max_area]
         label = f"t = {t:.4g}  ({_n_regions(areas.size)})"
         if shown.size:
-            counts, _, _ = ax.hist(shown, bins=bins, histtype="step", linewidth=1.6,
-                                   color=color, label=label)
+            counts, _, _ = ax.hist(shown, bins=bins, histtype="step", linewidth=1.6, color=color, label=label)
             all_counts.append(counts)
         else:
             ax.plot([], [], color=color, label=label + " — none shown")
@@ -509,8 +550,7 @@ def plot_area_distributions(areas_by_threshold, max_area, path, method="ssim"):
     ax.set_xlabel("region area (px)" + (f", bins of {width} px" if width > 1 else ""))
     ax.set_ylabel("number of regions" + (" (log scale)" if ax.get_yscale() == "log" else ""))
     shown_note = f", {len(items)} of {n_given} thresholds shown" if n_given > len(items) else ""
-    ax.set_title(f"Region areas on validation images at several thresholds "
-                 f"({info['name']}{shown_note})")
+    ax.set_title(f"Region areas on validation images at several thresholds ({info['name']}{shown_note})")
     ax.grid(True, axis="y", which="both")
     return save_figure(fig, path)
 
@@ -530,8 +570,9 @@ def plot_sample(image, reconstruction, resmap, path, title=None, method="ssim"):
 
 
 @_styled
-def plot_stages(image, reconstruction, resmap, mask, path, gt_mask=None, threshold=None,
-                min_area=None, title=None, method="ssim"):
+def plot_stages(
+    image, reconstruction, resmap, mask, path, gt_mask=None, threshold=None, min_area=None, title=None, method="ssim"
+):
     """One row: input → reconstruction → residual map → thresholded mask (→ ground truth)."""
     info = _method(method)
     n = 5 if gt_mask is not None else 4
@@ -541,8 +582,7 @@ def plot_stages(image, reconstruction, resmap, mask, path, gt_mask=None, thresho
     res = _as_2d(resmap, "resmap")
     finite = res[np.isfinite(res)]
     peak = float(finite.max()) if finite.size else float("nan")
-    _show_residual(fig, axes[2], resmap, method,
-                   title=f"3. {info['residual']} map\n(max {peak:.3g})")
+    _show_residual(fig, axes[2], resmap, method, title=f"3. {info['residual']} map\n(max {peak:.3g})")
     rule = []
     if threshold is not None:
         rule.append(f"residual > {threshold:.4g}")
@@ -557,8 +597,9 @@ def plot_stages(image, reconstruction, resmap, mask, path, gt_mask=None, thresho
 
 
 @_styled
-def plot_overlay(image, reconstruction, resmap, pred_mask, path, gt_mask=None, title=None,
-                 method="ssim", verdict=None, score=None):
+def plot_overlay(
+    image, reconstruction, resmap, pred_mask, path, gt_mask=None, title=None, method="ssim", verdict=None, score=None
+):
     """Input, reconstruction, residual map and the input with defect outlines drawn on it.
 
     Predicted defects are outlined in red, ground-truth defects (if ``gt_mask``) in green.
@@ -577,15 +618,23 @@ def plot_overlay(image, reconstruction, resmap, pred_mask, path, gt_mask=None, t
         if gt.shape != arr.shape[:2]:
             raise ValueError(f"gt_mask shape {gt.shape} does not match image {arr.shape[:2]}")
         _draw_outline(axes[3], gt, GT_COLOR)
-        handles.append(Line2D([], [], color=GT_COLOR, linewidth=2,
-                              label="ground truth" + ("" if gt.any() else " (none)")))
+        handles.append(
+            Line2D([], [], color=GT_COLOR, linewidth=2, label="ground truth" + ("" if gt.any() else " (none)"))
+        )
     _draw_outline(axes[3], pred, PRED_COLOR)
-    handles.insert(0, Line2D([], [], color=PRED_COLOR, linewidth=2,
-                             label="predicted defect" + ("" if pred.any() else " (none)")))
+    handles.insert(
+        0, Line2D([], [], color=PRED_COLOR, linewidth=2, label="predicted defect" + ("" if pred.any() else " (none)"))
+    )
     axes[3].set_xlim(-0.5, arr.shape[1] - 0.5)
     axes[3].set_ylim(arr.shape[0] - 0.5, -0.5)
-    axes[3].legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.02),
-                   ncol=len(handles), frameon=False, handlelength=1.5)
+    axes[3].legend(
+        handles=handles,
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.02),
+        ncol=len(handles),
+        frameon=False,
+        handlelength=1.5,
+    )
     score_text = None if score is None else f"score: {float(score):.4g}"
     _suptitle(fig, title, _verdict_text(verdict), score_text)
     return save_figure(fig, path)
@@ -654,14 +703,18 @@ def plot_pro_curve(fprs, pros, au_pro, path, fpr_limit=0.3, title="PRO curve"):
     # The zoomed panel gets its own decimation of the part it shows (and one point past it).
     shown = slice(0, int(np.searchsorted(f, fpr_limit * 1.02, side="right")) + 1)
     for ax, xmax, sub, (f_ax, p_ax), fill in (
-            (axes[0], 1.0, "full FPR range", _decimate(f, p), _decimate(f_fill, p_fill, x_span=1.0)),
-            (axes[1], fpr_limit, f"zoom: FPR ≤ {fpr_limit:g}", _decimate(f[shown], p[shown], x_span=fpr_limit),
-             _decimate(f_fill, p_fill, x_span=fpr_limit))):
-        ax.fill_between(*fill, 0, color=TRAIN_COLOR, alpha=0.2,
-                        label=f"AU-PRO (FPR ≤ {fpr_limit:g}) = {au_text}")
+        (axes[0], 1.0, "full FPR range", _decimate(f, p), _decimate(f_fill, p_fill, x_span=1.0)),
+        (
+            axes[1],
+            fpr_limit,
+            f"zoom: FPR ≤ {fpr_limit:g}",
+            _decimate(f[shown], p[shown], x_span=fpr_limit),
+            _decimate(f_fill, p_fill, x_span=fpr_limit),
+        ),
+    ):
+        ax.fill_between(*fill, 0, color=TRAIN_COLOR, alpha=0.2, label=f"AU-PRO (FPR ≤ {fpr_limit:g}) = {au_text}")
         ax.plot(f_ax, p_ax, color=TRAIN_COLOR, linewidth=2, label="PRO curve")
-        ax.axvline(fpr_limit, color=ACCENT_COLOR, linestyle="--",
-                   label=f"FPR limit = {fpr_limit:g}")
+        ax.axvline(fpr_limit, color=ACCENT_COLOR, linestyle="--", label=f"FPR limit = {fpr_limit:g}")
         ax.set_xlim(0, xmax * 1.02 if xmax < 1 else 1.0)
         ax.set_ylim(0, 1.02)
         ax.set_xlabel("false positive rate (fraction of good pixels flagged)")
@@ -716,12 +769,22 @@ def get_parser():
 
     parser = argparse.ArgumentParser(
         description="Show the stages input → reconstruction → residual map → thresholded mask (→ ground truth) "
-                    "for chosen images of a run; figures go to RUN/visualize/.")
+        "for chosen images of a run; figures go to RUN/visualize/."
+    )
     runs.add_run_arguments(parser)
-    parser.add_argument("-i", "--images", nargs="+", required=True,
-                        help="image files (absolute, or relative to the current folder or to the class folder)")
-    parser.add_argument("-t", "--threshold", type=float, default=None, help="residual threshold (default: validation result)")
-    parser.add_argument("-a", "--area", type=int, default=None, help="minimum defect area in px (default: validation result)")
+    parser.add_argument(
+        "-i",
+        "--images",
+        nargs="+",
+        required=True,
+        help="image files (absolute, or relative to the current folder or to the class folder)",
+    )
+    parser.add_argument(
+        "-t", "--threshold", type=float, default=None, help="residual threshold (default: validation result)"
+    )
+    parser.add_argument(
+        "-a", "--area", type=int, default=None, help="minimum defect area in px (default: validation result)"
+    )
     return parser
 
 
@@ -739,8 +802,9 @@ def main(argv=None):
     args = get_parser().parse_args(argv)
     run = runs.find_run(args.path)
     method = run.method(args.method)
-    threshold, min_area, options, _ = inference.resolve_threshold(run, method, args.threshold, args.area, args.baseline,
-                                                                   args.scales, args.passes)
+    threshold, min_area, options, _ = inference.resolve_threshold(
+        run, method, args.threshold, args.area, args.baseline, args.scales, args.passes
+    )
     paths = [inference.resolve_sample(run, name, run.class_dir, what="image") for name in args.images]
     seen = inference.inspect(run, paths, method, args.batch, options=options)
     masks = inference.defect_masks(seen.maps, threshold, min_area)
@@ -749,8 +813,18 @@ def main(argv=None):
         gt_path = inference.ground_truth_for(run, path)
         gt = inference.resize_map(data.load_mask(gt_path, data.image_size(path)), run.shape[::-1]) if gt_path else None
         name = data.relative_to(path, run.class_dir).replace("/", "_").replace("..", "up")
-        plot_stages(seen.images[i], seen.recons[i], seen.maps[i], masks[i], out_dir / f"{Path(name).stem}_{method}.png",
-                    gt_mask=gt, threshold=threshold, min_area=min_area, title=str(path), method=method)
+        plot_stages(
+            seen.images[i],
+            seen.recons[i],
+            seen.maps[i],
+            masks[i],
+            out_dir / f"{Path(name).stem}_{method}.png",
+            gt_mask=gt,
+            threshold=threshold,
+            min_area=min_area,
+            title=str(path),
+            method=method,
+        )
     print(out_dir)
 
 

@@ -10,6 +10,7 @@ the maps take per test image (loading, every pass, baseline), next to the publis
 autoencoders. ``--run PATH`` re-evaluates an existing run instead of
 training. Results are appended to ``bench/results/bottle.jsonl`` and printed as a table.
 """
+
 import argparse
 import itertools
 import json
@@ -21,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from utils import quiet_tensorflow, run_cli, UserError  # noqa: E402
+from utils import UserError, quiet_tensorflow, run_cli  # noqa: E402
 
 quiet_tensorflow()
 
@@ -54,18 +55,49 @@ def get_parser():
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--flip", action="store_true")
-    p.add_argument("--rotation", type=float, default=data.DEFAULT_ROTATION, help="largest random rotation (degrees) in augmentation")
+    p.add_argument(
+        "--rotation",
+        type=float,
+        default=data.DEFAULT_ROTATION,
+        help="largest random rotation (degrees) in augmentation",
+    )
     p.add_argument("--area", type=int, default=None, help="minimum defect area (px at model size); default size²/800")
-    p.add_argument("--methods", nargs="*", default=None, help="residual methods to evaluate (default: the loss's family)")
-    p.add_argument("--smooth", nargs="*", type=float, default=[evaluation.DEFAULT_SMOOTH], help="smoothing sigmas to evaluate")
-    p.add_argument("--scales", nargs="*", type=int, default=[inference.DEFAULT_SCALES],
-                   help="numbers of image scales the residual map is averaged over, to evaluate")
-    p.add_argument("--passes", nargs="*", type=int, default=[inference.DEFAULT_PASSES],
-                   help="numbers of reconstruction passes (repaint what was found, reconstruct again) to evaluate")
-    p.add_argument("--baseline", nargs="*", choices=("on", "off"), default=["on"],
-                   help="evaluate with and/or without subtracting the training images' usual residual (the baseline)")
-    p.add_argument("--denoise", type=float, nargs="?", const=data.DEFAULT_DENOISE, default=0.0, metavar="SHARE",
-                   help=f"train as a denoising autoencoder: share of inputs with a pasted patch (bare: {data.DEFAULT_DENOISE})")
+    p.add_argument(
+        "--methods", nargs="*", default=None, help="residual methods to evaluate (default: the loss's family)"
+    )
+    p.add_argument(
+        "--smooth", nargs="*", type=float, default=[evaluation.DEFAULT_SMOOTH], help="smoothing sigmas to evaluate"
+    )
+    p.add_argument(
+        "--scales",
+        nargs="*",
+        type=int,
+        default=[inference.DEFAULT_SCALES],
+        help="numbers of image scales the residual map is averaged over, to evaluate",
+    )
+    p.add_argument(
+        "--passes",
+        nargs="*",
+        type=int,
+        default=[inference.DEFAULT_PASSES],
+        help="numbers of reconstruction passes (repaint what was found, reconstruct again) to evaluate",
+    )
+    p.add_argument(
+        "--baseline",
+        nargs="*",
+        choices=("on", "off"),
+        default=["on"],
+        help="evaluate with and/or without subtracting the training images' usual residual (the baseline)",
+    )
+    p.add_argument(
+        "--denoise",
+        type=float,
+        nargs="?",
+        const=data.DEFAULT_DENOISE,
+        default=0.0,
+        metavar="SHARE",
+        help=f"train as a denoising autoencoder: share of inputs with a pasted patch (bare: {data.DEFAULT_DENOISE})",
+    )
     p.add_argument("--tag", default="", help="label added to each configuration in the table")
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "runs"), help="where run folders go")
     return p
@@ -82,14 +114,28 @@ def _evaluate(run_dir, area, methods, smooths, baselines, scales_list, passes_li
         inference.inspect(run, paths, method, options=inference.MapOptions.from_args(baseline, scales, passes))
         ms_per_image = 1000 * (time.perf_counter() - started) / len(paths)
         for smooth in smooths:
-            result, scores, table, _ = evaluation.test_run(run_dir, method, smooth=smooth, baseline=baseline, scales=scales,
-                                                           passes=passes)
-            row = {"config": label, "method": method, "baseline": baseline, "scales": scales, "passes": passes, "smooth": smooth,
-                   "min_area": area,
-                   "threshold": val["threshold"], "image_auroc": scores["image_auroc"],
-                   "pixel_auroc": scores["pixel_auroc"], "au_pro": scores["au_pro"], "tpr": result["tpr"],
-                   "tnr": result["tnr"], "train_seconds": train_seconds, "ms_per_image": ms_per_image, "run": str(run_dir),
-                   "per_defect_type": scores["per_defect_type"]}
+            result, scores, table, _ = evaluation.test_run(
+                run_dir, method, smooth=smooth, baseline=baseline, scales=scales, passes=passes
+            )
+            row = {
+                "config": label,
+                "method": method,
+                "baseline": baseline,
+                "scales": scales,
+                "passes": passes,
+                "smooth": smooth,
+                "min_area": area,
+                "threshold": val["threshold"],
+                "image_auroc": scores["image_auroc"],
+                "pixel_auroc": scores["pixel_auroc"],
+                "au_pro": scores["au_pro"],
+                "tpr": result["tpr"],
+                "tnr": result["tnr"],
+                "train_seconds": train_seconds,
+                "ms_per_image": ms_per_image,
+                "run": str(run_dir),
+                "per_defect_type": scores["per_defect_type"],
+            }
             rows.append(row)
             print(json.dumps({k: v for k, v in row.items() if k != "per_defect_type"}), flush=True)
     return rows
@@ -99,7 +145,9 @@ def bench(args):
     """Train/evaluate every configuration; append rows to bottle.jsonl and print a table."""
     data_dir = Path(args.data)
     if not (data_dir / "train" / "good").is_dir():
-        raise UserError(f"bottle data not found at {data_dir} (expected ../shared/data/mvtec_real/bottle beside the repo)")
+        raise UserError(
+            f"bottle data not found at {data_dir} (expected ../shared/data/mvtec_real/bottle beside the repo)"
+        )
     area = args.area or max(1, args.size * args.size // 800)
     baselines = [b == "on" for b in args.baseline]
     rows = []
@@ -107,32 +155,71 @@ def bench(args):
         setup = json.loads((Path(run_dir) / "setup.json").read_text())
         label = f"{setup['architecture']}:{setup['loss']}@{setup['size']}"
         methods = args.methods or [training.runs.default_method(setup["loss"])]
-        rows += _evaluate(run_dir, args.area or max(1, setup["size"] ** 2 // 800), methods, args.smooth, baselines,
-                          args.scales, args.passes, setup.get("training_seconds"), label + args.tag)
-    for config in ([] if args.run else args.config):
+        rows += _evaluate(
+            run_dir,
+            args.area or max(1, setup["size"] ** 2 // 800),
+            methods,
+            args.smooth,
+            baselines,
+            args.scales,
+            args.passes,
+            setup.get("training_seconds"),
+            label + args.tag,
+        )
+    for config in [] if args.run else args.config:
         arch, loss = config.split(":")
-        ns = Namespace(directory=str(data_dir), architecture=arch, batch=args.batch, loss=loss, color=args.color,
-                       instances=args.instances, tag=f"bench {config}", size=args.size, epochs=args.epochs, lr=args.lr,
-                       seed=args.seed, val_split=0.1, patience=args.patience, no_augment=False, rotation=args.rotation, flip=args.flip,
-                       weights="none", out=args.out, denoise=args.denoise)
+        ns = Namespace(
+            directory=str(data_dir),
+            architecture=arch,
+            batch=args.batch,
+            loss=loss,
+            color=args.color,
+            instances=args.instances,
+            tag=f"bench {config}",
+            size=args.size,
+            epochs=args.epochs,
+            lr=args.lr,
+            seed=args.seed,
+            val_split=0.1,
+            patience=args.patience,
+            no_augment=False,
+            rotation=args.rotation,
+            flip=args.flip,
+            weights="none",
+            out=args.out,
+            denoise=args.denoise,
+        )
         started = time.time()
         run_dir, setup = training.new_run(ns)
         seconds = time.time() - started
         print(f"{config}: trained {setup['epochs_run']} epochs in {seconds:.0f} s -> {run_dir}", flush=True)
-        rows += _evaluate(run_dir, area, args.methods or [training.runs.default_method(loss)], args.smooth, baselines,
-                          args.scales, args.passes, seconds, f"{config}@{args.size}" + (f"+denoise{args.denoise:g}" if args.denoise else "") + args.tag)
+        rows += _evaluate(
+            run_dir,
+            area,
+            args.methods or [training.runs.default_method(loss)],
+            args.smooth,
+            baselines,
+            args.scales,
+            args.passes,
+            seconds,
+            f"{config}@{args.size}" + (f"+denoise{args.denoise:g}" if args.denoise else "") + args.tag,
+        )
     out = ROOT / "bench" / "results" / "bottle.jsonl"
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("a") as f:
         for row in rows:
             f.write(json.dumps(row) + "\n")
-    print("| config | residual | scales | passes | smooth | image AUROC | pixel AUROC | AU-PRO 0.3 | TPR | TNR | train s | maps ms/image |")
+    print(
+        "| config | residual | scales | passes | smooth | image AUROC | pixel AUROC | AU-PRO 0.3 | TPR | TNR | train s | maps ms/image |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         f = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
         residual = r["method"] + (" − baseline" if r["baseline"] else "")
-        print(f"| {r['config']} | {residual} | {r.get('scales', 1)} | {r.get('passes', 1)} | {r['smooth']:g} | {f(r['image_auroc'])} | {f(r['pixel_auroc'])} | "
-              f"{f(r['au_pro'])} | {f(r['tpr'])} | {f(r['tnr'])} | {r['train_seconds'] or 0:.0f} | {r['ms_per_image']:.0f} |")
+        print(
+            f"| {r['config']} | {residual} | {r.get('scales', 1)} | {r.get('passes', 1)} | {r['smooth']:g} | {f(r['image_auroc'])} | {f(r['pixel_auroc'])} | "
+            f"{f(r['au_pro'])} | {f(r['tpr'])} | {f(r['tnr'])} | {r['train_seconds'] or 0:.0f} | {r['ms_per_image']:.0f} |"
+        )
     for name, ref in PUBLISHED.items():
         print(f"| {name} | | | | | | {ref['pixel_auroc']:.2f} | {ref['au_pro']:.3f} | | | | |")
     print(f"\nrows appended to {out}")

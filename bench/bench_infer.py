@@ -20,6 +20,7 @@ library of another checkout of this project (e.g. a ``git worktree`` of an older
 for before/after figures on the same machine. Rows are appended to
 ``bench/results/infer.jsonl``. Without the bottle data the benchmark says so and exits 0.
 """
+
 import argparse
 import json
 import os
@@ -40,12 +41,17 @@ def get_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     which = p.add_mutually_exclusive_group()
     which.add_argument("-p", "--path", type=Path, help="a trained run of MVTec bottle (run folder)")
-    which.add_argument("--quick", action="store_true",
-                       help="train a small 256-px bottle run first (--epochs epochs) into bench/results/runs/; "
-                            "its folder is printed, to be measured again with -p")
+    which.add_argument(
+        "--quick",
+        action="store_true",
+        help="train a small 256-px bottle run first (--epochs epochs) into bench/results/runs/; "
+        "its folder is printed, to be measured again with -p",
+    )
     p.add_argument("--epochs", type=int, default=2, help="epochs of the --quick run")
     p.add_argument("--data", type=Path, default=BOTTLE, help="the bottle class folder (MVTec layout)")
-    p.add_argument("-a", "--area", type=int, default=50, help="minimum defect area for validate.py (px at the model's size)")
+    p.add_argument(
+        "-a", "--area", type=int, default=50, help="minimum defect area for validate.py (px at the model's size)"
+    )
     p.add_argument("--code", type=Path, default=ROOT, help="checkout whose scripts and library are measured")
     p.add_argument("--label", default="", help="free text stored with the results (e.g. the commit)")
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: the in-process measurements
@@ -56,8 +62,9 @@ def timed(cmd, cwd):
     """Run ``cmd``; return (wall s, CPU s, peak RSS MiB, stdout). A failure ends the benchmark."""
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         started = time.perf_counter()
-        proc = subprocess.Popen(cmd, cwd=cwd, stdout=out, stderr=err,
-                                env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "MPLBACKEND": "Agg"})
+        proc = subprocess.Popen(
+            cmd, cwd=cwd, stdout=out, stderr=err, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "MPLBACKEND": "Agg"}
+        )
         _, status, usage = os.wait4(proc.pid, 0)  # this child's own CPU time and peak memory
         proc.returncode = os.waitstatus_to_exitcode(status)
         wall = time.perf_counter() - started
@@ -71,10 +78,30 @@ def timed(cmd, cwd):
 
 def train_quick(code, data, epochs, out):
     """Train the --quick run with the checkout's train.py; return its folder and the wall time."""
-    cmd = [sys.executable, str(code / "train.py"), "new", "-d", str(data), "-a", "mvtec2", "-l", "ssim", "-c", "rgb",
-           "--size", "256", "--epochs", str(epochs), "--out", str(out), "--seed", "0"]
-    help_text = subprocess.run([sys.executable, str(code / "train.py"), "new", "-h"], capture_output=True, text=True,
-                               check=True).stdout
+    cmd = [
+        sys.executable,
+        str(code / "train.py"),
+        "new",
+        "-d",
+        str(data),
+        "-a",
+        "mvtec2",
+        "-l",
+        "ssim",
+        "-c",
+        "rgb",
+        "--size",
+        "256",
+        "--epochs",
+        str(epochs),
+        "--out",
+        str(out),
+        "--seed",
+        "0",
+    ]
+    help_text = subprocess.run(
+        [sys.executable, str(code / "train.py"), "new", "-h"], capture_output=True, text=True, check=True
+    ).stdout
     if "--head-steps" in help_text:
         cmd += ["--head-steps", "0"]  # the learned map's head is not measured here
     wall, _, _, out_text = timed(cmd, code)
@@ -122,7 +149,9 @@ def in_process(run_dir):
     smoothed = resmaps.smooth(maps, evaluation.DEFAULT_SMOOTH)
     sizes = [data.image_size(p) for p in kept]
     full = [inference.resize_map(m, s) for m, s in zip(smoothed, sizes)]
-    masks = [data.load_mask(m, s) if m is not None else np.zeros((s[1], s[0]), bool) for (_, _, m), s in zip(items, sizes)]
+    masks = [
+        data.load_mask(m, s) if m is not None else np.zeros((s[1], s[0]), bool) for (_, _, m), s in zip(items, sizes)
+    ]
     prepared = time.perf_counter() - started
     truth = np.array([d != data.GOOD for _, d, _ in items])
     scores = np.array([m.max() for m in smoothed])
@@ -141,10 +170,20 @@ def in_process(run_dir):
         visualize.plot_roc_curves({"pixel": (*roc, result["pixel_auroc"])}, Path(tmp) / "roc.png")
         visualize.plot_pro_curve(fprs, pros, result["au_pro"], Path(tmp) / "pro.png")
         plots_s = time.perf_counter() - started
-    return {"images": len(images), "size": run.size, "maps": options.describe(method),
-            "maps_per_s": len(images) / maps_s, "maps_cpu_s_per_image": maps_cpu / len(images), "map_prep_s": prepared,
-            "metrics_s": metrics_s, "metrics_cpu_s": metrics_cpu, "plots_s": plots_s, "pixels": int(sum(m.size for m in full)),
-            "pixel_auroc": result["pixel_auroc"], "au_pro": result["au_pro"]}
+    return {
+        "images": len(images),
+        "size": run.size,
+        "maps": options.describe(method),
+        "maps_per_s": len(images) / maps_s,
+        "maps_cpu_s_per_image": maps_cpu / len(images),
+        "map_prep_s": prepared,
+        "metrics_s": metrics_s,
+        "metrics_cpu_s": metrics_cpu,
+        "plots_s": plots_s,
+        "pixels": int(sum(m.size for m in full)),
+        "pixel_auroc": result["pixel_auroc"],
+        "au_pro": result["au_pro"],
+    }
 
 
 def main(argv=None):
@@ -163,7 +202,9 @@ def main(argv=None):
     row = {"label": args.label, "code": str(code), "cores": os.cpu_count()}
     with tempfile.TemporaryDirectory(prefix="bench_infer_") as tmp:
         if args.quick:
-            run, row["quick_train_s"] = train_quick(code, args.data.resolve(), args.epochs, ROOT / "bench" / "results" / "runs")
+            run, row["quick_train_s"] = train_quick(
+                code, args.data.resolve(), args.epochs, ROOT / "bench" / "results" / "runs"
+            )
             print(f"trained {run} in {row['quick_train_s']:.0f} s", flush=True)
         else:
             run = args.path.resolve()
@@ -171,9 +212,11 @@ def main(argv=None):
                 run = run.parent
         run = scratch_copy(run, Path(tmp) / "copy")
         py = sys.executable
-        for name, cmd in (("validate_cold", [py, str(code / "validate.py"), "-p", str(run), "-a", str(args.area)]),
-                          ("validate_cached", [py, str(code / "validate.py"), "-p", str(run), "-a", str(args.area)]),
-                          ("test", [py, str(code / "test.py"), "-p", str(run)])):
+        for name, cmd in (
+            ("validate_cold", [py, str(code / "validate.py"), "-p", str(run), "-a", str(args.area)]),
+            ("validate_cached", [py, str(code / "validate.py"), "-p", str(run), "-a", str(args.area)]),
+            ("test", [py, str(code / "test.py"), "-p", str(run)]),
+        ):
             wall, cpu, rss, _ = timed(cmd, code)
             row.update({f"{name}_s": wall, f"{name}_cpu_s": cpu, f"{name}_peak_mib": rss})
             print(f"{name}: {wall:.1f} s wall, {cpu:.1f} s CPU, peak {rss:.0f} MiB", flush=True)
@@ -185,13 +228,18 @@ def main(argv=None):
         f.write(json.dumps(row) + "\n")
     print(json.dumps(row))
     print(f"\n| {row['images']} images at {row['size']} px, {row['maps']} | value |\n|---|---|")
-    for key, label in (("maps_per_s", "maps/s (one process, warm)"),
-                       ("maps_cpu_s_per_image", "CPU s per map (all threads)"), ("metrics_s", "metrics.evaluate + curves, s"),
-                       ("metrics_cpu_s", "  of which CPU, s"), ("plots_s", "ROC + PRO plots, s"),
-                       ("validate_cold_s", "validate.py, calibration learnt, wall s"),
-                       ("validate_cached_s", "validate.py, calibration cached, wall s"),
-                       ("test_s", "test.py wall s"), ("test_cpu_s", "test.py CPU s"),
-                       ("test_peak_mib", "test.py peak RSS MiB")):
+    for key, label in (
+        ("maps_per_s", "maps/s (one process, warm)"),
+        ("maps_cpu_s_per_image", "CPU s per map (all threads)"),
+        ("metrics_s", "metrics.evaluate + curves, s"),
+        ("metrics_cpu_s", "  of which CPU, s"),
+        ("plots_s", "ROC + PRO plots, s"),
+        ("validate_cold_s", "validate.py, calibration learnt, wall s"),
+        ("validate_cached_s", "validate.py, calibration cached, wall s"),
+        ("test_s", "test.py wall s"),
+        ("test_cpu_s", "test.py CPU s"),
+        ("test_peak_mib", "test.py peak RSS MiB"),
+    ):
         print(f"| {label} | {row[key]:.2f} |")
 
 

@@ -14,6 +14,7 @@ verdicts; masks) and times images/s: test.py's maps (``inference.inspect``, batc
 test.py computes them) against each artefact through ``predict_exported.Detector.predict``
 (one image at a time, minimum-area filter included, as a production line calls it).
 """
+
 import argparse
 import json
 import os
@@ -56,10 +57,21 @@ def replicas(args):
     """1 vs 2 logical CPU devices at the same global batch."""
     rows = []
     for n in (1, 2):
-        code = ONE.format(root=str(ROOT), replicas=n, batch=args.batch, global_batch=2 * args.batch, size=args.size,
-                          images=args.images, epochs=args.epochs)
-        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                              env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+        code = ONE.format(
+            root=str(ROOT),
+            replicas=n,
+            batch=args.batch,
+            global_batch=2 * args.batch,
+            size=args.size,
+            images=args.images,
+            epochs=args.epochs,
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        )
         if done.returncode:
             sys.exit(done.stderr[-2000:])
         rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
@@ -67,8 +79,10 @@ def replicas(args):
     for row in rows:
         row["speed_up"] = row["images_per_second"] / base
         row["efficiency"] = row["speed_up"] / row["replicas"]
-        print(f"{row['replicas']} replica(s), global batch {row['global_batch']}: {row['images_per_second']:.1f} images/s, "
-              f"speed-up {row['speed_up']:.2f}, efficiency {row['efficiency']:.2f}")
+        print(
+            f"{row['replicas']} replica(s), global batch {row['global_batch']}: {row['images_per_second']:.1f} images/s, "
+            f"speed-up {row['speed_up']:.2f}, efficiency {row['efficiency']:.2f}"
+        )
     return rows
 
 
@@ -101,7 +115,12 @@ def export(args):
     inference.inspect(run, paths[:2], method, options=options)  # warm-up (model load, tracing)
     started = time.perf_counter()
     inference.inspect(run, paths, method, options=options)
-    rows = [{"what": "test.py maps (inference.inspect, batch 16)", "images_per_second": len(paths) / (time.perf_counter() - started)}]
+    rows = [
+        {
+            "what": "test.py maps (inference.inspect, batch 16)",
+            "images_per_second": len(paths) / (time.perf_counter() - started),
+        }
+    ]
     for fmt in args.formats:
         started = time.perf_counter()
         folder, meta = exporting.export_run(args.path, fmt, out=Path(args.out) / fmt if args.out else None)
@@ -114,19 +133,29 @@ def export(args):
             expected = tifffile.imread(out.parent / "anomaly_maps" / defect / f"{Path(p).stem}.tiff")
             worst = max(worst, float(np.abs(got["anomaly_map"] - expected).max()))
             verdicts += got["defective"] == bool(by_path.loc[str(p), "prediction"])
-            masks += np.array_equal(got["mask"], np.asarray(Image.open(out / defect / f"{Path(p).stem}_mask.png")) > 127)
+            masks += np.array_equal(
+                got["mask"], np.asarray(Image.open(out / defect / f"{Path(p).stem}_mask.png")) > 127
+            )
         images = [pe.read_image(p, detector.color) for p in paths]
         detector.predict(images[0])  # warm-up
         started = time.perf_counter()
         for image in images:
             detector.predict(image)
-        rows.append({"what": f"{fmt} ({detector.runtime}, one image per call)",
-                     "images_per_second": len(images) / (time.perf_counter() - started),
-                     "export_seconds": export_seconds, "max_abs_map_difference": worst,
-                     "same_verdicts": f"{verdicts}/{len(items)}", "same_masks": f"{masks}/{len(items)}",
-                     "artefact_mb": sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 1e6})
-    print(f"run {run.dir} ({run.size} px, {run.color}); {len(items)} test images compared, {len(paths)} timed; "
-          f"threshold {threshold:.6f}, min area {min_area}, {options.describe(method)}")
+        rows.append(
+            {
+                "what": f"{fmt} ({detector.runtime}, one image per call)",
+                "images_per_second": len(images) / (time.perf_counter() - started),
+                "export_seconds": export_seconds,
+                "max_abs_map_difference": worst,
+                "same_verdicts": f"{verdicts}/{len(items)}",
+                "same_masks": f"{masks}/{len(items)}",
+                "artefact_mb": sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 1e6,
+            }
+        )
+    print(
+        f"run {run.dir} ({run.size} px, {run.color}); {len(items)} test images compared, {len(paths)} timed; "
+        f"threshold {threshold:.6f}, min area {min_area}, {options.describe(method)}"
+    )
     for row in rows:
         print(json.dumps(row))
     return rows
@@ -139,12 +168,16 @@ def get_parser():
     rep = sub.add_parser("replicas", help="training throughput on 1 vs 2 logical CPU devices")
     rep.add_argument("--size", type=int, default=128, help="image side (px)")
     rep.add_argument("--images", type=int, default=64, help="random images per epoch")
-    rep.add_argument("--batch", type=int, default=8, help="batch per replica with 2 replicas (global batch: twice this)")
+    rep.add_argument(
+        "--batch", type=int, default=8, help="batch per replica with 2 replicas (global batch: twice this)"
+    )
     rep.add_argument("--epochs", type=int, default=2, help="timed epochs after one warm-up epoch")
     exp = sub.add_parser("export", help="exported artefacts against test.py: equivalence and images/s")
     exp.add_argument("-p", "--path", required=True, help="a validated run folder")
     exp.add_argument("--images", type=int, default=20, help="test images timed (all are compared)")
-    exp.add_argument("--formats", nargs="+", default=["saved_model", "onnx", "tflite"], help="formats to export and time")
+    exp.add_argument(
+        "--formats", nargs="+", default=["saved_model", "onnx", "tflite"], help="formats to export and time"
+    )
     exp.add_argument("--out", default=None, help="where the artefacts go (default: RUN/export/<format>)")
     return parser
 

@@ -22,6 +22,7 @@ threshold) and ``metrics.json`` (image AUROC, pixel AUROC, AU-PRO). Rows are app
 ``OUT/suite.jsonl``; each category's commands and output go to ``OUT/logs/``.
 ``--append`` adds the tables to the "Suite" section of bench/README.md.
 """
+
 import argparse
 import datetime as dt
 import json
@@ -77,27 +78,63 @@ class Settings:
 def get_parser():
     """Command-line options of the suite benchmark."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--categories", nargs="+", default=[], metavar="NAME",
-                   help="run only these categories: dataset/class (kolektorsdd/commutator, generated/brick) or the class "
-                        "name alone (default: all)")
-    p.add_argument("--textures", nargs="+", default=["brick", "gravel"], metavar="CLASS",
-                   help="generated texture classes (make_dataset.py classes)")
-    p.add_argument("--seeds", nargs="+", type=int, default=[0], help="training seeds; each category is trained once per seed")
-    p.add_argument("--out", default=str(DEFAULT_OUT), help="folder for generated data, run folders, logs and suite.jsonl")
-    p.add_argument("--real-data", default=str(DEFAULT_REAL), help="root of the real categories (<root>/<dataset>/<class>)")
-    p.add_argument("--quick", action="store_true",
-                   help=f"smoke run: generated data at 64 px with 10 training images, real categories whole "
-                        f"(they are small) but trained and scored tiny: {' '.join(' '.join(f) for f in QUICK_TRAIN)} where train.py has these options")
-    p.add_argument("--extra-train-args", default="", metavar="ARGS",
-                   help="extra train.py options for an experiment, as one quoted string (recorded in the table header)")
-    p.add_argument("--extra-eval-args", default="", metavar="ARGS",
-                   help="extra options for validate.py and test.py, e.g. '--method l2' (recorded in the table header)")
-    p.add_argument("--compare", nargs="*", default=["ssim", "learned"], metavar="METHOD",
-                   help="map methods also validated and tested on every trained run, besides the run's default one "
-                        "(same area), for the method table and the proxy's ranking; none: only the default")
+    p.add_argument(
+        "--categories",
+        nargs="+",
+        default=[],
+        metavar="NAME",
+        help="run only these categories: dataset/class (kolektorsdd/commutator, generated/brick) or the class "
+        "name alone (default: all)",
+    )
+    p.add_argument(
+        "--textures",
+        nargs="+",
+        default=["brick", "gravel"],
+        metavar="CLASS",
+        help="generated texture classes (make_dataset.py classes)",
+    )
+    p.add_argument(
+        "--seeds", nargs="+", type=int, default=[0], help="training seeds; each category is trained once per seed"
+    )
+    p.add_argument(
+        "--out", default=str(DEFAULT_OUT), help="folder for generated data, run folders, logs and suite.jsonl"
+    )
+    p.add_argument(
+        "--real-data", default=str(DEFAULT_REAL), help="root of the real categories (<root>/<dataset>/<class>)"
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"smoke run: generated data at 64 px with 10 training images, real categories whole "
+        f"(they are small) but trained and scored tiny: {' '.join(' '.join(f) for f in QUICK_TRAIN)} where train.py has these options",
+    )
+    p.add_argument(
+        "--extra-train-args",
+        default="",
+        metavar="ARGS",
+        help="extra train.py options for an experiment, as one quoted string (recorded in the table header)",
+    )
+    p.add_argument(
+        "--extra-eval-args",
+        default="",
+        metavar="ARGS",
+        help="extra options for validate.py and test.py, e.g. '--method l2' (recorded in the table header)",
+    )
+    p.add_argument(
+        "--compare",
+        nargs="*",
+        default=["ssim", "learned"],
+        metavar="METHOD",
+        help="map methods also validated and tested on every trained run, besides the run's default one "
+        "(same area), for the method table and the proxy's ranking; none: only the default",
+    )
     p.add_argument("--append", action="store_true", help="add the tables to the Suite section of the README")
-    p.add_argument("--report", default=None, metavar="JSONL",
-                   help="run nothing: print (and with --append add) the tables of rows saved in this suite.jsonl")
+    p.add_argument(
+        "--report",
+        default=None,
+        metavar="JSONL",
+        help="run nothing: print (and with --append add) the tables of rows saved in this suite.jsonl",
+    )
     p.add_argument("--readme", default=str(README), help="README that --append writes to")
     return p
 
@@ -116,9 +153,20 @@ def settings_from_args(args) -> Settings:
     readme = Path(args.readme)
     if args.append and not readme.is_file():
         raise UserError(f"--readme {readme} not found")
-    return Settings(tuple(args.categories), tuple(dict.fromkeys(args.textures)), tuple(args.seeds), out.resolve(),
-                    Path(args.real_data), args.quick, extra_train, extra_eval, args.append, readme, sys.executable,
-                    tuple(dict.fromkeys(args.compare)))
+    return Settings(
+        tuple(args.categories),
+        tuple(dict.fromkeys(args.textures)),
+        tuple(args.seeds),
+        out.resolve(),
+        Path(args.real_data),
+        args.quick,
+        extra_train,
+        extra_eval,
+        args.append,
+        readme,
+        sys.executable,
+        tuple(dict.fromkeys(args.compare)),
+    )
 
 
 def _split(text, flag, reserved):
@@ -189,10 +237,18 @@ def _run_step(settings, step, script, argv, log):
     command = [settings.python, str(ROOT / script), *argv]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "MPLBACKEND": "Agg"}
     started = time.time()
-    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
-                          preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
+    done = subprocess.run(
+        command,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+    )
     with log.open("a") as f:
-        f.write(f"$ {shlex.join(command)}\n{done.stdout}{done.stderr}[exit {done.returncode}, {time.time() - started:.0f} s]\n\n")
+        f.write(
+            f"$ {shlex.join(command)}\n{done.stdout}{done.stderr}[exit {done.returncode}, {time.time() - started:.0f} s]\n\n"
+        )
     if done.returncode != 0:
         # The script's own one-line error ("x.py: error: ..."), else the last line of stderr (a
         # traceback's exception), never a TensorFlow log line that happens to say "error".
@@ -207,15 +263,25 @@ def _run_step(settings, step, script, argv, log):
 
 def validate_has_default_area(settings: Settings) -> bool:
     """True when ``validate.py`` runs without ``-a`` (its usage shows ``[-a AREA]``)."""
-    done = subprocess.run([settings.python, str(ROOT / "validate.py"), "--help"], cwd=ROOT, capture_output=True, text=True,
-                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    done = subprocess.run(
+        [settings.python, str(ROOT / "validate.py"), "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
     return bool(re.search(r"\[-a [A-Z_]+\]", done.stdout))
 
 
 def quick_train_args(settings: Settings) -> tuple:
     """The --quick training options this train.py accepts (from its usage)."""
-    done = subprocess.run([settings.python, str(ROOT / "train.py"), "new", "--help"], cwd=ROOT, capture_output=True, text=True,
-                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    done = subprocess.run(
+        [settings.python, str(ROOT / "train.py"), "new", "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
     return tuple(word for flag in QUICK_TRAIN if re.search(rf"\[{flag[0]}[ \]]", done.stdout) for word in flag)
 
 
@@ -256,7 +322,9 @@ def proxy_score(validation: dict):
     return None, None
 
 
-def run_category(settings: Settings, category: Category, seed: int, default_area: bool, log: Path, quick_train=()) -> dict:
+def run_category(
+    settings: Settings, category: Category, seed: int, default_area: bool, log: Path, quick_train=()
+) -> dict:
     """Generate (if needed), train, validate and test one category; return its row.
 
     A failing step ends this category only: the row says which step failed and why.
@@ -268,30 +336,64 @@ def run_category(settings: Settings, category: Category, seed: int, default_area
     try:
         directory = category.directory
         if category.generated:
-            _run_step(settings, "generate", "make_dataset.py",
-                      ["--out", str(directory.parent), "--classes", directory.name, "--seed", "0",
-                       *(QUICK_DATA if settings.quick else ())], log)
+            _run_step(
+                settings,
+                "generate",
+                "make_dataset.py",
+                [
+                    "--out",
+                    str(directory.parent),
+                    "--classes",
+                    directory.name,
+                    "--seed",
+                    "0",
+                    *(QUICK_DATA if settings.quick else ()),
+                ],
+                log,
+            )
         row["directory"] = str(directory)
-        train_argv = ["new", "-d", str(directory), "--out", str(base / "runs"), "--seed", str(seed),
-                      *quick_train, *settings.extra_train]
+        train_argv = [
+            "new",
+            "-d",
+            str(directory),
+            "--out",
+            str(base / "runs"),
+            "--seed",
+            str(seed),
+            *quick_train,
+            *settings.extra_train,
+        ]
         run_dir = Path(_run_step(settings, "train", "train.py", train_argv, log)[-1])
         row["run"] = str(run_dir)
         setup = json.loads((run_dir / "setup.json").read_text())
-        row.update(training_minutes=setup.get("training_seconds", 0) / 60, mode=_mode(setup), size=setup.get("size"),
-                   epochs_run=setup.get("epochs_run"))
+        row.update(
+            training_minutes=setup.get("training_seconds", 0) / 60,
+            mode=_mode(setup),
+            size=setup.get("size"),
+            epochs_run=setup.get("epochs_run"),
+        )
         area = [] if default_area else ["-a", str(area_rule(setup["size"]))]
-        val_dir = Path(_run_step(settings, "validate", "validate.py", ["-p", str(run_dir), *area, *settings.extra_eval], log)[-1])
+        val_dir = Path(
+            _run_step(settings, "validate", "validate.py", ["-p", str(run_dir), *area, *settings.extra_eval], log)[-1]
+        )
         validation = json.loads((val_dir / "validation_result.json").read_text())
         row["proxy"], row["proxy_key"] = proxy_score(validation)
-        row.update(min_area=validation.get("min_area"), threshold=validation.get("threshold"), method=validation.get("method"))
+        row.update(
+            min_area=validation.get("min_area"), threshold=validation.get("threshold"), method=validation.get("method")
+        )
         test_dir = Path(_run_step(settings, "test", "test.py", ["-p", str(run_dir), *settings.extra_eval], log)[-1])
         result = json.loads((test_dir / "test_result.json").read_text())
         scores = json.loads((test_dir.parent / "metrics.json").read_text())
-        row.update({k: scores.get(k) for k in ("image_auroc", "pixel_auroc", "au_pro")},
-                   tpr=result.get("tpr"), tnr=result.get("tnr"), n_good=result.get("n_good"),
-                   n_defective=result.get("n_defective"),
-                   detection_rate_per_defect_type=result.get("detection_rate_per_defect_type", {}),
-                   per_defect_type=scores.get("per_defect_type", {}), status="ok")
+        row.update(
+            {k: scores.get(k) for k in ("image_auroc", "pixel_auroc", "au_pro")},
+            tpr=result.get("tpr"),
+            tnr=result.get("tnr"),
+            n_good=result.get("n_good"),
+            n_defective=result.get("n_defective"),
+            detection_rate_per_defect_type=result.get("detection_rate_per_defect_type", {}),
+            per_defect_type=scores.get("per_defect_type", {}),
+            status="ok",
+        )
         row["methods"] = {row["method"]: _method_row(row)}
         for method in (m for m in settings.compare if m != row["method"]):
             try:
@@ -318,8 +420,12 @@ def _evaluate_method(settings, run_dir, method, area, log):
     test_dir = Path(_run_step(settings, f"test {method}", "test.py", flags, log)[-1])
     result = json.loads((test_dir / "test_result.json").read_text())
     scores = json.loads((test_dir.parent / "metrics.json").read_text())
-    return {**{k: scores.get(k) for k in ("image_auroc", "pixel_auroc", "au_pro")}, "tpr": result.get("tpr"),
-            "tnr": result.get("tnr"), "proxy": proxy_score(validation)[0]}
+    return {
+        **{k: scores.get(k) for k in ("image_auroc", "pixel_auroc", "au_pro")},
+        "tpr": result.get("tpr"),
+        "tnr": result.get("tnr"),
+        "proxy": proxy_score(validation)[0],
+    }
 
 
 def method_table(rows):
@@ -328,18 +434,25 @@ def method_table(rows):
     ok = [r for r in rows if r.get("status") == "ok" and len(r.get("methods", {})) > 1]
     if not ok:
         return ""
-    lines = ["", "Map methods on the same trained runs (default first; proxy = AU-PRO on validation images with painted "
-             "defects, no test image used):", "",
-             "| category | seed | method | image AUROC | pixel AUROC | AU-PRO | TPR | TNR | proxy AU-PRO |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "",
+        "Map methods on the same trained runs (default first; proxy = AU-PRO on validation images with painted "
+        "defects, no test image used):",
+        "",
+        "| category | seed | method | image AUROC | pixel AUROC | AU-PRO | TPR | TNR | proxy AU-PRO |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     agree = total = 0
     for r in ok:
         for method, m in r["methods"].items():
             if "error" in m:
                 lines.append(f"| {r['category']} | {r['seed']} | {method} | failed: {m['error'][:80]} | | | | | |")
                 continue
-            lines.append(f"| {r['category']} | {r['seed']} | {method} | " + " | ".join(
-                _fmt(m.get(k)) for k in ("image_auroc", "pixel_auroc", "au_pro", "tpr", "tnr", "proxy")) + " |")
+            lines.append(
+                f"| {r['category']} | {r['seed']} | {method} | "
+                + " | ".join(_fmt(m.get(k)) for k in ("image_auroc", "pixel_auroc", "au_pro", "tpr", "tnr", "proxy"))
+                + " |"
+            )
         good = {k: v for k, v in r["methods"].items() if v.get("au_pro") is not None and v.get("proxy") is not None}
         if len(good) > 1:
             total += 1
@@ -370,8 +483,12 @@ def summarize(rows):
         ok = [r for r in mine if r["status"] == "ok"]
         if not ok:
             continue
-        mean = {"category": name, "seed": f"mean of {len(ok)}" if len(ok) > 1 else ok[0]["seed"], "status": "ok",
-                **{k: _mean([r.get(k) for r in ok]) for k in METRICS}}
+        mean = {
+            "category": name,
+            "seed": f"mean of {len(ok)}" if len(ok) > 1 else ok[0]["seed"],
+            "status": "ok",
+            **{k: _mean([r.get(k) for r in ok]) for k in METRICS},
+        }
         modes = sorted({str(r.get("mode")) for r in ok if r.get("mode")})
         mean["mode"] = "/".join(modes) or None
         if len(mine) > 1:
@@ -380,8 +497,14 @@ def summarize(rows):
     overall = None
     if means:
         failed = len({r["category"] for r in rows}) - len(means)
-        overall = {"category": f"**mean of {len(means)} categor{'y' if len(means) == 1 else 'ies'}**" + (f" ({failed} failed, not counted)" if failed else ""),
-                   "seed": "", "status": "ok", "mode": None, **{k: _mean([m.get(k) for m in means]) for k in METRICS}}
+        overall = {
+            "category": f"**mean of {len(means)} categor{'y' if len(means) == 1 else 'ies'}**"
+            + (f" ({failed} failed, not counted)" if failed else ""),
+            "seed": "",
+            "status": "ok",
+            "mode": None,
+            **{k: _mean([m.get(k) for m in means]) for k in METRICS},
+        }
     return table, overall
 
 
@@ -395,49 +518,88 @@ def format_tables(rows, header):
     proxy = any(r.get("proxy") is not None for r in rows)
     keys = {r.get("proxy_key") for r in rows if r.get("proxy") is not None}
     proxy_name = "proxy AU-PRO" if keys and all(str(k).endswith("au_pro") for k in keys) else "proxy"
-    cols = ["category", "seed", "regime", "image AUROC", "pixel AUROC", "AU-PRO (FPR ≤ 0.3)", "TPR", "TNR",
-            *([proxy_name] if proxy else []), "training min", "wall min", "note"]
+    cols = [
+        "category",
+        "seed",
+        "regime",
+        "image AUROC",
+        "pixel AUROC",
+        "AU-PRO (FPR ≤ 0.3)",
+        "TPR",
+        "TNR",
+        *([proxy_name] if proxy else []),
+        "training min",
+        "wall min",
+        "note",
+    ]
     lines = [header, "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in table + ([overall] if overall else []):
         note = r.get("error") or ""
         if r.get("status") == "ok" and r.get("min_area") is not None:
             note = f"{r.get('method')} map, area {r['min_area']} px @ {r.get('size')}"
-        cells = [r["category"], str(r["seed"]), r.get("mode") or "–",
-                 *(_fmt(r.get(k)) for k in ("image_auroc", "pixel_auroc", "au_pro", "tpr", "tnr")),
-                 *([_fmt(r.get("proxy"))] if proxy else []), _fmt(r.get("training_minutes"), 1),
-                 _fmt(r.get("wall_minutes"), 1), note.replace("|", "/")]
+        cells = [
+            r["category"],
+            str(r["seed"]),
+            r.get("mode") or "–",
+            *(_fmt(r.get(k)) for k in ("image_auroc", "pixel_auroc", "au_pro", "tpr", "tnr")),
+            *([_fmt(r.get("proxy"))] if proxy else []),
+            _fmt(r.get("training_minutes"), 1),
+            _fmt(r.get("wall_minutes"), 1),
+            note.replace("|", "/"),
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     detail = [r for r in rows if r["status"] == "ok" and r.get("per_defect_type")]
     if detail:
-        lines += ["", "Per defect type (that type's images with every good image; detection rate at the validated threshold):",
-                  "", "| category | seed | defect type | images | image AUROC | pixel AUROC | AU-PRO | detection rate |",
-                  "|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "Per defect type (that type's images with every good image; detection rate at the validated threshold):",
+            "",
+            "| category | seed | defect type | images | image AUROC | pixel AUROC | AU-PRO | detection rate |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         for r in detail:
             for defect, m in r["per_defect_type"].items():
                 rate = r.get("detection_rate_per_defect_type", {}).get(defect)
-                lines.append(f"| {r['category']} | {r['seed']} | {defect} | {m.get('n_defective', '–')} | "
-                             f"{_fmt(m.get('image_auroc'))} | {_fmt(m.get('pixel_auroc'))} | {_fmt(m.get('au_pro'))} | {_fmt(rate, 2)} |")
+                lines.append(
+                    f"| {r['category']} | {r['seed']} | {defect} | {m.get('n_defective', '–')} | "
+                    f"{_fmt(m.get('image_auroc'))} | {_fmt(m.get('pixel_auroc'))} | {_fmt(m.get('au_pro'))} | {_fmt(rate, 2)} |"
+                )
     return "\n".join(lines) + "\n" + method_table(rows)
 
 
 def header_for(settings: Settings, default_area: bool, argv) -> str:
     """Table title: date, commit, command, and whether this is the default configuration."""
-    git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "-uno"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    git = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "-uno"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
     what = []
     if settings.extra_train or settings.extra_eval:
-        what.append("**EXPERIMENT, not the default configuration**: "
-                    + ", ".join(f"{name} `{shlex.join(words)}`" for name, words in
-                                (("train.py", settings.extra_train), ("validate.py/test.py", settings.extra_eval)) if words))
+        what.append(
+            "**EXPERIMENT, not the default configuration**: "
+            + ", ".join(
+                f"{name} `{shlex.join(words)}`"
+                for name, words in (("train.py", settings.extra_train), ("validate.py/test.py", settings.extra_eval))
+                if words
+            )
+        )
     else:
         what.append("default configuration")
     if settings.quick:
         what.append("**--quick smoke run on tiny data: not a quality figure**")
-    area = "validate.py's default minimum area" if default_area else f"minimum area size² // {AREA_DIVISOR} px at the model size"
+    area = (
+        "validate.py's default minimum area"
+        if default_area
+        else f"minimum area size² // {AREA_DIVISOR} px at the model size"
+    )
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    return (f"### Suite run {stamp}, commit {git or '?'}{' (uncommitted changes)' if dirty else ''}: {'; '.join(what)}\n\n"
-            f"`{shlex.join(['bench/bench_suite.py', *argv])}` — {area}; TPR/TNR at the threshold validate.py picks "
-            f"on held-back good images; wall time per category includes data generation, training, validation and testing.")
+    return (
+        f"### Suite run {stamp}, commit {git or '?'}{' (uncommitted changes)' if dirty else ''}: {'; '.join(what)}\n\n"
+        f"`{shlex.join(['bench/bench_suite.py', *argv])}` — {area}; TPR/TNR at the threshold validate.py picks "
+        f"on held-back good images; wall time per category includes data generation, training, validation and testing."
+    )
 
 
 def append_to_readme(readme: Path, block: str):
@@ -476,12 +638,19 @@ def run_suite(settings: Settings, argv=()) -> list:
         log = logs / f"{stamp}_{category.name.replace('/', '_')}_s{seed}.log"
         print(f"[{i}/{len(jobs)}] {category.name} seed {seed} (log: {log})", flush=True)
         row = run_category(settings, category, seed, default_area, log, quick_train)
-        row.update(quick=settings.quick, extra_train_args=list(settings.extra_train), extra_eval_args=list(settings.extra_eval),
-                   started=stamp)
+        row.update(
+            quick=settings.quick,
+            extra_train_args=list(settings.extra_train),
+            extra_eval_args=list(settings.extra_eval),
+            started=stamp,
+        )
         rows.append(row)
-        summary = (f"image AUROC {_fmt(row.get('image_auroc'))}, pixel AUROC {_fmt(row.get('pixel_auroc'))}, "
-                   f"AU-PRO {_fmt(row.get('au_pro'))}, TPR {_fmt(row.get('tpr'))}, TNR {_fmt(row.get('tnr'))}"
-                   if row["status"] == "ok" else f"FAILED {row['error']}")
+        summary = (
+            f"image AUROC {_fmt(row.get('image_auroc'))}, pixel AUROC {_fmt(row.get('pixel_auroc'))}, "
+            f"AU-PRO {_fmt(row.get('au_pro'))}, TPR {_fmt(row.get('tpr'))}, TNR {_fmt(row.get('tnr'))}"
+            if row["status"] == "ok"
+            else f"FAILED {row['error']}"
+        )
         print(f"    {summary} ({row['wall_minutes']:.1f} min)", flush=True)
         with (settings.out / "suite.jsonl").open("a") as f:
             f.write(json.dumps(row, default=str) + "\n")
@@ -504,7 +673,10 @@ def report(settings: Settings, jsonl: Path, argv=()) -> str:
     if not rows:
         raise UserError(f"--report {jsonl}: no rows")
     stamps = sorted({str(r.get("started")) for r in rows})
-    header = header_for(settings, True, argv) + f"\n\nRows of {len(stamps)} suite run(s) started {', '.join(stamps)}, from `{jsonl}`."
+    header = (
+        header_for(settings, True, argv)
+        + f"\n\nRows of {len(stamps)} suite run(s) started {', '.join(stamps)}, from `{jsonl}`."
+    )
     block = format_tables(rows, header)
     print(block)
     if settings.append:

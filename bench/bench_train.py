@@ -15,6 +15,7 @@ ratio on the same machine (``× reference`` = fit images/s over the reference's 
 images/s). ``--precision mixed`` computes in bfloat16 (loss and SSIM in float32); ``--jit``
 compiles the train step with XLA.
 """
+
 import argparse
 import json
 import os
@@ -38,8 +39,13 @@ def get_parser():
     p.add_argument("--batch", type=int, default=8, help="batch size")
     p.add_argument("--images", type=int, default=96, help="images per epoch")
     p.add_argument("--epochs", type=int, default=3, help="timed epochs (after one warm-up epoch)")
-    p.add_argument("--precision", nargs="+", choices=("float32", "mixed"), default=["float32"],
-                   help="compute precision(s) to measure; mixed: bfloat16 layers, float32 loss")
+    p.add_argument(
+        "--precision",
+        nargs="+",
+        choices=("float32", "mixed"),
+        default=["float32"],
+        help="compute precision(s) to measure; mixed: bfloat16 layers, float32 loss",
+    )
     p.add_argument("--jit", action="store_true", help="also measure each configuration with XLA (jit_compile)")
     p.add_argument("--no-reference", action="store_true", help="skip the reference row (plain CAE + tf.image.ssim)")
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: one config as size:loss:precision:jit
@@ -84,7 +90,7 @@ def measure(args, size, loss, precision="float32", jit=False):
     channels = data.channels_of(args.color)
     images = np.random.default_rng(0).random((args.images, size, size, channels), dtype=np.float32)
     if reference:  # no augmentation, no tf.data: batches straight from the array
-        batches = [images[i:i + args.batch] for i in range(0, len(images) - args.batch + 1, args.batch)]
+        batches = [images[i : i + args.batch] for i in range(0, len(images) - args.batch + 1, args.batch)]
         ds = None
     else:
         ds = data.make_dataset(images, args.batch, training=True, seed=0)  # augmentation stays float32
@@ -93,8 +99,9 @@ def measure(args, size, loss, precision="float32", jit=False):
         keras.mixed_precision.set_global_policy("mixed_bfloat16")
     model = models.build_model(architecture, size, channels, weights="none")
     fn = _reference_loss if reference else clf.get_loss(loss, size)
-    model.compile(optimizer=keras.optimizers.Adam(2e-4), loss=_float32_loss(fn) if precision == "mixed" else fn,
-                  jit_compile=jit)
+    model.compile(
+        optimizer=keras.optimizers.Adam(2e-4), loss=_float32_loss(fn) if precision == "mixed" else fn, jit_compile=jit
+    )
     for x in batches:  # warm-up: tracing and compilation
         model.train_on_batch(x, x)
     if ds is not None:
@@ -110,12 +117,20 @@ def measure(args, size, loss, precision="float32", jit=False):
         started = time.perf_counter()
         model.fit(ds, epochs=args.epochs, verbose=0)
         fit = time.perf_counter() - started
-    return {"architecture": architecture, "color": args.color, "size": size,
-            "loss": "1 - tf.image.ssim (reference)" if reference else loss, "batch": args.batch,
-            "precision": precision, "jit": jit, "bare_images_per_s": n / bare, "bare_cpu_s_per_image": bare_cpu / n,
-            "fit_images_per_s": None if fit is None else n / fit,
-            "pipeline_overhead": None if fit is None else fit / bare - 1.0,
-            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}
+    return {
+        "architecture": architecture,
+        "color": args.color,
+        "size": size,
+        "loss": "1 - tf.image.ssim (reference)" if reference else loss,
+        "batch": args.batch,
+        "precision": precision,
+        "jit": jit,
+        "bare_images_per_s": n / bare,
+        "bare_cpu_s_per_image": bare_cpu / n,
+        "fit_images_per_s": None if fit is None else n / fit,
+        "pipeline_overhead": None if fit is None else fit / bare - 1.0,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+    }
 
 
 def main(argv=None):
@@ -128,29 +143,50 @@ def main(argv=None):
     rows = []
     for size in args.sizes:
         configs = [] if args.no_reference else [("reference", "float32", "nojit")]
-        configs += [(loss, precision, jit) for loss in args.losses for precision in args.precision
-                    for jit in (("nojit", "jit") if args.jit else ("nojit",))]
+        configs += [
+            (loss, precision, jit)
+            for loss in args.losses
+            for precision in args.precision
+            for jit in (("nojit", "jit") if args.jit else ("nojit",))
+        ]
         for loss, precision, jit in configs:
-            cmd = [sys.executable, __file__, "--one", f"{size}:{loss}:{precision}:{jit}", "--architecture",
-                   args.architecture, "--color", args.color, "--batch", str(args.batch), "--images", str(args.images),
-                   "--epochs", str(args.epochs)]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--one",
+                f"{size}:{loss}:{precision}:{jit}",
+                "--architecture",
+                args.architecture,
+                "--color",
+                args.color,
+                "--batch",
+                str(args.batch),
+                "--images",
+                str(args.images),
+                "--epochs",
+                str(args.epochs),
+            ]
             out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
             if out.returncode:
                 sys.exit(f"bench_train: {size}:{loss}:{precision}:{jit} failed: {out.stderr.strip().splitlines()[-1]}")
             rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
             print(json.dumps(rows[-1]), flush=True)
     reference = {r["size"]: r["bare_images_per_s"] for r in rows if r["loss"].endswith("(reference)")}
-    print("\n| architecture | colour | size | loss | precision | XLA | batch | bare step img/s | fit img/s | "
-          "pipeline overhead | × reference | bare step CPU s/img | peak RSS MiB |")
+    print(
+        "\n| architecture | colour | size | loss | precision | XLA | batch | bare step img/s | fit img/s | "
+        "pipeline overhead | × reference | bare step CPU s/img | peak RSS MiB |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         fit = r["fit_images_per_s"] or r["bare_images_per_s"]
         ratio = f"{fit / reference[r['size']]:.2f}" if r["size"] in reference else "n/a"
         overhead = "n/a" if r["pipeline_overhead"] is None else f"{100 * r['pipeline_overhead']:+.1f}%"
         fit_text = "n/a" if r["fit_images_per_s"] is None else f"{r['fit_images_per_s']:.1f}"
-        print(f"| {r['architecture']} | {r['color']} | {r['size']} | {r['loss']} | {r['precision']} | "
-              f"{'yes' if r['jit'] else 'no'} | {r['batch']} | {r['bare_images_per_s']:.1f} | {fit_text} | {overhead} | "
-              f"{ratio} | {r['bare_cpu_s_per_image']:.3f} | {r['peak_rss_mib']:.0f} |")
+        print(
+            f"| {r['architecture']} | {r['color']} | {r['size']} | {r['loss']} | {r['precision']} | "
+            f"{'yes' if r['jit'] else 'no'} | {r['batch']} | {r['bare_images_per_s']:.1f} | {fit_text} | {overhead} | "
+            f"{ratio} | {r['bare_cpu_s_per_image']:.3f} | {r['peak_rss_mib']:.0f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ process on a fresh copy of that world and sorts each outcome into:
 The same table drives ``tests/test_reliability.py`` in-process (faster), so the sweep and
 the test suite cover the same cases. Prints one line per case and the counts.
 """
+
 import argparse
 import hashlib
 import json
@@ -63,9 +64,18 @@ class World:
         return self.root / "runs" / "run"
 
     def fill(self, argv):
-        names = {"run": self.run, "data": self.root / "data" / "brick", "root": self.root, "imgs": self.root / "imgs",
-                 "imgs2": self.root / "b" / "imgs", "notes": self.root / "notes.csv", "mine": self.root / "mine",
-                 "empty": self.root / "empty", "bombs": self.root / "bombs", "victim": self.root / "victim.keras"}
+        names = {
+            "run": self.run,
+            "data": self.root / "data" / "brick",
+            "root": self.root,
+            "imgs": self.root / "imgs",
+            "imgs2": self.root / "b" / "imgs",
+            "notes": self.root / "notes.csv",
+            "mine": self.root / "mine",
+            "empty": self.root / "empty",
+            "bombs": self.root / "bombs",
+            "victim": self.root / "victim.keras",
+        }
         return [a.format(**{k: str(v) for k, v in names.items()}) for a in argv]
 
     def setup(self):
@@ -83,11 +93,13 @@ class World:
 
 # ---- mutations (each changes the case's own copy before the case runs) ----
 
+
 def set_setup(**changes):
     def mutate(world):
         setup = world.setup()
         setup.update(changes)
         world.write_setup(setup)
+
     return mutate
 
 
@@ -96,6 +108,7 @@ def drop_setup_key(key):
         setup = world.setup()
         del setup[key]
         world.write_setup(setup)
+
     return mutate
 
 
@@ -112,6 +125,7 @@ def edit_validation(**changes):
         result = json.loads(world.validation_result().read_text())
         result.update(changes)
         world.validation_result().write_text(json.dumps(result))
+
     return mutate
 
 
@@ -159,6 +173,7 @@ def chain(*mutations):
     def mutate(world):
         for m in mutations:
             m(world)
+
     return mutate
 
 
@@ -179,19 +194,60 @@ def bomb_skipped(world):
 T = ["-t", "0.5", "-a", "5"]
 CASES = [
     # --out of test.py --images: never into or over the input, the run, or a folder not ours
-    Case("out_is_input", "test", ["-p", "{run}", "--images", "{imgs}", "--out", "{imgs}", *T], "overlaps the input folder"),
-    Case("out_inside_input", "test", ["-p", "{run}", "--images", "{imgs}", "--out", "{imgs}/res", *T], "overlaps the input folder"),
-    Case("out_parent_of_input", "test", ["-p", "{run}", "--images", "{imgs}", "--out", "{root}", *T], "overlaps the input folder"),
+    Case(
+        "out_is_input",
+        "test",
+        ["-p", "{run}", "--images", "{imgs}", "--out", "{imgs}", *T],
+        "overlaps the input folder",
+    ),
+    Case(
+        "out_inside_input",
+        "test",
+        ["-p", "{run}", "--images", "{imgs}", "--out", "{imgs}/res", *T],
+        "overlaps the input folder",
+    ),
+    Case(
+        "out_parent_of_input",
+        "test",
+        ["-p", "{run}", "--images", "{imgs}", "--out", "{root}", *T],
+        "overlaps the input folder",
+    ),
     Case("out_is_run", "test", ["-p", "{run}", "--images", "{imgs}", "--out", "{run}", *T], "would replace"),
-    Case("out_parent_of_run", "test", ["-p", "{run}", "--images", "{imgs}", "--out", "{root}/runs", *T], "would replace"),
-    Case("out_is_dataset", "test", ["-p", "{run}", "--images", "{imgs}", "--out", "{data}/test", *T], "overlaps the input folder"),
-    Case("out_is_file", "test", ["-p", "{run}", "--images", "{imgs}", "--out", "{notes}", *T], "exists and is not a folder"),
-    Case("out_is_user_folder", "test", ["-p", "{run}", "--images", "{imgs}", "--out", "{mine}", *T], "not a result folder of this tool"),
-    Case("out_is_cwd", "test", ["-p", "{run}", "--images", "{imgs}", "--out", ".", *T], "not a result folder of this tool",
-         cwd="{mine}"),
+    Case(
+        "out_parent_of_run", "test", ["-p", "{run}", "--images", "{imgs}", "--out", "{root}/runs", *T], "would replace"
+    ),
+    Case(
+        "out_is_dataset",
+        "test",
+        ["-p", "{run}", "--images", "{imgs}", "--out", "{data}/test", *T],
+        "overlaps the input folder",
+    ),
+    Case(
+        "out_is_file",
+        "test",
+        ["-p", "{run}", "--images", "{imgs}", "--out", "{notes}", *T],
+        "exists and is not a folder",
+    ),
+    Case(
+        "out_is_user_folder",
+        "test",
+        ["-p", "{run}", "--images", "{imgs}", "--out", "{mine}", *T],
+        "not a result folder of this tool",
+    ),
+    Case(
+        "out_is_cwd",
+        "test",
+        ["-p", "{run}", "--images", "{imgs}", "--out", ".", *T],
+        "not a result folder of this tool",
+        cwd="{mine}",
+    ),
     Case("out_under_file", "test", ["-p", "{run}", "--images", "{imgs}", "--out", "{notes}/res", *T], "cannot write"),
-    Case("out_holds_validation", "test", ["-p", "{run}", "--images", "{imgs}", "--out", "{run}/validation/ssim/a10", *T],
-         "holds a validation result"),
+    Case(
+        "out_holds_validation",
+        "test",
+        ["-p", "{run}", "--images", "{imgs}", "--out", "{run}/validation/ssim/a10", *T],
+        "holds a validation result",
+    ),
     Case("out_without_images", "test", ["-p", "{run}", "--out", "{root}/x", *T], "--out only applies with --images"),
     Case("images_missing", "test", ["-p", "{run}", "--images", "{root}/nope", *T], "folder not found"),
     Case("images_empty", "test", ["-p", "{run}", "--images", "{empty}", *T], "no images under"),
@@ -202,7 +258,12 @@ CASES = [
     Case("area_zero", "test", ["-p", "{run}", "-t", "0.5", "-a", "0"], "minimum area must be a positive"),
     Case("smooth_inf", "test", ["-p", "{run}", "--smooth", "inf", *T], "--smooth must be a finite number"),
     Case("smooth_nan", "test", ["-p", "{run}", "--smooth", "nan", *T], "--smooth must be a finite number"),
-    Case("smooth_negative", "test", ["-p", "{run}", "--images", "{imgs}", "--smooth", "-1", *T], "--smooth must be a finite"),
+    Case(
+        "smooth_negative",
+        "test",
+        ["-p", "{run}", "--images", "{imgs}", "--smooth", "-1", *T],
+        "--smooth must be a finite",
+    ),
     Case("batch_zero", "test", ["-p", "{run}", "--batch", "0", *T], "--batch must be >= 1"),
     Case("passes_zero", "validate", ["-p", "{run}", "-a", "5", "--passes", "0"], "--passes must be >= 1"),
     Case("scales_too_many", "validate", ["-p", "{run}", "-a", "5", "--scales", "9"], "--scales must be 1 to"),
@@ -212,19 +273,39 @@ CASES = [
     Case("run_not_a_run", "validate", ["-p", "{mine}", "-a", "5"], "is not a run folder"),
     # hand-edited or damaged run files
     Case("setup_size_text", "test", ["-p", "{run}", *T], "'size' must be a whole number", set_setup(size="sixtyfour")),
-    Case("setup_size_null", "validate", ["-p", "{run}", "-a", "5"], "'size' must be a whole number", set_setup(size=None)),
+    Case(
+        "setup_size_null", "validate", ["-p", "{run}", "-a", "5"], "'size' must be a whole number", set_setup(size=None)
+    ),
     Case("setup_null", "test", ["-p", "{run}", *T], "holds null instead of a JSON object", raw_setup("null")),
     Case("setup_broken_json", "finetune", ["-p", "{run}"], "is not valid JSON", raw_setup('{"size": 48,')),
     Case("setup_no_color", "test", ["-p", "{run}", *T], "lacks 'color'", drop_setup_key("color")),
-    Case("setup_loss_unknown", "validate", ["-p", "{run}", "-a", "5"], "'loss' must be one of", set_setup(loss="ssim2")),
-    Case("setup_model_outside", "validate", ["-p", "{run}", "-a", "5"], "points outside",
-         set_setup(model_file="../../victim.keras")),
+    Case(
+        "setup_loss_unknown", "validate", ["-p", "{run}", "-a", "5"], "'loss' must be one of", set_setup(loss="ssim2")
+    ),
+    Case(
+        "setup_model_outside",
+        "validate",
+        ["-p", "{run}", "-a", "5"],
+        "points outside",
+        set_setup(model_file="../../victim.keras"),
+    ),
     Case("setup_best_nan", "test", ["-p", "{run}", *T], "diverged", set_setup(best_val_loss=float("nan"))),
     Case("validation_list_outside", "validate", ["-p", "{run}", "-a", "5"], "points outside", validation_list_outside),
     Case("validation_result_empty", "test", ["-p", "{run}"], "is damaged", raw_validation("{}")),
-    Case("validation_result_text", "test", ["-p", "{run}"], "threshold 'abc' is not a finite number",
-         edit_validation(threshold="abc")),
-    Case("validation_result_inf", "test", ["-p", "{run}"], "is damaged", raw_validation('{"threshold": Infinity, "min_area": 10}')),
+    Case(
+        "validation_result_text",
+        "test",
+        ["-p", "{run}"],
+        "threshold 'abc' is not a finite number",
+        edit_validation(threshold="abc"),
+    ),
+    Case(
+        "validation_result_inf",
+        "test",
+        ["-p", "{run}"],
+        "is damaged",
+        raw_validation('{"threshold": Infinity, "min_area": 10}'),
+    ),
     Case("validation_result_null", "test", ["-p", "{run}"], "instead of a JSON object", raw_validation("null")),
     Case("validation_other_weights", "test", ["-p", "{run}"], "computed on other weights", retrained_model),
     Case("model_garbage", "validate", ["-p", "{run}", "-a", "5"], "is damaged", garbage_model),
@@ -232,28 +313,67 @@ CASES = [
     Case("model_nan", "test", ["-p", "{run}", *T], "non-finite weights", nan_model),
     Case("empty_run_test", "test", ["-p", "{run}", *T], "stopped before finishing its first epoch", empty_run),
     Case("empty_run_resume", "train", ["resume", "-p", "{run}"], "stopped before finishing its first epoch", empty_run),
-    Case("resume_model_outside", "train", ["resume", "-p", "{run}", "-e", "1"], "points outside",
-         set_setup(model_file="../../victim.keras")),
+    Case(
+        "resume_model_outside",
+        "train",
+        ["resume", "-p", "{run}", "-e", "1"],
+        "points outside",
+        set_setup(model_file="../../victim.keras"),
+    ),
     Case("resume_done_without_e", "train", ["resume", "-p", "{run}"], "already finished"),
     Case("resume_e_zero", "train", ["resume", "-p", "{run}", "-e", "0"], "-e/--epochs must be >= 1"),
-    Case("resume_setup_text", "train", ["resume", "-p", "{run}", "-e", "1"], "'epochs' must be", set_setup(epochs="many")),
+    Case(
+        "resume_setup_text", "train", ["resume", "-p", "{run}", "-e", "1"], "'epochs' must be", set_setup(epochs="many")
+    ),
     # concurrency: the run is being trained by another process
     Case("test_while_training", "test", ["-p", "{run}", *T], "being trained by another process", hold_lock=True),
-    Case("resume_while_in_use", "train", ["resume", "-p", "{run}", "-e", "1"], "in use by another process", hold_lock=True),
+    Case(
+        "resume_while_in_use",
+        "train",
+        ["resume", "-p", "{run}", "-e", "1"],
+        "in use by another process",
+        hold_lock=True,
+    ),
     # train.py new
-    Case("train_out_is_file", "train", ["new", "-d", "{data}", "--size", "32", "--epochs", "1", "--out", "{notes}"], "is a file"),
-    Case("train_out_under_file", "train", ["new", "-d", "{data}", "-a", "mvtec", "--size", "32", "--epochs", "1",
-                                           "--out", "{notes}/runs"], "cannot write a run folder under"),
-    Case("train_out_in_dataset", "train", ["new", "-d", "{data}", "--size", "32", "--epochs", "1", "--out", "{data}/runs"],
-         "inside the dataset"),
-    Case("train_lr_nan", "train", ["new", "-d", "{data}", "--size", "32", "--epochs", "1", "--out", "{root}/out", "--lr", "nan"],
-         "--lr must be a finite number"),
-    Case("train_lr_inf", "train", ["new", "-d", "{data}", "--size", "32", "--epochs", "1", "--out", "{root}/out", "--lr", "inf"],
-         "--lr must be a finite number"),
+    Case(
+        "train_out_is_file",
+        "train",
+        ["new", "-d", "{data}", "--size", "32", "--epochs", "1", "--out", "{notes}"],
+        "is a file",
+    ),
+    Case(
+        "train_out_under_file",
+        "train",
+        ["new", "-d", "{data}", "-a", "mvtec", "--size", "32", "--epochs", "1", "--out", "{notes}/runs"],
+        "cannot write a run folder under",
+    ),
+    Case(
+        "train_out_in_dataset",
+        "train",
+        ["new", "-d", "{data}", "--size", "32", "--epochs", "1", "--out", "{data}/runs"],
+        "inside the dataset",
+    ),
+    Case(
+        "train_lr_nan",
+        "train",
+        ["new", "-d", "{data}", "--size", "32", "--epochs", "1", "--out", "{root}/out", "--lr", "nan"],
+        "--lr must be a finite number",
+    ),
+    Case(
+        "train_lr_inf",
+        "train",
+        ["new", "-d", "{data}", "--size", "32", "--epochs", "1", "--out", "{root}/out", "--lr", "inf"],
+        "--lr must be a finite number",
+    ),
     # cases that must simply work (and lose nothing)
     Case("predict_default_out", "test", ["-p", "{run}", "--images", "{imgs}", *T], None, check=prediction_exists),
-    Case("predict_same_name_two_folders", "test", ["-p", "{run}", "--images", "{imgs2}", *T], None,
-         check=two_prediction_folders),
+    Case(
+        "predict_same_name_two_folders",
+        "test",
+        ["-p", "{run}", "--images", "{imgs2}", *T],
+        None,
+        check=two_prediction_folders,
+    ),
     Case("predict_skips_bomb", "test", ["-p", "{run}", "--images", "{bombs}", *T], None, check=bomb_skipped),
 ]
 # predict_same_name_two_folders first writes a result for {imgs} (another folder named imgs), see FIRST.
@@ -289,8 +409,11 @@ def build_template(root, class_dir, run_dir):
 
     root = Path(root)
     shutil.copytree(class_dir, root / "data" / "brick")
-    shutil.copytree(run_dir, root / "runs" / "run", ignore=shutil.ignore_patterns("validation", "test", "predictions",
-                                                                                    "finetune", "visualize"))
+    shutil.copytree(
+        run_dir,
+        root / "runs" / "run",
+        ignore=shutil.ignore_patterns("validation", "test", "predictions", "finetune", "visualize"),
+    )
     setup = json.loads((root / "runs" / "run" / "setup.json").read_text())
     setup["directory"] = str(root / "data" / "brick")
     (root / "runs" / "run" / "setup.json").write_text(json.dumps(setup, indent=2))
@@ -319,9 +442,13 @@ def relocate(world_root):
 
 def hold_lock_process(run_dir):
     """A helper process holding the run's lock exclusively (as training does) until killed."""
-    code = ("import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDONLY | os.O_CREAT); "
-            "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); time.sleep(600)")
-    proc = subprocess.Popen([sys.executable, "-c", code, str(Path(run_dir) / ".lock")], stdout=subprocess.PIPE, text=True)
+    code = (
+        "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDONLY | os.O_CREAT); "
+        "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); time.sleep(600)"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, str(Path(run_dir) / ".lock")], stdout=subprocess.PIPE, text=True
+    )
     assert proc.stdout.readline().strip() == "held"
     return proc
 
@@ -367,16 +494,22 @@ def run_case_subprocess(case, template, dest):
     """Run one case as a user would (a new process); returns ``(outcome, reason)``."""
     world = prepare_case(case, template, dest)
     if case.id in FIRST:
-        first = subprocess.run([sys.executable, str(ROOT / "test.py"), *world.fill(FIRST[case.id])],
-                               capture_output=True, text=True)
+        first = subprocess.run(
+            [sys.executable, str(ROOT / "test.py"), *world.fill(FIRST[case.id])], capture_output=True, text=True
+        )
         assert first.returncode == 0, first.stderr[-500:]
     before = file_hashes(world.root)
     holder = hold_lock_process(world.run) if case.hold_lock else None
     try:
         cwd = world.fill([case.cwd])[0] if case.cwd else str(ROOT)
-        proc = subprocess.run([sys.executable, str(ROOT / SCRIPTS[case.script]), *world.fill(case.argv)], cwd=cwd,
-                              capture_output=True, text=True, timeout=900,
-                              env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "MPLBACKEND": "Agg"})
+        proc = subprocess.run(
+            [sys.executable, str(ROOT / SCRIPTS[case.script]), *world.fill(case.argv)],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=900,
+            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "MPLBACKEND": "Agg"},
+        )
     finally:
         if holder is not None:
             holder.kill()
@@ -387,17 +520,30 @@ def run_case_subprocess(case, template, dest):
 # ---- scenarios: several processes, kills, changed weights (sweep only; tests/test_reliability.py
 # has its own versions of these) ----
 
+
 def _run(script, *argv, cwd=ROOT):
-    return subprocess.run([sys.executable, str(ROOT / script), *map(str, argv)], cwd=cwd, capture_output=True, text=True,
-                          timeout=900, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "MPLBACKEND": "Agg"})
+    return subprocess.run(
+        [sys.executable, str(ROOT / script), *map(str, argv)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "MPLBACKEND": "Agg"},
+    )
 
 
 def _start(script, *argv):
     # SIGINT back to its default: a sweep started in the background inherits it ignored, and
     # Python then never turns Ctrl-C into KeyboardInterrupt.
-    return subprocess.Popen([sys.executable, str(ROOT / script), *map(str, argv)], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / script), *map(str, argv)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
 
 
 def _one_error_line(stderr, fragment):
@@ -497,7 +643,10 @@ def scenario_stale_threshold(world):
     refused = _run("test.py", "-p", world.run)
     if refused.returncode != 2 or not _one_error_line(refused.stderr, "computed on other weights"):
         return "traceback" if "Traceback" in refused.stderr else "wrong", refused.stderr[-200:]
-    if _run("validate.py", "-p", world.run, "-a", "10", *FAST).returncode or _run("test.py", "-p", world.run).returncode:
+    if (
+        _run("validate.py", "-p", world.run, "-a", "10", *FAST).returncode
+        or _run("test.py", "-p", world.run).returncode
+    ):
         return "wrong", "validate/test after re-validation failed"
     kept = [p for p in (world.run / "validation" / "ssim" / OTHER).glob("*/a10")]
     if len(kept) != 1 or file_hashes(kept[0]) != before:
@@ -526,8 +675,21 @@ def scenario_kill_during_test(world):
 def scenario_ctrl_c_new_run(world):
     """Ctrl-C during a new run's second epoch: one line, the run resumes."""
     out = world.root / "ctrlc"
-    proc = _start("train.py", "new", "-d", world.root / "data" / "brick", "--size", "32", "-a", "mvtec", "--epochs", "12",
-                  "--out", out, *EXTRA_TRAIN)
+    proc = _start(
+        "train.py",
+        "new",
+        "-d",
+        world.root / "data" / "brick",
+        "--size",
+        "32",
+        "-a",
+        "mvtec",
+        "--epochs",
+        "12",
+        "--out",
+        out,
+        *EXTRA_TRAIN,
+    )
     alive = _wait_for(lambda: any(_state_epoch(r) >= 1 for r in out.glob("*/*/*/*/*")), proc)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=300)
@@ -544,16 +706,31 @@ def scenario_ctrl_c_new_run(world):
 
 OTHER = "other_weights"
 EXTRA_TRAIN = []
-SCENARIOS = [scenario_concurrent_tests, scenario_concurrent_resumes, scenario_kill_at_resume_start,
-             scenario_kill_mid_training, scenario_stale_threshold, scenario_kill_during_test, scenario_ctrl_c_new_run]
+SCENARIOS = [
+    scenario_concurrent_tests,
+    scenario_concurrent_resumes,
+    scenario_kill_at_resume_start,
+    scenario_kill_mid_training,
+    scenario_stale_threshold,
+    scenario_kill_during_test,
+    scenario_ctrl_c_new_run,
+]
 
 
 def run_scenario(scenario, template, dest):
     """A scenario on a fresh copy of the world; files that existed before must survive
     (the run's own model, history, setup and backup may change: training rewrites them)."""
     world = prepare_case(Case(scenario.__name__, "", []), template, dest)
-    own = ("runs/run/CAE_", "runs/run/setup.json", "runs/run/history.csv", "runs/run/loss_curve.png", "runs/run/backup",
-           "runs/run/calibration_", "runs/run/test/", "runs/run/validation/")
+    own = (
+        "runs/run/CAE_",
+        "runs/run/setup.json",
+        "runs/run/history.csv",
+        "runs/run/loss_curve.png",
+        "runs/run/backup",
+        "runs/run/calibration_",
+        "runs/run/test/",
+        "runs/run/validation/",
+    )
     before = {k: v for k, v in file_hashes(world.root).items() if not k.startswith(own)}
     try:
         outcome, reason = scenario(world)
@@ -570,23 +747,60 @@ def make_template(out):
     import make_dataset
 
     out = Path(out)
-    (class_dir,) = make_dataset.generate(out / "gen", classes=("brick",), size=SIZE, n_train=14, n_test_good=3,
-                                         n_test_defect=2, seed=0)
+    (class_dir,) = make_dataset.generate(
+        out / "gen", classes=("brick",), size=SIZE, n_train=14, n_test_good=3, n_test_defect=2, seed=0
+    )
     extra = []
-    helped = subprocess.run([sys.executable, str(ROOT / "train.py"), "new", "--help"], capture_output=True, text=True).stdout
+    helped = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), "new", "--help"], capture_output=True, text=True
+    ).stdout
     for flag, value in (("--mode", "object"), ("--head-steps", "0"), ("--color", "grayscale")):
         if flag in helped:  # the plain object-mode CAE the cases are written for
             extra += [flag, value]
     EXTRA_TRAIN[:] = extra
-    train = subprocess.run([sys.executable, str(ROOT / "train.py"), "new", "-d", str(class_dir), "--size", str(SIZE),
-                            "--epochs", "2", "-b", "4", "--val-split", "0.2", "--out", str(out / "gen_runs"), *extra],
-                           capture_output=True, text=True)
+    train = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "train.py"),
+            "new",
+            "-d",
+            str(class_dir),
+            "--size",
+            str(SIZE),
+            "--epochs",
+            "2",
+            "-b",
+            "4",
+            "--val-split",
+            "0.2",
+            "--out",
+            str(out / "gen_runs"),
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+    )
     if train.returncode:
         raise SystemExit(f"training the sweep's run failed: {train.stderr[-800:]}")
     run_dir = Path(train.stdout.strip().splitlines()[-1])
     template = build_template(out / "template", class_dir, run_dir)
-    subprocess.run([sys.executable, str(ROOT / "validate.py"), "-p", str(template / "runs" / "run"), "-a", "10",
-                    "--passes", "1", "--scales", "1"], capture_output=True, text=True, check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "validate.py"),
+            "-p",
+            str(template / "runs" / "run"),
+            "-a",
+            "10",
+            "--passes",
+            "1",
+            "--scales",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return template
 
 
@@ -613,8 +827,10 @@ def main(argv=None):
         counts[outcome] += 1
         print(f"{len(cases) + i + 1:3d} {scenario.__name__:32s} {outcome:9s} {reason[:150]}", flush=True)
     cases = cases + scenarios
-    print(f"{len(cases)} cases in {time.time() - started:.0f} s: {counts['clean']} clean refusals, {counts['works']} worked, "
-          f"{counts['traceback']} tracebacks, {counts['wrong']} silent wrong results, {counts['lost']} data lost")
+    print(
+        f"{len(cases)} cases in {time.time() - started:.0f} s: {counts['clean']} clean refusals, {counts['works']} worked, "
+        f"{counts['traceback']} tracebacks, {counts['wrong']} silent wrong results, {counts['lost']} data lost"
+    )
     return 0 if counts["traceback"] == counts["wrong"] == counts["lost"] == 0 else 1
 
 

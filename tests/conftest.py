@@ -1,4 +1,5 @@
 """Shared fixtures: a tiny generated dataset and a tiny trained run (session-scoped, CPU-fast)."""
+
 import os
 import sys
 from argparse import Namespace
@@ -18,9 +19,27 @@ REAL_BOTTLE = ROOT.parent / "shared" / "data" / "mvtec_real" / "bottle"
 
 def train_args(directory, out, **overrides):
     """The Namespace ``train.py new`` would build, with tiny-run defaults."""
-    args = dict(directory=str(directory), architecture="mvtec2", batch=4, loss="ssim", color="grayscale",
-                instances=10000, tag="test", size=SIZE, epochs=2, lr=2e-4, seed=0, val_split=0.2, patience=10,
-                no_augment=False, rotation=10.0, flip=False, denoise=0.0, weights="none", out=str(out))
+    args = dict(
+        directory=str(directory),
+        architecture="mvtec2",
+        batch=4,
+        loss="ssim",
+        color="grayscale",
+        instances=10000,
+        tag="test",
+        size=SIZE,
+        epochs=2,
+        lr=2e-4,
+        seed=0,
+        val_split=0.2,
+        patience=10,
+        no_augment=False,
+        rotation=10.0,
+        flip=False,
+        denoise=0.0,
+        weights="none",
+        out=str(out),
+    )
     args.update(overrides)
     return Namespace(**args)
 
@@ -43,8 +62,9 @@ def tiny_dataset(tmp_path_factory):
     import make_dataset
 
     root = tmp_path_factory.mktemp("mvtec")
-    (class_dir,) = make_dataset.generate(root, classes=("brick",), size=SIZE, n_train=14, n_test_good=3,
-                                         n_test_defect=2, seed=0)
+    (class_dir,) = make_dataset.generate(
+        root, classes=("brick",), size=SIZE, n_train=14, n_test_good=3, n_test_defect=2, seed=0
+    )
     return class_dir
 
 

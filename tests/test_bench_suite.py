@@ -1,4 +1,5 @@
 """bench/bench_suite.py: a --quick smoke run on tiny generated data, and its table logic."""
+
 import importlib.util
 import json
 import subprocess
@@ -6,7 +7,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT, cli
 
 from utils import UserError  # noqa: E402
@@ -20,7 +20,9 @@ def _load_suite():
 
 
 suite = _load_suite()
-README_TEXT = "# Benchmarks\n\n## Suite — bench/bench_suite.py\n\nHow it works.\n\n## Training throughput\n\nOther text.\n"
+README_TEXT = (
+    "# Benchmarks\n\n## Suite — bench/bench_suite.py\n\nHow it works.\n\n## Training throughput\n\nOther text.\n"
+)
 
 
 def test_quick_suite_runs_every_category_and_reports_a_failure_in_its_row(tmp_path):
@@ -28,10 +30,28 @@ def test_quick_suite_runs_every_category_and_reports_a_failure_in_its_row(tmp_pa
     readme.write_text(README_TEXT)
     out = tmp_path / "out"
     # --compare with no method: only the run's default map (the comparison table is checked below on fixed rows).
-    done = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_suite.py"), "--quick", "--textures", "brick", "nosuch",
-                           "--real-data", str(tmp_path / "absent"), "--out", str(out), "--append", "--readme", str(readme),
-                           "--compare"],
-                          capture_output=True, text=True, timeout=300, cwd=tmp_path)  # its steps end with it (pdeathsig)
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "bench_suite.py"),
+            "--quick",
+            "--textures",
+            "brick",
+            "nosuch",
+            "--real-data",
+            str(tmp_path / "absent"),
+            "--out",
+            str(out),
+            "--append",
+            "--readme",
+            str(readme),
+            "--compare",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )  # its steps end with it (pdeathsig)
     assert done.returncode == 0, done.stderr[-2000:]
     assert f"note: no real categories under {tmp_path / 'absent'}" in done.stdout
 
@@ -70,7 +90,10 @@ def test_quick_suite_runs_every_category_and_reports_a_failure_in_its_row(tmp_pa
     assert text.endswith("## Training throughput\n\nOther text.\n")
     table = text[block:end]
     assert "--quick smoke run on tiny data: not a quality figure" in table and "default configuration" in table
-    assert f"| generated/brick | 0 | {brick['mode'] or '–'} | {brick['image_auroc']:.3f} | {brick['pixel_auroc']:.3f} | {brick['au_pro']:.3f} |" in table
+    assert (
+        f"| generated/brick | 0 | {brick['mode'] or '–'} | {brick['image_auroc']:.3f} | {brick['pixel_auroc']:.3f} | {brick['au_pro']:.3f} |"
+        in table
+    )
     assert "| generated/nosuch | 0 |" in table and "generate: make_dataset.py: error:" in table
     assert "**mean of 1 category** (1 failed, not counted)" in table
     assert "| generated/brick | 0 | hole | 1 |" in table
@@ -78,13 +101,23 @@ def test_quick_suite_runs_every_category_and_reports_a_failure_in_its_row(tmp_pa
 
 
 def _row(category, seed, status="ok", **values):
-    return {"category": category, "seed": seed, "status": status, "error": None if status == "ok" else "train: boom", **values}
+    return {
+        "category": category,
+        "seed": seed,
+        "status": status,
+        "error": None if status == "ok" else "train: boom",
+        **values,
+    }
 
 
 def test_summary_means_over_seeds_then_categories_and_skips_failures():
-    rows = [_row("a/x", 0, image_auroc=0.8, au_pro=0.5, wall_minutes=2.0), _row("a/x", 1, image_auroc=0.6, au_pro=0.7, wall_minutes=4.0),
-            _row("a/x", 2, status="failed", wall_minutes=1.0), _row("b/y", 0, image_auroc=1.0, au_pro=0.9, wall_minutes=1.0),
-            _row("c/z", 0, status="failed")]
+    rows = [
+        _row("a/x", 0, image_auroc=0.8, au_pro=0.5, wall_minutes=2.0),
+        _row("a/x", 1, image_auroc=0.6, au_pro=0.7, wall_minutes=4.0),
+        _row("a/x", 2, status="failed", wall_minutes=1.0),
+        _row("b/y", 0, image_auroc=1.0, au_pro=0.9, wall_minutes=1.0),
+        _row("c/z", 0, status="failed"),
+    ]
     table, overall = suite.summarize(rows)
     assert [r["seed"] for r in table] == [0, 1, 2, "mean of 2", 0, 0]
     mean_x = table[3]
@@ -113,13 +146,17 @@ def test_proxy_and_regime_are_read_whatever_their_shape():
 
 def test_method_table_sets_the_proxy_against_the_real_au_pro():
     def methods(proxy_ssim, au_pro_ssim, proxy_learned, au_pro_learned):
-        return {"ssim": {"au_pro": au_pro_ssim, "proxy": proxy_ssim, "image_auroc": 0.9},
-                "learned": {"au_pro": au_pro_learned, "proxy": proxy_learned}}
+        return {
+            "ssim": {"au_pro": au_pro_ssim, "proxy": proxy_ssim, "image_auroc": 0.9},
+            "learned": {"au_pro": au_pro_learned, "proxy": proxy_learned},
+        }
 
-    rows = [_row("a/x", 0, methods=methods(0.5, 0.8, 0.6, 0.7)),  # proxy prefers learned, the test set ssim
-            _row("b/y", 0, methods=methods(0.2, 0.3, 0.4, 0.6)),  # both prefer learned
-            _row("c/z", 0, methods={"ssim": {"au_pro": 0.5, "proxy": 0.1}, "learned": {"error": "test learned: boom"}}),
-            _row("d/w", 0, methods={"ssim": {"au_pro": 0.5}})]  # one method only: not in the table
+    rows = [
+        _row("a/x", 0, methods=methods(0.5, 0.8, 0.6, 0.7)),  # proxy prefers learned, the test set ssim
+        _row("b/y", 0, methods=methods(0.2, 0.3, 0.4, 0.6)),  # both prefer learned
+        _row("c/z", 0, methods={"ssim": {"au_pro": 0.5, "proxy": 0.1}, "learned": {"error": "test learned: boom"}}),
+        _row("d/w", 0, methods={"ssim": {"au_pro": 0.5}}),
+    ]  # one method only: not in the table
     text = suite.method_table(rows)
     assert "| a/x | 0 | ssim | 0.900 | – | 0.800 | – | – | 0.500 |" in text
     assert "| c/z | 0 | learned | failed: test learned: boom |" in text and "d/w" not in text
@@ -129,11 +166,13 @@ def test_method_table_sets_the_proxy_against_the_real_au_pro():
 
 def test_bad_options_give_one_line_errors(tmp_path, capsys):
     base = ["--real-data", str(tmp_path), "--out", str(tmp_path / "out")]
-    for argv, message in ((["--categories", "nosuch"], "unknown category 'nosuch'; available: generated/brick, generated/gravel"),
-                          (["--extra-train-args", "--seed 3"], "--extra-train-args may not set --seed"),
-                          (["--extra-eval-args", "--method 'l2"], "--extra-eval-args: cannot split"),
-                          (["--seeds", "1", "1"], "--seeds lists a seed twice"),
-                          (["--seeds", "-1"], "--seeds must be whole numbers >= 0")):
+    for argv, message in (
+        (["--categories", "nosuch"], "unknown category 'nosuch'; available: generated/brick, generated/gravel"),
+        (["--extra-train-args", "--seed 3"], "--extra-train-args may not set --seed"),
+        (["--extra-eval-args", "--method 'l2"], "--extra-eval-args: cannot split"),
+        (["--seeds", "1", "1"], "--seeds lists a seed twice"),
+        (["--seeds", "-1"], "--seeds must be whole numbers >= 0"),
+    ):
         code, out, err = cli(suite.main, argv + base, capsys)
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1, (argv, err)
     with pytest.raises(UserError, match="not found"):

@@ -1,4 +1,5 @@
 """Data layout, loading, the validation split and the input pipeline."""
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -82,7 +83,10 @@ def test_test_listing_and_masks(tmp_path, capsys):
     _write(tmp_path / "ground_truth" / "hole" / "000_mask.png", big)
     items = data.list_test_images(tmp_path)
     assert [(p.name, d, m.name if m else None) for p, d, m in items] == [
-        ("000.png", "good", None), ("000.png", "hole", "000_mask.png"), ("001.png", "hole", None)]
+        ("000.png", "good", None),
+        ("000.png", "hole", "000_mask.png"),
+        ("001.png", "hole", None),
+    ]
     mask = data.load_mask(items[1][2], (8, 8))
     assert mask.shape == (8, 8) and mask.sum() == 16
     assert "resized (nearest neighbour)" in capsys.readouterr().err
@@ -110,8 +114,13 @@ def test_rotation_range_is_the_augmenters():
     image = np.zeros((1, 32, 32, 1), np.float32)
     image[0, :8, :8] = 1.0
     tf.random.set_seed(0)
-    moved = lambda rot: [float(data.augmenter(seed=s, rotation=rot)(image, training=True)[0, :16, :16].numpy().mean())  # noqa: E731
-                         for s in range(12)]
+
+    def moved(rot):
+        return [
+            float(data.augmenter(seed=s, rotation=rot)(image, training=True)[0, :16, :16].numpy().mean())
+            for s in range(12)
+        ]
+
     assert min(moved(10.0)) > 0.15  # the corner stays in its quadrant
     assert min(moved(180.0)) < 0.05  # some rotations take it out of the quadrant
 

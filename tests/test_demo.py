@@ -1,4 +1,5 @@
 """The README's first command (scripts/demo.sh) end to end on a tiny configuration, twice."""
+
 import json
 import os
 import re
@@ -10,20 +11,34 @@ from conftest import ROOT
 
 def _train_has(option):
     """True when ``train.py new`` offers ``option`` (the tiny configuration shrinks every costly step it has)."""
-    usage = subprocess.run([sys.executable, str(ROOT / "train.py"), "new", "--help"], capture_output=True, text=True).stdout
+    usage = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), "new", "--help"], capture_output=True, text=True
+    ).stdout
     return option in usage
 
 
 def test_demo_runs_end_to_end_and_reuses_its_work(tmp_path):
     # 64 px: the smallest side the surface regime's default 64-px training patches fit in.
     extra = "--head-steps 20" if _train_has("--head-steps") else ""
-    env = {**os.environ, "DEMO_SKIP_SETUP": "1", "PYTHON": sys.executable, "DEMO_SIZE": "64",
-           "DEMO_TRAIN": "12", "DEMO_TEST_GOOD": "3", "DEMO_TEST_DEFECT": "1", "DEMO_INSTANCES": "20",
-           "DEMO_AREA": "4", "DEMO_TRAIN_ARGS": extra, "DEMO_DATA": str(tmp_path / "data"), "DEMO_OUT": str(tmp_path / "runs")}
+    env = {
+        **os.environ,
+        "DEMO_SKIP_SETUP": "1",
+        "PYTHON": sys.executable,
+        "DEMO_SIZE": "64",
+        "DEMO_TRAIN": "12",
+        "DEMO_TEST_GOOD": "3",
+        "DEMO_TEST_DEFECT": "1",
+        "DEMO_INSTANCES": "20",
+        "DEMO_AREA": "4",
+        "DEMO_TRAIN_ARGS": extra,
+        "DEMO_DATA": str(tmp_path / "data"),
+        "DEMO_OUT": str(tmp_path / "runs"),
+    }
     for name in ("DEMO_ARCH", "DEMO_LOSS", "DEMO_COLOR", "DEMO_BATCH", "DEMO_LR"):
         env.pop(name, None)
-    first = subprocess.run(["bash", str(ROOT / "scripts" / "demo.sh")], env=env, capture_output=True, text=True,
-                           timeout=600, cwd=tmp_path)
+    first = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "demo.sh")], env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path
+    )
     assert first.returncode == 0, first.stderr[-2000:]
     for step in ("[1/5] dataset", "[2/5] train", "[3/5] finetune", "[4/5] validate", "[5/5] test", "Demo finished"):
         assert step in first.stdout, step
@@ -32,8 +47,10 @@ def test_demo_runs_end_to_end_and_reuses_its_work(tmp_path):
     setup = json.loads(setup_path.read_text())
     assert setup["tag"] == "demo"
     # train.py's defaults: only the tiny configuration's overrides are on the command line.
-    assert setup["command"] == (f"train.py new -d {tmp_path / 'data'}/brick -t demo --out {tmp_path / 'runs'} --size 64 -i 20"
-                                f"{' ' + extra if extra else ''}")
+    assert setup["command"] == (
+        f"train.py new -d {tmp_path / 'data'}/brick -t demo --out {tmp_path / 'runs'} --size 64 -i 20"
+        f"{' ' + extra if extra else ''}"
+    )
     (result_path,) = run.glob("test/*/a4_t*/test_result.json")
     result = json.loads(result_path.read_text())
     assert result["n_images"] == 3 + 5
@@ -48,8 +65,10 @@ def test_demo_runs_end_to_end_and_reuses_its_work(tmp_path):
     found = round(result["tpr"] * result["n_defective"])
     assert f"found {found} of 5 defective images (TPR {result['tpr']:.2f})" in first.stdout
     assert re.search(rf"passed \d of 3 good ones \(TNR {result['tnr']:.2f}\)", first.stdout)
-    assert (f"image AUROC {fmt(scores['image_auroc'])}   pixel AUROC {fmt(scores['pixel_auroc'])}   "
-            f"AU-PRO (FPR <= 0.3) {fmt(scores['au_pro'])}") in first.stdout
+    assert (
+        f"image AUROC {fmt(scores['image_auroc'])}   pixel AUROC {fmt(scores['pixel_auroc'])}   "
+        f"AU-PRO (FPR <= 0.3) {fmt(scores['au_pro'])}"
+    ) in first.stdout
     assert "found per defect type: contamination " in first.stdout
     assert first.stdout.index("image AUROC") < first.stdout.index("Demo finished")
 
@@ -57,8 +76,14 @@ def test_demo_runs_end_to_end_and_reuses_its_work(tmp_path):
     # echoing progress must not reopen (truncate) that file and leave NUL bytes in it.
     log = tmp_path / "demo.log"
     with open(log, "w") as out:
-        second = subprocess.run(["bash", str(ROOT / "scripts" / "demo.sh")], env=env, stdout=out,
-                                stderr=subprocess.STDOUT, timeout=600, cwd=tmp_path)
+        second = subprocess.run(
+            ["bash", str(ROOT / "scripts" / "demo.sh")],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            timeout=600,
+            cwd=tmp_path,
+        )
     text = log.read_text()
     assert second.returncode == 0, text[-2000:]
     assert "\x00" not in text

@@ -6,6 +6,7 @@ predict_exported.py, must give test.py's anomaly maps (TIFF) to 1e-4, the same v
 and the same masks; on a folder of other sizes (bicubic and box resizes, non-square) the
 same scores, verdicts and masks as ``test.py --images``.
 """
+
 import json
 import shutil
 from pathlib import Path
@@ -14,9 +15,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import tifffile
-from PIL import Image
-
 from conftest import cli, train_args
+from PIL import Image
 
 import export  # noqa: E402
 import exporting  # noqa: E402
@@ -35,9 +35,12 @@ def tested(tmp_path_factory):
     import validate
 
     root = tmp_path_factory.mktemp("export")
-    (class_dir,) = make_dataset.generate(root / "data", classes=("brick",), size=64, n_train=12, n_test_good=2,
-                                         n_test_defect=1, seed=1)
-    run_dir, _ = training.new_run(train_args(class_dir, root / "runs", size=32, epochs=2, mode="object", head_steps=0, patch=None))
+    (class_dir,) = make_dataset.generate(
+        root / "data", classes=("brick",), size=64, n_train=12, n_test_good=2, n_test_defect=1, seed=1
+    )
+    run_dir, _ = training.new_run(
+        train_args(class_dir, root / "runs", size=32, epochs=2, mode="object", head_steps=0, patch=None)
+    )
     validate.validate(run_dir, AREA)
     _, _, _, out = evaluation.test_run(run_dir, save=True)
     return run_dir, out, class_dir
@@ -116,8 +119,21 @@ def test_predict_exported_cli_without_the_repo(tested, exported, tmp_path):
     _, out, class_dir = tested
     folder = shutil.copytree(exported["onnx"], tmp_path / "shipped")
     image = sorted((class_dir / "test" / "good").glob("*.png"))[0]
-    done = subprocess.run([sys.executable, "-I", str(folder / "predict_exported.py"), str(folder), str(image),
-                           "--out", str(tmp_path / "out")], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-I",
+            str(folder / "predict_exported.py"),
+            str(folder),
+            str(image),
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     rows = pd.read_csv(tmp_path / "out" / "predictions.csv")
     expected = pd.read_csv(out / "classification.csv").set_index("path").loc[str(image)]
@@ -146,10 +162,13 @@ def test_unknown_method_refused(monkeypatch, tested):
     from utils import UserError
 
     with pytest.raises(UserError, match="map methods ssim, not 'l2'"):
-        exporting._check_supported(type("R", (), {"setup": {}, "mode": "object", "size": 32, "shape": (32, 32)})(), "l2", {})
+        exporting._check_supported(
+            type("R", (), {"setup": {}, "mode": "object", "size": 32, "shape": (32, 32)})(), "l2", {}
+        )
 
 
 # ---- the pieces, against the libraries they reproduce ----
+
 
 @pytest.mark.parametrize("seed", range(3))
 def test_resize_matches_pillow(seed):
@@ -170,10 +189,15 @@ def test_resize_matches_pillow(seed):
         np.testing.assert_array_equal(pe.resize_uint8(image, side), expected, err_msg=f"{h}x{w} -> {side}")
         maps = rng.random((1, side, side), dtype=np.float32)
         expected = np.asarray(Image.fromarray(maps[0], mode="F").resize((w, h), Image.Resampling.BILINEAR))
-        assert np.abs(exporting.pillow_resize_float(tf.constant(maps), h, w, tf.float64).numpy()[0] - expected).max() < 1e-6
+        assert (
+            np.abs(exporting.pillow_resize_float(tf.constant(maps), h, w, tf.float64).numpy()[0] - expected).max()
+            < 1e-6
+        )
         assert np.abs(pe.resize_float(maps, w, h)[0] - expected).max() < 1e-6
         mask = rng.random((side, side)) > 0.5
-        expected = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((w, h), Image.Resampling.NEAREST)) > 127
+        expected = (
+            np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((w, h), Image.Resampling.NEAREST)) > 127
+        )
         np.testing.assert_array_equal(pe.resize_nearest(mask, w, h), expected)
 
 

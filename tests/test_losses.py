@@ -1,4 +1,5 @@
 """Losses: per-image values, zero on identical images, agreement with references, serialization."""
+
 import keras
 import numpy as np
 import pytest
@@ -20,8 +21,12 @@ def _pair(channels, size=48, seed=0):
 def test_zero_for_identical_positive_otherwise_one_value_per_image(name, channels):
     x, y = _pair(channels)
     loss = clf.get_loss(name, 48)
-    fn = {"ssim": clf.ssim_loss, "mssim": lambda a, b: clf.mssim_loss(a, b, scales=loss.scales),
-          "l2": clf.l2_loss, "mse": clf.mse_loss}[name]
+    fn = {
+        "ssim": clf.ssim_loss,
+        "mssim": lambda a, b: clf.mssim_loss(a, b, scales=loss.scales),
+        "l2": clf.l2_loss,
+        "mse": clf.mse_loss,
+    }[name]
     same = fn(tf.constant(x), tf.constant(x)).numpy()
     diff = fn(tf.constant(x), tf.constant(y)).numpy()
     assert same.shape == (3,) and diff.shape == (3,)
@@ -45,8 +50,15 @@ def test_ssim_map_full_matches_skimage_everywhere():
     x, y = _pair(1, size=40)
     ours = clf.ssim_map(x, y, full=True).numpy()[..., 0]
     for i in range(3):
-        _, ref = structural_similarity(x[i, ..., 0], y[i, ..., 0], gaussian_weights=True, sigma=1.5,
-                                       use_sample_covariance=False, data_range=1.0, full=True)
+        _, ref = structural_similarity(
+            x[i, ..., 0],
+            y[i, ..., 0],
+            gaussian_weights=True,
+            sigma=1.5,
+            use_sample_covariance=False,
+            data_range=1.0,
+            full=True,
+        )
         np.testing.assert_allclose(ours[i], ref, atol=1e-4)
 
 

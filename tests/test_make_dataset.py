@@ -1,4 +1,5 @@
 """Tests for make_dataset.py: MVTec AD layout, exact masks, determinism, CLI behaviour."""
+
 import json
 import sys
 from pathlib import Path
@@ -164,8 +165,16 @@ def test_foreign_folder_is_not_overwritten_without_force(tmp_path):
 
 @pytest.mark.parametrize(
     "kwargs",
-    [dict(size=31), dict(size=1025), dict(n_train=1), dict(n_test_good=-1), dict(n_test_defect=-2),
-     dict(seed=-1), dict(classes=["wood"]), dict(defects=["dent"])],
+    [
+        dict(size=31),
+        dict(size=1025),
+        dict(n_train=1),
+        dict(n_test_good=-1),
+        dict(n_test_defect=-2),
+        dict(seed=-1),
+        dict(classes=["wood"]),
+        dict(defects=["dent"]),
+    ],
 )
 def test_generate_rejects_bad_arguments(tmp_path, kwargs):
     with pytest.raises(UserError):
@@ -189,16 +198,46 @@ def test_cli_unknown_class_rejected_by_argparse(capsys):
 
 
 def test_cli_generates_and_help_shows_defaults(tmp_path, capsys):
-    code = run_cli(md.main, ["--out", str(tmp_path / "mv"), "--classes", "grass", "--size", "32",
-                             "--train", "2", "--test-good", "1", "--test-defect", "1", "--defects", "crack"])
+    code = run_cli(
+        md.main,
+        [
+            "--out",
+            str(tmp_path / "mv"),
+            "--classes",
+            "grass",
+            "--size",
+            "32",
+            "--train",
+            "2",
+            "--test-good",
+            "1",
+            "--test-defect",
+            "1",
+            "--defects",
+            "crack",
+        ],
+    )
     assert code == 0
     assert files_under(tmp_path / "mv" / "grass") == [
-        ".generated.json", "ground_truth/crack/000_mask.png", "test/crack/000.png", "test/good/000.png",
-        "train/good/000.png", "train/good/001.png",
+        ".generated.json",
+        "ground_truth/crack/000_mask.png",
+        "test/crack/000.png",
+        "test/good/000.png",
+        "train/good/000.png",
+        "train/good/001.png",
     ]
     help_text = " ".join(md.get_parser().format_help().split())
-    for flag in ("--out", "--classes", "--size", "--train", "--test-good", "--test-defect", "--defects",
-                 "--seed", "--force"):
+    for flag in (
+        "--out",
+        "--classes",
+        "--size",
+        "--train",
+        "--test-good",
+        "--test-defect",
+        "--defects",
+        "--seed",
+        "--force",
+    ):
         assert flag in help_text
     assert "(default: 256)" in help_text and "(default: mvtec)" in help_text
     assert f"(default: {' '.join(md.CLASSES)})" in help_text

@@ -1,4 +1,5 @@
 """Tests for metrics.py: hand-derived values and independent brute-force implementations."""
+
 import json
 import os
 import sys
@@ -123,10 +124,12 @@ def test_au_pro_analytic():
     #   (were B1 ranked before its tied ok pixel it would be .175/.3: ties matter.)
     # To 0.25: interpolated point (.25, .625): .1 + .05*(.5+.625)/2 = .128125 -> /.25 = .5125
     # To 1.0:  .1625 + .7*.75 = .6875
-    amap = np.array([
-        [2.0, 2.0, 1.0, 0.9, 0.8, 0.7, 0.6],
-        [0.8, 0.0, 0.5, 0.4, 0.3, 0.2, 0.1],
-    ])
+    amap = np.array(
+        [
+            [2.0, 2.0, 1.0, 0.9, 0.8, 0.7, 0.6],
+            [0.8, 0.0, 0.5, 0.4, 0.3, 0.2, 0.1],
+        ]
+    )
     mask = np.zeros((2, 7), dtype=np.uint8)
     mask[:, :2] = 1
     assert metrics.au_pro([amap], [mask], fpr_limit=0.3) == pytest.approx(0.1625 / 0.3, abs=1e-9)
@@ -134,10 +137,10 @@ def test_au_pro_analytic():
     assert metrics.au_pro([amap], [mask], fpr_limit=1.0) == pytest.approx(0.6875, abs=1e-9)
 
     fprs, pros = metrics.pro_curve([amap], [mask])
-    np.testing.assert_allclose(fprs[:6], [0, 0, .1, .2, .3, .4], atol=1e-12)
-    np.testing.assert_allclose(pros[:6], [0, .5, .5, .5, .75, .75], atol=1e-12)
+    np.testing.assert_allclose(fprs[:6], [0, 0, 0.1, 0.2, 0.3, 0.4], atol=1e-12)
+    np.testing.assert_allclose(pros[:6], [0, 0.5, 0.5, 0.5, 0.75, 0.75], atol=1e-12)
     np.testing.assert_allclose(fprs[-3:], [1, 1, 1], atol=1e-12)
-    np.testing.assert_allclose(pros[-3:], [.75, 1, 1], atol=1e-12)
+    np.testing.assert_allclose(pros[-3:], [0.75, 1, 1], atol=1e-12)
 
     value, f2, p2 = metrics.au_pro([amap], [mask], return_curve=True)
     assert value == pytest.approx(0.1625 / 0.3, abs=1e-9)
@@ -151,12 +154,12 @@ def test_pro_regions_are_8_connected_and_fpr_includes_good_images():
     mask[0, :3] = True
     mask[1, 3] = True
     amap = np.zeros((4, 6))
-    amap[1, 3] = 3.0          # only the diagonal pixel is detected first
-    amap[3, 5] = 2.0          # one ok pixel in the defective image
+    amap[1, 3] = 3.0  # only the diagonal pixel is detected first
+    amap[3, 5] = 2.0  # one ok pixel in the defective image
     good_map = np.zeros((4, 6))
-    good_map[0, 0] = 2.0      # one ok pixel in a good image, tied with it
+    good_map[0, 0] = 2.0  # one ok pixel in a good image, tied with it
     fprs, pros = metrics.pro_curve([amap, good_map], [mask, np.zeros((4, 6))])
-    n_ok = 4 * 6 - 4 + 4 * 6   # 44 ok pixels in both images together
+    n_ok = 4 * 6 - 4 + 4 * 6  # 44 ok pixels in both images together
     # 8-connectivity: PRO = 1/4 (4-connectivity would give (0 + 1)/2 = 0.5)
     assert pros[1] == pytest.approx(0.25) and fprs[1] == 0.0
     assert fprs[2] == pytest.approx(2 / n_ok) and pros[2] == pytest.approx(0.25)
@@ -398,15 +401,15 @@ def _ref_pro_curve(anomaly_maps, gt_masks):
         n = m.size
         labeled, n_components = ndimage.label(g, structure=np.ones((3, 3), dtype=int))
         labeled = labeled.ravel()
-        scores[pos:pos + n] = m.ravel()
+        scores[pos : pos + n] = m.ravel()
         ok = labeled == 0
-        is_ok[pos:pos + n] = ok
+        is_ok[pos : pos + n] = ok
         num_ok += int(ok.sum())
         if n_components:
             sizes = np.bincount(labeled, minlength=n_components + 1).astype(np.float64)
             weights = np.zeros(n_components + 1, dtype=np.float64)
             weights[1:] = 1.0 / sizes[1:]
-            pro_change[pos:pos + n] = weights[labeled]
+            pro_change[pos : pos + n] = weights[labeled]
         num_regions += int(n_components)
         pos += n
     if num_regions == 0:
@@ -470,9 +473,12 @@ def _pinning_cases():
     odd_masks[0][2:5, 2:5] = True  # a "good" image (type below) with defect pixels
     odd_masks[1][:] = False  # a defective image with an empty mask
     cases.append((maps, odd_masks))
-    sized = [rng.random((20 + 3 * i, 25), dtype=np.float32) + 0.5 * (rng.random((20 + 3 * i, 25)) < 0.1)
-             for i in range(6)]
-    sized_masks = [np.zeros(s.shape, bool) if i % 3 == 0 else ndimage.binary_dilation(s > 1.2) for i, s in enumerate(sized)]
+    sized = [
+        rng.random((20 + 3 * i, 25), dtype=np.float32) + 0.5 * (rng.random((20 + 3 * i, 25)) < 0.1) for i in range(6)
+    ]
+    sized_masks = [
+        np.zeros(s.shape, bool) if i % 3 == 0 else ndimage.binary_dilation(s > 1.2) for i, s in enumerate(sized)
+    ]
     cases.append((sized, sized_masks))
     return cases
 
@@ -500,7 +506,9 @@ def test_one_sort_metrics_equal_the_previous_implementation():
         np.testing.assert_allclose(f_new, f_ref, rtol=0, atol=1e-12)
         np.testing.assert_allclose(p_new, p_ref, rtol=0, atol=1e-12)
         for points in (2000, 50):
-            for new, ref in zip(metrics.pixel_roc_curve(maps, masks, points), _ref_pixel_roc_curve(maps, masks, points)):
+            for new, ref in zip(
+                metrics.pixel_roc_curve(maps, masks, points), _ref_pixel_roc_curve(maps, masks, points)
+            ):
                 np.testing.assert_array_equal(new, ref)
         _assert_close_or_none(metrics.pixel_auroc(maps, masks), _ref_pixel_auroc(maps, masks))
 
@@ -529,7 +537,7 @@ def test_ranking_subsets_equal_fresh_computations_on_the_subset():
 
 def test_pixel_figures_equal_scikit_learn_on_small_inputs():
     rng = np.random.default_rng(8)
-    for trial in range(20):
+    for _ in range(20):
         shape = (int(rng.integers(2, 9)), int(rng.integers(2, 9)))
         n = int(rng.integers(1, 4))
         levels = int(rng.integers(2, 30))
@@ -542,7 +550,7 @@ def test_pixel_figures_equal_scikit_learn_on_small_inputs():
             continue
         assert metrics.pixel_auroc(maps, masks) == pytest.approx(sk_metrics.roc_auc_score(truth, scores), abs=1e-12)
         assert metrics.pixel_auroc(maps, masks) == pytest.approx(brute_force_auroc(scores, truth), abs=1e-12)
-        fpr, tpr = metrics.pixel_roc_curve(maps, masks, max_points=10 ** 6)
+        fpr, tpr = metrics.pixel_roc_curve(maps, masks, max_points=10**6)
         sk_fpr, sk_tpr, _ = sk_metrics.roc_curve(truth, scores)
         np.testing.assert_array_equal(fpr, sk_fpr)
         np.testing.assert_array_equal(tpr, sk_tpr)

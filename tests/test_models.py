@@ -1,4 +1,5 @@
 """Architectures: shapes, argument checks, weights handling, save/load round trip."""
+
 import numpy as np
 import pytest
 

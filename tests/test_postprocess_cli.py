@@ -5,6 +5,7 @@ the session's tiny run (the shared ``tiny_run`` is never written to). Tests that
 run or its dataset make their own copies; a copied run's setup.json is re-pointed at the
 copied dataset when the dataset is changed.
 """
+
 import contextlib
 import io
 import json
@@ -16,9 +17,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image
-
 from conftest import ROOT, SIZE, cli
+from PIL import Image
 
 import data  # noqa: E402
 import finetune  # noqa: E402
@@ -74,7 +74,9 @@ def run_quietly(main, argv):
 def copy_run(tiny_run, dest, dataset=None):
     """A pristine copy of the run (no outputs of earlier steps), optionally pointed at ``dataset``."""
     dest = Path(dest)
-    shutil.copytree(tiny_run, dest, ignore=lambda d, names: [n for n in names if Path(d) == Path(tiny_run) and n in OUTPUT_DIRS])
+    shutil.copytree(
+        tiny_run, dest, ignore=lambda d, names: [n for n in names if Path(d) == Path(tiny_run) and n in OUTPUT_DIRS]
+    )
     if dataset is not None:
         setup = json.loads((dest / runs.SETUP).read_text())
         setup["directory"] = str(dataset)
@@ -122,8 +124,9 @@ def listed_test_files(class_dir):
     return sorted((p.parent.name, p) for p in Path(class_dir, "test").glob("*/*") if p.is_file())
 
 
-def recomputed_validation_maps(run_dir, method="ssim", baseline=True, scales=inference.DEFAULT_SCALES,
-                               passes=inference.DEFAULT_PASSES):
+def recomputed_validation_maps(
+    run_dir, method="ssim", baseline=True, scales=inference.DEFAULT_SCALES, passes=inference.DEFAULT_PASSES
+):
     """Residual maps of the run's validation images, computed without inference/validate.
 
     The multi-scale map itself is checked against an independent version in
@@ -177,8 +180,11 @@ def recomputed_validation_maps(run_dir, method="ssim", baseline=True, scales=inf
             out = now if out is None else np.minimum(out, now)
         return out, (bases, threshold)
 
-    train = sorted(p for p in (Path(setup["directory"]) / "train" / "good").iterdir()
-                   if p.resolve() not in {q.resolve() for q in paths})
+    train = sorted(
+        p
+        for p in (Path(setup["directory"]) / "train" / "good").iterdir()
+        if p.resolve() not in {q.resolve() for q in paths}
+    )
     assert len(train) == setup["n_train"]
     _, learnt = all_passes(load(train))
     return all_passes(load(paths), learnt)[0]
@@ -232,7 +238,8 @@ def test_validate_result_file(run_dir, tiny_dataset):
     assert result["largest_area_at_threshold"] < AREA
     assert isinstance(result["threshold"], float)
     assert sorted(Path(p).resolve() for p in result["validation_files"]) == sorted(
-        (tiny_dataset / n.strip()).resolve() for n in (run_dir / runs.VALIDATION_FILES).read_text().splitlines())
+        (tiny_dataset / n.strip()).resolve() for n in (run_dir / runs.VALIDATION_FILES).read_text().splitlines()
+    )
     with Image.open(folder / "threshold_search.png") as im:
         assert im.format == "PNG"
     assert not list((run_dir / "validation" / "ssim").glob(".*")), "a staging folder was left behind"
@@ -320,8 +327,10 @@ def test_labelled_result_consistent_with_csv(labelled):
     pred = frame["prediction"]
     tp, fp = int((truth & pred).sum()), int((~truth & pred).sum())
     tn, fn = int((~truth & ~pred).sum()), int((truth & ~pred).sum())
-    assert result["confusion_matrix"] == {"truth_good": {"pred_good": tn, "pred_defective": fp},
-                                          "truth_defective": {"pred_good": fn, "pred_defective": tp}}
+    assert result["confusion_matrix"] == {
+        "truth_good": {"pred_good": tn, "pred_defective": fp},
+        "truth_defective": {"pred_good": fn, "pred_defective": tp},
+    }
     assert result["tpr"] == pytest.approx(tp / (tp + fn))
     assert result["tnr"] == pytest.approx(tn / (tn + fp))
     assert result["accuracy"] == pytest.approx((tp + tn) / len(frame))
@@ -343,7 +352,9 @@ def test_labelled_save_masks_and_overlays(labelled, tiny_dataset):
     _, _, out_dir, _ = labelled
     frame = pd.read_csv(out_dir / "classification.csv")
     written = sorted(p.relative_to(out_dir).as_posix() for p in out_dir.rglob("*.png"))
-    expected = sorted(f"{d}/{p.stem}_{kind}.png" for d, p in listed_test_files(tiny_dataset) for kind in ("mask", "overlay"))
+    expected = sorted(
+        f"{d}/{p.stem}_{kind}.png" for d, p in listed_test_files(tiny_dataset) for kind in ("mask", "overlay")
+    )
     assert written == expected
     for _, row in frame.iterrows():
         image_path = Path(row["path"])
@@ -365,8 +376,9 @@ def test_labelled_anomaly_maps(run_dir, labelled, tiny_dataset):
 
     maps_dir = labelled[3] / "anomaly_maps"
     files = listed_test_files(tiny_dataset)
-    assert sorted(p.relative_to(maps_dir).as_posix() for p in maps_dir.rglob("*.tiff")) == \
-        sorted(f"{d}/{p.stem}.tiff" for d, p in files)
+    assert sorted(p.relative_to(maps_dir).as_posix() for p in maps_dir.rglob("*.tiff")) == sorted(
+        f"{d}/{p.stem}.tiff" for d, p in files
+    )
     frame = pd.read_csv(labelled[2] / "classification.csv").set_index("path")
     for defect, path in files:
         array = tifffile.imread(maps_dir / defect / f"{path.stem}.tiff")
@@ -382,7 +394,7 @@ def test_labelled_metrics_json_and_plots(run_dir, labelled):
     for key in ("image_auroc", "pixel_auroc", "au_pro"):
         assert 0.0 <= metrics[key] <= 1.0, key
     assert set(metrics["per_defect_type"]) == set(DEFECTS)
-    for defect, entry in metrics["per_defect_type"].items():
+    for entry in metrics["per_defect_type"].values():
         assert entry["n_images"] == 3 + 2 and entry["n_defective"] == 2
         for key in ("image_auroc", "pixel_auroc", "au_pro"):
             assert entry[key] is None or 0.0 <= entry[key] <= 1.0
@@ -430,9 +442,13 @@ def test_labelled_metrics_match_values_recomputed_from_the_written_files(labelle
         path = Path(row["path"])
         maps.append(tifffile.imread(copy / "anomaly_maps" / row["defect_type"] / f"{path.stem}.tiff"))
         mask = tiny_dataset / "ground_truth" / row["defect_type"] / f"{path.stem}_mask.png"
-        masks.append(np.asarray(Image.open(mask).convert("L")) > 127 if mask.is_file() else np.zeros(maps[-1].shape, bool))
+        masks.append(
+            np.asarray(Image.open(mask).convert("L")) > 127 if mask.is_file() else np.zeros(maps[-1].shape, bool)
+        )
     pixels = np.concatenate([m.ravel() for m in maps])
-    assert metrics["pixel_auroc"] == pytest.approx(roc_auc_score(np.concatenate([g.ravel() for g in masks]), pixels), abs=1e-6)
+    assert metrics["pixel_auroc"] == pytest.approx(
+        roc_auc_score(np.concatenate([g.ravel() for g in masks]), pixels), abs=1e-6
+    )
     assert metrics["au_pro"] == pytest.approx(_independent_au_pro(maps, masks), abs=0.01)
     for defect in DEFECTS:
         sub = frame["defect_type"].isin(["good", defect]).to_numpy()
@@ -448,12 +464,16 @@ def test_smooth_sets_the_sigma_of_anomaly_maps_and_scores_not_the_verdicts(run_d
 
     tiffs, frames = {}, {}
     for sigma in (0, 2):
-        code, out, err = cli(test_script.main, ["-p", str(run_dir), "-t", "0.5", "-a", "3", "--smooth", str(sigma)], capsys)
+        code, out, err = cli(
+            test_script.main, ["-p", str(run_dir), "-t", "0.5", "-a", "3", "--smooth", str(sigma)], capsys
+        )
         assert code == 0, err
         assert json.loads((run_dir / "test" / "ssim" / "metrics.json").read_text())["smooth_sigma"] == sigma
         frames[sigma] = pd.read_csv(run_dir / "test" / "ssim" / "a3_t0.500000" / "classification.csv")
-        tiffs[sigma] = {p.relative_to(run_dir / "test" / "ssim" / "anomaly_maps").as_posix(): tifffile.imread(p)
-                        for p in sorted((run_dir / "test" / "ssim" / "anomaly_maps").rglob("*.tiff"))}
+        tiffs[sigma] = {
+            p.relative_to(run_dir / "test" / "ssim" / "anomaly_maps").as_posix(): tifffile.imread(p)
+            for p in sorted((run_dir / "test" / "ssim" / "anomaly_maps").rglob("*.tiff"))
+        }
     assert (frames[0]["prediction"] == frames[2]["prediction"]).all()
     assert (frames[0]["largest_area"] == frames[2]["largest_area"]).all()
     assert set(tiffs[0]) == set(tiffs[2]) and len(tiffs[0]) == 13
@@ -514,11 +534,11 @@ def test_without_validation_result_asks_for_validate(tiny_run, tmp_path, capsys)
 
 def synthetic_maps():
     maps = np.zeros((3, 20, 20), np.float32)
-    maps[0, 2:7, 3:8] = 1.0                         # 5x5 blob: 25 px
+    maps[0, 2:7, 3:8] = 1.0  # 5x5 blob: 25 px
     maps[0, 15, 15] = maps[0, 15, 16] = maps[0, 16, 15] = 1.0  # 3-px speck, apart from the blob
-    for i in range(6):                               # a diagonal line: 8-connected, one region of 6
+    for i in range(6):  # a diagonal line: 8-connected, one region of 6
         maps[1, 10 + i, 2 + i] = 0.9
-    maps[2, 5, 5] = 0.2                              # one faint pixel
+    maps[2, 5, 5] = 0.2  # one faint pixel
     return maps
 
 
@@ -602,7 +622,9 @@ def test_predict_images_mixed_formats(run_dir, tiny_dataset, tmp_path, capsys):
 def test_predict_images_empty_folder(run_dir, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "readme.txt").write_text("x")
-    code, _, err = cli(test_script.main, ["-p", str(run_dir), "--images", str(tmp_path / "empty"), "-t", "0.5", "-a", "3"], capsys)
+    code, _, err = cli(
+        test_script.main, ["-p", str(run_dir), "--images", str(tmp_path / "empty"), "-t", "0.5", "-a", "3"], capsys
+    )
     assert code == 2 and "Traceback" not in err
     assert "no images under" in error_lines(err)[-1]
     assert not list((run_dir / "predictions" / "ssim").glob("empty*"))
@@ -645,7 +667,9 @@ def test_mask_size_differs_from_image(tiny_run, tiny_dataset, run_dir, labelled,
         assert after[key] == pytest.approx(before[key], abs=2e-3), key
     for defect in DEFECTS:
         for key in ("image_auroc", "pixel_auroc", "au_pro"):
-            assert after["per_defect_type"][defect][key] == pytest.approx(before["per_defect_type"][defect][key], abs=2e-3)
+            assert after["per_defect_type"][defect][key] == pytest.approx(
+                before["per_defect_type"][defect][key], abs=2e-3
+            )
 
 
 def test_test_folder_without_good(tiny_run, tiny_dataset, tmp_path, capsys):
@@ -671,13 +695,31 @@ def test_test_folder_without_good(tiny_run, tiny_dataset, tmp_path, capsys):
 
 
 def test_finetune_plots(run_dir, capsys):
-    code, out, err = cli(finetune.main, ["-p", str(run_dir), "-v", "good/" + Path(
-        (run_dir / runs.VALIDATION_FILES).read_text().split()[1]).name, "-t", "hole/001.png", "-r", "30"], capsys)
+    code, out, err = cli(
+        finetune.main,
+        [
+            "-p",
+            str(run_dir),
+            "-v",
+            "good/" + Path((run_dir / runs.VALIDATION_FILES).read_text().split()[1]).name,
+            "-t",
+            "hole/001.png",
+            "-r",
+            "30",
+        ],
+        capsys,
+    )
     assert code == 0, err
     folder = run_dir / "finetune" / "ssim"
     assert out.strip().splitlines()[-1] == str(folder)
-    names = ("regions_vs_threshold.png", "area_mean_std_vs_threshold.png", "area_distribution_t0.png",
-             "area_distributions.png", "sample_validation.png", "sample_test.png")
+    names = (
+        "regions_vs_threshold.png",
+        "area_mean_std_vs_threshold.png",
+        "area_distribution_t0.png",
+        "area_distributions.png",
+        "sample_validation.png",
+        "sample_test.png",
+    )
     assert sorted(p.name for p in folder.iterdir()) == sorted([*names, runs.MARKER])
     for name in names:
         with Image.open(folder / name) as im:
@@ -691,7 +733,9 @@ def test_finetune_bad_arguments(tiny_run, tiny_dataset, tmp_path, capsys):
     line = assert_user_error(code, err, "NOT_THERE.png")
     assert any(name.replace("train/", "", 1) in line for name in listed), line
 
-    train_only = sorted({f"train/good/{p.name}" for p in (tiny_dataset / "train" / "good").glob("*.png")} - set(listed))[0]
+    train_only = sorted(
+        {f"train/good/{p.name}" for p in (tiny_dataset / "train" / "good").glob("*.png")} - set(listed)
+    )[0]
     code, _, err = cli(finetune.main, ["-p", str(run), "-v", train_only.replace("train/", "", 1)], capsys)
     assert_user_error(code, err, "not one of this run's validation images")
 
@@ -724,8 +768,12 @@ def test_visualize_cli(run_dir, capsys):
 def test_run_without_model(tiny_run, tmp_path, capsys):
     run = copy_run(tiny_run, tmp_path / "run")
     model_file(run).unlink()
-    for main, extra in ((validate.main, ["-a", "5"]), (test_script.main, ["-t", "0.5", "-a", "5"]),
-                        (finetune.main, []), (visualize.main, ["-t", "0.5", "-a", "5", "-i", "test/hole/000.png"])):
+    for main, extra in (
+        (validate.main, ["-a", "5"]),
+        (test_script.main, ["-t", "0.5", "-a", "5"]),
+        (finetune.main, []),
+        (visualize.main, ["-t", "0.5", "-a", "5", "-i", "test/hole/000.png"]),
+    ):
         code, _, err = cli(main, ["-p", str(run), *extra], capsys)
         assert_user_error(code, err, "no model", runs.model_filename("mvtec2", 4))
     assert not any((run / name).exists() for name in OUTPUT_DIRS)
@@ -874,22 +922,31 @@ def test_scales_are_recorded_followed_and_checked(tiny_run, tmp_path, capsys):
     assert code == 0, err
     assert out.startswith("ssim at 1 scale, 4 passes, minus baseline, threshold")
     tested = json.loads((run / "test" / "ssim" / "metrics.json").read_text())
-    assert tested["scales"] == 1 and tested["baseline_quantile"] == result["baseline_quantile"] == inference.BASELINE_QUANTILE
+    assert (
+        tested["scales"] == 1
+        and tested["baseline_quantile"] == result["baseline_quantile"] == inference.BASELINE_QUANTILE
+    )
     assert tested["baseline_tolerance"] == result["baseline_tolerance"] == inference.BASELINE_TOLERANCE == 1
     # A validation result from before --scales existed was made with the plain map.
     del result["scales"]
     runs.write_json(run / "validation" / "ssim" / f"a{AREA}" / "validation_result.json", result)
-    assert inference.resolve_threshold(runs.find_run(run), "ssim")[2] == inference.MapOptions(True, 1, inference.DEFAULT_PASSES)
+    assert inference.resolve_threshold(runs.find_run(run), "ssim")[2] == inference.MapOptions(
+        True, 1, inference.DEFAULT_PASSES
+    )
     # Results made with an older baseline (the mean; the quantile without tolerance) have
     # thresholds that no longer fit the maps: refused, and nothing is written.
     before = tree_snapshot(run / "test")
-    for stale, said in [({"baseline_tolerance": None}, "quantile 0.75, 0-px tolerance"),
-                        ({"baseline_quantile": None, "baseline_tolerance": None}, "the mean")]:
+    for stale, said in [
+        ({"baseline_tolerance": None}, "quantile 0.75, 0-px tolerance"),
+        ({"baseline_quantile": None, "baseline_tolerance": None}, "the mean"),
+    ]:
         runs.write_json(run / "validation" / "ssim" / f"a{AREA}" / "validation_result.json", {**result, **stale})
         code, _, err = cli(test_script.main, ["-p", str(run)], capsys)
         assert code == 2 and len(err.strip().splitlines()) == 1 and tree_snapshot(run / "test") == before
-        assert (f"older residual baseline ({said} instead of quantile 0.75, 1-px tolerance); "
-                "run validate.py again, or pass -t and -a") in err
+        assert (
+            f"older residual baseline ({said} instead of quantile 0.75, 1-px tolerance); "
+            "run validate.py again, or pass -t and -a"
+        ) in err
     # A 48-px image cannot hold an 11-px SSIM window at an eighth of its size.
     code, _, err = cli(validate.main, ["-p", str(run), "-a", str(AREA), "--scales", "4"], capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1
@@ -930,8 +987,10 @@ def test_passes_are_recorded_followed_and_checked(tiny_run, tmp_path, capsys):
 
 def test_closed_stdout_ends_quietly_without_traceback():
     # `validate.py ... | head -n 1` closes the pipe before the script's last print.
-    code = ("import sys; sys.path.insert(0, '.'); from utils import run_cli\n"
-            "def main(argv):\n    raise BrokenPipeError(32, 'Broken pipe')\n"
-            "sys.exit(run_cli(main))\n")
+    code = (
+        "import sys; sys.path.insert(0, '.'); from utils import run_cli\n"
+        "def main(argv):\n    raise BrokenPipeError(32, 'Broken pipe')\n"
+        "sys.exit(run_cli(main))\n"
+    )
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 141 and proc.stderr == ""

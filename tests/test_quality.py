@@ -39,8 +39,10 @@ def aligned_class(root, n=12, side=48, seed=0):
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[:side, :side]
     obj = np.where((yy - side / 2) ** 2 + (xx - side / 2) ** 2 < (side / 3) ** 2, 200.0, 40.0)
-    obj[side // 2 - 3:side // 2 + 3, : side // 2] = 90.0
-    imgs = [np.clip(obj * rng.uniform(0.9, 1.1) + rng.normal(0, 6, obj.shape), 0, 255).astype(np.uint8) for _ in range(n)]
+    obj[side // 2 - 3 : side // 2 + 3, : side // 2] = 90.0
+    imgs = [
+        np.clip(obj * rng.uniform(0.9, 1.1) + rng.normal(0, 6, obj.shape), 0, 255).astype(np.uint8) for _ in range(n)
+    ]
     return _write_class(root, imgs, "aligned")
 
 
@@ -52,11 +54,12 @@ def shifted_texture_class(root, n=12, side=48, width=None, seed=0):
     crops = []
     for _ in range(n):
         y, x = rng.integers(0, 256 - side), rng.integers(0, 256 - width)
-        crops.append(tex[y:y + side, x:x + width])
+        crops.append(tex[y : y + side, x : x + width])
     return _write_class(root, crops, "texture")
 
 
 # ---- regime ----
+
 
 def test_alignment_separates_an_aligned_object_from_a_shifted_texture(tmp_path):
     aligned = data.list_images(aligned_class(tmp_path) / "train" / "good")
@@ -86,6 +89,7 @@ def test_surface_shape_keeps_the_aspect_ratio_in_stride_multiples():
 
 
 # ---- simulated defects ----
+
 
 def test_corrupt_marks_exactly_the_changed_pixels_and_is_seeded():
     rng = np.random.default_rng(0)
@@ -117,6 +121,7 @@ def test_painted_copies_differ_from_the_originals_only_inside_their_masks():
 
 
 # ---- the head ----
+
 
 def test_segmentation_head_is_fully_convolutional_and_saves_in_safe_mode(tmp_path):
     import keras
@@ -161,9 +166,15 @@ def test_trained_head_marks_simulated_defects_above_good_pixels(tmp_path):
 
 # ---- command lines, end to end ----
 
+
 def _cli(script, *args, check=True):
-    proc = subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], capture_output=True, text=True,
-                          cwd=ROOT, env={**__import__("os").environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / script), *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**__import__("os").environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
     if check:
         assert proc.returncode == 0, proc.stderr[-2000:]
     return proc
@@ -179,7 +190,7 @@ def surface_run(tmp_path_factory):
         d = klass / "test" / folder
         d.mkdir(parents=True)
         for i in range(n):
-            img = tex[i * 50:i * 50 + 48, :80].copy()
+            img = tex[i * 50 : i * 50 + 48, :80].copy()
             if folder == "stain":
                 mask = np.zeros(img.shape, bool)
                 mask[10:22, 20:40] = True
@@ -220,13 +231,19 @@ def test_surface_run_validates_with_a_proxy_and_tests_with_the_learned_map(surfa
     assert ssim.returncode == 0 and ssim_result["baseline"] is False  # no per-pixel baseline on surfaces
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--mode", "plane"], "invalid choice: 'plane'"),
-    (["--patch", "40"], "--patch must be a multiple of 16 from 32 to the image's shorter side (48 px here), got 40"),
-    (["--patch", "64"], "--patch must be a multiple of 16"),
-    (["--head-steps", "-1"], "--head-steps must be >= 0"),
-    (["--mode", "surface", "-a", "resnet"], "-a resnet needs whole square images"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--mode", "plane"], "invalid choice: 'plane'"),
+        (
+            ["--patch", "40"],
+            "--patch must be a multiple of 16 from 32 to the image's shorter side (48 px here), got 40",
+        ),
+        (["--patch", "64"], "--patch must be a multiple of 16"),
+        (["--head-steps", "-1"], "--head-steps must be >= 0"),
+        (["--mode", "surface", "-a", "resnet"], "-a resnet needs whole square images"),
+    ],
+)
 def test_bad_regime_options_get_one_line_errors(surface_run, tmp_path, args, message):
     _, klass = surface_run
     proc = _cli("train.py", "new", "-d", klass, "--epochs", 1, "--out", tmp_path / "runs", *args, check=False)
@@ -249,9 +266,8 @@ def test_learned_method_refuses_map_options_and_a_missing_head(surface_run, tmp_
 
 def test_head_trains_on_crops_of_an_object_autoencoder_that_takes_whole_images(tmp_path):
     """Object CAEs have a fixed input size: the head's crops are cut after reconstructing whole images."""
-    import models
-
     import learned
+    import models
 
     cae = models.mvtec2_cae(size=64, channels=1)
     images = np.stack([_texture(64, s)[..., None] / 255.0 for s in range(4)]).astype(np.float32)

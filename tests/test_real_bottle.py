@@ -6,13 +6,13 @@ so only the plumbing is checked here, not quality (that is ``bench/bench_bottle.
 The shared folder is only read; the test checks that nothing in it changed.
 Skipped when the shared data is absent (e.g. on a machine without ``../shared``).
 """
+
 import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import ROOT, cli
 
 import data  # noqa: E402
@@ -27,8 +27,7 @@ pytestmark = pytest.mark.skipif(not (BOTTLE / "train" / "good").is_dir(), reason
 
 
 def _listing(folder):
-    return sorted((p.relative_to(folder).as_posix(), p.stat().st_size, p.stat().st_mtime_ns)
-                  for p in folder.rglob("*"))
+    return sorted((p.relative_to(folder).as_posix(), p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*"))
 
 
 def test_real_layout_reads_every_image_with_its_mask():
@@ -48,8 +47,27 @@ def test_train_validate_test_on_real_bottle(tmp_path, capsys):
     import tifffile
 
     before = _listing(BOTTLE)
-    code, out, err = cli(train.main, ["new", "-d", str(BOTTLE), "-c", "rgb", "--size", "32", "--epochs", "1",
-                                      "-b", "16", "--seed", "1", "--out", str(tmp_path)], capsys)
+    code, out, err = cli(
+        train.main,
+        [
+            "new",
+            "-d",
+            str(BOTTLE),
+            "-c",
+            "rgb",
+            "--size",
+            "32",
+            "--epochs",
+            "1",
+            "-b",
+            "16",
+            "--seed",
+            "1",
+            "--out",
+            str(tmp_path),
+        ],
+        capsys,
+    )
     assert code == 0, err
     run_dir = Path(out.strip().splitlines()[-1])
     setup = json.loads((run_dir / "setup.json").read_text())

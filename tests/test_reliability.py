@@ -5,6 +5,7 @@ separate processes); here every case runs in-process on its own copy of a small 
 dataset, a validated run, the user's own files) and must end in exit code 2 with one
 error line naming the problem, or work, and leave every file that existed before unchanged.
 """
+
 import importlib.util
 import json
 import os
@@ -18,9 +19,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image
-
 from conftest import ROOT, cli, train_args
+from PIL import Image
 
 import data  # noqa: E402
 import finetune  # noqa: E402
@@ -121,7 +121,9 @@ def test_stale_threshold_is_refused_and_old_results_are_kept(template, tmp_path,
     assert code == 0, err
     kept = run / "validation" / "ssim" / runs.OTHER_WEIGHTS / old_id[:12] / "a10"
     assert sweep.file_hashes(kept) == old_validation
-    assert json.loads((run / "validation/ssim/a10/validation_result.json").read_text())["model_sha256"] == runs.model_id(world.model())
+    assert json.loads((run / "validation/ssim/a10/validation_result.json").read_text())[
+        "model_sha256"
+    ] == runs.model_id(world.model())
     code, _, err = cli(MAINS["test"], ["-p", str(run)], capsys)
     assert code == 0, err
     code, _, err = cli(MAINS["test"], ["-p", str(run), "-t", "0.5", "-a", "5", *fast], capsys)
@@ -166,7 +168,9 @@ def test_decompression_bomb_and_tiny_images_are_warned_about(tmp_path, capsys):
     sweep.write_bomb(tmp_path / "bomb.png")
     Image.fromarray(np.full((1, 1), 128, np.uint8)).save(tmp_path / "tiny.png")
     Image.fromarray(np.full((40, 40), 128, np.uint8)).save(tmp_path / "fine.png")
-    images, kept = data.load_images([tmp_path / "bomb.png", tmp_path / "tiny.png", tmp_path / "fine.png"], "grayscale", 32)
+    images, kept = data.load_images(
+        [tmp_path / "bomb.png", tmp_path / "tiny.png", tmp_path / "fine.png"], "grayscale", 32
+    )
     err = capsys.readouterr().err
     assert [p.name for p in kept] == ["tiny.png", "fine.png"] and images.shape == (2, 32, 32, 1)
     assert "bomb.png" in err and "decompression bomb" in err
@@ -203,8 +207,14 @@ def _tiny_run(tiny_dataset, out):
 
 
 def _script(name, *argv):
-    return subprocess.Popen([sys.executable, str(ROOT / name), *map(str, argv)], cwd=ROOT, env=ENV,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / name), *map(str, argv)],
+        cwd=ROOT,
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def test_two_concurrent_tests_of_one_run_write_one_consistent_result(template, tmp_path):
@@ -227,19 +237,31 @@ def test_two_concurrent_tests_of_one_run_write_one_consistent_result(template, t
     for _, row in frame.iterrows():
         tiff = tifffile.imread(method_dir / "anomaly_maps" / row["defect_type"] / f"{Path(row['path']).stem}.tiff")
         assert float(tiff.max()) == pytest.approx(row["score"], rel=1e-5)
-    assert metrics["image_auroc"] == pytest.approx(roc_auc_score(frame["truth"] == "defective", frame["score"]), abs=1e-9)
+    assert metrics["image_auroc"] == pytest.approx(
+        roc_auc_score(frame["truth"] == "defective", frame["score"]), abs=1e-9
+    )
 
 
 def test_two_resumes_one_refuses_then_kill_9_mid_training_stays_resumable(tiny_dataset, tmp_path):
     run_dir = _tiny_run(tiny_dataset, tmp_path)
     first = _script("train.py", "resume", "-p", run_dir, "-e", "8")
     line = first.stdout.readline()
-    assert "extending finished run by 8 epochs" in line, first.stderr.read()[-800:] if first.poll() is not None else line
-    second = subprocess.run([sys.executable, str(ROOT / "train.py"), "resume", "-p", str(run_dir), "-e", "1"], cwd=ROOT,
-                            env=ENV, capture_output=True, text=True, timeout=600)
+    assert "extending finished run by 8 epochs" in line, (
+        first.stderr.read()[-800:] if first.poll() is not None else line
+    )
+    second = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), "resume", "-p", str(run_dir), "-e", "1"],
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert second.returncode == 2
-    assert second.stderr.strip().splitlines() == [f"train.py: error: run {run_dir} is in use by another process "
-                                                  "(being trained, or read by validate/test); try again when it has finished"]
+    assert second.stderr.strip().splitlines() == [
+        f"train.py: error: run {run_dir} is in use by another process "
+        "(being trained, or read by validate/test); try again when it has finished"
+    ]
     deadline = time.time() + 300
     while time.time() < deadline and first.poll() is None:
         state_path = run_dir / "backup" / "state.json"
@@ -253,8 +275,14 @@ def test_two_resumes_one_refuses_then_kill_9_mid_training_stays_resumable(tiny_d
     assert setup["status"] == "training" and setup["epochs"] == 9
     state = json.loads((run_dir / "backup" / "state.json").read_text())
     assert (run_dir / "backup" / state["model"]).is_file() and state["epoch"] >= 2
-    done = subprocess.run([sys.executable, str(ROOT / "train.py"), "resume", "-p", str(run_dir), "-e", "1"], cwd=ROOT,
-                          env=ENV, capture_output=True, text=True, timeout=900)
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), "resume", "-p", str(run_dir), "-e", "1"],
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert done.returncode == 0, done.stderr[-800:]
     assert f"resuming interrupted run at epoch {state['epoch'] + 1} of 10" in done.stdout
     assert json.loads((run_dir / "setup.json").read_text())["epochs_run"] == 10
@@ -276,8 +304,14 @@ def test_kill_9_at_the_start_of_resume_leaves_the_run_resumable(tiny_dataset, tm
     assert state["epoch"] == 1 and state["epochs"] == 3 and (run_dir / "backup" / state["model"]).is_file()
     pd.testing.assert_frame_equal(pd.read_csv(run_dir / "history.csv"), history)
     assert runs.find_run(run_dir).model_path.is_file()  # still offered for testing: its best model is intact
-    done = subprocess.run([sys.executable, str(ROOT / "train.py"), "resume", "-p", str(run_dir)], cwd=ROOT, env=ENV,
-                          capture_output=True, text=True, timeout=900)
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), "resume", "-p", str(run_dir)],
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert done.returncode == 0, done.stderr[-800:]
     setup = json.loads((run_dir / "setup.json").read_text())
     assert setup["status"] == "done" and setup["epochs_run"] == 3 and not (run_dir / "backup").exists()
@@ -289,8 +323,12 @@ def test_new_run_killed_before_its_first_epoch_is_reported_as_empty_everywhere(t
     run_dir.parent.mkdir(parents=True)
     shutil.move(str(_tiny_run(tiny_dataset, tmp_path / "t")), str(run_dir))
     sweep.empty_run(sweep.World(tmp_path / "w"))  # the state a kill -9 before epoch 1 ends leaves
-    for main, argv in ((MAINS["test"], ["-p", run_dir, "-t", "0.5", "-a", "5"]), (MAINS["train"], ["resume", "-p", run_dir]),
-                       (MAINS["train"], ["resume", "-p", run_dir, "-e", "2"]), (MAINS["validate"], ["-p", run_dir, "-a", "5"])):
+    for main, argv in (
+        (MAINS["test"], ["-p", run_dir, "-t", "0.5", "-a", "5"]),
+        (MAINS["train"], ["resume", "-p", run_dir]),
+        (MAINS["train"], ["resume", "-p", run_dir, "-e", "2"]),
+        (MAINS["validate"], ["-p", run_dir, "-a", "5"]),
+    ):
         code, _, err = cli(main, [str(a) for a in argv], capsys)
         assert code == 2 and "stopped before finishing its first epoch" in err and "train.py new" in err, err
 
@@ -307,8 +345,9 @@ def test_file_system_refusals_are_one_line(tmp_path, capsys, monkeypatch):
 
     assert run_cli(denied) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].endswith(f"error: cannot write or read: {tmp_path / 'run' / 'calibration.npz'}: "
-                                             "Permission denied")
+    assert len(err) == 1 and err[0].endswith(
+        f"error: cannot write or read: {tmp_path / 'run' / 'calibration.npz'}: Permission denied"
+    )
 
     def full(argv):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -329,13 +368,31 @@ def test_unwritable_output_is_refused_before_any_work(template, tmp_path, capsys
     (world.root / "readonly").mkdir()
     monkeypatch.setattr(os, "access", lambda p, mode, **k: False if str(p) in locked else real(p, mode, **k))
     before = sweep.file_hashes(world.root)
-    code, _, err = cli(MAINS["test"], ["-p", str(world.run), "--images", str(world.root / "imgs"), "-t", "0.5", "-a", "5",
-                                       "--out", str(world.root / "readonly" / "res")], capsys)
+    code, _, err = cli(
+        MAINS["test"],
+        [
+            "-p",
+            str(world.run),
+            "--images",
+            str(world.root / "imgs"),
+            "-t",
+            "0.5",
+            "-a",
+            "5",
+            "--out",
+            str(world.root / "readonly" / "res"),
+        ],
+        capsys,
+    )
     (line,) = err.strip().splitlines()
-    assert code == 2 and line.endswith(f"error: cannot write {world.root / 'readonly' / 'res'}: no permission to write "
-                                       f"into {world.root / 'readonly'}")
-    code, _, err = cli(MAINS["train"], ["new", "-d", str(world.root / "data" / "brick"), "--out", str(world.root / "readonly"),
-                                        "--epochs", "1"], capsys)
+    assert code == 2 and line.endswith(
+        f"error: cannot write {world.root / 'readonly' / 'res'}: no permission to write into {world.root / 'readonly'}"
+    )
+    code, _, err = cli(
+        MAINS["train"],
+        ["new", "-d", str(world.root / "data" / "brick"), "--out", str(world.root / "readonly"), "--epochs", "1"],
+        capsys,
+    )
     assert code == 2 and "no permission to write into" in err and len(err.strip().splitlines()) == 1
     assert sweep.file_hashes(world.root) == before
 
@@ -343,8 +400,10 @@ def test_unwritable_output_is_refused_before_any_work(template, tmp_path, capsys
 def test_tensorflow_start_up_lines_do_not_break_one_line_errors():
     """TensorFlow's C++ start-up lines (absl, oneDNN) would precede every error raised after
     the model is loaded; the scripts import TensorFlow with them silenced."""
-    code = ("import sys; sys.path.insert(0, '.'); from utils import quiet_tensorflow; quiet_tensorflow(); "
-            "import keras, tensorflow as tf; assert tf.constant([2.0]).numpy()[0] == 2.0")
+    code = (
+        "import sys; sys.path.insert(0, '.'); from utils import quiet_tensorflow; quiet_tensorflow(); "
+        "import keras, tensorflow as tf; assert tf.constant([2.0]).numpy()[0] == 2.0"
+    )
     env = {k: v for k, v in ENV.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0 and proc.stderr == "", proc.stderr[-600:]

@@ -1,4 +1,5 @@
 """Residual maps, regions and the exact threshold search."""
+
 import numpy as np
 import pytest
 from skimage.metrics import structural_similarity
@@ -14,9 +15,21 @@ def test_ssim_resmap_matches_skimage_interior_and_is_defined_at_borders():
     assert maps.shape == (2, 48, 48) and maps.dtype == np.float32
     assert np.isfinite(maps).all()
     for i in range(2):
-        ref = np.mean([structural_similarity(x[i, ..., c], y[i, ..., c], gaussian_weights=True, sigma=1.5,
-                                             use_sample_covariance=False, data_range=1.0, full=True)[1]
-                       for c in range(3)], axis=0)
+        ref = np.mean(
+            [
+                structural_similarity(
+                    x[i, ..., c],
+                    y[i, ..., c],
+                    gaussian_weights=True,
+                    sigma=1.5,
+                    use_sample_covariance=False,
+                    data_range=1.0,
+                    full=True,
+                )[1]
+                for c in range(3)
+            ],
+            axis=0,
+        )
         np.testing.assert_allclose(maps[i, 5:-5, 5:-5], 1 - ref[5:-5, 5:-5], atol=1e-3)
         np.testing.assert_allclose(maps[i], 1 - ref, atol=1e-3)  # borders too (same reflect padding)
 
@@ -75,8 +88,9 @@ def test_maps_equal_the_tensorflow_graph_version():
         y = np.clip(x + rng.normal(0, 0.2, shape), 0, 1).astype(np.float32)
         for method in ("ssim", "l2"):
             for scales in range(1, resmaps.max_scales(min(shape[1:3]), method) + 1):
-                np.testing.assert_allclose(resmaps.residual_maps(x, y, method, scales),
-                                           graph_maps(x, y, method, scales), rtol=0, atol=2e-5)
+                np.testing.assert_allclose(
+                    resmaps.residual_maps(x, y, method, scales), graph_maps(x, y, method, scales), rtol=0, atol=2e-5
+                )
 
 
 def test_scales_are_limited_by_the_ssim_window():
@@ -190,7 +204,7 @@ def _spilling_model(size=32, k=7):
     inputs = keras.Input((size, size, 3))
     conv = keras.layers.DepthwiseConv2D(k, padding="same", name="box")
     outputs = conv(inputs)
-    conv.set_weights([np.full((k, k, 3, 1), 0.5 / k ** 2, np.float32), np.full(3, 0.25, np.float32)])
+    conv.set_weights([np.full((k, k, 3, 1), 0.5 / k**2, np.float32), np.full(3, 0.25, np.float32)])
     return keras.Model(inputs, outputs)
 
 
@@ -216,13 +230,17 @@ def test_later_passes_remove_the_spill_around_a_defect_and_keep_the_defect():
         options = inference.MapOptions(baseline=True, scales=1, passes=passes)
         _, train_maps, calibration = inference.refined_maps(model, train, "l2", options)
         assert calibration.baselines.shape == (passes, 32, 32)
-        found[passes] = {name: inference.refined_maps(model, images, "l2", options, calibration=calibration)[1][0]
-                         for name, images in (("defect", defect), ("good", good))}
+        found[passes] = {
+            name: inference.refined_maps(model, images, "l2", options, calibration=calibration)[1][0]
+            for name, images in (("defect", defect), ("good", good))
+        }
         if passes == 1:
             assert calibration.mask_threshold == np.inf
             first_pass_train = train_maps
         else:
-            assert calibration.mask_threshold == pytest.approx(np.quantile(gaussian_filter(first_pass_train, (0, 4, 4)), 0.999))
+            assert calibration.mask_threshold == pytest.approx(
+                np.quantile(gaussian_filter(first_pass_train, (0, 4, 4)), 0.999)
+            )
     one, three = found[1]["defect"], found[3]["defect"]
     # The result is the minimum over passes, so it never exceeds the first pass ...
     assert (found[2]["defect"] <= one).all() and (three <= found[2]["defect"]).all()

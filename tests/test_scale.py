@@ -4,6 +4,7 @@ test.py --images --shard K/N with --merge.
 Strategy runs happen in subprocesses: logical devices and the multi-worker strategy must
 be configured before TensorFlow starts, which it already has in the pytest process.
 """
+
 import json
 import os
 import socket
@@ -13,7 +14,6 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import ROOT, cli, train_args
 
 import distribution  # noqa: E402
@@ -44,10 +44,21 @@ print(json.dumps({{"run": str(run_dir), "loss": history["loss"].tolist(), "setup
 
 
 def run_training(devices, resume=None, more=None, env=None, **args):
-    code = RUNNER.format(root=str(ROOT), tests=str(ROOT / "tests"), devices=devices, resume=resume, more=more,
-                         args={k: str(v) if hasattr(v, "parts") else v for k, v in args.items()})
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})})
+    code = RUNNER.format(
+        root=str(ROOT),
+        tests=str(ROOT / "tests"),
+        devices=devices,
+        resume=resume,
+        more=more,
+        args={k: str(v) if hasattr(v, "parts") else v for k, v in args.items()},
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})},
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -57,18 +68,32 @@ def dataset(tmp_path_factory):
     """14 good 64-px images: 10 train, 4 validation (so 2 replicas share every batch)."""
     import make_dataset
 
-    (class_dir,) = make_dataset.generate(tmp_path_factory.mktemp("scale"), classes=("brick",), size=64, n_train=14,
-                                         n_test_good=3, n_test_defect=1, seed=2)
+    (class_dir,) = make_dataset.generate(
+        tmp_path_factory.mktemp("scale"),
+        classes=("brick",),
+        size=64,
+        n_train=14,
+        n_test_good=3,
+        n_test_defect=1,
+        seed=2,
+    )
     return class_dir
 
 
 def test_two_logical_devices_same_loss_curve_and_resume(dataset, tmp_path):
     """Per-image losses: 2 replicas × batch 2 follow 1 device × batch 4 (global batch recorded)."""
     one = run_training(1, **vars(train_args(dataset, tmp_path / "one", batch=4, epochs=2, strategy="one", **TRAIN)))
-    two = run_training(2, **vars(train_args(dataset, tmp_path / "two", batch=2, epochs=2, strategy="mirrored", **TRAIN)))
+    two = run_training(
+        2, **vars(train_args(dataset, tmp_path / "two", batch=2, epochs=2, strategy="mirrored", **TRAIN))
+    )
     assert one["setup"]["replicas"] == 1 and one["setup"]["global_batch"] == 4
     setup = json.loads((tmp_path / "two" / two["run"].split("/two/")[1] / "setup.json").read_text())
-    assert (setup["strategy"], setup["replicas"], setup["per_replica_batch"], setup["global_batch"]) == ("mirrored", 2, 2, 4)
+    assert (setup["strategy"], setup["replicas"], setup["per_replica_batch"], setup["global_batch"]) == (
+        "mirrored",
+        2,
+        2,
+        4,
+    )
     np.testing.assert_allclose(two["loss"], one["loss"], rtol=2e-3)
     # Resume (extend by one epoch) under the strategy setup.json records.
     more = run_training(2, resume=two["run"], more=1)
@@ -89,14 +114,47 @@ def _free_ports(n):
 def test_two_workers_on_localhost(dataset, tmp_path):
     """A two-process MultiWorkerMirroredStrategy run, one epoch: the chief keeps the run, the other worker nothing."""
     cluster = {"worker": [f"localhost:{p}" for p in _free_ports(2)]}
-    argv = ["new", "-d", str(dataset), "--out", str(tmp_path / "runs"), "-b", "2", "--size", "32", "--epochs", "1",
-            "--mode", "object", "--head-steps", "0", "--no-augment", "--denoise", "0", "--val-split", "0.3",
-            "--strategy", "multiworker"]
-    workers = [subprocess.Popen([sys.executable, str(ROOT / "train.py"), *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True, cwd=tmp_path, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "TF_CONFIG": json.dumps(
-                                    {"cluster": cluster, "task": {"type": "worker", "index": i}})}) for i in range(2)]
+    argv = [
+        "new",
+        "-d",
+        str(dataset),
+        "--out",
+        str(tmp_path / "runs"),
+        "-b",
+        "2",
+        "--size",
+        "32",
+        "--epochs",
+        "1",
+        "--mode",
+        "object",
+        "--head-steps",
+        "0",
+        "--no-augment",
+        "--denoise",
+        "0",
+        "--val-split",
+        "0.3",
+        "--strategy",
+        "multiworker",
+    ]
+    workers = [
+        subprocess.Popen(
+            [sys.executable, str(ROOT / "train.py"), *argv],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=tmp_path,
+            env={
+                **os.environ,
+                "TF_CPP_MIN_LOG_LEVEL": "3",
+                "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}}),
+            },
+        )
+        for i in range(2)
+    ]
     outputs = [w.communicate(timeout=600) for w in workers]
-    for w, (out, err) in zip(workers, outputs):
+    for w, (_out, err) in zip(workers, outputs):
         assert w.returncode == 0, err[-3000:]
     chief_run = outputs[0][0].strip().splitlines()[-1]
     setup = json.loads((tmp_path / "runs" / chief_run.split("/runs/")[1] / "setup.json").read_text())
@@ -109,18 +167,23 @@ def test_two_workers_on_localhost(dataset, tmp_path):
     assert losses[0] == pytest.approx(losses[1], rel=1e-4)
 
 
-@pytest.mark.parametrize("config, message", [
-    (None, "needs TF_CONFIG"),
-    ("{not json", "TF_CONFIG is not valid JSON"),
-    ('{"cluster": {"worker": ["localhost:1"]}}', "must be a JSON object with 'cluster'"),
-    ('{"cluster": {"worker": ["localhost:1"]}, "task": {"type": "worker", "index": 3}}', "does not name one of"),
-])
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        (None, "needs TF_CONFIG"),
+        ("{not json", "TF_CONFIG is not valid JSON"),
+        ('{"cluster": {"worker": ["localhost:1"]}}', "must be a JSON object with 'cluster'"),
+        ('{"cluster": {"worker": ["localhost:1"]}, "task": {"type": "worker", "index": 3}}', "does not name one of"),
+    ],
+)
 def test_bad_tf_config_one_line(dataset, tmp_path, capsys, monkeypatch, config, message):
     if config is None:
         monkeypatch.delenv("TF_CONFIG", raising=False)
     else:
         monkeypatch.setenv("TF_CONFIG", config)
-    code, _, err = cli(train.main, ["new", "-d", str(dataset), "--out", str(tmp_path / "runs"), "--strategy", "multiworker"], capsys)
+    code, _, err = cli(
+        train.main, ["new", "-d", str(dataset), "--out", str(tmp_path / "runs"), "--strategy", "multiworker"], capsys
+    )
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").rglob("setup.json"))
 
@@ -136,6 +199,7 @@ def test_uneven_replicas_refused_or_dropped():
 
 # ---- shards ----
 
+
 @pytest.mark.parametrize("spec", ["3/2", "a/b", "0/2", "1/0", "1", "-1/2", "1/2/3"])
 def test_bad_shard_specs(spec):
     with pytest.raises(UserError, match="--shard must be K/N"):
@@ -148,7 +212,9 @@ def test_shards_are_disjoint_deterministic_and_complete(tmp_path):
         parts = [sharding.select(list(reversed(paths)), tmp_path, (k, n)) for k in range(1, n + 1)]
         assert sorted(p for part in parts for p in part) == sorted(paths)  # complete and disjoint
         assert max(map(len, parts)) - min(map(len, parts)) <= 1
-        assert parts == [sharding.select(paths, tmp_path, (k, n)) for k in range(1, n + 1)]  # order of listing irrelevant
+        assert parts == [
+            sharding.select(paths, tmp_path, (k, n)) for k in range(1, n + 1)
+        ]  # order of listing irrelevant
     with pytest.raises(UserError, match="fewer than 24 parts"):
         sharding.select(paths, tmp_path, (1, 24))
 
@@ -170,11 +236,15 @@ def test_shard_then_merge_equals_whole_folder(validated, dataset, tmp_path, caps
     test_script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(test_script)
     images = dataset / "test"
-    whole_code, whole_out, err = cli(test_script.main, ["-p", str(validated), "--images", str(images), "--out", str(tmp_path / "whole")], capsys)
+    whole_code, whole_out, err = cli(
+        test_script.main, ["-p", str(validated), "--images", str(images), "--out", str(tmp_path / "whole")], capsys
+    )
     assert whole_code == 0, err
     parts = []
     for k in (1, 2, 3):
-        code, out, err = cli(test_script.main, ["-p", str(validated), "--images", str(images), "--shard", f"{k}/3"], capsys)
+        code, out, err = cli(
+            test_script.main, ["-p", str(validated), "--images", str(images), "--shard", f"{k}/3"], capsys
+        )
         assert code == 0, err
         parts.append(out.strip().splitlines()[-1])
         assert parts[-1].endswith(f"_shard{k}of3")
@@ -185,7 +255,9 @@ def test_shard_then_merge_equals_whole_folder(validated, dataset, tmp_path, caps
     # Missing and repeated parts are refused in one line, nothing written.
     code, _, err = cli(test_script.main, ["-p", str(validated), "--merge", parts[0], parts[0], parts[2]], capsys)
     assert code == 2 and "missing 2/3; repeated 1/3" in err and len(err.strip().splitlines()) == 1
-    code, out, err = cli(test_script.main, ["-p", str(validated), "--merge", *reversed(parts), "--out", str(tmp_path / "merged")], capsys)
+    code, out, err = cli(
+        test_script.main, ["-p", str(validated), "--merge", *reversed(parts), "--out", str(tmp_path / "merged")], capsys
+    )
     assert code == 0, err
     merged = pd.read_csv(tmp_path / "merged" / "predictions.csv")
     assert merged["path"].tolist() == whole["path"].tolist()
@@ -201,9 +273,11 @@ def test_shard_cli_errors(validated, dataset, capsys):
     spec = importlib.util.spec_from_file_location("cae_test_script", ROOT / "test.py")
     test_script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(test_script)
-    for argv, message in ((["--images", str(dataset / "test"), "--shard", "3/2"], "--shard must be K/N"),
-                          (["--images", str(dataset / "test"), "--shard", "a/b"], "--shard must be K/N"),
-                          (["--shard", "1/2"], "--shard only applies with --images"),
-                          (["--merge", str(dataset)], "not a prediction folder")):
+    for argv, message in (
+        (["--images", str(dataset / "test"), "--shard", "3/2"], "--shard must be K/N"),
+        (["--images", str(dataset / "test"), "--shard", "a/b"], "--shard must be K/N"),
+        (["--shard", "1/2"], "--shard only applies with --images"),
+        (["--merge", str(dataset)], "not a prediction folder"),
+    ):
         code, _, err = cli(test_script.main, ["-p", str(validated), *argv], capsys)
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err

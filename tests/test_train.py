@@ -1,4 +1,5 @@
 """train.py new/resume: the run folder, resuming, and one-line errors for bad input."""
+
 import datetime as dt
 import json
 import subprocess
@@ -7,12 +8,12 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import ROOT, SIZE, cli, train_args
 from PIL import Image
 
 import runs
 import train
 import training
-from conftest import ROOT, SIZE, cli, train_args
 
 
 def test_run_folder_has_every_file(tiny_run, tiny_dataset):
@@ -42,8 +43,11 @@ def test_validation_files_are_held_back_and_hashed(tiny_run, tiny_dataset):
 
 
 def test_model_loads_in_safe_mode_without_custom_objects(tiny_run):
-    code = ("import keras, numpy as np; m = keras.models.load_model(r'%s', safe_mode=True, compile=False); "
-            "print(m.predict(np.zeros((1, %d, %d, 1), 'float32'), verbose=0).shape)") % (tiny_run / "CAE_mvtec2_b4.keras", SIZE, SIZE)
+    model = tiny_run / "CAE_mvtec2_b4.keras"
+    code = (
+        f"import keras, numpy as np; m = keras.models.load_model(r'{model}', safe_mode=True, compile=False); "
+        f"print(m.predict(np.zeros((1, {SIZE}, {SIZE}, 1), 'float32'), verbose=0).shape)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/", timeout=300)
     assert out.returncode == 0, out.stderr[-500:]
     assert f"(1, {SIZE}, {SIZE}, 1)" in out.stdout
@@ -73,7 +77,9 @@ def test_best_model_is_saved_not_the_last(tiny_dataset, tmp_path, monkeypatch):
         def on_epoch_begin(self, epoch, logs=None):
             if epoch == 2:
                 rng = np.random.default_rng(0)
-                self.model.set_weights([w + rng.normal(0, 1.0, w.shape).astype(w.dtype) for w in self.model.get_weights()])
+                self.model.set_weights(
+                    [w + rng.normal(0, 1.0, w.shape).astype(w.dtype) for w in self.model.get_weights()]
+                )
 
     monkeypatch.setattr(training, "_callbacks", lambda *a, **k: [SpoilLastEpoch()] + real(*a, **k))
     run_dir, setup = training.new_run(train_args(tiny_dataset, tmp_path, epochs=3, architecture="mvtec", size=32))
@@ -136,9 +142,31 @@ def test_interrupted_run_resumes_from_last_finished_epoch(tiny_dataset, tmp_path
 
 def test_new_cli_prints_run_folder_last_and_absolute_path_stays_in_out(tiny_dataset, tmp_path, capsys):
     out_dir = tmp_path / "out"
-    code, out, err = cli(train.main, ["new", "-d", str(tiny_dataset.resolve()), "-a", "mvtec", "--size", "32",
-                                      "--epochs", "1", "-b", "4", "-l", "l2", "--out", str(out_dir), "--mode", "object",
-                                      "--head-steps", "0"], capsys)
+    code, out, err = cli(
+        train.main,
+        [
+            "new",
+            "-d",
+            str(tiny_dataset.resolve()),
+            "-a",
+            "mvtec",
+            "--size",
+            "32",
+            "--epochs",
+            "1",
+            "-b",
+            "4",
+            "-l",
+            "l2",
+            "--out",
+            str(out_dir),
+            "--mode",
+            "object",
+            "--head-steps",
+            "0",
+        ],
+        capsys,
+    )
     assert code == 0, err
     run_dir = runs.Path(out.strip().splitlines()[-1])
     assert out_dir in run_dir.parents and run_dir.parts[-3:-1] == ("mvtec", "L2")
@@ -164,22 +192,25 @@ def _bad(tmp_path, name):
     return root
 
 
-@pytest.mark.parametrize("case,extra,message", [
-    ("missing_dir", None, "directory not found"),
-    ("no_train_good", None, "no train/good folder"),
-    ("empty", None, "no images in"),
-    ("only_broken", None, "no readable images"),
-    ("one_image", None, "too few for a validation split"),
-    ("bad_size", ["--size", "100"], "size 100 does not fit"),
-    ("bad_batch", ["-b", "0"], "--batch must be >= 1"),
-    ("bad_split", ["--val-split", "0"], "--val-split must be between 0 and 1"),
-    ("bad_lr", ["--lr", "-1"], "--lr must be a finite number > 0"),
-    ("nan_lr", ["--lr", "nan"], "--lr must be a finite number > 0, got nan"),
-    ("inf_lr", ["--lr", "inf"], "--lr must be a finite number > 0, got inf"),
-    ("bad_rotation", ["--rotation", "200"], "--rotation must be 0 to 180 degrees, got 200"),
-    ("bad_denoise", ["--denoise", "1.5"], "--denoise must be a share from 0 to 1, got 1.5"),
-    ("weights_missing", ["-a", "resnet", "--size", "96", "--weights", "imagenet"], "not in Keras's cache"),
-])
+@pytest.mark.parametrize(
+    "case,extra,message",
+    [
+        ("missing_dir", None, "directory not found"),
+        ("no_train_good", None, "no train/good folder"),
+        ("empty", None, "no images in"),
+        ("only_broken", None, "no readable images"),
+        ("one_image", None, "too few for a validation split"),
+        ("bad_size", ["--size", "100"], "size 100 does not fit"),
+        ("bad_batch", ["-b", "0"], "--batch must be >= 1"),
+        ("bad_split", ["--val-split", "0"], "--val-split must be between 0 and 1"),
+        ("bad_lr", ["--lr", "-1"], "--lr must be a finite number > 0"),
+        ("nan_lr", ["--lr", "nan"], "--lr must be a finite number > 0, got nan"),
+        ("inf_lr", ["--lr", "inf"], "--lr must be a finite number > 0, got inf"),
+        ("bad_rotation", ["--rotation", "200"], "--rotation must be 0 to 180 degrees, got 200"),
+        ("bad_denoise", ["--denoise", "1.5"], "--denoise must be a share from 0 to 1, got 1.5"),
+        ("weights_missing", ["-a", "resnet", "--size", "96", "--weights", "imagenet"], "not in Keras's cache"),
+    ],
+)
 def test_bad_input_one_line_error_no_run_folder(tmp_path, capsys, monkeypatch, case, extra, message, tiny_dataset):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
     if case == "missing_dir":
@@ -197,7 +228,9 @@ def test_bad_input_one_line_error_no_run_folder(tmp_path, capsys, monkeypatch, c
         elif case != "empty":
             directory = tiny_dataset
     out_dir = tmp_path / "out"
-    argv = ["new", "-d", str(directory), "--epochs", "1", "--size", "32", "--out", str(out_dir), "--mode", "object"] + (extra or [])
+    argv = ["new", "-d", str(directory), "--epochs", "1", "--size", "32", "--out", str(out_dir), "--mode", "object"] + (
+        extra or []
+    )
     code, _, err = cli(train.main, argv, capsys)
     assert code == 2
     lines = [line for line in err.strip().splitlines() if not line.startswith("warning:")]
@@ -213,8 +246,27 @@ def test_non_image_file_is_skipped_with_warning(tiny_dataset, tmp_path, capsys):
     shutil.copytree(tiny_dataset / "train", copy / "train")
     (copy / "train" / "good" / "readme.txt").write_text("not an image")
     (copy / "train" / "good" / "broken.png").write_bytes(b"garbage")
-    code, out, err = cli(train.main, ["new", "-d", str(copy), "-a", "mvtec", "--size", "32", "--epochs", "1",
-                                      "--out", str(tmp_path / "out"), "--mode", "object", "--head-steps", "0"], capsys)
+    code, out, err = cli(
+        train.main,
+        [
+            "new",
+            "-d",
+            str(copy),
+            "-a",
+            "mvtec",
+            "--size",
+            "32",
+            "--epochs",
+            "1",
+            "--out",
+            str(tmp_path / "out"),
+            "--mode",
+            "object",
+            "--head-steps",
+            "0",
+        ],
+        capsys,
+    )
     assert code == 0
     assert "readme.txt" in err and "broken.png" in err
     setup = json.loads((runs.Path(out.strip().splitlines()[-1]) / "setup.json").read_text())
@@ -231,12 +283,32 @@ def test_unknown_option_values_and_bad_resume_paths(tmp_path, capsys):
 
 
 def test_help_lists_every_option_with_default():
-    out = subprocess.run([sys.executable, str(ROOT / "train.py"), "new", "--help"], capture_output=True, text=True,
-                         timeout=120)
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), "new", "--help"], capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0
     text = " ".join(out.stdout.split())
-    for flag in ("--directory", "--architecture", "--batch", "--loss", "--color", "--instances", "--tag", "--size",
-                 "--epochs", "--lr", "--seed", "--val-split", "--patience", "--no-augment", "--rotation", "--flip", "--denoise", "--weights", "--out"):
+    for flag in (
+        "--directory",
+        "--architecture",
+        "--batch",
+        "--loss",
+        "--color",
+        "--instances",
+        "--tag",
+        "--size",
+        "--epochs",
+        "--lr",
+        "--seed",
+        "--val-split",
+        "--patience",
+        "--no-augment",
+        "--rotation",
+        "--flip",
+        "--denoise",
+        "--weights",
+        "--out",
+    ):
         assert flag in text, flag
     assert "(default: 8)" in text and "(default: saved_models)" in text
 
@@ -264,8 +336,9 @@ def test_resnet_encoder_frozen_for_first_70_percent(tiny_dataset, tmp_path, monk
 
     real = training._callbacks
     monkeypatch.setattr(training, "_callbacks", lambda *a, **k: real(*a, **k) + [Snapshot()])
-    run_dir, setup = training.new_run(train_args(tiny_dataset, tmp_path, architecture="resnet", epochs=4, size=32,
-                                                 lr=1e-2))
+    run_dir, setup = training.new_run(
+        train_args(tiny_dataset, tmp_path, architecture="resnet", epochs=4, size=32, lr=1e-2)
+    )
     out = capsys.readouterr().out
     assert setup["freeze_epochs"] == 3
     assert "encoder frozen for epochs 1-3" in out and "encoder trainable for epochs 4-4" in out
@@ -295,11 +368,32 @@ def _poison_at(epoch_to_poison):
 def test_nan_from_the_start_stops_at_once_and_saves_nothing(tiny_dataset, tmp_path, monkeypatch, capsys):
     _prepend_callback(monkeypatch, _poison_at(0))
     out_dir = tmp_path / "out"
-    code, out, err = cli(train.main, ["new", "-d", str(tiny_dataset), "-a", "mvtec", "--size", "32", "--epochs", "3",
-                                      "--out", str(out_dir), "--mode", "object", "--head-steps", "0"], capsys)
+    code, out, err = cli(
+        train.main,
+        [
+            "new",
+            "-d",
+            str(tiny_dataset),
+            "-a",
+            "mvtec",
+            "--size",
+            "32",
+            "--epochs",
+            "3",
+            "--out",
+            str(out_dir),
+            "--mode",
+            "object",
+            "--head-steps",
+            "0",
+        ],
+        capsys,
+    )
     assert code == 2 and "Traceback" not in err
     lines = [line for line in err.strip().splitlines() if not line.startswith("warning:")]
-    assert len(lines) == 1 and "training stopped at epoch 1, batch 1: the loss is nan" in lines[0] and "--lr" in lines[0]
+    assert (
+        len(lines) == 1 and "training stopped at epoch 1, batch 1: the loss is nan" in lines[0] and "--lr" in lines[0]
+    )
     assert not list(out_dir.rglob("setup.json")) and not list(out_dir.rglob("*.keras"))
 
 
@@ -332,7 +426,9 @@ def test_early_stopping_stops_and_keeps_the_best_epoch(tiny_dataset, tmp_path, m
             logs["val_loss"] = 1.0 + epoch
 
     _prepend_callback(monkeypatch, RisingValidationLoss())
-    run_dir, setup = training.new_run(train_args(tiny_dataset, tmp_path, epochs=8, patience=2, architecture="mvtec", size=32))
+    run_dir, setup = training.new_run(
+        train_args(tiny_dataset, tmp_path, epochs=8, patience=2, architecture="mvtec", size=32)
+    )
     assert setup["epochs"] == 8 and setup["epochs_run"] == 3
     assert setup["best_epoch"] == 1 and setup["best_val_loss"] == 1.0
     assert list(pd.read_csv(run_dir / "history.csv")["val_loss"]) == [1.0, 2.0, 3.0]
@@ -343,8 +439,9 @@ def test_flip_and_no_augment_reach_the_input_pipeline(tiny_dataset, tmp_path, mo
 
     seen, real = [], data.make_dataset
     monkeypatch.setattr(data, "make_dataset", lambda *a, **k: seen.append(k) or real(*a, **k))
-    _, setup = training.new_run(train_args(tiny_dataset, tmp_path, epochs=1, architecture="mvtec", size=32, flip=True,
-                                           no_augment=True))
+    _, setup = training.new_run(
+        train_args(tiny_dataset, tmp_path, epochs=1, architecture="mvtec", size=32, flip=True, no_augment=True)
+    )
     assert setup["flip"] is True and setup["augment"] is False
     assert seen[0]["training"] and seen[0]["flip"] is True and seen[0]["augment"] is False
     assert not seen[1]["training"]  # the validation pipeline is never augmented
@@ -368,8 +465,9 @@ def test_no_augment_feeds_the_images_unchanged_and_augment_changes_them():
 def test_other_colours_and_losses_train_and_validate_end_to_end(tiny_dataset, tmp_path, capsys, color, loss):
     import validate
 
-    run_dir, setup = training.new_run(train_args(tiny_dataset, tmp_path, epochs=1, architecture="mvtec", size=32,
-                                                 color=color, loss=loss))
+    run_dir, setup = training.new_run(
+        train_args(tiny_dataset, tmp_path, epochs=1, architecture="mvtec", size=32, color=color, loss=loss)
+    )
     assert setup["status"] == "done" and setup["color"] == color and setup["loss"] == loss
     assert np.isfinite(setup["best_val_loss"])
     if loss == "mssim":

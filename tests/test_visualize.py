@@ -1,4 +1,5 @@
 """Fast checks of visualize.py: every figure writes a readable PNG and closes its figure."""
+
 import subprocess
 import sys
 from pathlib import Path
@@ -72,9 +73,11 @@ def thresholds():
 
 
 def test_import_does_not_pull_in_tensorflow_and_uses_agg():
-    code = ("import sys, matplotlib, visualize; "
-            "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules; "
-            "assert matplotlib.get_backend().lower() == 'agg', matplotlib.get_backend()")
+    code = (
+        "import sys, matplotlib, visualize; "
+        "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules; "
+        "assert matplotlib.get_backend().lower() == 'agg', matplotlib.get_backend()"
+    )
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=120)
 
 
@@ -108,8 +111,9 @@ def test_save_figure_accepts_str_path(tmp_path):
 @pytest.mark.parametrize("with_lr", [False, True])
 def test_plot_loss_curve(tmp_path, with_lr):
     e = np.arange(1, 41)
-    hist = pd.DataFrame({"epoch": e, "loss": 0.5 * np.exp(-e / 6) + 0.01,
-                         "val_loss": 0.6 * np.exp(-e / 7) + 0.02 + 1e-4 * e})
+    hist = pd.DataFrame(
+        {"epoch": e, "loss": 0.5 * np.exp(-e / 6) + 0.01, "val_loss": 0.6 * np.exp(-e / 7) + 0.02 + 1e-4 * e}
+    )
     if with_lr:
         hist["learning_rate"] = np.where(e < 20, 1e-3, 1e-4)
     out = tmp_path / "plots" / "loss.png"
@@ -118,8 +122,7 @@ def test_plot_loss_curve(tmp_path, with_lr):
 
 
 def test_plot_loss_curve_small_range_and_nan(tmp_path):
-    hist = pd.DataFrame({"epoch": [0, 1, 2], "loss": [0.11, 0.1, 0.09],
-                         "val_loss": [np.nan, 0.12, 0.115]})
+    hist = pd.DataFrame({"epoch": [0, 1, 2], "loss": [0.11, 0.1, 0.09], "val_loss": [np.nan, 0.12, 0.115]})
     check_png(viz.plot_loss_curve(hist, tmp_path / "loss.png"))
 
 
@@ -133,8 +136,7 @@ def test_plot_loss_curve_zero_based_epochs_shown_from_one(tmp_path, monkeypatch)
         return real_save(fig, path)
 
     monkeypatch.setattr(viz, "save_figure", spy)
-    hist = pd.DataFrame({"epoch": [0, 1, 2], "loss": [0.3, 0.2, 0.1],
-                         "val_loss": [0.35, 0.25, 0.2]})
+    hist = pd.DataFrame({"epoch": [0, 1, 2], "loss": [0.3, 0.2, 0.1], "val_loss": [0.35, 0.25, 0.2]})
     check_png(viz.plot_loss_curve(hist, tmp_path / "loss.png"))
     assert seen["x"] == [1, 2, 3]
 
@@ -157,8 +159,9 @@ def test_plot_threshold_search(tmp_path, thresholds):
 def test_plot_threshold_search_with_zeros_l2(tmp_path, thresholds):
     largest = (5000 * np.exp(-thresholds / 0.08)).astype(int)
     largest[-4:] = 0
-    out = viz.plot_threshold_search(list(thresholds[::-1]), list(largest[::-1]), 0.4, 10,
-                                    tmp_path / "search.png", method="l2")
+    out = viz.plot_threshold_search(
+        list(thresholds[::-1]), list(largest[::-1]), 0.4, 10, tmp_path / "search.png", method="l2"
+    )
     check_png(out)
 
 
@@ -225,8 +228,7 @@ def test_plot_stages(tmp_path, rng, kind):
     res = rng.random((H, W)).astype(np.float32)
     pred, gt = blob_mask(5, 15, 5, 15), blob_mask(8, 20, 8, 18)
     out = tmp_path / "st" / "with_gt.png"
-    assert viz.plot_stages(img, rec, res, pred, out, gt_mask=gt, threshold=0.5, min_area=10,
-                           title="stages") == out
+    assert viz.plot_stages(img, rec, res, pred, out, gt_mask=gt, threshold=0.5, min_area=10, title="stages") == out
     w_gt, _ = check_png(out)
     out2 = viz.plot_stages(img, rec, res, pred, tmp_path / "st" / "no_gt.png", method="l2")
     w_no_gt, _ = check_png(out2)
@@ -241,17 +243,27 @@ def test_plot_overlay(tmp_path, rng, kind):
     pred[20:25, 30:36] = True
     gt = blob_mask(2, 12, 2, 14)
     out = tmp_path / "o" / "overlay.png"
-    assert viz.plot_overlay(img, rec, res, pred, out, gt_mask=gt, title="bottle 003",
-                            verdict="defective", score=0.734) == out
+    assert (
+        viz.plot_overlay(img, rec, res, pred, out, gt_mask=gt, title="bottle 003", verdict="defective", score=0.734)
+        == out
+    )
     check_png(out)
 
 
 def test_plot_overlay_empty_masks_no_warnings(tmp_path, rng, recwarn):
     img = make_image("hw", rng)
     empty = np.zeros((H, W), dtype=bool)
-    out = viz.plot_overlay(img, img, np.zeros((H, W), np.float32), empty,
-                           tmp_path / "overlay.png", gt_mask=empty, verdict=False, score=0.0,
-                           method="l2")
+    out = viz.plot_overlay(
+        img,
+        img,
+        np.zeros((H, W), np.float32),
+        empty,
+        tmp_path / "overlay.png",
+        gt_mask=empty,
+        verdict=False,
+        score=0.0,
+        method="l2",
+    )
     check_png(out)
     assert not [w for w in recwarn if "contour" in str(w.message).lower()]
 
@@ -259,8 +271,7 @@ def test_plot_overlay_empty_masks_no_warnings(tmp_path, rng, recwarn):
 def test_plot_overlay_rejects_mismatched_mask(tmp_path, rng):
     img = make_image("hw", rng)
     with pytest.raises(ValueError):
-        viz.plot_overlay(img, img, np.zeros((H, W), np.float32), np.zeros((3, 3), bool),
-                         tmp_path / "bad.png")
+        viz.plot_overlay(img, img, np.zeros((H, W), np.float32), np.zeros((3, 3), bool), tmp_path / "bad.png")
     assert not (tmp_path / "bad.png").exists()
 
 
@@ -269,8 +280,7 @@ def test_bad_image_shape_and_method_raise(tmp_path, rng):
     with pytest.raises(ValueError):
         viz.plot_sample(np.zeros((H, W, 2)), np.zeros((H, W)), res, tmp_path / "x.png")
     with pytest.raises(ValueError):
-        viz.plot_sample(np.zeros((H, W)), np.zeros((H, W)), res, tmp_path / "y.png",
-                        method="mse")
+        viz.plot_sample(np.zeros((H, W)), np.zeros((H, W)), res, tmp_path / "y.png", method="mse")
 
 
 # --------------------------------------------------------------------------- evaluation curves
@@ -278,8 +288,7 @@ def test_bad_image_shape_and_method_raise(tmp_path, rng):
 
 def test_plot_roc_curves(tmp_path):
     x = np.linspace(0, 1, 50)
-    curves = {"image": (x, x ** 0.3, 0.87), "pixel": (x, x ** 0.1, 0.95),
-              "unknown": (x, x, float("nan"))}
+    curves = {"image": (x, x**0.3, 0.87), "pixel": (x, x**0.1, 0.95), "unknown": (x, x, float("nan"))}
     out = tmp_path / "e" / "roc.png"
     assert viz.plot_roc_curves(curves, out, title="ROC bottle") == out
     check_png(out)
@@ -295,8 +304,7 @@ def test_plot_pro_curve(tmp_path):
 
 def test_plot_pro_curve_short_curve(tmp_path):
     # curve that never reaches the FPR limit, unsorted input
-    check_png(viz.plot_pro_curve([0.1, 0.0, 0.05], [0.5, 0.0, 0.3], 0.4,
-                                 tmp_path / "pro.png", fpr_limit=0.3))
+    check_png(viz.plot_pro_curve([0.1, 0.0, 0.05], [0.5, 0.0, 0.3], 0.4, tmp_path / "pro.png", fpr_limit=0.3))
 
 
 def test_long_curves_are_decimated_to_the_same_line(tmp_path):
@@ -347,7 +355,7 @@ def test_save_mask_png_all_false(tmp_path):
 @pytest.fixture
 def drawn(monkeypatch):
     """The figures the plot functions save, kept open for inspection (closed afterwards)."""
-    figures, real = [], viz.save_figure
+    figures = []
 
     def keep(fig, path):
         figures.append(fig)
@@ -403,7 +411,9 @@ def test_regions_vs_threshold_draws_the_counts_sorted(tmp_path, drawn):
 
 def test_roc_curves_draw_each_curve_with_its_auc(tmp_path, drawn):
     fpr, tpr = np.array([0.0, 0.2, 1.0]), np.array([0.0, 0.7, 1.0])
-    viz.plot_roc_curves({"image": (fpr, tpr, 0.8125), "pixel": (tpr * 0, tpr, None)}, tmp_path / "roc.png", title="ROC x")
+    viz.plot_roc_curves(
+        {"image": (fpr, tpr, 0.8125), "pixel": (tpr * 0, tpr, None)}, tmp_path / "roc.png", title="ROC x"
+    )
     (ax,) = drawn[0].axes
     image = _line(ax, "image")
     np.testing.assert_allclose(image.get_xdata(), fpr)
@@ -430,8 +440,17 @@ def test_pro_curve_draws_the_curve_the_limit_and_the_area(tmp_path, drawn):
 def test_overlay_shows_the_images_the_verdict_and_the_outlines(tmp_path, drawn, rng):
     image, recon = make_image("hw", rng), make_image("hw", rng)
     pred, gt = blob_mask(5, 12, 6, 15), blob_mask(20, 25, 20, 30)
-    viz.plot_overlay(image, recon, make_image("hw", rng), pred, tmp_path / "o.png", gt_mask=gt, title="hole/000.png",
-                     verdict=True, score=0.123456)
+    viz.plot_overlay(
+        image,
+        recon,
+        make_image("hw", rng),
+        pred,
+        tmp_path / "o.png",
+        gt_mask=gt,
+        title="hole/000.png",
+        verdict=True,
+        score=0.123456,
+    )
     fig = drawn[0]
     axes = fig.axes
     np.testing.assert_allclose(axes[0].images[0].get_array(), image)
