@@ -377,13 +377,7 @@ def export_run(
     run = runs.find_run(path)
     method = run.method(method)
     _check_supported(run, method, {})  # before looking for a validation result: say what is unsupported first
-    found = runs.find_validation_result(run.dir, method, min_area, model=run.model_path)  # refuses other weights
-    if found is None:
-        which = f"method {method}" + (f", area {min_area}" if min_area is not None else "")
-        raise UserError(
-            f"no validation result for {which} in {run.dir}: run validate.py -p {run.dir} -a MIN_AREA "
-            f"--method {method} first (export bakes in its threshold)"
-        )
+    found = inference.require_validation_result(run, method, min_area, "export bakes in its threshold")
     _check_supported(run, method, found)
     result_path = runs.validation_dir(run.dir, method, found["min_area"]) / "validation_result.json"
     options = inference.MapOptions.from_record(found, f"the validation result {result_path}")

@@ -289,6 +289,19 @@ def check_area_threshold(min_area=None, threshold=None):
         raise UserError(f"threshold must be a finite number >= 0, got {threshold}")
 
 
+def require_validation_result(run, method, min_area, otherwise):
+    """The newest validation result of ``run``'s own weights for ``method`` (and ``min_area``),
+    or a one-line error asking for validate.py, followed by ``otherwise`` (the caller's way out)."""
+    found = runs.find_validation_result(run.dir, method, min_area, model=run.model_path)  # refuses other weights
+    if found is None:
+        which = f"method {method}" + (f", area {min_area}" if min_area is not None else "")
+        raise UserError(
+            f"no validation result for {which} in {run.dir}: run validate.py -p {run.dir} -a MIN_AREA"
+            f" --method {method} first, {otherwise}"
+        )
+    return found
+
+
 def resolve_threshold(run, method, threshold=None, min_area=None, baseline=None, scales=None, passes=None):
     """Threshold, minimum area and map options to classify with: as given, else from the
     newest validation result (whose map options must then match those given, if any).
@@ -303,13 +316,7 @@ def resolve_threshold(run, method, threshold=None, min_area=None, baseline=None,
             MapOptions.from_args(baseline, scales, passes, method, run.mode),
             "command line",
         )
-    found = runs.find_validation_result(run.dir, method, min_area, model=run.model_path)  # refuses other weights
-    if found is None:
-        which = f"method {method}" + (f", area {min_area}" if min_area is not None else "")
-        raise UserError(
-            f"no validation result for {which} in {run.dir}: run validate.py -p {run.dir} -a MIN_AREA"
-            f"{' --method ' + method} first, or pass both -t THRESHOLD and -a MIN_AREA"
-        )
+    found = require_validation_result(run, method, min_area, "or pass both -t THRESHOLD and -a MIN_AREA")
     what = f"the validation result for {method} (area {found['min_area']})"
     options = MapOptions.from_record(found, what)
     if baseline is not None and baseline != options.baseline:
