@@ -20,10 +20,10 @@ from utils import UserError, quiet_tensorflow, run_cli
 quiet_tensorflow()
 
 import data  # noqa: E402
+import figures  # noqa: E402
 import inference  # noqa: E402
 import resmaps  # noqa: E402
 import runs  # noqa: E402
-import visualize  # noqa: E402
 
 N_THRESHOLDS = 60
 N_DISTRIBUTIONS = 8
@@ -90,22 +90,22 @@ def finetune(
     with runs.StagedOutput(
         out_dir, {"kind": "finetune", "model_sha256": runs.model_id(run.model_path)}, archive=True
     ) as out:
-        visualize.plot_regions_vs_threshold(
+        figures.plot_regions_vs_threshold(
             thresholds, np.array(n_regions), out / "regions_vs_threshold.png", method=method
         )
-        visualize.plot_area_stats_vs_threshold(
+        figures.plot_area_stats_vs_threshold(
             thresholds, np.array(mean_area), np.array(std_area), out / "area_mean_std_vs_threshold.png", method=method
         )
-        visualize.plot_area_distribution(
+        figures.plot_area_distribution(
             areas_at[float(thresholds[0])],
             max_area,
             out / "area_distribution_t0.png",
             threshold=float(thresholds[0]),
             method=method,
         )
-        visualize.plot_area_distributions(shown, max_area, out / "area_distributions.png", method=method)
+        figures.plot_area_distributions(shown, max_area, out / "area_distributions.png", method=method)
         i = [p.resolve() for p in seen.paths].index(val_sample.resolve())
-        visualize.plot_sample(
+        figures.plot_sample(
             seen.images[i],
             seen.recons[i],
             seen.maps[i],
@@ -115,7 +115,7 @@ def finetune(
         )
         if test_sample is not None:
             sample = inference.inspect(run, [test_sample], method, batch, options=options)
-            visualize.plot_sample(
+            figures.plot_sample(
                 sample.images[0],
                 sample.recons[0],
                 sample.maps[0],

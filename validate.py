@@ -18,10 +18,10 @@ from utils import UserError, quiet_tensorflow, run_cli
 quiet_tensorflow()
 
 import evaluation  # noqa: E402
+import figures  # noqa: E402
 import inference  # noqa: E402
 import resmaps  # noqa: E402
 import runs  # noqa: E402
-import visualize  # noqa: E402
 
 CURVE_POINTS = 120
 
@@ -74,7 +74,7 @@ def validate(path, min_area, method=None, batch=16, baseline=None, scales=None, 
     identity = {"kind": "validation", "model_sha256": result["model_sha256"]}
     with runs.StagedOutput(runs.validation_dir(run.dir, method, min_area), identity, archive=True) as out:
         runs.write_json(out / "validation_result.json", result)
-        visualize.plot_threshold_search(grid, curve, threshold, min_area, out / "threshold_search.png", method=method)
+        figures.plot_threshold_search(grid, curve, threshold, min_area, out / "threshold_search.png", method=method)
     return result, runs.validation_dir(run.dir, method, min_area)
 
 

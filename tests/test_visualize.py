@@ -1,4 +1,4 @@
-"""Fast checks of visualize.py: every figure writes a readable PNG and closes its figure."""
+"""Fast checks of figures.py (visualize.py's figures): every figure writes a readable PNG and closes its figure."""
 
 import subprocess
 import sys
@@ -15,7 +15,7 @@ if str(ROOT) not in sys.path:
 
 import matplotlib.pyplot as plt  # noqa: E402
 
-import visualize as viz  # noqa: E402
+import figures as viz  # noqa: E402
 
 H, W = 32, 40
 
@@ -81,12 +81,19 @@ def test_import_does_not_pull_in_tensorflow_and_uses_agg():
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=120)
 
 
-def test_command_line_section_comes_after_every_figure():
-    text = (ROOT / "visualize.py").read_text(encoding="utf-8")
-    figures, _, cli = text.partition("# ---- command line ----")
-    assert cli, "the command-line section marker is missing"
-    assert "def plot_" not in cli  # figures live above the command line
-    assert "import tensorflow" not in figures and "import keras" not in figures
+def test_figures_import_nothing_of_the_suite():
+    """figures.py sits below every module of the suite: importing it loads none of them (nor
+    TensorFlow); visualize.py, the command line, sits on top of it."""
+    code = (
+        "import pathlib, sys, figures; "
+        "suite = {p.stem for p in pathlib.Path('.').glob('*.py')} - {'figures'}; "
+        "loaded = sorted(suite & set(sys.modules)); "
+        "assert not loaded, loaded; "
+        "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules; "
+        "import visualize; "
+        "assert 'tensorflow' not in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=120)
 
 
 def test_save_figure_creates_parent_and_closes(tmp_path):
