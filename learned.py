@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 
 import resmaps
+import runs
 import synthetic
 
-HEAD_FILE = "head.keras"
 DEFAULT_HEAD_STEPS = 1500
 HEAD_BATCH = 8
 HEAD_LR = 1e-3
@@ -91,9 +91,8 @@ def train_head(
         losses.append(loss)
         if len(losses) % 50 == 0:
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
-    tmp = Path(path).with_name(Path(path).stem + ".tmp.keras")
-    head.save(tmp)
-    tmp.replace(path)
+    with runs.atomic_path(path) as tmp:
+        head.save(tmp)
     return {
         "file": Path(path).name,
         "steps": steps,

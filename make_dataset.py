@@ -26,7 +26,6 @@ Example::
 
 import argparse
 import json
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -38,6 +37,7 @@ from PIL import Image
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
+import runs
 from utils import UserError, run_cli, warn
 
 GENERATOR_VERSION = 2
@@ -675,20 +675,13 @@ def generate(
             print(f"{name}: {folder} is already complete with these settings, skipped (--force regenerates)")
             continue
         total = len(_expected_files(settings)) - settings["test_defect"] * len(settings["defects"])
-        tmp = out / f".{name}.partial"
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir(parents=True)
         start = time.perf_counter()
-        try:
-            with tqdm(total=total, desc=name, unit="img", disable=None, leave=False) as bar:
-                _write_class(tmp, name, settings, bar)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        if folder.exists():
-            shutil.rmtree(folder)
-        tmp.rename(folder)
+        # Written aside and renamed into place: an interrupted run never leaves half a class.
+        with (
+            runs.StagedFolder(folder) as staged,
+            tqdm(total=total, desc=name, unit="img", disable=None, leave=False) as bar,
+        ):
+            _write_class(staged, name, settings, bar)
         print(f"{name}: wrote {total} images to {folder} in {time.perf_counter() - start:.1f} s")
     return folders
 

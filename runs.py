@@ -75,21 +75,35 @@ def new_run_dir(out, class_dir, architecture, loss, now=None):
     raise UserError(f"cannot create a run folder under {base}")
 
 
-def write_json(path, data):
-    """Write JSON atomically (a per-process temp file + rename), so a crash never leaves half a
-    file; non-finite numbers are refused (``NaN``/``Infinity`` are not JSON)."""
+@contextmanager
+def atomic_path(path):
+    """The one way this tool writes a file in place: yields a per-process temporary name
+    beside ``path`` (hidden, same suffix, so Keras, NumPy and matplotlib pick the same
+    format) to write to, renamed over ``path`` in one step when the block succeeds and
+    removed when it fails, so a crash or kill never leaves half a file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: "str | os.PathLike", data) -> None:
+    """Write JSON atomically (see :func:`atomic_path`); non-finite numbers are refused
+    (``NaN``/``Infinity`` are not JSON)."""
     path = Path(path)
     try:
         text = json.dumps(data, indent=2, default=str, allow_nan=False) + "\n"
     except ValueError:
         raise UserError(f"refusing to write a non-finite number (NaN or infinity) into {path}") from None
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(text)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            tmp.write_text(text)
     except OSError as exc:
-        tmp.unlink(missing_ok=True) if tmp.parent.is_dir() else None
         raise UserError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
@@ -367,17 +381,31 @@ class Run:
             raise UserError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
         return method
 
-    def validation_paths(self):
-        """The held-back validation images, as absolute paths."""
+    def validation_list(self) -> list[Path]:
+        """The held-back images ``validation_files.txt`` names, resolved inside the class folder
+        (refused when they point outside it), whether or not they still exist."""
         listing = self.dir / VALIDATION_FILES
         if not listing.is_file():
             raise UserError(f"{listing} is missing: this run has no validation list (was it made by train.py?)")
         names = [line.strip() for line in listing.read_text().splitlines() if line.strip()]
-        paths = [inside(self.class_dir, p, f"{listing}: image") for p in names]
+        return [inside(self.class_dir, p, f"{listing}: image") for p in names]
+
+    def validation_paths(self) -> list[Path]:
+        """The held-back validation images, as absolute paths; refused when one is missing."""
+        paths = self.validation_list()
         missing = [str(p) for p in paths if not Path(p).is_file()]
         if missing:
             raise UserError(f"{len(missing)} validation image(s) not found, e.g. {missing[0]} (was the dataset moved?)")
         return [Path(p) for p in paths]
+
+    def training_paths(self) -> list[Path]:
+        """The images the model was trained on: the class's ``train/good`` without the held-back
+        validation images (in listing order)."""
+        import data
+
+        held_back = set(self.validation_list())
+        _, good = data.check_class_dir(self.class_dir)
+        return [p for p in data.list_images(good) if p.resolve() not in held_back]
 
     def load_model(self):
         """Load the model once (safe mode, no compile needed for inference) and check its shape."""
@@ -398,10 +426,6 @@ class Run:
     def model_record(self):
         """What results store about this run's model (see :func:`model_record`)."""
         return model_record(self.model_path)
-
-    def subdir(self, *parts):
-        """A folder inside the run (not created)."""
-        return self.dir.joinpath(*parts)
 
 
 def load_keras(path, compile=False):
@@ -439,7 +463,7 @@ def run_is_empty_message(run_dir):
     )
 
 
-def find_run(path, need_model=True, lock=True):
+def find_run(path: "str | os.PathLike") -> Run:
     """Open a run from its folder or from the model file inside it.
 
     Checks ``setup.json`` (one-line errors for hand-edited fields), that the model named
@@ -455,7 +479,7 @@ def find_run(path, need_model=True, lock=True):
         raise UserError(
             f"{run_dir} is not a run folder: no {SETUP} (give the folder train.py printed, or the .keras file in it)"
         )
-    held = RunLock(run_dir, exclusive=False) if lock else None
+    held = RunLock(run_dir, exclusive=False)
     setup = check_setup(read_json(setup_path), setup_path)
     expected = inside(
         run_dir,
@@ -471,7 +495,7 @@ def find_run(path, need_model=True, lock=True):
             f"run {run_dir} diverged (best validation loss {best}): it is never validated or tested; "
             "train again, e.g. with a smaller --lr"
         )
-    if need_model and not model_path.is_file():
+    if not model_path.is_file():
         if setup.get("status") == "training" and not (run_dir / BACKUP / "state.json").is_file():
             raise UserError(run_is_empty_message(run_dir))
         raise UserError(
@@ -572,23 +596,82 @@ def set_aside(parent, names, old_model, reason):
     return dest
 
 
-class StagedOutput:
-    """Write an output folder completely or not at all, and never lose anything.
+class StagedFolder:
+    """Write a folder completely or not at all.
 
-    Files go into a per-process hidden sibling ``.<name>.partial-<pid>-<token>``; on success
-    it is renamed to ``final`` atomically, under a writer lock on the parent folder. An
-    existing ``final`` is replaced only when it is a result folder of this tool (marker file)
-    holding the *same* result (``identity``: kind, model, input); one from other weights is
-    moved into ``other_weights/`` when ``archive`` (default locations inside a run), any
-    other existing path is refused with one line. ``final`` must not overlap ``inputs`` nor
-    be (or hold) any of ``protect``. On any error the staging folder is deleted.
+    Files go into a per-process hidden sibling ``.<name>.partial-<pid>-<token>`` (those left
+    by killed processes are removed first); on success it is renamed to ``final`` in one
+    step, replacing what is there (kept until the rename succeeded, put back if it fails).
+    On any error the staging folder is deleted and ``final`` is untouched. Whether ``final``
+    may be replaced at all is the caller's decision (see :class:`StagedOutput`).
+    """
+
+    def __init__(self, final: "str | os.PathLike"):
+        self.final = Path(final)
+        self.partial = None
+
+    def __enter__(self) -> Path:
+        parent, name = self.final.parent, self.final.name
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+            for stale in parent.glob(f".{name}.partial-*"):  # left by a killed process
+                pid = stale.name.rsplit(".partial-", 1)[1].split("-")[0]
+                if pid.isdigit() and not _pid_alive(int(pid)):
+                    remove_tree(stale)
+            self.partial = parent / f".{name}.partial-{os.getpid()}-{secrets.token_hex(4)}"
+            self.partial.mkdir()
+        except OSError as exc:
+            raise UserError(f"cannot write into {parent}: {exc.strerror or exc}") from None
+        return self.partial
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is not None:
+            remove_tree(self.partial)
+            if issubclass(exc_type, OSError) and not isinstance(exc, (BlockingIOError,)):
+                raise UserError(f"cannot write {self.final}: {exc.strerror or exc}") from None
+            return False
+        try:
+            self._commit()
+        except BaseException:
+            remove_tree(self.partial)
+            raise
+        return False
+
+    def _commit(self):
+        self._install()
+
+    def _install(self):
+        """Rename the staging folder to ``final``, replacing whatever is there."""
+        final = self.final
+        old = None
+        if final.exists() or final.is_symlink():
+            old = final.parent / f".{final.name}.old-{os.getpid()}-{secrets.token_hex(4)}"
+            os.replace(final, old)
+        try:
+            os.replace(self.partial, final)
+        except OSError as exc:
+            if old is not None:
+                os.replace(old, final)
+            raise UserError(f"cannot write {final}: {exc.strerror or exc}") from None
+        if old is not None:
+            remove_tree(old)
+
+
+class StagedOutput(StagedFolder):
+    """A result folder of this tool, written as a :class:`StagedFolder`, that never loses anything.
+
+    The folder gets a marker file (``identity``: kind, model, input) and is renamed into
+    place under a writer lock on the parent folder. An existing ``final`` is replaced only
+    when it is a result folder of this tool (marker file) holding the *same* result; one
+    from other weights is moved into ``other_weights/`` when ``archive`` (default locations
+    inside a run), any other existing path is refused with one line. ``final`` must not
+    overlap ``inputs`` nor be (or hold) any of ``protect``.
     """
 
     def __init__(self, final, identity=None, inputs=(), protect=(), archive=False):
-        self.final = Path(final)
+        super().__init__(final)
         self.identity = dict(identity or {})
         self.inputs, self.protect, self.archive = tuple(inputs), tuple(protect), archive
-        self.partial = None
 
     def _conflict(self, existing):
         """None when ``existing`` (a marker) may be replaced, else ``(what differs, the old model)``."""
@@ -613,64 +696,29 @@ class StagedOutput:
 
     def __enter__(self):
         self.check()
-        parent, name = self.final.parent, self.final.name
-        try:
-            parent.mkdir(parents=True, exist_ok=True)
-            for stale in parent.glob(f".{name}.partial-*"):  # left by a killed process
-                pid = stale.name.rsplit(".partial-", 1)[1].split("-")[0]
-                if pid.isdigit() and not _pid_alive(int(pid)):
-                    remove_tree(stale)
-            self.partial = parent / f".{name}.partial-{os.getpid()}-{secrets.token_hex(4)}"
-            self.partial.mkdir()
-        except OSError as exc:
-            raise UserError(f"cannot write into {parent}: {exc.strerror or exc}") from None
-        return self.partial
-
-    def __exit__(self, exc_type, exc, tb):
-        if exc_type is not None:
-            remove_tree(self.partial)
-            if issubclass(exc_type, OSError) and not isinstance(exc, (BlockingIOError,)):
-                raise UserError(f"cannot write {self.final}: {exc.strerror or exc}") from None
-            return False
-        try:
-            (self.partial / MARKER).write_text(json.dumps({"tool": "cae", **self.identity}, default=str) + "\n")
-            with writing(self.final.parent):
-                self._commit()
-        except BaseException:
-            remove_tree(self.partial)
-            raise
-        return False
+        return super().__enter__()
 
     def _commit(self):
-        final, parent = self.final, self.final.parent
-        old = None
-        if final.exists() or final.is_symlink():
-            existing = read_marker(final) if final.is_dir() and not final.is_symlink() else None
-            if existing is None:  # not marked: never ours to replace
-                if not self.archive:
-                    raise UserError(
-                        f"output {final} exists and is not a result folder of this tool: nothing was written"
-                    )
-                existing = {"kind": "unmarked"}  # an older version's result, or put there by hand: kept aside
-            conflict = self._conflict(existing)
-            if conflict is not None:
-                what, old_model = conflict
-                if not self.archive:
-                    raise UserError(
-                        f"output {final} holds {what}: choose another --out (nothing was written or deleted)"
-                    )
-                set_aside(parent, [final.name], old_model, what)
-            else:
-                old = parent / f".{final.name}.old-{os.getpid()}-{secrets.token_hex(4)}"
-                os.replace(final, old)
-        try:
-            os.replace(self.partial, final)
-        except OSError as exc:
-            if old is not None:
-                os.replace(old, final)
-            raise UserError(f"cannot write {final}: {exc.strerror or exc}") from None
-        if old is not None:
-            remove_tree(old)
+        (self.partial / MARKER).write_text(json.dumps({"tool": "cae", **self.identity}, default=str) + "\n")
+        with writing(self.final.parent):
+            final = self.final
+            if final.exists() or final.is_symlink():
+                existing = read_marker(final) if final.is_dir() and not final.is_symlink() else None
+                if existing is None:  # not marked: never ours to replace
+                    if not self.archive:
+                        raise UserError(
+                            f"output {final} exists and is not a result folder of this tool: nothing was written"
+                        )
+                    existing = {"kind": "unmarked"}  # an older version's result, or put there by hand: kept aside
+                conflict = self._conflict(existing)
+                if conflict is not None:
+                    what, old_model = conflict
+                    if not self.archive:
+                        raise UserError(
+                            f"output {final} holds {what}: choose another --out (nothing was written or deleted)"
+                        )
+                    set_aside(final.parent, [final.name], old_model, what)
+            self._install()
 
 
 def validation_dir(run_dir, method, min_area):
@@ -721,16 +769,19 @@ def find_validation_result(run_dir, method, min_area=None, model=None):
     return result
 
 
-def add_run_arguments(
-    parser,
-    method_help="residual map: ssim (1 - SSIM map) or l2 (squared difference); default: the training loss's family",
-):
+def add_run_arguments(parser):
     """The options every post-training script shares: ``-p``, ``--method``, ``--batch``,
     ``--no-baseline``, ``--scales``, ``--passes``."""
     parser.add_argument(
         "-p", "--path", required=True, help="run folder written by train.py (or the .keras model inside it)"
     )
-    parser.add_argument("--method", choices=METHODS, default=None, help=method_help)
+    parser.add_argument(
+        "--method",
+        choices=METHODS,
+        default=None,
+        help="residual map: ssim (1 - SSIM map), l2 (squared difference) or learned (the segmentation head's "
+        "defect probability); default: learned for surface runs with a head, else the training loss's family",
+    )
     parser.add_argument("--batch", type=int, default=16, help="images per inference batch")
     parser.add_argument(
         "--no-baseline",
