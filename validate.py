@@ -11,19 +11,14 @@ pixels: zero false alarms on defect-free images. Writes
 import argparse
 import sys
 
-import numpy as np
-
-from utils import UserError, quiet_tensorflow, run_cli
+from utils import quiet_tensorflow, run_cli
 
 quiet_tensorflow()
 
-import evaluation  # noqa: E402
-import figures  # noqa: E402
 import inference  # noqa: E402
-import resmaps  # noqa: E402
 import runs  # noqa: E402
-
-CURVE_POINTS = 120
+import validation  # noqa: E402
+from settings import MapRequest  # noqa: E402
 
 
 def get_parser():
@@ -41,47 +36,10 @@ def get_parser():
     return parser
 
 
-def validate(path, min_area, method=None, batch=16, baseline=None, scales=None, passes=None):
-    """Compute, save and return the validation result for ``min_area``."""
-    inference.check_area_threshold(min_area=min_area)
-    run = runs.find_run(path)
-    if min_area is None:
-        min_area = inference.default_min_area(run.shape)
-    method = run.method(method)
-    options = inference.MapOptions.from_args(baseline, scales, passes, method, run.mode)
-    seen = inference.inspect(run, run.validation_paths(), method, batch, progress="validation images", options=options)
-    if not np.isfinite(seen.maps).all():
-        raise UserError(
-            f"the residual maps of {run.model_path} are not finite (a diverged model?): no threshold can be chosen"
-        )
-    threshold = resmaps.min_threshold_for_area(seen.maps, min_area)
-    largest, _ = resmaps.region_stats(seen.maps, threshold)
-    result = {
-        "min_area": int(min_area),
-        "threshold": threshold,
-        "method": method,
-        **options.record(),
-        "n_images": len(seen.paths),
-        "largest_area_at_threshold": int(largest.max()),
-        "validation_files": [str(p) for p in seen.paths],
-        "resmap_range": [float(seen.maps.min()), float(seen.maps.max())],
-        "model": str(run.model_path),
-        **run.model_record(),  # test.py refuses this threshold for other weights
-    }
-    result["proxy"] = evaluation.proxy_scores(run, method, options, seen.images, seen.maps, threshold, min_area, batch)
-    grid = np.unique(np.concatenate([np.linspace(seen.maps.min(), seen.maps.max(), CURVE_POINTS), [threshold]]))
-    curve = resmaps.threshold_curve(seen.maps, grid)
-    identity = {"kind": "validation", "model_sha256": result["model_sha256"]}
-    with runs.StagedOutput(runs.validation_dir(run.dir, method, min_area), identity, archive=True) as out:
-        runs.write_json(out / "validation_result.json", result)
-        figures.plot_threshold_search(grid, curve, threshold, min_area, out / "threshold_search.png", method=method)
-    return result, runs.validation_dir(run.dir, method, min_area)
-
-
 def main(argv=None):
     """Parse arguments, validate, print the threshold and where it was written."""
     args = get_parser().parse_args(argv)
-    result, out = validate(args.path, args.area, args.method, args.batch, args.baseline, args.scales, args.passes)
+    result, out = validation.validate(args.path, args.area, MapRequest.from_args(args))
     options = inference.MapOptions.from_record(result, "this validation result")
     print(
         f"{options.describe(result['method'])}: threshold for minimum area {result['min_area']} px: {result['threshold']:.6f} "

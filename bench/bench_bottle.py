@@ -31,7 +31,8 @@ import evaluation  # noqa: E402
 import inference  # noqa: E402
 import runs  # noqa: E402
 import training  # noqa: E402
-import validate  # noqa: E402
+import validation  # noqa: E402
+from settings import MapRequest  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "mvtec_real" / "bottle"
 PUBLISHED = {  # bottle, full resolution: Bergmann et al. CVPR 2019 (pixel ROC AUC), CVPR 2020 (AU-PRO 0.3)
@@ -106,7 +107,7 @@ def get_parser():
 def _evaluate(run_dir, area, methods, smooths, baselines, scales_list, passes_list, train_seconds, label):
     rows = []
     for method, baseline, scales, passes in itertools.product(methods, baselines, scales_list, passes_list):
-        val, _ = validate.validate(run_dir, area, method, baseline=baseline, scales=scales, passes=passes)
+        val, _ = validation.validate(run_dir, area, MapRequest(method, baseline, scales, passes))
         # Inference cost of these maps (the calibration on training images is cached by now).
         run = runs.find_run(run_dir)
         paths = [p for p, _, _ in data.list_test_images(run.class_dir)]

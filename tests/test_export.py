@@ -32,7 +32,7 @@ def tested(tmp_path_factory):
     import evaluation
     import make_dataset
     import training
-    import validate
+    import validation
 
     root = tmp_path_factory.mktemp("export")
     (class_dir,) = make_dataset.generate(
@@ -41,7 +41,7 @@ def tested(tmp_path_factory):
     run_dir, _ = training.new_run(
         train_args(class_dir, root / "runs", size=32, epochs=2, mode="object", head_steps=0, patch=None)
     )
-    validate.validate(run_dir, AREA)
+    validation.validate(run_dir, AREA)
     _, _, _, out = evaluation.test_run(run_dir, save=True)
     return run_dir, out, class_dir
 

@@ -222,10 +222,10 @@ def test_shards_are_disjoint_deterministic_and_complete(tmp_path):
 @pytest.fixture(scope="module")
 def validated(dataset, tmp_path_factory):
     import training
-    import validate
+    import validation
 
     run_dir, _ = training.new_run(train_args(dataset, tmp_path_factory.mktemp("shardrun"), batch=4, epochs=1, **TRAIN))
-    validate.validate(run_dir, 8)
+    validation.validate(run_dir, 8)
     return run_dir
 
 
