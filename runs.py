@@ -6,6 +6,9 @@ loss curve, ``validation_files.txt``; ``validate.py``, ``test.py`` and ``finetun
 add their own sub-folders. A run can be moved as one folder.
 """
 
+from __future__ import annotations
+
+import argparse
 import datetime as dt
 import fcntl
 import hashlib
@@ -16,9 +19,11 @@ import re
 import secrets
 import shutil
 import zipfile
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from utils import UserError, warn
 
@@ -36,8 +41,10 @@ ARCHITECTURES = ("mvtec", "mvtec2", "resnet")
 LOSSES = ("ssim", "mssim", "l2", "mse")
 COLORS = ("grayscale", "rgb")
 
+PathLike = str | os.PathLike
 
-def model_filename(architecture, batch):
+
+def model_filename(architecture: str, batch: int) -> str:
     """File name of a run's model."""
     return f"CAE_{architecture}_b{batch}.keras"
 
@@ -47,7 +54,9 @@ def _safe_part(name):
     return name or "data"
 
 
-def new_run_dir(out, class_dir, architecture, loss, now=None):
+def new_run_dir(
+    out: PathLike, class_dir: PathLike, architecture: str, loss: str, now: dt.datetime | None = None
+) -> Path:
     """Create and return a fresh run folder under ``out``.
 
     Only the class folder's last two names (dataset, class) are used, so an absolute
@@ -76,7 +85,7 @@ def new_run_dir(out, class_dir, architecture, loss, now=None):
 
 
 @contextmanager
-def atomic_path(path):
+def atomic_path(path: PathLike) -> Iterator[Path]:
     """The one way this tool writes a file in place: yields a per-process temporary name
     beside ``path`` (hidden, same suffix, so Keras, NumPy and matplotlib pick the same
     format) to write to, renamed over ``path`` in one step when the block succeeds and
@@ -91,7 +100,7 @@ def atomic_path(path):
         raise
 
 
-def write_json(path: "str | os.PathLike", data) -> None:
+def write_json(path: PathLike, data: Any) -> None:
     """Write JSON atomically (see :func:`atomic_path`); non-finite numbers are refused
     (``NaN``/``Infinity`` are not JSON)."""
     path = Path(path)
@@ -107,7 +116,7 @@ def write_json(path: "str | os.PathLike", data) -> None:
         raise UserError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
-def read_json(path, kind=dict):
+def read_json(path: PathLike, kind: type | None = dict) -> Any:
     """Read a JSON file, with a one-line error when it is missing, broken or not a ``kind``."""
     try:
         data = json.loads(Path(path).read_text())
@@ -125,12 +134,12 @@ def read_json(path, kind=dict):
     return data
 
 
-def is_number(value):
+def is_number(value: Any) -> bool:
     """True for a real JSON number (not a bool, not a string)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def inside(folder, name, what):
+def inside(folder: PathLike, name: str, what: str) -> Path:
     """``folder / name`` resolved, refused (one line) unless it lies inside ``folder``.
 
     Paths read from run files are never trusted to point elsewhere: a hand-edited
@@ -163,7 +172,7 @@ _TRAINING_TYPES = {
 }
 
 
-def check_setup(setup, setup_path, training=False):
+def check_setup(setup: dict, setup_path: PathLike, training: bool = False) -> dict:
     """Refuse (one line) a ``setup.json`` whose fields later steps rely on are missing or of the
     wrong type, e.g. after a hand edit; with ``training``, also the fields resuming needs."""
     fields = {**_SETUP_TYPES, **(_TRAINING_TYPES if training else {})}
@@ -185,7 +194,7 @@ def check_setup(setup, setup_path, training=False):
 _MODEL_IDS = {}
 
 
-def model_id(path):
+def model_id(path: PathLike) -> str:
     """SHA-256 of a model file (cached per path, size and mtime): which weights a result came from."""
     path = Path(path)
     stat = path.stat()
@@ -199,7 +208,7 @@ def model_id(path):
     return _MODEL_IDS[key]
 
 
-def model_record(path):
+def model_record(path: PathLike) -> dict:
     """What results store about the model they were computed on."""
     stat = Path(path).stat()
     return {"model_sha256": model_id(path), "model_size": stat.st_size, "model_mtime_ns": stat.st_mtime_ns}
@@ -228,7 +237,7 @@ class RunLock:
     run in use) with one line instead of reading a model while it is rewritten.
     """
 
-    def __init__(self, run_dir, exclusive):
+    def __init__(self, run_dir: PathLike, exclusive: bool):
         self.fd = None
         path = Path(run_dir) / LOCK
         try:
@@ -250,7 +259,7 @@ class RunLock:
                 f"run {run_dir} is being trained by another process right now; wait until it finishes"
             ) from None
 
-    def release(self):
+    def release(self) -> None:
         """Release the lock (idempotent)."""
         if self.fd is not None:
             os.close(self.fd)
@@ -264,7 +273,7 @@ _HELD = {}  # folder -> [fd, depth]: folders this process holds the writer lock 
 
 
 @contextmanager
-def writing(folder):
+def writing(folder: PathLike) -> Iterator[None]:
     """Exclusive lock on ``folder`` while this process writes into it; another writer waits.
 
     Used around replacing result folders, so two processes never interleave their files in
@@ -301,11 +310,11 @@ class Writing:
     """:func:`writing` held until :meth:`release` (or until this object goes away), for code
     that cannot wrap its writing in one ``with`` block."""
 
-    def __init__(self, folder):
+    def __init__(self, folder: PathLike):
         self._context = writing(folder)
         self._context.__enter__()
 
-    def release(self):
+    def release(self) -> None:
         """Release the lock (idempotent)."""
         if self._context is not None:
             context, self._context = self._context, None
@@ -315,7 +324,7 @@ class Writing:
         self.release()
 
 
-def default_method(loss):
+def default_method(loss: str) -> str:
     """Residual-map family of a training loss: ssim/mssim → ssim, l2/mse → l2."""
     return "ssim" if loss in ("ssim", "mssim") else "l2"
 
@@ -332,23 +341,23 @@ class Run:
     _head: object = field(default=None, repr=False)
 
     @property
-    def size(self):
+    def size(self) -> int:
         return int(self.setup["size"])
 
     @property
-    def mode(self):
+    def mode(self) -> str:
         """``object`` or ``surface`` (see regime.py); runs from before the choice existed are objects."""
         return self.setup.get("mode", "object")
 
     @property
-    def shape(self):
+    def shape(self) -> tuple[int, int]:
         """Model input ``(height, width)`` of whole images: the square side, or a surface run's own shape."""
         if self.setup.get("shape"):
             return tuple(int(v) for v in self.setup["shape"])
         return (self.size, self.size)
 
     @property
-    def head_path(self):
+    def head_path(self) -> Path:
         """The learned residual's head (learned.py); may be missing (older runs, --head-steps 0)."""
         return inside(self.dir, (self.setup.get("head") or {}).get("file", HEAD_FILE), "setup.json head file")
 
@@ -364,14 +373,14 @@ class Run:
         return self._head
 
     @property
-    def color(self):
+    def color(self) -> str:
         return self.setup["color"]
 
     @property
-    def class_dir(self):
+    def class_dir(self) -> Path:
         return Path(self.setup["directory"])
 
-    def method(self, method=None):
+    def method(self, method: str | None = None) -> str:
         """The residual-map method to use: the one asked for, else ``learned`` for surface runs
         that have a head (fixed formulas flag the texture itself there), else the loss's family."""
         if method is None and self.mode == "surface" and self.head_path.is_file():
@@ -423,12 +432,12 @@ class Run:
             self._model = model
         return self._model
 
-    def model_record(self):
+    def model_record(self) -> dict:
         """What results store about this run's model (see :func:`model_record`)."""
         return model_record(self.model_path)
 
 
-def load_keras(path, compile=False):
+def load_keras(path: PathLike, compile: bool = False):
     """Load a ``.keras`` model with one-line errors for a damaged file or non-finite weights."""
     import keras
     import numpy as np
@@ -455,7 +464,7 @@ def load_keras(path, compile=False):
     return model
 
 
-def run_is_empty_message(run_dir):
+def run_is_empty_message(run_dir: PathLike) -> str:
     """Why a run without model and backup cannot be used or resumed."""
     return (
         f"run {run_dir} stopped before finishing its first epoch: it holds no model and nothing to resume; "
@@ -463,7 +472,7 @@ def run_is_empty_message(run_dir):
     )
 
 
-def find_run(path: "str | os.PathLike") -> Run:
+def find_run(path: PathLike) -> Run:
     """Open a run from its folder or from the model file inside it.
 
     Checks ``setup.json`` (one-line errors for hand-edited fields), that the model named
@@ -504,17 +513,17 @@ def find_run(path: "str | os.PathLike") -> Run:
     return Run(dir=run_dir, setup=setup, model_path=model_path, _lock=held)
 
 
-def remove_tree(path):
+def remove_tree(path: PathLike) -> None:
     """Remove a folder this program created (used to undo a half-written output)."""
     shutil.rmtree(path, ignore_errors=True)
 
 
-def format_threshold(value):
+def format_threshold(value: float) -> str:
     """Threshold as it appears in folder names: fixed 6 decimals, no exponent."""
     return f"{float(value):.6f}"
 
 
-def read_marker(folder):
+def read_marker(folder: PathLike) -> dict | None:
     """The identity a result folder of this tool records (its marker file), or None."""
     marker = Path(folder) / MARKER
     if not marker.is_file():
@@ -526,7 +535,7 @@ def read_marker(folder):
     return data if isinstance(data, dict) else {}
 
 
-def check_writable(folder, what=None):
+def check_writable(folder: PathLike, what: Any = None) -> None:
     """Refuse (one line) a folder that cannot be created or written: its nearest existing
     ancestor is a file or not writable. ``what`` names the output in the message."""
     folder = Path(folder)
@@ -543,7 +552,7 @@ def _related(a, b):
     return a == b or a in b.parents or b in a.parents
 
 
-def check_output(final, inputs=(), protect=(), archive=False):
+def check_output(final: PathLike, inputs: Iterable = (), protect: Iterable = (), archive: bool = False) -> None:
     """Refuse (one line) an output folder that is, holds or lies inside an input folder, or
     that is (or holds) one of ``protect`` (the run folder), or (unless ``archive``: a default
     location inside a run, where it is moved aside instead) that exists and is not a result
@@ -578,7 +587,7 @@ def _pid_alive(pid):
     return True
 
 
-def set_aside(parent, names, old_model, reason):
+def set_aside(parent: PathLike, names: Iterable[str], old_model: str | None, reason: str) -> Path | None:
     """Move ``parent/<name>`` for each of ``names`` that exists into
     ``parent/other_weights/<model id>/`` (a fresh folder), with a warning; never deletes."""
     parent = Path(parent)
@@ -606,7 +615,7 @@ class StagedFolder:
     may be replaced at all is the caller's decision (see :class:`StagedOutput`).
     """
 
-    def __init__(self, final: "str | os.PathLike"):
+    def __init__(self, final: PathLike):
         self.final = Path(final)
         self.partial = None
 
@@ -668,7 +677,14 @@ class StagedOutput(StagedFolder):
     overlap ``inputs`` nor be (or hold) any of ``protect``.
     """
 
-    def __init__(self, final, identity=None, inputs=(), protect=(), archive=False):
+    def __init__(
+        self,
+        final: PathLike,
+        identity: dict | None = None,
+        inputs: Iterable = (),
+        protect: Iterable = (),
+        archive: bool = False,
+    ):
         super().__init__(final)
         self.identity = dict(identity or {})
         self.inputs, self.protect, self.archive = tuple(inputs), tuple(protect), archive
@@ -684,7 +700,7 @@ class StagedOutput(StagedFolder):
             return "results of other weights", existing.get("model_sha256") or "unknown"
         return None
 
-    def check(self):
+    def check(self) -> None:
         """Refuse (one line) before any work what :meth:`__enter__`/commit would refuse."""
         check_output(self.final, self.inputs, self.protect, self.archive)
         if not self.archive and self.final.is_dir():
@@ -721,12 +737,12 @@ class StagedOutput(StagedFolder):
             self._install()
 
 
-def validation_dir(run_dir, method, min_area):
+def validation_dir(run_dir: PathLike, method: str, min_area: int) -> Path:
     """Folder of a validation result: ``RUN/validation/<method>/a<MIN_AREA>/``."""
     return Path(run_dir) / "validation" / method / f"a{int(min_area)}"
 
 
-def check_validation_result(result, path):
+def check_validation_result(result: dict, path: PathLike) -> dict:
     """Refuse (one line) a hand-edited or damaged validation result."""
     problem = None
     threshold, area = result.get("threshold"), result.get("min_area")
@@ -746,7 +762,9 @@ def check_validation_result(result, path):
     return result
 
 
-def find_validation_result(run_dir, method, min_area=None, model=None):
+def find_validation_result(
+    run_dir: PathLike, method: str, min_area: int | None = None, model: PathLike | None = None
+) -> dict | None:
     """The newest ``validation_result.json`` for ``method`` (and ``min_area`` if given), or None.
 
     With ``model`` (the run's model file), a result computed on other weights is refused
@@ -769,7 +787,7 @@ def find_validation_result(run_dir, method, min_area=None, model=None):
     return result
 
 
-def add_run_arguments(parser):
+def add_run_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The options every post-training script shares: ``-p``, ``--method``, ``--batch``,
     ``--no-baseline``, ``--scales``, ``--passes``."""
     parser.add_argument(
