@@ -17,9 +17,12 @@ Conventions of the data passed in:
 * ``method`` is ``"ssim"``, ``"l2"`` or ``"learned"`` and picks the residual's colour range and labels.
 """
 
+from __future__ import annotations
+
 import functools
 import math
 import os
+from collections.abc import Mapping
 
 import matplotlib
 
@@ -29,6 +32,9 @@ import matplotlib.pyplot as plt  # noqa: E402  (after matplotlib.use)
 import numpy as np  # noqa: E402
 from matplotlib.colors import Normalize  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
+from numpy.typing import ArrayLike  # noqa: E402
+
+PathLike = str | os.PathLike
 
 DPI = 150
 """Resolution of every saved figure (dots per inch)."""
@@ -105,7 +111,7 @@ def _styled(func):
     return wrapper
 
 
-def save_figure(fig, path):
+def save_figure(fig: matplotlib.figure.Figure, path: PathLike) -> PathLike:
     """Save ``fig`` to ``path`` (parent folders created), close it and return ``path``."""
     parent = os.path.dirname(os.fspath(path))
     if parent:
@@ -269,7 +275,7 @@ def _verdict_text(verdict):
 
 
 @_styled
-def plot_loss_curve(history, path, title=None):
+def plot_loss_curve(history, path: PathLike, title: str | None = None) -> PathLike:
     """Training and validation loss per epoch, best validation epoch marked.
 
     ``history`` is a DataFrame with ``epoch``, ``loss``, ``val_loss`` and optionally
@@ -369,7 +375,14 @@ def plot_loss_curve(history, path, title=None):
 
 
 @_styled
-def plot_threshold_search(thresholds, largest_areas, threshold, min_area, path, method="ssim"):
+def plot_threshold_search(
+    thresholds: ArrayLike,
+    largest_areas: ArrayLike,
+    threshold: float,
+    min_area: float,
+    path: PathLike,
+    method: str = "ssim",
+) -> PathLike:
     """Largest defect region over all validation images vs threshold, chosen threshold marked."""
     info = _method(method)
     t, a = _sorted_xy(thresholds, largest_areas)
@@ -414,7 +427,9 @@ def plot_threshold_search(thresholds, largest_areas, threshold, min_area, path, 
 
 
 @_styled
-def plot_regions_vs_threshold(thresholds, n_regions, path, method="ssim"):
+def plot_regions_vs_threshold(
+    thresholds: ArrayLike, n_regions: ArrayLike, path: PathLike, method: str = "ssim"
+) -> PathLike:
     """Total number of defect regions on the validation images vs threshold."""
     info = _method(method)
     t, n = _sorted_xy(thresholds, n_regions)
@@ -430,7 +445,9 @@ def plot_regions_vs_threshold(thresholds, n_regions, path, method="ssim"):
 
 
 @_styled
-def plot_area_stats_vs_threshold(thresholds, mean_area, std_area, path, method="ssim"):
+def plot_area_stats_vs_threshold(
+    thresholds: ArrayLike, mean_area: ArrayLike, std_area: ArrayLike, path: PathLike, method: str = "ssim"
+) -> PathLike:
     """Mean region area with a ±1 standard-deviation band vs threshold."""
     info = _method(method)
     t, m, s = _sorted_xy(thresholds, mean_area, std_area)
@@ -472,7 +489,9 @@ def _area_bins(max_area, target=150):
 
 
 @_styled
-def plot_area_distribution(areas, max_area, path, threshold=0.0, method="ssim"):
+def plot_area_distribution(
+    areas: ArrayLike, max_area: float, path: PathLike, threshold: float = 0.0, method: str = "ssim"
+) -> PathLike:
     """Histogram of region areas (px) at one threshold, x from 0 to ``max_area``."""
     info = _method(method)
     areas = np.asarray(areas, dtype=float).ravel()
@@ -510,7 +529,9 @@ def plot_area_distribution(areas, max_area, path, threshold=0.0, method="ssim"):
 
 
 @_styled
-def plot_area_distributions(areas_by_threshold, max_area, path, method="ssim"):
+def plot_area_distributions(
+    areas_by_threshold: Mapping[float, ArrayLike], max_area: float, path: PathLike, method: str = "ssim"
+) -> PathLike:
     """Region-area histograms at several thresholds, overlaid as coloured step lines.
 
     Colour runs from dark (low threshold) to yellow (high). With more than
@@ -561,7 +582,14 @@ def plot_area_distributions(areas_by_threshold, max_area, path, method="ssim"):
 
 
 @_styled
-def plot_sample(image, reconstruction, resmap, path, title=None, method="ssim"):
+def plot_sample(
+    image: ArrayLike,
+    reconstruction: ArrayLike,
+    resmap: ArrayLike,
+    path: PathLike,
+    title: str | None = None,
+    method: str = "ssim",
+) -> PathLike:
     """Input, reconstruction and residual heat map side by side."""
     fig, axes = plt.subplots(1, 3, figsize=(12, 4.4), layout="constrained")
     _show_image(axes[0], image, f"input ({_image_size_label(image)})")
@@ -573,8 +601,17 @@ def plot_sample(image, reconstruction, resmap, path, title=None, method="ssim"):
 
 @_styled
 def plot_stages(
-    image, reconstruction, resmap, mask, path, gt_mask=None, threshold=None, min_area=None, title=None, method="ssim"
-):
+    image: ArrayLike,
+    reconstruction: ArrayLike,
+    resmap: ArrayLike,
+    mask: ArrayLike,
+    path: PathLike,
+    gt_mask: ArrayLike | None = None,
+    threshold: float | None = None,
+    min_area: float | None = None,
+    title: str | None = None,
+    method: str = "ssim",
+) -> PathLike:
     """One row: input → reconstruction → residual map → thresholded mask (→ ground truth)."""
     info = _method(method)
     n = 5 if gt_mask is not None else 4
@@ -600,8 +637,17 @@ def plot_stages(
 
 @_styled
 def plot_overlay(
-    image, reconstruction, resmap, pred_mask, path, gt_mask=None, title=None, method="ssim", verdict=None, score=None
-):
+    image: ArrayLike,
+    reconstruction: ArrayLike,
+    resmap: ArrayLike,
+    pred_mask: ArrayLike,
+    path: PathLike,
+    gt_mask: ArrayLike | None = None,
+    title: str | None = None,
+    method: str = "ssim",
+    verdict: bool | str | None = None,
+    score: float | None = None,
+) -> PathLike:
     """Input, reconstruction, residual map and the input with defect outlines drawn on it.
 
     Predicted defects are outlined in red, ground-truth defects (if ``gt_mask``) in green.
@@ -665,7 +711,9 @@ def _decimate(x, y, max_points=CURVE_POINTS, x_span=None):
 
 
 @_styled
-def plot_roc_curves(curves, path, title="ROC"):
+def plot_roc_curves(
+    curves: Mapping[str, tuple[ArrayLike, ArrayLike, float | None]], path: PathLike, title: str = "ROC"
+) -> PathLike:
     """ROC curves: ``curves`` maps a name to ``(fpr, tpr, auc)``; AUC shown in the legend."""
     fig, ax = plt.subplots(figsize=(6, 6), layout="constrained")
     ax.plot([0, 1], [0, 1], color="0.5", linestyle="--", linewidth=1, label="chance (AUC = 0.5)")
@@ -685,7 +733,14 @@ def plot_roc_curves(curves, path, title="ROC"):
 
 
 @_styled
-def plot_pro_curve(fprs, pros, au_pro, path, fpr_limit=0.3, title="PRO curve"):
+def plot_pro_curve(
+    fprs: ArrayLike,
+    pros: ArrayLike,
+    au_pro: float | None,
+    path: PathLike,
+    fpr_limit: float = 0.3,
+    title: str = "PRO curve",
+) -> PathLike:
     """Per-region overlap vs false positive rate: full range and zoom to ``fpr_limit``.
 
     The area under the curve up to ``fpr_limit`` is shaded; ``au_pro`` is shown as given.
@@ -731,7 +786,7 @@ def plot_pro_curve(fprs, pros, au_pro, path, fpr_limit=0.3, title="PRO curve"):
 # --------------------------------------------------------------------------- masks
 
 
-def save_mask_png(mask, path):
+def save_mask_png(mask: ArrayLike, path: PathLike) -> PathLike:
     """Write a bool mask as an 8-bit grayscale PNG with values {0, 255} (Pillow, lossless)."""
     from PIL import Image
 
