@@ -23,11 +23,17 @@ curve likewise has one point per distinct score: all pixels with an equal score 
 the positive set together, exactly as MVTec's official ``compute_pro`` does.
 """
 
+from __future__ import annotations
+
 import warnings
+from collections.abc import Sequence
 
 import numpy as np
+from numpy.typing import ArrayLike
 from scipy import ndimage
 from sklearn import metrics as _skm
+
+Maps = Sequence[np.ndarray] | np.ndarray  # per-image 2-D maps or masks, or one N×H×W array
 
 __all__ = [
     "image_auroc",
@@ -141,7 +147,7 @@ def _opt_float(v):
 # --------------------------------------------------------------------- image level
 
 
-def image_auroc(labels, scores):
+def image_auroc(labels: ArrayLike, scores: ArrayLike) -> float | None:
     """Image-level ROC AUC, or None if only one class is present.
 
     AUROC = P(s_defective > s_good) + 1/2 * P(s_defective == s_good)
@@ -157,7 +163,7 @@ def image_auroc(labels, scores):
     return float(_skm.roc_auc_score(y, s))
 
 
-def roc_curve(labels, scores):
+def roc_curve(labels: ArrayLike, scores: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     """ROC curve ``(fpr, tpr)`` as float arrays, for plotting (thin wrapper of sklearn's).
 
     For each threshold t (every distinct score, descending):
@@ -360,7 +366,7 @@ class PixelRanking:
         return _sorted_area(fprs, pros, fpr_limit) / fpr_limit  # the points are finite and sorted
 
 
-def pixel_auroc(anomaly_maps, gt_masks):
+def pixel_auroc(anomaly_maps: Maps, gt_masks: Maps) -> float | None:
     """Pixel-level ROC AUC over all pixels of all images, or None if only one class.
 
     All maps and masks are flattened and concatenated; then, as for images,
@@ -371,7 +377,7 @@ def pixel_auroc(anomaly_maps, gt_masks):
     return PixelRanking(anomaly_maps, gt_masks).auroc()
 
 
-def pixel_roc_curve(anomaly_maps, gt_masks, max_points=2000):
+def pixel_roc_curve(anomaly_maps: Maps, gt_masks: Maps, max_points: int = 2000) -> tuple[np.ndarray, np.ndarray]:
     """Pixel-level ROC curve ``(fpr, tpr)``, subsampled to at most ``max_points`` points.
 
     Same definition as :func:`roc_curve` over all pixels. scikit-learn's collinear-point
@@ -385,7 +391,7 @@ def pixel_roc_curve(anomaly_maps, gt_masks, max_points=2000):
 # ---------------------------------------------------------------------------- PRO
 
 
-def pro_curve(anomaly_maps, gt_masks):
+def pro_curve(anomaly_maps: Maps, gt_masks: Maps) -> tuple[np.ndarray, np.ndarray]:
     """Per-region-overlap (PRO) curve ``(fprs, pros)``, as MVTec AD's official ``compute_pro``.
 
     Each mask is split into 8-connected regions (``scipy.ndimage.label``, 3x3 ones).
@@ -409,7 +415,7 @@ def pro_curve(anomaly_maps, gt_masks):
     return PixelRanking(anomaly_maps, gt_masks).pro_curve()
 
 
-def trapezoid(x, y, x_max=None):
+def trapezoid(x: ArrayLike, y: ArrayLike, x_max: float | None = None) -> float:
     """Area under the polyline (x, y) by the trapezoidal rule, optionally only up to ``x_max``.
 
     As MVTec's ``generic_util.trapezoid``:
@@ -465,7 +471,9 @@ def _check_fpr_limit(fpr_limit):
     return fpr_limit
 
 
-def au_pro(anomaly_maps, gt_masks, fpr_limit=DEFAULT_FPR_LIMIT, return_curve=False):
+def au_pro(
+    anomaly_maps: Maps, gt_masks: Maps, fpr_limit: float = DEFAULT_FPR_LIMIT, return_curve: bool = False
+) -> float | tuple[float, np.ndarray, np.ndarray]:
     """Normalised area under the PRO curve up to FPR = ``fpr_limit`` (MVTec's AU-PRO).
 
     AU-PRO = trapezoid(fprs, pros, x_max=fpr_limit) / fpr_limit, in [0, 1]
@@ -487,7 +495,7 @@ def au_pro(anomaly_maps, gt_masks, fpr_limit=DEFAULT_FPR_LIMIT, return_curve=Fal
 # ------------------------------------------------------------------ classification
 
 
-def classification_metrics(truth, pred):
+def classification_metrics(truth: ArrayLike, pred: ArrayLike) -> dict:
     """Confusion counts and rates of a thresholded image-level decision.
 
     ``truth`` / ``pred``: bool (or 0/1) per image, True = defective. With
@@ -595,8 +603,14 @@ def _image_and_pixel_metrics(idx, labels, scores, ranking, fpr_limit, prefix, no
 
 
 def evaluate(
-    anomaly_maps, gt_masks, image_labels, image_scores, defect_types, fpr_limit=DEFAULT_FPR_LIMIT, return_curves=False
-):
+    anomaly_maps: Maps | None,
+    gt_masks: Maps | None,
+    image_labels: ArrayLike,
+    image_scores: ArrayLike,
+    defect_types: Sequence[str],
+    fpr_limit: float = DEFAULT_FPR_LIMIT,
+    return_curves: bool = False,
+) -> dict | tuple[dict, dict]:
     """All threshold-free metrics for ``metrics.json``, overall and per defect type.
 
     Args:

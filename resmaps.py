@@ -6,6 +6,10 @@
 * :func:`min_threshold_for_area` — the exact smallest threshold with no region ≥ an area.
 """
 
+from __future__ import annotations
+
+from collections.abc import Iterable
+
 import cv2
 import numpy as np
 
@@ -24,7 +28,7 @@ def _single_scale_maps(x, y, method):
     return tf.reduce_mean(maps, axis=-1)
 
 
-def max_scales(side, method):
+def max_scales(side: int, method: str) -> int:
     """How many scales :func:`residual_maps` can use for ``side``-px images: the smallest
     scale must still hold one 11-px SSIM window (any size for l2, capped at 4)."""
     smallest = 11 if method == "ssim" else 1
@@ -67,7 +71,7 @@ def _halve(planes):
     return (planes[:, 0:-1:2, 0:-1:2] + planes[:, 1::2, 0:-1:2] + planes[:, 0:-1:2, 1::2] + planes[:, 1::2, 1::2]) / 4.0
 
 
-def residual_maps(images, reconstructions, method, scales=1):
+def residual_maps(images: np.ndarray, reconstructions: np.ndarray, method: str, scales: int = 1) -> np.ndarray:
     """Residual maps of a batch, N×H×W float32.
 
     ``ssim``: 1 − SSIM map, mean over channels (values in [0, 2]; kept unclipped, so
@@ -102,7 +106,7 @@ def residual_maps(images, reconstructions, method, scales=1):
     return out
 
 
-def reconstruct(model, images, batch=16):
+def reconstruct(model, images: np.ndarray, batch: int = 16) -> np.ndarray:
     """Model reconstructions of an N×H×W×C array, in batches (float32)."""
     n = len(images)
     if n == 0:
@@ -113,7 +117,9 @@ def reconstruct(model, images, batch=16):
     return np.asarray(model.predict(padded, batch_size=batch, verbose=0)[:n], dtype=np.float32)
 
 
-def batched_residual_maps(images, reconstructions, method, batch=16, scales=1):
+def batched_residual_maps(
+    images: np.ndarray, reconstructions: np.ndarray, method: str, batch: int = 16, scales: int = 1
+) -> np.ndarray:
     """:func:`residual_maps` of N images, ``batch`` at a time (bounded memory)."""
     if not len(images):
         return np.zeros((0,) + images.shape[1:3], np.float32)
@@ -125,13 +131,15 @@ def batched_residual_maps(images, reconstructions, method, batch=16, scales=1):
     )
 
 
-def compute_resmaps(model, images, method, batch=16, scales=1):
+def compute_resmaps(
+    model, images: np.ndarray, method: str, batch: int = 16, scales: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
     """``(reconstructions, resmaps)`` for an N×H×W×C array, both computed in batches."""
     recons = reconstruct(model, images, batch)
     return recons, batched_residual_maps(images, recons, method, batch, scales)
 
 
-def smooth(maps, sigma):
+def smooth(maps: np.ndarray, sigma: float) -> np.ndarray:
     """Gaussian-smoothed copies of N×H×W maps, float32 (σ in pixels; 0 returns the maps).
 
     The kernel and borders are ``scipy.ndimage.gaussian_filter``'s (radius ⌊4σ + ½⌋,
@@ -152,7 +160,7 @@ def smooth(maps, sigma):
 # ---- regions ----
 
 
-def label_regions(resmap, threshold):
+def label_regions(resmap: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
     """Label 8-connected regions of ``resmap > threshold``; returns ``(labels, areas)``.
 
     ``areas[k]`` is the pixel count of region ``k + 1``. Border regions count like others.
@@ -164,13 +172,13 @@ def label_regions(resmap, threshold):
     return labels, stats[1:, cv2.CC_STAT_AREA].astype(np.int64)
 
 
-def largest_area(resmap, threshold):
+def largest_area(resmap: np.ndarray, threshold: float) -> int:
     """Area of the largest region of ``resmap > threshold`` (0 when there is none)."""
     _, areas = label_regions(resmap, threshold)
     return int(areas.max()) if areas.size else 0
 
 
-def region_stats(resmaps, threshold):
+def region_stats(resmaps: Iterable[np.ndarray], threshold: float) -> tuple[np.ndarray, np.ndarray]:
     """Per image ``(largest area, number of regions)`` at a threshold, as two int arrays."""
     largest, counts = [], []
     for m in resmaps:
@@ -180,14 +188,14 @@ def region_stats(resmaps, threshold):
     return np.array(largest, dtype=np.int64), np.array(counts, dtype=np.int64)
 
 
-def defect_mask(resmap, threshold, min_area):
+def defect_mask(resmap: np.ndarray, threshold: float, min_area: int) -> np.ndarray:
     """Bool mask of the regions of ``resmap > threshold`` with at least ``min_area`` pixels."""
     labels, areas = label_regions(resmap, threshold)
     keep = np.concatenate([[False], areas >= min_area])
     return keep[labels]
 
 
-def min_threshold_for_area(resmaps, min_area):
+def min_threshold_for_area(resmaps: Iterable[np.ndarray], min_area: int) -> float:
     """The smallest threshold at which no map has a region of ``min_area`` pixels or more.
 
     The largest region area of ``map > t`` never grows with ``t`` and only changes at the
@@ -216,6 +224,6 @@ def min_threshold_for_area(resmaps, min_area):
     return float(best)
 
 
-def threshold_curve(resmaps, thresholds):
+def threshold_curve(resmaps: Iterable[np.ndarray], thresholds: Iterable[float]) -> np.ndarray:
     """Largest region area over all maps at each threshold (for the validation plot)."""
     return np.array([max(largest_area(m, t) for m in resmaps) for t in thresholds], dtype=np.int64)

@@ -5,10 +5,13 @@ impossible value); :func:`run_cli` turns it into one line on stderr and exit cod
 so users never see a traceback for their own mistakes.
 """
 
+from __future__ import annotations
+
 import errno
 import os
 import sys
 import warnings
+from collections.abc import Callable
 
 EXIT_USER_ERROR = 2
 # File-system refusals that are the user's environment, not a bug: reported in one line.
@@ -19,7 +22,7 @@ class UserError(Exception):
     """An error caused by the user's input; printed as one line, no traceback."""
 
 
-def warn(message):
+def warn(message: str) -> None:
     """Print a one-line warning on stderr (not through `warnings`, which adds file/line noise).
 
     Goes through ``tqdm.write`` so it does not break a progress bar on the terminal.
@@ -64,7 +67,7 @@ class _QuietImport:
         return importlib.util.spec_from_loader(name, _Loaded(), origin=getattr(module, "__file__", None))
 
 
-def quiet_tensorflow():
+def quiet_tensorflow() -> None:
     """Silence TensorFlow's C++ start-up chatter; must run before TensorFlow is imported."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -73,7 +76,7 @@ def quiet_tensorflow():
         sys.meta_path.insert(0, _QuietImport())
 
 
-def run_cli(main, argv=None):
+def run_cli(main: Callable[[list[str] | None], object], argv: list[str] | None = None) -> int:
     """Run ``main(argv)``; map user errors and Ctrl-C to a one-line message and exit code.
 
     Returns the process exit code (0 on success) so ``__main__`` can ``sys.exit`` it.
@@ -102,14 +105,14 @@ def run_cli(main, argv=None):
     return 0
 
 
-def set_seed(seed):
+def set_seed(seed: int) -> None:
     """Seed Python, NumPy and TensorFlow (through Keras) for reproducible runs."""
     import keras
 
     keras.utils.set_random_seed(int(seed))
 
 
-def package_versions():
+def package_versions() -> dict[str, str]:
     """Versions of the packages that decide a run's numbers (for setup.json)."""
     import importlib.metadata as md
 
