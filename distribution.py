@@ -30,7 +30,7 @@ def _tf():
     return tf
 
 
-def tf_config():
+def tf_config() -> dict | None:
     """``TF_CONFIG`` parsed and checked: ``(cluster dict, task type, task index)``; one-line errors."""
     raw = os.environ.get("TF_CONFIG")
     if not raw:
@@ -61,7 +61,7 @@ def tf_config():
     return cluster, kind, index
 
 
-def is_chief():
+def is_chief() -> bool:
     """True unless this process is a non-chief multi-worker task (those write nothing that is kept)."""
     if "multiworker" not in _CREATED:
         return True
@@ -71,12 +71,12 @@ def is_chief():
     return kind == "worker" and index == 0
 
 
-def scratch_dir():
+def scratch_dir() -> Path:
     """A throw-away run folder for a non-chief worker (Keras needs somewhere to save)."""
     return Path(tempfile.mkdtemp(prefix="cae-worker-"))
 
 
-def get_strategy(name="one"):
+def get_strategy(name: str = "one"):
     """The ``tf.distribute`` strategy for ``name`` (created once per process)."""
     name = name or "one"
     if name not in STRATEGIES:
@@ -109,7 +109,7 @@ def get_strategy(name="one"):
     return strategy
 
 
-def describe(name, per_replica_batch):
+def describe(name: str, per_replica_batch: int) -> dict:
     """What setup.json records about the strategy: name asked, what ran, replicas, batches."""
     strategy = get_strategy(name)
     replicas = int(strategy.num_replicas_in_sync)
@@ -126,17 +126,17 @@ def describe(name, per_replica_batch):
     return record
 
 
-def global_batch(setup):
+def global_batch(setup: dict) -> int:
     """The batch one training step sees: per-replica batch × replicas (older runs: ``batch``)."""
     return int(setup.get("global_batch") or setup["batch"])
 
 
-def scope(setup):
+def scope(setup: dict):
     """The strategy scope a run's model and optimizer must be created in."""
     return get_strategy(setup.get("strategy", "one")).scope()
 
 
-def validation_batch(setup, n_images):
+def validation_batch(setup: dict, n_images: int) -> int:
     """Batch for the validation images: the global batch, or the largest multiple of the
     replicas that fits the images, so the first batch splits evenly over replicas (Keras
     builds the model from the replicas' mean of the first batch, which fails for unequal
@@ -153,7 +153,7 @@ def validation_batch(setup, n_images):
     return n_images // replicas * replicas
 
 
-def drop_short_batches(dataset, setup, n_images, batch, what):
+def drop_short_batches(dataset, setup: dict, n_images: int, batch: int, what: str):
     """Drop a last batch with fewer images than replicas (a replica without images fails
     in TensorFlow's convolutions), with a warning saying how many images that leaves out."""
     replicas = int(setup.get("replicas") or 1)
@@ -166,7 +166,7 @@ def drop_short_batches(dataset, setup, n_images, batch, what):
     return dataset.filter(lambda x, y: _tf().shape(x)[0] >= replicas)
 
 
-def check_train_count(setup, n_images):
+def check_train_count(setup: dict, n_images: int) -> None:
     """One-line refusal when the training images do not fill one global batch (see :func:`validation_batch`)."""
     if int(setup.get("replicas") or 1) > 1 and n_images < global_batch(setup):
         raise UserError(
@@ -175,7 +175,7 @@ def check_train_count(setup, n_images):
         )
 
 
-def adapt(model, setup):
+def adapt(model, setup: dict) -> None:
     """Let Keras 3's ``fit`` run under the multi-worker strategy (keras-team/keras#20585).
 
     Before training, Keras builds the model symbolically from the first batch *reduced

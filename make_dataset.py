@@ -24,6 +24,8 @@ Example::
     python3 make_dataset.py --classes gravel --size 256
 """
 
+from __future__ import annotations
+
 import argparse
 import json
 import sys
@@ -154,7 +156,7 @@ def _spec(class_name):
         raise UserError(f"unknown class {class_name!r}; choose from {', '.join(CLASSES)}") from None
 
 
-def make_good(class_name, size, rng):
+def make_good(class_name: str, size: int, rng: np.random.Generator) -> np.ndarray:
     """One defect-free image of a class: float32 in [0, 1], (size, size) or (size, size, 3).
 
     A crop of the class photo around its centre, like a part under a fixed camera: the
@@ -507,7 +509,9 @@ def _finalise(clean, painted):
     return d8.astype(np.float32) / 255, mask
 
 
-def paint(clean, defect, rng, max_tries=50):
+def paint(
+    clean: np.ndarray, defect: str, rng: np.random.Generator, max_tries: int = 50
+) -> tuple[np.ndarray, np.ndarray] | None:
     """Paint one ``defect`` into a square image of any class (float [0, 1], H×W or H×W×3).
 
     Returns ``(defective, mask)`` as from :func:`make_pair`, or ``None`` when no visible
@@ -522,7 +526,9 @@ def paint(clean, defect, rng, max_tries=50):
     return None
 
 
-def make_pair(class_name, defect, size, rng, max_tries=50):
+def make_pair(
+    class_name: str, defect: str, size: int, rng: np.random.Generator, max_tries: int = 50
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A clean image, the same image with one painted defect, and the defect mask.
 
     All three are float32 arrays: images in [0, 1] on the 8-bit grid ((size, size) for
@@ -612,16 +618,16 @@ def _write_class(folder, class_name, settings, progress):
 
 
 def generate(
-    out,
-    classes=tuple(CLASSES),
-    size=256,
-    n_train=120,
-    n_test_good=20,
-    n_test_defect=10,
-    defects=DEFECTS,
-    seed=0,
-    force=False,
-):
+    out: str | Path,
+    classes: tuple[str, ...] | list[str] = tuple(CLASSES),
+    size: int = 256,
+    n_train: int = 120,
+    n_test_good: int = 20,
+    n_test_defect: int = 10,
+    defects: tuple[str, ...] | list[str] = DEFECTS,
+    seed: int = 0,
+    force: bool = False,
+) -> list[Path]:
     """Write each class in MVTec AD layout under ``out``; return the class folders.
 
     A class folder that already holds exactly these settings is skipped. One with

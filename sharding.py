@@ -38,12 +38,12 @@ def parse(spec: str | None) -> tuple[int, int] | None:
     return int(match.group(1)), int(match.group(2))
 
 
-def listing_hash(paths, root) -> str:
+def listing_hash(paths: list[Path], root: Path) -> str:
     """SHA-256 of the sorted relative paths: parts of one folder listing share it."""
     return data.files_hash(sorted(data.relative_to(p, root) for p in paths))
 
 
-def select(paths, root, shard: tuple[int, int]):
+def select(paths: list[Path], root: Path, shard: tuple[int, int]) -> list[Path]:
     """The K-th of N contiguous parts of the sorted image list; one-line error when N exceeds the images."""
     k, n = shard
     ordered = sorted(paths, key=lambda p: data.relative_to(p, root))
@@ -52,12 +52,12 @@ def select(paths, root, shard: tuple[int, int]):
     return list(np.array_split(np.array(ordered, dtype=object), n)[k - 1])
 
 
-def suffix(shard) -> str:
+def suffix(shard: tuple[int, int] | None) -> str:
     """Folder-name suffix of a part's default output (empty without a shard)."""
     return f"_shard{shard[0]}of{shard[1]}" if shard else ""
 
 
-def record(shard, paths, root) -> dict:
+def record(shard: tuple[int, int] | None, paths: list[Path], root: Path) -> dict:
     """What a part's prediction_setup.json says about it (empty without a shard)."""
     if not shard:
         return {}
@@ -84,7 +84,7 @@ def _read_part(folder: Path) -> tuple[dict, pd.DataFrame]:
     return setup, frame
 
 
-def merge(folders, out=None, run_path=None):
+def merge(folders: list, out: str | Path | None = None, run_path: str | Path | None = None) -> tuple:
     """Join the ``predictions.csv`` of all N parts into ``out`` (default: beside the first part,
     named as an unsharded run's folder). Returns ``(frame, output folder)``."""
     folders = [Path(f) for f in folders]
