@@ -149,17 +149,26 @@ def image_size(path):
         return image.size
 
 
-def load_images(paths, color, size, progress=None):
+def load_images(paths, color, size, progress=None, allow_none=False):
     """Load many images into one float32 N×H×W×C array.
 
-    Unreadable files are skipped with a warning; returns ``(array, kept_paths)``.
-    Raises :class:`UserError` when none can be read.
+    ``progress``: a description for a progress bar, or an open tqdm bar advanced by one
+    per file (a stream's bar over all its chunks). Unreadable files are skipped with a
+    warning; returns ``(array, kept_paths)``. Raises :class:`UserError` when none can be
+    read, unless ``allow_none`` (then the array is empty: one chunk of a longer stream may
+    hold only unreadable files).
     """
     from tqdm import tqdm
 
     arrays, kept, tiny = [], [], []
-    iterator = tqdm(paths, desc=progress, unit="img", leave=False, disable=None) if progress else paths
+    bar = progress if hasattr(progress, "update") else None
+    if isinstance(progress, str):
+        iterator = tqdm(paths, desc=progress, unit="img", leave=False, disable=None)
+    else:
+        iterator = paths
     for path in iterator:
+        if bar is not None:
+            bar.update(1)
         try:
             array, (width, height) = _load_image(path, color, size)
         except UserError as exc:
@@ -175,6 +184,8 @@ def load_images(paths, color, size, progress=None):
             f"detail, e.g. {tiny[0]}"
         )
     if not arrays:
+        if allow_none:
+            return np.zeros((0, 0, 0, 0), np.float32), []
         raise UserError(f"no readable images among {len(paths)} file(s)")
     return np.stack(arrays), kept
 

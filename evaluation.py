@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 import data
 import inference
@@ -47,6 +46,25 @@ def _write_tiff(path, array):
     tifffile.imwrite(path, array.astype(np.float32))
 
 
+def _write_mask_and_overlay(seen, i, mask, folder, stem, title, method, verdict, score, gt_mask=None):
+    """One image's defect mask PNG (at the file's size) and overlay PNG (model size) in ``folder``."""
+    mask_file, overlay_file = folder / f"{stem}_mask.png", folder / f"{stem}_overlay.png"
+    visualize.save_mask_png(inference.resize_map(mask, seen.sizes[i]), mask_file)
+    visualize.plot_overlay(
+        seen.images[i],
+        seen.recons[i],
+        seen.maps[i],
+        mask,
+        overlay_file,
+        gt_mask=gt_mask,
+        title=title,
+        method=method,
+        verdict=verdict,
+        score=score,
+    )
+    return mask_file, overlay_file
+
+
 def test_run(
     path,
     method=None,
@@ -62,7 +80,11 @@ def test_run(
 ):
     """Classify and score every image under ``<class>/test/*/`` for a run; write all results.
 
-    Returns ``(result dict, metrics dict, output folder)``.
+    Images are read, reconstructed and (with ``save``) drawn in chunks
+    (:func:`inference.inspect_stream`); what is kept for the metrics is each image's
+    smoothed anomaly map at the ground truth's resolution and its mask.
+
+    Returns ``(result dict, metrics dict, per-defect-type table, output folder)``.
     """
     _check_smooth(smooth)
     run = runs.find_run(path)
@@ -70,8 +92,8 @@ def test_run(
     threshold, min_area, options, source = inference.resolve_threshold(
         run, method, threshold, min_area, baseline, scales, passes
     )
-    items = data.list_test_images(run.class_dir)
-    types = sorted({d for _, d, _ in items})
+    listed = data.list_test_images(run.class_dir)
+    types = sorted({d for _, d, _ in listed})
     notes = []
     if data.GOOD not in types:
         notes.append("no test/good folder: TNR, balanced accuracy and AUROCs cannot be computed")
@@ -79,109 +101,114 @@ def test_run(
         notes.append("no defect folder under test/: TPR, precision, balanced accuracy and AUROCs cannot be computed")
     for note in notes:
         warn(note)
-    seen = inference.inspect(run, [p for p, _, _ in items], method, batch, progress="test images", options=options)
-    _check_finite(seen.maps, run)
-    kept = set(seen.paths)
-    items = [it for it in items if it[0] in kept]
-    defective, largest, counts = inference.classify(seen.maps, threshold, min_area)
-    smoothed = resmaps.smooth(seen.maps, smooth)
-    truth = np.array([d != data.GOOD for _, d, _ in items])
-    has_masks = any(m is not None for _, _, m in items)
-
-    # Anomaly maps and masks at the ground truth's (= the image file's) resolution.
-    full_maps, gt_masks = [], []
-    for (img_path, defect, mask_path), m, size in zip(items, smoothed, seen.sizes):
-        full_maps.append(inference.resize_map(m, size))
-        if mask_path is not None:
-            gt_masks.append(data.load_mask(mask_path, size))
-        else:
-            if defect != data.GOOD and has_masks:
-                warn(f"no ground-truth mask for {img_path}: counted as all-defect-free pixels in pixel metrics")
-            gt_masks.append(np.zeros((size[1], size[0]), dtype=bool))
-
-    frame = pd.DataFrame(
-        {
-            "path": [str(p) for p, _, _ in items],
-            "defect_type": [d for _, d, _ in items],
-            "truth": np.where(truth, "defective", "good"),
-            "prediction": defective,
-            "largest_area": largest,
-            "n_regions": counts,
-            "score": [_score(m) for m in smoothed],
-        }
-    )
-    cls = metrics.classification_metrics(truth, defective)
-    table = detection_table(frame)
-    result = {
-        "threshold": threshold,
-        "min_area": min_area,
-        "method": method,
-        **options.record(),
-        "threshold_source": source,
-        **{k: cls[k] for k in ("tpr", "tnr", "accuracy", "balanced_accuracy", "precision", "f1", "confusion_matrix")},
-        "n_images": cls["n_images"],
-        "n_good": cls["n_good"],
-        "n_defective": cls["n_defective"],
-        "detection_rate_per_defect_type": {t: float(table.loc[t, "rate"]) for t in types},
-        "images_per_defect_type": {t: int(table.loc[t, "images"]) for t in types},
-        "notes": notes + cls["undefined"],
-    }
-    # One sort of all pixel scores serves every pixel figure and both curves plotted below.
-    evaluated, pixel_curves = metrics.evaluate(
-        full_maps if has_masks else None,
-        gt_masks if has_masks else None,
-        truth,
-        frame["score"].to_numpy(),
-        [d for _, d, _ in items],
-        fpr_limit=fpr_limit,
-        return_curves=True,
-    )
-    sizes = sorted({f"{w}x{h}" for w, h in seen.sizes})
-    evaluated.update(
-        method=method,
-        **options.record(),
-        smooth_sigma=float(smooth),
-        image_score="maximum of the residual map smoothed by a Gaussian of sigma smooth_sigma px (model resolution)",
-        pixel_resolution=f"ground-truth resolution ({', '.join(sizes)}); model input {run.shape[1]}x{run.shape[0]}",
-        model=str(run.model_path),
-        **run.model_record(),
-    )
-    stems = data.output_stems([p for p, _, _ in items])
+    labels = {Path(p): (d, m) for p, d, m in listed}
+    stem_of = dict(zip((Path(p) for p, _, _ in listed), data.output_stems([p for p, _, _ in listed])))
+    has_masks = any(m is not None for _, _, m in listed)
+    inference.load_networks(run, method)
+    model_record = run.model_record()
     method_dir = run.dir / "test" / method
     out_dir = method_dir / f"a{min_area}_t{runs.format_threshold(threshold)}"
-    identity = {"kind": "test", "model_sha256": evaluated["model_sha256"]}
+    identity = {"kind": "test", "model_sha256": model_record["model_sha256"]}
     # One writer at a time per method folder, so the result, anomaly maps and metrics.json
     # written below all come from the same process; results of other weights are moved aside.
     writing = runs.Writing(method_dir)
-    _set_aside_other_weights(method_dir, evaluated["model_sha256"])
+    _set_aside_other_weights(method_dir, model_record["model_sha256"])
+    items, sizes, full_maps, gt_masks, scores, defective, largest, counts = [], [], [], [], [], [], [], []
     with runs.StagedOutput(out_dir, identity, archive=True) as out:
+        chunks = inference.inspect_stream(
+            run, [p for p, _, _ in listed], method, batch, progress="test images", options=options
+        )
+        for seen in chunks:
+            _check_finite(seen.maps, run)
+            found, large, count = inference.classify(seen.maps, threshold, min_area)
+            masks = inference.defect_masks(seen.maps, threshold, min_area) if save else None
+            for i, (img_path, m, size) in enumerate(zip(seen.paths, resmaps.smooth(seen.maps, smooth), seen.sizes)):
+                defect, mask_path = labels[img_path]
+                items.append((img_path, defect, mask_path))
+                sizes.append(size)
+                scores.append(_score(m))
+                # Anomaly maps and masks at the ground truth's (= the image file's) resolution.
+                full_maps.append(inference.resize_map(m, size))
+                if mask_path is not None:
+                    gt_masks.append(data.load_mask(mask_path, size))
+                else:
+                    if defect != data.GOOD and has_masks:
+                        warn(f"no ground-truth mask for {img_path}: counted as all-defect-free pixels in pixel metrics")
+                    gt_masks.append(np.zeros((size[1], size[0]), dtype=bool))
+                if save:
+                    _write_mask_and_overlay(
+                        seen,
+                        i,
+                        masks[i],
+                        out / defect,
+                        stem_of[img_path],
+                        f"{defect}/{img_path.name}",
+                        method,
+                        bool(found[i]),
+                        scores[-1],
+                        gt_mask=inference.resize_map(gt_masks[-1], run.shape[::-1]) if mask_path is not None else None,
+                    )
+            defective.append(found)
+            largest.append(large)
+            counts.append(count)
+        defective, largest, counts = np.concatenate(defective), np.concatenate(largest), np.concatenate(counts)
+        truth = np.array([d != data.GOOD for _, d, _ in items])
+        frame = pd.DataFrame(
+            {
+                "path": [str(p) for p, _, _ in items],
+                "defect_type": [d for _, d, _ in items],
+                "truth": np.where(truth, "defective", "good"),
+                "prediction": defective,
+                "largest_area": largest,
+                "n_regions": counts,
+                "score": scores,
+            }
+        )
+        cls = metrics.classification_metrics(truth, defective)
+        table = detection_table(frame)
+        result = {
+            "threshold": threshold,
+            "min_area": min_area,
+            "method": method,
+            **options.record(),
+            "threshold_source": source,
+            **{
+                k: cls[k]
+                for k in ("tpr", "tnr", "accuracy", "balanced_accuracy", "precision", "f1", "confusion_matrix")
+            },
+            "n_images": cls["n_images"],
+            "n_good": cls["n_good"],
+            "n_defective": cls["n_defective"],
+            "detection_rate_per_defect_type": {t: float(table.loc[t, "rate"]) for t in types},
+            "images_per_defect_type": {t: int(table.loc[t, "images"]) for t in types},
+            "notes": notes + cls["undefined"],
+        }
+        # Metrics before anything is committed; one sort of all pixel scores serves every pixel
+        # figure and both curves plotted below.
+        evaluated, pixel_curves = metrics.evaluate(
+            full_maps if has_masks else None,
+            gt_masks if has_masks else None,
+            truth,
+            frame["score"].to_numpy(),
+            [d for _, d, _ in items],
+            fpr_limit=fpr_limit,
+            return_curves=True,
+        )
+        shown = sorted({f"{w}x{h}" for w, h in sizes})
+        evaluated.update(
+            method=method,
+            **options.record(),
+            smooth_sigma=float(smooth),
+            image_score="maximum of the residual map smoothed by a Gaussian of sigma smooth_sigma px (model resolution)",
+            pixel_resolution=f"ground-truth resolution ({', '.join(shown)}); model input {run.shape[1]}x{run.shape[0]}",
+            model=str(run.model_path),
+            **model_record,
+        )
         frame.to_csv(out / "classification.csv", index=False)
         runs.write_json(out / "test_result.json", result)
-        if save:
-            masks = inference.defect_masks(seen.maps, threshold, min_area)
-            for i, (img_path, defect, mask_path) in enumerate(
-                tqdm(items, desc="saving masks and overlays", leave=False, disable=None)
-            ):
-                stem = stems[i]
-                visualize.save_mask_png(
-                    inference.resize_map(masks[i], seen.sizes[i]), out / defect / f"{stem}_mask.png"
-                )
-                gt_small = inference.resize_map(gt_masks[i], run.shape[::-1]) if mask_path is not None else None
-                visualize.plot_overlay(
-                    seen.images[i],
-                    seen.recons[i],
-                    seen.maps[i],
-                    masks[i],
-                    out / defect / f"{stem}_overlay.png",
-                    gt_mask=gt_small,
-                    title=f"{defect}/{Path(img_path).name}",
-                    method=method,
-                    verdict=bool(defective[i]),
-                    score=frame["score"][i],
-                )
     with runs.StagedOutput(method_dir / "anomaly_maps", identity, archive=True) as out:
-        for (_, defect, _), stem, m in zip(items, stems, full_maps):
-            _write_tiff(out / defect / f"{stem}.tiff", m)
+        for (img_path, defect, _), m in zip(items, full_maps):
+            _write_tiff(out / defect / f"{stem_of[img_path]}.tiff", m)
     curves = {}
     if evaluated["image_auroc"] is not None:
         fpr, tpr = metrics.roc_curve(truth, frame["score"].to_numpy())
@@ -284,41 +311,40 @@ def predict_images(
         out_dir, identity, inputs=[images_dir, run.class_dir], protect=[run.dir], archive=not out
     )
     staging.check()  # before the long inference
-    seen = inference.inspect(run, paths, method, batch, progress="images", options=options)
-    _check_finite(seen.maps, run)
-    defective, largest, counts = inference.classify(seen.maps, threshold, min_area)
-    smoothed = resmaps.smooth(seen.maps, smooth)
-    masks = inference.defect_masks(seen.maps, threshold, min_area)
     rows = []
-    stems = data.output_stems(seen.paths)
+    stem_of = dict(zip(paths, data.output_stems(paths)))
     with staging as staged:
-        for i, img_path in enumerate(tqdm(seen.paths, desc="writing predictions", leave=False, disable=None)):
-            rel = Path(img_path).relative_to(images_dir)
-            mask_file = staged / rel.parent / f"{stems[i]}_mask.png"
-            overlay_file = staged / rel.parent / f"{stems[i]}_overlay.png"
-            visualize.save_mask_png(inference.resize_map(masks[i], seen.sizes[i]), mask_file)
-            visualize.plot_overlay(
-                seen.images[i],
-                seen.recons[i],
-                seen.maps[i],
-                masks[i],
-                overlay_file,
-                title=str(rel),
-                method=method,
-                verdict=bool(defective[i]),
-                score=_score(smoothed[i]),
-            )
-            rows.append(
-                {
-                    "path": str(img_path),
-                    "verdict": "defective" if defective[i] else "good",
-                    "score": _score(smoothed[i]),
-                    "largest_area": int(largest[i]),
-                    "n_regions": int(counts[i]),
-                    "mask": str(out_dir / mask_file.relative_to(staged)),
-                    "overlay": str(out_dir / overlay_file.relative_to(staged)),
-                }
-            )
+        # Chunk by chunk, so memory stays flat however many images the folder holds.
+        for seen in inference.inspect_stream(run, paths, method, batch, progress="images", options=options):
+            _check_finite(seen.maps, run)
+            defective, largest, counts = inference.classify(seen.maps, threshold, min_area)
+            smoothed = resmaps.smooth(seen.maps, smooth)
+            masks = inference.defect_masks(seen.maps, threshold, min_area)
+            for i, img_path in enumerate(seen.paths):
+                rel = Path(img_path).relative_to(images_dir)
+                score = _score(smoothed[i])
+                mask_file, overlay_file = _write_mask_and_overlay(
+                    seen,
+                    i,
+                    masks[i],
+                    staged / rel.parent,
+                    stem_of[img_path],
+                    str(rel),
+                    method,
+                    bool(defective[i]),
+                    score,
+                )
+                rows.append(
+                    {
+                        "path": str(img_path),
+                        "verdict": "defective" if defective[i] else "good",
+                        "score": score,
+                        "largest_area": int(largest[i]),
+                        "n_regions": int(counts[i]),
+                        "mask": str(out_dir / mask_file.relative_to(staged)),
+                        "overlay": str(out_dir / overlay_file.relative_to(staged)),
+                    }
+                )
         frame = pd.DataFrame(rows)
         frame.to_csv(staged / "predictions.csv", index=False)
         runs.write_json(

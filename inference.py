@@ -261,14 +261,47 @@ def run_maps(run, images, method, options=MapOptions(), batch=16):
     return recons, maps
 
 
-def inspect(run, paths, method, batch=16, progress=None, options=MapOptions()):
-    """Load ``paths`` at the run's shape and colour, reconstruct them and compute their maps
-    (see :func:`run_maps`)."""
+def load_networks(run, method):
+    """Load (once) what ``method``'s maps need, so a missing or mismatched model or head is
+    reported before any image is read or any output folder is made."""
+    run.load_model()
     if method == "learned":
-        run.load_head()  # a missing head is reported before any image is read
-    images, kept = data.load_images(paths, run.color, run.shape, progress=progress)
-    recons, maps = run_maps(run, images, method, options, batch)
-    return Inspected(kept, images, recons, maps, [data.image_size(p) for p in kept])
+        run.load_head()
+
+
+STREAM_CHUNK = 32  # images held at once by inspect_stream (with their reconstructions and maps)
+
+
+def inspect_stream(run, paths, method, batch=16, progress=None, options=MapOptions(), chunk=None):
+    """Load ``paths`` at the run's shape and colour, reconstruct them and compute their maps
+    (see :func:`run_maps`), ``chunk`` images at a time: yields one :class:`Inspected` per
+    chunk (default :data:`STREAM_CHUNK`), so a folder larger than memory is mapped in
+    constant memory.
+
+    One progress bar (``progress``: its description) counts every file. Unreadable files
+    are skipped with a warning; :class:`UserError` when none at all can be read.
+    """
+    from tqdm import tqdm
+
+    chunk = STREAM_CHUNK if chunk is None else chunk
+    if chunk < 1:
+        raise UserError(f"chunk must be >= 1 image, got {chunk}")
+    load_networks(run, method)
+    readable = 0
+    with tqdm(total=len(paths), desc=progress, unit="img", leave=False, disable=None if progress else True) as bar:
+        for start in range(0, len(paths), chunk):
+            images, kept = data.load_images(paths[start : start + chunk], run.color, run.shape, bar, allow_none=True)
+            if kept:
+                readable += len(kept)
+                recons, maps = run_maps(run, images, method, options, batch)
+                yield Inspected(kept, images, recons, maps, [data.image_size(p) for p in kept])
+    if not readable:
+        raise UserError(f"no readable images among {len(paths)} file(s)")
+
+
+def inspect(run, paths, method, batch=16, progress=None, options=MapOptions()):
+    """:func:`inspect_stream` in one piece: all of ``paths`` at once."""
+    return next(inspect_stream(run, paths, method, batch, progress, options, chunk=max(1, len(paths))))
 
 
 DEFAULT_AREA_SHARE = (

@@ -630,6 +630,64 @@ def test_predict_images_empty_folder(run_dir, tmp_path, capsys):
     assert not list((run_dir / "predictions" / "ssim").glob("empty*"))
 
 
+def test_labelled_test_in_small_chunks_gives_the_same_results(run_dir, labelled, monkeypatch, capsys):
+    """Streaming (issue 13): with 4 images per chunk the labelled test writes the same
+    verdicts, scores and metrics as in one piece (the fixture's run, default chunk)."""
+    _, _, out_dir, copy = labelled
+    before = pd.read_csv(out_dir / "classification.csv")
+    assert len(before) > 4 * 3  # several chunks
+    monkeypatch.setattr(inference, "STREAM_CHUNK", 4)
+    code, out, err = cli(test_script.main, ["-p", str(run_dir)], capsys)
+    assert code == 0, err
+    after = pd.read_csv(Path(out.strip().splitlines()[-1]) / "classification.csv")
+    assert list(after["path"]) == list(before["path"])
+    assert (after["prediction"] == before["prediction"]).all()
+    np.testing.assert_allclose(after["score"], before["score"], rtol=1e-5, atol=1e-6)
+    old = json.loads((copy / "metrics.json").read_text())
+    new = json.loads((run_dir / "test" / "ssim" / "metrics.json").read_text())
+    for key in ("image_auroc", "pixel_auroc", "au_pro"):
+        assert new[key] == pytest.approx(old[key], abs=1e-6), key
+
+
+def test_predict_images_streams_in_chunks_and_skips_unreadable_ones(run_dir, tiny_dataset, tmp_path, monkeypatch):
+    """--images in chunks of 3: a chunk holding only unreadable files is skipped with a
+    warning, the others give the verdicts and scores of one-piece inference."""
+    images = tmp_path / "stream"
+    images.mkdir()
+    sources = sorted((tiny_dataset / "test").rglob("*.png"))[::2][:6]
+    assert len(sources) == 6
+    for i in range(3):  # a: a readable chunk; b: an unreadable chunk; c: a readable chunk
+        shutil.copy(sources[i], images / f"a{i}.png")
+        (images / f"b{i}.png").write_bytes(b"not a png")
+        shutil.copy(sources[3 + i], images / f"c{i}.png")
+    run = runs.find_run(run_dir)
+    paths = data.list_images(images)
+    options = inference.MapOptions.from_args(method="ssim", mode=run.mode)
+    chunks = list(inference.inspect_stream(run, paths, "ssim", options=options, chunk=3))
+    assert [[p.name for p in c.paths] for c in chunks] == [
+        ["a0.png", "a1.png", "a2.png"],
+        ["c0.png", "c1.png", "c2.png"],
+    ]
+    whole = inference.inspect(run, paths, "ssim", options=options)
+    np.testing.assert_allclose(np.concatenate([c.maps for c in chunks]), whole.maps, rtol=1e-5, atol=1e-6)
+    with pytest.raises(UserError, match="no readable images among 3"):
+        list(inference.inspect_stream(run, paths[3:6], "ssim", options=options, chunk=2))
+
+    monkeypatch.setattr(inference, "STREAM_CHUNK", 3)
+    out_small, err = run_quietly(
+        test_script.main, ["-p", str(run_dir), "--images", str(images), "--out", str(tmp_path / "s")]
+    )[1:]
+    monkeypatch.setattr(inference, "STREAM_CHUNK", 100)
+    run_quietly(test_script.main, ["-p", str(run_dir), "--images", str(images), "--out", str(tmp_path / "w")])
+    assert err.count("skipping") == 3 and "b1.png" in err
+    small = pd.read_csv(tmp_path / "s" / "predictions.csv")
+    one = pd.read_csv(tmp_path / "w" / "predictions.csv")
+    assert [Path(p).name for p in small["path"]] == [f"{x}{i}.png" for x in "ac" for i in range(3)]
+    assert list(small["verdict"]) == list(one["verdict"])
+    np.testing.assert_allclose(small["score"], one["score"], rtol=1e-5, atol=1e-6)
+    assert len(list((tmp_path / "s").glob("*_overlay.png"))) == 6
+
+
 # --------------------------------------------------------------------------- 6-8. unusual datasets
 
 
