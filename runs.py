@@ -437,6 +437,31 @@ class Run:
         return model_record(self.model_path)
 
 
+def _float32_policies(config):
+    """A model config with every layer's dtype policy set to float32."""
+    if isinstance(config, list):
+        return [_float32_policies(v) for v in config]
+    if not isinstance(config, dict):
+        return config
+    if config.get("class_name") in ("DTypePolicy", "FloatDTypePolicy") and isinstance(config.get("config"), dict):
+        config = {**config, "config": {**config["config"], "name": "float32"}}
+    return {k: _float32_policies(v) for k, v in config.items()}
+
+
+def _float32_copy(model, path):
+    """``model``, or when it was trained with ``--precision mixed`` the same network computing
+    in float32: residual maps compare reconstructions more finely than bfloat16's three
+    significant digits."""
+    import keras
+
+    config = keras.saving.serialize_keras_object(model)
+    if "mixed_" not in json.dumps(config, default=str):
+        return model
+    copy = keras.saving.deserialize_keras_object(_float32_policies(config), safe_mode=True)
+    copy.load_weights(path)
+    return copy
+
+
 def load_keras(path: PathLike, compile: bool = False):
     """Load a ``.keras`` model with one-line errors for a damaged file or non-finite weights."""
     import keras
@@ -451,6 +476,8 @@ def load_keras(path: PathLike, compile: bool = False):
         raise UserError(f"model file {path} is damaged: not a Keras .keras archive (truncated or overwritten?)")
     try:
         model = keras.models.load_model(path, compile=compile)
+        if not compile:
+            model = _float32_copy(model, path)
     except Exception as exc:  # noqa: BLE001 - any loading failure is the user's file
         first = (str(exc).splitlines() or [""])[0][:200]
         raise UserError(

@@ -136,6 +136,20 @@ def get_parser():
         "multiworker (the machines in TF_CONFIG); auto: mirrored when there are several GPUs, else one. "
         "-b is per replica: the global batch is -b x replicas (recorded in setup.json)",
     )
+    new.add_argument(
+        "--precision",
+        choices=training.PRECISIONS,
+        default="float32",
+        help="mixed: the autoencoder's layers compute in bfloat16 on CPUs (float16 on GPUs; weights, loss "
+        "and SSIM stay float32): 1.7x less CPU per training image here (bench/README.md); the saved model "
+        "maps in float32",
+    )
+    new.add_argument(
+        "--jit",
+        action="store_true",
+        help="compile training steps with XLA (default: Keras's choice, XLA on GPUs only; measured 3-4x "
+        "slower on this CPU)",
+    )
     resume = sub.add_parser("resume", help="continue an interrupted run, or extend a finished one", formatter_class=fmt)
     resume.add_argument("-p", "--path", required=True, help="run folder (or the .keras model file inside it)")
     resume.add_argument(

@@ -308,6 +308,8 @@ def test_help_lists_every_option_with_default():
         "--denoise",
         "--weights",
         "--out",
+        "--precision",
+        "--jit",
     ):
         assert flag in text, flag
     assert "(default: 8)" in text and "(default: saved_models)" in text
@@ -478,3 +480,48 @@ def test_other_colours_and_losses_train_and_validate_end_to_end(tiny_dataset, tm
     method = "ssim" if loss in ("ssim", "mssim") else "l2"
     result = json.loads((run_dir / "validation" / method / "a5" / "validation_result.json").read_text())
     assert result["method"] == method and np.isfinite(result["threshold"]) and result["largest_area_at_threshold"] < 5
+
+
+def test_mixed_precision_trains_in_bfloat16_resumes_so_and_maps_in_float32(tiny_dataset, tmp_path, capsys):
+    """--precision mixed (issue 13): the saved autoencoder computes in bfloat16 (on this CPU-only
+    machine) and a resumed run keeps it; the model the maps use is the same network in float32."""
+    import zipfile
+
+    import keras
+
+    run_dir, setup = training.new_run(
+        train_args(tiny_dataset, tmp_path, epochs=1, architecture="mvtec", size=32, precision="mixed")
+    )
+    assert (setup["precision"], setup["dtype_policy"], setup["jit"]) == ("mixed", "mixed_bfloat16", False)
+    model_path = run_dir / setup["model_file"]
+    assert "mixed_bfloat16" in zipfile.ZipFile(model_path).read("config.json").decode()
+    code, _, err = cli(train.main, ["resume", "-p", str(run_dir), "-e", "1"], capsys)
+    assert code == 0, err
+    assert "mixed_bfloat16" in zipfile.ZipFile(model_path).read("config.json").decode()
+    raw = keras.models.load_model(model_path, compile=False)
+    assert {layer.compute_dtype for layer in raw.layers[1:]} == {"bfloat16"}
+    model = runs.find_run(run_dir).load_model()
+    assert {layer.compute_dtype for layer in model.layers} == {"float32"}
+    x = np.random.default_rng(0).random((2, 32, 32, 1), dtype=np.float32)
+    float32, bfloat16 = np.asarray(model(x)), np.asarray(raw(x)).astype(np.float32)
+    assert float32.dtype == np.float32
+    assert 0 < np.abs(float32 - bfloat16).max() < 0.02  # the same weights, rounded differently
+    # The default stays float32 throughout: nothing to convert.
+    assert keras.mixed_precision.global_policy().name == "float32"
+
+
+def test_precision_and_jit_options(tiny_dataset, tmp_path, capsys):
+    code, _, err = cli(train.main, ["new", "-d", str(tiny_dataset), "--precision", "half"], capsys)
+    assert code == 2 and "invalid choice: 'half'" in err
+    with pytest.raises(training.UserError, match="--precision must be one of float32, mixed, got 'half'"):
+        training.precision_policy("half")
+    assert training.precision_policy("float32") == "float32"
+    model = __import__("models").build_model("mvtec", 32, 1)
+    training._compile(model, {"lr": 1e-3, "loss": "ssim", "size": 32, "jit": True})
+    assert model.jit_compile is True
+    training._compile(model, {"lr": 1e-3, "loss": "ssim", "size": 32})
+    assert model.jit_compile is False  # Keras's "auto": no XLA on a CPU-only machine
+    run_dir, setup = training.new_run(
+        train_args(tiny_dataset, tmp_path, epochs=1, architecture="mvtec", size=32, jit=True)
+    )
+    assert setup["jit"] is True and setup["epochs_run"] == 1
