@@ -186,18 +186,28 @@ def refined_maps(model, images, method, options=MapOptions(), batch=16, calibrat
         baselines.append(usual)
         return np.maximum(raw - usual, 0.0).astype(np.float32)
 
-    recons, raw = resmaps.compute_resmaps(model, images, method, batch, options.scales)
-    maps = above_usual(raw, 0)
+    first_recons, first_raw = resmaps.compute_resmaps(model, images, method, batch, options.scales)
+    recons, maps = first_recons, above_usual(first_raw, 0)
     threshold = None if learn else calibration.mask_threshold
     for k in range(1, options.passes):
         smoothed = resmaps.smooth(maps, MASK_SIGMA)
         if threshold is None:  # learnt from the training images' first-pass maps
             threshold = float(np.quantile(smoothed, MASK_QUANTILE))
         mask = resmaps.smooth((smoothed > threshold).astype(np.float32), MASK_FEATHER)[..., None]
-        recons = resmaps.reconstruct(model, images * (1 - mask) + recons * mask, batch)
-        maps = np.minimum(
-            maps, above_usual(resmaps.batched_residual_maps(images, recons, method, batch, options.scales), k)
-        )
+        # An image with nothing to repaint is its own input again: its pass-1 reconstruction
+        # and residual stand, so only the repainted images go through the model.
+        repaint = np.flatnonzero(mask.reshape(len(mask), -1).max(axis=1) > 0)
+        raw, next_recons = first_raw.copy(), first_recons.copy()
+        if len(repaint):
+            part = mask[repaint]
+            next_recons[repaint] = resmaps.reconstruct(
+                model, images[repaint] * (1 - part) + recons[repaint] * part, batch
+            )
+            raw[repaint] = resmaps.batched_residual_maps(
+                images[repaint], next_recons[repaint], method, batch, options.scales
+            )
+        recons = next_recons
+        maps = np.minimum(maps, above_usual(raw, k))
     return recons, maps, Calibration(np.stack(baselines), float("inf") if threshold is None else threshold)
 
 

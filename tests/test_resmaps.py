@@ -253,3 +253,43 @@ def test_later_passes_remove_the_spill_around_a_defect_and_keep_the_defect():
     assert one[inside].min() > 0.05
     assert (found[3]["good"] <= found[1]["good"]).all()
     np.testing.assert_allclose(found[3]["good"], found[1]["good"], atol=1e-3)
+
+
+def _refined_maps_every_image_every_pass(model, images, options, calibration):
+    """The later passes as before issue 13's shortcut: every image through the model each pass."""
+    import inference
+
+    recons, raw = resmaps.compute_resmaps(model, images, "l2", 16, options.scales)
+    maps = np.maximum(raw - calibration.baselines[0], 0)
+    for k in range(1, options.passes):
+        smoothed = resmaps.smooth(maps, inference.MASK_SIGMA)
+        mask = resmaps.smooth((smoothed > calibration.mask_threshold).astype(np.float32), inference.MASK_FEATHER)
+        mask = mask[..., None]
+        recons = resmaps.reconstruct(model, images * (1 - mask) + recons * mask, 16)
+        raw = resmaps.batched_residual_maps(images, recons, "l2", 16, options.scales)
+        maps = np.minimum(maps, np.maximum(raw - calibration.baselines[k], 0))
+    return recons, maps
+
+
+def test_later_passes_reconstruct_only_the_repainted_images_and_give_the_same_maps():
+    import inference
+
+    rng = np.random.default_rng(1)
+    model = _spilling_model()
+    train = (0.5 + 0.02 * rng.standard_normal((20, 32, 32, 3))).astype(np.float32)
+    images = (0.5 + 0.02 * rng.standard_normal((6, 32, 32, 3))).astype(np.float32)
+    images[1, 12:20, 12:20] = 1.0  # two defective images among four good ones
+    images[4, 3:9, 20:30] = 0.0
+    options = inference.MapOptions(baseline=True, scales=1, passes=3)
+    _, _, calibration = inference.refined_maps(model, train, "l2", options)
+    seen = []
+    real = resmaps.reconstruct
+    try:
+        resmaps.reconstruct = lambda m, x, batch=16: seen.append(len(x)) or real(m, x, batch)
+        recons, maps, _ = inference.refined_maps(model, images, "l2", options, calibration=calibration)
+    finally:
+        resmaps.reconstruct = real
+    assert seen[0] == 6 and 1 <= max(seen[1:]) < 6  # later passes: only images with something to repaint
+    expected_recons, expected = _refined_maps_every_image_every_pass(model, images, options, calibration)
+    np.testing.assert_allclose(maps, expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(recons, expected_recons, rtol=1e-5, atol=1e-6)
