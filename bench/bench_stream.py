@@ -65,6 +65,8 @@ def main(argv=None):
         shutil.rmtree(args.out)
     args.out.mkdir(parents=True)
     run, sources = build_world(args.out, args.size)
+    results = ROOT / "bench" / "results"
+    results.mkdir(parents=True, exist_ok=True)
     rows = []
     for n in args.counts:
         folder = args.out / f"images_{n}"
@@ -91,17 +93,14 @@ def main(argv=None):
             }
         )
         print(f"{n} images: wall {wall:.1f} s, CPU {cpu:.1f} s, peak {peak:.0f} MiB, {written} overlays", flush=True)
+        with open(results / "stream.jsonl", "a") as f:  # each row as soon as it is measured
+            f.write(json.dumps(rows[-1]) + "\n")
         shutil.rmtree(folder)
         shutil.rmtree(args.out / f"predictions_{n}")
     print("| images | wall s | CPU s | images/s (wall) | peak MiB |")
     print("|---:|---:|---:|---:|---:|")
     for r in rows:
         print(f"| {r['images']} | {r['wall_s']} | {r['cpu_s']} | {r['images'] / r['wall_s']:.1f} | {r['peak_mib']} |")
-    results = ROOT / "bench" / "results"
-    results.mkdir(parents=True, exist_ok=True)
-    with open(results / "stream.jsonl", "a") as f:
-        for r in rows:
-            f.write(json.dumps(r) + "\n")
 
 
 if __name__ == "__main__":
