@@ -96,8 +96,9 @@ def get_parser():
     new.add_argument(
         "--patience",
         type=int,
-        default=10,
-        help="early stopping after this many epochs without a better validation loss (0: off)",
+        default=20,
+        help="early stopping after this many epochs without a better validation loss (0: off); the learning "
+        "rate halves after half as many",
     )
     new.add_argument(
         "--no-augment", action="store_true", help="train without augmentation (rotation, shift, brightness)"

@@ -126,7 +126,7 @@ def get_parser():
         default=["ssim", "learned"],
         metavar="METHOD",
         help="map methods also validated and tested on every trained run, besides the run's default one "
-        "(same area), for the method table and the proxy's ranking; none: only the default",
+        "(same area), for the method table and the proxy's ranking; 'none' (or no method): only the default",
     )
     p.add_argument("--append", action="store_true", help="add the tables to the Suite section of the README")
     p.add_argument(
@@ -165,7 +165,7 @@ def settings_from_args(args) -> Settings:
         args.append,
         readme,
         sys.executable,
-        tuple(dict.fromkeys(args.compare)),
+        tuple(dict.fromkeys(m for m in args.compare if m != "none")),
     )
 
 
