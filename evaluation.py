@@ -46,10 +46,16 @@ def _write_tiff(path, array):
     tifffile.imwrite(path, array.astype(np.float32))
 
 
-def _write_mask_and_overlay(seen, i, mask, folder, stem, title, method, verdict, score, gt_mask=None):
-    """One image's defect mask PNG (at the file's size) and overlay PNG (model size) in ``folder``."""
+OVERLAYS = ("all", "defective", "none")  # which images of --images get an overlay figure
+
+
+def _write_mask_and_overlay(seen, i, mask, folder, stem, title, method, verdict, score, gt_mask=None, overlay=True):
+    """One image's defect mask PNG (at the file's size) and, if ``overlay``, its overlay PNG
+    (model size) in ``folder``; returns both paths (the overlay's None when not drawn)."""
     mask_file, overlay_file = folder / f"{stem}_mask.png", folder / f"{stem}_overlay.png"
     visualize.save_mask_png(inference.resize_map(mask, seen.sizes[i]), mask_file)
+    if not overlay:
+        return mask_file, None
     visualize.plot_overlay(
         seen.images[i],
         seen.recons[i],
@@ -272,15 +278,20 @@ def predict_images(
     scales=None,
     passes=None,
     shard=None,
+    overlays="all",
 ):
     """Verdicts on a folder of unlabelled images (recursive); writes predictions, masks and overlays.
 
     ``shard`` ``"K/N"``: only the K-th of N parts of the folder (see sharding.py).
+    ``overlays``: draw the overlay figure of ``all`` images, only of those found
+    ``defective``, or of ``none`` (a figure costs far more than mapping the image).
 
     Masks and overlays mirror the input tree under the output folder (printed by test.py).
     Returns ``(frame, output folder)``.
     """
     _check_smooth(smooth)
+    if overlays not in OVERLAYS:
+        raise UserError(f"--overlays must be one of {', '.join(OVERLAYS)}, got {overlays!r}")
     shard = sharding.parse(shard)
     run = runs.find_run(path)
     method = run.method(method)
@@ -333,6 +344,7 @@ def predict_images(
                     method,
                     bool(defective[i]),
                     score,
+                    overlay=overlays == "all" or (overlays == "defective" and defective[i]),
                 )
                 rows.append(
                     {
@@ -342,7 +354,7 @@ def predict_images(
                         "largest_area": int(largest[i]),
                         "n_regions": int(counts[i]),
                         "mask": str(out_dir / mask_file.relative_to(staged)),
-                        "overlay": str(out_dir / overlay_file.relative_to(staged)),
+                        "overlay": "" if overlay_file is None else str(out_dir / overlay_file.relative_to(staged)),
                     }
                 )
         frame = pd.DataFrame(rows)

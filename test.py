@@ -54,6 +54,14 @@ def get_parser():
         "--images", default=None, help="folder of unlabelled images (searched recursively): write predictions only"
     )
     parser.add_argument(
+        "--overlays",
+        choices=evaluation.OVERLAYS,
+        default="all",
+        help="with --images: which images get an overlay figure (input, reconstruction, map, outline); "
+        "a figure costs about 10x the CPU of mapping a 128-px image, so 'defective' or 'none' suits "
+        "large folders (every image still gets its mask and its row in predictions.csv)",
+    )
+    parser.add_argument(
         "--out", default=None, help="with --images or --merge: output folder (default: inside the run folder)"
     )
     parser.add_argument(
@@ -82,6 +90,8 @@ def main(argv=None):
         )
     if args.shard and not args.images:
         raise UserError("--shard only applies with --images")
+    if args.overlays != "all" and not args.images:
+        raise UserError("--overlays only applies with --images (labelled tests draw overlays with --save)")
     if args.merge:
         if args.images:
             raise UserError("--merge joins finished --shard parts: give it without --images")
@@ -106,6 +116,7 @@ def main(argv=None):
             args.scales,
             args.passes,
             args.shard,
+            args.overlays,
         )
         print(
             f"{len(frame)} images: {int((frame['verdict'] == 'defective').sum())} defective, "

@@ -6,7 +6,8 @@
 Builds a small world under ``--out`` (generated ``brick`` at 256 px, a 1-epoch object run at
 ``--size`` px, validated), then a folder of N copies of its test images (names differ, files
 identical: reading them costs what reading new ones costs), and runs ``test.py -p RUN
---images FOLDER`` once per N, each in its own process: wall time, CPU time and peak resident
+--images FOLDER --overlays none`` once per N (every mask and row written; ``--overlays``
+to draw figures too), each in its own process: wall time, CPU time and peak resident
 memory come from ``os.wait4`` (see bench_infer.py). Streaming holds ``inference.STREAM_CHUNK``
 images at a time, so the peak should not grow with N. Rows are appended to
 ``bench/results/stream.jsonl``.
@@ -33,6 +34,12 @@ def get_parser():
     p.add_argument("--size", type=int, default=128, help="model size (px) of the run")
     p.add_argument("--out", type=Path, default=Path("/tmp/cae_bench_stream"), help="scratch folder (made anew)")
     p.add_argument("--code", type=Path, default=ROOT, help="checkout whose test.py is measured")
+    p.add_argument(
+        "--overlays",
+        default="none",
+        choices=("all", "defective", "none"),
+        help="test.py --overlays: the overlay figures cost ~0.4 s of CPU per image, 10x the map",
+    )
     p.add_argument("--label", default="", help="free text stored with the results (e.g. the commit)")
     return p
 
@@ -75,7 +82,8 @@ def main(argv=None):
             shutil.copy(sources[i % len(sources)], folder / f"{i:05d}.png")
         wall, cpu, peak, _ = timed(
             [sys.executable, str(args.code / "test.py"), "-p", str(run), "--images", str(folder)]
-            + ["--out", str(args.out / f"predictions_{n}")],
+            + ["--out", str(args.out / f"predictions_{n}")]
+            + ["--overlays", args.overlays],
             args.code,
         )
         written = len(list((args.out / f"predictions_{n}").rglob("*_overlay.png")))

@@ -688,6 +688,41 @@ def test_predict_images_streams_in_chunks_and_skips_unreadable_ones(run_dir, tin
     assert len(list((tmp_path / "s").glob("*_overlay.png"))) == 6
 
 
+def test_predict_images_overlays_option(run_dir, tiny_dataset, tmp_path, capsys):
+    """--overlays defective draws figures only for images found defective, none for none; every
+    image keeps its mask and its row; outside --images the option is refused."""
+    images = tmp_path / "line"
+    shutil.copytree(tiny_dataset / "test", images)
+
+    def predict(choice, area, out):
+        argv = ["-p", str(run_dir), "--images", str(images), "-t", "0.05", "-a", str(area), "--overlays", choice]
+        code, _, err = cli(test_script.main, argv + ["--out", str(out)], capsys)
+        assert code == 0, err
+        return pd.read_csv(out / "predictions.csv", keep_default_na=False)
+
+    # An area that splits these images into defective and good ones.
+    sizes = sorted(set(predict("none", 1, tmp_path / "probe")["largest_area"]))
+    assert len(sizes) >= 2
+    area = max(1, sizes[len(sizes) // 2])
+    frames = {}
+    for choice in ("all", "defective", "none"):
+        out = tmp_path / choice
+        frames[choice] = frame = predict(choice, area, out)
+        drawn = {p.relative_to(out).as_posix() for p in out.rglob("*_overlay.png")}
+        assert len(list(out.rglob("*_mask.png"))) == len(frame)
+        chosen = {"all": frame, "defective": frame[frame["verdict"] == "defective"], "none": frame.iloc[:0]}[choice]
+        expected = set()
+        for path in chosen["path"]:
+            rel = Path(path).relative_to(images)
+            expected.add((rel.parent / f"{rel.stem}_overlay.png").as_posix())
+        assert drawn == expected
+        assert (frame["overlay"] != "").sum() == len(chosen)
+    assert 0 < (frames["all"]["verdict"] == "defective").sum() < len(frames["all"])  # both kinds present
+    assert list(frames["none"]["verdict"]) == list(frames["all"]["verdict"])
+    code, _, err = cli(test_script.main, ["-p", str(run_dir), "--overlays", "none"], capsys)
+    assert_user_error(code, err, "--overlays only applies with --images")
+
+
 # --------------------------------------------------------------------------- 6-8. unusual datasets
 
 
