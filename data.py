@@ -6,6 +6,8 @@ and resizing to the model's size and colour mode, the seeded validation split, a
 ``tf.data`` pipeline with augmentation.
 """
 
+from __future__ import annotations
+
 import hashlib
 import os
 import warnings
@@ -21,12 +23,12 @@ COLOR_MODES = {"grayscale": ("L", 1), "rgb": ("RGB", 3)}
 GOOD = "good"
 
 
-def is_image_name(path):
+def is_image_name(path) -> bool:
     """True when ``path`` has a supported image extension (any case)."""
     return Path(path).suffix.lower() in IMAGE_EXTENSIONS
 
 
-def list_images(folder, recursive=False):
+def list_images(folder, recursive: bool = False) -> list[Path]:
     """Sorted image files in ``folder`` (recursively if asked); other files get a warning."""
     folder = Path(folder)
     if not folder.is_dir():
@@ -43,7 +45,7 @@ def list_images(folder, recursive=False):
     return images
 
 
-def output_stems(paths):
+def output_stems(paths) -> list[str]:
     """A name per image for its output files: the file stem, or the whole name with the dot
     replaced where two images in one folder share a stem (``x.png`` and ``x.bmp``)."""
     seen = {}
@@ -55,7 +57,7 @@ def output_stems(paths):
     ]
 
 
-def channels_of(color):
+def channels_of(color: str) -> int:
     """Number of channels of a colour mode (``grayscale`` → 1, ``rgb`` → 3)."""
     if color not in COLOR_MODES:
         raise ValueError(f"unknown colour mode {color!r}; choose one of {', '.join(COLOR_MODES)}")
@@ -92,7 +94,7 @@ def _open_image(path):
             ) from None
 
 
-def load_image(path, color, size=None):
+def load_image(path, color: str, size=None) -> np.ndarray:
     """Read one image as float32 H×W×C in [0, 1], in ``color`` mode, resized to ``size``
     (a square side, or ``(height, width)`` for surface runs that keep the aspect ratio).
 
@@ -103,7 +105,7 @@ def load_image(path, color, size=None):
     return _load_image(path, color, size)[0]
 
 
-def model_size(size):
+def model_size(size) -> tuple[int, int]:
     """Pillow ``(width, height)`` of a model input size: a square side or a ``(height, width)`` pair."""
     if size is None:
         return None
@@ -131,7 +133,7 @@ def _load_image(path, color, size=None):
     return array, original
 
 
-def detect_color(paths, sample=16):
+def detect_color(paths, sample: int = 16) -> str:
     """``rgb`` when any of the first ``sample`` images has colour (channels that differ), else ``grayscale``."""
     for path in list(paths)[:sample]:
         try:
@@ -143,13 +145,13 @@ def detect_color(paths, sample=16):
     return "grayscale"
 
 
-def image_size(path):
+def image_size(path) -> tuple[int, int]:
     """(width, height) of an image file without decoding its pixels."""
     with _open_image(path) as image:
         return image.size
 
 
-def load_images(paths, color, size, progress=None, allow_none=False):
+def load_images(paths, color: str, size, progress=None, allow_none: bool = False) -> tuple[np.ndarray, list]:
     """Load many images into one float32 N×H×W×C array.
 
     ``progress``: a description for a progress bar, or an open tqdm bar advanced by one
@@ -190,7 +192,7 @@ def load_images(paths, color, size, progress=None, allow_none=False):
     return np.stack(arrays), kept
 
 
-def load_mask(path, size):
+def load_mask(path, size: tuple[int, int]) -> np.ndarray:
     """Read a ground-truth mask as a bool array of ``size`` (nearest-neighbour resize, with a warning)."""
     try:
         with _open_image(path) as image:
@@ -208,7 +210,7 @@ def load_mask(path, size):
 # ---- the MVTec layout ----
 
 
-def check_class_dir(directory):
+def check_class_dir(directory) -> tuple[Path, Path]:
     """Validate a class folder for training; return ``(class_dir, train_good_dir)``."""
     class_dir = Path(directory)
     if not class_dir.is_dir():
@@ -219,11 +221,20 @@ def check_class_dir(directory):
     return class_dir, good
 
 
-def list_test_images(class_dir):
+def ground_truth_path(class_dir, defect: str, image_path) -> Path | None:
+    """The ground-truth mask of a test image of ``defect`` (the folder under ``test/``), or None:
+    ``ground_truth/<defect>/<stem>_mask.png`` when it exists; ``good`` images have none."""
+    if defect == GOOD:
+        return None
+    mask = Path(class_dir) / "ground_truth" / defect / f"{Path(image_path).stem}_mask.png"
+    return mask if mask.is_file() else None
+
+
+def list_test_images(class_dir) -> list[tuple[Path, str, Path | None]]:
     """Every test image of a class: list of ``(path, defect_type, mask_path_or_None)``.
 
-    Folder ``good`` is defect-free; any other folder under ``test/`` is a defect type whose
-    masks are ``ground_truth/<defect>/<stem>_mask.png`` when they exist.
+    Folder ``good`` is defect-free; any other folder under ``test/`` is a defect type with
+    masks where :func:`ground_truth_path` finds them.
     """
     test_dir = Path(class_dir) / "test"
     if not test_dir.is_dir():
@@ -231,15 +242,13 @@ def list_test_images(class_dir):
     items = []
     for defect_dir in sorted(p for p in test_dir.iterdir() if p.is_dir()):
         defect = defect_dir.name
-        for path in list_images(defect_dir):
-            mask = Path(class_dir) / "ground_truth" / defect / f"{path.stem}_mask.png"
-            items.append((path, defect, mask if defect != GOOD and mask.is_file() else None))
+        items += [(path, defect, ground_truth_path(class_dir, defect, path)) for path in list_images(defect_dir)]
     if not items:
         raise UserError(f"no test images under {test_dir}")
     return items
 
 
-def split_validation(paths, val_split, seed):
+def split_validation(paths, val_split: float, seed: int) -> tuple[list, list]:
     """Random, seeded split of ``paths`` into ``(train, validation)``, both sorted.
 
     At least one image goes to each side; raises :class:`UserError` if that is impossible.
@@ -259,12 +268,12 @@ def split_validation(paths, val_split, seed):
     return train, val
 
 
-def files_hash(names):
+def files_hash(names) -> str:
     """SHA-256 of a list of file names (recorded so a run's validation list can be checked)."""
     return hashlib.sha256("\n".join(str(n) for n in names).encode()).hexdigest()
 
 
-def relative_to(path, root):
+def relative_to(path, root) -> str:
     """``path`` relative to ``root`` as a POSIX string (falls back to the absolute path)."""
     try:
         return Path(os.path.relpath(path, root)).as_posix()
@@ -280,7 +289,7 @@ DEFAULT_DENOISE = 0.5  # share of inputs that get a pasted patch with a bare --d
 
 def augmenter(flip=False, seed=0, rotation=DEFAULT_ROTATION):
     """Keras preprocessing layers for training images: rotation ±``rotation``°, shift 5%, mirror if ``flip``
-    (brightness ×0.95–1.05 is applied in :func:`make_dataset`)."""
+    (brightness ×0.95–1.05 is applied in :func:`tf_dataset`)."""
     import keras
 
     steps = [
@@ -323,17 +332,17 @@ def paste_anomalies(x, probability=0.5, min_radius=0.03, max_radius=0.15):
     return x * (1.0 - mask) + source * mask
 
 
-def make_dataset(
-    images,
-    batch,
-    training,
-    augment=True,
-    flip=False,
-    seed=0,
-    denoise=0.0,
-    rotation=DEFAULT_ROTATION,
-    patch=None,
-    per_epoch=None,
+def tf_dataset(
+    images: np.ndarray,
+    batch: int,
+    training: bool,
+    augment: bool = True,
+    flip: bool = False,
+    seed: int = 0,
+    denoise: float = 0.0,
+    rotation: float = DEFAULT_ROTATION,
+    patch: int | None = None,
+    per_epoch: int | None = None,
 ):
     """``tf.data`` pipeline of ``(input, target)`` batches from an in-memory N×H×W×C array.
 

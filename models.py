@@ -17,7 +17,6 @@ import os
 import keras
 from keras import layers
 
-ARCHITECTURES = ("mvtec", "mvtec2", "resnet")
 IMAGENET_WEIGHTS_FILE = "inception_resnet_v2_weights_tf_dim_ordering_tf_kernels_notop.h5"
 MIN_SIZE = 32
 RESNET_MIN_SIZE = 75
@@ -201,18 +200,30 @@ def resnet_cae(size=256, channels=3, weights="none", decoder_filters=(256, 128, 
     return keras.Model(inputs, outputs, name="resnet_cae")
 
 
-def build_model(architecture, size, channels, weights="none", fully_convolutional=False):
-    """Build the named architecture (``mvtec``, ``mvtec2`` or ``resnet``; the first two can be
-    ``fully_convolutional``, for surface runs)."""
-    if architecture == "mvtec":
-        return mvtec_cae(size=size, channels=channels, fully_convolutional=fully_convolutional)
-    if architecture == "mvtec2":
-        return mvtec2_cae(size=size, channels=channels, fully_convolutional=fully_convolutional)
+def _resnet(size, channels, weights="none", fully_convolutional=False):
     if fully_convolutional:
         raise ValueError("resnet_cae cannot be fully convolutional (InceptionResNetV2 needs whole square images)")
-    if architecture == "resnet":
-        return resnet_cae(size=size, channels=channels, weights=weights)
-    raise ValueError(f"unknown architecture {architecture!r}; choose one of {', '.join(ARCHITECTURES)}")
+    return resnet_cae(size=size, channels=channels, weights=weights)
+
+
+ARCHITECTURES = {  # name -> factory(size, channels, weights, fully_convolutional): add a new architecture here
+    "mvtec": lambda size, channels, weights="none", fully_convolutional=False: mvtec_cae(
+        size=size, channels=channels, fully_convolutional=fully_convolutional
+    ),
+    "mvtec2": lambda size, channels, weights="none", fully_convolutional=False: mvtec2_cae(
+        size=size, channels=channels, fully_convolutional=fully_convolutional
+    ),
+    "resnet": _resnet,
+}
+"""The architectures ``-a`` offers (train.py's choices and setup.json's check read this registry)."""
+
+
+def build_model(architecture, size, channels, weights="none", fully_convolutional=False):
+    """Build the named architecture of :data:`ARCHITECTURES` (``mvtec`` and ``mvtec2`` can be
+    ``fully_convolutional``, for surface runs; ``weights`` applies to ``resnet``)."""
+    if architecture not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {architecture!r}; choose one of {', '.join(ARCHITECTURES)}")
+    return ARCHITECTURES[architecture](size, channels, weights=weights, fully_convolutional=fully_convolutional)
 
 
 # ---- the learned residual (see learned.py) ----

@@ -37,9 +37,6 @@ HEAD_FILE = "head.keras"
 MARKER = ".cae-result.json"  # marks a folder this tool wrote as one result (may be replaced by the same result)
 LOCK = ".lock"  # per run: training holds it exclusively, validate/test/finetune shared
 OTHER_WEIGHTS = "other_weights"  # results of earlier weights are moved here, never overwritten
-ARCHITECTURES = ("mvtec", "mvtec2", "resnet")
-LOSSES = ("ssim", "mssim", "l2", "mse")
-COLORS = ("grayscale", "rgb")
 
 PathLike = str | os.PathLike
 
@@ -154,10 +151,21 @@ def inside(folder: PathLike, name: str, what: str) -> Path:
     return path
 
 
-_SETUP_TYPES = {  # key: (check, description); what every later step relies on
-    "architecture": (lambda v: v in ARCHITECTURES, f"one of {', '.join(ARCHITECTURES)}"),
-    "loss": (lambda v: v in LOSSES, f"one of {', '.join(LOSSES)}"),
-    "color": (lambda v: v in COLORS, f"one of {', '.join(COLORS)}"),
+def _registry(module, name):
+    """The names a module's registry offers (models and losses import Keras: imported when a
+    setup is checked, not with this module)."""
+    import importlib
+
+    return tuple(getattr(importlib.import_module(module), name))
+
+
+_SETUP_TYPES = {  # key: (check, names it must be one of, or a description); what every later step relies on
+    "architecture": (lambda v: v in _registry("models", "ARCHITECTURES"), lambda: _registry("models", "ARCHITECTURES")),
+    "loss": (
+        lambda v: v in _registry("custom_loss_functions", "LOSSES"),
+        lambda: _registry("custom_loss_functions", "LOSSES"),
+    ),
+    "color": (lambda v: v in _registry("data", "COLOR_MODES"), lambda: _registry("data", "COLOR_MODES")),
     "size": (lambda v: is_number(v) and v == int(v) and 16 <= v <= 4096, "a whole number of pixels"),
     "batch": (lambda v: is_number(v) and v == int(v) and v >= 1, "a whole number >= 1"),
     "directory": (lambda v: isinstance(v, str) and v.strip() != "", "a folder path"),
@@ -180,6 +188,7 @@ def check_setup(setup: dict, setup_path: PathLike, training: bool = False) -> di
         if key not in setup:
             raise UserError(f"{setup_path} lacks '{key}': not a setup written by train.py")
         if not ok(setup[key]):
+            expected = f"one of {', '.join(expected())}" if callable(expected) else expected
             raise UserError(f"{setup_path}: '{key}' must be {expected}, got {setup[key]!r} (edited by hand?)")
     for key in ("epochs_run", "patience"):
         value = setup.get(key)

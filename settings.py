@@ -7,7 +7,7 @@ values.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 
 @dataclass(frozen=True)
@@ -30,3 +30,45 @@ class MapRequest:
     def from_args(cls, args) -> MapRequest:
         """The request of the options :func:`runs.add_run_arguments` adds to a parser."""
         return cls(args.method, args.baseline, args.scales, args.passes, args.batch)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """What ``train.py new`` is asked to train: every option of its command line, by name.
+
+    The user-facing defaults live in one place, train.py's parser (``--help`` shows them);
+    code that builds a config itself names every option, except those added after the
+    first callers were written, which default to the plain object-mode autoencoder
+    without the learned head, trained on one device in float32.
+    """
+
+    directory: str
+    architecture: str
+    batch: int
+    loss: str
+    color: str
+    instances: int
+    tag: str
+    size: int | None
+    epochs: int | None
+    lr: float
+    seed: int
+    val_split: float
+    patience: int | None
+    no_augment: bool
+    rotation: float
+    flip: bool
+    denoise: float
+    weights: str
+    out: str
+    mode: str = "object"
+    patch: int | None = None
+    head_steps: int = 0
+    strategy: str = "one"
+    precision: str = "float32"
+    jit: bool = False
+
+    @classmethod
+    def from_args(cls, args) -> TrainConfig:
+        """The config of ``train.py new``'s parsed arguments."""
+        return cls(**{f.name: getattr(args, f.name) for f in fields(cls)})

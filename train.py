@@ -13,11 +13,14 @@ from utils import quiet_tensorflow, run_cli
 
 quiet_tensorflow()
 
+import custom_loss_functions as clf  # noqa: E402
 import data  # noqa: E402  (light: numpy and Pillow only)
 import distribution  # noqa: E402  (no TensorFlow at import)
+import models  # noqa: E402
 import regime  # noqa: E402
 import training  # noqa: E402  (no TensorFlow at import)
 from learned import DEFAULT_HEAD_STEPS  # noqa: E402
+from settings import TrainConfig  # noqa: E402
 
 
 def get_parser():
@@ -30,7 +33,7 @@ def get_parser():
     new.add_argument(
         "-a",
         "--architecture",
-        choices=("mvtec", "mvtec2", "resnet"),
+        choices=tuple(models.ARCHITECTURES),
         default="mvtec2",
         help="mvtec: Bergmann's CAE (1x1x100 code); mvtec2: same with a spatial 8x8xk code; "
         "resnet: InceptionResNetV2 encoder",
@@ -39,7 +42,7 @@ def get_parser():
     new.add_argument(
         "-l",
         "--loss",
-        choices=("ssim", "mssim", "l2", "mse"),
+        choices=clf.LOSSES,
         default="ssim",
         help="training loss (1-SSIM, 1-MS-SSIM, summed or mean squared error)",
     )
@@ -170,7 +173,7 @@ def main(argv=None):
     args = get_parser().parse_args(argv)
 
     if args.command == "new":
-        run_dir, setup = training.new_run(args)
+        run_dir, setup = training.new_run(TrainConfig.from_args(args))
     else:
         run_dir, setup = training.resume_run(args.path, args.epochs, args.strategy)
     print(

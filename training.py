@@ -18,18 +18,19 @@ import data
 import distribution
 import regime
 import runs
+from settings import TrainConfig
 from utils import UserError, package_versions, set_seed, warn
 
 FREEZE_SHARE = 0.7  # resnet: encoder frozen for the first 70% of epochs
 DEFAULT_OBJECT_SIZE = 128  # px: objects train at this square side unless --size says otherwise
 
 
-def epochs_for(instances, n_train):
+def epochs_for(instances: int, n_train: int) -> int:
     """Epochs as in the original suite: ``max(1, instances // number of training images)``."""
     return max(1, int(instances) // max(1, int(n_train)))
 
 
-def freeze_epochs(architecture, epochs):
+def freeze_epochs(architecture: str, epochs: int) -> int:
     """Epochs with the pretrained encoder frozen (resnet only)."""
     return int(math.ceil(FREEZE_SHARE * epochs)) if architecture == "resnet" else 0
 
@@ -39,10 +40,9 @@ class NonFiniteLoss(UserError):
 
 
 def _save_model(model, path):
-    """Save atomically (per-process temp file, then rename): a kill never leaves half a model."""
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.keras")
-    model.save(tmp)
-    os.replace(tmp, path)
+    """Save atomically (:func:`runs.atomic_path`): a kill never leaves half a model."""
+    with runs.atomic_path(path) as tmp:
+        model.save(tmp)
 
 
 def _callbacks(run_dir, model_path, patience, state, clock):
@@ -154,7 +154,7 @@ def _compile(model, setup):
     distribution.adapt(model, setup)
 
 
-def _geometry(args, mode, paths):
+def _geometry(config, mode, paths):
     """``(model size, whole-image (height, width), training patch or None)`` of a new run.
 
     Objects: every image is squeezed to a ``--size`` square (default
@@ -163,17 +163,17 @@ def _geometry(args, mode, paths):
     fully convolutional model trains on ``--patch`` crops, so its size is the patch's.
     """
     if mode == "object":
-        if args.patch is not None:
+        if config.patch is not None:
             warn("--patch only applies to surface runs (--mode surface); ignored for this object run")
-        size = args.size or DEFAULT_OBJECT_SIZE
+        size = config.size or DEFAULT_OBJECT_SIZE
         return size, (size, size), None
-    if args.architecture == "resnet":
+    if config.architecture == "resnet":
         raise UserError(
             "-a resnet needs whole square images: use -a mvtec or mvtec2 for surface runs, or --mode object"
         )
-    shape = regime.surface_shape([data.image_size(p) for p in paths], args.size)
+    shape = regime.surface_shape([data.image_size(p) for p in paths], config.size)
     # Default: the usual patch, or the whole shorter side of images smaller than it.
-    patch = min(regime.DEFAULT_PATCH, min(shape)) if args.patch is None else args.patch
+    patch = min(regime.DEFAULT_PATCH, min(shape)) if config.patch is None else config.patch
     if patch < 32 or patch % regime.STRIDE or patch > min(shape):
         raise UserError(
             f"--patch must be a multiple of {regime.STRIDE} from 32 to the image's shorter side "
@@ -194,13 +194,10 @@ def _check_out(out, directory):
         raise UserError(f"--out {out} lies inside the dataset {directory}: choose a folder outside it")
 
 
-# Options a caller's Namespace may lack (code that builds one itself, e.g. the tests' fixtures):
-# the plain object-mode CAE without the learned head, as before those options existed.
-PROGRAMMATIC_DEFAULTS = {"mode": "object", "patch": None, "head_steps": 0, "precision": "float32", "jit": False}
 PRECISIONS = ("float32", "mixed")
 
 
-def precision_policy(precision):
+def precision_policy(precision: str) -> str:
     """Keras dtype policy of ``--precision``: ``mixed`` is bfloat16 on CPUs (whose bfloat16
     units measured 1.7x less CPU per image here) and float16 on GPUs, where Keras scales
     the loss; variables stay float32 either way."""
@@ -225,7 +222,7 @@ def _dtype_policy(name):
         keras.mixed_precision.set_global_policy("float32")
 
 
-def prepare(args):
+def prepare(config: TrainConfig) -> tuple[dict, tuple, list[str], object]:
     """Check everything a new run needs, before any folder is created.
 
     Returns ``(setup, train_images, val_images, model)``; raises :class:`UserError`.
@@ -233,99 +230,98 @@ def prepare(args):
     import custom_loss_functions as clf
     import models
 
-    for name, default in PROGRAMMATIC_DEFAULTS.items():
-        if not hasattr(args, name):  # a Namespace built by code written before the option existed
-            setattr(args, name, default)
-    _check_out(args.out, args.directory)
-    if args.batch < 1:
-        raise UserError(f"--batch must be >= 1, got {args.batch}")
-    if not (math.isfinite(args.lr) and args.lr > 0):
-        raise UserError(f"--lr must be a finite number > 0, got {args.lr}")
-    if args.instances < 1:
-        raise UserError(f"--instances must be >= 1, got {args.instances}")
-    if args.epochs is not None and args.epochs < 1:
-        raise UserError(f"--epochs must be >= 1, got {args.epochs}")
-    if not 0 <= args.denoise <= 1:
-        raise UserError(f"--denoise must be a share from 0 to 1, got {args.denoise}")
-    if not 0 <= args.rotation <= 180:
-        raise UserError(f"--rotation must be 0 to 180 degrees, got {args.rotation}")
-    if args.patience is not None and args.patience < 0:
-        raise UserError(f"--patience must be >= 0, got {args.patience}")
-    if args.weights not in ("imagenet", "none") and args.architecture != "resnet":
-        warn(f"--weights {args.weights} only applies to -a resnet; ignored for -a {args.architecture}")
-    if args.head_steps < 0:
-        raise UserError(f"--head-steps must be >= 0 (0: no learned residual), got {args.head_steps}")
-    if args.size is not None and args.size < 1:
-        raise UserError(f"--size must be a positive number of pixels, got {args.size}")
+    _check_out(config.out, config.directory)
+    if config.batch < 1:
+        raise UserError(f"--batch must be >= 1, got {config.batch}")
+    if not (math.isfinite(config.lr) and config.lr > 0):
+        raise UserError(f"--lr must be a finite number > 0, got {config.lr}")
+    if config.instances < 1:
+        raise UserError(f"--instances must be >= 1, got {config.instances}")
+    if config.epochs is not None and config.epochs < 1:
+        raise UserError(f"--epochs must be >= 1, got {config.epochs}")
+    if not 0 <= config.denoise <= 1:
+        raise UserError(f"--denoise must be a share from 0 to 1, got {config.denoise}")
+    if not 0 <= config.rotation <= 180:
+        raise UserError(f"--rotation must be 0 to 180 degrees, got {config.rotation}")
+    if config.patience is not None and config.patience < 0:
+        raise UserError(f"--patience must be >= 0, got {config.patience}")
+    if config.weights not in ("imagenet", "none") and config.architecture != "resnet":
+        warn(f"--weights {config.weights} only applies to -a resnet; ignored for -a {config.architecture}")
+    if config.head_steps < 0:
+        raise UserError(f"--head-steps must be >= 0 (0: no learned residual), got {config.head_steps}")
+    if config.size is not None and config.size < 1:
+        raise UserError(f"--size must be a positive number of pixels, got {config.size}")
     # Before any TensorFlow op: a multi-worker strategy must be created at program start.
-    distributed = distribution.describe(getattr(args, "strategy", "one"), args.batch)
-    class_dir, good = data.check_class_dir(args.directory)
+    distributed = distribution.describe(config.strategy, config.batch)
+    class_dir, good = data.check_class_dir(config.directory)
     paths = data.list_images(good)
     if not paths:
         raise UserError(f"no images in {good} (supported: {', '.join(data.IMAGE_EXTENSIONS)})")
-    color = data.detect_color(paths) if args.color == "auto" else args.color
+    color = data.detect_color(paths) if config.color == "auto" else config.color
     channels = data.channels_of(color)
-    mode, alignment = regime.choose_mode(args.mode, paths)
-    size, shape, patch = _geometry(args, mode, paths)
+    mode, alignment = regime.choose_mode(config.mode, paths)
+    size, shape, patch = _geometry(config, mode, paths)
     try:  # architecture and loss check their own arguments; show their message as the user's error
-        models.build_model(args.architecture, size, channels, weights="none") if args.architecture != "resnet" else None
-        loss = clf.get_loss(args.loss, size)
+        models.build_model(
+            config.architecture, size, channels, weights="none"
+        ) if config.architecture != "resnet" else None
+        loss = clf.get_loss(config.loss, size)
     except ValueError as exc:
         raise UserError(str(exc)) from None
-    set_seed(args.seed)
+    set_seed(config.seed)
     images, kept = data.load_images(paths, color, shape, progress="loading train/good")
-    train_paths, val_paths = data.split_validation(kept, args.val_split, args.seed)
+    train_paths, val_paths = data.split_validation(kept, config.val_split, config.seed)
     index = {p: i for i, p in enumerate(kept)}
     train_images = images[[index[p] for p in train_paths]]
     val_images = images[[index[p] for p in val_paths]]
-    policy = precision_policy(args.precision)
+    policy = precision_policy(config.precision)
     try:
         with distribution.scope(distributed), _dtype_policy(policy):  # variables mirrored on every replica
             model = models.build_model(
-                args.architecture, size, channels, weights=args.weights, fully_convolutional=mode == "surface"
+                config.architecture, size, channels, weights=config.weights, fully_convolutional=mode == "surface"
             )
     except (ValueError, FileNotFoundError) as exc:
         raise UserError(str(exc)) from None
     # Surface epochs draw at least MIN_PATCHES_PER_EPOCH patches, so a small class does not spend
     # its time on per-epoch validation and checkpoints (36 cookies: 468 epochs of 32 patches otherwise).
     per_epoch = len(train_paths) if patch is None else max(len(train_paths), regime.MIN_PATCHES_PER_EPOCH)
-    epochs = args.epochs if args.epochs is not None else epochs_for(args.instances, per_epoch)
+    epochs = config.epochs if config.epochs is not None else epochs_for(config.instances, per_epoch)
     val_names = [data.relative_to(p, class_dir) for p in val_paths]
     setup = {
         "directory": str(class_dir.resolve()),
-        "architecture": args.architecture,
-        "batch": args.batch,
-        "loss": args.loss,
+        "architecture": config.architecture,
+        "batch": config.batch,
+        "loss": config.loss,
         "color": color,
-        "color_requested": args.color,
+        "color_requested": config.color,
         "channels": channels,
         "size": size,
         "mode": mode,
-        "mode_requested": args.mode,
+        "mode_requested": config.mode,
         "alignment": alignment,
         "shape": list(shape),
         "patch": patch,
         "patches_per_epoch": None if patch is None else per_epoch,
-        "head_steps": args.head_steps,
+        "head_steps": config.head_steps,
         "head": None,
-        "precision": args.precision,
+        "precision": config.precision,
         "dtype_policy": policy,
-        "jit": bool(args.jit),
-        "instances": args.instances,
+        "jit": bool(config.jit),
+        "instances": config.instances,
         "epochs": epochs,
-        "epochs_requested": args.epochs,
-        "lr": args.lr,
-        "seed": args.seed,
-        "val_split": args.val_split,
-        "patience": args.patience,
-        "augment": not args.no_augment,
-        "rotation": float(args.rotation),
-        "denoise": float(args.denoise),
-        "flip": args.flip,
-        "weights": args.weights if args.architecture == "resnet" else None,
-        "tag": args.tag,
+        "epochs_requested": config.epochs,
+        "lr": config.lr,
+        "seed": config.seed,
+        "val_split": config.val_split,
+        "patience": config.patience,
+        "augment": not config.no_augment,
+        "rotation": float(config.rotation),
+        "denoise": float(config.denoise),
+        "flip": config.flip,
+        "weights": config.weights if config.architecture == "resnet" else None,
+        "tag": config.tag,
         "msssim_scales": getattr(loss, "scales", None),
-        "freeze_epochs": freeze_epochs(args.architecture, epochs),
+        "freeze_epochs": freeze_epochs(config.architecture, epochs),
         "n_images": len(kept),
         "n_train": len(train_paths),
         "n_validation": len(val_paths),
@@ -336,7 +332,7 @@ def prepare(args):
         "epochs_run": 0,
         "best_val_loss": None,
         "training_seconds": 0.0,
-        "model_file": runs.model_filename(args.architecture, args.batch),
+        "model_file": runs.model_filename(config.architecture, config.batch),
         **distributed,
     }
     return setup, (train_images, val_images), val_names, model
@@ -366,7 +362,7 @@ def _fit_phases(model, setup, run_dir, datasets, start_epoch, end_epoch, state, 
     return state
 
 
-def train(setup, run_dir, images, model, start_epoch=0, state=None):
+def train(setup: dict, run_dir: Path, images: tuple, model, start_epoch: int = 0, state: dict | None = None) -> dict:
     """Train ``model`` in ``run_dir`` from ``start_epoch`` to ``setup['epochs']``; finish the run.
 
     Writes the best model, ``history.csv``, the loss curve and the final ``setup.json``;
@@ -374,12 +370,12 @@ def train(setup, run_dir, images, model, start_epoch=0, state=None):
     """
     import pandas as pd
 
-    import visualize
+    import figures
 
     state = dict(state or {})
     train_images, val_images = images
     seed = setup["seed"]
-    train_ds = data.make_dataset(
+    train_ds = data.tf_dataset(
         train_images,
         distribution.global_batch(setup),
         training=True,
@@ -397,7 +393,7 @@ def train(setup, run_dir, images, model, start_epoch=0, state=None):
     )
     val_batch = distribution.validation_batch(setup, len(val_images))
     val_ds = distribution.drop_short_batches(
-        data.make_dataset(val_images, val_batch, training=False), setup, len(val_images), val_batch, "validation"
+        data.tf_dataset(val_images, val_batch, training=False), setup, len(val_images), val_batch, "validation"
     )
     if start_epoch == 0 or getattr(model, "optimizer", None) is None:
         _compile(model, setup)  # a resumed model keeps its compiled optimizer state
@@ -419,9 +415,8 @@ def train(setup, run_dir, images, model, start_epoch=0, state=None):
     # Only epochs the backup confirms count (a kill can leave a logged epoch whose state was not saved).
     history = history[history["epoch"] < int(state.get("epoch", history["epoch"].max() + 1))].reset_index(drop=True)
     history = history[np.isfinite(history["val_loss"])]
-    tmp = history_path.with_name(f".{history_path.name}.{os.getpid()}.tmp")
-    history.to_csv(tmp, index=False)
-    os.replace(tmp, history_path)
+    with runs.atomic_path(history_path) as tmp:
+        history.to_csv(tmp, index=False)
     best_row = history.loc[history["val_loss"].idxmin()]
     if diverged is None and setup.get("head_steps") and not setup.get("head"):
         setup["head"] = _train_head(setup, run_dir, train_images)
@@ -434,9 +429,8 @@ def train(setup, run_dir, images, model, start_epoch=0, state=None):
     )
     if diverged is not None:
         setup["stopped"] = str(diverged)
-    plot = run_dir / f".{runs.LOSS_PLOT}.{os.getpid()}.tmp.png"
-    visualize.plot_loss_curve(history, plot, title=f"{setup['architecture']} / {setup['loss']} loss")
-    os.replace(plot, run_dir / runs.LOSS_PLOT)
+    with runs.atomic_path(run_dir / runs.LOSS_PLOT) as plot:
+        figures.plot_loss_curve(history, plot, title=f"{setup['architecture']} / {setup['loss']} loss")
     runs.write_json(run_dir / runs.SETUP, setup)
     _remove_backup(run_dir)
     if diverged is not None:
@@ -475,12 +469,12 @@ def _remove_backup(run_dir):
     runs.remove_tree(run_dir / runs.BACKUP)
 
 
-def new_run(args):
+def new_run(config: TrainConfig) -> tuple[Path, dict]:
     """``train.py new``: check inputs, create the run folder, train. Returns the run folder."""
-    setup, images, val_names, model = prepare(args)
+    setup, images, val_names, model = prepare(config)
     chief = distribution.is_chief()  # other multi-worker tasks train in a scratch folder that is removed
     run_dir = (
-        runs.new_run_dir(args.out, setup["directory"], setup["architecture"], setup["loss"])
+        runs.new_run_dir(config.out, setup["directory"], setup["architecture"], setup["loss"])
         if chief
         else distribution.scratch_dir()
     )
@@ -533,7 +527,7 @@ def _load_state(run_dir, setup):
     return state, model_file
 
 
-def resume_run(path, more_epochs=None, strategy=None):
+def resume_run(path, more_epochs: int | None = None, strategy: str | None = None) -> tuple[Path, dict]:
     """``train.py resume``: continue an interrupted run, or extend a finished one by ``more_epochs``,
     under the strategy setup.json records (or ``strategy``, recorded then)."""
     path = Path(path)
@@ -589,21 +583,18 @@ def _resume_locked(run_dir, more_epochs, strategy=None):
         )
     if more_epochs:
         setup["epochs"] = max(int(setup["epochs"]), start) + more_epochs
-    class_dir = Path(setup["directory"])
     listing = run_dir / runs.VALIDATION_FILES
     if not listing.is_file():
         raise UserError(f"{listing} is missing: this run cannot be resumed")
     val_names = [n.strip() for n in listing.read_text().splitlines() if n.strip()]
     if data.files_hash(val_names) != setup["validation_files_sha256"]:
         raise UserError(f"{runs.VALIDATION_FILES} in {run_dir} does not match setup.json (edited?)")
-    _, good = data.check_class_dir(class_dir)
-    all_paths = data.list_images(good)
-    val_set = {runs.inside(class_dir, n, f"{listing}: image") for n in val_names}
+    run = runs.Run(run_dir, setup, best)
+    val_paths, train_paths = run.validation_list(), run.training_paths()
     set_seed(setup["seed"] + start)  # a fresh but reproducible shuffle order after resuming
-    train_paths = [p for p in all_paths if p.resolve() not in val_set]
     shape = setup.get("shape") or setup["size"]
     train_images, _ = data.load_images(train_paths, setup["color"], shape, progress="loading train/good")
-    val_images, _ = data.load_images(sorted(val_set), setup["color"], shape, progress="loading validation")
+    val_images, _ = data.load_images(sorted(val_paths), setup["color"], shape, progress="loading validation")
     # Replicas are counted again: the machine may differ from the one that started the run.
     setup.update(distribution.describe(strategy or setup.get("strategy", "one"), setup["batch"]))
     with distribution.scope(setup):  # the run's strategy (recorded in setup.json), or the one asked for
@@ -614,9 +605,8 @@ def _resume_locked(run_dir, more_epochs, strategy=None):
         backup = run_dir / runs.BACKUP
         backup.mkdir(exist_ok=True)
         name = f"last-e{start}.keras"
-        tmp = backup / f".{name}.{os.getpid()}.tmp.keras"
-        shutil.copy2(model_file, tmp)
-        os.replace(tmp, backup / name)
+        with runs.atomic_path(backup / name) as tmp:
+            shutil.copy2(model_file, tmp)
         state.update(model=name, epochs=setup["epochs"])
         runs.write_json(backup / "state.json", state)
     state["epochs"] = setup["epochs"]

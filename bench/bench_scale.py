@@ -43,7 +43,7 @@ images = np.random.default_rng(0).random(({images}, {size}, {size}, 3), dtype=np
 with distribution.scope(setup):
     model = models.build_model("mvtec2", {size}, 3, weights="none")
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=clf.get_loss("ssim", {size}))
-ds = data.make_dataset(images, setup["global_batch"], training=True, seed=0)
+ds = data.tf_dataset(images, setup["global_batch"], training=True, seed=0)
 model.fit(ds, epochs=1, verbose=0)
 started = time.perf_counter()
 model.fit(ds, epochs={epochs}, verbose=0)

@@ -93,7 +93,7 @@ def measure(args, size, loss, precision="float32", jit=False):
         batches = [images[i : i + args.batch] for i in range(0, len(images) - args.batch + 1, args.batch)]
         ds = None
     else:
-        ds = data.make_dataset(images, args.batch, training=True, seed=0)  # augmentation stays float32
+        ds = data.tf_dataset(images, args.batch, training=True, seed=0)  # augmentation stays float32
         batches = [x.numpy() for x, _ in ds]  # the same augmented batches for the bare step
     if precision == "mixed":  # the model's layers compute in bfloat16 (variables stay float32)
         keras.mixed_precision.set_global_policy("mixed_bfloat16")

@@ -2,7 +2,6 @@
 
 import os
 import sys
-from argparse import Namespace
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,7 @@ REAL_BOTTLE = ROOT.parent / "shared" / "data" / "mvtec_real" / "bottle"
 
 
 def train_args(directory, out, **overrides):
-    """The Namespace ``train.py new`` would build, with tiny-run defaults."""
+    """The settings ``train.py new`` would build (a :class:`settings.TrainConfig`), with tiny-run defaults."""
     args = dict(
         directory=str(directory),
         architecture="mvtec2",
@@ -41,7 +40,9 @@ def train_args(directory, out, **overrides):
         out=str(out),
     )
     args.update(overrides)
-    return Namespace(**args)
+    from settings import TrainConfig
+
+    return TrainConfig(**args)
 
 
 def cli(main, argv, capsys):

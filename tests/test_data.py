@@ -94,7 +94,7 @@ def test_test_listing_and_masks(tmp_path, capsys):
 
 def test_pipeline_batches_augments_and_keeps_range():
     images = np.random.default_rng(0).random((10, 32, 32, 1), dtype=np.float32)
-    batches = list(data.make_dataset(images, 4, training=True, seed=0))
+    batches = list(data.tf_dataset(images, 4, training=True, seed=0))
     assert [b[0].shape[0] for b in batches] == [4, 4, 2]
     x, y = batches[0]
     np.testing.assert_array_equal(x.numpy(), y.numpy())  # autoencoder target = input
@@ -102,7 +102,7 @@ def test_pipeline_batches_augments_and_keeps_range():
     # Training batches are augmented: no batch image equals a source image exactly.
     flat = {img.tobytes() for img in images}
     assert not any(img.tobytes() in flat for img in x.numpy())
-    val = np.concatenate([b[0].numpy() for b in data.make_dataset(images, 4, training=False)])
+    val = np.concatenate([b[0].numpy() for b in data.tf_dataset(images, 4, training=False)])
     np.testing.assert_array_equal(val, images)  # validation: untouched, in order
 
 
@@ -135,7 +135,7 @@ def test_denoise_pipeline_corrupts_inputs_not_targets():
 
     tf.random.set_seed(0)
     images = np.random.default_rng(0).random((16, 32, 32, 3), dtype=np.float32)
-    x, y = next(iter(data.make_dataset(images, 16, training=True, augment=False, denoise=True, seed=0)))
+    x, y = next(iter(data.tf_dataset(images, 16, training=True, augment=False, denoise=True, seed=0)))
     x, y = x.numpy(), y.numpy()
     assert {img.tobytes() for img in y} == {img.tobytes() for img in images}  # targets: the clean images
     changed = [not np.array_equal(a, b) for a, b in zip(x, y)]
@@ -145,7 +145,7 @@ def test_denoise_pipeline_corrupts_inputs_not_targets():
         frac = np.mean(np.any(np.abs(a - b) > 1e-6, axis=-1))
         assert frac < 0.25  # one patch, not a whole new image
     # The share is a parameter: 1.0 corrupts every input, 0 none.
-    x, y = next(iter(data.make_dataset(images, 16, training=True, augment=False, denoise=1.0, seed=0)))
+    x, y = next(iter(data.tf_dataset(images, 16, training=True, augment=False, denoise=1.0, seed=0)))
     assert all(not np.array_equal(a, b) for a, b in zip(x.numpy(), y.numpy()))
-    x, y = next(iter(data.make_dataset(images, 16, training=True, augment=False, denoise=0.0, seed=0)))
+    x, y = next(iter(data.tf_dataset(images, 16, training=True, augment=False, denoise=0.0, seed=0)))
     np.testing.assert_array_equal(x.numpy(), y.numpy())

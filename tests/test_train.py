@@ -439,8 +439,8 @@ def test_early_stopping_stops_and_keeps_the_best_epoch(tiny_dataset, tmp_path, m
 def test_flip_and_no_augment_reach_the_input_pipeline(tiny_dataset, tmp_path, monkeypatch):
     import data
 
-    seen, real = [], data.make_dataset
-    monkeypatch.setattr(data, "make_dataset", lambda *a, **k: seen.append(k) or real(*a, **k))
+    seen, real = [], data.tf_dataset
+    monkeypatch.setattr(data, "tf_dataset", lambda *a, **k: seen.append(k) or real(*a, **k))
     _, setup = training.new_run(
         train_args(tiny_dataset, tmp_path, epochs=1, architecture="mvtec", size=32, flip=True, no_augment=True)
     )
@@ -455,11 +455,11 @@ def test_no_augment_feeds_the_images_unchanged_and_augment_changes_them():
     import data
 
     images = np.random.default_rng(0).random((6, 32, 32, 1)).astype(np.float32)
-    plain = list(data.make_dataset(images, 3, training=True, augment=False, seed=0).as_numpy_iterator())
+    plain = list(data.tf_dataset(images, 3, training=True, augment=False, seed=0).as_numpy_iterator())
     inputs = np.concatenate([x for x, _ in plain])
     assert all(np.array_equal(x, y) for x, y in plain)
     assert sorted(map(bytes, inputs)) == sorted(map(bytes, images))  # the same images, only shuffled
-    augmented = np.concatenate([x for x, _ in data.make_dataset(images, 3, training=True, augment=True, seed=0)])
+    augmented = np.concatenate([x for x, _ in data.tf_dataset(images, 3, training=True, augment=True, seed=0)])
     assert not any(np.allclose(a, b, atol=1e-3) for a in augmented for b in images)
 
 
