@@ -1,24 +1,31 @@
 """Labelled testing and predictions on new images: verdicts, anomaly maps, metrics, files.
 
-``test.py`` is only the command line over :func:`test_run` and :func:`predict_images`.
+``test.py`` is only the command line over :func:`test_run` and :func:`predict_images`,
+``visualize.py`` over :func:`stage_figures`. :func:`test_run` is made of pieces:
+:func:`score_test_images`, :func:`classification_result`, :func:`threshold_free_metrics`,
+:func:`write_anomaly_maps`, :func:`plot_test_curves`.
 Verdicts use the raw residual map at the model's size (the same map ``validate.py``
 calibrates the threshold on); anomaly maps and threshold-free metrics use the residual
 map smoothed by ``smooth`` pixels and brought to the ground truth's resolution.
 """
 
+from __future__ import annotations
+
 import hashlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 import data
+import figures
 import inference
 import metrics
 import resmaps
 import runs
 import sharding
-import visualize
+from settings import MapRequest
 from utils import UserError, warn
 
 DEFAULT_SMOOTH = 4.0
@@ -29,7 +36,7 @@ def _score(smoothed_map):
     return float(smoothed_map.max())
 
 
-def detection_table(frame):
+def detection_table(frame: pd.DataFrame) -> pd.DataFrame:
     """Per defect type: images and share classified defective (pandas), with a total row."""
     table = frame.groupby("defect_type").agg(images=("prediction", "size"), predicted_defective=("prediction", "sum"))
     table["rate"] = table["predicted_defective"] / table["images"]
@@ -53,10 +60,10 @@ def _write_mask_and_overlay(seen, i, mask, folder, stem, title, method, verdict,
     """One image's defect mask PNG (at the file's size) and, if ``overlay``, its overlay PNG
     (model size) in ``folder``; returns both paths (the overlay's None when not drawn)."""
     mask_file, overlay_file = folder / f"{stem}_mask.png", folder / f"{stem}_overlay.png"
-    visualize.save_mask_png(inference.resize_map(mask, seen.sizes[i]), mask_file)
+    figures.save_mask_png(inference.resize_map(mask, seen.sizes[i]), mask_file)
     if not overlay:
         return mask_file, None
-    visualize.plot_overlay(
+    figures.plot_overlay(
         seen.images[i],
         seen.recons[i],
         seen.maps[i],
@@ -71,162 +78,169 @@ def _write_mask_and_overlay(seen, i, mask, folder, stem, title, method, verdict,
     return mask_file, overlay_file
 
 
-def test_run(
-    path,
-    method=None,
-    threshold=None,
-    min_area=None,
-    smooth=DEFAULT_SMOOTH,
-    save=False,
-    batch=16,
-    fpr_limit=metrics.DEFAULT_FPR_LIMIT,
-    baseline=None,
-    scales=None,
-    passes=None,
-):
-    """Classify and score every image under ``<class>/test/*/`` for a run; write all results.
+@dataclass
+class Scored:
+    """Every readable test image scored: what classification.csv, the anomaly maps and the
+    metrics are made of. Per image, in listing order: ``items`` ``(path, defect type, mask
+    path or None)``, ``stems`` (its output files' name, see :func:`data.output_stems`),
+    ``sizes`` (width, height), ``full_maps`` (smoothed anomaly map at the ground truth's
+    resolution), ``gt_masks`` (bool, all False without a mask); ``frame`` is
+    classification.csv; ``has_masks``: the test folder has ground truth at all."""
 
-    Images are read, reconstructed and (with ``save``) drawn in chunks
-    (:func:`inference.inspect_stream`); what is kept for the metrics is each image's
-    smoothed anomaly map at the ground truth's resolution and its mask.
+    items: list
+    stems: list
+    sizes: list
+    full_maps: list
+    gt_masks: list
+    frame: pd.DataFrame
+    has_masks: bool
 
-    Returns ``(result dict, metrics dict, per-defect-type table, output folder)``.
-    """
-    _check_smooth(smooth)
-    run = runs.find_run(path)
-    method = run.method(method)
-    threshold, min_area, options, source = inference.resolve_threshold(
-        run, method, threshold, min_area, baseline, scales, passes
+    @property
+    def truth(self) -> np.ndarray:
+        return (self.frame["truth"] == "defective").to_numpy()
+
+
+def score_test_images(mapper: inference.Mapper, listed: list, smooth: float, draw_into: Path | None = None) -> Scored:
+    """Classify and score ``listed`` (:func:`data.list_test_images`) with ``mapper`` (opened for
+    verdicts), chunk by chunk (:meth:`inference.Mapper.stream`): only each image's smoothed
+    anomaly map at the ground truth's resolution and its mask are kept. With ``draw_into``,
+    each image's mask and overlay are written there, under its defect type's folder."""
+    run, method = mapper.run, mapper.method
+    labels = {Path(p): (d, m) for p, d, m in listed}
+    stem_of = dict(zip((Path(p) for p, _, _ in listed), data.output_stems([p for p, _, _ in listed])))
+    has_masks = any(m is not None for _, _, m in listed)
+    items, sizes, full_maps, gt_masks, scores, defective, largest, counts = [], [], [], [], [], [], [], []
+    for seen in mapper.stream([p for p, _, _ in listed], progress="test images"):
+        _check_finite(seen.maps, run)
+        found, large, count = inference.classify(seen.maps, mapper.threshold, mapper.min_area)
+        masks = inference.defect_masks(seen.maps, mapper.threshold, mapper.min_area) if draw_into else None
+        for i, (img_path, m, size) in enumerate(zip(seen.paths, resmaps.smooth(seen.maps, smooth), seen.sizes)):
+            defect, mask_path = labels[img_path]
+            items.append((img_path, defect, mask_path))
+            sizes.append(size)
+            scores.append(_score(m))
+            # Anomaly maps and masks at the ground truth's (= the image file's) resolution.
+            full_maps.append(inference.resize_map(m, size))
+            if mask_path is not None:
+                gt_masks.append(data.load_mask(mask_path, size))
+            else:
+                if defect != data.GOOD and has_masks:
+                    warn(f"no ground-truth mask for {img_path}: counted as all-defect-free pixels in pixel metrics")
+                gt_masks.append(np.zeros((size[1], size[0]), dtype=bool))
+            if draw_into:
+                _write_mask_and_overlay(
+                    seen,
+                    i,
+                    masks[i],
+                    draw_into / defect,
+                    stem_of[img_path],
+                    f"{defect}/{img_path.name}",
+                    method,
+                    bool(found[i]),
+                    scores[-1],
+                    gt_mask=inference.resize_map(gt_masks[-1], run.shape[::-1]) if mask_path is not None else None,
+                )
+        defective.append(found)
+        largest.append(large)
+        counts.append(count)
+    truth = np.array([d != data.GOOD for _, d, _ in items])
+    frame = pd.DataFrame(
+        {
+            "path": [str(p) for p, _, _ in items],
+            "defect_type": [d for _, d, _ in items],
+            "truth": np.where(truth, "defective", "good"),
+            "prediction": np.concatenate(defective),
+            "largest_area": np.concatenate(largest),
+            "n_regions": np.concatenate(counts),
+            "score": scores,
+        }
     )
-    listed = data.list_test_images(run.class_dir)
-    types = sorted({d for _, d, _ in listed})
+    return Scored(items, [stem_of[p] for p, _, _ in items], sizes, full_maps, gt_masks, frame, has_masks)
+
+
+def _labelled_notes(types: list[str]) -> list[str]:
+    """What cannot be computed for a test folder with these defect types."""
     notes = []
     if data.GOOD not in types:
         notes.append("no test/good folder: TNR, balanced accuracy and AUROCs cannot be computed")
     if not [t for t in types if t != data.GOOD]:
         notes.append("no defect folder under test/: TPR, precision, balanced accuracy and AUROCs cannot be computed")
-    for note in notes:
-        warn(note)
-    labels = {Path(p): (d, m) for p, d, m in listed}
-    stem_of = dict(zip((Path(p) for p, _, _ in listed), data.output_stems([p for p, _, _ in listed])))
-    has_masks = any(m is not None for _, _, m in listed)
-    inference.load_networks(run, method)
-    model_record = run.model_record()
-    method_dir = run.dir / "test" / method
-    out_dir = method_dir / f"a{min_area}_t{runs.format_threshold(threshold)}"
-    identity = {"kind": "test", "model_sha256": model_record["model_sha256"]}
-    # One writer at a time per method folder, so the result, anomaly maps and metrics.json
-    # written below all come from the same process; results of other weights are moved aside.
-    writing = runs.Writing(method_dir)
-    _set_aside_other_weights(method_dir, model_record["model_sha256"])
-    items, sizes, full_maps, gt_masks, scores, defective, largest, counts = [], [], [], [], [], [], [], []
-    with runs.StagedOutput(out_dir, identity, archive=True) as out:
-        chunks = inference.inspect_stream(
-            run, [p for p, _, _ in listed], method, batch, progress="test images", options=options
-        )
-        for seen in chunks:
-            _check_finite(seen.maps, run)
-            found, large, count = inference.classify(seen.maps, threshold, min_area)
-            masks = inference.defect_masks(seen.maps, threshold, min_area) if save else None
-            for i, (img_path, m, size) in enumerate(zip(seen.paths, resmaps.smooth(seen.maps, smooth), seen.sizes)):
-                defect, mask_path = labels[img_path]
-                items.append((img_path, defect, mask_path))
-                sizes.append(size)
-                scores.append(_score(m))
-                # Anomaly maps and masks at the ground truth's (= the image file's) resolution.
-                full_maps.append(inference.resize_map(m, size))
-                if mask_path is not None:
-                    gt_masks.append(data.load_mask(mask_path, size))
-                else:
-                    if defect != data.GOOD and has_masks:
-                        warn(f"no ground-truth mask for {img_path}: counted as all-defect-free pixels in pixel metrics")
-                    gt_masks.append(np.zeros((size[1], size[0]), dtype=bool))
-                if save:
-                    _write_mask_and_overlay(
-                        seen,
-                        i,
-                        masks[i],
-                        out / defect,
-                        stem_of[img_path],
-                        f"{defect}/{img_path.name}",
-                        method,
-                        bool(found[i]),
-                        scores[-1],
-                        gt_mask=inference.resize_map(gt_masks[-1], run.shape[::-1]) if mask_path is not None else None,
-                    )
-            defective.append(found)
-            largest.append(large)
-            counts.append(count)
-        defective, largest, counts = np.concatenate(defective), np.concatenate(largest), np.concatenate(counts)
-        truth = np.array([d != data.GOOD for _, d, _ in items])
-        frame = pd.DataFrame(
-            {
-                "path": [str(p) for p, _, _ in items],
-                "defect_type": [d for _, d, _ in items],
-                "truth": np.where(truth, "defective", "good"),
-                "prediction": defective,
-                "largest_area": largest,
-                "n_regions": counts,
-                "score": scores,
-            }
-        )
-        cls = metrics.classification_metrics(truth, defective)
-        table = detection_table(frame)
-        result = {
-            "threshold": threshold,
-            "min_area": min_area,
-            "method": method,
-            **options.record(),
-            "threshold_source": source,
-            **{
-                k: cls[k]
-                for k in ("tpr", "tnr", "accuracy", "balanced_accuracy", "precision", "f1", "confusion_matrix")
-            },
-            "n_images": cls["n_images"],
-            "n_good": cls["n_good"],
-            "n_defective": cls["n_defective"],
-            "detection_rate_per_defect_type": {t: float(table.loc[t, "rate"]) for t in types},
-            "images_per_defect_type": {t: int(table.loc[t, "images"]) for t in types},
-            "notes": notes + cls["undefined"],
-        }
-        # Metrics before anything is committed; one sort of all pixel scores serves every pixel
-        # figure and both curves plotted below.
-        evaluated, pixel_curves = metrics.evaluate(
-            full_maps if has_masks else None,
-            gt_masks if has_masks else None,
-            truth,
-            frame["score"].to_numpy(),
-            [d for _, d, _ in items],
-            fpr_limit=fpr_limit,
-            return_curves=True,
-        )
-        shown = sorted({f"{w}x{h}" for w, h in sizes})
-        evaluated.update(
-            method=method,
-            **options.record(),
-            smooth_sigma=float(smooth),
-            image_score="maximum of the residual map smoothed by a Gaussian of sigma smooth_sigma px (model resolution)",
-            pixel_resolution=f"ground-truth resolution ({', '.join(shown)}); model input {run.shape[1]}x{run.shape[0]}",
-            model=str(run.model_path),
-            **model_record,
-        )
-        frame.to_csv(out / "classification.csv", index=False)
-        runs.write_json(out / "test_result.json", result)
-    with runs.StagedOutput(method_dir / "anomaly_maps", identity, archive=True) as out:
-        for (img_path, defect, _), m in zip(items, full_maps):
-            _write_tiff(out / defect / f"{stem_of[img_path]}.tiff", m)
+    return notes
+
+
+def classification_result(
+    mapper: inference.Mapper, scored: Scored, types: list[str], notes: list[str]
+) -> tuple[dict, pd.DataFrame]:
+    """test_result.json (verdict rates at the threshold) and the per-defect-type table."""
+    cls = metrics.classification_metrics(scored.truth, scored.frame["prediction"].to_numpy())
+    table = detection_table(scored.frame)
+    result = {
+        "threshold": mapper.threshold,
+        "min_area": mapper.min_area,
+        "method": mapper.method,
+        **mapper.options.record(),
+        "threshold_source": mapper.source,
+        **{k: cls[k] for k in ("tpr", "tnr", "accuracy", "balanced_accuracy", "precision", "f1", "confusion_matrix")},
+        "n_images": cls["n_images"],
+        "n_good": cls["n_good"],
+        "n_defective": cls["n_defective"],
+        "detection_rate_per_defect_type": {t: float(table.loc[t, "rate"]) for t in types},
+        "images_per_defect_type": {t: int(table.loc[t, "images"]) for t in types},
+        "notes": notes + cls["undefined"],
+    }
+    return result, table
+
+
+def threshold_free_metrics(
+    mapper: inference.Mapper, scored: Scored, smooth: float, fpr_limit: float, model_record: dict
+) -> tuple[dict, dict]:
+    """metrics.json (image AUROC, pixel AUROC, AU-PRO, overall and per defect type) and the
+    pixel curves; one sort of all pixel scores serves every pixel figure and both curves."""
+    run = mapper.run
+    evaluated, pixel_curves = metrics.evaluate(
+        scored.full_maps if scored.has_masks else None,
+        scored.gt_masks if scored.has_masks else None,
+        scored.truth,
+        scored.frame["score"].to_numpy(),
+        [d for _, d, _ in scored.items],
+        fpr_limit=fpr_limit,
+        return_curves=True,
+    )
+    shown = sorted({f"{w}x{h}" for w, h in scored.sizes})
+    evaluated.update(
+        method=mapper.method,
+        **mapper.options.record(),
+        smooth_sigma=float(smooth),
+        image_score="maximum of the residual map smoothed by a Gaussian of sigma smooth_sigma px (model resolution)",
+        pixel_resolution=f"ground-truth resolution ({', '.join(shown)}); model input {run.shape[1]}x{run.shape[0]}",
+        model=str(run.model_path),
+        **model_record,
+    )
+    return evaluated, pixel_curves
+
+
+def write_anomaly_maps(folder: Path, scored: Scored) -> None:
+    """Each image's anomaly map as float32 TIFF ``<folder>/<defect>/<stem>.tiff`` (MVTec's layout)."""
+    for (_, defect, _), stem, m in zip(scored.items, scored.stems, scored.full_maps):
+        _write_tiff(folder / defect / f"{stem}.tiff", m)
+
+
+def plot_test_curves(
+    method_dir: Path, scored: Scored, evaluated: dict, pixel_curves: dict, method: str, smooth: float, fpr_limit: float
+) -> None:
+    """roc_curves.png (image and pixel ROC) and pro_curve.png, where they are defined."""
     curves = {}
     if evaluated["image_auroc"] is not None:
-        fpr, tpr = metrics.roc_curve(truth, frame["score"].to_numpy())
+        fpr, tpr = metrics.roc_curve(scored.truth, scored.frame["score"].to_numpy())
         curves["image"] = (fpr, tpr, evaluated["image_auroc"])
     if evaluated.get("pixel_auroc") is not None:
         fpr, tpr = pixel_curves["pixel_roc"]
         curves["pixel"] = (fpr, tpr, evaluated["pixel_auroc"])
     if curves:
-        visualize.plot_roc_curves(curves, method_dir / "roc_curves.png", title=f"ROC ({method}, smooth {smooth:g} px)")
+        figures.plot_roc_curves(curves, method_dir / "roc_curves.png", title=f"ROC ({method}, smooth {smooth:g} px)")
     if evaluated.get("au_pro") is not None:
         fprs, pros = pixel_curves["pro"]
-        visualize.plot_pro_curve(
+        figures.plot_pro_curve(
             fprs,
             pros,
             evaluated["au_pro"],
@@ -234,6 +248,53 @@ def test_run(
             fpr_limit=fpr_limit,
             title=f"PRO curve ({method}, smooth {smooth:g} px)",
         )
+
+
+def test_run(
+    path,
+    maps: MapRequest = MapRequest(),
+    threshold: float | None = None,
+    min_area: int | None = None,
+    smooth: float = DEFAULT_SMOOTH,
+    save: bool = False,
+    fpr_limit: float = metrics.DEFAULT_FPR_LIMIT,
+) -> tuple[dict, dict, pd.DataFrame, Path]:
+    """Classify and score every image under ``<class>/test/*/`` for a run; write all results.
+
+    Scores (:func:`score_test_images`, in chunks; with ``save`` it also draws each image's
+    mask and overlay), then writes ``classification.csv`` and ``test_result.json``
+    (:func:`classification_result`), the anomaly maps (:func:`write_anomaly_maps`), the curves
+    (:func:`plot_test_curves`) and ``metrics.json`` (:func:`threshold_free_metrics`).
+
+    Returns ``(result dict, metrics dict, per-defect-type table, output folder)``.
+    """
+    _check_smooth(smooth)
+    mapper = inference.open_for_verdicts(path, maps, threshold, min_area)
+    run, method = mapper.run, mapper.method
+    listed = data.list_test_images(run.class_dir)
+    types = sorted({d for _, d, _ in listed})
+    notes = _labelled_notes(types)
+    for note in notes:
+        warn(note)
+    inference.load_networks(run, method)
+    model_record = run.model_record()
+    method_dir = run.dir / "test" / method
+    out_dir = method_dir / f"a{mapper.min_area}_t{runs.format_threshold(mapper.threshold)}"
+    identity = {"kind": "test", "model_sha256": model_record["model_sha256"]}
+    # One writer at a time per method folder, so the result, anomaly maps and metrics.json
+    # written below all come from the same process; results of other weights are moved aside.
+    writing = runs.Writing(method_dir)
+    _set_aside_other_weights(method_dir, model_record["model_sha256"])
+    with runs.StagedOutput(out_dir, identity, archive=True) as out:
+        scored = score_test_images(mapper, listed, smooth, draw_into=out if save else None)
+        result, table = classification_result(mapper, scored, types, notes)
+        # Metrics before anything is committed.
+        evaluated, pixel_curves = threshold_free_metrics(mapper, scored, smooth, fpr_limit, model_record)
+        scored.frame.to_csv(out / "classification.csv", index=False)
+        runs.write_json(out / "test_result.json", result)
+    with runs.StagedOutput(method_dir / "anomaly_maps", identity, archive=True) as out:
+        write_anomaly_maps(out, scored)
+    plot_test_curves(method_dir, scored, evaluated, pixel_curves, method, smooth, fpr_limit)
     runs.write_json(method_dir / "metrics.json", evaluated)
     writing.release()
     return result, evaluated, table, out_dir
@@ -268,18 +329,14 @@ def _set_aside_other_weights(method_dir, model_sha256):
 def predict_images(
     path,
     images_dir,
-    method=None,
-    threshold=None,
-    min_area=None,
-    smooth=DEFAULT_SMOOTH,
-    batch=16,
+    maps: MapRequest = MapRequest(),
+    threshold: float | None = None,
+    min_area: int | None = None,
+    smooth: float = DEFAULT_SMOOTH,
     out=None,
-    baseline=None,
-    scales=None,
-    passes=None,
-    shard=None,
-    overlays="all",
-):
+    shard: str | None = None,
+    overlays: str = "all",
+) -> tuple[pd.DataFrame, Path]:
     """Verdicts on a folder of unlabelled images (recursive); writes predictions, masks and overlays.
 
     ``shard`` ``"K/N"``: only the K-th of N parts of the folder (see sharding.py).
@@ -293,11 +350,8 @@ def predict_images(
     if overlays not in OVERLAYS:
         raise UserError(f"--overlays must be one of {', '.join(OVERLAYS)}, got {overlays!r}")
     shard = sharding.parse(shard)
-    run = runs.find_run(path)
-    method = run.method(method)
-    threshold, min_area, options, _ = inference.resolve_threshold(
-        run, method, threshold, min_area, baseline, scales, passes
-    )
+    mapper = inference.open_for_verdicts(path, maps, threshold, min_area)
+    run, method, threshold, min_area = mapper.run, mapper.method, mapper.threshold, mapper.min_area
     images_dir = Path(images_dir)
     paths = data.list_images(images_dir, recursive=True)
     if not paths:
@@ -326,7 +380,7 @@ def predict_images(
     stem_of = dict(zip(paths, data.output_stems(paths)))
     with staging as staged:
         # Chunk by chunk, so memory stays flat however many images the folder holds.
-        for seen in inference.inspect_stream(run, paths, method, batch, progress="images", options=options):
+        for seen in mapper.stream(paths, progress="images"):
             _check_finite(seen.maps, run)
             defective, largest, counts = inference.classify(seen.maps, threshold, min_area)
             smoothed = resmaps.smooth(seen.maps, smooth)
@@ -365,7 +419,7 @@ def predict_images(
                 "threshold": threshold,
                 "min_area": min_area,
                 "method": method,
-                **options.record(),
+                **mapper.options.record(),
                 "smooth_sigma": smooth,
                 "images": str(images_dir.resolve()),
                 "model": str(run.model_path),
@@ -410,3 +464,42 @@ def proxy_scores(
         "au_pro": metrics.au_pro(list(smoothed), list(gt)),
         "detected": float(np.mean(found)),
     }
+
+
+def stage_figures(
+    path,
+    images: list[str],
+    maps: MapRequest = MapRequest(),
+    threshold: float | None = None,
+    min_area: int | None = None,
+) -> Path:
+    """One figure per image (input → reconstruction → residual map → thresholded mask → ground
+    truth, where there is one) in ``RUN/visualize/``, which is returned. ``images`` are paths,
+    absolute or relative to the current folder or to the class folder."""
+    mapper = inference.open_for_verdicts(path, maps, threshold, min_area)
+    run = mapper.run
+    paths = [inference.resolve_sample(run, name, run.class_dir, what="image") for name in images]
+    seen = mapper.inspect(paths)
+    masks = inference.defect_masks(seen.maps, mapper.threshold, mapper.min_area)
+    out_dir = run.dir / "visualize"
+    for i, image_path in enumerate(seen.paths):
+        gt_path = inference.ground_truth_for(run, image_path)
+        gt = (
+            inference.resize_map(data.load_mask(gt_path, data.image_size(image_path)), run.shape[::-1])
+            if gt_path
+            else None
+        )
+        name = data.relative_to(image_path, run.class_dir).replace("/", "_").replace("..", "up")
+        figures.plot_stages(
+            seen.images[i],
+            seen.recons[i],
+            seen.maps[i],
+            masks[i],
+            out_dir / f"{Path(name).stem}_{mapper.method}.png",
+            gt_mask=gt,
+            threshold=mapper.threshold,
+            min_area=mapper.min_area,
+            title=str(image_path),
+            method=mapper.method,
+        )
+    return out_dir

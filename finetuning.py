@@ -39,8 +39,8 @@ def finetune(
     """
     if max_area < 1:
         raise UserError(f"-r/--range must be a positive number of pixels, got {max_area}")
-    run = runs.find_run(path)
-    method = run.method(maps.method)
+    mapper = inference.open_maps(path, maps)
+    run, method = mapper.run, mapper.method
     val_paths = run.validation_paths()
     train_dir, test_dir = run.class_dir / "train", run.class_dir / "test"
     val_sample = (
@@ -55,8 +55,7 @@ def finetune(
         items = data.list_test_images(run.class_dir) if test_dir.is_dir() else []
         defective = [p for p, d, _ in items if d != data.GOOD]
         test_sample = defective[0] if defective else None
-    options = inference.MapOptions.from_args(maps.baseline, maps.scales, maps.passes, method, run.mode)
-    seen = inference.inspect(run, val_paths, method, maps.batch, progress="validation images", options=options)
+    seen = mapper.inspect(val_paths, progress="validation images")
     thresholds = np.linspace(0.0, float(seen.maps.max()), N_THRESHOLDS)
     n_regions, mean_area, std_area, areas_at = [], [], [], {}
     for t in thresholds:
@@ -94,7 +93,7 @@ def finetune(
             method=method,
         )
         if test_sample is not None:
-            sample = inference.inspect(run, [test_sample], method, maps.batch, options=options)
+            sample = mapper.inspect([test_sample])
             figures.plot_sample(
                 sample.images[0],
                 sample.recons[0],

@@ -1,10 +1,17 @@
 """From a run and image files to residual maps, verdicts and result files.
 
-The one place where the post-training scripts load images for a run, reconstruct them,
-compute residual maps, and turn them into verdicts; ``validate.py``, ``test.py``,
-``finetune.py`` and ``visualize.py`` only call these.
+The one place where the post-training steps (validation.py, finetuning.py,
+evaluation.py, exporting.py) load images for a run, reconstruct them, compute residual
+maps, and turn them into verdicts. Every step opens a run the same way:
+:func:`open_maps` (the map method and options a :class:`settings.MapRequest` asks for) or
+:func:`open_for_verdicts` (also the threshold and minimum area, from the command line or
+the validation result), then maps images with :meth:`Mapper.inspect` or
+:meth:`Mapper.stream`.
 """
 
+from __future__ import annotations
+
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +20,7 @@ import numpy as np
 import data
 import resmaps
 import runs
+from settings import MapRequest
 from utils import UserError
 
 
@@ -64,7 +72,14 @@ class MapOptions:
     passes: int = DEFAULT_PASSES
 
     @classmethod
-    def from_args(cls, baseline=None, scales=None, passes=None, method=None, mode="object"):
+    def from_args(
+        cls,
+        baseline: bool | None = None,
+        scales: int | None = None,
+        passes: int | None = None,
+        method: str | None = None,
+        mode: str = "object",
+    ) -> MapOptions:
         """Options from command-line values, where None means the default for ``method`` and the
         run's ``mode``. The learned map takes no options (the head saw one plain
         reconstruction); surface runs subtract no per-pixel baseline (nothing sits at the same
@@ -81,7 +96,7 @@ class MapOptions:
             DEFAULT_PASSES if passes is None else int(passes),
         )
 
-    def record(self):
+    def record(self) -> dict:
         """The fields every result file stores, so later scripts can check and follow them.
 
         ``baseline_quantile`` and ``baseline_tolerance`` say which baseline was subtracted,
@@ -96,7 +111,7 @@ class MapOptions:
         }
 
     @classmethod
-    def from_record(cls, record, what):
+    def from_record(cls, record: dict, what: str) -> MapOptions:
         """Options stored by :meth:`record` in a result file (``what`` names it in errors).
 
         Older files: no ``scales`` means 1 scale, no ``passes`` 1 pass. A result made with
@@ -119,7 +134,7 @@ class MapOptions:
             )
         return options
 
-    def describe(self, method):
+    def describe(self, method: str) -> str:
         """E.g. ``ssim at 2 scales, 4 passes, minus baseline``."""
         return (
             f"{method} at {self.scales} scale{'s' if self.scales > 1 else ''}"
@@ -148,7 +163,14 @@ def _usual_residual(maps):
     return maximum_filter(usual, size=2 * BASELINE_TOLERANCE + 1, mode="nearest").astype(np.float32)
 
 
-def refined_maps(model, images, method, options=MapOptions(), batch=16, calibration=None):
+def refined_maps(
+    model,
+    images: np.ndarray,
+    method: str,
+    options: MapOptions = MapOptions(),
+    batch: int = 16,
+    calibration: Calibration | None = None,
+) -> tuple[np.ndarray, np.ndarray, Calibration]:
     """Reconstructions and residual maps of an N×H×W×C array under ``options``.
 
     Pass 1 reconstructs the images and takes their residual map. With
@@ -211,7 +233,7 @@ def refined_maps(model, images, method, options=MapOptions(), batch=16, calibrat
     return recons, maps, Calibration(np.stack(baselines), float("inf") if threshold is None else threshold)
 
 
-def calibrate(run, method, options, model=None, batch=16):
+def calibrate(run: runs.Run, method: str, options: MapOptions, model=None, batch: int = 16) -> Calibration:
     """The run's :class:`Calibration` for ``options``, learnt from its *training* images.
 
     Training images are used so the held-back validation images stay independent for
@@ -234,22 +256,22 @@ def calibrate(run, method, options, model=None, batch=16):
                 and all(k in stored and stored[k] == v for k, v in kind.items())
             ):
                 return Calibration(stored["baselines"], float(stored["mask_threshold"]))
-    held_back = {p.resolve() for p in run.validation_paths()}
-    _, good = data.check_class_dir(run.class_dir)
-    train_paths = [p for p in data.list_images(good) if p.resolve() not in held_back]
+    train_paths = run.training_paths()
     if not train_paths:
         raise UserError(
-            f"no training images left in {good} to learn the residual baseline (use --no-baseline --passes 1)"
+            f"no training images left in {run.class_dir / 'train' / data.GOOD} to learn the residual baseline "
+            "(use --no-baseline --passes 1)"
         )
     images, _ = data.load_images(train_paths, run.color, run.shape, progress="training images (residual baseline)")
     _, _, learnt = refined_maps(model or run.load_model(), images, method, options, batch)
-    tmp = cache.with_name(cache.stem + ".tmp.npz")
-    np.savez(tmp, baselines=learnt.baselines, mask_threshold=learnt.mask_threshold, model_stamp=stamp, **kind)
-    tmp.replace(cache)
+    with runs.atomic_path(cache) as tmp:
+        np.savez(tmp, baselines=learnt.baselines, mask_threshold=learnt.mask_threshold, model_stamp=stamp, **kind)
     return learnt
 
 
-def run_maps(run, images, method, options=MapOptions(), batch=16):
+def run_maps(
+    run: runs.Run, images: np.ndarray, method: str, options: MapOptions = MapOptions(), batch: int = 16
+) -> tuple[np.ndarray, np.ndarray]:
     """``(reconstructions, maps)`` of an N×H×W×C array at the run's shape: the ``learned``
     head's defect probability (learned.py), or ssim/l2 maps as ``options`` say (see
     :func:`refined_maps`, calibrated on the run's training images)."""
@@ -271,7 +293,7 @@ def run_maps(run, images, method, options=MapOptions(), batch=16):
     return recons, maps
 
 
-def load_networks(run, method):
+def load_networks(run: runs.Run, method: str) -> None:
     """Load (once) what ``method``'s maps need, so a missing or mismatched model or head is
     reported before any image is read or any output folder is made."""
     run.load_model()
@@ -282,7 +304,15 @@ def load_networks(run, method):
 STREAM_CHUNK = 32  # images held at once by inspect_stream (with their reconstructions and maps)
 
 
-def inspect_stream(run, paths, method, batch=16, progress=None, options=MapOptions(), chunk=None):
+def inspect_stream(
+    run: runs.Run,
+    paths: list,
+    method: str,
+    batch: int = 16,
+    progress: str | None = None,
+    options: MapOptions = MapOptions(),
+    chunk: int | None = None,
+) -> Iterator[Inspected]:
     """Load ``paths`` at the run's shape and colour, reconstruct them and compute their maps
     (see :func:`run_maps`), ``chunk`` images at a time: yields one :class:`Inspected` per
     chunk (default :data:`STREAM_CHUNK`), so a folder larger than memory is mapped in
@@ -309,7 +339,14 @@ def inspect_stream(run, paths, method, batch=16, progress=None, options=MapOptio
         raise UserError(f"no readable images among {len(paths)} file(s)")
 
 
-def inspect(run, paths, method, batch=16, progress=None, options=MapOptions()):
+def inspect(
+    run: runs.Run,
+    paths: list,
+    method: str,
+    batch: int = 16,
+    progress: str | None = None,
+    options: MapOptions = MapOptions(),
+) -> Inspected:
     """:func:`inspect_stream` in one piece: all of ``paths`` at once."""
     return next(inspect_stream(run, paths, method, batch, progress, options, chunk=max(1, len(paths))))
 
@@ -319,12 +356,12 @@ DEFAULT_AREA_SHARE = (
 )  # validate.py's default minimum area, as a share of the whole image (bottle benchmark's rule)
 
 
-def default_min_area(shape):
+def default_min_area(shape: tuple[int, int]) -> int:
     """Default minimum defect area for whole images of ``shape`` (height, width) at the model's scale."""
     return max(4, int(shape[0] * shape[1] * DEFAULT_AREA_SHARE))
 
 
-def check_area_threshold(min_area=None, threshold=None):
+def check_area_threshold(min_area: int | None = None, threshold: float | None = None) -> None:
     """Reject negative or zero areas and negative thresholds with a one-line error."""
     if min_area is not None and min_area < 1:
         raise UserError(f"minimum area must be a positive number of pixels, got {min_area}")
@@ -332,7 +369,7 @@ def check_area_threshold(min_area=None, threshold=None):
         raise UserError(f"threshold must be a finite number >= 0, got {threshold}")
 
 
-def require_validation_result(run, method, min_area, otherwise):
+def require_validation_result(run: runs.Run, method: str, min_area: int | None, otherwise: str) -> dict:
     """The newest validation result of ``run``'s own weights for ``method`` (and ``min_area``),
     or a one-line error asking for validate.py, followed by ``otherwise`` (the caller's way out)."""
     found = runs.find_validation_result(run.dir, method, min_area, model=run.model_path)  # refuses other weights
@@ -345,7 +382,15 @@ def require_validation_result(run, method, min_area, otherwise):
     return found
 
 
-def resolve_threshold(run, method, threshold=None, min_area=None, baseline=None, scales=None, passes=None):
+def resolve_threshold(
+    run: runs.Run,
+    method: str,
+    threshold: float | None = None,
+    min_area: int | None = None,
+    baseline: bool | None = None,
+    scales: int | None = None,
+    passes: int | None = None,
+) -> tuple[float, int, MapOptions, str]:
     """Threshold, minimum area and map options to classify with: as given, else from the
     newest validation result (whose map options must then match those given, if any).
 
@@ -377,7 +422,7 @@ def resolve_threshold(run, method, threshold=None, min_area=None, baseline=None,
     return float(found["threshold"]), int(found["min_area"]), options, "validation"
 
 
-def classify(maps, threshold, min_area):
+def classify(maps: np.ndarray, threshold: float, min_area: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Verdicts for residual maps: defective when a region ≥ ``min_area`` lies above ``threshold``.
 
     Returns ``(defective bool array, largest areas, region counts)``.
@@ -386,26 +431,26 @@ def classify(maps, threshold, min_area):
     return largest >= min_area, largest, counts
 
 
-def resize_map(array, size, nearest=False):
+def resize_map(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Bring a model-size H×W map (float or bool) to an image's (width, height)."""
     from PIL import Image
 
     width, height = size
     if array.shape == (height, width):
         return array
-    if array.dtype == bool or nearest:
+    if array.dtype == bool:
         img = Image.fromarray(array.astype(np.uint8) * 255)
         return np.asarray(img.resize((width, height), Image.Resampling.NEAREST)) > 127
     img = Image.fromarray(array.astype(np.float32), mode="F")
     return np.asarray(img.resize((width, height), Image.Resampling.BILINEAR), dtype=np.float32)
 
 
-def defect_masks(maps, threshold, min_area):
+def defect_masks(maps: np.ndarray, threshold: float, min_area: int) -> list[np.ndarray]:
     """Bool masks of the regions ≥ ``min_area`` above ``threshold``, one per map."""
     return [resmaps.defect_mask(m, threshold, min_area) for m in maps]
 
 
-def resolve_sample(run, name, base, allowed=None, what="image"):
+def resolve_sample(run: runs.Run, name: str, base, allowed: list | None = None, what: str = "image") -> Path:
     """Path of a sample image given relative to ``base`` (or absolute); a one-line error
     listing a few that exist when it does not (or is not among ``allowed``)."""
     path = Path(name)
@@ -420,11 +465,55 @@ def resolve_sample(run, name, base, allowed=None, what="image"):
     return found
 
 
-def ground_truth_for(run, image_path):
-    """The ground-truth mask of a test image of the run's dataset, or None."""
+def ground_truth_for(run: runs.Run, image_path) -> Path | None:
+    """The ground-truth mask of a test image of the run's dataset (see
+    :func:`data.ground_truth_path`), or None for any other image."""
     image_path = Path(image_path).resolve()
-    test_dir = (run.class_dir / "test").resolve()
-    if test_dir not in image_path.parents or image_path.parent.name == data.GOOD:
+    if (run.class_dir / "test").resolve() not in image_path.parents:
         return None
-    mask = run.class_dir / "ground_truth" / image_path.parent.name / f"{image_path.stem}_mask.png"
-    return mask if mask.is_file() else None
+    return data.ground_truth_path(run.class_dir, image_path.parent.name, image_path)
+
+
+@dataclass(frozen=True)
+class Mapper:
+    """A run opened for residual maps: the method and options to map its images with and,
+    from :func:`open_for_verdicts`, the threshold and minimum area that make verdicts
+    (``source``: where they came from)."""
+
+    run: runs.Run
+    method: str
+    options: MapOptions
+    batch: int = 16
+    threshold: float | None = None
+    min_area: int | None = None
+    source: str | None = None
+
+    def stream(self, paths, progress: str | None = None, chunk: int | None = None) -> Iterator[Inspected]:
+        """:func:`inspect_stream` of ``paths`` with this method and these options."""
+        return inspect_stream(self.run, paths, self.method, self.batch, progress, self.options, chunk)
+
+    def inspect(self, paths, progress: str | None = None) -> Inspected:
+        """:func:`inspect` of ``paths`` with this method and these options."""
+        return inspect(self.run, paths, self.method, self.batch, progress, self.options)
+
+
+def open_maps(path, request: MapRequest = MapRequest()) -> Mapper:
+    """The run at ``path`` with the map method and options ``request`` asks for (defaults:
+    :meth:`runs.Run.method`, :meth:`MapOptions.from_args`)."""
+    run = runs.find_run(path)
+    method = run.method(request.method)
+    options = MapOptions.from_args(request.baseline, request.scales, request.passes, method, run.mode)
+    return Mapper(run, method, options, request.batch)
+
+
+def open_for_verdicts(
+    path, request: MapRequest = MapRequest(), threshold: float | None = None, min_area: int | None = None
+) -> Mapper:
+    """The run at ``path`` with its method, threshold, minimum area and map options: as given,
+    else from the newest validation result (see :func:`resolve_threshold`)."""
+    run = runs.find_run(path)
+    method = run.method(request.method)
+    threshold, min_area, options, source = resolve_threshold(
+        run, method, threshold, min_area, request.baseline, request.scales, request.passes
+    )
+    return Mapper(run, method, options, request.batch, threshold, min_area, source)

@@ -22,6 +22,7 @@ import evaluation  # noqa: E402
 import inference  # noqa: E402
 import runs  # noqa: E402
 import sharding  # noqa: E402
+from settings import MapRequest  # noqa: E402
 
 
 def get_parser():
@@ -102,21 +103,10 @@ def main(argv=None):
         )
         print(out)
         return
+    maps = MapRequest.from_args(args)
     if args.images:
         frame, out = evaluation.predict_images(
-            args.path,
-            args.images,
-            args.method,
-            args.threshold,
-            args.area,
-            args.smooth,
-            args.batch,
-            args.out,
-            args.baseline,
-            args.scales,
-            args.passes,
-            args.shard,
-            args.overlays,
+            args.path, args.images, maps, args.threshold, args.area, args.smooth, args.out, args.shard, args.overlays
         )
         print(
             f"{len(frame)} images: {int((frame['verdict'] == 'defective').sum())} defective, "
@@ -124,18 +114,7 @@ def main(argv=None):
         )
         print(out)
         return
-    result, scores, table, out = evaluation.test_run(
-        args.path,
-        args.method,
-        args.threshold,
-        args.area,
-        args.smooth,
-        args.save,
-        args.batch,
-        baseline=args.baseline,
-        scales=args.scales,
-        passes=args.passes,
-    )
+    result, scores, table, out = evaluation.test_run(args.path, maps, args.threshold, args.area, args.smooth, args.save)
     options = inference.MapOptions.from_record(result, "this test result")
     print(
         f"{options.describe(result['method'])}, threshold "

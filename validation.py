@@ -31,14 +31,11 @@ def validate(path, min_area: int | None = None, maps: MapRequest = MapRequest())
     the validation images (:func:`evaluation.proxy_scores`).
     """
     inference.check_area_threshold(min_area=min_area)
-    run = runs.find_run(path)
+    mapper = inference.open_maps(path, maps)
+    run, method, options = mapper.run, mapper.method, mapper.options
     if min_area is None:
         min_area = inference.default_min_area(run.shape)
-    method = run.method(maps.method)
-    options = inference.MapOptions.from_args(maps.baseline, maps.scales, maps.passes, method, run.mode)
-    seen = inference.inspect(
-        run, run.validation_paths(), method, maps.batch, progress="validation images", options=options
-    )
+    seen = mapper.inspect(run.validation_paths(), progress="validation images")
     if not np.isfinite(seen.maps).all():
         raise UserError(
             f"the residual maps of {run.model_path} are not finite (a diverged model?): no threshold can be chosen"

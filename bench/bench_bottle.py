@@ -16,7 +16,6 @@ import itertools
 import json
 import sys
 import time
-from argparse import Namespace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,7 +31,7 @@ import inference  # noqa: E402
 import runs  # noqa: E402
 import training  # noqa: E402
 import validation  # noqa: E402
-from settings import MapRequest  # noqa: E402
+from settings import MapRequest, TrainConfig  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "mvtec_real" / "bottle"
 PUBLISHED = {  # bottle, full resolution: Bergmann et al. CVPR 2019 (pixel ROC AUC), CVPR 2020 (AU-PRO 0.3)
@@ -107,17 +106,16 @@ def get_parser():
 def _evaluate(run_dir, area, methods, smooths, baselines, scales_list, passes_list, train_seconds, label):
     rows = []
     for method, baseline, scales, passes in itertools.product(methods, baselines, scales_list, passes_list):
-        val, _ = validation.validate(run_dir, area, MapRequest(method, baseline, scales, passes))
+        request = MapRequest(method, baseline, scales, passes)
+        val, _ = validation.validate(run_dir, area, request)
         # Inference cost of these maps (the calibration on training images is cached by now).
-        run = runs.find_run(run_dir)
-        paths = [p for p, _, _ in data.list_test_images(run.class_dir)]
+        mapper = inference.open_maps(run_dir, request)
+        paths = [p for p, _, _ in data.list_test_images(mapper.run.class_dir)]
         started = time.perf_counter()
-        inference.inspect(run, paths, method, options=inference.MapOptions.from_args(baseline, scales, passes))
+        mapper.inspect(paths)
         ms_per_image = 1000 * (time.perf_counter() - started) / len(paths)
         for smooth in smooths:
-            result, scores, table, _ = evaluation.test_run(
-                run_dir, method, smooth=smooth, baseline=baseline, scales=scales, passes=passes
-            )
+            result, scores, table, _ = evaluation.test_run(run_dir, request, smooth=smooth)
             row = {
                 "config": label,
                 "method": method,
@@ -155,7 +153,7 @@ def bench(args):
     for run_dir in args.run:
         setup = json.loads((Path(run_dir) / "setup.json").read_text())
         label = f"{setup['architecture']}:{setup['loss']}@{setup['size']}"
-        methods = args.methods or [training.runs.default_method(setup["loss"])]
+        methods = args.methods or [runs.default_method(setup["loss"])]
         rows += _evaluate(
             run_dir,
             args.area or max(1, setup["size"] ** 2 // 800),
@@ -169,7 +167,7 @@ def bench(args):
         )
     for config in [] if args.run else args.config:
         arch, loss = config.split(":")
-        ns = Namespace(
+        train_config = TrainConfig(
             directory=str(data_dir),
             architecture=arch,
             batch=args.batch,
@@ -191,13 +189,13 @@ def bench(args):
             denoise=args.denoise,
         )
         started = time.time()
-        run_dir, setup = training.new_run(ns)
+        run_dir, setup = training.new_run(train_config)
         seconds = time.time() - started
         print(f"{config}: trained {setup['epochs_run']} epochs in {seconds:.0f} s -> {run_dir}", flush=True)
         rows += _evaluate(
             run_dir,
             area,
-            args.methods or [training.runs.default_method(loss)],
+            args.methods or [runs.default_method(loss)],
             args.smooth,
             baselines,
             args.scales,

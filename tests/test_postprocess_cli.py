@@ -21,6 +21,7 @@ from conftest import ROOT, SIZE, cli
 from PIL import Image
 
 import data  # noqa: E402
+import figures  # noqa: E402
 import finetune  # noqa: E402
 import inference  # noqa: E402
 import resmaps  # noqa: E402
@@ -54,10 +55,10 @@ CSV_COLUMNS = ["path", "defect_type", "truth", "prediction", "largest_area", "n_
 @pytest.fixture(scope="module", autouse=True)
 def low_dpi():
     """Figures at a low DPI keep overlays and plots fast; their content does not depend on it."""
-    old = visualize.DPI
-    visualize.DPI = 40
+    old = figures.DPI
+    figures.DPI = 40
     yield
-    visualize.DPI = old
+    figures.DPI = old
 
 
 def run_quietly(main, argv):
@@ -947,7 +948,7 @@ def test_failed_test_keeps_previous_result(tiny_run, tmp_path, capsys, monkeypat
     assert "classification.csv" in before and "hole/000_mask.png" in before
 
     # A failure half-way through writing the same output folder ...
-    calls, original = [], visualize.plot_overlay
+    calls, original = [], figures.plot_overlay
 
     def failing_overlay(*args, **kwargs):
         calls.append(1)
@@ -955,7 +956,7 @@ def test_failed_test_keeps_previous_result(tiny_run, tmp_path, capsys, monkeypat
             raise UserError("disk full (simulated)")
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(visualize, "plot_overlay", failing_overlay)
+    monkeypatch.setattr(figures, "plot_overlay", failing_overlay)
     code, _, err = cli(test_script.main, argv, capsys)
     assert_user_error(code, err, "disk full")
     assert len(calls) == 4
