@@ -261,27 +261,23 @@ def prepare(config: TrainConfig) -> tuple[dict, tuple, list[str], object]:
     channels = data.channels_of(color)
     mode, alignment = regime.choose_mode(config.mode, paths)
     size, shape, patch = _geometry(config, mode, paths)
-    try:  # architecture and loss check their own arguments; show their message as the user's error
-        models.build_model(
-            config.architecture, size, channels, weights="none"
-        ) if config.architecture != "resnet" else None
-        loss = clf.get_loss(config.loss, size)
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
-    set_seed(config.seed)
-    images, kept = data.load_images(paths, color, shape, progress="loading train/good")
-    train_paths, val_paths = data.split_validation(kept, config.val_split, config.seed)
-    index = {p: i for i, p in enumerate(kept)}
-    train_images = images[[index[p] for p in train_paths]]
-    val_images = images[[index[p] for p in val_paths]]
     policy = precision_policy(config.precision)
+    set_seed(config.seed)  # the weights' initialisation (and whatever else Keras draws at random)
+    # Built once, before the images are loaded: the architecture and the loss check their own
+    # arguments, and their message is the user's error.
     try:
         with distribution.scope(distributed), _dtype_policy(policy):  # variables mirrored on every replica
             model = models.build_model(
                 config.architecture, size, channels, weights=config.weights, fully_convolutional=mode == "surface"
             )
+        loss = clf.get_loss(config.loss, size)
     except (ValueError, FileNotFoundError) as exc:
         raise UserError(str(exc)) from None
+    images, kept = data.load_images(paths, color, shape, progress="loading train/good")
+    train_paths, val_paths = data.split_validation(kept, config.val_split, config.seed)
+    index = {p: i for i, p in enumerate(kept)}
+    train_images = images[[index[p] for p in train_paths]]
+    val_images = images[[index[p] for p in val_paths]]
     # Surface epochs draw at least MIN_PATCHES_PER_EPOCH patches, so a small class does not spend
     # its time on per-epoch validation and checkpoints (36 cookies: 468 epochs of 32 patches otherwise).
     per_epoch = len(train_paths) if patch is None else max(len(train_paths), regime.MIN_PATCHES_PER_EPOCH)
