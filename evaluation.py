@@ -431,13 +431,19 @@ def predict_images(
 
 
 def proxy_scores(
-    run, method, options, good_images, good_maps, threshold, min_area, batch=16, smooth=DEFAULT_SMOOTH, seed=0
-):
+    mapper: inference.Mapper,
+    good_images: np.ndarray,
+    good_maps: np.ndarray,
+    threshold: float,
+    min_area: int,
+    smooth: float = DEFAULT_SMOOTH,
+    seed: int = 0,
+) -> dict | None:
     """Quality on held-back good images with the demo's defects painted in (no test image used).
 
     Each good validation image gets one painted copy (scratch, crack, hole, stain,
     contamination in turn; see :func:`synthetic.painted_copies`); the copies are mapped
-    like test images. Returns image AUROC (copies against the good originals), pixel
+    like test images, with ``mapper``'s method and options. Returns image AUROC (copies against the good originals), pixel
     AUROC and AU-PRO (all images, smoothed as test.py smooths), and the share of copies
     found at ``threshold``/``min_area``: a proxy for how a map method or setting will do
     on real defects, to compare settings without looking at any test set.
@@ -447,7 +453,7 @@ def proxy_scores(
     painted, masks, defects = synthetic.painted_copies(good_images, seed)
     if not len(painted):
         return None
-    _, maps = inference.run_maps(run, painted, method, options, batch)
+    _, maps = inference.run_maps(mapper.run, painted, mapper.method, mapper.options, mapper.batch)
     all_maps = np.concatenate([good_maps, maps])
     smoothed = resmaps.smooth(all_maps, smooth)
     gt = np.concatenate([np.zeros(good_maps.shape, bool), masks])

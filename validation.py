@@ -54,9 +54,7 @@ def validate(path, min_area: int | None = None, maps: MapRequest = MapRequest())
         "model": str(run.model_path),
         **run.model_record(),  # test.py refuses this threshold for other weights
     }
-    result["proxy"] = evaluation.proxy_scores(
-        run, method, options, seen.images, seen.maps, threshold, min_area, maps.batch
-    )
+    result["proxy"] = evaluation.proxy_scores(mapper, seen.images, seen.maps, threshold, min_area)
     grid = np.unique(np.concatenate([np.linspace(seen.maps.min(), seen.maps.max(), CURVE_POINTS), [threshold]]))
     curve = resmaps.threshold_curve(seen.maps, grid)
     identity = {"kind": "validation", "model_sha256": result["model_sha256"]}
