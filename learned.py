@@ -30,6 +30,7 @@ DEFAULT_HEAD_STEPS = 1500
 HEAD_BATCH = 8
 HEAD_LR = 1e-3
 HEAD_SHARE = 0.7  # share of training inputs that get a simulated defect; the rest teach "good"
+SETTLE_BATCHES = 64  # training batches whose mean statistics the head's BatchNormalization keeps
 OBJECT_HEAD_PATCH = 64  # px: object runs train the (local, fully convolutional) head on crops this size, 4x cheaper
 
 
@@ -77,20 +78,24 @@ def train_head(
     # A fully convolutional autoencoder (surface runs) reconstructs the crops themselves; an object
     # autoencoder only takes whole images, so those are corrupted and reconstructed whole, then cropped.
     whole = model.input_shape[1] is not None
-    for _ in bar:
+
+    def draw():
         picked = images[rng.integers(len(images), size=batch)]
         if whole:
             x, masks = synthetic.corrupt(picked, rng, HEAD_SHARE)
-            x, recon, masks = _crop([x, np.asarray(model(x, training=False), np.float32), masks], patch, rng)
-        else:
-            x, masks = synthetic.corrupt(_crop([picked], patch, rng)[0], rng, HEAD_SHARE)
-            recon = np.asarray(model(x, training=False), np.float32)
+            return _crop([x, np.asarray(model(x, training=False), np.float32), masks], patch, rng)
+        x, masks = synthetic.corrupt(_crop([picked], patch, rng)[0], rng, HEAD_SHARE)
+        return x, np.asarray(model(x, training=False), np.float32), masks
+
+    for _ in bar:
+        x, recon, masks = draw()
         loss = float(head.train_on_batch([x, recon], masks[..., None].astype(np.float32)))
         if not np.isfinite(loss):
             raise FloatingPointError(f"the head's loss became {loss} at step {len(losses) + 1}")
         losses.append(loss)
         if len(losses) % 50 == 0:
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
+    settle_batch_norm(head, draw)
     with runs.atomic_path(path) as tmp:
         head.save(tmp)
     return {
@@ -102,6 +107,34 @@ def train_head(
         "final_loss": float(np.mean(losses[-50:])),
         "seconds": round(time.time() - started, 1),
     }
+
+
+def settle_batch_norm(head, draw, batches: int = SETTLE_BATCHES) -> None:
+    """Set the moving statistics of every BatchNormalization layer of ``head`` to their mean
+    over ``batches`` fresh training batches (``draw()`` → image, reconstruction, mask), the
+    weights fixed.
+
+    Why: during training the moving averages (momentum 0.99) trail weights that keep
+    changing, and inference uses them. A head whose statistics lag marks every pixel
+    (seen on cookie: 0.5 everywhere in inference mode, 0.02 on the same crops in training
+    mode); the exact statistics of the final weights make inference behave as training did.
+    """
+    import keras
+
+    layers = [layer for layer in head.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    momenta = [layer.momentum for layer in layers]
+    for layer in layers:
+        layer.moving_mean.assign(np.zeros(layer.moving_mean.shape, "float32"))
+        layer.moving_variance.assign(np.ones(layer.moving_variance.shape, "float32"))
+    try:
+        for k in range(1, batches + 1):
+            for layer in layers:
+                layer.momentum = 1.0 - 1.0 / k  # running mean of the k batches' statistics
+            x, recon, _ = draw()
+            head([x, recon], training=True)  # training mode: batch statistics, moving ones updated
+    finally:
+        for layer, momentum in zip(layers, momenta):
+            layer.momentum = momentum
 
 
 def learned_maps(model, head, images: np.ndarray, batch: int = 16) -> tuple[np.ndarray, np.ndarray]:
