@@ -99,7 +99,7 @@ def get_parser():
     new.add_argument(
         "--patience",
         type=int,
-        default=20,
+        default=10,
         help="early stopping after this many epochs without a better validation loss (0: off); the learning "
         "rate halves after half as many",
     )
