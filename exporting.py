@@ -18,7 +18,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +26,7 @@ import numpy as np
 import inference
 import resmaps
 import runs
+from settings import MapRequest
 from utils import UserError, package_versions
 
 PREDICTOR = Path(__file__).resolve().parent / "predict_exported.py"
@@ -349,6 +350,28 @@ def _check_supported(run, method, found):
         raise UserError(f"export supports square models only; this run's model takes {shape[0]}x{shape[1]} images")
 
 
+def open_validated(path, method: str | None = None, min_area: int | None = None) -> tuple[inference.Mapper, Path]:
+    """The run at ``path`` opened as every post-training step opens it (:func:`inference.open_maps`:
+    the run, its method), with the threshold, minimum area and map options of its newest
+    validation result for ``min_area`` (any area if None), which export requires; methods and
+    modes the graph does not reproduce are refused first. Returns ``(Mapper, result file)``."""
+    mapper = inference.open_maps(path, MapRequest(method=method))
+    run, method = mapper.run, mapper.method
+    _check_supported(run, method, {})  # before looking for a validation result: say what is unsupported first
+    found = inference.require_validation_result(run, method, min_area, "export bakes in its threshold")
+    _check_supported(run, method, found)
+    result_path = runs.validation_dir(run.dir, method, found["min_area"]) / "validation_result.json"
+    options = inference.MapOptions.from_record(found, f"the validation result {result_path}")
+    validated = replace(
+        mapper,
+        options=options,
+        threshold=float(found["threshold"]),
+        min_area=int(found["min_area"]),
+        source=str(result_path),
+    )
+    return validated, result_path
+
+
 def export_run(
     path,
     fmt: str = "saved_model",
@@ -374,13 +397,8 @@ def export_run(
     if not smooth >= 0:
         raise UserError(f"--smooth must be >= 0, got {smooth}")
     inference.check_area_threshold(min_area=min_area)
-    run = runs.find_run(path)
-    method = run.method(method)
-    _check_supported(run, method, {})  # before looking for a validation result: say what is unsupported first
-    found = inference.require_validation_result(run, method, min_area, "export bakes in its threshold")
-    _check_supported(run, method, found)
-    result_path = runs.validation_dir(run.dir, method, found["min_area"]) / "validation_result.json"
-    options = inference.MapOptions.from_record(found, f"the validation result {result_path}")
+    mapper, result_path = open_validated(path, method, min_area)
+    run, method, options = mapper.run, mapper.method, mapper.options
     for sigma in (smooth, inference.MASK_SIGMA if options.passes > 1 else 0):
         if int(4 * sigma + 0.5) > run.size:
             raise UserError(
@@ -393,7 +411,7 @@ def export_run(
         options,
         np.asarray(calibration.baselines, np.float32),
         float(calibration.mask_threshold),
-        float(found["threshold"]),
+        mapper.threshold,
         smooth,
         run.size,
         3 if run.color == "rgb" else 1,
@@ -423,7 +441,7 @@ def export_run(
             "defect_pixels": f"N×{run.size}×{run.size} uint8: residual_map > threshold, before the minimum area",
         },
         "threshold": spec.threshold,
-        "min_area": int(found["min_area"]),
+        "min_area": mapper.min_area,
         "method": method,
         **options.record(),
         "smooth_sigma": smooth,
@@ -434,7 +452,7 @@ def export_run(
             "path": str(result_path),
             "sha256": _sha256(result_path),
             "threshold": spec.threshold,
-            "min_area": int(found["min_area"]),
+            "min_area": mapper.min_area,
         },
         "run": str(run.dir),
         "model": str(run.model_path),
