@@ -7,6 +7,8 @@ the package ``cae`` so saved ``.keras`` models load in safe mode without custom 
 (importing this module is enough). Images are float tensors in [0, 1], NHWC.
 """
 
+from __future__ import annotations
+
 import math
 
 import keras
@@ -21,14 +23,14 @@ MSSSIM_POWER_FACTORS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 LOSSES = ("ssim", "mssim", "l2", "mse")
 
 
-def gaussian_window(size=SSIM_FILTER_SIZE, sigma=SSIM_SIGMA):
+def gaussian_window(size: int = SSIM_FILTER_SIZE, sigma: float = SSIM_SIGMA) -> np.ndarray:
     """Normalised 1-D Gaussian window (the SSIM window is its outer product)."""
     ax = np.arange(size, dtype=np.float64) - (size - 1) / 2.0
     g = np.exp(-(ax**2) / (2.0 * sigma**2))
     return (g / g.sum()).astype(np.float32)
 
 
-def ssim_map(x, y, full=False):
+def ssim_map(x: tf.Tensor | np.ndarray, y: tf.Tensor | np.ndarray, full: bool = False) -> tf.Tensor:
     """Per-pixel SSIM of two N×H×W×C batches in [0, 1] (TensorFlow, differentiable).
 
     ``SSIM = ((2 μx μy + C1)(2 σxy + C2)) / ((μx² + μy² + C1)(σx² + σy² + C2))`` with
@@ -62,14 +64,14 @@ def ssim_map(x, y, full=False):
     return num / den
 
 
-def ssim_loss(y_true, y_pred):
+def ssim_loss(y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
     """1 − SSIM per image: ``1 − mean_{h,w,c} SSIM map`` (see :func:`ssim_map`, valid window
     positions as in ``tf.image.ssim``). For RGB every channel counts, not just one.
     """
     return 1.0 - tf.reduce_mean(ssim_map(y_true, y_pred), axis=[1, 2, 3])
 
 
-def msssim_scales(size):
+def msssim_scales(size: int) -> int:
     """Number of MS-SSIM scales an image side of ``size`` pixels allows (at most 5).
 
     Scale s works on the image downsampled 2^(s-1) times, which must still exceed the
@@ -81,7 +83,7 @@ def msssim_scales(size):
     return max(1, min(len(MSSSIM_POWER_FACTORS), int(math.floor(math.log2((size - 1) / (SSIM_FILTER_SIZE - 1)))) + 1))
 
 
-def mssim_loss(y_true, y_pred, scales=None):
+def mssim_loss(y_true: tf.Tensor, y_pred: tf.Tensor, scales: int | None = None) -> tf.Tensor:
     """1 − MS-SSIM per image.
 
     ``MS-SSIM = Π_{s<S} cs_s^{w_s} · ssim_S^{w_S}`` over ``S`` dyadic scales with the
@@ -106,12 +108,12 @@ def mssim_loss(y_true, y_pred, scales=None):
     )
 
 
-def l2_loss(y_true, y_pred):
+def l2_loss(y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
     """Sum of squared differences per image: ``Σ_{h,w,c} (y − ŷ)²`` (Bergmann et al.'s L2)."""
     return tf.reduce_sum(tf.square(y_true - y_pred), axis=[1, 2, 3])
 
 
-def mse_loss(y_true, y_pred):
+def mse_loss(y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
     """Mean squared error per image: ``mean_{h,w,c} (y − ŷ)²``."""
     return tf.reduce_mean(tf.square(y_true - y_pred), axis=[1, 2, 3])
 
@@ -164,7 +166,7 @@ class MSELoss(keras.losses.Loss):
         return mse_loss(y_true, y_pred)
 
 
-def get_loss(name, size):
+def get_loss(name: str, size: int) -> keras.losses.Loss:
     """The loss object for ``name`` at square image side ``size``.
 
     Raises ``ValueError`` (repeating the bad value) for an unknown name or a size that

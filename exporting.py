@@ -18,8 +18,10 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -28,6 +30,10 @@ import resmaps
 import runs
 from settings import MapRequest
 from utils import UserError, package_versions
+
+if TYPE_CHECKING:  # only for the hints: TensorFlow is imported when a graph is built
+    import keras
+    import tensorflow as tf
 
 PREDICTOR = Path(__file__).resolve().parent / "predict_exported.py"
 METADATA = "detector.json"
@@ -120,7 +126,7 @@ def _fixed_point(k):
     return tf.where(k < 0, tf.math.ceil(scaled - 0.5), tf.floor(scaled + 0.5))
 
 
-def pillow_resize_uint8(images, size: int, dtype):
+def pillow_resize_uint8(images: tf.Tensor, size: int, dtype: tf.DType) -> tf.Tensor:
     """uint8 N×H×W×C → float32 N×size×size×C pixel values (0-255) exactly as ``data.load_image``:
     Pillow's box filter when shrinking both sides, else bicubic, two separable passes."""
     tf = _tf()
@@ -143,7 +149,7 @@ def pillow_resize_uint8(images, size: int, dtype):
     return tf.where(down, down_first, across_first)
 
 
-def pillow_resize_float(maps, height, width, dtype):
+def pillow_resize_float(maps: tf.Tensor, height: int | tf.Tensor, width: int | tf.Tensor, dtype: tf.DType) -> tf.Tensor:
     """N×S×S float maps → N×height×width as ``inference.resize_map`` (Pillow 'F' bilinear;
     the intermediate image is float32 as in Pillow)."""
     tf = _tf()
@@ -156,7 +162,7 @@ def pillow_resize_float(maps, height, width, dtype):
 # ---- the map pipeline as one graph ----
 
 
-def gaussian_blur(maps, sigma: float):
+def gaussian_blur(maps: tf.Tensor, sigma: float) -> tf.Tensor:
     """``scipy.ndimage.gaussian_filter(maps, (0, σ, σ), mode='reflect')`` (truncate 4) as graph ops."""
     tf = _tf()
     if not sigma:
@@ -185,7 +191,7 @@ class Spec:
     channels: int
 
 
-def residual(x, y, method: str, scales: int):
+def residual(x: tf.Tensor, y: tf.Tensor, method: str, scales: int) -> tf.Tensor:
     """:func:`resmaps.residual_maps` as graph ops (the same formula, without leaving the graph)."""
     tf = _tf()
     single = GRAPH_METHODS[method]
@@ -197,7 +203,9 @@ def residual(x, y, method: str, scales: int):
     return total / scales
 
 
-def detector_function(model, spec: Spec, resize_inside: bool = True):
+def detector_function(
+    model: keras.Model, spec: Spec, resize_inside: bool = True
+) -> Callable[[tf.Tensor], dict[str, tf.Tensor]]:
     """The serving function: uint8 images → dict of anomaly map, score, residual map, defect pixels.
 
     Mirrors :func:`inference.refined_maps` with the run's calibration and
@@ -350,7 +358,9 @@ def _check_supported(run, method, found):
         raise UserError(f"export supports square models only; this run's model takes {shape[0]}x{shape[1]} images")
 
 
-def open_validated(path, method: str | None = None, min_area: int | None = None) -> tuple[inference.Mapper, Path]:
+def open_validated(
+    path: runs.PathLike, method: str | None = None, min_area: int | None = None
+) -> tuple[inference.Mapper, Path]:
     """The run at ``path`` opened as every post-training step opens it (:func:`inference.open_maps`:
     the run, its method), with the threshold, minimum area and map options of its newest
     validation result for ``min_area`` (any area if None), which export requires; methods and
@@ -373,9 +383,9 @@ def open_validated(path, method: str | None = None, min_area: int | None = None)
 
 
 def export_run(
-    path,
+    path: runs.PathLike,
     fmt: str = "saved_model",
-    out=None,
+    out: runs.PathLike | None = None,
     method: str | None = None,
     min_area: int | None = None,
     smooth: float | None = None,

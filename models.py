@@ -12,6 +12,8 @@
 All take and return images in [0, 1]; the output shape always equals the input shape.
 """
 
+from __future__ import annotations
+
 import os
 
 import keras
@@ -30,7 +32,7 @@ def _extra_strides(size):
     return 1 if size >= 256 else 0
 
 
-def valid_mvtec_sizes(limit=1024):
+def valid_mvtec_sizes(limit: int = 1024) -> list[int]:
     """Square sides the mvtec/mvtec2 architectures accept, up to ``limit``."""
     return [s for s in range(MIN_SIZE, limit + 1) if s % (16 * 2 ** _extra_strides(s)) == 0]
 
@@ -88,7 +90,9 @@ def _mvtec_decoder(x, size, channels):
     return layers.Conv2D(channels, 3, padding="same", activation="sigmoid", name="dec_output")(x)
 
 
-def mvtec_cae(size=256, channels=1, latent_dim=100, fully_convolutional=False):
+def mvtec_cae(
+    size: int = 256, channels: int = 1, latent_dim: int = 100, fully_convolutional: bool = False
+) -> keras.Model:
     """Bergmann et al.'s CAE with a dense 1×1×``latent_dim`` bottleneck.
 
     Encoder Conv 32/4/s2, 32/4/s2, 32/3, 64/4/s2, 64/3, 128/4/s2, 64/3, 32/3 (LeakyReLU
@@ -112,7 +116,9 @@ def mvtec_cae(size=256, channels=1, latent_dim=100, fully_convolutional=False):
     return keras.Model(inputs, outputs, name="mvtec_cae")
 
 
-def mvtec2_cae(size=256, channels=1, latent_channels=32, fully_convolutional=False):
+def mvtec2_cae(
+    size: int = 256, channels: int = 1, latent_channels: int = 32, fully_convolutional: bool = False
+) -> keras.Model:
     """The mvtec CAE with a spatial bottleneck: ``size/16``×``size/16``×``latent_channels``
     (``size/32`` at 256 px and above, i.e. 8×8×k at 256 px) instead of 1×1×100.
 
@@ -135,7 +141,7 @@ def mvtec2_cae(size=256, channels=1, latent_channels=32, fully_convolutional=Fal
     return keras.Model(inputs, outputs, name="mvtec2_cae")
 
 
-def imagenet_weights_path():
+def imagenet_weights_path() -> str:
     """Where Keras's cache keeps the official InceptionResNetV2 no-top weights."""
     keras_home = os.environ.get("KERAS_HOME", os.path.join(os.path.expanduser("~"), ".keras"))
     return os.path.join(keras_home, "models", IMAGENET_WEIGHTS_FILE)
@@ -168,7 +174,12 @@ def _residual_block(x, filters, name):
     return layers.LeakyReLU(0.2, name=f"{name}_lrelu2")(y)
 
 
-def resnet_cae(size=256, channels=3, weights="none", decoder_filters=(256, 128, 64, 32, 16)):
+def resnet_cae(
+    size: int = 256,
+    channels: int = 3,
+    weights: str | None = "none",
+    decoder_filters: tuple[int, ...] = (256, 128, 64, 32, 16),
+) -> keras.Model:
     """CAE with Keras's InceptionResNetV2 (``include_top=False``) as encoder.
 
     Inputs in [0, 1] are rescaled to the encoder's [-1, 1] inside the model by a
@@ -218,7 +229,9 @@ ARCHITECTURES = {  # name -> factory(size, channels, weights, fully_convolutiona
 """The architectures ``-a`` offers (train.py's choices and setup.json's check read this registry)."""
 
 
-def build_model(architecture, size, channels, weights="none", fully_convolutional=False):
+def build_model(
+    architecture: str, size: int, channels: int, weights: str | None = "none", fully_convolutional: bool = False
+) -> keras.Model:
     """Build the named architecture of :data:`ARCHITECTURES` (``mvtec`` and ``mvtec2`` can be
     ``fully_convolutional``, for surface runs; ``weights`` applies to ``resnet``)."""
     if architecture not in ARCHITECTURES:
@@ -231,7 +244,7 @@ def build_model(architecture, size, channels, weights="none", fully_convolutiona
 HEAD_LEVELS = 3  # stride-2 steps of the segmentation head: inputs must be multiples of 2**HEAD_LEVELS
 
 
-def segmentation_head(channels=1, filters=(16, 32, 64, 128)):
+def segmentation_head(channels: int = 1, filters: tuple[int, ...] = (16, 32, 64, 128)) -> keras.Model:
     """Small U-Net that marks defects from an image and its reconstruction (fully convolutional).
 
     Inputs ``image`` and ``reconstruction`` (both H×W×``channels`` in [0, 1], H and W any

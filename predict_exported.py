@@ -20,6 +20,8 @@ In your own program::
     result["defective"], result["score"], result["mask"], result["anomaly_map"]
 """
 
+from __future__ import annotations
+
 import argparse
 import csv
 import json
@@ -32,7 +34,7 @@ import numpy as np
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
-def read_image(path, color):
+def read_image(path: str | Path, color: str) -> np.ndarray:
     """An image file as uint8 H×W×C in the detector's colour mode, converted as Pillow does
     (grayscale: L = (19595 R + 38470 G + 7471 B + 2^15) >> 16; alpha dropped)."""
     image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
@@ -85,7 +87,7 @@ def _coefficients(in_size, out_size, name):
     return np.divide(w, total, out=w.copy(), where=total != 0)
 
 
-def resize_uint8(image, size):
+def resize_uint8(image: np.ndarray, size: int) -> np.ndarray:
     """uint8 H×W×C → size×size×C exactly as Pillow (box filter when shrinking both sides,
     else bicubic; 22-bit fixed point; the intermediate image rounded to uint8)."""
     h, w = image.shape[:2]
@@ -110,7 +112,7 @@ def resize_uint8(image, size):
     return out.astype(np.uint8)
 
 
-def resize_float(maps, width, height):
+def resize_float(maps: np.ndarray, width: int, height: int) -> np.ndarray:
     """N×h×w float32 maps → N×height×width as Pillow's bilinear resize of 'F' images."""
     if maps.shape[1:] == (height, width):
         return maps
@@ -120,7 +122,7 @@ def resize_float(maps, width, height):
     return np.einsum("nhw,oh->now", across.astype(np.float64), kh).astype(np.float32)
 
 
-def resize_nearest(mask, width, height):
+def resize_nearest(mask: np.ndarray, width: int, height: int) -> np.ndarray:
     """Nearest-neighbour resize as Pillow does it (source = floor((x + 0.5) · scale), the
     positions accumulated in double precision as Pillow's ImagingScaleAffine)."""
 
@@ -133,7 +135,7 @@ def resize_nearest(mask, width, height):
     return mask[positions(height, mask.shape[0])][:, positions(width, mask.shape[1])]
 
 
-def min_area_filter(defect_pixels, min_area):
+def min_area_filter(defect_pixels: np.ndarray, min_area: int) -> tuple[np.ndarray, int, int]:
     """Keep the 8-connected regions of at least ``min_area`` pixels.
 
     Returns ``(mask, largest area, number of regions)``.
@@ -147,7 +149,7 @@ def min_area_filter(defect_pixels, min_area):
 class Detector:
     """An exported detector folder, loaded in the runtime its format needs."""
 
-    def __init__(self, folder, metadata=None):
+    def __init__(self, folder: str | Path, metadata: dict | None = None) -> None:
         self.folder = Path(folder)
         self.meta = metadata or json.loads((self.folder / "detector.json").read_text())
         self.color = self.meta["input"]["color"]
@@ -188,7 +190,7 @@ class Detector:
         else:
             raise ValueError(f"unknown format {fmt!r} in {self.folder / 'detector.json'}")
 
-    def run(self, batch):
+    def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         """The artefact's raw outputs for a uint8 N×H×W×C batch (one image size per batch).
 
         An artefact that cannot resize (``resize_inside`` false in detector.json) gets the
@@ -203,7 +205,7 @@ class Detector:
         out["anomaly_map"] = resize_float(out["anomaly_map"], batch.shape[2], batch.shape[1])
         return out
 
-    def predict(self, image):
+    def predict(self, image: np.ndarray) -> dict:
         """Verdict, score, anomaly map and defect mask (at the image's size) for one uint8 H×W×C image."""
         out = self.run(image[None])
         mask, largest, regions = min_area_filter(out["defect_pixels"][0], self.min_area)
@@ -225,7 +227,7 @@ def _image_files(items):
             yield item
 
 
-def main(argv=None):
+def main(argv: list[str] | None = None) -> int:
     """Predict every image given; print CSV lines; with --out write predictions.csv and masks."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("detector", help="folder written by export.py")
