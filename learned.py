@@ -44,6 +44,21 @@ def _crop(arrays: list[np.ndarray], patch: int | None, rng: np.random.Generator)
     return [np.stack([a[i, y : y + patch, x : x + patch] for i, (y, x) in enumerate(zip(ys, xs))]) for a in arrays]
 
 
+def training_batch(
+    model, images: np.ndarray, patch: int | None, rng: np.random.Generator, batch: int = HEAD_BATCH
+) -> list[np.ndarray]:
+    """One batch the head trains on: ``[inputs, their reconstructions, defect masks]`` of
+    ``batch`` training images (``patch``-px crops) with simulated defects in ``HEAD_SHARE``."""
+    picked = images[rng.integers(len(images), size=batch)]
+    # A fully convolutional autoencoder (surface runs) reconstructs the crops themselves; an object
+    # autoencoder only takes whole images, so those are corrupted and reconstructed whole, then cropped.
+    if model.input_shape[1] is not None:
+        x, masks = synthetic.corrupt(picked, rng, HEAD_SHARE)
+        return _crop([x, np.asarray(model(x, training=False), np.float32), masks], patch, rng)
+    x, masks = synthetic.corrupt(_crop([picked], patch, rng)[0], rng, HEAD_SHARE)
+    return [x, np.asarray(model(x, training=False), np.float32), masks]
+
+
 def train_head(
     model,
     images: np.ndarray,
@@ -75,17 +90,9 @@ def train_head(
     started = time.time()
     losses = []
     bar = tqdm(range(steps), desc="learned residual head", unit="step", leave=False, disable=None if progress else True)
-    # A fully convolutional autoencoder (surface runs) reconstructs the crops themselves; an object
-    # autoencoder only takes whole images, so those are corrupted and reconstructed whole, then cropped.
-    whole = model.input_shape[1] is not None
 
     def draw():
-        picked = images[rng.integers(len(images), size=batch)]
-        if whole:
-            x, masks = synthetic.corrupt(picked, rng, HEAD_SHARE)
-            return _crop([x, np.asarray(model(x, training=False), np.float32), masks], patch, rng)
-        x, masks = synthetic.corrupt(_crop([picked], patch, rng)[0], rng, HEAD_SHARE)
-        return x, np.asarray(model(x, training=False), np.float32), masks
+        return training_batch(model, images, patch, rng, batch)
 
     for _ in bar:
         x, recon, masks = draw()

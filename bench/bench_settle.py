@@ -28,7 +28,6 @@ import learned  # noqa: E402
 import metrics  # noqa: E402
 import resmaps  # noqa: E402
 import runs  # noqa: E402
-import synthetic  # noqa: E402
 
 
 def get_parser():
@@ -69,15 +68,9 @@ def main(argv=None):
         train, _ = data.load_images(run.training_paths(), run.color, run.shape)
         patch = run.setup.get("patch") or learned.OBJECT_HEAD_PATCH
         rng = np.random.default_rng(args.seed)
-        whole = model.input_shape[1] is not None
 
-        def draw(train=train, patch=patch, rng=rng, whole=whole, model=model):
-            picked = train[rng.integers(len(train), size=learned.HEAD_BATCH)]
-            if whole:
-                x, masks = synthetic.corrupt(picked, rng, learned.HEAD_SHARE)
-                return learned._crop([x, np.asarray(model(x, training=False), np.float32), masks], patch, rng)
-            x, masks = synthetic.corrupt(learned._crop([picked], patch, rng)[0], rng, learned.HEAD_SHARE)
-            return x, np.asarray(model(x, training=False), np.float32), masks
+        def draw(train=train, patch=patch, rng=rng, model=model):
+            return learned.training_batch(model, train, patch, rng)
 
         for name in ("as trained", "settled"):
             head = run.load_head()
