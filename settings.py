@@ -47,7 +47,7 @@ class TrainConfig:
     batch: int
     loss: str
     color: str
-    instances: int
+    instances: int | None
     tag: str
     size: int | None
     epochs: int | None

@@ -57,8 +57,9 @@ def get_parser():
         "-i",
         "--instances",
         type=int,
-        default=15000,
-        help="images to show the model; epochs = max(1, instances // training images)",
+        default=None,
+        help="images (surface runs: patches) to show the model; epochs = max(1, instances // training "
+        "images); default: " + ", ".join(f"{n} for {mode} runs" for mode, n in regime.DEFAULT_INSTANCES.items()),
     )
     new.add_argument("-t", "--tag", default="", help="free text stored in setup.json")
     new.add_argument(

@@ -235,7 +235,7 @@ def prepare(config: TrainConfig) -> tuple[dict, tuple, list[str], object]:
         raise UserError(f"--batch must be >= 1, got {config.batch}")
     if not (math.isfinite(config.lr) and config.lr > 0):
         raise UserError(f"--lr must be a finite number > 0, got {config.lr}")
-    if config.instances < 1:
+    if config.instances is not None and config.instances < 1:
         raise UserError(f"--instances must be >= 1, got {config.instances}")
     if config.epochs is not None and config.epochs < 1:
         raise UserError(f"--epochs must be >= 1, got {config.epochs}")
@@ -281,7 +281,8 @@ def prepare(config: TrainConfig) -> tuple[dict, tuple, list[str], object]:
     # Surface epochs draw at least MIN_PATCHES_PER_EPOCH patches, so a small class does not spend
     # its time on per-epoch validation and checkpoints (36 cookies: 468 epochs of 32 patches otherwise).
     per_epoch = len(train_paths) if patch is None else max(len(train_paths), regime.MIN_PATCHES_PER_EPOCH)
-    epochs = config.epochs if config.epochs is not None else epochs_for(config.instances, per_epoch)
+    instances = regime.DEFAULT_INSTANCES[mode] if config.instances is None else config.instances
+    epochs = config.epochs if config.epochs is not None else epochs_for(instances, per_epoch)
     val_names = [data.relative_to(p, class_dir) for p in val_paths]
     setup = {
         "directory": str(class_dir.resolve()),
@@ -303,7 +304,8 @@ def prepare(config: TrainConfig) -> tuple[dict, tuple, list[str], object]:
         "precision": config.precision,
         "dtype_policy": policy,
         "jit": bool(config.jit),
-        "instances": config.instances,
+        "instances": instances,
+        "instances_requested": config.instances,
         "epochs": epochs,
         "epochs_requested": config.epochs,
         "lr": config.lr,

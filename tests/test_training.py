@@ -94,3 +94,17 @@ def test_resume_refusals_before_any_work(tmp_path):
         training.resume_run(tmp_path, more_epochs=0)
     with pytest.raises(UserError, match="lacks 'architecture'"):
         training.resume_run(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "mode, requested, instances", [("object", None, 30000), ("surface", None, 15000), ("object", 800, 800)]
+)
+def test_instances_default_per_regime(tiny_dataset, tmp_path, mode, requested, instances):
+    from conftest import train_args
+
+    config = train_args(tiny_dataset, tmp_path / "runs", mode=mode, instances=requested, epochs=None, patch=32)
+    setup, (train_images, _), _, _ = training.prepare(config)
+    assert setup["instances"] == instances and setup["instances_requested"] == requested
+    per_epoch = len(train_images) if mode == "object" else max(len(train_images), 256)  # regime.MIN_PATCHES_PER_EPOCH
+    assert setup["epochs"] == instances // per_epoch
+    assert not (tmp_path / "runs").exists()  # prepare checks and builds, it writes nothing
