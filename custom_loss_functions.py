@@ -15,19 +15,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-SSIM_FILTER_SIZE = 11
-SSIM_SIGMA = 1.5
-SSIM_C1 = 0.01**2
-SSIM_C2 = 0.03**2
+from resmaps import SSIM_C1, SSIM_C2, SSIM_FILTER_SIZE, SSIM_SIGMA, gaussian_window  # noqa: F401  (the SSIM of the maps)
+from settings import LOSSES  # noqa: F401  (re-exported: the names -l offers)
+
 MSSSIM_POWER_FACTORS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
-LOSSES = ("ssim", "mssim", "l2", "mse")
-
-
-def gaussian_window(size: int = SSIM_FILTER_SIZE, sigma: float = SSIM_SIGMA) -> np.ndarray:
-    """Normalised 1-D Gaussian window (the SSIM window is its outer product)."""
-    ax = np.arange(size, dtype=np.float64) - (size - 1) / 2.0
-    g = np.exp(-(ax**2) / (2.0 * sigma**2))
-    return (g / g.sum()).astype(np.float32)
 
 
 def ssim_map(x: tf.Tensor | np.ndarray, y: tf.Tensor | np.ndarray, full: bool = False) -> tf.Tensor:

@@ -414,7 +414,7 @@ def export_run(
             raise UserError(
                 f"smoothing sigma {sigma} px is too wide to export for a {run.size}-px model (at most {run.size / 4:g})"
             )
-    model = run.load_model()
+    model = run.load_model(keras=True)  # the graph is built from the Keras layers
     calibration = inference.calibrate(run, method, options, model)
     spec = Spec(
         method,

@@ -13,6 +13,20 @@ from collections.abc import Iterable
 import cv2
 import numpy as np
 
+# SSIM's window and constants, shared by the training loss (custom_loss_functions, in
+# TensorFlow) and the maps here (NumPy): kept here so maps need no TensorFlow import.
+SSIM_FILTER_SIZE = 11
+SSIM_SIGMA = 1.5
+SSIM_C1 = 0.01**2
+SSIM_C2 = 0.03**2
+
+
+def gaussian_window(size: int = SSIM_FILTER_SIZE, sigma: float = SSIM_SIGMA) -> np.ndarray:
+    """Normalised 1-D Gaussian window (the SSIM window is its outer product)."""
+    ax = np.arange(size, dtype=np.float64) - (size - 1) / 2.0
+    g = np.exp(-(ax**2) / (2.0 * sigma**2))
+    return (g / g.sum()).astype(np.float32)
+
 
 def _single_scale_maps(x, y, method):
     """One scale of :func:`residual_maps` for a batch, as TensorFlow ops (``method`` already
@@ -48,8 +62,6 @@ def _single_scale_map(x, y, method):
     """
     if method == "l2":
         return np.square(x - y).mean(axis=0)
-    from custom_loss_functions import SSIM_C1, SSIM_C2, gaussian_window
-
     window = gaussian_window()
     c = x.shape[0]
     stats = np.empty((5 * c,) + x.shape[1:], np.float32)  # the five local statistics, blurred in place

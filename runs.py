@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import settings
 from utils import UserError, warn
 
 SETUP = "setup.json"
@@ -152,19 +153,15 @@ def inside(folder: PathLike, name: str, what: str) -> Path:
 
 
 def _registry(module, name):
-    """The names a module's registry offers (models and losses import Keras: imported when a
-    setup is checked, not with this module)."""
+    """The names a module's registry offers (imported when a setup is checked, not with this module)."""
     import importlib
 
     return tuple(getattr(importlib.import_module(module), name))
 
 
 _SETUP_TYPES = {  # key: (check, names it must be one of, or a description); what every later step relies on
-    "architecture": (lambda v: v in _registry("models", "ARCHITECTURES"), lambda: _registry("models", "ARCHITECTURES")),
-    "loss": (
-        lambda v: v in _registry("custom_loss_functions", "LOSSES"),
-        lambda: _registry("custom_loss_functions", "LOSSES"),
-    ),
+    "architecture": (lambda v: v in settings.ARCHITECTURES, lambda: settings.ARCHITECTURES),
+    "loss": (lambda v: v in settings.LOSSES, lambda: settings.LOSSES),
     "color": (lambda v: v in _registry("data", "COLOR_MODES"), lambda: _registry("data", "COLOR_MODES")),
     "size": (lambda v: is_number(v) and v == int(v) and 16 <= v <= 4096, "a whole number of pixels"),
     "batch": (lambda v: is_number(v) and v == int(v) and v >= 1, "a whole number >= 1"),
@@ -348,6 +345,7 @@ class Run:
     _model: object = field(default=None, repr=False)
     _lock: object = field(default=None, repr=False)
     _head: object = field(default=None, repr=False)
+    _keras_model: object = field(default=None, repr=False)
 
     @property
     def size(self) -> int:
@@ -370,15 +368,20 @@ class Run:
         """The learned residual's head (learned.py); may be missing (older runs, --head-steps 0)."""
         return inside(self.dir, (self.setup.get("head") or {}).get("file", HEAD_FILE), "setup.json head file")
 
-    def load_head(self):
-        """Load the segmentation head of the ``learned`` map method."""
+    def load_head(self, keras: bool = False):
+        """Load (once) the segmentation head of the ``learned`` map method: its ONNX twin
+        for inference, the Keras model with ``keras`` (see :meth:`load_model`)."""
+        if not self.head_path.is_file():
+            raise UserError(
+                f"run {self.dir} has no learned residual head ({self.head_path.name}); train a new run "
+                "with --head-steps > 0, or use --method ssim or l2"
+            )
+        if keras:
+            return load_keras(self.head_path, compile=False)  # fresh: callers may change its statistics
         if self._head is None:
-            if not self.head_path.is_file():
-                raise UserError(
-                    f"run {self.dir} has no learned residual head ({self.head_path.name}); train a new run "
-                    "with --head-steps > 0, or use --method ssim or l2"
-                )
-            self._head = load_keras(self.head_path, compile=False)
+            import networks
+
+            self._head = networks.load(self.head_path, lambda: load_keras(self.head_path, compile=False))
         return self._head
 
     @property
@@ -425,12 +428,16 @@ class Run:
         _, good = data.check_class_dir(self.class_dir)
         return [p for p in data.list_images(good) if p.resolve() not in held_back]
 
-    def load_model(self):
-        """Load the model once (safe mode, no compile needed for inference) and check its shape."""
-        if self._model is None:
-            import custom_loss_functions  # noqa: F401  (registers the losses)
+    def load_model(self, keras: bool = False):
+        """The model, loaded once and its shape checked: for inference its ONNX twin where
+        one can be made (networks.py: no TensorFlow import), the Keras model itself with
+        ``keras`` (safe mode, not compiled), e.g. to build a graph from it."""
+        slot = "_keras_model" if keras else "_model"
+        if getattr(self, slot) is None:
+            import networks
 
-            model = load_keras(self.model_path, compile=False)
+            load = lambda: load_keras(self.model_path, compile=False)  # noqa: E731
+            model = load() if keras else networks.load(self.model_path, load)
             side = None if self.mode == "surface" else self.size  # surface models are fully convolutional
             expected = (side, side, 3 if self.color == "rgb" else 1)
             if tuple(model.input_shape[1:]) != expected:
@@ -438,8 +445,8 @@ class Run:
                     f"model {self.model_path} takes {model.input_shape[1:]} but setup.json says {expected} "
                     f"(size {self.size}, {self.color})"
                 )
-            self._model = model
-        return self._model
+            setattr(self, slot, model)
+        return getattr(self, slot)
 
     def model_record(self) -> dict:
         """What results store about this run's model (see :func:`model_record`)."""

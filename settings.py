@@ -9,6 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
+# The names setup.json may hold, here without Keras so that checking a run's setup does not
+# import TensorFlow: models.ARCHITECTURES maps each to its factory (tests/test_models.py
+# keeps the two equal) and custom_loss_functions.LOSSES is this tuple.
+ARCHITECTURES = ("mvtec", "mvtec2", "resnet")
+LOSSES = ("ssim", "mssim", "l2", "mse")
+
 
 @dataclass(frozen=True)
 class MapRequest:

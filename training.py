@@ -431,6 +431,7 @@ def train(setup: dict, run_dir: Path, images: tuple, model, start_epoch: int = 0
         figures.plot_loss_curve(history, plot, title=f"{setup['architecture']} / {setup['loss']} loss")
     runs.write_json(run_dir / runs.SETUP, setup)
     _remove_backup(run_dir)
+    _write_twins(run_dir, setup)
     if diverged is not None:
         raise UserError(
             f"{diverged}; the run keeps its best model (epoch {setup['best_epoch']}, validation loss "
@@ -459,6 +460,17 @@ def _train_head(setup, run_dir, train_images):
         )
     except FloatingPointError as exc:
         raise UserError(f"learned residual: {exc}; the autoencoder is kept, use --method ssim or l2") from None
+
+
+def _write_twins(run_dir, setup):
+    """The ONNX twins of the model and head (networks.py), made now while TensorFlow is
+    loaded, so validate.py and test.py start without it."""
+    import networks
+
+    for name in (setup["model_file"], (setup.get("head") or {}).get("file")):
+        path = run_dir / name if name else None
+        if path is not None and path.is_file():
+            networks.load(path, lambda p=path: runs.load_keras(p, compile=False))
 
 
 def _remove_backup(run_dir):

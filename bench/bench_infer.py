@@ -33,7 +33,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 BOTTLE = ROOT.parent / "shared" / "data" / "mvtec_real" / "bottle"
-COPIED = ("setup.json", "validation_files.txt")  # plus every *.keras / *.h5 model file of the run
+COPIED = ("setup.json", "validation_files.txt")  # plus every model file of the run and its ONNX twin
 
 
 def get_parser():
@@ -54,6 +54,12 @@ def get_parser():
     )
     p.add_argument("--code", type=Path, default=ROOT, help="checkout whose scripts and library are measured")
     p.add_argument("--label", default="", help="free text stored with the results (e.g. the commit)")
+    p.add_argument(
+        "--keras",
+        action="store_true",
+        help="reconstruct with the Keras model in every measured step (CAE_INFERENCE=keras), "
+        "not the run's ONNX twin (networks.py): the figures of before the twin",
+    )
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: the in-process measurements
     return p
 
@@ -64,7 +70,7 @@ def timed(cmd, cwd):
         started = time.perf_counter()
         proc = subprocess.Popen(
             cmd, cwd=cwd, stdout=out, stderr=err, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "MPLBACKEND": "Agg"}
-        )
+        )  # CAE_INFERENCE (--keras) reaches the scripts through os.environ
         _, status, usage = os.wait4(proc.pid, 0)  # this child's own CPU time and peak memory
         proc.returncode = os.waitstatus_to_exitcode(status)
         wall = time.perf_counter() - started
@@ -113,8 +119,9 @@ def scratch_copy(run, into):
     dest = Path(into) / run.name
     dest.mkdir(parents=True)
     for f in run.iterdir():
-        if f.name in COPIED or f.suffix in (".keras", ".h5"):
-            shutil.copy2(f, dest / f.name)  # copy2 keeps the model's mtime, part of the calibration stamp
+        if f.name in COPIED or f.suffix in (".keras", ".h5", ".onnx"):
+            # copy2 keeps the model's mtime, part of the calibration's and the ONNX twin's stamps
+            shutil.copy2(f, dest / f.name)
     return dest
 
 
@@ -203,7 +210,14 @@ def main(argv=None):
     if not (args.data / "test").is_dir():
         print(f"bench_infer: skipped, no bottle data at {args.data}")
         return
-    row = {"label": args.label, "code": str(code), "cores": os.cpu_count()}
+    if args.keras:
+        os.environ["CAE_INFERENCE"] = "keras"
+    row = {
+        "label": args.label,
+        "code": str(code),
+        "cores": os.cpu_count(),
+        "inference": "keras" if os.environ.get("CAE_INFERENCE", "").lower() == "keras" else "onnx twin",
+    }
     with tempfile.TemporaryDirectory(prefix="bench_infer_") as tmp:
         if args.quick:
             run, row["quick_train_s"] = train_quick(

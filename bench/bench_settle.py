@@ -57,7 +57,7 @@ def main(argv=None):
     print("| run | head statistics | image AUROC | pixel AUROC | AU-PRO |\n|---|---|---|---|---|")
     for folder in args.runs:
         run = runs.find_run(folder)
-        model = run.load_model()
+        model = run.load_model(keras=True)  # the head's training batches call it on tensors
         items = data.list_test_images(run.class_dir)
         images, kept = data.load_images([p for p, _, _ in items], run.color, run.shape)
         mask_of = {Path(p): m for p, _, m in items}
@@ -73,7 +73,7 @@ def main(argv=None):
             return learned.training_batch(model, train, patch, rng)
 
         for name in ("as trained", "settled"):
-            head = run.load_head()
+            head = run.load_head(keras=True)  # a fresh Keras head: settling changes its statistics
             if name == "settled":
                 learned.settle_batch_norm(head, draw)
             image, pixel, pro = scores(model, head, images, kept, masks)

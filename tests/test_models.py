@@ -82,3 +82,11 @@ def test_save_load_gives_identical_outputs(tmp_path, architecture, size, channel
         np.testing.assert_array_equal(a, b)
     x = np.random.default_rng(1).random((2, size, size, channels), dtype=np.float32)
     np.testing.assert_allclose(model.predict(x, verbose=0), loaded.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
+
+
+def test_architecture_names_match_the_keras_free_list():
+    """setup.json is checked against settings.ARCHITECTURES (no Keras import); it must name
+    exactly the factories models.py offers."""
+    import settings
+
+    assert tuple(models.ARCHITECTURES) == settings.ARCHITECTURES

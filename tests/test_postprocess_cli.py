@@ -252,7 +252,8 @@ def test_validate_threshold_is_the_smallest(run_dir):
     assert maps.shape == (3, SIZE, SIZE)
     assert_threshold_matches(result["threshold"], maps, AREA)
     assert result["largest_area_at_threshold"] < AREA
-    assert result["resmap_range"] == pytest.approx([float(maps.min()), float(maps.max())], rel=1e-5, abs=1e-6)
+    # rel 1e-4: validate.py reconstructs with the model's ONNX twin (networks.py), this test with Keras.
+    assert result["resmap_range"] == pytest.approx([float(maps.min()), float(maps.max())], rel=1e-4, abs=1e-6)
     # On the recomputed maps: no validation image has a region of AREA px above their threshold ...
     threshold = resmaps.min_threshold_for_area(maps, AREA)
     assert max(resmaps.largest_area(m, threshold) for m in maps) < AREA

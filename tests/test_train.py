@@ -11,6 +11,7 @@ import pytest
 from conftest import ROOT, SIZE, cli, train_args
 from PIL import Image
 
+import networks
 import runs
 import train
 import training
@@ -20,7 +21,14 @@ def test_run_folder_has_every_file(tiny_run, tiny_dataset):
     parts = tiny_run.parts
     assert parts[-5:-1] == (tiny_dataset.parent.name, "brick", "mvtec2", "SSIM")
     dt.datetime.strptime(parts[-1], "%Y-%m-%d_%H-%M-%S")  # timestamp, no colons
-    for name in ("CAE_mvtec2_b4.keras", "setup.json", "history.csv", "loss_curve.png", "validation_files.txt"):
+    for name in (
+        "CAE_mvtec2_b4.keras",
+        "CAE_mvtec2_b4.onnx",
+        "setup.json",
+        "history.csv",
+        "loss_curve.png",
+        "validation_files.txt",
+    ):
         assert (tiny_run / name).is_file(), name
     assert not (tiny_run / runs.BACKUP).exists()
     setup = json.loads((tiny_run / "setup.json").read_text())
@@ -500,12 +508,16 @@ def test_mixed_precision_trains_in_bfloat16_resumes_so_and_maps_in_float32(tiny_
     assert "mixed_bfloat16" in zipfile.ZipFile(model_path).read("config.json").decode()
     raw = keras.models.load_model(model_path, compile=False)
     assert {layer.compute_dtype for layer in raw.layers[1:]} == {"bfloat16"}
-    model = runs.find_run(run_dir).load_model()
+    model = runs.find_run(run_dir).load_model(keras=True)
     assert {layer.compute_dtype for layer in model.layers} == {"float32"}
     x = np.random.default_rng(0).random((2, 32, 32, 1), dtype=np.float32)
     float32, bfloat16 = np.asarray(model(x)), np.asarray(raw(x)).astype(np.float32)
     assert float32.dtype == np.float32
     assert 0 < np.abs(float32 - bfloat16).max() < 0.02  # the same weights, rounded differently
+    # The ONNX twin that scripts score with (networks.py) is made from the float32 copy.
+    twin = runs.find_run(run_dir).load_model()
+    assert isinstance(twin, networks.OnnxNetwork)
+    np.testing.assert_allclose(twin.predict(x), float32, atol=1e-5)
     # The default stays float32 throughout: nothing to convert.
     assert keras.mixed_precision.global_policy().name == "float32"
 

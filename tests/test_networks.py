@@ -1,0 +1,144 @@
+"""networks.py: the ONNX twin of a run's model (made once, checked, reused without TensorFlow)."""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import ROOT
+
+import networks
+import runs
+
+
+@pytest.fixture
+def tiny_model(tmp_path):
+    """An untrained 32-px mvtec2 CAE saved as .keras; returns its path."""
+    import models
+
+    path = tmp_path / "model.keras"
+    models.mvtec2_cae(size=32, channels=3).save(path)
+    return path
+
+
+def _keras(path):
+    return lambda: runs.load_keras(path, compile=False)
+
+
+def test_twin_is_made_once_matches_keras_and_is_reused_without_keras(tiny_model, monkeypatch):
+    net = networks.load(tiny_model, _keras(tiny_model))
+    twin = networks.twin_path(tiny_model)
+    assert isinstance(net, networks.OnnxNetwork) and twin.is_file()
+    assert net.input_shape == (None, 32, 32, 3)
+    x = np.random.default_rng(1).random((5, 32, 32, 3), dtype=np.float32)
+    expected = runs.load_keras(tiny_model).predict(x, verbose=0)
+    got = net.predict(x, batch_size=2)  # batches of 2, 2, 1
+    assert got.shape == (5, 32, 32, 3)
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    # Second use: the twin on disk, the Keras model never loaded.
+    monkeypatch.setattr(networks, "convert", lambda *a: pytest.fail("converted again"))
+    again = networks.load(tiny_model, lambda: pytest.fail("Keras model loaded"))
+    np.testing.assert_allclose(again.predict(x), got, atol=1e-6)
+
+
+def test_stale_or_damaged_twin_is_converted_again(tiny_model):
+    networks.load(tiny_model, _keras(tiny_model))
+    twin = networks.twin_path(tiny_model)
+    first = twin.stat().st_mtime_ns
+    st = tiny_model.stat()
+    os.utime(tiny_model, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # the model was retrained
+    assert isinstance(networks.load(tiny_model, _keras(tiny_model)), networks.OnnxNetwork)
+    assert twin.stat().st_mtime_ns != first
+    twin.write_bytes(b"not an onnx file")
+    net = networks.load(tiny_model, _keras(tiny_model))
+    assert isinstance(net, networks.OnnxNetwork) and twin.stat().st_size > 1000
+
+
+def test_keras_when_asked_when_conversion_fails_or_disagrees(tiny_model, monkeypatch):
+    import keras
+    import tf2onnx
+
+    monkeypatch.setenv(networks.ENV, "keras")
+    assert isinstance(networks.load(tiny_model, _keras(tiny_model)), keras.Model)
+    assert not networks.twin_path(tiny_model).exists()
+    monkeypatch.delenv(networks.ENV)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("unsupported op")
+
+    monkeypatch.setattr(tf2onnx.convert, "from_keras", broken)
+    assert isinstance(networks.load(tiny_model, _keras(tiny_model)), keras.Model)
+    assert not networks.twin_path(tiny_model).exists()
+    monkeypatch.undo()
+    monkeypatch.setattr(networks, "TOLERANCE", -1.0)  # no twin can agree: Keras is used
+    assert isinstance(networks.load(tiny_model, _keras(tiny_model)), keras.Model)
+    assert not networks.twin_path(tiny_model).exists()
+
+
+def test_unwritable_folder_keeps_the_twin_in_memory(tiny_model, monkeypatch):
+    def refuse(path):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(runs, "atomic_path", refuse)
+    net = networks.load(tiny_model, _keras(tiny_model))
+    assert isinstance(net, networks.OnnxNetwork)
+    assert not networks.twin_path(tiny_model).exists()
+
+
+def test_two_input_head_and_any_size(tmp_path):
+    """The learned residual's head: two inputs, fully convolutional (any multiple of 8)."""
+    import models
+
+    path = tmp_path / "head.keras"
+    head = models.segmentation_head(channels=1)
+    head.save(path)
+    net = networks.load(path, _keras(path))
+    assert isinstance(net, networks.OnnxNetwork) and net.input_shape == (None, None, None, 1)
+    rng = np.random.default_rng(2)
+    x, y = rng.random((3, 40, 56, 1), dtype=np.float32), rng.random((3, 40, 56, 1), dtype=np.float32)
+    np.testing.assert_allclose(
+        net.predict([x, y], batch_size=2), runs.load_keras(path).predict([x, y], verbose=0), atol=1e-5
+    )
+
+
+PROBE = """
+import runpy, sys
+run = sys.argv.pop()
+sys.argv = ["test.py", "-p", run, "-t", "0.5", "-a", "10"]
+try:
+    runpy.run_path("test.py", run_name="__main__")
+except SystemExit as exc:
+    assert not exc.code, exc.code
+print("imported", "tensorflow" in sys.modules, "keras" in sys.modules)
+"""
+
+
+def test_trained_run_has_twins_and_test_py_starts_without_tensorflow(tiny_run, tmp_path):
+    """Training writes the twin; test.py on the run then never imports TensorFlow, and scores
+    the images as the Keras model does."""
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("test", "validation"))
+    assert networks.twin_path(runs.find_run(run).model_path).is_file()
+
+    def test_py(**env):
+        done = subprocess.run(
+            [sys.executable, "-c", PROBE, str(run)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "MPLBACKEND": "Agg", **env},
+        )
+        assert done.returncode == 0, done.stderr
+        (metrics_file,) = run.glob("test/*/metrics.json")
+        scores = runs.read_json(metrics_file)
+        shutil.rmtree(run / "test")
+        return done.stdout, scores
+
+    out, onnx_scores = test_py()
+    assert "imported False False" in out
+    out, keras_scores = test_py(**{networks.ENV: "keras"})
+    assert "imported True True" in out
+    for key in ("image_auroc", "pixel_auroc", "au_pro"):
+        assert onnx_scores[key] == pytest.approx(keras_scores[key], abs=1e-4)
