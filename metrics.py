@@ -1,6 +1,7 @@
 """Evaluation metrics for anomaly detection: the one home of every number in ``metrics.json``.
 
-Pure NumPy / SciPy / scikit-learn (no TensorFlow), so it can be imported and tested
+Pure NumPy (OpenCV labels mask regions, imported on first use; no TensorFlow, SciPy or
+scikit-learn), so it imports in milliseconds once NumPy is loaded and can be tested
 without a model.
 
 Conventions used throughout:
@@ -17,10 +18,10 @@ Conventions used throughout:
   ``None`` rather than NaN, so the results stay valid JSON.
 
 Ties: ROC/AUROC count a tied (positive, negative) pair as 1/2 (the Mann-Whitney
-convention, as scikit-learn, which computes the image-level figures) and put all tied
-scores on one ROC point. The PRO
-curve likewise has one point per distinct score: all pixels with an equal score enter
-the positive set together, exactly as MVTec's official ``compute_pro`` does.
+convention, as scikit-learn, whose image-level computation is reproduced exactly) and put
+all tied scores on one ROC point. The PRO curve likewise has one point per distinct
+score: all pixels with an equal score enter the positive set together, exactly as
+MVTec's official ``compute_pro`` does.
 """
 
 from __future__ import annotations
@@ -30,8 +31,6 @@ from collections.abc import Sequence
 
 import numpy as np
 from numpy.typing import ArrayLike
-from scipy import ndimage
-from sklearn import metrics as _skm
 
 Maps = Sequence[np.ndarray] | np.ndarray  # per-image 2-D maps or masks, or one N×H×W array
 
@@ -52,10 +51,6 @@ DEFAULT_FPR_LIMIT = 0.3
 GOOD_TYPE = "good"
 NO_MASKS_NOTE = "no ground-truth masks: pixel AUROC and AU-PRO not computed"
 NO_MAPS_NOTE = "no anomaly maps: pixel AUROC and AU-PRO not computed"
-
-# 8-connectivity, as in MVTec's evaluation code.
-_STRUCTURE = np.ones((3, 3), dtype=int)
-
 
 # --------------------------------------------------------------------------- helpers
 
@@ -129,15 +124,19 @@ def _maps_and_masks(anomaly_maps, gt_masks):
     return out_maps, out_masks
 
 
-def _subsample_curve(x, y, max_points):
-    """At most ``max_points`` points, evenly spaced by index, always keeping both ends."""
+def _subsample_index(n, max_points):
+    """Indices of at most ``max_points`` of ``n`` points, evenly spaced, always both ends."""
     if max_points < 2:
         raise ValueError("max_points must be at least 2")
-    n = len(x)
     if n <= max_points:
-        return x, y
-    idx = np.unique(np.round(np.linspace(0, n - 1, max_points)).astype(np.int64))
-    return x[idx], y[idx]
+        return np.arange(n)
+    return np.unique(np.round(np.linspace(0, n - 1, max_points)).astype(np.int64))
+
+
+def _subsample_curve(x, y, max_points):
+    """At most ``max_points`` points, evenly spaced by index, always keeping both ends."""
+    idx = _subsample_index(len(x), max_points)
+    return (x, y) if idx.size == len(x) else (x[idx], y[idx])
 
 
 def _opt_float(v):
@@ -147,12 +146,29 @@ def _opt_float(v):
 # --------------------------------------------------------------------- image level
 
 
+def _binary_roc(y, s):
+    """``(fpr, tpr)`` of bool labels ``y`` and float64 scores ``s`` (both classes present),
+    computed as scikit-learn's ``roc_curve`` (drop_intermediate=True) does, step for step,
+    so the floats are identical (its import alone took 1.4 s)."""
+    order = np.argsort(s, kind="stable")[::-1]
+    ranked = s[order]
+    ends = np.append(np.flatnonzero(np.diff(ranked)), y.size - 1)  # last index of each distinct score
+    tps = np.cumsum(y[order], dtype=np.float64)[ends]
+    fps = 1 + ends.astype(np.float64) - tps
+    if fps.size > 2:  # drop points collinear with both neighbours
+        keep = np.flatnonzero(np.r_[True, np.logical_or(np.diff(fps, 2), np.diff(tps, 2)), True])
+        fps, tps = fps[keep], tps[keep]
+    fps, tps = np.r_[0.0, fps], np.r_[0.0, tps]
+    return fps / fps[-1], tps / tps[-1]
+
+
 def image_auroc(labels: ArrayLike, scores: ArrayLike) -> float | None:
     """Image-level ROC AUC, or None if only one class is present.
 
     AUROC = P(s_defective > s_good) + 1/2 * P(s_defective == s_good)
           = U / (n_defective * n_good)   (Mann-Whitney U; ties count 1/2),
-    computed by ``sklearn.metrics.roc_auc_score``. ``labels``: True/1 = defective.
+    computed as ``sklearn.metrics.roc_auc_score`` does (trapezoids under :func:`roc_curve`),
+    with an identical result. ``labels``: True/1 = defective.
     """
     y = _as_labels(labels)
     s = _as_scores(scores)
@@ -160,15 +176,18 @@ def image_auroc(labels: ArrayLike, scores: ArrayLike) -> float | None:
         raise ValueError(f"{y.size} labels but {s.size} scores")
     if y.all() or not y.any():
         return None
-    return float(_skm.roc_auc_score(y, s))
+    fpr, tpr = _binary_roc(y, s)
+    return float(np.sum((fpr[1:] - fpr[:-1]) * (tpr[1:] + tpr[:-1]) / 2.0))  # as sklearn's auc
 
 
 def roc_curve(labels: ArrayLike, scores: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
-    """ROC curve ``(fpr, tpr)`` as float arrays, for plotting (thin wrapper of sklearn's).
+    """ROC curve ``(fpr, tpr)`` as float arrays, for plotting; equal to the first two arrays
+    of ``sklearn.metrics.roc_curve`` (drop_intermediate=True).
 
     For each threshold t (every distinct score, descending):
     TPR(t) = #{defective: s >= t} / #defective, FPR(t) = #{good: s >= t} / #good.
-    The curve starts at (0, 0). Raises ValueError if only one class is present.
+    The curve starts at (0, 0); points collinear with both neighbours are dropped.
+    Raises ValueError if only one class is present.
     """
     y = _as_labels(labels)
     s = _as_scores(scores)
@@ -176,51 +195,259 @@ def roc_curve(labels: ArrayLike, scores: ArrayLike) -> tuple[np.ndarray, np.ndar
         raise ValueError(f"{y.size} labels but {s.size} scores")
     if y.all() or not y.any():
         raise ValueError("ROC curve needs both classes; only one is present")
-    fpr, tpr, _ = _skm.roc_curve(y, s)
-    return fpr, tpr
+    return _binary_roc(y, s)
 
 
 # --------------------------------------------------------------------- pixel level
 
 
-def _descending_order(scores):
-    """Indices that sort finite float ``scores`` by descending score; ties in any order.
+def _score_keys(maps):
+    """One unsigned integer per pixel of the concatenated, flattened maps whose ascending order
+    is the descending order of the scores; equal scores (-0.0 and 0.0 too) get equal keys.
 
-    Scores that are float32 values (every map this suite makes) are sorted as one uint64
-    key per pixel, ``(order-preserving float32 bits, inverted) << 32 | index``, with
-    ``np.sort``, several times faster than ``np.argsort``; other scores fall back to
-    ``np.argsort``. Returns ``(order, starts)``: ``starts`` is True where a run of equal
-    scores begins in sorted order.
+    Maps holding float32 values (every map this suite makes) give uint32 keys, other float64
+    maps uint64 keys. Sorting the keys (``np.sort``) is several times faster than an argsort,
+    and the sorted keys are all the pixel metrics need: a run of equal keys is a run of tied
+    scores.
     """
-    n = scores.size
-    as32 = scores if scores.dtype == np.float32 else scores.astype(np.float32)
-    if n >= 2**32 or (as32 is not scores and not np.array_equal(as32, scores)):
-        order = np.argsort(scores, kind="stable")[::-1]
-        ranked = scores[order]
-        return order, np.concatenate(([True], ranked[1:] != ranked[:-1]))
-    bits = (as32 + np.float32(0.0)).view(np.uint32)  # + 0 turns -0.0 into +0.0: equal scores, one key
-    # Negative floats: flip every bit; others: flip the sign bit. Then invert, for descending.
-    key = ~(bits ^ ((bits >> np.uint32(31)) * np.uint32(0xFFFFFFFF) | np.uint32(0x80000000)))
-    packed = key.astype(np.uint64)
-    packed <<= np.uint64(32)
-    packed |= np.arange(n, dtype=np.uint64)
+    narrow = all(m.dtype == np.float32 or np.array_equal(m.astype(np.float32), m) for m in maps)
+    ftype, itype, sign = (np.float32, np.int32, 31) if narrow else (np.float64, np.int64, 63)
+    low_bits = itype(np.iinfo(itype).max)
+    keys = np.empty(sum(m.size for m in maps), dtype=itype)
+    pos = 0
+    for m in maps:  # map by map: the temporaries stay in cache
+        bits = (m.astype(ftype, copy=False).ravel() + ftype(0.0)).view(itype)  # + 0 turns -0.0 into +0.0
+        # Non-negative scores: flip all but the sign bit (higher score, smaller key, < 2**31);
+        # negative ones keep their bits (sign bit set: after all others, lower score larger).
+        np.bitwise_xor(bits, ~(bits >> sign) & low_bits, out=keys[pos : pos + bits.size])
+        pos += bits.size
+    return keys.view(np.uint32 if narrow else np.uint64)
+
+
+def _defect_regions(mask, where):
+    """``(K, region of each defect pixel)``: the 8-connected regions of a bool mask (as MVTec's
+    evaluation, and ``scipy.ndimage.label`` with 3x3 ones) numbered 1..K, for the defect
+    pixels at the ascending flat indices ``where`` (not empty).
+
+    OpenCV's ``connectedComponents`` labels only the box around the defect pixels (regions
+    never leave it): several times faster than ``scipy.ndimage.label`` on the whole mask.
+    Imported here, when a mask first has a defect pixel, so importing this module stays light.
+    """
+    import cv2
+
+    rows, cols = np.divmod(where, mask.shape[1])
+    top, left = rows[0], cols.min()
+    box = np.ascontiguousarray(mask[top : rows[-1] + 1, left : cols.max() + 1], dtype=np.uint8)
+    n_labels, labels = cv2.connectedComponents(box, connectivity=8, ltype=cv2.CV_32S)
+    return n_labels - 1, labels[rows - top, cols - left]
+
+
+class _RankedSet:
+    """The pixels of one set of images (all of a :class:`PixelRanking`'s or a subset), ranked.
+
+    ``sorted_keys``: the :func:`_score_keys` of all its pixels, ascending (= descending score);
+    ``defect_keys`` (ascending) and ``defect_weights``: its defect pixels and their PRO weights.
+    The defect pixels are grouped into *defect runs* (equal keys); for each run it keeps the
+    number of defect-free pixels ranked strictly above it (``ok_above``) and at or above its
+    score (``ok_through``). AUROC and AU-PRO follow from these few hundred thousand numbers;
+    only the full curves need the runs of all pixels, found when first asked for.
+    """
+
+    def __init__(self, sorted_keys, defect_keys, defect_weights, n_regions):
+        self.sorted_keys = sorted_keys
+        self.n_pixels = sorted_keys.size
+        self.n_defect = defect_keys.size
+        self.n_ok = self.n_pixels - self.n_defect
+        self.n_regions = int(n_regions)
+        firsts = _run_starts(defect_keys)
+        run_keys = defect_keys[firsts]
+        self.count = np.diff(np.append(firsts, self.n_defect))  # defect pixels per run
+        self.weight = np.add.reduceat(defect_weights, firsts) if run_keys.size else np.zeros(0)
+        before = np.cumsum(self.count) - self.count  # defect pixels ranked strictly above the run
+        self.first = np.searchsorted(sorted_keys, run_keys, side="left")  # sorted position of the run
+        self.ok_above = self.first - before
+        self.ok_through = _run_ends(sorted_keys, run_keys, self.first + self.count) - before - self.count
+        self._runs = None
+
+    def auroc(self):
+        """Pixel AUROC (Mann-Whitney, ties 1/2) or None with only one pixel class."""
+        if self.n_defect == 0 or self.n_ok == 0:
+            return None
+        # 2U = sum over defect pixels of 2·(ok pixels below) + (ok pixels tied), in integers.
+        twice_per_pixel = 2 * (self.n_ok - self.ok_through) + (self.ok_through - self.ok_above)
+        twice_u = int(np.dot(self.count, twice_per_pixel))
+        return twice_u / (2.0 * self.n_defect * self.n_ok)
+
+    def _check_pro(self):
+        if self.n_regions == 0:
+            raise ValueError("PRO curve undefined: the ground-truth masks contain no defect region")
+        if self.n_ok == 0:
+            raise ValueError("PRO curve undefined: there are no defect-free pixels")
+
+    def _pro_after(self):
+        """PRO at the end of each defect run (clipped to 1, as the curve is)."""
+        return np.minimum(np.cumsum(self.weight) / self.n_regions, 1.0)
+
+    def au_pro(self, fpr_limit):
+        """AU-PRO up to ``fpr_limit``: the area under the PRO curve's corners only.
+
+        Between two defect runs the curve is flat, so (0, 0), each defect run's corners
+        (FPR before, PRO before) and (FPR after, PRO after), (1, last PRO) and (1, 1) trace
+        the very same polyline as the point per distinct score, with as many points as
+        defect runs instead of millions.
+        """
+        self._check_pro()
+        m = self.count.size
+        after = self._pro_after()
+        x, y = np.empty(2 * m + 3), np.empty(2 * m + 3)
+        x[0] = y[0] = 0.0
+        x[1 : 2 * m : 2] = self.ok_above / self.n_ok
+        x[2 : 2 * m + 1 : 2] = self.ok_through / self.n_ok
+        y[1 : 2 * m : 2] = np.r_[0.0, after[:-1]]
+        y[2 : 2 * m + 1 : 2] = after
+        x[-2], y[-2] = 1.0, after[-1]
+        x[-1] = y[-1] = 1.0
+        return _sorted_area(x, y, fpr_limit) / fpr_limit
+
+    def _special_runs(self):
+        """The runs of equal keys that are not a single defect-free pixel (ties and defect
+        runs), once: ``(number of runs, their run indices ascending, their pixel counts, their
+        defect pixel counts, the run index of each defect run)``.
+
+        Every other run adds one defect-free pixel, so these few describe all runs.
+        """
+        if self._runs is None:
+            keys = self.sorted_keys
+            ties = np.flatnonzero(keys[1:] == keys[:-1]) + 1  # positions holding their predecessor's key
+            # A run's index is its first position minus the ties before it.
+            tie_run = ties - np.arange(1, ties.size + 1)
+            firsts = _run_starts(tie_run)
+            run_of = self.first - np.searchsorted(ties, self.first)
+            # Runs with ties (tag 0) and defect runs (tag 1) merged into one ascending list.
+            merged = np.concatenate((tie_run[firsts] * 2, run_of * 2 + 1))
+            merged.sort(kind="stable")  # two sorted runs: merged in linear time
+            run = merged >> 1
+            is_defect = (merged & 1).astype(bool)
+            opens = np.r_[True, run[1:] != run[:-1]]
+            group = np.cumsum(opens) - 1  # the special run of each entry
+            special = run[opens]
+            length = np.ones(special.size, dtype=np.int64)
+            length[group[~is_defect]] += np.diff(np.append(firsts, ties.size))  # both lists keep their order
+            defects = np.zeros(special.size, dtype=np.int64)
+            defects[group[is_defect]] = self.count
+            self._runs = self.n_pixels - ties.size, special, length, defects, run_of
+        return self._runs
+
+    def pro_curve(self):
+        """``(fprs, pros)``: (0, 0), one point per distinct score, (1, 1); see :func:`pro_curve`."""
+        self._check_pro()
+        n_runs, special, length, defects, run_of = self._special_runs()
+        # PRO is constant from one defect run to the next.
+        stretch = np.diff(np.concatenate(([0], run_of, [n_runs])))
+        pros = np.repeat(np.concatenate(([0.0, 0.0], self._pro_after(), [1.0])), np.concatenate(([1], stretch, [1])))
+        # ok pixels at or above each run's end: every run adds one, a special run its own
+        # count (exact integers in float64, each divided once, as before).
+        fprs = np.empty(n_runs + 2)
+        fprs[0], fprs[-1] = 0.0, 1.0
+        inner = fprs[1:-1]
+        inner.fill(1.0)
+        inner[special] = length - defects
+        np.cumsum(inner, out=inner)
+        inner /= self.n_ok  # <= 1 already: counts <= n_ok
+        return fprs, pros
+
+    def roc_curve(self, max_points):
+        """ROC curve as :func:`pixel_roc_curve` describes, from the special runs alone.
+
+        scikit-learn's drop_intermediate drops the point between runs r and r+1 exactly when
+        both add the same (defects, ok pixels). A run of one defect-free pixel adds (0, 1) and
+        every special run something else, so the points kept are the first and last, each
+        special run's that differs from its successor, and each one just before a special run
+        whose predecessor is not special. Only the points left after subsampling are made.
+        """
+        if self.n_defect == 0 or self.n_ok == 0:
+            raise ValueError("pixel ROC curve needs both defect and defect-free pixels")
+        n_runs, special, length, defects, _ = self._special_runs()
+        if n_runs <= 2:  # no point between two others
+            runs = np.arange(n_runs)
+            upto = np.searchsorted(special, runs, side="right")  # special runs at or before each
+            fps, tps = self._roc_counts(runs, upto, length, defects)
+            return _subsample_curve(np.r_[0, fps] / self.n_ok, np.r_[0, tps] / self.n_defect, int(max_points))
+        oks = length - defects
+        next_special = special[1:] == special[:-1] + 1
+        next_defects = np.append(np.where(next_special, defects[1:], 0), 0)
+        next_oks = np.append(np.where(next_special, oks[1:], 1), 1)
+        keep_run = (special >= 1) & (special <= n_runs - 2) & ((defects != next_defects) | (oks != next_oks))
+        keep_before = np.r_[True, ~next_special] & (special >= 2)
+        # Kept interior points among the interleaved (run before special run j, special run j).
+        inner = np.flatnonzero(np.column_stack((keep_before, keep_run)).ravel())
+        # The curve: (0, 0), run 0, the kept interior points, the last run; make only those
+        # that subsampling keeps (it always keeps (0, 0), the first point).
+        n_points = inner.size + 3
+        at = _subsample_index(n_points, int(max_points))[1:]
+        runs = np.where(at == 1, 0, n_runs - 1)
+        upto = np.where(at == 1, int(special[0] == 0), special.size)
+        middle = (at >= 2) & (at <= n_points - 2)
+        pair, second = np.divmod(inner[at[middle] - 2], 2)
+        runs[middle] = special[pair] - 1 + second
+        upto[middle] = pair + second
+        fps, tps = self._roc_counts(runs, upto, length, defects)
+        return np.r_[0, fps] / self.n_ok, np.r_[0, tps] / self.n_defect
+
+    @staticmethod
+    def _roc_counts(runs, upto, length, defects):
+        """(ok pixels, defect pixels) at or above the end of each run of ``runs``, given the
+        number of special runs at or before each (``upto``)."""
+        tps = np.concatenate(([0], np.cumsum(defects)))[upto]
+        fps = runs + 1 + np.concatenate(([0], np.cumsum(length - 1 - defects)))[upto]
+        return fps, tps
+
+
+def _key_order(keys):
+    """``np.argsort(keys)`` (ties in any order) of uint32 keys by sorting ``key << 32 | index``
+    (a stable argsort of a few hundred thousand keys took 30 ms); other keys: argsort."""
+    if keys.dtype != np.uint32:
+        return np.argsort(keys, kind="stable")
+    packed = keys.astype(np.uint64) << np.uint64(32)
+    packed |= np.arange(keys.size, dtype=np.uint64)
     packed.sort()
-    halves = packed.view(np.uint32).reshape(n, 2)  # (low, high) words on little-endian machines
-    low, high = (0, 1) if np.little_endian else (1, 0)
-    order = halves[:, low].astype(np.intp)
-    return order, np.concatenate(([True], halves[1:, high] != halves[:-1, high]))
+    return (packed & np.uint64(0xFFFFFFFF)).astype(np.intp)
+
+
+def _run_starts(values):
+    """Indices where a run of equal values begins in ``values`` (sorted), as int64."""
+    if not values.size:
+        return np.zeros(0, dtype=np.int64)
+    return np.flatnonzero(np.r_[True, values[1:] != values[:-1]])
+
+
+def _run_ends(sorted_keys, keys, start, steps=4):
+    """``np.searchsorted(sorted_keys, keys, side="right")`` for ascending ``keys`` found in
+    ``sorted_keys`` at or before positions ``start``: with continuous scores a run rarely
+    holds more than a pixel or two past ``start``, so step over equal keys a few times and
+    search only for the keys still open (a binary search through millions of keys costs
+    ~70 ns a key)."""
+    end = start.copy()
+    open_ = np.flatnonzero(end < sorted_keys.size)
+    for _ in range(steps):
+        open_ = open_[sorted_keys[end[open_]] == keys[open_]]
+        end[open_] += 1
+        open_ = open_[end[open_] < sorted_keys.size]
+        if not open_.size:
+            return end
+    end[open_] = np.searchsorted(sorted_keys, keys[open_], side="right")
+    return end
 
 
 class PixelRanking:
-    """All pixels of a set of anomaly maps, sorted once by score, serving every pixel metric.
+    """All pixels of a set of anomaly maps, ranked once by score, serving every pixel metric.
 
-    Building it sorts the pixel scores once (and labels each mask's regions once); then
-    :meth:`auroc`, :meth:`roc_curve`, :meth:`pro_curve` and :meth:`au_pro` answer for all
-    images or any subset of them (``images``: bool per image) in linear time, without
-    sorting again. Subset results equal those of a fresh computation on the subset's maps:
-    every pixel of the subset keeps its rank among the subset's pixels, and a run of equal
-    scores of the whole set holds either no pixel of the subset (no curve point, no area) or
-    exactly the subset's pixels with that score.
+    Building it sorts the pixel scores once (and labels each non-empty mask's regions once);
+    then :meth:`auroc`, :meth:`roc_curve`, :meth:`pro_curve` and :meth:`au_pro` answer for all
+    images or any subset of them (``images``: bool per image). A subset's pixels are sorted
+    again (about half the pixels for a defect type with the good images; the last subset is
+    kept, as AUROC and AU-PRO of one subset share it); its results equal those of a fresh
+    computation on the subset's maps.
 
     * AUROC counts, for each defect pixel p of the subset, the defect-free pixels of the
       subset below it plus half of those tied with it (Mann-Whitney U, in integers):
@@ -229,141 +456,84 @@ class PixelRanking:
     """
 
     def __init__(self, anomaly_maps, gt_masks):
-        maps, masks = _maps_and_masks(anomaly_maps, gt_masks)
+        self._rank(*_maps_and_masks(anomaly_maps, gt_masks))
+
+    @classmethod
+    def _of_checked(cls, maps, masks):
+        """The ranking of maps and masks already checked by :func:`_maps_and_masks`."""
+        ranking = cls.__new__(cls)
+        ranking._rank(maps, masks)
+        return ranking
+
+    def _rank(self, maps, masks):
         sizes = np.array([m.size for m in maps], dtype=np.int64)
         self.n_images = len(maps)
-        scores = np.concatenate([m.ravel() for m in maps])
-        truth = np.concatenate([g.ravel() for g in masks])
-        # Regions of every mask (8-connected), numbered across images; region k's pixels
-        # weigh 1/|R_k| in the PRO curve.
+        self._offsets = np.concatenate(([0], np.cumsum(sizes)))
+        self._keys = _score_keys(maps)
+        # Regions of every mask (8-connected); region k's pixels weigh 1/|R_k| in the PRO curve.
+        # Empty masks (every good image) have none: they are not labelled at all.
         self.regions = np.zeros(self.n_images, dtype=np.int64)
-        labels, region_sizes = [], [np.zeros(1, dtype=np.int64)]  # global region 0: no region
+        n_defect = np.zeros(self.n_images, dtype=np.int64)
+        keys, weights, images = [], [], []
         for i, g in enumerate(masks):
-            labeled, n_components = ndimage.label(g, structure=_STRUCTURE)
-            self.regions[i] = n_components
-            if n_components:
-                region_sizes.append(np.bincount(labeled.ravel())[1:])
-                labeled[g] += int(self.regions[:i].sum())  # to global region numbers
-            labels.append(labeled.ravel())
-        labels = np.concatenate(labels)
-        region_sizes = np.concatenate(region_sizes)
-        self.ok_per_image = sizes - np.array([int(g.sum()) for g in masks], dtype=np.int64)
-        order, starts = _descending_order(scores)
-        del scores
-        self.n_pixels = order.size
-        # Counts fit in int32 below 2**31 pixels (a faster cumulative sum).
-        self._count_dtype = np.int32 if self.n_pixels < 2**31 else np.int64
-        self.image = np.repeat(np.arange(self.n_images, dtype=np.int32), sizes)[order]
-        self.ok = ~truth[order]
-        # Last position of each run of equal scores, in sorted order.
-        self.run_last = np.append(np.flatnonzero(starts[1:]), self.n_pixels - 1)
-        del starts
-        # Defect pixels in sorted order: their image, PRO weight and the run they sit in.
-        self.defect_pos = np.flatnonzero(~self.ok)
-        self.defect_image = self.image[self.defect_pos]
-        region = labels[order[self.defect_pos]]
-        self.defect_weight = 1.0 / region_sizes[region] if region.size else np.zeros(0)
-        del order, truth, labels
-        run_of = np.searchsorted(self.run_last, self.defect_pos)  # first run ending at or after the pixel
-        self.defect_run_last = self.run_last[run_of]
-        self.defect_run_first = np.where(run_of > 0, self.run_last[run_of - 1] + 1, 0)
-        # Defect pixels at or above each run's end (any subset's count is a prefix sum over them).
-        self.defects_upto_run = np.cumsum(np.bincount(run_of, minlength=self.run_last.size), dtype=self._count_dtype)
+            where = np.flatnonzero(g)
+            if not where.size:
+                continue
+            n_regions, region = _defect_regions(g, where)
+            self.regions[i], n_defect[i] = n_regions, where.size
+            keys.append(self._keys[self._offsets[i] + where])
+            weights.append(1.0 / np.bincount(region)[region])
+            images.append(np.full(where.size, i, dtype=np.int32))
+        self.ok_per_image = sizes - n_defect
+        empty = [np.zeros(0, self._keys.dtype)], [np.zeros(0)], [np.zeros(0, np.int32)]
+        keys, weights, images = (np.concatenate(a or e) for a, e in zip((keys, weights, images), empty))
+        order = _key_order(keys)
+        self._defect_keys, self._defect_weights, self._defect_images = keys[order], weights[order], images[order]
+        self._all = _RankedSet(np.sort(self._keys), self._defect_keys, self._defect_weights, int(self.regions.sum()))
         self._last_subset = None
 
-    def _subset(self, images):
-        """``(bool per image, bool per sorted pixel or None for all, bool per defect pixel,
-        defect-free pixels of the subset at or above each sorted position)``.
-
-        The last subset's answer is kept: AUROC and AU-PRO of one subset share it.
-        """
+    def _set(self, images):
+        """The :class:`_RankedSet` of the images selected by ``images`` (None: all)."""
         if images is None:
-            chosen = np.ones(self.n_images, dtype=bool)
-        else:
-            chosen = np.asarray(images, dtype=bool).reshape(-1)
-            if chosen.size != self.n_images:
-                raise ValueError(f"images selects from {chosen.size} images but the ranking holds {self.n_images}")
+            return self._all
+        chosen = np.asarray(images, dtype=bool).reshape(-1)
+        if chosen.size != self.n_images:
+            raise ValueError(f"images selects from {chosen.size} images but the ranking holds {self.n_images}")
+        if chosen.all():
+            return self._all
         key = chosen.tobytes()
         if self._last_subset is None or self._last_subset[0] != key:
-            if chosen.all():
-                sel, dsel, ok = None, np.ones(self.defect_pos.size, dtype=bool), self.ok
-            else:
-                sel, dsel = chosen[self.image], chosen[self.defect_image]
-                ok = self.ok & sel
-            self._last_subset = (key, (chosen, sel, dsel, np.cumsum(ok, dtype=self._count_dtype)))
+            picked = np.flatnonzero(chosen)
+            keys = np.concatenate(
+                [self._keys[self._offsets[i] : self._offsets[i + 1]] for i in picked] or [self._keys[:0]]
+            )
+            keys.sort()
+            in_subset = chosen[self._defect_images]
+            subset = _RankedSet(
+                keys,
+                self._defect_keys[in_subset],
+                self._defect_weights[in_subset],
+                int(self.regions[chosen].sum()),
+            )
+            self._last_subset = (key, subset)
         return self._last_subset[1]
 
     def auroc(self, images=None):
         """Pixel AUROC of the subset, or None if it has only one pixel class."""
-        _, _, dsel, cum_ok = self._subset(images)
-        n_def = int(dsel.sum())
-        n_ok = int(cum_ok[-1])
-        if n_def == 0 or n_ok == 0:
-            return None
-        at_or_above = cum_ok[self.defect_run_last[dsel]].astype(np.int64)
-        first = self.defect_run_first[dsel]
-        above = np.where(first > 0, cum_ok[np.maximum(first - 1, 0)], 0).astype(np.int64)
-        # 2U = sum over defect pixels of 2·(ok pixels below) + (ok pixels tied).
-        twice_u = int(np.sum(2 * (n_ok - at_or_above) + (at_or_above - above)))
-        return twice_u / (2.0 * n_def * n_ok)
+        return self._set(images).auroc()
 
     def roc_curve(self, max_points=2000):
         """ROC curve ``(fpr, tpr)`` of all pixels as :func:`pixel_roc_curve` describes."""
-        n_def = self.defect_pos.size
-        n_ok = self.n_pixels - n_def
-        if n_def == 0 or n_ok == 0:
-            raise ValueError("pixel ROC curve needs both defect and defect-free pixels")
-        tps = self.defects_upto_run.astype(np.int64)
-        fps = self.run_last + 1 - tps
-        # scikit-learn's drop_intermediate: drop points collinear with both neighbours.
-        if tps.size > 2:
-            keep = np.r_[True, np.logical_or(np.diff(fps, 2), np.diff(tps, 2)), True]
-            tps, fps = tps[keep], fps[keep]
-        fpr = np.r_[0, fps] / n_ok
-        tpr = np.r_[0, tps] / n_def
-        return _subsample_curve(fpr, tpr, int(max_points))
-
-    def _pro_points(self, images, limit=None):
-        """``(fprs, pros)`` at every run end (with (0, 0) and (1, 1)), up to the first point
-        past FPR ``limit`` when given; runs without a pixel of the subset repeat the previous
-        point (zero area). Raises ValueError when the curve is undefined."""
-        chosen, sel, dsel, cum_ok = self._subset(images)
-        n_regions = int(self.regions[chosen].sum())
-        n_ok = int(self.ok_per_image[chosen].sum())
-        if n_regions == 0:
-            raise ValueError("PRO curve undefined: the ground-truth masks contain no defect region")
-        if n_ok == 0:
-            raise ValueError("PRO curve undefined: there are no defect-free pixels")
-        runs = self.run_last.size
-        if limit is not None:  # the curve past the first point beyond the limit cannot change the area
-            within = np.array(np.floor(limit * n_ok), dtype=cum_ok.dtype)  # searched without converting cum_ok
-            past = int(np.searchsorted(cum_ok, within, side="right"))  # first position past the limit
-            runs = min(runs, int(np.searchsorted(self.run_last, past)) + 2)
-        cum_weight = np.concatenate(([0.0], np.cumsum(np.where(dsel, self.defect_weight, 0.0))))
-        # (0, 0), one point per run end, and (1, 1) when the curve is whole.
-        points = runs + 1 + (runs == self.run_last.size)
-        fprs, pros = np.empty(points), np.empty(points)
-        fprs[0] = pros[0] = 0.0
-        fprs[-1] = pros[-1] = 1.0
-        np.divide(cum_ok[self.run_last[:runs]], n_ok, out=fprs[1 : runs + 1])  # <= 1 already: counts <= n_ok
-        np.divide(cum_weight[self.defects_upto_run[:runs]], n_regions, out=pros[1 : runs + 1])
-        np.minimum(pros, 1.0, out=pros)
-        return fprs, pros, sel
+        return self._all.roc_curve(max_points)
 
     def pro_curve(self, images=None):
         """PRO curve ``(fprs, pros)`` of the subset, exactly as :func:`pro_curve`."""
-        fprs, pros, sel = self._pro_points(images)
-        if sel is not None:  # drop the runs that hold no pixel of the subset
-            has = np.diff(np.concatenate(([0], np.cumsum(sel, dtype=np.int64)[self.run_last]))) > 0
-            keep = np.concatenate(([True], has, [True]))
-            fprs, pros = fprs[keep], pros[keep]
-        return fprs, pros
+        return self._set(images).pro_curve()
 
     def au_pro(self, fpr_limit=DEFAULT_FPR_LIMIT, images=None):
         """AU-PRO of the subset up to ``fpr_limit``, exactly as :func:`au_pro`."""
         fpr_limit = _check_fpr_limit(fpr_limit)
-        fprs, pros, _ = self._pro_points(images, fpr_limit)
-        return _sorted_area(fprs, pros, fpr_limit) / fpr_limit  # the points are finite and sorted
+        return self._set(images).au_pro(fpr_limit)
 
 
 def pixel_auroc(anomaly_maps: Maps, gt_masks: Maps) -> float | None:
@@ -394,7 +564,7 @@ def pixel_roc_curve(anomaly_maps: Maps, gt_masks: Maps, max_points: int = 2000) 
 def pro_curve(anomaly_maps: Maps, gt_masks: Maps) -> tuple[np.ndarray, np.ndarray]:
     """Per-region-overlap (PRO) curve ``(fprs, pros)``, as MVTec AD's official ``compute_pro``.
 
-    Each mask is split into 8-connected regions (``scipy.ndimage.label``, 3x3 ones).
+    Each mask is split into 8-connected regions (as ``scipy.ndimage.label`` with 3x3 ones).
     For a threshold t, with R_1..R_K all regions of all images and OK all defect-free
     pixels of all images (good images included):
 
@@ -488,8 +658,7 @@ def au_pro(
     ranking = PixelRanking(anomaly_maps, gt_masks)
     if not return_curve:
         return ranking.au_pro(fpr_limit)
-    fprs, pros = ranking.pro_curve()
-    return trapezoid(fprs, pros, x_max=fpr_limit) / fpr_limit, fprs, pros
+    return ranking.au_pro(fpr_limit), *ranking.pro_curve()
 
 
 # ------------------------------------------------------------------ classification
@@ -675,7 +844,7 @@ def evaluate(
         marked_good = int(np.sum(~labels & has_defect))
         if marked_good:
             notes.append(f"{marked_good} good image(s) have defect pixels in their ground-truth mask")
-        ranking = PixelRanking(maps, masks)
+        ranking = PixelRanking._of_checked(maps, masks)
 
     all_idx = np.arange(n)
     result = _image_and_pixel_metrics(all_idx, labels, scores, ranking, fpr_limit, "", notes)

@@ -457,7 +457,7 @@ def _assert_close_or_none(a, b, tol=1e-9):
 
 def _pinning_cases():
     """Ties (quantised float64), continuous float32, negative scores, -0.0 and 0.0, float64
-    values that float32 cannot hold (the argsort fallback), a good image marked defective,
+    values that float32 cannot hold (the uint64-key path), a good image marked defective,
     an empty defective mask, differently sized images."""
     rng = np.random.default_rng(11)
     cases = []
@@ -569,3 +569,169 @@ def test_evaluate_returns_the_curves_of_its_figures():
         np.testing.assert_array_equal(new, ref)
     _, none = metrics.evaluate(None, None, labels, scores, types, return_curves=True)
     assert none == {"pixel_roc": None, "pro": None}
+
+
+# ------------------------------------------- the one-sort pieces, each against a plain reference
+
+
+def test_image_level_figures_equal_scikit_learn_exactly():
+    rng = np.random.default_rng(21)
+    for trial in range(200):
+        n = int(rng.integers(2, 40))
+        labels = rng.random(n) < rng.uniform(0.1, 0.9)
+        if labels.all() or not labels.any():
+            labels[0], labels[-1] = True, False
+        levels = int(rng.integers(1, 12))
+        scores = rng.integers(0, levels + 1, size=n) / levels - 0.5  # many ties, negative values
+        if trial % 4 == 0:
+            scores = rng.normal(size=n)
+        if trial % 7 == 0:
+            scores[scores == 0] = -0.0  # -0.0 ties with 0.0
+        assert metrics.image_auroc(labels, scores) == sk_metrics.roc_auc_score(labels, scores)
+        fpr, tpr = metrics.roc_curve(labels.astype(int), list(scores))
+        sk_fpr, sk_tpr, _ = sk_metrics.roc_curve(labels, scores)
+        np.testing.assert_array_equal(fpr, sk_fpr)
+        np.testing.assert_array_equal(tpr, sk_tpr)
+
+
+def test_importing_metrics_stays_light():
+    import subprocess
+
+    code = (
+        "import sys, metrics; print(sorted(m for m in ('sklearn', 'scipy', 'cv2', 'matplotlib') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=os.path.dirname(os.path.abspath(metrics.__file__)),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert out.stdout.strip() == "[]"
+
+
+def test_score_keys_rank_scores_descending_with_equal_keys_for_equal_scores():
+    rng = np.random.default_rng(5)
+    specials = [0.0, -0.0, 1e-40, -1e-40, np.finfo(np.float32).max, -np.finfo(np.float32).max, 1.0, -1.0]
+    as32 = np.concatenate((np.array(specials), rng.normal(size=500) * 10.0 ** rng.integers(-6, 6, 500)))
+    as32 = as32.astype(np.float32)
+    cases = {
+        "float32": [as32[:300].reshape(20, 15), as32[300:].reshape(26, 8)],
+        "float64 holding float32": [as32.astype(np.float64).reshape(2, -1)],
+        "float64": [np.concatenate((as32.astype(np.float64), rng.normal(size=92) * 1e-300)).reshape(20, 30)],
+    }
+    for name, maps in cases.items():
+        keys = metrics._score_keys(maps)
+        assert keys.dtype == (np.uint64 if name == "float64" else np.uint32), name
+        scores = np.concatenate([m.ravel() for m in maps]).astype(np.float64)
+        # pairwise: key order is the reverse of score order, equal keys exactly for equal scores
+        i, j = rng.integers(0, scores.size, (2, 20000))
+        np.testing.assert_array_equal(keys[i] < keys[j], scores[i] > scores[j])
+        np.testing.assert_array_equal(keys[i] == keys[j], scores[i] == scores[j])
+        zero = np.flatnonzero(scores == 0)
+        assert zero.size >= 2 and np.unique(keys[zero]).size == 1  # -0.0 and 0.0: one key
+
+
+def _same_partition(a, b):
+    """True when two label images split the foreground into the same regions (any numbering)."""
+    fg = a > 0
+    if not np.array_equal(fg, b > 0):
+        return False
+    pairs = np.unique(np.stack((a[fg], b[fg])), axis=1)
+    return pairs.shape[1] == np.unique(a[fg]).size == np.unique(b[fg]).size
+
+
+def test_opencv_regions_equal_ndimage_label_with_8_connectivity():
+    rng = np.random.default_rng(9)
+    masks = [
+        rng.random((int(rng.integers(1, 40)), int(rng.integers(1, 40)))) < rng.uniform(0.05, 0.7) for _ in range(60)
+    ]
+    diagonal = np.eye(6, dtype=bool)  # touching only at corners: one 8-connected region
+    full = np.ones((5, 7), bool)
+    corner = np.zeros((9, 9), bool)
+    corner[8, 8] = corner[0, 0] = True
+    for mask in masks + [diagonal, full, corner]:
+        where = np.flatnonzero(mask)
+        if not where.size:
+            continue
+        n_regions, region = metrics._defect_regions(mask, where)
+        expected, n_expected = ndimage.label(mask, structure=np.ones((3, 3), dtype=int))
+        assert n_regions == n_expected
+        got = np.zeros(mask.shape, dtype=np.int64)
+        got.ravel()[where] = region
+        assert region.min() >= 1 and region.max() == n_regions
+        assert _same_partition(got, expected)
+    assert metrics._defect_regions(diagonal, np.flatnonzero(diagonal))[0] == 1
+
+
+def test_empty_masks_are_not_labelled(monkeypatch):
+    maps, masks = random_case(4, n_images=9)  # every third mask empty
+    expected = metrics.PixelRanking(maps, masks)
+    labelled = []
+    original = metrics._defect_regions
+    monkeypatch.setattr(metrics, "_defect_regions", lambda m, w: labelled.append(1) or original(m, w))
+    ranking = metrics.PixelRanking(maps, masks)
+    assert len(labelled) == sum(bool(g.any()) for g in masks) < len(masks)
+    np.testing.assert_array_equal(ranking.regions[[not g.any() for g in masks]], 0)
+    assert ranking.auroc() == expected.auroc() == pytest.approx(_ref_pixel_auroc(maps, masks), abs=1e-12)
+    assert ranking.au_pro() == pytest.approx(_ref_au_pro(maps, masks), abs=1e-12)
+    # nothing but empty masks: no region at all
+    empty = [np.zeros_like(g) for g in masks]
+    assert metrics.PixelRanking(maps, empty).auroc() is None
+    with pytest.raises(ValueError, match="no defect region"):
+        metrics.PixelRanking(maps, empty).au_pro()
+
+
+def test_run_ends_equal_searchsorted_in_both_paths():
+    rng = np.random.default_rng(3)
+    for levels in (5, 50, 10**6):  # long runs of ties (the search fallback) and short ones (the steps)
+        keys = np.sort(rng.integers(0, levels, 5000).astype(np.uint32))
+        queries = np.unique(keys[rng.integers(0, keys.size, 300)])
+        start = np.searchsorted(keys, queries, side="left") + 1
+        np.testing.assert_array_equal(
+            metrics._run_ends(keys, queries, start), np.searchsorted(keys, queries, side="right")
+        )
+
+
+def test_pixel_roc_curve_subsampled_equals_subsampled_scikit_learn():
+    rng = np.random.default_rng(13)
+    for trial in range(60):
+        shape = (int(rng.integers(1, 12)), int(rng.integers(2, 12)))
+        n = int(rng.integers(1, 4))
+        levels = int(rng.integers(1, 6)) if trial % 3 else 10**6  # few distinct scores: 1-2 runs too
+        maps = [(rng.integers(0, levels + 1, size=shape) / levels).astype(np.float32) for _ in range(n)]
+        masks = [rng.random(shape) < rng.uniform(0.05, 0.6) for _ in range(n)]
+        truth = np.concatenate([g.ravel() for g in masks])
+        if truth.all() or not truth.any():
+            continue
+        scores = np.concatenate([m.ravel() for m in maps])
+        sk_fpr, sk_tpr, _ = sk_metrics.roc_curve(truth, scores)
+        ranking = metrics.PixelRanking(maps, masks)
+        for points in (2, 3, 4, 7, 10**6):
+            fpr, tpr = ranking.roc_curve(points)
+            ref_fpr, ref_tpr = metrics._subsample_curve(sk_fpr, sk_tpr, points)
+            np.testing.assert_array_equal(fpr, ref_fpr)
+            np.testing.assert_array_equal(tpr, ref_tpr)
+    with pytest.raises(ValueError, match="max_points"):
+        ranking.roc_curve(1)
+
+
+def test_subset_pro_curves_and_figures_equal_fresh_rankings():
+    # Continuous float32 maps and quantised ones (ties across images), every subset kind.
+    rng = np.random.default_rng(17)
+    maps, masks = random_case(6, n_images=8, shape=(20, 18))
+    continuous = [m.astype(np.float32) + rng.random(m.shape, dtype=np.float32) for m in maps]
+    for case in (maps, continuous):
+        ranking = metrics.PixelRanking(case, masks)
+        for chosen in (np.arange(8) % 3 != 1, np.arange(8) < 5, np.ones(8, bool), np.arange(8) == 1):
+            sub = [m for m, c in zip(case, chosen) if c], [g for g, c in zip(masks, chosen) if c]
+            fresh = metrics.PixelRanking(*sub)
+            f, p = ranking.pro_curve(chosen)
+            f_ref, p_ref = _ref_pro_curve(*sub)
+            assert f.shape == f_ref.shape
+            np.testing.assert_array_equal(f, f_ref)
+            np.testing.assert_allclose(p, p_ref, rtol=0, atol=1e-12)
+            assert ranking.auroc(chosen) == fresh.auroc()
+            for limit in (0.3, 0.01, 1.0):
+                assert ranking.au_pro(limit, chosen) == pytest.approx(_ref_au_pro(*sub, limit), abs=1e-12)
+        assert ranking.auroc(np.zeros(8, bool)) is None

@@ -331,6 +331,15 @@ def test_long_curves_are_decimated_to_the_same_line(tmp_path):
     check_png(viz.plot_pro_curve(f, p, 0.5, tmp_path / "long.png"))
 
 
+def test_long_curves_that_do_not_rise_are_decimated_along_their_length():
+    # Not monotone (a y that falls back): points at even steps of the drawn length instead.
+    t = np.linspace(0.0, 1.0, 200_001)
+    x, y = t, 0.5 + 0.4 * np.sin(12 * np.pi * t)
+    xd, yd = viz._decimate(x, y)
+    assert len(xd) <= viz.CURVE_POINTS + 2 and (xd[0], xd[-1]) == (0.0, 1.0)
+    assert np.max(np.abs(np.interp(x, xd, yd) - y)) < 3e-3  # chords of a bending curve
+
+
 # --------------------------------------------------------------------------- masks
 
 
