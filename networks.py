@@ -1,14 +1,15 @@
 """The networks a run scores images with: its Keras model, or that model's ONNX twin.
 
 Scoring images needs only the forward pass, and TensorFlow is a heavy way to get it:
-importing it costs about 3.5 s of every ``test.py`` / ``validate.py`` start, and Keras's
-``predict`` builds a dataset per call (about 0.25 s per call, four calls per map pass).
-ONNX Runtime imports in 0.3 s. So the first time a model is used for inference it is
-converted (tf2onnx, opset 17), checked against Keras on a few inputs, and saved beside it
-as ``<model>.onnx`` with the model file's stamp (modification time and size) in its
-metadata; later runs of the scripts load that file and never import TensorFlow. A stale
-(model retrained or resumed), damaged or unreadable twin is converted again; a model the
-converter cannot handle, or one whose twin disagrees with it, is used through Keras.
+importing it costs about 3.5 s of every ``test.py`` / ``validate.py`` start; ONNX Runtime
+imports in 0.3 s. So a model used for inference (training does it at its end) is
+converted (tf2onnx, opset 17), checked against Keras on probe inputs, timed against Keras
+on images of the run's size, and saved beside it as ``<model>.onnx`` with the model file's
+stamp (modification time and size) and the timing's verdict in its metadata. Where the
+twin computes about as fast as Keras, scripts load it and never import TensorFlow; where
+it is clearly slower (see :func:`convert`), they use Keras, and the twin only remembers
+that. A stale (model retrained or resumed), damaged or unreadable twin is made again; a
+model the converter cannot handle, or whose twin disagrees with it, stays on Keras.
 
 ``CAE_INFERENCE=keras`` in the environment keeps every script on Keras (to compare, or to
 rule the twin out). The two agree to about 1e-6 on reconstructions (float32 rounding of
@@ -26,7 +27,10 @@ ENV = "CAE_INFERENCE"  # "keras": never use the ONNX twin
 SUFFIX = ".onnx"
 OPSET = 17
 TOLERANCE = 1e-4  # largest |ONNX - Keras| on the probe inputs for the twin to be used
+SLOWER_LIMIT = 1.1  # the twin is used unless it takes more than this times Keras's time per image
+TIMED_IMAGES = 8  # images per timed call when the twin is made
 _STAMP_KEY = "cae_source_stamp"
+_USE_KEY = "cae_use"  # "onnx" or "keras": which computes faster here (see convert)
 
 
 def twin_path(model_path) -> Path:
@@ -75,19 +79,43 @@ def _session(source):
     )
 
 
-def _probe_inputs(model) -> list[np.ndarray]:
-    """Two deterministic inputs per network input, at its size (64 px where it has none)."""
+def _probe_inputs(model, n: int = 2, shape: tuple[int, int] | None = None) -> list[np.ndarray]:
+    """``n`` deterministic inputs per network input, at its size (``shape``, else 64 px, where
+    it has none)."""
     rng = np.random.default_rng(0)
     probes = []
     for tensor in model.inputs:
-        dims = [d if d is not None else 64 for d in tuple(tensor.shape)[1:]]
-        probes.append(rng.random((2, *dims), dtype=np.float32))
+        dims = list(tuple(tensor.shape)[1:])
+        fill = list(shape or (64, 64)) + [None] * len(dims)
+        dims = [d if d is not None else fill[i] for i, d in enumerate(dims)]
+        probes.append(rng.random((n, *dims), dtype=np.float32))
     return probes
 
 
-def convert(model, stamp: str):
-    """``model`` as ONNX bytes with ``stamp`` in its metadata, or None when tf2onnx is missing,
-    fails, or its graph disagrees with Keras by more than :data:`TOLERANCE` on probe inputs."""
+def _seconds_per_image(predict, inputs) -> float:
+    """Best of three timed calls of ``predict(inputs)`` after a warm-up, per image."""
+    import time
+
+    predict(inputs)
+    best = float("inf")
+    for _ in range(3):
+        started = time.perf_counter()
+        predict(inputs)
+        best = min(best, time.perf_counter() - started)
+    return best / len(inputs[0])
+
+
+def convert(model, stamp: str, shape: tuple[int, int] | None = None):
+    """``model`` as ONNX bytes with ``stamp`` and a speed verdict in its metadata, or None when
+    tf2onnx is missing, fails, or its graph disagrees with Keras by more than
+    :data:`TOLERANCE` on probe inputs.
+
+    The verdict: both compute :data:`TIMED_IMAGES` images of ``shape`` (the images the run
+    maps; the model's own size where it has one); the twin is used when it takes at most
+    :data:`SLOWER_LIMIT` times Keras's time per image. On this 2-core CPU it is as fast
+    at 128 px but 1.2-1.5x slower at 256 px and on 256x704 strips (its transposed
+    convolutions), where Keras stays faster for folders of more than a few dozen images
+    despite its 3.5 s import (bench/README.md, "ONNX twin")."""
     try:
         import onnx
         import tensorflow as tf
@@ -101,23 +129,36 @@ def convert(model, stamp: str):
         proto, _ = tf2onnx.convert.from_keras(model, input_signature=specs, opset=OPSET)
     except Exception:  # noqa: BLE001 - an unsupported layer: Keras does the work instead
         return None
-    onnx.helper.set_model_props(proto, {_STAMP_KEY: stamp})
-    data = proto.SerializeToString()
     probes = _probe_inputs(model)
-    expected = np.asarray(model.predict(probes if len(probes) > 1 else probes[0], verbose=0), np.float32)
+    keras_predict = lambda x: np.asarray(model.predict(x if len(x) > 1 else x[0], verbose=0), np.float32)  # noqa: E731
     try:
-        got = OnnxNetwork(_session(data), Path("<memory>")).predict(probes, batch_size=len(probes[0]))
+        twin = OnnxNetwork(_session(proto.SerializeToString()), Path("<memory>"))
+        got = twin.predict(probes, batch_size=len(probes[0]))
     except Exception:  # noqa: BLE001
         return None
+    expected = keras_predict(probes)
     if got.shape != expected.shape or not np.abs(got - expected).max() <= TOLERANCE:
         return None
-    return data
+    timed = _probe_inputs(model, TIMED_IMAGES, shape)
+    onnx_s = _seconds_per_image(lambda x: twin.predict(x, batch_size=len(x[0])), timed)
+    keras_s = _seconds_per_image(keras_predict, timed)
+    verdict = "onnx" if onnx_s <= SLOWER_LIMIT * keras_s else "keras"
+    onnx.helper.set_model_props(
+        proto,
+        {
+            _STAMP_KEY: stamp,
+            _USE_KEY: verdict,
+            "cae_ms_per_image": f"onnx {1e3 * onnx_s:.2f}, keras {1e3 * keras_s:.2f}",
+        },
+    )
+    return proto.SerializeToString()
 
 
-def load(model_path, load_keras):
+def load(model_path, load_keras, shape: tuple[int, int] | None = None):
     """The network to score images with for the model file ``model_path``: its ONNX twin when
-    one matches the file (converted and saved now when missing or stale), else the Keras
-    model ``load_keras()`` returns. See the module's docstring."""
+    one matches the file (converted and saved now when missing or stale) and computes about
+    as fast as Keras, else the Keras model ``load_keras()`` returns. ``shape``: the images'
+    height and width, for a network that takes any size. See the module's docstring."""
     import runs
 
     model_path = Path(model_path)
@@ -134,12 +175,13 @@ def load(model_path, load_keras):
     if twin.is_file():
         try:
             session = _session(twin)
-            if session.get_modelmeta().custom_metadata_map.get(_STAMP_KEY) == stamp:
-                return OnnxNetwork(session, twin)
+            meta = session.get_modelmeta().custom_metadata_map
+            if meta.get(_STAMP_KEY) == stamp:
+                return OnnxNetwork(session, twin) if meta.get(_USE_KEY) == "onnx" else load_keras()
         except Exception:  # noqa: BLE001 - damaged: converted again below
             pass
     model = load_keras()
-    data = convert(model, stamp)
+    data = convert(model, stamp, shape)
     if data is None:
         return model
     try:
@@ -147,7 +189,7 @@ def load(model_path, load_keras):
             tmp.write_bytes(data)
     except OSError:
         pass  # a read-only run folder: the twin lives in memory for this process only
-    try:
-        return OnnxNetwork(_session(data), twin)
-    except Exception:  # noqa: BLE001
+    session = _session(data)
+    if session.get_modelmeta().custom_metadata_map.get(_USE_KEY) != "onnx":
         return model
+    return OnnxNetwork(session, twin)

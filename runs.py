@@ -381,7 +381,7 @@ class Run:
         if self._head is None:
             import networks
 
-            self._head = networks.load(self.head_path, lambda: load_keras(self.head_path, compile=False))
+            self._head = networks.load(self.head_path, lambda: load_keras(self.head_path, compile=False), self.shape)
         return self._head
 
     @property
@@ -437,7 +437,7 @@ class Run:
             import networks
 
             load = lambda: load_keras(self.model_path, compile=False)  # noqa: E731
-            model = load() if keras else networks.load(self.model_path, load)
+            model = load() if keras else networks.load(self.model_path, load, self.shape)
             side = None if self.mode == "surface" else self.size  # surface models are fully convolutional
             expected = (side, side, 3 if self.color == "rgb" else 1)
             if tuple(model.input_shape[1:]) != expected:

@@ -431,7 +431,8 @@ def train(setup: dict, run_dir: Path, images: tuple, model, start_epoch: int = 0
         figures.plot_loss_curve(history, plot, title=f"{setup['architecture']} / {setup['loss']} loss")
     runs.write_json(run_dir / runs.SETUP, setup)
     _remove_backup(run_dir)
-    _write_twins(run_dir, setup)
+    if diverged is None:
+        _write_twins(run_dir, setup)
     if diverged is not None:
         raise UserError(
             f"{diverged}; the run keeps its best model (epoch {setup['best_epoch']}, validation loss "
@@ -464,13 +465,11 @@ def _train_head(setup, run_dir, train_images):
 
 def _write_twins(run_dir, setup):
     """The ONNX twins of the model and head (networks.py), made now while TensorFlow is
-    loaded, so validate.py and test.py start without it."""
-    import networks
-
-    for name in (setup["model_file"], (setup.get("head") or {}).get("file")):
-        path = run_dir / name if name else None
-        if path is not None and path.is_file():
-            networks.load(path, lambda p=path: runs.load_keras(p, compile=False))
+    loaded, so validate.py and test.py start without it where the twin is as fast."""
+    run = runs.Run(run_dir, setup, run_dir / setup["model_file"])  # not find_run: this process holds the lock
+    run.load_model()
+    if run.head_path.is_file():
+        run.load_head()
 
 
 def _remove_backup(run_dir):

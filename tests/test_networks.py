@@ -13,6 +13,12 @@ import networks
 import runs
 
 
+@pytest.fixture(autouse=True)
+def twin_always_fast(monkeypatch):
+    """Whatever the timing says, use the twin (the speed verdict has its own test)."""
+    monkeypatch.setattr(networks, "SLOWER_LIMIT", float("inf"))
+
+
 @pytest.fixture
 def tiny_model(tmp_path):
     """An untrained 32-px mvtec2 CAE saved as .keras; returns its path."""
@@ -77,6 +83,30 @@ def test_keras_when_asked_when_conversion_fails_or_disagrees(tiny_model, monkeyp
     assert not networks.twin_path(tiny_model).exists()
 
 
+def test_a_slower_twin_is_remembered_and_keras_used(tiny_model, monkeypatch):
+    import keras
+
+    monkeypatch.setattr(networks, "SLOWER_LIMIT", 0.0)  # any twin is "slower"
+    assert isinstance(networks.load(tiny_model, _keras(tiny_model)), keras.Model)
+    twin = networks.twin_path(tiny_model)
+    meta = networks._session(twin).get_modelmeta().custom_metadata_map
+    assert meta["cae_use"] == "keras" and meta["cae_ms_per_image"].startswith("onnx ")
+    # The verdict stands for this model file: no second conversion, no second timing.
+    monkeypatch.setattr(networks, "SLOWER_LIMIT", float("inf"))
+    monkeypatch.setattr(networks, "convert", lambda *a: pytest.fail("converted again"))
+    assert isinstance(networks.load(tiny_model, _keras(tiny_model)), keras.Model)
+
+
+def test_timing_inputs_take_the_runs_shape_where_the_network_has_none(tiny_model):
+    import models
+
+    head = models.segmentation_head(channels=1)
+    (x, y) = networks._probe_inputs(head, 3, (40, 56))
+    assert x.shape == y.shape == (3, 40, 56, 1)
+    (z,) = networks._probe_inputs(runs.load_keras(tiny_model), 2, (40, 56))
+    assert z.shape == (2, 32, 32, 3)  # a fixed-size model keeps its own
+
+
 def test_unwritable_folder_keeps_the_twin_in_memory(tiny_model, monkeypatch):
     def refuse(path):
         raise PermissionError(13, "Permission denied", str(path))
@@ -120,7 +150,10 @@ def test_trained_run_has_twins_and_test_py_starts_without_tensorflow(tiny_run, t
     the images as the Keras model does."""
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("test", "validation"))
-    assert networks.twin_path(runs.find_run(run).model_path).is_file()
+    model_path = runs.find_run(run).model_path
+    assert networks.twin_path(model_path).is_file()
+    networks.twin_path(model_path).unlink()  # made again here, with the verdict "onnx" (fixture)
+    assert isinstance(networks.load(model_path, _keras(model_path)), networks.OnnxNetwork)
 
     def test_py(**env):
         done = subprocess.run(
