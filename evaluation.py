@@ -430,23 +430,13 @@ def predict_images(
     return frame, out_dir
 
 
-def proxy_scores(
-    mapper: inference.Mapper,
-    good_images: np.ndarray,
-    good_maps: np.ndarray,
-    threshold: float,
-    min_area: int,
-    smooth: float = DEFAULT_SMOOTH,
-    seed: int = 0,
-) -> dict | None:
-    """Quality on held-back good images with the demo's defects painted in (no test image used).
+def proxy_maps(mapper: inference.Mapper, good_images: np.ndarray, seed: int = 0) -> tuple | None:
+    """Painted copies of the good validation images, mapped like test images:
+    ``(maps, masks, defect names)``, or None when nothing could be painted.
 
-    Each good validation image gets one painted copy (scratch, crack, hole, stain,
-    contamination in turn; see :func:`synthetic.painted_copies`); the copies are mapped
-    like test images, with ``mapper``'s method and options. Returns image AUROC (copies against the good originals), pixel
-    AUROC and AU-PRO (all images, smoothed as test.py smooths), and the share of copies
-    found at ``threshold``/``min_area``: a proxy for how a map method or setting will do
-    on real defects, to compare settings without looking at any test set.
+    Each good image gets one copy with one of the demo's defects (scratch, crack, hole,
+    stain, contamination in turn; see :func:`synthetic.painted_copies`), mapped with
+    ``mapper``'s method and options.
     """
     import synthetic
 
@@ -454,6 +444,28 @@ def proxy_scores(
     if not len(painted):
         return None
     _, maps = inference.run_maps(mapper.run, painted, mapper.method, mapper.options, mapper.batch)
+    return maps, masks, list(defects)
+
+
+def proxy_scores(
+    good_maps: np.ndarray,
+    painted: tuple | None,
+    threshold: float,
+    min_area: int,
+    smooth: float = DEFAULT_SMOOTH,
+    seed: int = 0,
+) -> dict | None:
+    """Quality on held-back good images with the demo's defects painted in (no test image used).
+
+    ``painted``: :func:`proxy_maps` of those images (made with ``seed``). Returns image AUROC
+    (copies against the good originals), pixel AUROC and AU-PRO (all images, smoothed as
+    test.py smooths), and the share of copies found at ``threshold``/``min_area``: a proxy
+    for how a map method or setting will do on real defects, to compare settings without
+    looking at any test set.
+    """
+    if painted is None:
+        return None
+    maps, masks, defects = painted
     all_maps = np.concatenate([good_maps, maps])
     smoothed = resmaps.smooth(all_maps, smooth)
     gt = np.concatenate([np.zeros(good_maps.shape, bool), masks])

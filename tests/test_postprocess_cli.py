@@ -9,6 +9,7 @@ copied dataset when the dataset is changed.
 import contextlib
 import io
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -288,6 +289,45 @@ def test_validate_accepts_model_file(tiny_run, tmp_path, capsys):
     assert result["min_area"] == 20 and result["largest_area_at_threshold"] < 20
     assert_threshold_matches(result["threshold"], recomputed_validation_maps(run), 20)
     assert "threshold for minimum area 20 px" in out
+
+
+def test_validate_reuses_its_maps_for_another_area(run_dir, tmp_path, capsys, monkeypatch):
+    """A second validate.py (another --area) takes the validation and proxy maps from
+    RUN/validation_maps_*.npz: no image read, no reconstruction, the same numbers as a run
+    that computes them afresh."""
+    run = copy_run(run_dir, tmp_path / "run")
+    code, _, err = cli(validate.main, ["-p", str(run), "-a", "12"], capsys)  # computes and caches the maps
+    assert code == 0, err
+    (cache,) = run.glob("validation_maps_ssim_s*_p*.npz")
+    fresh = copy_run(run_dir, tmp_path / "fresh")  # no cache: everything computed again
+    code, _, err = cli(validate.main, ["-p", str(fresh), "-a", "30"], capsys)
+    assert code == 0, err
+    monkeypatch.setattr(inference, "inspect_stream", lambda *a, **k: pytest.fail("images mapped again"))
+    code, _, err = cli(validate.main, ["-p", str(run), "-a", "30"], capsys)
+    assert code == 0, err
+    cached = json.loads((run / "validation" / "ssim" / "a30" / "validation_result.json").read_text())
+    again = json.loads((fresh / "validation" / "ssim" / "a30" / "validation_result.json").read_text())
+    assert cached["threshold"] == pytest.approx(again["threshold"], rel=1e-6)
+    assert cached["proxy"]["au_pro"] == pytest.approx(again["proxy"]["au_pro"], abs=1e-6)
+    assert cached["n_images"] == again["n_images"] == 3
+    assert_threshold_matches(cached["threshold"], recomputed_validation_maps(run), 30)
+    # A changed validation image or a damaged cache: the maps are computed again.
+    monkeypatch.undo()
+    calls = []
+    real = inference.inspect_stream
+    monkeypatch.setattr(inference, "inspect_stream", lambda *a, **k: calls.append(1) or real(*a, **k))
+    setup = json.loads((run / runs.SETUP).read_text())
+    first = Path(setup["directory"]) / (run / runs.VALIDATION_FILES).read_text().split()[0]
+    st = first.stat()
+    os.utime(first, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    try:
+        assert cli(validate.main, ["-p", str(run), "-a", "30"], capsys)[0] == 0
+    finally:
+        os.utime(first, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert len(calls) == 1
+    cache.write_bytes(b"damaged")
+    assert cli(validate.main, ["-p", str(run), "-a", "30"], capsys)[0] == 0
+    assert len(calls) == 2 and cache.stat().st_size > 1000
 
 
 # --------------------------------------------------------------------------- 2. test.py, labelled
