@@ -8,7 +8,8 @@ The run is copied (model, setup and file lists only) to a scratch folder, so its
 results and caches are never touched, then measured in this order:
 
 * ``validate.py -a AREA`` with no cached calibration (it learns the baselines of every pass
-  and the mask threshold from the training images), then again with it cached;
+  and the mask threshold from the training images), then again with it cached (the
+  validation maps made again), then with the validation maps cached too;
 * ``test.py`` on the 83 labelled test images (maps, verdicts, metrics, plots, files);
 * in one process: residual maps per second with the default map options (model loaded,
   calibration cached, one warm-up batch), and the metrics of the 83 images: smoothing,
@@ -230,11 +231,16 @@ def main(argv=None):
                 run = run.parent
         run = scratch_copy(run, Path(tmp) / "copy")
         py = sys.executable
+        validate = [py, str(code / "validate.py"), "-p", str(run), "-a", str(args.area)]
         for name, cmd in (
-            ("validate_cold", [py, str(code / "validate.py"), "-p", str(run), "-a", str(args.area)]),
-            ("validate_cached", [py, str(code / "validate.py"), "-p", str(run), "-a", str(args.area)]),
+            ("validate_cold", validate),
+            ("validate_cached", validate),  # calibration cached, the validation maps made again
+            ("validate_maps_cached", validate),  # both cached (validation.validation_maps), e.g. another area
             ("test", [py, str(code / "test.py"), "-p", str(run)]),
         ):
+            if name == "validate_cached":
+                for kept in run.glob("validation_maps_*.npz"):
+                    kept.unlink()
             wall, cpu, rss, _ = timed(cmd, code)
             row.update({f"{name}_s": wall, f"{name}_cpu_s": cpu, f"{name}_peak_mib": rss})
             print(f"{name}: {wall:.1f} s wall, {cpu:.1f} s CPU, peak {rss:.0f} MiB", flush=True)
@@ -254,6 +260,7 @@ def main(argv=None):
         ("plots_s", "ROC + PRO plots, s"),
         ("validate_cold_s", "validate.py, calibration learnt, wall s"),
         ("validate_cached_s", "validate.py, calibration cached, wall s"),
+        ("validate_maps_cached_s", "validate.py, calibration and validation maps cached, wall s"),
         ("test_s", "test.py wall s"),
         ("test_cpu_s", "test.py CPU s"),
         ("test_peak_mib", "test.py peak RSS MiB"),
