@@ -26,6 +26,16 @@ AREA = 8
 FORMATS = tuple(exporting.FORMATS)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def keras_inference():
+    """test.py on Keras here: the artefact is built from the Keras layers and must give the
+    very same verdicts and masks; the ONNX twin (networks.py) agrees only to ~1e-6, enough to
+    move a pixel at the threshold (tests/test_networks.py checks the twin)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CAE_INFERENCE", "keras")
+        yield
+
+
 @pytest.fixture(scope="module")
 def tested(tmp_path_factory):
     """A validated and tested 32-px run on 64-px images: ``(run folder, test output folder, dataset)``."""
