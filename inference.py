@@ -110,6 +110,10 @@ class MapOptions:
             **{k: v if self.passes > 1 else None for k, v in _PASS_KIND.items()},
         }
 
+    def cache_name(self, kind: str, method: str) -> str:
+        """File name of a run's cache of ``kind`` for ``method``'s maps under these options."""
+        return f"{kind}_{method}_s{self.scales}_p{self.passes}{'' if self.baseline else '_raw'}.npz"
+
     @classmethod
     def from_record(cls, record: dict, what: str) -> MapOptions:
         """Options stored by :meth:`record` in a result file (``what`` names it in errors).
@@ -244,10 +248,8 @@ def calibrate(run: runs.Run, method: str, options: MapOptions, model=None, batch
     if not options.baseline and options.passes == 1:
         return Calibration(np.zeros((1, *run.shape), np.float32), float("inf"))
     kind = {**_BASELINE_KIND, **_PASS_KIND}
-    cache = (
-        run.dir / f"calibration_{method}_s{options.scales}_p{options.passes}{'' if options.baseline else '_raw'}.npz"
-    )
-    stamp = np.array([run.model_path.stat().st_mtime_ns, run.model_path.stat().st_size])
+    cache = run.dir / options.cache_name("calibration", method)
+    stamp = np.array(runs.file_stamp(run.model_path))
     if cache.is_file():
         with np.load(cache) as stored:
             if (

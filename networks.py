@@ -40,8 +40,9 @@ def twin_path(model_path) -> Path:
 
 def source_stamp(model_path) -> str:
     """The model file's identity for its twin: modification time (ns) and size."""
-    st = Path(model_path).stat()
-    return f"{st.st_mtime_ns}:{st.st_size}"
+    import runs
+
+    return "{}:{}".format(*runs.file_stamp(model_path))
 
 
 class OnnxNetwork:

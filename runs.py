@@ -197,6 +197,13 @@ def check_setup(setup: dict, setup_path: PathLike, training: bool = False) -> di
     return setup
 
 
+def file_stamp(path: PathLike) -> tuple[int, int]:
+    """``(modification time in ns, size)`` of a file: what the run's caches (calibration,
+    ONNX twin, validation maps) compare to notice that a file they were made from changed."""
+    stat = Path(path).stat()
+    return stat.st_mtime_ns, stat.st_size
+
+
 _MODEL_IDS = {}
 
 

@@ -74,8 +74,7 @@ def _maps_key(mapper: inference.Mapper) -> str:
     run = mapper.run
 
     def stamp(p):
-        st = Path(p).stat()
-        return [str(p), st.st_mtime_ns, st.st_size]
+        return [str(p), *runs.file_stamp(p)]
 
     return json.dumps(
         {
@@ -99,9 +98,7 @@ def validation_maps(mapper: inference.Mapper) -> tuple[list[Path], np.ndarray, t
     reconstruction at all. The maps do not depend on the area.
     """
     run, options = mapper.run, mapper.options
-    cache = run.dir / (
-        f"validation_maps_{mapper.method}_s{options.scales}_p{options.passes}{'' if options.baseline else '_raw'}.npz"
-    )
+    cache = run.dir / options.cache_name("validation_maps", mapper.method)
     key = _maps_key(mapper)
     if cache.is_file():
         try:

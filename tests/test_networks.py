@@ -13,12 +13,6 @@ import networks
 import runs
 
 
-@pytest.fixture(autouse=True)
-def twin_always_fast(monkeypatch):
-    """Whatever the timing says, use the twin (the speed verdict has its own test)."""
-    monkeypatch.setattr(networks, "SLOWER_LIMIT", float("inf"))
-
-
 @pytest.fixture
 def tiny_model(tmp_path):
     """An untrained 32-px mvtec2 CAE saved as .keras; returns its path."""

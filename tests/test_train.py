@@ -490,14 +490,13 @@ def test_other_colours_and_losses_train_and_validate_end_to_end(tiny_dataset, tm
     assert result["method"] == method and np.isfinite(result["threshold"]) and result["largest_area_at_threshold"] < 5
 
 
-def test_mixed_precision_trains_in_bfloat16_resumes_so_and_maps_in_float32(tiny_dataset, tmp_path, capsys, monkeypatch):
+def test_mixed_precision_trains_in_bfloat16_resumes_so_and_maps_in_float32(tiny_dataset, tmp_path, capsys):
     """--precision mixed (issue 13): the saved autoencoder computes in bfloat16 (on this CPU-only
     machine) and a resumed run keeps it; the model the maps use is the same network in float32."""
     import zipfile
 
     import keras
 
-    monkeypatch.setattr(networks, "SLOWER_LIMIT", float("inf"))  # the twin whatever its speed
     run_dir, setup = training.new_run(
         train_args(tiny_dataset, tmp_path, epochs=1, architecture="mvtec", size=32, precision="mixed")
     )
