@@ -14,9 +14,9 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 import data
 import figures
@@ -27,6 +27,9 @@ import runs
 import sharding
 from settings import MapRequest
 from utils import UserError, warn
+
+if TYPE_CHECKING:  # pandas is imported where tables are made: validate.py makes none (0.2 s of its start)
+    import pandas as pd
 
 DEFAULT_SMOOTH = 4.0
 
@@ -143,6 +146,8 @@ def score_test_images(mapper: inference.Mapper, listed: list, smooth: float, dra
         defective.append(found)
         largest.append(large)
         counts.append(count)
+    import pandas as pd
+
     truth = np.array([d != data.GOOD for _, d, _ in items])
     frame = pd.DataFrame(
         {
@@ -276,7 +281,7 @@ def test_run(
     notes = _labelled_notes(types)
     for note in notes:
         warn(note)
-    inference.load_networks(run, method)
+    inference.load_networks(run, method, len(listed), mapper.options)
     model_record = run.model_record()
     method_dir = run.dir / "test" / method
     out_dir = method_dir / f"a{mapper.min_area}_t{runs.format_threshold(mapper.threshold)}"
@@ -411,6 +416,8 @@ def predict_images(
                         "overlay": "" if overlay_file is None else str(out_dir / overlay_file.relative_to(staged)),
                     }
                 )
+        import pandas as pd
+
         frame = pd.DataFrame(rows)
         frame.to_csv(staged / "predictions.csv", index=False)
         runs.write_json(

@@ -237,6 +237,24 @@ def refined_maps(
     return recons, maps, Calibration(np.stack(baselines), float("inf") if threshold is None else threshold)
 
 
+def cached_calibration(run: runs.Run, method: str, options: MapOptions) -> Calibration | None:
+    """The run's :class:`Calibration` for ``options`` when nothing needs learning (no
+    baseline, one pass) or its cache matches the model file and settings, else None."""
+    if not options.baseline and options.passes == 1:
+        return Calibration(np.zeros((1, *run.shape), np.float32), float("inf"))
+    kind = {**_BASELINE_KIND, **_PASS_KIND}
+    cache = run.dir / options.cache_name("calibration", method)
+    if cache.is_file():
+        with np.load(cache) as stored:
+            if (
+                np.array_equal(stored["model_stamp"], np.array(runs.file_stamp(run.model_path)))
+                and stored["baselines"].shape == (options.passes, *run.shape)
+                and all(k in stored and stored[k] == v for k, v in kind.items())
+            ):
+                return Calibration(stored["baselines"], float(stored["mask_threshold"]))
+    return None
+
+
 def calibrate(run: runs.Run, method: str, options: MapOptions, model=None, batch: int = 16) -> Calibration:
     """The run's :class:`Calibration` for ``options``, learnt from its *training* images.
 
@@ -245,29 +263,27 @@ def calibrate(run: runs.Run, method: str, options: MapOptions, model=None, batch
     pass nothing is learnt (no images are read). Cached in the run folder and recomputed
     when the model file or the baseline and mask settings change.
     """
-    if not options.baseline and options.passes == 1:
-        return Calibration(np.zeros((1, *run.shape), np.float32), float("inf"))
-    kind = {**_BASELINE_KIND, **_PASS_KIND}
-    cache = run.dir / options.cache_name("calibration", method)
-    stamp = np.array(runs.file_stamp(run.model_path))
-    if cache.is_file():
-        with np.load(cache) as stored:
-            if (
-                np.array_equal(stored["model_stamp"], stamp)
-                and stored["baselines"].shape == (options.passes, *run.shape)
-                and all(k in stored and stored[k] == v for k, v in kind.items())
-            ):
-                return Calibration(stored["baselines"], float(stored["mask_threshold"]))
+    cached = cached_calibration(run, method, options)
+    if cached is not None:
+        return cached
     train_paths = run.training_paths()
     if not train_paths:
         raise UserError(
             f"no training images left in {run.class_dir / 'train' / data.GOOD} to learn the residual baseline "
             "(use --no-baseline --passes 1)"
         )
+    stamp = np.array(runs.file_stamp(run.model_path))  # of the weights learnt from, taken first
     images, _ = data.load_images(train_paths, run.color, run.shape, progress="training images (residual baseline)")
     _, _, learnt = refined_maps(model or run.load_model(), images, method, options, batch)
-    with runs.atomic_path(cache) as tmp:
-        np.savez(tmp, baselines=learnt.baselines, mask_threshold=learnt.mask_threshold, model_stamp=stamp, **kind)
+    with runs.atomic_path(run.dir / options.cache_name("calibration", method)) as tmp:
+        np.savez(
+            tmp,
+            baselines=learnt.baselines,
+            mask_threshold=learnt.mask_threshold,
+            model_stamp=stamp,
+            **_BASELINE_KIND,
+            **_PASS_KIND,
+        )
     return learnt
 
 
@@ -295,12 +311,26 @@ def run_maps(
     return recons, maps
 
 
-def load_networks(run: runs.Run, method: str) -> None:
-    """Load (once) what ``method``'s maps need, so a missing or mismatched model or head is
-    reported before any image is read or any output folder is made."""
-    run.load_model()
+def expected_reconstructions(run: runs.Run, method: str, options: MapOptions, images: int) -> int:
+    """How many images the network computes, at most, to map ``images`` images: one per
+    pass (later passes take only images with something to repaint), plus the training
+    images when the calibration is still to be learnt; the ``learned`` head maps in one."""
     if method == "learned":
-        run.load_head()
+        return images
+    if cached_calibration(run, method, options) is None:
+        images += len(run.training_paths())
+    return images * options.passes
+
+
+def load_networks(run: runs.Run, method: str, images: int | None = None, options: MapOptions = MapOptions()) -> None:
+    """Load (once) what ``method``'s maps need, so a missing or mismatched model or head is
+    reported before any image is read or any output folder is made. ``images``: how many
+    images this process will map with ``options`` (None: unknown), which decides between
+    the ONNX twin and Keras (:func:`networks.use_twin`)."""
+    count = None if images is None else expected_reconstructions(run, method, options, images)
+    run.load_model(images=count)
+    if method == "learned":
+        run.load_head(images=count)
 
 
 STREAM_CHUNK = 32  # images held at once by inspect_stream (with their reconstructions and maps)
@@ -328,7 +358,7 @@ def inspect_stream(
     chunk = STREAM_CHUNK if chunk is None else chunk
     if chunk < 1:
         raise UserError(f"chunk must be >= 1 image, got {chunk}")
-    load_networks(run, method)
+    load_networks(run, method, len(paths), options)
     readable = 0
     with tqdm(total=len(paths), desc=progress, unit="img", leave=False, disable=None if progress else True) as bar:
         for start in range(0, len(paths), chunk):

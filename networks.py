@@ -5,10 +5,10 @@ importing it costs about 3.5 s of every ``test.py`` / ``validate.py`` start; ONN
 imports in 0.3 s. So a model used for inference (training does it at its end) is
 converted (tf2onnx, opset 17), checked against Keras on probe inputs, timed against Keras
 on images of the run's size, and saved beside it as ``<model>.onnx`` with the model file's
-stamp (modification time and size) and the timing's verdict in its metadata. Where the
-twin computes about as fast as Keras, scripts load it and never import TensorFlow; where
-it is clearly slower (see :func:`convert`), they use Keras, and the twin only remembers
-that. A stale (model retrained or resumed), damaged or unreadable twin is made again; a
+stamp (modification time and size) and the timings in its metadata. Where the twin
+computes about as fast as Keras, scripts load it and never import TensorFlow; where it is
+clearly slower (see :func:`convert`), they use it only for jobs small enough that Keras's
+start would cost more than the twin's extra time (:func:`use_twin`), else Keras. A stale (model retrained or resumed), damaged or unreadable twin is made again; a
 model the converter cannot handle, or whose twin disagrees with it, stays on Keras.
 
 ``CAE_INFERENCE=keras`` in the environment keeps every script on Keras (to compare, or to
@@ -19,6 +19,8 @@ different kernels); ``tests/test_networks.py`` pins it.
 from __future__ import annotations
 
 import os
+import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -28,9 +30,15 @@ SUFFIX = ".onnx"
 OPSET = 17
 TOLERANCE = 1e-4  # largest |ONNX - Keras| on the probe inputs for the twin to be used
 SLOWER_LIMIT = 1.1  # the twin is used unless it takes more than this times Keras's time per image
-TIMED_IMAGES = 8  # images per timed call when the twin is made
+TIMED_IMAGES = 32  # images per timed call when the twin is made: one chunk of inference.inspect_stream
+TIMED_BATCH = 16  # in batches of inference's default --batch
+# What starting Keras costs a script that otherwise never imports TensorFlow: importing it,
+# loading the model and its first call, 3.7-3.9 s on this 2-core machine against 0.17 s for
+# ONNX Runtime (bench/README.md, "Fourth round"); a little less, so ties go to Keras.
+KERAS_START_S = 3.5
 _STAMP_KEY = "cae_source_stamp"
 _USE_KEY = "cae_use"  # "onnx" or "keras": which computes faster here (see convert)
+_MS_KEY = "cae_ms_per_image"  # "onnx 7.80, keras 15.80": the timings behind the verdict
 
 
 def twin_path(model_path) -> Path:
@@ -93,17 +101,21 @@ def _probe_inputs(model, n: int = 2, shape: tuple[int, int] | None = None) -> li
     return probes
 
 
-def _seconds_per_image(predict, inputs) -> float:
-    """Best of three timed calls of ``predict(inputs)`` after a warm-up, per image."""
+def _seconds_per_image(predicts, inputs, rounds: int = 3) -> list[float]:
+    """Seconds per image of each ``predict(inputs)`` in ``predicts``: the best of ``rounds``
+    timed calls after a warm-up, the calls taking turns so a busy moment of the machine
+    does not fall on one of them only."""
     import time
 
-    predict(inputs)
-    best = float("inf")
-    for _ in range(3):
-        started = time.perf_counter()
+    for predict in predicts:
         predict(inputs)
-        best = min(best, time.perf_counter() - started)
-    return best / len(inputs[0])
+    best = [float("inf")] * len(predicts)
+    for _ in range(rounds):
+        for k, predict in enumerate(predicts):
+            started = time.perf_counter()
+            predict(inputs)
+            best[k] = min(best[k], time.perf_counter() - started)
+    return [b / len(inputs[0]) for b in best]
 
 
 def convert(model, stamp: str, shape: tuple[int, int] | None = None):
@@ -112,11 +124,11 @@ def convert(model, stamp: str, shape: tuple[int, int] | None = None):
     :data:`TOLERANCE` on probe inputs.
 
     The verdict: both compute :data:`TIMED_IMAGES` images of ``shape`` (the images the run
-    maps; the model's own size where it has one); the twin is used when it takes at most
-    :data:`SLOWER_LIMIT` times Keras's time per image. On this 2-core CPU it is as fast
-    at 128 px but 1.2-1.5x slower at 256 px and on 256x704 strips (its transposed
-    convolutions), where Keras stays faster for folders of more than a few dozen images
-    despite its 3.5 s import (bench/README.md, "ONNX twin")."""
+    maps; the model's own size where it has one) in batches of :data:`TIMED_BATCH`; the
+    twin is used when it takes at most :data:`SLOWER_LIMIT` times Keras's time per image
+    (:func:`use_twin` weighs Keras's start too). On this 2-core CPU it is faster at 128 px
+    but about 1.5x slower at 256 px and on 256x640 strips (its transposed convolutions)
+    (bench/README.md, "ONNX twin")."""
     try:
         import onnx
         import tensorflow as tf
@@ -141,25 +153,47 @@ def convert(model, stamp: str, shape: tuple[int, int] | None = None):
     if got.shape != expected.shape or not np.abs(got - expected).max() <= TOLERANCE:
         return None
     timed = _probe_inputs(model, TIMED_IMAGES, shape)
-    onnx_s = _seconds_per_image(lambda x: twin.predict(x, batch_size=len(x[0])), timed)
-    keras_s = _seconds_per_image(keras_predict, timed)
+    onnx_s, keras_s = _seconds_per_image(
+        [
+            lambda x: twin.predict(x, batch_size=TIMED_BATCH),
+            lambda x: model.predict(x if len(x) > 1 else x[0], batch_size=TIMED_BATCH, verbose=0),
+        ],
+        timed,
+    )
     verdict = "onnx" if onnx_s <= SLOWER_LIMIT * keras_s else "keras"
     onnx.helper.set_model_props(
         proto,
         {
             _STAMP_KEY: stamp,
             _USE_KEY: verdict,
-            "cae_ms_per_image": f"onnx {1e3 * onnx_s:.2f}, keras {1e3 * keras_s:.2f}",
+            _MS_KEY: f"onnx {1e3 * onnx_s:.2f}, keras {1e3 * keras_s:.2f}",
         },
     )
     return proto.SerializeToString()
 
 
-def load(model_path, load_keras, shape: tuple[int, int] | None = None):
+def use_twin(meta: dict, images: int | None = None) -> bool:
+    """Whether a twin with metadata ``meta`` should compute ``images`` images in this process.
+
+    Without a count (or when Keras is already imported, its start paid), the twin's own
+    verdict: at most :data:`SLOWER_LIMIT` times Keras's time per image. With one, what the
+    whole job costs: a slower twin still wins while its extra time on ``images`` images
+    stays below :data:`KERAS_START_S`, the start Keras would add (e.g. 83 test images at
+    256 px; a few thousand go to Keras)."""
+    verdict = meta.get(_USE_KEY) == "onnx"
+    match = re.fullmatch(r"onnx ([0-9.]+), keras ([0-9.]+)", meta.get(_MS_KEY, ""))
+    if images is None or match is None or "keras" in sys.modules:
+        return verdict
+    onnx_ms, keras_ms = (float(v) for v in match.groups())
+    return images * onnx_ms <= images * keras_ms * SLOWER_LIMIT + 1e3 * KERAS_START_S
+
+
+def load(model_path, load_keras, shape: tuple[int, int] | None = None, images: int | None = None):
     """The network to score images with for the model file ``model_path``: its ONNX twin when
-    one matches the file (converted and saved now when missing or stale) and computes about
-    as fast as Keras, else the Keras model ``load_keras()`` returns. ``shape``: the images'
-    height and width, for a network that takes any size. See the module's docstring."""
+    one matches the file (converted and saved now when missing or stale) and computes
+    ``images`` images (None: an unknown number) faster than Keras would with its start
+    (:func:`use_twin`), else the Keras model ``load_keras()`` returns. ``shape``: the
+    images' height and width, for a network that takes any size. See the module's docstring."""
     import runs
 
     model_path = Path(model_path)
@@ -178,7 +212,7 @@ def load(model_path, load_keras, shape: tuple[int, int] | None = None):
             session = _session(twin)
             meta = session.get_modelmeta().custom_metadata_map
             if meta.get(_STAMP_KEY) == stamp:
-                return OnnxNetwork(session, twin) if meta.get(_USE_KEY) == "onnx" else load_keras()
+                return OnnxNetwork(session, twin) if use_twin(meta, images) else load_keras()
         except Exception:  # noqa: BLE001 - damaged: converted again below
             pass
     model = load_keras()
@@ -191,6 +225,6 @@ def load(model_path, load_keras, shape: tuple[int, int] | None = None):
     except OSError:
         pass  # a read-only run folder: the twin lives in memory for this process only
     session = _session(data)
-    if session.get_modelmeta().custom_metadata_map.get(_USE_KEY) != "onnx":
+    if not use_twin(session.get_modelmeta().custom_metadata_map, images):
         return model
     return OnnxNetwork(session, twin)

@@ -375,7 +375,7 @@ class Run:
         """The learned residual's head (learned.py); may be missing (older runs, --head-steps 0)."""
         return inside(self.dir, (self.setup.get("head") or {}).get("file", HEAD_FILE), "setup.json head file")
 
-    def load_head(self, keras: bool = False):
+    def load_head(self, keras: bool = False, images: int | None = None):
         """Load (once) the segmentation head of the ``learned`` map method: its ONNX twin
         for inference, the Keras model with ``keras`` (see :meth:`load_model`)."""
         if not self.head_path.is_file():
@@ -388,7 +388,9 @@ class Run:
         if self._head is None:
             import networks
 
-            self._head = networks.load(self.head_path, lambda: load_keras(self.head_path, compile=False), self.shape)
+            self._head = networks.load(
+                self.head_path, lambda: load_keras(self.head_path, compile=False), self.shape, images
+            )
         return self._head
 
     @property
@@ -435,16 +437,17 @@ class Run:
         _, good = data.check_class_dir(self.class_dir)
         return [p for p in data.list_images(good) if p.resolve() not in held_back]
 
-    def load_model(self, keras: bool = False):
+    def load_model(self, keras: bool = False, images: int | None = None):
         """The model, loaded once and its shape checked: for inference its ONNX twin where
-        one can be made (networks.py: no TensorFlow import), the Keras model itself with
-        ``keras`` (safe mode, not compiled), e.g. to build a graph from it."""
+        one can be made and pays for ``images`` images (networks.py: no TensorFlow import),
+        the Keras model itself with ``keras`` (safe mode, not compiled), e.g. to build a
+        graph from it."""
         slot = "_keras_model" if keras else "_model"
         if getattr(self, slot) is None:
             import networks
 
             load = lambda: load_keras(self.model_path, compile=False)  # noqa: E731
-            model = load() if keras else networks.load(self.model_path, load, self.shape)
+            model = load() if keras else networks.load(self.model_path, load, self.shape, images)
             side = None if self.mode == "surface" else self.size  # surface models are fully convolutional
             expected = (side, side, 3 if self.color == "rgb" else 1)
             if tuple(model.input_shape[1:]) != expected:

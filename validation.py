@@ -112,7 +112,9 @@ def validation_maps(mapper: inference.Mapper) -> tuple[list[Path], np.ndarray, t
                     return [Path(p) for p in stored["paths"]], stored["maps"], painted
         except (OSError, ValueError, KeyError, EOFError):
             pass  # damaged: computed again below
-    seen = mapper.inspect(run.validation_paths(), progress="validation images")
+    paths = run.validation_paths()
+    inference.load_networks(run, mapper.method, 2 * len(paths), options)  # the images and their painted copies
+    seen = mapper.inspect(paths, progress="validation images")
     painted = evaluation.proxy_maps(mapper, seen.images, PROXY_SEED) if np.isfinite(seen.maps).all() else None
     empty = np.zeros((0, *seen.maps.shape[1:]), np.float32)
     try:

@@ -139,6 +139,16 @@ def test_calibration_is_learnt_on_training_images_only_and_cached(run, monkeypat
     assert len(seen) == 2
 
 
+def test_expected_reconstructions_count_passes_and_an_uncached_calibration(run):
+    options = MapOptions(True, 1, 3)
+    # 6 training images (2 of 8 held back) still to be learnt from, then 10 to map; 3 passes each.
+    assert inference.expected_reconstructions(run, "l2", options, 10) == (6 + 10) * 3
+    inference.calibrate(run, "l2", options, model=Blur())
+    assert inference.expected_reconstructions(run, "l2", options, 10) == 10 * 3
+    assert inference.expected_reconstructions(run, "l2", MapOptions(False, 1, 1), 10) == 10  # nothing to learn
+    assert inference.expected_reconstructions(run, "learned", options, 10) == 10  # one pass of CAE and head
+
+
 def test_no_baseline_and_one_pass_reads_no_image(run, monkeypatch):
     monkeypatch.setattr(data, "load_images", lambda *a, **k: pytest.fail("no image should be read"))
     calibration = inference.calibrate(run, "ssim", MapOptions(False, 2, 1))

@@ -91,6 +91,33 @@ def test_a_slower_twin_is_remembered_and_keras_used(tiny_model, monkeypatch):
     assert isinstance(networks.load(tiny_model, _keras(tiny_model)), keras.Model)
 
 
+def test_use_twin_weighs_the_start_keras_would_add(monkeypatch):
+    meta = {"cae_use": "keras", "cae_ms_per_image": "onnx 33.00, keras 20.00"}
+    monkeypatch.delitem(sys.modules, "keras", raising=False)  # a script that has not paid Keras's start
+    monkeypatch.setattr(networks, "KERAS_START_S", 3.5)
+    monkeypatch.setattr(networks, "SLOWER_LIMIT", 1.1)
+    # The twin's extra time is 33 - 1.1 * 20 = 11 ms an image: it wins up to 3500 / 11 = 318.2 images.
+    assert networks.use_twin(meta, 318) and not networks.use_twin(meta, 319)
+    assert not networks.use_twin(meta, None)  # unknown count: the verdict
+    assert not networks.use_twin({"cae_use": "keras"}, 10)  # a twin from before its timings: the verdict
+    faster = {"cae_use": "onnx", "cae_ms_per_image": "onnx 8.00, keras 16.00"}
+    assert networks.use_twin(faster, None) and networks.use_twin(faster, 10**6)
+    monkeypatch.setitem(sys.modules, "keras", object())  # Keras already started: per image only
+    assert not networks.use_twin(meta, 10) and networks.use_twin(faster, 10)
+
+
+def test_a_slower_twin_serves_a_small_job_and_keras_a_large_one(tiny_model, monkeypatch):
+    import keras
+
+    monkeypatch.setattr(networks, "SLOWER_LIMIT", 0.0)  # any twin is "slower"
+    assert isinstance(networks.load(tiny_model, _keras(tiny_model)), keras.Model)  # converted: verdict keras
+    monkeypatch.delitem(sys.modules, "keras")
+    monkeypatch.setattr(networks, "convert", lambda *a: pytest.fail("converted again"))
+    small = networks.load(tiny_model, lambda: pytest.fail("Keras loaded for 2 images"), images=2)
+    assert isinstance(small, networks.OnnxNetwork)
+    assert networks.load(tiny_model, lambda: "keras model", images=10**9) == "keras model"
+
+
 def test_timing_inputs_take_the_runs_shape_where_the_network_has_none(tiny_model):
     import models
 
