@@ -117,7 +117,9 @@ def save_figure(fig: matplotlib.figure.Figure, path: PathLike) -> PathLike:
     if parent:
         os.makedirs(parent, exist_ok=True)
     try:
-        fig.savefig(path, dpi=DPI, bbox_inches="tight")
+        # A figure laid out by its engine (every figure here) fits its canvas already; the
+        # "tight" crop would lay it out a second time (0.1-0.2 s a figure).
+        fig.savefig(path, dpi=DPI, bbox_inches=None if fig.get_layout_engine() else "tight")
     finally:
         plt.close(fig)
     return path
