@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 import data
 import runs
 from utils import UserError
+
+if TYPE_CHECKING:  # imported where parts are read: scripts that only import this module skip its 0.2 s
+    import pandas as pd
 
 SETUP = "prediction_setup.json"
 PREDICTIONS = "predictions.csv"
@@ -74,6 +77,8 @@ def _read_part(folder: Path) -> tuple[dict, pd.DataFrame]:
     setup_file, csv_file = folder / SETUP, folder / PREDICTIONS
     if not setup_file.is_file() or not csv_file.is_file():
         raise UserError(f"{folder} is not a prediction folder of test.py --images (no {SETUP} or {PREDICTIONS})")
+    import pandas as pd
+
     setup = runs.read_json(setup_file)
     if "shard" not in setup:
         raise UserError(f"{folder} holds predictions of a whole folder, not a --shard part")
@@ -119,6 +124,8 @@ def merge(folders: list, out: str | Path | None = None, run_path: str | Path | N
                 )
             )
         )
+    import pandas as pd
+
     parts.sort(key=lambda part: int(part[1]["shard_index"]))
     frame = pd.concat([f for _, _, f in parts], ignore_index=True)
     if len(frame) != int(first["images_in_folder"]) or frame["path"].duplicated().any():
