@@ -1,15 +1,18 @@
 """The networks a run scores images with: its Keras model, or that model's ONNX twin.
 
 Scoring images needs only the forward pass, and TensorFlow is a heavy way to get it:
-importing it costs about 3.5 s of every ``test.py`` / ``validate.py`` start; ONNX Runtime
-imports in 0.3 s. So a model used for inference (training does it at its end) is
-converted (tf2onnx, opset 17), checked against Keras on probe inputs, timed against Keras
-on images of the run's size, and saved beside it as ``<model>.onnx`` with the model file's
-stamp (modification time and size) and the timings in its metadata. Where the twin
-computes about as fast as Keras, scripts load it and never import TensorFlow; where it is
-clearly slower (see :func:`convert`), they use it only for jobs small enough that Keras's
-start would cost more than the twin's extra time (:func:`use_twin`), else Keras. A stale (model retrained or resumed), damaged or unreadable twin is made again; a
-model the converter cannot handle, or whose twin disagrees with it, stays on Keras.
+importing it costs about 3.5 s of every ``test.py`` / ``validate.py`` start. So a model
+used for inference (training does it at its end) is converted to ONNX (tf2onnx, opset
+17), checked against Keras on probe inputs, timed against Keras on images of the run's
+size, and saved beside it as ``<model>.onnx`` with the model file's stamp (modification
+time and size) and the timings in its metadata. Scripts compute the twin with OpenVINO
+(float32; imports and compiles in about 0.4 s, and on this CPU computes 1.2-2x faster
+than Keras and ONNX Runtime: bench/README.md, "Fourth round") and never import
+TensorFlow. Where the twin is clearly slower than Keras (other machines; see
+:func:`convert`), scripts use it only for jobs small enough that Keras's start would cost
+more than the twin's extra time (:func:`use_twin`), else Keras. A stale (model retrained
+or resumed), damaged, unreadable or otherwise-timed twin is made again; a model the
+converter cannot handle, or whose twin disagrees with it, stays on Keras.
 
 ``CAE_INFERENCE=keras`` in the environment keeps every script on Keras (to compare, or to
 rule the twin out). The two agree to about 1e-6 on reconstructions (float32 rounding of
@@ -30,15 +33,17 @@ SUFFIX = ".onnx"
 OPSET = 17
 TOLERANCE = 1e-4  # largest |ONNX - Keras| on the probe inputs for the twin to be used
 SLOWER_LIMIT = 1.1  # the twin is used unless it takes more than this times Keras's time per image
-TIMED_IMAGES = 32  # images per timed call when the twin is made: one chunk of inference.inspect_stream
+TIMED_IMAGES = 16  # images per timed call when the twin is made: one batch of inference's default --batch
 TIMED_BATCH = 16  # in batches of inference's default --batch
 # What starting Keras costs a script that otherwise never imports TensorFlow: importing it,
-# loading the model and its first call, 3.7-3.9 s on this 2-core machine against 0.17 s for
-# ONNX Runtime (bench/README.md, "Fourth round"); a little less, so ties go to Keras.
+# loading the model and its first call, 3.7-3.9 s on this 2-core machine against 0.4 s for
+# OpenVINO (bench/README.md, "Fourth round"); a little less, so ties go to Keras.
 KERAS_START_S = 3.5
 _STAMP_KEY = "cae_source_stamp"
 _USE_KEY = "cae_use"  # "onnx" or "keras": which computes faster here (see convert)
 _MS_KEY = "cae_ms_per_image"  # "onnx 7.80, keras 15.80": the timings behind the verdict
+_RUNTIME_KEY = "cae_runtime"  # what computed the twin's timing; a twin timed by another runtime is made again
+RUNTIME = "openvino"
 
 
 def twin_path(model_path) -> Path:
@@ -54,38 +59,51 @@ def source_stamp(model_path) -> str:
 
 
 class OnnxNetwork:
-    """An ONNX Runtime session behind the two calls inference makes of a Keras model:
-    ``predict(x, batch_size=..., verbose=...)`` and ``input_shape`` (batch axis None).
+    """The ONNX twin compiled by OpenVINO behind the two calls inference makes of a Keras
+    model: ``predict(x, batch_size=..., verbose=...)`` and ``input_shape`` (batch axis None).
     ``x`` is one array, or a list of arrays for a network with several inputs."""
 
-    def __init__(self, session, source: Path):
-        self.session = session
+    def __init__(self, compiled, source: Path):
+        self.compiled = compiled
         self.source = source
-        self._inputs = [i.name for i in session.get_inputs()]
-        shape = session.get_inputs()[0].shape
-        self.input_shape = tuple(d if isinstance(d, int) else None for d in shape)
-        self.input_shape = (None, *self.input_shape[1:])
+        self._request = compiled.create_infer_request()
+        dims = list(compiled.inputs[0].get_partial_shape())[1:]
+        self.input_shape = (None, *(d.get_length() if d.is_static else None for d in dims))
 
     def predict(self, x, batch_size: int = 16, verbose: int = 0) -> np.ndarray:
-        """Outputs of ``x`` (N×… float32), ``batch_size`` images per session call."""
+        """Outputs of ``x`` (N×… float32), ``batch_size`` images per call."""
         arrays = [np.asarray(a, np.float32) for a in (x if isinstance(x, (list, tuple)) else [x])]
-        n = len(arrays[0])
+        step = max(int(batch_size), 1)
+        # share_outputs=False: each result is a copy, not the request's buffer the next call overwrites.
         out = [
-            self.session.run(None, {k: a[i : i + batch_size] for k, a in zip(self._inputs, arrays)})[0]
-            for i in range(0, n, max(int(batch_size), 1))
+            self._request.infer([a[i : i + step] for a in arrays], share_outputs=False)[0]
+            for i in range(0, len(arrays[0]), step)
         ]
         return np.concatenate(out) if out else np.zeros((0,), np.float32)
 
 
-def _session(source):
-    """An ONNX Runtime session of ``source`` (a file path or the model's bytes)."""
-    import onnxruntime as ort
+def _read(source):
+    """``(OpenVINO model, its metadata)`` of an ONNX twin: a file path or the model's bytes."""
+    import openvino as ov
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 3  # errors only: no start-up chatter on stderr
-    return ort.InferenceSession(
-        source if isinstance(source, bytes) else str(source), options, providers=["CPUExecutionProvider"]
-    )
+    model = ov.Core().read_model(source if isinstance(source, bytes) else str(source))
+    keys = (_STAMP_KEY, _USE_KEY, _MS_KEY, _RUNTIME_KEY)
+    meta = {k: model.get_rt_info(["framework", k]).astype(str) for k in keys if model.has_rt_info(["framework", k])}
+    return model, meta
+
+
+def _compile(model, source: Path) -> OnnxNetwork:
+    """``model`` (from :func:`_read`) compiled for this CPU in float32: OpenVINO would
+    otherwise compute in bfloat16 where the CPU has it (AMX), coarser than the maps need."""
+    import openvino as ov
+
+    config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
+    return OnnxNetwork(ov.Core().compile_model(model, "CPU", config), source)
+
+
+def twin_metadata(source) -> dict:
+    """What a twin (path or bytes) records: model stamp, verdict, timings, runtime."""
+    return _read(source)[1]
 
 
 def _probe_inputs(model, n: int = 2, shape: tuple[int, int] | None = None) -> list[np.ndarray]:
@@ -126,9 +144,9 @@ def convert(model, stamp: str, shape: tuple[int, int] | None = None):
     The verdict: both compute :data:`TIMED_IMAGES` images of ``shape`` (the images the run
     maps; the model's own size where it has one) in batches of :data:`TIMED_BATCH`; the
     twin is used when it takes at most :data:`SLOWER_LIMIT` times Keras's time per image
-    (:func:`use_twin` weighs Keras's start too). On this 2-core CPU it is faster at 128 px
-    but about 1.5x slower at 256 px and on 256x640 strips (its transposed convolutions)
-    (bench/README.md, "ONNX twin")."""
+    (:func:`use_twin` weighs Keras's start too). On this 2-core CPU OpenVINO is faster
+    at every size measured (bench/README.md, "Fourth round"); ONNX Runtime, used before,
+    was 1.5x slower than Keras at 256 px and on 256x640 strips."""
     try:
         import onnx
         import tensorflow as tf
@@ -145,7 +163,7 @@ def convert(model, stamp: str, shape: tuple[int, int] | None = None):
     probes = _probe_inputs(model)
     keras_predict = lambda x: np.asarray(model.predict(x if len(x) > 1 else x[0], verbose=0), np.float32)  # noqa: E731
     try:
-        twin = OnnxNetwork(_session(proto.SerializeToString()), Path("<memory>"))
+        twin = _compile(_read(proto.SerializeToString())[0], Path("<memory>"))
         got = twin.predict(probes, batch_size=len(probes[0]))
     except Exception:  # noqa: BLE001
         return None
@@ -167,6 +185,7 @@ def convert(model, stamp: str, shape: tuple[int, int] | None = None):
             _STAMP_KEY: stamp,
             _USE_KEY: verdict,
             _MS_KEY: f"onnx {1e3 * onnx_s:.2f}, keras {1e3 * keras_s:.2f}",
+            _RUNTIME_KEY: RUNTIME,
         },
     )
     return proto.SerializeToString()
@@ -202,17 +221,16 @@ def load(model_path, load_keras, shape: tuple[int, int] | None = None, images: i
     if not model_path.is_file():
         return load_keras()  # its one-line error
     try:
-        import onnxruntime  # noqa: F401
+        import openvino  # noqa: F401
     except ImportError:
         return load_keras()
     stamp = source_stamp(model_path)
     twin = twin_path(model_path)
     if twin.is_file():
         try:
-            session = _session(twin)
-            meta = session.get_modelmeta().custom_metadata_map
-            if meta.get(_STAMP_KEY) == stamp:
-                return OnnxNetwork(session, twin) if use_twin(meta, images) else load_keras()
+            read, meta = _read(twin)
+            if meta.get(_STAMP_KEY) == stamp and meta.get(_RUNTIME_KEY) == RUNTIME:
+                return _compile(read, twin) if use_twin(meta, images) else load_keras()
         except Exception:  # noqa: BLE001 - damaged: converted again below
             pass
     model = load_keras()
@@ -224,7 +242,5 @@ def load(model_path, load_keras, shape: tuple[int, int] | None = None, images: i
             tmp.write_bytes(data)
     except OSError:
         pass  # a read-only run folder: the twin lives in memory for this process only
-    session = _session(data)
-    if not use_twin(session.get_modelmeta().custom_metadata_map, images):
-        return model
-    return OnnxNetwork(session, twin)
+    read, meta = _read(data)
+    return _compile(read, twin) if use_twin(meta, images) else model

@@ -1,4 +1,5 @@
-"""networks.py: the ONNX twin of a run's model (made once, checked, reused without TensorFlow)."""
+"""networks.py: the ONNX twin of a run's model (made once, checked, reused without TensorFlow,
+computed by OpenVINO)."""
 
 import os
 import shutil
@@ -56,6 +57,16 @@ def test_stale_or_damaged_twin_is_converted_again(tiny_model):
     assert isinstance(net, networks.OnnxNetwork) and twin.stat().st_size > 1000
 
 
+def test_twin_timed_by_another_runtime_is_made_again(tiny_model, monkeypatch):
+    monkeypatch.setattr(networks, "RUNTIME", "onnxruntime")  # e.g. a twin from before OpenVINO
+    networks.load(tiny_model, _keras(tiny_model))
+    twin = networks.twin_path(tiny_model)
+    assert networks.twin_metadata(twin)["cae_runtime"] == "onnxruntime"
+    monkeypatch.undo()
+    assert isinstance(networks.load(tiny_model, _keras(tiny_model)), networks.OnnxNetwork)
+    assert networks.twin_metadata(twin)["cae_runtime"] == "openvino"
+
+
 def test_keras_when_asked_when_conversion_fails_or_disagrees(tiny_model, monkeypatch):
     import keras
     import tf2onnx
@@ -83,8 +94,9 @@ def test_a_slower_twin_is_remembered_and_keras_used(tiny_model, monkeypatch):
     monkeypatch.setattr(networks, "SLOWER_LIMIT", 0.0)  # any twin is "slower"
     assert isinstance(networks.load(tiny_model, _keras(tiny_model)), keras.Model)
     twin = networks.twin_path(tiny_model)
-    meta = networks._session(twin).get_modelmeta().custom_metadata_map
+    meta = networks.twin_metadata(twin)
     assert meta["cae_use"] == "keras" and meta["cae_ms_per_image"].startswith("onnx ")
+    assert meta["cae_runtime"] == networks.RUNTIME
     # The verdict stands for this model file: no second conversion, no second timing.
     monkeypatch.setattr(networks, "SLOWER_LIMIT", float("inf"))
     monkeypatch.setattr(networks, "convert", lambda *a: pytest.fail("converted again"))
