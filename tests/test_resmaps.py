@@ -93,6 +93,34 @@ def test_maps_equal_the_tensorflow_graph_version():
                 )
 
 
+def test_threaded_batches_equal_one_pass_over_all_images(monkeypatch):
+    rng = np.random.default_rng(3)
+    x = rng.random((7, 32, 32, 3), dtype=np.float32)
+    y = np.clip(x + rng.normal(0, 0.1, x.shape), 0, 1).astype(np.float32)
+    whole = resmaps.residual_maps(x, y, "ssim", 2)
+    for threads, batch in ((2, 16), (2, 2), (3, 1), (1, 4)):
+        monkeypatch.setattr(resmaps, "MAP_THREADS", threads)
+        np.testing.assert_array_equal(resmaps.batched_residual_maps(x, y, "ssim", batch, 2), whole)
+
+
+class _Count:
+    """A stand-in network that records the batch sizes it is given (identity output)."""
+
+    def __init__(self, any_batch):
+        self.any_batch, self.seen = any_batch, []
+
+    def predict(self, x, batch_size=16, verbose=0):
+        self.seen.append(len(x))
+        return x
+
+
+def test_keras_input_is_padded_to_whole_batches_and_the_twins_is_not():
+    images = np.random.default_rng(0).random((5, 8, 8, 1), dtype=np.float32)
+    for net, fed in ((_Count(False), 8), (_Count(True), 5)):
+        np.testing.assert_array_equal(resmaps.reconstruct(net, images, 4), images)
+        assert net.seen == [fed]
+
+
 def test_scales_are_limited_by_the_ssim_window():
     assert [resmaps.max_scales(s, "ssim") for s in (16, 32, 48, 128, 256)] == [1, 2, 3, 4, 4]
     assert resmaps.max_scales(16, "l2") == 4
