@@ -63,8 +63,6 @@ class OnnxNetwork:
     model: ``predict(x, batch_size=..., verbose=...)`` and ``input_shape`` (batch axis None).
     ``x`` is one array, or a list of arrays for a network with several inputs."""
 
-    any_batch = True  # takes any number of images per call (resmaps.reconstruct pads none)
-
     def __init__(self, compiled, source: Path, input_shape: tuple):
         self.compiled = compiled
         self.source = source
