@@ -69,14 +69,18 @@ class OnnxNetwork:
         self.input_shape = input_shape  # the network's own (None where it takes any size)
         self._request = compiled.create_infer_request()
 
+    # One image per call: OpenVINO's kernels round differently for each batch size (1e-6), so
+    # batches would make an image's map depend on how a folder is chunked; one at a time
+    # costs 0-14% per image here (bench/README.md, "Fourth round") and needs no padding.
+    any_batch = True  # resmaps.reconstruct pads none
+
     def predict(self, x, batch_size: int = 16, verbose: int = 0) -> np.ndarray:
-        """Outputs of ``x`` (N×… float32), ``batch_size`` images per call."""
+        """Outputs of ``x`` (N×… float32), computed one image at a time (``batch_size`` is
+        Keras's argument, accepted and not needed)."""
         arrays = [np.asarray(a, np.float32) for a in (x if isinstance(x, (list, tuple)) else [x])]
-        step = max(int(batch_size), 1)
         # share_outputs=False: each result is a copy, not the request's buffer the next call overwrites.
         out = [
-            self._request.infer([a[i : i + step] for a in arrays], share_outputs=False)[0]
-            for i in range(0, len(arrays[0]), step)
+            self._request.infer([a[i : i + 1] for a in arrays], share_outputs=False)[0] for i in range(len(arrays[0]))
         ]
         return np.concatenate(out) if out else np.zeros((0,), np.float32)
 

@@ -127,11 +127,12 @@ def reconstruct(model, images: np.ndarray, batch: int = 16) -> np.ndarray:
     n = len(images)
     if n == 0:
         return np.zeros_like(images, dtype=np.float32)
-    # Pad to whole batches: a short last batch has a new shape, and every new shape makes
-    # TensorFlow retrace the predict function (slow, and a warning on every script run).
-    # The ONNX twin takes any batch, but its kernels round differently for each batch size
-    # (1e-6): whole batches keep an image's map the same however a folder is chunked.
-    padded = np.concatenate([images, np.repeat(images[-1:], -n % batch, axis=0)]) if n % batch else images
+    # Pad Keras's input to whole batches: a short last batch has a new shape, and every new
+    # shape makes TensorFlow retrace the predict function (slow, and a warning on every
+    # script run). The ONNX twin computes one image at a time (``any_batch``): padding
+    # would only add work.
+    short = n % batch and not getattr(model, "any_batch", False)
+    padded = np.concatenate([images, np.repeat(images[-1:], -n % batch, axis=0)]) if short else images
     return np.asarray(model.predict(padded, batch_size=batch, verbose=0)[:n], dtype=np.float32)
 
 

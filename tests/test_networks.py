@@ -35,9 +35,11 @@ def test_twin_is_made_once_matches_keras_and_is_reused_without_keras(tiny_model,
     assert net.input_shape == (None, 32, 32, 3)
     x = np.random.default_rng(1).random((5, 32, 32, 3), dtype=np.float32)
     expected = runs.load_keras(tiny_model).predict(x, verbose=0)
-    got = net.predict(x, batch_size=2)  # batches of 2, 2, 1
+    got = net.predict(x, batch_size=2)
     assert got.shape == (5, 32, 32, 3)
     np.testing.assert_allclose(got, expected, atol=1e-5)
+    # One image at a time: an image's output does not depend on the others it comes with.
+    np.testing.assert_array_equal(np.concatenate([net.predict(x[:2]), net.predict(x[2:])]), got)
     # Second use: the twin on disk, the Keras model never loaded.
     monkeypatch.setattr(networks, "convert", lambda *a: pytest.fail("converted again"))
     again = networks.load(tiny_model, lambda: pytest.fail("Keras model loaded"))

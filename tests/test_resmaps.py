@@ -106,21 +106,20 @@ def test_threaded_batches_equal_one_pass_over_all_images(monkeypatch):
 class _Count:
     """A stand-in network that records the batch sizes it is given (identity output)."""
 
-    def __init__(self):
-        self.seen = []
+    def __init__(self, any_batch):
+        self.any_batch, self.seen = any_batch, []
 
     def predict(self, x, batch_size=16, verbose=0):
         self.seen.append(len(x))
         return x
 
 
-def test_input_is_padded_to_whole_batches():
-    """Keras retraces for every new batch shape, and the twin rounds differently per batch
-    size: whole batches keep each image's reconstruction independent of its companions."""
+def test_keras_input_is_padded_to_whole_batches_and_the_twins_is_not():
+    """Keras retraces for every new batch shape; the twin computes one image at a time."""
     images = np.random.default_rng(0).random((5, 8, 8, 1), dtype=np.float32)
-    net = _Count()
-    np.testing.assert_array_equal(resmaps.reconstruct(net, images, 4), images)
-    assert net.seen == [8]
+    for net, fed in ((_Count(False), 8), (_Count(True), 5)):
+        np.testing.assert_array_equal(resmaps.reconstruct(net, images, 4), images)
+        assert net.seen == [fed]
 
 
 def test_scales_are_limited_by_the_ssim_window():
