@@ -48,6 +48,7 @@ MASK_FEATHER = 1.5  # px: soft edge of the repainted area
 # What a result records of the baseline it subtracted and of the later passes (see refined_maps).
 _BASELINE_KIND = {"baseline_quantile": BASELINE_QUANTILE, "baseline_tolerance": BASELINE_TOLERANCE}
 _PASS_KIND = {"mask_quantile": MASK_QUANTILE, "mask_sigma": MASK_SIGMA, "mask_feather": MASK_FEATHER}
+_CALIBRATION_KIND = {**_BASELINE_KIND, **_PASS_KIND}  # the settings a cached calibration was learnt with
 
 
 def _describe_baseline(baseline_quantile=None, baseline_tolerance=None):
@@ -242,14 +243,13 @@ def cached_calibration(run: runs.Run, method: str, options: MapOptions) -> Calib
     baseline, one pass) or its cache matches the model file and settings, else None."""
     if not options.baseline and options.passes == 1:
         return Calibration(np.zeros((1, *run.shape), np.float32), float("inf"))
-    kind = {**_BASELINE_KIND, **_PASS_KIND}
     cache = run.dir / options.cache_name("calibration", method)
     if cache.is_file():
         with np.load(cache) as stored:
             if (
                 np.array_equal(stored["model_stamp"], np.array(runs.file_stamp(run.model_path)))
                 and stored["baselines"].shape == (options.passes, *run.shape)
-                and all(k in stored and stored[k] == v for k, v in kind.items())
+                and all(k in stored and stored[k] == v for k, v in _CALIBRATION_KIND.items())
             ):
                 return Calibration(stored["baselines"], float(stored["mask_threshold"]))
     return None
@@ -281,8 +281,7 @@ def calibrate(run: runs.Run, method: str, options: MapOptions, model=None, batch
             baselines=learnt.baselines,
             mask_threshold=learnt.mask_threshold,
             model_stamp=stamp,
-            **_BASELINE_KIND,
-            **_PASS_KIND,
+            **_CALIBRATION_KIND,
         )
     return learnt
 

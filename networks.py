@@ -21,6 +21,7 @@ different kernels); ``tests/test_networks.py`` pins it.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import sys
@@ -85,11 +86,17 @@ class OnnxNetwork:
         return np.concatenate(out) if out else np.zeros((0,), np.float32)
 
 
-def _read(source):
-    """``(OpenVINO model, its metadata)`` of an ONNX twin: a file path or the model's bytes."""
+@functools.cache
+def _core():
+    """The process's one OpenVINO runtime core (reading and compiling share it)."""
     import openvino as ov
 
-    model = ov.Core().read_model(source if isinstance(source, bytes) else str(source))
+    return ov.Core()
+
+
+def _read(source):
+    """``(OpenVINO model, its metadata)`` of an ONNX twin: a file path or the model's bytes."""
+    model = _core().read_model(source if isinstance(source, bytes) else str(source))
     keys = (_STAMP_KEY, _USE_KEY, _MS_KEY, _RUNTIME_KEY)
     meta = {k: model.get_rt_info(["framework", k]).astype(str) for k in keys if model.has_rt_info(["framework", k])}
     return model, meta
@@ -114,7 +121,7 @@ def _compile(model, source: Path, shape: tuple[int, int] | None = None) -> OnnxN
             }
         )
     config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
-    return OnnxNetwork(ov.Core().compile_model(model, "CPU", config), source, input_shape)
+    return OnnxNetwork(_core().compile_model(model, "CPU", config), source, input_shape)
 
 
 def twin_metadata(source) -> dict:
@@ -158,7 +165,7 @@ def convert(model, stamp: str, shape: tuple[int, int] | None = None):
     :data:`TOLERANCE` on probe inputs.
 
     The verdict: both compute :data:`TIMED_IMAGES` images of ``shape`` (the images the run
-    maps; the model's own size where it has one) in batches of :data:`TIMED_BATCH`; the
+    maps; the model's own size where it has one), Keras in batches of :data:`TIMED_BATCH`; the
     twin is used when it takes at most :data:`SLOWER_LIMIT` times Keras's time per image
     (:func:`use_twin` weighs Keras's start too). On this 2-core CPU OpenVINO is faster
     at every size measured (bench/README.md, "Fourth round"); ONNX Runtime, used before,
@@ -177,23 +184,20 @@ def convert(model, stamp: str, shape: tuple[int, int] | None = None):
     except Exception:  # noqa: BLE001 - an unsupported layer: Keras does the work instead
         return None
     probes = _probe_inputs(model, 2, shape)
-    keras_predict = lambda x: np.asarray(model.predict(x if len(x) > 1 else x[0], verbose=0), np.float32)  # noqa: E731
+
+    def keras_predict(x):
+        return np.asarray(model.predict(x if len(x) > 1 else x[0], batch_size=TIMED_BATCH, verbose=0), np.float32)
+
     try:
         twin = _compile(_read(proto.SerializeToString())[0], Path("<memory>"), shape)
-        got = twin.predict(probes, batch_size=len(probes[0]))
+        got = twin.predict(probes)
     except Exception:  # noqa: BLE001
         return None
     expected = keras_predict(probes)
     if got.shape != expected.shape or not np.abs(got - expected).max() <= TOLERANCE:
         return None
     timed = _probe_inputs(model, TIMED_IMAGES, shape)
-    onnx_s, keras_s = _seconds_per_image(
-        [
-            lambda x: twin.predict(x, batch_size=TIMED_BATCH),
-            lambda x: model.predict(x if len(x) > 1 else x[0], batch_size=TIMED_BATCH, verbose=0),
-        ],
-        timed,
-    )
+    onnx_s, keras_s = _seconds_per_image([twin.predict, keras_predict], timed)
     verdict = "onnx" if onnx_s <= SLOWER_LIMIT * keras_s else "keras"
     onnx.helper.set_model_props(
         proto,
