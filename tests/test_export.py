@@ -179,8 +179,13 @@ def test_predict_exported_cli_without_the_repo(tested, exported, tmp_path):
     assert done.returncode == 0, done.stderr
     rows = pd.read_csv(tmp_path / "out" / "predictions.csv")
     expected = pd.read_csv(out / "classification.csv").set_index("path").loc[str(image)]
-    assert rows["verdict"][0] == ("defective" if expected["prediction"] else "good")
     assert rows["score"][0] == pytest.approx(expected["score"], abs=1e-4)
+    detector = pe.Detector(folder)
+    result = detector.predict(pe.read_image(image, detector.color))
+    assert rows["verdict"][0] == ("defective" if result["defective"] else "good")
+    assert_same_decision(
+        detector, pe.read_image(image, detector.color), result, result["mask"], defective=bool(expected["prediction"])
+    )
 
 
 def test_refusals_one_line(tested, tmp_path, capsys):
