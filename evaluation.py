@@ -32,11 +32,35 @@ if TYPE_CHECKING:  # pandas is imported where tables are made: validate.py makes
     import pandas as pd
 
 DEFAULT_SMOOTH = 4.0
+# The image score's smoothing, by map method where it is not the anomaly map's --smooth: the
+# learned map is the head's per-pixel defect probability, already judged in context, and a
+# Gaussian dims its peaks on thin defects. Chosen on painted validation copies (the proxy's
+# image AUROC, no test image), confirmed on every real surface run (bench/README.md, "Image
+# score of the learned map").
+SCORE_SIGMA = {"learned": 0.0}
 
 
-def _score(smoothed_map):
-    """Image score: the maximum of the smoothed residual map."""
-    return float(smoothed_map.max())
+def score_sigma(method: str, smooth: float) -> float:
+    """Gaussian σ (model pixels) of the map whose maximum is an image's score: ``smooth`` (the
+    anomaly maps' σ) except where :data:`SCORE_SIGMA` names the method."""
+    return float(SCORE_SIGMA.get(method, smooth))
+
+
+def image_scores(maps: np.ndarray, smoothed: np.ndarray, method: str, smooth: float) -> np.ndarray:
+    """Image scores of N×H×W raw ``maps``: the maximum of each map smoothed by
+    :func:`score_sigma` (``smoothed`` is ``maps`` already smoothed by ``smooth``, reused when
+    the two σ agree)."""
+    sigma = score_sigma(method, smooth)
+    source = smoothed if sigma == float(smooth) else resmaps.smooth(maps, sigma)
+    return np.asarray(source, np.float32).reshape(len(source), -1).max(axis=1).astype(float)
+
+
+def describe_score(method: str, smooth: float) -> str:
+    """What an image score is, for metrics.json and prediction_setup.json."""
+    sigma = score_sigma(method, smooth)
+    if not sigma:
+        return "maximum of the raw map (model resolution)"
+    return f"maximum of the map smoothed by a Gaussian of sigma {sigma:g} px (model resolution)"
 
 
 def detection_table(frame: pd.DataFrame) -> pd.DataFrame:
@@ -117,11 +141,12 @@ def score_test_images(mapper: inference.Mapper, listed: list, smooth: float, dra
         _check_finite(seen.maps, run)
         found, large, count = inference.classify(seen.maps, mapper.threshold, mapper.min_area)
         masks = inference.defect_masks(seen.maps, mapper.threshold, mapper.min_area) if draw_into else None
-        for i, (img_path, m, size) in enumerate(zip(seen.paths, resmaps.smooth(seen.maps, smooth), seen.sizes)):
+        smoothed = resmaps.smooth(seen.maps, smooth)
+        scores.extend(image_scores(seen.maps, smoothed, method, smooth))
+        for i, (img_path, m, size) in enumerate(zip(seen.paths, smoothed, seen.sizes)):
             defect, mask_path = labels[img_path]
             items.append((img_path, defect, mask_path))
             sizes.append(size)
-            scores.append(_score(m))
             # Anomaly maps and masks at the ground truth's (= the image file's) resolution.
             full_maps.append(inference.resize_map(m, size))
             if mask_path is not None:
@@ -216,7 +241,8 @@ def threshold_free_metrics(
         method=mapper.method,
         **mapper.options.record(),
         smooth_sigma=float(smooth),
-        image_score="maximum of the residual map smoothed by a Gaussian of sigma smooth_sigma px (model resolution)",
+        score_sigma=score_sigma(mapper.method, smooth),
+        image_score=describe_score(mapper.method, smooth),
         pixel_resolution=f"ground-truth resolution ({', '.join(shown)}); model input {run.shape[1]}x{run.shape[0]}",
         model=str(run.model_path),
         **model_record,
@@ -389,10 +415,11 @@ def predict_images(
             _check_finite(seen.maps, run)
             defective, largest, counts = inference.classify(seen.maps, threshold, min_area)
             smoothed = resmaps.smooth(seen.maps, smooth)
+            scores = image_scores(seen.maps, smoothed, method, smooth)
             masks = inference.defect_masks(seen.maps, threshold, min_area)
             for i, img_path in enumerate(seen.paths):
                 rel = Path(img_path).relative_to(images_dir)
-                score = _score(smoothed[i])
+                score = float(scores[i])
                 mask_file, overlay_file = _write_mask_and_overlay(
                     seen,
                     i,
@@ -428,6 +455,8 @@ def predict_images(
                 "method": method,
                 **mapper.options.record(),
                 "smooth_sigma": smooth,
+                "score_sigma": score_sigma(method, smooth),
+                "image_score": describe_score(method, smooth),
                 "images": str(images_dir.resolve()),
                 "model": str(run.model_path),
                 **run.model_record(),
@@ -459,6 +488,7 @@ def proxy_scores(
     painted: tuple | None,
     threshold: float,
     min_area: int,
+    method: str,
     smooth: float = DEFAULT_SMOOTH,
     seed: int = 0,
 ) -> dict | None:
@@ -466,9 +496,9 @@ def proxy_scores(
 
     ``painted``: :func:`proxy_maps` of those images (made with ``seed``). Returns image AUROC
     (copies against the good originals), pixel AUROC and AU-PRO (all images, smoothed as
-    test.py smooths), and the share of copies found at ``threshold``/``min_area``: a proxy
-    for how a map method or setting will do on real defects, to compare settings without
-    looking at any test set.
+    test.py smooths and scores ``method``'s maps), and the share of copies found at
+    ``threshold``/``min_area``: a proxy for how a map method or setting will do on real
+    defects, to compare settings without looking at any test set.
     """
     if painted is None:
         return None
@@ -484,7 +514,8 @@ def proxy_scores(
         "defects": sorted(set(defects)),
         "seed": seed,
         "smooth_sigma": float(smooth),
-        "image_auroc": metrics.image_auroc(labels, [_score(m) for m in smoothed]),
+        "score_sigma": score_sigma(method, smooth),
+        "image_auroc": metrics.image_auroc(labels, image_scores(all_maps, smoothed, method, smooth)),
         "pixel_auroc": metrics.pixel_auroc(list(smoothed), list(gt)),
         "au_pro": metrics.au_pro(list(smoothed), list(gt)),
         "detected": float(np.mean(found)),

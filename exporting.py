@@ -213,6 +213,8 @@ def detector_function(
     ``resize_inside`` False the function takes model-size images and returns the anomaly
     map at the model's size (for runtimes without float64, which Pillow's coefficients need).
     """
+    import evaluation
+
     tf = _tf()
     dtype = tf.float64
     opts = spec.options
@@ -231,10 +233,12 @@ def detector_function(
             recons = model(x * (1 - mask) + recons * mask, training=False)
             maps = tf.minimum(maps, above_usual(residual(x, recons, spec.method, opts.scales), k))
         smoothed = gaussian_blur(maps, spec.smooth)
+        score_sigma = evaluation.score_sigma(spec.method, spec.smooth)
+        scored = smoothed if score_sigma == spec.smooth else gaussian_blur(maps, score_sigma)
         height, width = tf.shape(images)[1], tf.shape(images)[2]
         return {
             "anomaly_map": pillow_resize_float(smoothed, height, width, dtype) if resize_inside else smoothed,
-            "score": tf.reduce_max(smoothed, axis=[1, 2]),
+            "score": tf.reduce_max(scored, axis=[1, 2]),
             "residual_map": maps,
             "defect_pixels": tf.cast(maps > spec.threshold, tf.uint8),
         }
@@ -446,7 +450,7 @@ def export_run(
         },
         "outputs": {
             "anomaly_map": "N×H×W float32 at the input's size: residual map smoothed by smooth_sigma, as test.py's TIFFs",
-            "score": "N float32: maximum of the smoothed map at the model's size (test.py's score)",
+            "score": f"N float32: {evaluation.describe_score(method, smooth)} (test.py's score)",
             "residual_map": f"N×{run.size}×{run.size} float32: the raw map the threshold applies to",
             "defect_pixels": f"N×{run.size}×{run.size} uint8: residual_map > threshold, before the minimum area",
         },

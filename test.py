@@ -48,7 +48,8 @@ def get_parser():
         type=float,
         default=evaluation.DEFAULT_SMOOTH,
         help="Gaussian sigma (px, model resolution) applied to residual maps for anomaly maps, "
-        "image scores and AUROC/AU-PRO (0: none); verdicts use the raw map",
+        "image scores and AUROC/AU-PRO (0: none); the learned map's image score is its raw maximum; "
+        "verdicts use the raw map",
     )
     parser.add_argument("--save", action="store_true", help="also write each image's defect mask PNG and overlay PNG")
     parser.add_argument(

@@ -57,7 +57,7 @@ def validate(path, min_area: int | None = None, maps: MapRequest = MapRequest())
         "model": str(run.model_path),
         **run.model_record(),  # test.py refuses this threshold for other weights
     }
-    result["proxy"] = evaluation.proxy_scores(good_maps, painted, threshold, min_area, seed=PROXY_SEED)
+    result["proxy"] = evaluation.proxy_scores(good_maps, painted, threshold, min_area, method, seed=PROXY_SEED)
     grid = np.unique(np.concatenate([np.linspace(good_maps.min(), good_maps.max(), CURVE_POINTS), [threshold]]))
     curve = resmaps.threshold_curve(good_maps, grid)
     identity = {"kind": "validation", "model_sha256": result["model_sha256"]}

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 
@@ -249,6 +250,13 @@ def test_surface_run_validates_with_a_proxy_and_tests_with_the_learned_map(surfa
     assert out.parent.name == "learned"
     tiff = tifffile.imread(out.parent / "anomaly_maps" / "stain" / "000.tiff")
     assert tiff.shape == (48, 80)  # the ground truth's own (non-square) resolution
+    # The learned map's image score is its raw maximum, above the smoothed map's (TIFF).
+    assert proxy["score_sigma"] == 0.0
+    scored = json.loads((out.parent / "metrics.json").read_text())
+    assert scored["score_sigma"] == 0.0 and scored["smooth_sigma"] == 4.0 and "raw map" in scored["image_score"]
+    frame = pd.read_csv(out / "classification.csv")
+    (score,) = frame.loc[frame["path"].str.endswith("stain/000.png"), "score"]
+    assert score > tiff.max()
     ssim = _cli("validate.py", "-p", run, "-a", 4, "--method", "ssim")
     ssim_result = json.loads((run / "validation" / "ssim" / "a4" / "validation_result.json").read_text())
     assert ssim.returncode == 0 and ssim_result["baseline"] is False  # no per-pixel baseline on surfaces
