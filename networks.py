@@ -40,6 +40,9 @@ TIMED_BATCH = 16  # in batches of inference's default --batch
 # loading the model and its first call, 3.7-3.9 s on this 2-core machine against 0.4 s for
 # OpenVINO (bench/README.md, "Fourth round"); a little less, so ties go to Keras.
 KERAS_START_S = 3.5
+# OpenVINO's compute precision. "bf16" (its default on AMX CPUs) is about 3.5x faster at 256 px
+# but moves the maps; bench/bench_precision.py measures what that costs in quality.
+PRECISION = "f32"
 _STAMP_KEY = "cae_source_stamp"
 _USE_KEY = "cae_use"  # "onnx" or "keras": which computes faster here (see convert)
 _MS_KEY = "cae_ms_per_image"  # "onnx 7.80, keras 15.80": the timings behind the verdict
@@ -103,8 +106,8 @@ def _read(source):
 
 
 def _compile(model, source: Path, shape: tuple[int, int] | None = None) -> OnnxNetwork:
-    """``model`` (from :func:`_read`) compiled for this CPU in float32: OpenVINO would
-    otherwise compute in bfloat16 where the CPU has it (AMX), coarser than the maps need.
+    """``model`` (from :func:`_read`) compiled for this CPU in :data:`PRECISION` (float32):
+    OpenVINO would otherwise compute in bfloat16 where the CPU has it (AMX), which moves the maps.
 
     ``shape``: the height and width of every image it will see, fixed in the compiled
     network where the model takes any size (surface runs, the learned head): OpenVINO then
@@ -120,7 +123,7 @@ def _compile(model, source: Path, shape: tuple[int, int] | None = None) -> OnnxN
                 for i, d in zip(model.inputs, dims)
             }
         )
-    config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
+    config = {"INFERENCE_PRECISION_HINT": PRECISION, "PERFORMANCE_HINT": "LATENCY"}
     return OnnxNetwork(_core().compile_model(model, "CPU", config), source, input_shape)
 
 
