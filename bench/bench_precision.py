@@ -3,7 +3,7 @@ with the twins computed in float32 (the default, ``networks.PRECISION``) and in 
 
     .venv/bin/python bench/bench_precision.py -p RUN [RUN ...] [--precisions f32 bf16]
 
-Each run's model files, twins, setup and validation list are copied to ``--out/<precision>/``
+Each run's model files, twins, setup and validation list are copied to ``--out/<time>/<precision>/``
 (no calibration, no maps, no results), so the per-pixel baselines are learnt again in that
 precision; then ``evaluation.test_run`` scores every test image in a fresh process with
 ``networks.PRECISION`` set, at a fixed threshold and area (the metrics below do not depend
@@ -42,7 +42,12 @@ def get_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-p", "--path", nargs="+", required=True, help="trained run folders (only read)")
     p.add_argument("--precisions", nargs="+", default=["f32", "bf16"], help="OpenVINO inference precisions")
-    p.add_argument("--out", type=Path, default=Path("/tmp/cae_bench_precision"), help="scratch folder (made anew)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("/tmp/cae_bench_precision"),
+        help="scratch folder: each call copies into a new timestamped folder in it",
+    )
     p.add_argument("--results", type=Path, default=ROOT / "bench" / "results" / "precision.jsonl", help="rows appended")
     return p
 
@@ -65,15 +70,17 @@ def measure(run: Path, precision: str, scratch: Path) -> dict:
 def main(argv=None) -> int:
     """Measure every run in every precision, print the table, append the rows."""
     args = get_parser().parse_args(argv)
-    shutil.rmtree(args.out, ignore_errors=True)
     args.results.parent.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    # A new folder per call under --out: nothing there from before is deleted or reused.
+    scratch = args.out / time.strftime("%Y-%m-%d_%H-%M-%S")
+    scratch.mkdir(parents=True)
     print(
         "| run | method | precision | image AUROC | pixel AUROC | AU-PRO | wall s | Keras? |\n|---|---|---|---|---|---|---|---|"
     )
     for run in map(Path, args.path):
         for precision in args.precisions:
-            row = {**measure(run, precision, args.out), "when": stamp}
+            row = {**measure(run, precision, scratch), "when": stamp}
             with args.results.open("a") as out:
                 out.write(json.dumps(row) + "\n")
             print(

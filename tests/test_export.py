@@ -181,11 +181,10 @@ def test_predict_exported_cli_without_the_repo(tested, exported, tmp_path):
     expected = pd.read_csv(out / "classification.csv").set_index("path").loc[str(image)]
     assert rows["score"][0] == pytest.approx(expected["score"], abs=1e-4)
     detector = pe.Detector(folder)
-    result = detector.predict(pe.read_image(image, detector.color))
+    pixels = pe.read_image(image, detector.color)
+    result = detector.predict(pixels)
     assert rows["verdict"][0] == ("defective" if result["defective"] else "good")
-    assert_same_decision(
-        detector, pe.read_image(image, detector.color), result, result["mask"], defective=bool(expected["prediction"])
-    )
+    assert_same_decision(detector, pixels, result, result["mask"], defective=bool(expected["prediction"]))
 
 
 def test_refusals_one_line(tested, tmp_path, capsys):
