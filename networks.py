@@ -4,15 +4,17 @@ Scoring images needs only the forward pass, and TensorFlow is a heavy way to get
 importing it costs about 3.5 s of every ``test.py`` / ``validate.py`` start. So a model
 used for inference (training does it at its end) is converted to ONNX (tf2onnx, opset
 17), checked against Keras on probe inputs, timed against Keras on images of the run's
-size, and saved beside it as ``<model>.onnx`` with the model file's stamp (modification
-time and size) and the timings in its metadata. Scripts compute the twin with OpenVINO
+size, and saved beside it as ``<model>.onnx`` with the model file's SHA-256, a hash of its
+own weights and the timings in its metadata. Scripts compute the twin with OpenVINO
 (float32; imports and compiles in about 0.4 s, and on this CPU computes 1.2-2x faster
 than Keras and ONNX Runtime: bench/README.md, "Fourth round") and never import
 TensorFlow. Where the twin is clearly slower than Keras (other machines; see
 :func:`convert`), scripts use it only for jobs small enough that Keras's start would cost
-more than the twin's extra time (:func:`use_twin`), else Keras. A stale (model retrained
-or resumed), damaged, unreadable or otherwise-timed twin is made again; a model the
-converter cannot handle, or whose twin disagrees with it, stays on Keras.
+more than the twin's extra time (:func:`use_twin`), else Keras. A twin is checked by
+content, not by file stamps: one made from another model file (retrained, resumed,
+replaced), with damaged weights (their hash differs from the one it records), unreadable
+or timed by another runtime is made again, with a one-line note; a model the converter
+cannot handle, or whose twin disagrees with it, stays on Keras.
 
 ``CAE_INFERENCE=keras`` in the environment keeps every script on Keras (to compare, or to
 rule the twin out). The two agree to about 1e-6 on reconstructions (float32 rounding of
@@ -29,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
+from utils import warn
+
 ENV = "CAE_INFERENCE"  # "keras": never use the ONNX twin
 SUFFIX = ".onnx"
 OPSET = 17
@@ -43,7 +47,8 @@ KERAS_START_S = 3.5
 # OpenVINO's compute precision. "bf16" (its default on AMX CPUs) is about 3.5x faster at 256 px
 # but moves the maps; bench/bench_precision.py measures what that costs in quality.
 PRECISION = "f32"
-_STAMP_KEY = "cae_source_stamp"
+_SOURCE_KEY = "cae_source_sha256"  # SHA-256 of the .keras file the twin was made from
+_WEIGHTS_KEY = "cae_weights_sha256"  # hash of the twin's own graph and weights (see weights_hash)
 _USE_KEY = "cae_use"  # "onnx" or "keras": which computes faster here (see convert)
 _MS_KEY = "cae_ms_per_image"  # "onnx 7.80, keras 15.80": the timings behind the verdict
 _RUNTIME_KEY = "cae_runtime"  # what computed the twin's timing; a twin timed by another runtime is made again
@@ -56,10 +61,24 @@ def twin_path(model_path) -> Path:
 
 
 def source_stamp(model_path) -> str:
-    """The model file's identity for its twin: modification time (ns) and size."""
+    """The model file's identity for its twin: the SHA-256 of its content (runs.model_id)."""
     import runs
 
-    return "{}:{}".format(*runs.file_stamp(model_path))
+    return runs.model_id(model_path)
+
+
+def weights_hash(model) -> str:
+    """SHA-256 of an OpenVINO model's graph as read: every operation's type and every
+    constant's bytes (the weights), in graph order; the twin records it so damaged weights
+    under intact metadata are noticed (about 4 ms for a 3-MB twin)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for op in model.get_ordered_ops():
+        digest.update(op.get_type_name().encode())
+        if op.get_type_name() == "Constant":
+            digest.update(np.ascontiguousarray(op.get_data()).tobytes())
+    return digest.hexdigest()
 
 
 class OnnxNetwork:
@@ -100,7 +119,7 @@ def _core():
 def _read(source):
     """``(OpenVINO model, its metadata)`` of an ONNX twin: a file path or the model's bytes."""
     model = _core().read_model(source if isinstance(source, bytes) else str(source))
-    keys = (_STAMP_KEY, _USE_KEY, _MS_KEY, _RUNTIME_KEY)
+    keys = (_SOURCE_KEY, _WEIGHTS_KEY, _USE_KEY, _MS_KEY, _RUNTIME_KEY)
     meta = {k: model.get_rt_info(["framework", k]).astype(str) for k in keys if model.has_rt_info(["framework", k])}
     return model, meta
 
@@ -128,7 +147,7 @@ def _compile(model, source: Path, shape: tuple[int, int] | None = None) -> OnnxN
 
 
 def twin_metadata(source) -> dict:
-    """What a twin (path or bytes) records: model stamp, verdict, timings, runtime."""
+    """What a twin (path or bytes) records: model hash, weights hash, verdict, timings, runtime."""
     return _read(source)[1]
 
 
@@ -163,7 +182,8 @@ def _seconds_per_image(predicts, inputs, rounds: int = 3) -> list[float]:
 
 
 def convert(model, stamp: str, shape: tuple[int, int] | None = None):
-    """``model`` as ONNX bytes with ``stamp`` and a speed verdict in its metadata, or None when
+    """``model`` as ONNX bytes with ``stamp`` (the model file's SHA-256), the hash of its own
+    weights (:func:`weights_hash`) and a speed verdict in its metadata, or None when
     tf2onnx is missing, fails, or its graph disagrees with Keras by more than
     :data:`TOLERANCE` on probe inputs.
 
@@ -192,7 +212,9 @@ def convert(model, stamp: str, shape: tuple[int, int] | None = None):
         return np.asarray(model.predict(x if len(x) > 1 else x[0], batch_size=TIMED_BATCH, verbose=0), np.float32)
 
     try:
-        twin = _compile(_read(proto.SerializeToString())[0], Path("<memory>"), shape)
+        read = _read(proto.SerializeToString())[0]
+        weights = weights_hash(read)
+        twin = _compile(read, Path("<memory>"), shape)
         got = twin.predict(probes)
     except Exception:  # noqa: BLE001
         return None
@@ -205,7 +227,8 @@ def convert(model, stamp: str, shape: tuple[int, int] | None = None):
     onnx.helper.set_model_props(
         proto,
         {
-            _STAMP_KEY: stamp,
+            _SOURCE_KEY: stamp,
+            _WEIGHTS_KEY: weights,
             _USE_KEY: verdict,
             _MS_KEY: f"onnx {1e3 * onnx_s:.2f}, keras {1e3 * keras_s:.2f}",
             _RUNTIME_KEY: RUNTIME,
@@ -250,12 +273,20 @@ def load(model_path, load_keras, shape: tuple[int, int] | None = None, images: i
     stamp = source_stamp(model_path)
     twin = twin_path(model_path)
     if twin.is_file():
+        problem = None
         try:
             read, meta = _read(twin)
-            if meta.get(_STAMP_KEY) == stamp and meta.get(_RUNTIME_KEY) == RUNTIME:
+            if meta.get(_SOURCE_KEY) != stamp:
+                problem = f"was made from another {model_path.name} (retrained or replaced since)"
+            elif meta.get(_RUNTIME_KEY) != RUNTIME:
+                problem = f"was timed by {meta.get(_RUNTIME_KEY) or 'another runtime'}"
+            elif meta.get(_WEIGHTS_KEY) != weights_hash(read):
+                problem = "has damaged weights (they differ from the hash it records)"
+            else:
                 return _compile(read, twin, shape) if use_twin(meta, images) else load_keras()
-        except Exception:  # noqa: BLE001 - damaged: converted again below
-            pass
+        except Exception as exc:  # noqa: BLE001 - damaged: converted again below
+            problem = f"is unreadable ({exc.__class__.__name__})"
+        warn(f"the ONNX twin {twin} {problem}: made again from {model_path.name}")
     model = load_keras()
     data = convert(model, stamp, shape)
     if data is None:

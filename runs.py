@@ -33,7 +33,8 @@ VALIDATION_FILES = "validation_files.txt"
 HISTORY = "history.csv"
 LOSS_PLOT = "loss_curve.png"
 BACKUP = "backup"
-METHODS = ("ssim", "l2", "learned")  # learned: the segmentation head of learned.py
+METHODS = ("ssim", "l2", "learned", "median", "fused")  # learned: learned.py's head; median: no training; fused: a mix
+FIXED_METHODS = ("ssim", "l2", "median")  # maps computed from the model alone; every other method uses the head
 HEAD_FILE = "head.keras"
 MARKER = ".cae-result.json"  # marks a folder this tool wrote as one result (may be replaced by the same result)
 LOCK = ".lock"  # per run: training holds it exclusively, validate/test/finetune shared
@@ -208,10 +209,12 @@ _MODEL_IDS = {}
 
 
 def model_id(path: PathLike) -> str:
-    """SHA-256 of a model file (cached per path, size and mtime): which weights a result came from."""
+    """SHA-256 of a model file (or any file): which weights a result came from. Cached in this
+    process per path, inode, size, modification and change time (a rewrite changes the change
+    time even when the modification time is put back)."""
     path = Path(path)
     stat = path.stat()
-    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    key = (str(path.resolve()), stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
     if key not in _MODEL_IDS:
         digest = hashlib.sha256()
         with open(path, "rb") as handle:
@@ -225,6 +228,23 @@ def model_record(path: PathLike) -> dict:
     """What results store about the model they were computed on."""
     stat = Path(path).stat()
     return {"model_sha256": model_id(path), "model_size": stat.st_size, "model_mtime_ns": stat.st_mtime_ns}
+
+
+def uses_head(method: str) -> bool:
+    """Whether ``method``'s maps are computed by the learned head (``learned``, fusions with
+    it; anything but the fixed formulas of :data:`FIXED_METHODS`)."""
+    return method not in FIXED_METHODS
+
+
+def run_head_path(run_dir: PathLike, setup: dict | None = None) -> Path:
+    """Where the run's learned head lives (``setup.json``'s ``head.file``, else
+    :data:`HEAD_FILE`), whether or not it exists; refused when it points outside the run."""
+    if setup is None:
+        setup_path = Path(run_dir) / SETUP
+        setup = read_json(setup_path) if setup_path.is_file() else {}
+    head = setup.get("head")
+    name = head.get("file", HEAD_FILE) if isinstance(head, dict) else HEAD_FILE
+    return inside(run_dir, name, "setup.json head file")
 
 
 # ---- locks ----
@@ -373,7 +393,7 @@ class Run:
     @property
     def head_path(self) -> Path:
         """The learned residual's head (learned.py); may be missing (older runs, --head-steps 0)."""
-        return inside(self.dir, (self.setup.get("head") or {}).get("file", HEAD_FILE), "setup.json head file")
+        return run_head_path(self.dir, self.setup)
 
     def load_head(self, keras: bool = False, images: int | None = None):
         """Load (once) the segmentation head of the ``learned`` map method: its ONNX twin
@@ -459,8 +479,20 @@ class Run:
         return getattr(self, slot)
 
     def model_record(self) -> dict:
-        """What results store about this run's model (see :func:`model_record`)."""
-        return model_record(self.model_path)
+        """What results store about this run's model (see :func:`model_record`), and the
+        content hash of its learned head (``head_sha256``) when it has one."""
+        record = model_record(self.model_path)
+        if self.head_path.is_file():
+            record["head_sha256"] = model_id(self.head_path)
+        return record
+
+    def identity(self, method: str) -> dict:
+        """The files a result of ``method`` is computed from, for a result folder's marker
+        (:class:`StagedOutput`): the model's hash, and the head's when ``method`` uses it."""
+        identity = {"model_sha256": model_id(self.model_path)}
+        if uses_head(method) and self.head_path.is_file():
+            identity["head_sha256"] = model_id(self.head_path)
+        return identity
 
 
 def _float32_policies(config):
@@ -751,6 +783,10 @@ class StagedOutput(StagedFolder):
                 return f"results for other images ({existing.get(key)})", None
         if existing.get("model_sha256") != self.identity.get("model_sha256"):
             return "results of other weights", existing.get("model_sha256") or "unknown"
+        if ("head_sha256" in existing or "head_sha256" in self.identity) and existing.get(
+            "head_sha256"
+        ) != self.identity.get("head_sha256"):
+            return "results of another learned head", existing.get("model_sha256") or "unknown"
         return None
 
     def check(self) -> None:
@@ -815,27 +851,49 @@ def check_validation_result(result: dict, path: PathLike) -> dict:
     return result
 
 
+def _made_from(record: dict, key: str, path: Path, record_path: Path) -> bool:
+    """Whether the result ``record`` (read from ``record_path``) was computed from the file
+    ``path``: its content hash under ``key``; a result from before the hash was recorded
+    counts when it is newer than the file."""
+    stored = record.get(key)
+    if stored:
+        return stored == model_id(path)
+    return record_path.stat().st_mtime_ns >= path.stat().st_mtime_ns
+
+
 def find_validation_result(
-    run_dir: PathLike, method: str, min_area: int | None = None, model: PathLike | None = None
+    run_dir: PathLike,
+    method: str,
+    min_area: int | None = None,
+    model: PathLike | None = None,
+    head: PathLike | None = None,
 ) -> dict | None:
     """The newest ``validation_result.json`` for ``method`` (and ``min_area`` if given), or None.
 
     With ``model`` (the run's model file), a result computed on other weights is refused
-    with a request to validate again: its threshold does not fit the current model.
+    with a request to validate again: its threshold does not fit the current model. So is,
+    for a method that uses the learned head (:func:`uses_head`), a result computed with
+    another head than the run's ``head`` (default: the one ``setup.json`` names), e.g. after
+    ``head.keras`` was replaced.
     """
     root = Path(run_dir) / "validation" / method
     pattern = f"a{int(min_area)}/validation_result.json" if min_area is not None else "a*/validation_result.json"
     found = sorted(root.glob(pattern), key=lambda p: p.stat().st_mtime)
     if not found:
         return None
-    result = check_validation_result(read_json(found[-1]), found[-1])
+    path = found[-1]
+    result = check_validation_result(read_json(path), path)
     if model is not None:
-        stored = result.get("model_sha256")
-        other = stored != model_id(model) if stored else found[-1].stat().st_mtime_ns < Path(model).stat().st_mtime_ns
-        if other:
+        again = f"run validate.py -p {run_dir} -a {int(result['min_area'])} --method {method} again"
+        if not _made_from(result, "model_sha256", Path(model), path):
             raise UserError(
-                f"{found[-1]} was computed on other weights (the model changed since, e.g. by train.py resume): "
-                f"run validate.py -p {run_dir} -a {int(result['min_area'])} again"
+                f"{path} was computed on other weights (the model changed since, e.g. by train.py resume): {again}"
+            )
+        head = Path(head) if head is not None else run_head_path(run_dir)
+        if uses_head(method) and head.is_file() and not _made_from(result, "head_sha256", head, path):
+            raise UserError(
+                f"{path} was computed with another learned head ({head.name} changed since): its threshold "
+                f"does not fit the current head; {again}"
             )
     return result
 

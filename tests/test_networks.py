@@ -46,17 +46,64 @@ def test_twin_is_made_once_matches_keras_and_is_reused_without_keras(tiny_model,
     np.testing.assert_allclose(again.predict(x), got, atol=1e-6)
 
 
-def test_stale_or_damaged_twin_is_converted_again(tiny_model):
+def test_twin_is_checked_by_content_not_by_stamp(tiny_model, monkeypatch, capsys):
     networks.load(tiny_model, _keras(tiny_model))
     twin = networks.twin_path(tiny_model)
-    first = twin.stat().st_mtime_ns
+    meta = networks.twin_metadata(twin)
+    assert meta["cae_source_sha256"] == runs.model_id(tiny_model)
+    first = twin.read_bytes()
+    # Touched (copied, moved, restored from a backup) but the same weights: the twin is kept.
     st = tiny_model.stat()
-    os.utime(tiny_model, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # the model was retrained
-    assert isinstance(networks.load(tiny_model, _keras(tiny_model)), networks.OnnxNetwork)
-    assert twin.stat().st_mtime_ns != first
+    os.utime(tiny_model, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    with monkeypatch.context() as m:
+        m.setattr(networks, "convert", lambda *a: pytest.fail("converted again"))
+        assert isinstance(networks.load(tiny_model, _keras(tiny_model)), networks.OnnxNetwork)
+    assert twin.read_bytes() == first and capsys.readouterr().err == ""
+    # Unreadable: made again, with one line.
     twin.write_bytes(b"not an onnx file")
     net = networks.load(tiny_model, _keras(tiny_model))
     assert isinstance(net, networks.OnnxNetwork) and twin.stat().st_size > 1000
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is unreadable" in err and "made again" in err
+
+
+def test_twin_of_other_weights_is_made_again(tiny_model, capsys):
+    import models
+
+    networks.load(tiny_model, _keras(tiny_model))
+    twin = networks.twin_path(tiny_model)
+    old = networks.twin_metadata(twin)["cae_source_sha256"]
+    stat = tiny_model.stat()
+    models.mvtec2_cae(size=32, channels=3).save(tiny_model)  # other weights (e.g. retrained) ...
+    os.utime(tiny_model, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # ... even under the old time stamp
+    net = networks.load(tiny_model, _keras(tiny_model))
+    assert networks.twin_metadata(twin)["cae_source_sha256"] == runs.model_id(tiny_model) != old
+    x = np.random.default_rng(3).random((2, 32, 32, 3), dtype=np.float32)
+    np.testing.assert_allclose(net.predict(x), runs.load_keras(tiny_model).predict(x, verbose=0), atol=1e-5)
+    assert "was made from another model.keras" in capsys.readouterr().err
+
+
+def test_twin_with_damaged_weights_under_intact_metadata_is_made_again(tiny_model, capsys):
+    import onnx
+    from onnx import numpy_helper
+
+    networks.load(tiny_model, _keras(tiny_model))
+    twin = networks.twin_path(tiny_model)
+    meta = networks.twin_metadata(twin)
+    proto = onnx.load(str(twin))
+    big = max(proto.graph.initializer, key=lambda t: numpy_helper.to_array(t).size)
+    damaged = numpy_helper.to_array(big).copy()
+    damaged.flat[: damaged.size // 2] = 0  # half a kernel zeroed, the metadata untouched
+    big.CopyFrom(numpy_helper.from_array(damaged, big.name))
+    onnx.save(proto, str(twin))
+    assert networks.twin_metadata(twin) == meta  # the model's hash and the verdict still match
+    capsys.readouterr()
+    net = networks.load(tiny_model, _keras(tiny_model))
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "damaged weights" in err and "made again" in err
+    x = np.random.default_rng(4).random((2, 32, 32, 3), dtype=np.float32)
+    np.testing.assert_allclose(net.predict(x), runs.load_keras(tiny_model).predict(x, verbose=0), atol=1e-5)
+    assert capsys.readouterr().err == ""  # made again once, then trusted
 
 
 def test_twin_timed_by_another_runtime_is_made_again(tiny_model, monkeypatch):
