@@ -32,35 +32,22 @@ if TYPE_CHECKING:  # pandas is imported where tables are made: validate.py makes
     import pandas as pd
 
 DEFAULT_SMOOTH = 4.0
-# The image score's smoothing, by map method where it is not the anomaly map's --smooth: the
-# learned map is the head's per-pixel defect probability, already judged in context, and a
-# Gaussian dims its peaks on thin defects. Chosen on painted validation copies (the proxy's
-# image AUROC, no test image), confirmed on every real surface run (bench/README.md, "Image
-# score of the learned map").
-SCORE_SIGMA = {"learned": 0.0}
+SCORE_RULE = (
+    "the highest threshold at which the image still has a region of at least the minimum area (raw map, "
+    "model resolution), divided by the threshold: above 1 means defective"
+)
 
 
-def score_sigma(method: str, smooth: float) -> float:
-    """Gaussian σ (model pixels) of the map whose maximum is an image's score: ``smooth`` (the
-    anomaly maps' σ) except where :data:`SCORE_SIGMA` names the method."""
-    return float(SCORE_SIGMA.get(method, smooth))
+def image_scores(maps: np.ndarray, threshold: float, min_area: int) -> np.ndarray:
+    """Each N×H×W raw map's score in the threshold's units (:func:`resmaps.area_peaks` divided
+    by ``threshold``): an image is judged defective exactly when its score is above 1, and the
+    same number is every output's score (CSV, JSON, overlay, report, the exported detector)."""
+    return resmaps.area_peaks(maps, min_area) / max(float(threshold), 1e-12)
 
 
-def image_scores(maps: np.ndarray, smoothed: np.ndarray, method: str, smooth: float) -> np.ndarray:
-    """Image scores of N×H×W raw ``maps``: the maximum of each map smoothed by
-    :func:`score_sigma` (``smoothed`` is ``maps`` already smoothed by ``smooth``, reused when
-    the two σ agree)."""
-    sigma = score_sigma(method, smooth)
-    source = smoothed if sigma == float(smooth) else resmaps.smooth(maps, sigma)
-    return np.asarray(source, np.float32).reshape(len(source), -1).max(axis=1).astype(float)
-
-
-def describe_score(method: str, smooth: float) -> str:
+def describe_score(method: str = "", smooth: float = 0.0) -> str:
     """What an image score is, for metrics.json and prediction_setup.json."""
-    sigma = score_sigma(method, smooth)
-    if not sigma:
-        return "maximum of the raw map (model resolution)"
-    return f"maximum of the map smoothed by a Gaussian of sigma {sigma:g} px (model resolution)"
+    return SCORE_RULE
 
 
 def detection_table(frame: pd.DataFrame) -> pd.DataFrame:
@@ -142,7 +129,8 @@ def score_test_images(mapper: inference.Mapper, listed: list, smooth: float, dra
         found, large, count = inference.classify(seen.maps, mapper.threshold, mapper.min_area)
         masks = inference.defect_masks(seen.maps, mapper.threshold, mapper.min_area) if draw_into else None
         smoothed = resmaps.smooth(seen.maps, smooth)
-        scores.extend(image_scores(seen.maps, smoothed, method, smooth))
+        chunk_scores = image_scores(seen.maps, mapper.threshold, mapper.min_area)
+        scores.extend(chunk_scores)
         for i, (img_path, m, size) in enumerate(zip(seen.paths, smoothed, seen.sizes)):
             defect, mask_path = labels[img_path]
             items.append((img_path, defect, mask_path))
@@ -165,7 +153,7 @@ def score_test_images(mapper: inference.Mapper, listed: list, smooth: float, dra
                     f"{defect}/{img_path.name}",
                     method,
                     bool(found[i]),
-                    scores[-1],
+                    float(chunk_scores[i]),
                     gt_mask=inference.resize_map(gt_masks[-1], run.shape[::-1]) if mask_path is not None else None,
                 )
         defective.append(found)
@@ -241,8 +229,7 @@ def threshold_free_metrics(
         method=mapper.method,
         **mapper.options.record(),
         smooth_sigma=float(smooth),
-        score_sigma=score_sigma(mapper.method, smooth),
-        image_score=describe_score(mapper.method, smooth),
+        image_score=SCORE_RULE,
         pixel_resolution=f"ground-truth resolution ({', '.join(shown)}); model input {run.shape[1]}x{run.shape[0]}",
         model=str(run.model_path),
         **model_record,
@@ -414,8 +401,7 @@ def predict_images(
         for seen in mapper.stream(paths, progress="images"):
             _check_finite(seen.maps, run)
             defective, largest, counts = inference.classify(seen.maps, threshold, min_area)
-            smoothed = resmaps.smooth(seen.maps, smooth)
-            scores = image_scores(seen.maps, smoothed, method, smooth)
+            scores = image_scores(seen.maps, threshold, min_area)
             masks = inference.defect_masks(seen.maps, threshold, min_area)
             for i, img_path in enumerate(seen.paths):
                 rel = Path(img_path).relative_to(images_dir)
@@ -455,8 +441,7 @@ def predict_images(
                 "method": method,
                 **mapper.options.record(),
                 "smooth_sigma": smooth,
-                "score_sigma": score_sigma(method, smooth),
-                "image_score": describe_score(method, smooth),
+                "image_score": SCORE_RULE,
                 "images": str(images_dir.resolve()),
                 "model": str(run.model_path),
                 **run.model_record(),
@@ -468,19 +453,36 @@ def predict_images(
 
 def proxy_maps(mapper: inference.Mapper, good_images: np.ndarray, seed: int = 0) -> tuple | None:
     """Painted copies of the good validation images, mapped like test images:
-    ``(maps, masks, defect names)``, or None when nothing could be painted.
+    ``(maps, masks, family names)``, or None when nothing could be painted.
 
-    Each good image gets one copy with one of the demo's defects (scratch, crack, hole,
-    stain, contamination in turn; see :func:`synthetic.painted_copies`), mapped with
-    ``mapper``'s method and options.
+    The copies hold one defect each of every synthetic family in turn
+    (:func:`synthetic.proxy_copies`: large faint shading, low-opacity texture, missing and
+    frayed edges, dark areas, long thin cracks, contamination), mapped with ``mapper``'s
+    method and options.
     """
     import synthetic
 
-    painted, masks, defects = synthetic.painted_copies(good_images, seed)
+    painted, masks, families = synthetic.proxy_copies(good_images, seed)
     if not len(painted):
         return None
     _, maps = inference.run_maps(mapper.run, painted, mapper.method, mapper.options, mapper.batch)
-    return maps, masks, list(defects)
+    return maps, masks, list(families)
+
+
+def _proxy_figures(good_maps, maps, masks, threshold, min_area, smooth) -> dict:
+    """Image AUROC (painted copies against the good originals, by :func:`image_scores`), pixel
+    AUROC and AU-PRO (smoothed maps, every image) and the share of copies found."""
+    all_maps = np.concatenate([good_maps, maps])
+    smoothed = resmaps.smooth(all_maps, smooth)
+    gt = np.concatenate([np.zeros(good_maps.shape, bool), masks])
+    labels = np.r_[np.zeros(len(good_maps), int), np.ones(len(maps), int)]
+    scores = image_scores(all_maps, threshold, min_area)
+    return {
+        "image_auroc": metrics.image_auroc(labels, scores),
+        "pixel_auroc": metrics.pixel_auroc(list(smoothed), list(gt)),
+        "au_pro": metrics.au_pro(list(smoothed), list(gt)),
+        "detected": float(np.mean(scores[len(good_maps) :] > 1.0)),
+    }
 
 
 def proxy_scores(
@@ -488,37 +490,35 @@ def proxy_scores(
     painted: tuple | None,
     threshold: float,
     min_area: int,
-    method: str,
+    method: str = "",
     smooth: float = DEFAULT_SMOOTH,
     seed: int = 0,
 ) -> dict | None:
-    """Quality on held-back good images with the demo's defects painted in (no test image used).
+    """Quality on held-back good images with synthetic defects painted in (no test image used).
 
     ``painted``: :func:`proxy_maps` of those images (made with ``seed``). Returns image AUROC
     (copies against the good originals), pixel AUROC and AU-PRO (all images, smoothed as
-    test.py smooths and scores ``method``'s maps), and the share of copies found at
-    ``threshold``/``min_area``: a proxy for how a map method or setting will do on real
-    defects, to compare settings without looking at any test set.
+    test.py smooths), the share of copies found at ``threshold``/``min_area``, and the same
+    figures per defect family (``families``): a proxy for how a map method or setting will
+    do on real defects, to compare settings without looking at any test set.
     """
     if painted is None:
         return None
-    maps, masks, defects = painted
-    all_maps = np.concatenate([good_maps, maps])
-    smoothed = resmaps.smooth(all_maps, smooth)
-    gt = np.concatenate([np.zeros(good_maps.shape, bool), masks])
-    labels = np.r_[np.zeros(len(good_maps), int), np.ones(len(maps), int)]
-    found, _, _ = inference.classify(maps, threshold, min_area)
+    maps, masks, families = painted
+    names = np.array(families)
+    per_family = {
+        f: _proxy_figures(good_maps, maps[names == f], masks[names == f], threshold, min_area, smooth)
+        for f in sorted(set(families))
+    }
     return {
         "n_good": int(len(good_maps)),
         "n_painted": int(len(maps)),
-        "defects": sorted(set(defects)),
+        "defects": sorted(set(families)),
         "seed": seed,
         "smooth_sigma": float(smooth),
-        "score_sigma": score_sigma(method, smooth),
-        "image_auroc": metrics.image_auroc(labels, image_scores(all_maps, smoothed, method, smooth)),
-        "pixel_auroc": metrics.pixel_auroc(list(smoothed), list(gt)),
-        "au_pro": metrics.au_pro(list(smoothed), list(gt)),
-        "detected": float(np.mean(found)),
+        "image_score": SCORE_RULE,
+        **_proxy_figures(good_maps, maps, masks, threshold, min_area, smooth),
+        "families": per_family,
     }
 
 

@@ -81,6 +81,16 @@ _METHODS = {
         "residual": "learned residual",
         "colorbar": "defect probability (segmentation head)",
     },
+    "median": {
+        "name": "median",
+        "residual": "median residual",
+        "colorbar": "|image − 21-px median|  (0 = as its neighbourhood)",
+    },
+    "fused": {
+        "name": "fused",
+        "residual": "fused residual",
+        "colorbar": "fused map  (1 ≈ top 0.1 % of good pixels)",
+    },
 }
 
 

@@ -11,6 +11,7 @@ the validation result), then maps images with :meth:`Mapper.inspect` or
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +58,68 @@ def _describe_baseline(baseline_quantile=None, baseline_tolerance=None):
     return f"quantile {baseline_quantile}, {baseline_tolerance or 0}-px tolerance"
 
 
+TRAINING_FREE = ("median",)  # map methods that need no network at all
+FUSION_STEP = 0.25  # weights of the fused map are chosen on this grid of the simplex (validation.py)
+
+
+@dataclass(frozen=True)
+class Fusion:
+    """How the ``fused`` map combines its component maps (chosen by validate.py on the proxy).
+
+    Each component map ``M_k`` is put on a common scale by what the held-back good images
+    say is usual for it (``centres``: the median of their pixels, ``spreads``: their 99.9th
+    percentile minus that median), then ``fused = max(0, Σ w_k (M_k − centre_k) / spread_k)``.
+    A pixel as unusual as the top 0.1 % of good pixels of one component scores 1 on it.
+    """
+
+    components: tuple
+    weights: tuple
+    centres: tuple
+    spreads: tuple
+
+    def __post_init__(self):
+        n = len(self.components)
+        if not n or any(len(v) != n for v in (self.weights, self.centres, self.spreads)):
+            raise ValueError(f"a fusion needs one weight, centre and spread per component, got {self.record()}")
+        if any(c not in FUSABLE for c in self.components):
+            raise ValueError(f"fusion components must be among {', '.join(FUSABLE)}, got {list(self.components)}")
+        if not all(np.isfinite(v) and v >= 0 for v in self.weights) or not sum(self.weights) > 0:
+            raise ValueError(f"fusion weights must be finite, >= 0 and not all 0, got {list(self.weights)}")
+        if not all(np.isfinite(v) and v > 0 for v in self.spreads):
+            raise ValueError(f"fusion spreads must be finite and > 0, got {list(self.spreads)}")
+
+    def combine(self, maps: list) -> np.ndarray:
+        """The fused N×H×W map of the components' maps (in :attr:`components` order)."""
+        total = np.zeros(np.shape(maps[0]), np.float32)
+        for m, w, c, s in zip(maps, self.weights, self.centres, self.spreads):
+            if w:
+                total += np.float32(w / s) * (np.asarray(m, np.float32) - np.float32(c))
+        return np.maximum(total, 0.0)
+
+    def record(self) -> dict:
+        return {k: list(getattr(self, k)) for k in ("components", "weights", "centres", "spreads")}
+
+    @classmethod
+    def from_record(cls, record: dict) -> Fusion:
+        try:
+            return cls(*(tuple(record[k]) for k in ("components", "weights", "centres", "spreads")))
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"a fusion record needs components, weights, centres and spreads: {exc}") from None
+
+    def describe(self) -> str:
+        return " + ".join(f"{w:g}×{c}" for c, w in zip(self.components, self.weights) if w)
+
+
+FUSABLE = ("learned", "ssim", "l2", "median")  # maps the fused map may combine
+
+
+def fusion_components(run: runs.Run) -> tuple:
+    """The maps a run's ``fused`` map combines: the learned head's (when the run has one), the
+    fixed residual of its loss (ssim or l2) and the training-free median residual."""
+    head = ("learned",) if run.head_path.is_file() else ()
+    return (*head, runs.default_method(run.setup["loss"]), "median")
+
+
 @dataclass(frozen=True)
 class MapOptions:
     """How residual maps are made before thresholds and metrics; recorded with every result.
@@ -71,6 +134,7 @@ class MapOptions:
     baseline: bool = True
     scales: int = DEFAULT_SCALES
     passes: int = DEFAULT_PASSES
+    fusion: Fusion | None = None  # the fused map's weights (method fused only)
 
     @classmethod
     def from_args(
@@ -85,10 +149,10 @@ class MapOptions:
         run's ``mode``. The learned map takes no options (the head saw one plain
         reconstruction); surface runs subtract no per-pixel baseline (nothing sits at the same
         place in every image there)."""
-        if method == "learned":
+        if method in ("learned", *TRAINING_FREE):
             if baseline is False or scales not in (None, 1) or passes not in (None, 1):
                 raise UserError(
-                    "--no-baseline, --scales and --passes apply to ssim and l2 maps, not to --method learned"
+                    f"--no-baseline, --scales and --passes apply to ssim, l2 and fused maps, not to --method {method}"
                 )
             return cls(False, 1, 1)
         return cls(
@@ -109,7 +173,15 @@ class MapOptions:
             "scales": self.scales,
             "passes": self.passes,
             **{k: v if self.passes > 1 else None for k, v in _PASS_KIND.items()},
+            **({"fusion": self.fusion.record()} if self.fusion else {}),
         }
+
+    def component(self, method: str) -> MapOptions:
+        """The options one component of a fused map is made with: these (without the fusion)
+        for ssim and l2, none for the learned and training-free maps."""
+        if method in ("learned", *TRAINING_FREE):
+            return MapOptions(False, 1, 1)
+        return MapOptions(self.baseline, self.scales, self.passes)
 
     def cache_name(self, kind: str, method: str) -> str:
         """File name of a run's cache of ``kind`` for ``method``'s maps under these options."""
@@ -124,7 +196,15 @@ class MapOptions:
         quantile without tolerance) or other mask settings has a threshold that no longer
         fits the maps, so it is refused.
         """
-        options = cls(bool(record.get("baseline", False)), int(record.get("scales", 1)), int(record.get("passes", 1)))
+        fusion = None
+        if record.get("fusion") is not None:
+            try:
+                fusion = Fusion.from_record(record["fusion"])
+            except ValueError as exc:
+                raise UserError(f"{what}: {exc}; run validate.py again") from None
+        options = cls(
+            bool(record.get("baseline", False)), int(record.get("scales", 1)), int(record.get("passes", 1)), fusion
+        )
         stored = {k: record.get(k) for k in _BASELINE_KIND}
         if options.baseline and stored != _BASELINE_KIND:
             raise UserError(
@@ -294,6 +374,16 @@ def run_maps(
     :func:`refined_maps`, calibrated on the run's training images)."""
     if batch < 1:
         raise UserError(f"--batch must be >= 1, got {batch}")
+    if method == "median":
+        medians = resmaps.median_images(images)
+        return medians, resmaps.median_residual(images, medians)
+    if method == "fused":
+        if options.fusion is None:
+            raise UserError(f"the fused map needs the weights validate.py chooses: run validate.py -p {run.dir} first")
+        parts = [run_maps(run, images, c, options.component(c), batch) for c in options.fusion.components]
+        # Shown as the reconstruction: the network's (the first component that has one).
+        recons = next((r for (r, _), c in zip(parts, options.fusion.components) if c not in TRAINING_FREE), parts[0][0])
+        return recons, options.fusion.combine([m for _, m in parts])
     model = run.load_model()
     if method == "learned":
         import learned
@@ -314,7 +404,11 @@ def expected_reconstructions(run: runs.Run, method: str, options: MapOptions, im
     """How many images the network computes, at most, to map ``images`` images: one per
     pass (later passes take only images with something to repaint), plus the training
     images when the calibration is still to be learnt; the ``learned`` head maps in one."""
-    if method == "learned":
+    if method in TRAINING_FREE:
+        return 0
+    if method == "fused" and options.fusion is not None:
+        return sum(expected_reconstructions(run, c, options.component(c), images) for c in options.fusion.components)
+    if method in ("learned", "fused"):
         return images
     if cached_calibration(run, method, options) is None:
         images += len(run.training_paths())
@@ -326,9 +420,12 @@ def load_networks(run: runs.Run, method: str, images: int | None = None, options
     reported before any image is read or any output folder is made. ``images``: how many
     images this process will map with ``options`` (None: unknown), which decides between
     the ONNX twin and Keras (:func:`networks.use_twin`)."""
+    if method in TRAINING_FREE:
+        return
     count = None if images is None else expected_reconstructions(run, method, options, images)
     run.load_model(images=count)
-    if method == "learned":
+    uses = options.fusion.components if method == "fused" and options.fusion else (method,)
+    if "learned" in uses or (method == "fused" and run.head_path.is_file()):
         run.load_head(images=count)
 
 
@@ -429,12 +526,11 @@ def resolve_threshold(
     """
     check_area_threshold(min_area, threshold)
     if threshold is not None and min_area is not None:
-        return (
-            float(threshold),
-            int(min_area),
-            MapOptions.from_args(baseline, scales, passes, method, run.mode),
-            "command line",
-        )
+        options = MapOptions.from_args(baseline, scales, passes, method, run.mode)
+        if method == "fused":  # the weights come from validate.py whatever the threshold
+            found = require_validation_result(run, method, None, "which chooses the fused map's weights")
+            options = dataclasses.replace(options, fusion=MapOptions.from_record(found, "its result").fusion)
+        return float(threshold), int(min_area), options, "command line"
     found = require_validation_result(run, method, min_area, "or pass both -t THRESHOLD and -a MIN_AREA")
     what = f"the validation result for {method} (area {found['min_area']})"
     options = MapOptions.from_record(found, what)

@@ -122,6 +122,32 @@ def residual_maps(images: np.ndarray, reconstructions: np.ndarray, method: str, 
     return out
 
 
+MEDIAN_SIZE = 21  # px: window of the training-free median residual (the suite's trivial detector)
+
+
+def median_images(images: np.ndarray, size: int = MEDIAN_SIZE) -> np.ndarray:
+    """Each image's ``size``-px median filter (N×H×W×C float32 in [0, 1]): what its
+    neighbourhood says the pixel should be, the "reconstruction" of the ``median`` map.
+    OpenCV's median takes 8-bit input for windows above 5 px; the images come from 8-bit files."""
+    if size < 3 or size % 2 == 0:
+        raise ValueError(f"median window must be an odd number of pixels >= 3, got {size!r}")
+    x = np.asarray(images, dtype=np.float32)
+    out = np.empty_like(x)
+    for i, image in enumerate(np.clip(np.rint(x * 255), 0, 255).astype(np.uint8)):
+        for ch in range(x.shape[-1]):
+            out[i, ..., ch] = cv2.medianBlur(np.ascontiguousarray(image[..., ch]), size)
+    return out / 255.0
+
+
+def median_residual(images: np.ndarray, medians: np.ndarray | None = None, size: int = MEDIAN_SIZE) -> np.ndarray:
+    """``|image − its size-px median|``, largest over channels, N×H×W float32: a map that needs
+    no training and flags what differs from its own neighbourhood (small spots, cracks, edges
+    of stains). ``medians``: :func:`median_images` of ``images`` when already computed."""
+    x = np.asarray(images, dtype=np.float32)
+    medians = median_images(x, size) if medians is None else medians
+    return np.abs(x - medians).max(axis=-1).astype(np.float32)
+
+
 def reconstruct(model, images: np.ndarray, batch: int = 16) -> np.ndarray:
     """Model reconstructions of an N×H×W×C array, in batches (float32)."""
     n = len(images)
@@ -252,3 +278,14 @@ def min_threshold_for_area(resmaps: Iterable[np.ndarray], min_area: int) -> floa
 def threshold_curve(resmaps: Iterable[np.ndarray], thresholds: Iterable[float]) -> np.ndarray:
     """Largest region area over all maps at each threshold (for the validation plot)."""
     return np.array([max(largest_area(m, t) for m in resmaps) for t in thresholds], dtype=np.int64)
+
+
+def area_peaks(resmaps: Iterable[np.ndarray], min_area: int) -> np.ndarray:
+    """Per map, the highest threshold at which it still holds a region of ``min_area`` pixels:
+    :func:`min_threshold_for_area` of that map alone (float64 array).
+
+    A map is judged defective at threshold ``t`` exactly when its peak is above ``t``, so
+    ``peak / t`` is an image score in the threshold's units (above 1: defective). Unlike the
+    map's maximum, a lone hot pixel does not raise it, and a large faint region does.
+    """
+    return np.array([min_threshold_for_area([m], min_area) for m in resmaps], dtype=np.float64)

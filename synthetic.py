@@ -198,3 +198,198 @@ def painted_copies(images: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.nd
     if not out:
         return np.zeros((0, *images.shape[1:]), np.float32), np.zeros((0, *images.shape[1:3]), bool), []
     return np.stack(out).astype(np.float32), np.stack(masks), names
+
+
+# --------------------------------------------------------------------------- proxy families
+# What real defects look like beyond the demo's five painted ones (issue 22): large faint
+# changes, low-opacity texture, missing or frayed edges, dark inactive areas and long thin
+# cracks. Each family is a function (image H×W×C in [0, 1], rng) -> (painted, soft mask);
+# the proxy reports each one by name. Material comes from the image itself (another place,
+# scale and angle), from procedural noise or from scikit-image's photographs, never from a
+# download.
+
+
+def _smooth_blob(rng, shape, share, sigma_share, soft):
+    """A soft blob covering about ``share`` of the image, built from smooth noise around a
+    random centre; ``soft`` px Gaussian edge."""
+    h, w = shape
+    side = min(h, w)
+    field = _noise_field(rng, shape, sigma_share * side)
+    cy, cx = rng.uniform(0.15, 0.85) * h, rng.uniform(0.15, 0.85) * w
+    yy, xx = np.ogrid[:h, :w]
+    reach = np.sqrt(share * h * w / np.pi)
+    field = 0.6 * field + 3.0 * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * reach**2))
+    hard = field > np.quantile(field, 1.0 - share)
+    return gaussian_filter(hard.astype(np.float32), soft)
+
+
+def _fractal_noise(rng, shape):
+    """Fractal (1/f) noise in [0, 1]: a sum of smooth noise fields at halving scales."""
+    total = np.zeros(shape, np.float32)
+    for k, sigma in enumerate((16.0, 8.0, 4.0, 2.0, 1.0)):
+        total += 0.6**k * _noise_field(rng, shape, sigma)
+    return (total - total.min()) / (np.ptp(total) + 1e-8)
+
+
+def _shading(image, rng):
+    """Large low-contrast shading: 5–33 % of the image 3–25 % darker or brighter, soft edges."""
+    h, w, _ = image.shape
+    soft = _smooth_blob(rng, (h, w), rng.uniform(0.05, 0.33), 0.15, rng.uniform(2.0, 0.05 * min(h, w) + 2))
+    gain = 1.0 + rng.choice([-1.0, 1.0]) * np.exp(rng.uniform(np.log(0.03), np.log(0.25)))
+    return np.clip(image * gain, 0, 1), soft
+
+
+def _texture(image, rng):
+    """Texture replacement at low opacity: another place of the image itself, rescaled and
+    turned, or fractal noise, blended at 25–70 % into a blob of 1–15 % of the image."""
+    h, w, c = image.shape
+    soft = _smooth_blob(rng, (h, w), rng.uniform(0.01, 0.15), 0.05, 1.0)
+    if rng.random() < 0.6:
+        pil = (
+            Image.fromarray(np.ascontiguousarray(image[..., 0]), mode="F")
+            if c == 1
+            else Image.fromarray((image * 255).astype(np.uint8))
+        )
+        scale = rng.uniform(0.5, 2.0)
+        turned = pil.rotate(float(rng.uniform(0, 360)), resample=Image.Resampling.BILINEAR).resize(
+            (max(1, int(w * scale)), max(1, int(h * scale))), Image.Resampling.BILINEAR
+        )
+        arr = np.asarray(turned, np.float32)
+        arr = arr[..., None] if c == 1 else arr / 255.0
+        arr = np.tile(arr, (int(np.ceil(h / arr.shape[0])) + 1, int(np.ceil(w / arr.shape[1])) + 1, 1))
+        y, x = int(rng.integers(0, arr.shape[0] - h + 1)), int(rng.integers(0, arr.shape[1] - w + 1))
+        source = arr[y : y + h, x : x + w]
+    else:
+        noise = _fractal_noise(rng, (h, w))[..., None]
+        source = image.mean() + (noise - 0.5) * rng.uniform(0.2, 0.8)
+    return np.clip(source, 0, 1), soft * rng.uniform(0.25, 0.7)
+
+
+def _edge_missing(image, rng):
+    """Material missing at an edge: a half-disc or a bite at one image border filled with the
+    image's darkest or brightest tone (the background showing through)."""
+    h, w, _ = image.shape
+    side = min(h, w)
+    border = int(rng.integers(4))
+    along = rng.uniform(0.1, 0.9)
+    cy, cx = [(0.0, along * w), (h - 1.0, along * w), (along * h, 0.0), (along * h, w - 1.0)][border]
+    radius = rng.uniform(0.05, 0.25) * side
+    yy, xx = np.ogrid[:h, :w]
+    wobble = 1.0 + 0.25 * _noise_field(rng, (h, w), 0.03 * side)
+    hard = ((yy - cy) ** 2 + (xx - cx) ** 2) < (radius * wobble) ** 2
+    tone = np.quantile(image, 0.01 if rng.random() < 0.7 else 0.99, axis=(0, 1))
+    return np.broadcast_to(tone, image.shape), gaussian_filter(hard.astype(np.float32), 0.7)
+
+
+def _frayed(image, rng):
+    """Frayed or rough edge: a band along a random line whose boundary is ragged (high-frequency
+    noise), darkened or brightened by 15–50 %."""
+    h, w, _ = image.shape
+    side = min(h, w)
+    angle = rng.uniform(0, np.pi)
+    yy, xx = np.mgrid[:h, :w].astype(np.float32)
+    cy, cx = rng.uniform(0.2, 0.8) * h, rng.uniform(0.2, 0.8) * w
+    distance = (yy - cy) * np.cos(angle) - (xx - cx) * np.sin(angle)
+    along = (yy - cy) * np.sin(angle) + (xx - cx) * np.cos(angle)
+    width = rng.uniform(0.02, 0.08) * side
+    ragged = width * (1.0 + 0.8 * _noise_field(rng, (h, w), rng.uniform(0.5, 2.0)))
+    length = rng.uniform(0.2, 0.6) * side
+    hard = (np.abs(distance) < ragged) & (np.abs(along) < length / 2)
+    gain = rng.uniform(0.5, 0.85) if rng.random() < 0.6 else rng.uniform(1.15, 1.5)
+    return np.clip(image * gain, 0, 1), gaussian_filter(hard.astype(np.float32), 0.5)
+
+
+def _dark_area(image, rng):
+    """Dark inactive area: a polygon (2–20 % of the image) darkened to 20–70 % of its tone, as
+    a dead cell region of a solar panel or a burnt spot."""
+    h, w, _ = image.shape
+    side = min(h, w)
+    cy, cx = rng.uniform(0, h), rng.uniform(0, w)
+    radius = np.sqrt(rng.uniform(0.02, 0.2) * h * w / np.pi)
+    corners = int(rng.integers(3, 8))
+    angles = np.sort(rng.uniform(0, 2 * np.pi, corners))
+    radii = radius * rng.uniform(0.6, 1.4, corners)
+    points = [(cx + r * np.cos(a), cy + r * np.sin(a)) for a, r in zip(angles, radii)]
+    canvas = Image.new("L", (w, h), 0)
+    ImageDraw.Draw(canvas).polygon(points, fill=255)
+    hard = np.asarray(canvas, np.float32) / 255.0
+    return image * rng.uniform(0.2, 0.7), gaussian_filter(hard, rng.uniform(0.5, 0.02 * side + 0.5))
+
+
+def _long_crack(image, rng):
+    """A long thin crack (30–90 % of the shorter side, 1–3 px) of any contrast, from 10 %
+    darker (barely visible) to 70 %."""
+    h, w, _ = image.shape
+    side = min(h, w)
+    length = rng.uniform(0.3, 0.9) * side
+    steps = int(rng.integers(8, 20))
+    heading = rng.uniform(0, 2 * np.pi)
+    turns = np.cumsum(rng.normal(0, 0.25, steps))
+    y, x = rng.uniform(0.1, 0.9) * h, rng.uniform(0.1, 0.9) * w
+    points = [(x, y)]
+    for turn in turns:
+        x, y = x + length / steps * np.cos(heading + turn), y + length / steps * np.sin(heading + turn)
+        points.append((x, y))
+    canvas = Image.new("L", (w, h), 0)
+    ImageDraw.Draw(canvas).line(points, fill=255, width=int(rng.integers(1, 4)), joint="curve")
+    depth = np.exp(rng.uniform(np.log(0.1), np.log(0.7)))
+    return image * (1.0 - depth), gaussian_filter(np.asarray(canvas, np.float32) / 255.0, 0.4)
+
+
+def _contamination(image, rng):
+    """Foreign material: a piece of a scikit-image photograph in a smooth blob (0.3–5 %)."""
+    h, w, c = image.shape
+    soft = _smooth_blob(rng, (h, w), rng.uniform(0.003, 0.05), 0.04, 0.7)
+    return _photo_patch(rng, (h, w), c), soft * rng.uniform(0.6, 1.0)
+
+
+PROXY_PAINTERS = {
+    "shading": _shading,
+    "texture": _texture,
+    "edge": _edge_missing,
+    "frayed": _frayed,
+    "dark_area": _dark_area,
+    "long_crack": _long_crack,
+    "contamination": _contamination,
+}
+PROXY_FAMILIES = tuple(PROXY_PAINTERS)
+PROXY_MAX_COPIES = 160  # painted copies at most (each image gets several families while below it)
+
+
+def paint_family(image: np.ndarray, family: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """One proxy defect of ``family`` (:data:`PROXY_FAMILIES`) in an H×W×C image in [0, 1]:
+    ``(painted, mask)``, the mask true where the image changed visibly (> 3/255)."""
+    if family not in PROXY_PAINTERS:
+        raise ValueError(f"unknown defect family {family!r}; choose one of {', '.join(PROXY_FAMILIES)}")
+    image = np.asarray(image, np.float32)
+    source, soft = PROXY_PAINTERS[family](image, rng)
+    blend = np.clip(soft, 0, 1)[..., None]
+    out = np.clip(image * (1 - blend) + np.asarray(source, np.float32) * blend, 0, 1).astype(np.float32)
+    out = np.round(out * 255) / 255  # as an 8-bit file would hold it
+    return out, np.abs(out - image).max(-1) > VISIBLE
+
+
+def proxy_copies(images: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Painted copies of good images for the validation proxy: ``(copies, masks, families)``.
+
+    Every image gets every :data:`PROXY_FAMILIES` defect while that makes at most
+    :data:`PROXY_MAX_COPIES` copies (so a handful of held-back images still gives every family
+    several times); beyond it the families take turns over the images, each family painted
+    into as many images as the others. Copies whose defect changed no pixel visibly are left
+    out. Deterministic for a seed.
+    """
+    rng = np.random.default_rng(seed)
+    n, families = len(images), PROXY_FAMILIES
+    total = min(n * len(families), max(PROXY_MAX_COPIES, n))
+    out, masks, names = [], [], []
+    for k in range(total):
+        f = k % len(families)
+        image = np.asarray(images[(k // len(families) + f) % n], np.float32)
+        painted, mask = paint_family(image, families[f], rng)
+        if mask.any():
+            out.append(painted)
+            masks.append(mask)
+            names.append(families[f])
+    if not out:
+        return np.zeros((0, *images.shape[1:]), np.float32), np.zeros((0, *images.shape[1:3]), bool), []
+    return np.stack(out), np.stack(masks), names

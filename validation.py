@@ -1,12 +1,25 @@
-"""Choosing the residual-map threshold for a minimum defect area, on held-back good images only.
+"""Choosing the residual-map threshold for a minimum defect area, from held-back good images
+and synthetic defects painted into them (never test images).
 
-``validate.py`` is the command line over :func:`validate`. The threshold is the smallest one
-at which no validation image (the run's own ``validation_files.txt``, never test images) has
-a defect region of at least ``min_area`` pixels: zero false alarms on defect-free images.
+``validate.py`` is the command line over :func:`validate`. Every image has a *peak*: the
+highest threshold at which it still holds a region of at least ``min_area`` pixels
+(:func:`resmaps.area_peaks`); an image is defective at a threshold below its peak. Policies
+(:func:`choose_threshold`):
+
+* ``balanced`` (default): the threshold that finds the most painted copies of the validation
+  images (the proxy) while passing the most validation images, at most
+  :data:`MAX_FALSE_ALARMS` of them flagged; the middle of the best interval, for margin.
+* a target false-alarm rate ``r``: the lowest threshold that flags at most ``r`` of the
+  validation images (``r = 0``: zero false alarms, the threshold of earlier versions).
+
+For the ``fused`` map, the weights of its component maps are chosen first, on the same
+painted copies (:func:`choose_fusion`).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import json
 from pathlib import Path
 
@@ -22,34 +35,160 @@ from utils import UserError
 
 CURVE_POINTS = 120  # thresholds drawn in threshold_search.png (the chosen one is added exactly)
 PROXY_SEED = 0  # which defect each validation image's painted copy gets
-MAPS_VERSION = 1  # part of the validation maps' cache key: raise it when the maps' computation changes
+MAPS_VERSION = 2  # part of the validation maps' cache key: raise it when the maps' computation changes
+MAX_FALSE_ALARMS = 0.1  # the balanced policy flags at most this share of the validation images
+FUSION_SAMPLE = 2  # the fusion search scores maps subsampled by this factor per side (4x faster)
+FUSION_TIE = 0.002  # proxy objectives this close count as tied (see choose_fusion)
 
 
-def validate(path, min_area: int | None = None, maps: MapRequest = MapRequest()) -> tuple[dict, Path]:
+def choose_threshold(good_peaks, painted_peaks=None, false_alarms: float | None = None) -> tuple[float, dict]:
+    """The threshold for images with these peaks (see the module docstring), and what it gives.
+
+    ``false_alarms`` None: the balanced policy (needs ``painted_peaks``; without them, zero
+    false alarms); else the lowest threshold flagging at most that share of the good images.
+    Returns ``(threshold, record)``: the policy, the validation TNR and the proxy TPR there.
+    """
+    good = np.sort(np.asarray(good_peaks, np.float64))
+    painted = np.asarray([] if painted_peaks is None else painted_peaks, np.float64)
+    if false_alarms is not None and not (0.0 <= false_alarms < 1.0):
+        raise ValueError(f"the false-alarm rate must be in [0, 1), got {false_alarms!r}")
+    if false_alarms is not None or not painted.size:
+        rate = 0.0 if false_alarms is None else float(false_alarms)
+        allowed = int(np.floor(rate * len(good) + 1e-9))
+        threshold = float(good[len(good) - 1 - allowed])
+        policy = f"at most {rate:g} of the validation images flagged"
+    else:
+        # J = TPR + TNR is constant between consecutive peaks: score each interval [v_k, v_k+1).
+        values = np.unique(np.concatenate([good, painted]))
+        tnr = np.searchsorted(good, values, side="right") / len(good)
+        tpr = 1.0 - np.searchsorted(np.sort(painted), values, side="right") / len(painted)
+        feasible = tnr >= 1.0 - MAX_FALSE_ALARMS - 1e-9
+        feasible[-1] = False  # above every peak: nothing is ever found
+        if not feasible.any():
+            return choose_threshold(good, None, 0.0)
+        j = np.where(feasible, tpr + tnr, -np.inf)
+        k = int(np.flatnonzero(j == j.max())[-1])  # ties: the interval with the fewest false alarms
+        threshold = float((values[k] + values[k + 1]) / 2)
+        policy = (
+            f"balanced: most painted copies found with at most {MAX_FALSE_ALARMS:g} of the validation images flagged"
+        )
+    return threshold, {
+        "policy": policy,
+        "validation_tnr": float(np.mean(good <= threshold)),
+        "proxy_tpr": float(np.mean(painted > threshold)) if painted.size else None,
+        "zero_false_alarm_threshold": float(good[-1]),
+    }
+
+
+def _normaliser(good_maps: np.ndarray) -> tuple[float, float]:
+    """``(centre, spread)`` of a component on good maps: median, 99.9th percentile − median."""
+    sample = np.asarray(good_maps, np.float32)[:, ::FUSION_SAMPLE, ::FUSION_SAMPLE].ravel()
+    centre, top = np.quantile(sample, [0.5, 0.999])
+    spread = float(top - centre)
+    if not spread > 0:
+        spread = float(sample.max() - centre) or 1.0
+    return float(centre), spread
+
+
+def _simplex(k: int, step: float) -> list[tuple]:
+    """Every weight vector of ``k`` components on a grid of ``step`` that sums to 1."""
+    n = int(round(1 / step))
+    grid = [w for w in itertools.product(range(n + 1), repeat=k) if sum(w) == n]
+    return [tuple(v / n for v in w) for w in grid]
+
+
+def choose_fusion(components: dict, min_area: int) -> tuple[inference.Fusion, list[dict]]:
+    """The fused map's weights: ``components`` maps each component method to its
+    ``(good maps, (painted maps, masks, families))`` on the validation images; every weight
+    vector of the grid (:data:`inference.FUSION_STEP`) is scored on the painted copies (mean of
+    image AUROC, pixel AUROC and AU-PRO, maps subsampled by :data:`FUSION_SAMPLE`) and the
+    best kept. Returns the fusion and every candidate's scores."""
+    names = tuple(components)
+    norms = [_normaliser(components[c][0]) for c in names]
+    step = FUSION_SAMPLE
+    area = max(1, min_area // step**2)
+    searched = []
+    for weights in _simplex(len(names), inference.FUSION_STEP):
+        fusion = inference.Fusion(names, weights, tuple(c for c, _ in norms), tuple(s for _, s in norms))
+        good = fusion.combine([components[c][0][:, ::step, ::step] for c in names])
+        painted = fusion.combine([components[c][1][0][:, ::step, ::step] for c in names])
+        masks = components[names[0]][1][1][:, ::step, ::step]
+        threshold = max(float(resmaps.area_peaks(good, area).max()), 1e-12)
+        figures_ = evaluation._proxy_figures(good, painted, masks, threshold, area, evaluation.DEFAULT_SMOOTH / step)
+        objective = float(np.mean([figures_[k] or 0.0 for k in ("image_auroc", "pixel_auroc", "au_pro")]))
+        searched.append({"weights": list(weights), "objective": objective, **figures_})
+    # Within 0.002 of the best objective (the proxy's noise), the most even weights: no single
+    # map's blind spot decides alone where the painted defects cannot tell them apart.
+    top = max(s["objective"] for s in searched)
+    best = max(
+        (i for i, s in enumerate(searched) if s["objective"] >= top - FUSION_TIE),
+        key=lambda i: -sum(w * w for w in searched[i]["weights"]),
+    )
+    weights = tuple(searched[best]["weights"])
+    return inference.Fusion(names, weights, tuple(c for c, _ in norms), tuple(s for _, s in norms)), searched
+
+
+def fused_validation_maps(mapper: inference.Mapper, min_area: int) -> tuple:
+    """:func:`validation_maps` of the fused map: each component's (cached), the weights chosen
+    on the proxy (:func:`choose_fusion`), then combined. Returns ``(paths, maps, painted,
+    mapper with the fusion, the fusion search)``."""
+    run = mapper.run
+    parts = {}
+    for c in inference.fusion_components(run):
+        sub = inference.Mapper(run, c, mapper.options.component(c), mapper.batch)
+        paths, good, painted = validation_maps(sub)
+        if painted is None:
+            raise UserError(f"no synthetic defect could be painted into the validation images of {run.dir}")
+        parts[c] = (good, painted)
+    fusion, searched = choose_fusion(parts, min_area)
+    mapper = dataclasses.replace(mapper, options=dataclasses.replace(mapper.options, fusion=fusion))
+    good = fusion.combine([parts[c][0] for c in fusion.components])
+    first = parts[fusion.components[0]][1]
+    painted = (fusion.combine([parts[c][1][0] for c in fusion.components]), first[1], first[2])
+    return paths, good, painted, mapper, searched
+
+
+def validate(
+    path, min_area: int | None = None, maps: MapRequest = MapRequest(), false_alarms: float | None = None
+) -> tuple[dict, Path]:
     """Compute, save and return the validation result for ``min_area`` (default:
     :func:`inference.default_min_area`): ``(result, its folder)``.
 
-    Writes ``RUN/validation/<method>/a<MIN_AREA>/validation_result.json`` and
+    ``false_alarms``: None for the balanced policy, else the share of validation images the
+    threshold may flag (see :func:`choose_threshold`). Writes
+    ``RUN/validation/<method>/a<MIN_AREA>/validation_result.json`` and
     ``threshold_search.png``; the result also holds the proxy scores on painted copies of
-    the validation images (:func:`evaluation.proxy_scores`).
+    the validation images (:func:`evaluation.proxy_scores`), per defect family.
     """
     inference.check_area_threshold(min_area=min_area)
     mapper = inference.open_maps(path, maps)
-    run, method, options = mapper.run, mapper.method, mapper.options
+    run, method = mapper.run, mapper.method
     if min_area is None:
         min_area = inference.default_min_area(run.shape)
-    paths, good_maps, painted = validation_maps(mapper)
+    searched = None
+    if method == "fused":
+        paths, good_maps, painted, mapper, searched = fused_validation_maps(mapper, min_area)
+    else:
+        paths, good_maps, painted = validation_maps(mapper)
+    options = mapper.options
     if not np.isfinite(good_maps).all():
         raise UserError(
             f"the residual maps of {run.model_path} are not finite (a diverged model?): no threshold can be chosen"
         )
-    threshold = resmaps.min_threshold_for_area(good_maps, min_area)
+    good_peaks = resmaps.area_peaks(good_maps, min_area)
+    painted_peaks = resmaps.area_peaks(painted[0], min_area) if painted is not None else None
+    try:
+        threshold, policy = choose_threshold(good_peaks, painted_peaks, false_alarms)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
     largest, _ = resmaps.region_stats(good_maps, threshold)
     result = {
         "min_area": int(min_area),
         "threshold": threshold,
+        **policy,
         "method": method,
         **options.record(),
+        **({"fusion_search": searched} if searched else {}),
         "n_images": len(paths),
         "largest_area_at_threshold": int(largest.max()),
         "validation_files": [str(p) for p in paths],
@@ -76,10 +215,12 @@ def _maps_key(mapper: inference.Mapper) -> str:
     def stamp(p):
         return [str(p), *runs.file_stamp(p)]
 
+    uses_head = mapper.method == "learned"
     return json.dumps(
         {
             "version": MAPS_VERSION,
             "model": stamp(run.model_path),
+            "head": stamp(run.head_path) if uses_head else None,
             "images": [stamp(p) for p in run.validation_paths()],
             "method": mapper.method,
             **mapper.options.record(),

@@ -1,0 +1,173 @@
+"""The image score in the threshold's units, the threshold policies, the median and fused maps,
+and the proxy's defect families (issue 22, issue 23 point 3)."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from scipy import ndimage
+from skimage.measure import label
+
+import evaluation
+import inference
+import resmaps
+import synthetic
+import validation
+
+
+def _peak_by_brute_force(m, area):
+    """Independent: scan every value of the map upwards with scikit-image's labelling."""
+    for v in np.unique(m):
+        labels = label(m > v, connectivity=2)
+        largest = np.bincount(labels.ravel())[1:].max() if labels.max() else 0
+        if largest < area:
+            return float(v)
+    raise AssertionError("unreachable: nothing lies above the top value")
+
+
+def test_area_peak_is_the_highest_threshold_that_still_holds_a_region_of_the_area():
+    rng = np.random.default_rng(0)
+    maps = ndimage.gaussian_filter(rng.random((6, 20, 24)), (0, 1.5, 1.5)).astype(np.float32)
+    for area in (1, 5, 30):
+        peaks = resmaps.area_peaks(maps, area)
+        assert list(peaks) == [_peak_by_brute_force(m, area) for m in maps]
+
+
+def test_a_lone_hot_pixel_does_not_raise_the_score_and_a_large_faint_region_does():
+    m = np.zeros((2, 30, 30), np.float32)
+    m[0, 3, 3] = 9.0  # one hot pixel
+    m[1, 5:15, 5:15] = 0.5  # 100 px, faint
+    peaks = resmaps.area_peaks(m, 10)
+    assert peaks[0] == 0.0 and peaks[1] == 0.5
+
+
+@pytest.mark.parametrize("where", ["quartile", "median", "an image's own peak"])
+def test_score_above_one_is_exactly_the_verdict(where):
+    rng = np.random.default_rng(1)
+    maps = ndimage.gaussian_filter(rng.random((20, 16, 16)), (0, 1, 1)).astype(np.float32)
+    peaks = np.array([_peak_by_brute_force(m, 6) for m in maps])
+    threshold = {"quartile": np.quantile(peaks, 0.25), "median": np.median(peaks)}.get(where, peaks[3])
+    scores = evaluation.image_scores(maps, threshold, 6)
+    defective, _, _ = inference.classify(maps, threshold, 6)
+    assert 0 < defective.sum() < len(maps)
+    assert list(scores > 1.0) == list(defective)
+    if where == "an image's own peak":
+        assert scores[3] == 1.0 and not defective[3]  # at its peak an image is not (yet) defective
+
+
+def test_zero_false_alarm_policy_is_the_top_good_peak_and_a_rate_allows_that_share():
+    good = [0.1, 0.4, 0.3, 0.2]
+    t, rec = validation.choose_threshold(good, [0.9], false_alarms=0.0)
+    assert t == 0.4 and rec["validation_tnr"] == 1.0 and rec["proxy_tpr"] == 1.0
+    t, rec = validation.choose_threshold(good, None, false_alarms=0.25)  # one image of four may be flagged
+    assert t == 0.3 and rec["validation_tnr"] == 0.75
+    t, _ = validation.choose_threshold(good, None, None)  # no painted copies: zero false alarms
+    assert t == 0.4
+    with pytest.raises(ValueError, match="false-alarm rate must be in"):
+        validation.choose_threshold(good, None, 1.0)
+
+
+def test_balanced_policy_takes_the_middle_of_the_best_interval_within_the_false_alarm_cap():
+    good = np.linspace(0.0, 0.9, 10)  # 10 good images: at most one may be flagged
+    painted = [0.85, 0.95, 1.5, 2.0]
+    t, rec = validation.choose_threshold(good, painted)
+    # Flagging the top good image (0.9) finds 0.85 too? No: 0.85 < 0.9 stays below any t >= 0.8.
+    # Intervals: [0.8, 0.85) TNR 0.9 TPR 1.0 -> J 1.9; [0.85, 0.9) J 0.9 + 0.75; [0.9, 0.95) J 1.0 + 0.75.
+    assert t == pytest.approx((0.8 + 0.85) / 2) and rec["validation_tnr"] == 0.9 and rec["proxy_tpr"] == 1.0
+    assert rec["zero_false_alarm_threshold"] == 0.9
+    # With every copy above the good images the policy keeps zero false alarms, half-way to the copies.
+    t, rec = validation.choose_threshold(good, [1.5, 2.0])
+    assert t == pytest.approx(1.2) and rec["validation_tnr"] == 1.0
+
+
+def test_fusion_combines_normalised_components_and_checks_itself():
+    a = np.array([[[1.0, 3.0]]], np.float32)
+    b = np.array([[[10.0, 0.0]]], np.float32)
+    f = inference.Fusion(("ssim", "median"), (0.75, 0.25), (1.0, 2.0), (2.0, 4.0))
+    # 0.75*(a-1)/2 + 0.25*(b-2)/4 = [0 + 0.5, 0.75 - 0.125]
+    np.testing.assert_allclose(f.combine([a, b]), [[[0.5, 0.625]]])
+    assert inference.Fusion.from_record(json.loads(json.dumps(f.record()))) == f
+    with pytest.raises(ValueError, match="weights must be"):
+        inference.Fusion(("ssim",), (0.0,), (0.0,), (1.0,))
+    with pytest.raises(ValueError, match="spreads must be"):
+        inference.Fusion(("ssim",), (1.0,), (0.0,), (0.0,))
+    with pytest.raises(ValueError, match="components must be among"):
+        inference.Fusion(("sobel",), (1.0,), (0.0,), (1.0,))
+
+
+def test_fusion_search_prefers_the_component_that_sees_the_painted_defects():
+    rng = np.random.default_rng(2)
+    good = rng.random((4, 24, 24)).astype(np.float32) * 0.1
+    painted = rng.random((4, 24, 24)).astype(np.float32) * 0.1
+    masks = np.zeros((4, 24, 24), bool)
+    masks[:, 8:16, 8:16] = True
+    seeing = painted + 0.08 * masks  # this component lights up, faintly, where the defects are
+    blind_good = rng.random((4, 24, 24)).astype(np.float32)
+    blind = rng.random((4, 24, 24)).astype(np.float32) * (1 - masks)  # goes dark where the defects are
+    families = ["dark_area"] * 4
+    parts = {"ssim": (good, (seeing, masks, families)), "median": (blind_good, (blind, masks, families))}
+    fusion, searched = validation.choose_fusion(parts, 4)
+    assert fusion.components == ("ssim", "median") and fusion.weights == (1.0, 0.0)
+    assert [s["weights"] for s in searched] == [[0, 1], [0.25, 0.75], [0.5, 0.5], [0.75, 0.25], [1, 0]]
+    assert searched[0]["objective"] < searched[-1]["objective"]
+    # Equally good components: the even mix wins the tie.
+    twin = {"ssim": parts["ssim"], "l2": (good.copy(), (seeing.copy(), masks, families))}
+    assert validation.choose_fusion(twin, 4)[0].weights == (0.5, 0.5)
+
+
+def test_median_residual_equals_scipys_median_filter():
+    rng = np.random.default_rng(3)
+    images = rng.integers(0, 256, (2, 40, 50, 3)).astype(np.float32) / 255
+    expected = np.abs(images - ndimage.median_filter(images, size=(1, 21, 21, 1), mode="nearest") / 1.0).max(-1)
+    np.testing.assert_allclose(resmaps.median_residual(images), expected, atol=1e-6)
+    with pytest.raises(ValueError, match="odd number"):
+        resmaps.median_images(images, 20)
+
+
+def test_every_proxy_family_changes_the_image_only_inside_its_mask():
+    rng = np.random.default_rng(4)
+    images = ndimage.gaussian_filter(rng.random((3, 64, 80, 3)), (0, 2, 2, 0)).astype(np.float32)
+    images = np.round(images * 255) / 255
+    copies, masks, families = synthetic.proxy_copies(images, seed=5)
+    assert sorted(set(families)) == sorted(synthetic.PROXY_FAMILIES) and len(copies) == 3 * 7
+    for k, (copy, mask) in enumerate(zip(copies, masks)):
+        source = images[(k // 7 + k % 7) % 3]
+        changed = np.abs(copy - source).max(-1) > synthetic.VISIBLE
+        assert mask.any() and np.array_equal(changed, mask)
+    again = synthetic.proxy_copies(images, seed=5)
+    assert np.array_equal(again[0], copies) and again[2] == families
+    shading = masks[np.array(families) == "shading"]
+    assert shading.mean() > 0.04  # large faint regions: a few percent of the image and more
+    with pytest.raises(ValueError, match="unknown defect family"):
+        synthetic.paint_family(images[0], "dent", rng)
+
+
+def test_fused_run_validates_tests_and_every_overlay_shows_its_own_csv_score(tiny_run, tmp_path, monkeypatch):
+    import pandas as pd
+
+    import figures
+    from settings import MapRequest
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    result, _ = validation.validate(run, 4, MapRequest(method="fused"))
+    assert result["fusion"]["components"] == ["ssim", "median"] and result["validation_tnr"] >= 0.9
+    assert set(result["proxy"]["families"]) == set(synthetic.PROXY_FAMILIES)
+    titles = {}
+    real = figures.plot_overlay
+
+    def spy(*args, **kwargs):
+        titles[kwargs["title"]] = kwargs["score"]
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(figures, "plot_overlay", spy)
+    monkeypatch.setattr(inference, "STREAM_CHUNK", 3)  # several chunks: each overlay still gets its own score
+    out, scores, _, folder = evaluation.test_run(run, MapRequest(method="fused"), save=True)
+    frame = pd.read_csv(folder / "classification.csv")
+    assert len(titles) == len(frame) and len(set(frame["score"])) > 3
+    for row in frame.itertuples():
+        key = f"{row.defect_type}/{row.path.rsplit('/', 1)[-1]}"
+        assert titles[key] == pytest.approx(row.score, rel=1e-12)
+        assert (row.score > 1.0) == bool(row.prediction)
+    assert scores["image_score"] == evaluation.SCORE_RULE and out["fusion"] == result["fusion"]
