@@ -15,9 +15,9 @@ Defect families, chosen to cover what the field calls defects without copying an
 * ``stroke``: a thin random polyline 1–4 px wide, darker (×0.2–0.85) or brighter than its
   surroundings (cracks and scratches, subtle to deep).
 
-The photographs used here (:data:`FILL_PHOTOS`) are deliberately *not* those that the
-offline demo classes and the validation proxy paint with (``make_dataset``), so the proxy
-never scores the network on the very material it was trained on.
+The validation proxy paints other families (:data:`PROXY_FAMILIES`: large faint shading,
+low-opacity texture, missing and frayed edges, dark areas, long thin cracks, contamination)
+with other painters, so the proxy does not score the head on exactly what it trained on.
 """
 
 from __future__ import annotations
@@ -164,40 +164,6 @@ def corrupt(images: np.ndarray, seed: int | np.random.Generator, share: float = 
     for i in np.flatnonzero(rng.random(len(out)) < share):
         out[i], masks[i] = corrupt_one(out[i], rng)
     return out, masks
-
-
-def painted_copies(images: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Copies of good images with one of the demo's painted defects each (the validation proxy).
-
-    Image ``i`` gets defect ``make_dataset.DEFECTS[i % 5]`` (scratch, crack, hole, stain,
-    contamination), painted by the offline dataset generator into a random square window
-    (side = the shorter image side) and pasted back. These painters and their photographs
-    differ from :func:`corrupt`'s, so a learned head is not scored on its own training
-    defects. Returns ``(images, masks N×H×W bool, defect names)``; images on which no visible
-    defect could be painted are left out.
-    """
-    import make_dataset
-
-    rng = np.random.default_rng(seed)
-    out, masks, names = [], [], []
-    for i, image in enumerate(images):
-        h, w, c = image.shape
-        side = min(h, w)
-        y, x = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
-        window = image[y : y + side, x : x + side]
-        defect = make_dataset.DEFECTS[i % len(make_dataset.DEFECTS)]
-        painted = make_dataset.paint(window[..., 0] if c == 1 else window, defect, rng)
-        if painted is None:
-            continue
-        copy, mask = image.copy(), np.zeros((h, w), bool)
-        copy[y : y + side, x : x + side] = painted[0].reshape(window.shape)
-        mask[y : y + side, x : x + side] = painted[1]
-        out.append(copy)
-        masks.append(mask)
-        names.append(defect)
-    if not out:
-        return np.zeros((0, *images.shape[1:]), np.float32), np.zeros((0, *images.shape[1:3]), bool), []
-    return np.stack(out).astype(np.float32), np.stack(masks), names
 
 
 # --------------------------------------------------------------------------- proxy families

@@ -38,6 +38,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
 from utils import UserError, run_cli  # noqa: E402
 
@@ -352,6 +353,12 @@ def run_category(
                 log,
             )
         row["directory"] = str(directory)
+        try:  # the floor the default must clear, on the same test set (no training)
+            import trivial
+
+            row["trivial"] = trivial.trivial_metrics(directory)
+        except (OSError, ValueError, UserError) as exc:
+            row["trivial"] = {"error": str(exc)}
         train_argv = [
             "new",
             "-d",
@@ -564,7 +571,54 @@ def format_tables(rows, header):
                     f"| {r['category']} | {r['seed']} | {defect} | {m.get('n_defective', '–')} | "
                     f"{_fmt(m.get('image_auroc'))} | {_fmt(m.get('pixel_auroc'))} | {_fmt(m.get('au_pro'))} | {_fmt(rate, 2)} |"
                 )
-    return "\n".join(lines) + "\n" + method_table(rows)
+    return "\n".join(lines) + "\n" + method_table(rows) + trivial_table(rows)
+
+
+TRIVIAL_CHECKS = (
+    ("median", "image_auroc"),
+    ("median", "pixel_auroc"),
+    ("median", "au_pro"),
+    ("brightness", "image_auroc"),
+)
+
+
+def below_trivial(row) -> list[str]:
+    """The metrics on which a run scores below a trivial detector (see bench/trivial.py)."""
+    trivial = row.get("trivial") or {}
+    below = []
+    for detector, key in TRIVIAL_CHECKS:
+        floor, got = (trivial.get(detector) or {}).get(key), row.get(key)
+        if floor is not None and got is not None and got < floor:
+            below.append(f"{key} {got:.3f} < {detector} {floor:.3f}")
+    return below
+
+
+def trivial_table(rows):
+    """Markdown: the two trivial detectors beside each category, and every run below one of them."""
+    ok = [r for r in rows if r.get("status") == "ok" and isinstance(r.get("trivial"), dict)]
+    if not ok:
+        return ""
+    lines = [
+        "",
+        "Trivial detectors on the same test sets, no training (bench/trivial.py): |image − 21-px median| smoothed "
+        "(σ 4) for pixels and images; mean brightness distance from the training images for images.",
+        "",
+        "| category | median: image AUROC | pixel AUROC | AU-PRO | brightness: image AUROC | default below a trivial detector |",
+        "|---|---|---|---|---|---|",
+    ]
+    seen = set()
+    for r in ok:
+        t = r["trivial"]
+        if r["category"] not in seen:
+            seen.add(r["category"])
+            median, bright = t.get("median") or {}, t.get("brightness") or {}
+            lows = [f"seed {x['seed']}: " + "; ".join(below_trivial(x)) for x in ok if x["category"] == r["category"]]
+            lows = [low for low in lows if not low.endswith(": ")]
+            lines.append(
+                f"| {r['category']} | {_fmt(median.get('image_auroc'))} | {_fmt(median.get('pixel_auroc'))} | "
+                f"{_fmt(median.get('au_pro'))} | {_fmt(bright.get('image_auroc'))} | {' / '.join(lows) or 'no'} |"
+            )
+    return "\n".join(lines) + "\n"
 
 
 def header_for(settings: Settings, default_area: bool, argv) -> str:

@@ -178,3 +178,33 @@ def test_bad_options_give_one_line_errors(tmp_path, capsys):
     with pytest.raises(UserError, match="not found"):
         suite.settings_from_args(suite.get_parser().parse_args(["--append", "--readme", str(tmp_path / "none.md")]))
     assert not (tmp_path / "out").exists()
+
+
+def test_trivial_table_names_every_metric_below_a_trivial_detector():
+    trivial = {"median": {"image_auroc": 0.8, "pixel_auroc": 0.9, "au_pro": 0.7}, "brightness": {"image_auroc": 0.75}}
+    low = _row("a/x", 0, image_auroc=0.78, pixel_auroc=0.95, au_pro=0.69, trivial=trivial)
+    high = _row("a/x", 1, image_auroc=0.9, pixel_auroc=0.95, au_pro=0.8, trivial=trivial)
+    assert suite.below_trivial(low) == [
+        "image_auroc 0.780 < median 0.800",
+        "au_pro 0.690 < median 0.700",
+    ]
+    assert suite.below_trivial(high) == []
+    text = suite.trivial_table([low, high])
+    assert "| a/x | 0.800 | 0.900 | 0.700 | 0.750 | seed 0: image_auroc 0.780 < median 0.800; au_pro" in text
+    assert text.count("| a/x |") == 1  # one line per category, whatever its seeds
+    assert suite.trivial_table([_row("b/y", 0)]) == ""  # no trivial figures: no table
+
+
+def test_trivial_detectors_score_a_class_folder(tmp_path):
+    """On a generated class with painted defects the median detector finds them (well above chance)."""
+    import make_dataset
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    import trivial
+
+    (class_dir,) = make_dataset.generate(
+        tmp_path, classes=("brick",), size=48, n_train=6, n_test_good=3, n_test_defect=2, seed=0
+    )
+    got = trivial.trivial_metrics(class_dir)
+    assert set(got) == {"median", "brightness"}
+    assert 0.5 < got["median"]["pixel_auroc"] <= 1 and 0 <= got["brightness"]["image_auroc"] <= 1

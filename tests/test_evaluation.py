@@ -105,23 +105,3 @@ def test_curve_figures_only_where_defined(tmp_path):
     empty.mkdir()
     evaluation.plot_test_curves(empty, s, {"image_auroc": None}, {}, "ssim", 4.0, 0.3)
     assert list(empty.iterdir()) == []
-
-
-def test_image_score_is_the_raw_maximum_for_the_learned_map_and_the_smoothed_one_otherwise():
-    """A one-pixel spike of 1 in a 33×33 map: the learned map scores its raw maximum, 1; an
-    SSIM map scores the maximum after the σ-4 Gaussian, the kernel's centre weight, which is
-    about 1 / (2π σ²) (analytic) and exactly scipy's gaussian_filter of the spike (independent)."""
-    from scipy.ndimage import gaussian_filter
-
-    maps = np.zeros((2, 33, 33), np.float32)
-    maps[0, 16, 16] = 1.0
-    maps[1, 5, 9] = 0.5
-    smoothed = evaluation.resmaps.smooth(maps, 4.0)
-    assert evaluation.score_sigma("learned", 4.0) == 0.0 and evaluation.score_sigma("ssim", 4.0) == 4.0
-    np.testing.assert_allclose(evaluation.image_scores(maps, smoothed, "learned", 4.0), [1.0, 0.5])
-    ssim = evaluation.image_scores(maps, smoothed, "ssim", 4.0)
-    assert ssim[0] == pytest.approx(1 / (2 * np.pi * 16), rel=0.01)
-    assert ssim[0] == pytest.approx(gaussian_filter(maps[0].astype(np.float64), 4.0, mode="mirror").max(), rel=1e-5)
-    assert evaluation.image_scores(maps, maps, "ssim", 0.0)[1] == 0.5  # --smooth 0: raw maxima for every method
-    assert evaluation.describe_score("learned", 4.0) == "maximum of the raw map (model resolution)"
-    assert "sigma 4 px" in evaluation.describe_score("l2", 4.0)
