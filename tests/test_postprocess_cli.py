@@ -217,14 +217,19 @@ def run_dir(tiny_run, tmp_path_factory):
 @pytest.fixture(scope="module")
 def labelled(run_dir, tmp_path_factory):
     """The labelled test on run_dir with the validation result: (stdout, stderr, output folder,
-    a private copy of test/ssim as this test wrote it). Later tests write test/ssim again
-    (other thresholds), so tests read metrics.json and anomaly maps from the copy: they do not
-    depend on which test ran last."""
+    a private copy of test/ssim as this test wrote it). Later tests may write test/ssim again
+    (other thresholds, or this result again without --save), so tests read every file of the
+    result from the copy (:func:`written`): they do not depend on which test ran last."""
     code, out, err = run_quietly(test_script.main, ["-p", str(run_dir), "--save"])
     assert code == 0, err
     copy = tmp_path_factory.mktemp("labelled") / "ssim"
     shutil.copytree(run_dir / "test" / "ssim", copy)
     return out, err, Path(out.strip().splitlines()[-1]), copy
+
+
+def written(labelled):
+    """The private copy of the labelled fixture's output folder, as test.py wrote it."""
+    return labelled[3] / labelled[2].name
 
 
 # --------------------------------------------------------------------------- 1. validate.py
@@ -337,7 +342,7 @@ def test_labelled_uses_validation_result(run_dir, labelled):
     out, _, out_dir, _ = labelled
     val = json.loads((run_dir / "validation" / "ssim" / f"a{AREA}" / "validation_result.json").read_text())
     assert out_dir == run_dir / "test" / "ssim" / f"a{AREA}_t{val['threshold']:.6f}"
-    result = json.loads((out_dir / "test_result.json").read_text())
+    result = json.loads((written(labelled) / "test_result.json").read_text())
     assert result["threshold"] == val["threshold"]
     assert result["min_area"] == AREA
     assert result["method"] == "ssim"
@@ -346,7 +351,7 @@ def test_labelled_uses_validation_result(run_dir, labelled):
 
 
 def test_labelled_classification_csv(run_dir, labelled, tiny_dataset):
-    _, _, out_dir, _ = labelled
+    out_dir = written(labelled)
     frame = pd.read_csv(out_dir / "classification.csv")
     files = listed_test_files(tiny_dataset)
     assert len(files) == 13
@@ -362,7 +367,7 @@ def test_labelled_classification_csv(run_dir, labelled, tiny_dataset):
 
 
 def test_labelled_result_consistent_with_csv(labelled):
-    _, _, out_dir, _ = labelled
+    out_dir = written(labelled)
     frame = pd.read_csv(out_dir / "classification.csv")
     result = json.loads((out_dir / "test_result.json").read_text())
     truth = frame["truth"] == "defective"
@@ -391,13 +396,13 @@ def test_labelled_result_consistent_with_csv(labelled):
 
 
 def test_labelled_save_masks_and_overlays(labelled, tiny_dataset):
-    _, _, out_dir, _ = labelled
+    out_dir = written(labelled)
     frame = pd.read_csv(out_dir / "classification.csv")
-    written = sorted(p.relative_to(out_dir).as_posix() for p in out_dir.rglob("*.png"))
+    pngs = sorted(p.relative_to(out_dir).as_posix() for p in out_dir.rglob("*.png"))
     expected = sorted(
         f"{d}/{p.stem}_{kind}.png" for d, p in listed_test_files(tiny_dataset) for kind in ("mask", "overlay")
     )
-    assert written == expected
+    assert pngs == expected
     for _, row in frame.iterrows():
         image_path = Path(row["path"])
         stem, defect = image_path.stem, row["defect_type"]
@@ -421,7 +426,7 @@ def test_labelled_anomaly_maps(run_dir, labelled, tiny_dataset):
     assert sorted(p.relative_to(maps_dir).as_posix() for p in maps_dir.rglob("*.tiff")) == sorted(
         f"{d}/{p.stem}.tiff" for d, p in files
     )
-    frame = pd.read_csv(labelled[2] / "classification.csv").set_index("path")
+    frame = pd.read_csv(written(labelled) / "classification.csv").set_index("path")
     for defect, path in files:
         array = tifffile.imread(maps_dir / defect / f"{path.stem}.tiff")
         assert array.dtype == np.float32
@@ -474,9 +479,9 @@ def test_labelled_metrics_match_values_recomputed_from_the_written_files(labelle
     import tifffile
     from sklearn.metrics import roc_auc_score
 
-    _, _, out_dir, copy = labelled
+    copy = labelled[3]
     metrics = json.loads((copy / "metrics.json").read_text())
-    frame = pd.read_csv(out_dir / "classification.csv")
+    frame = pd.read_csv(written(labelled) / "classification.csv")
     truth = (frame["truth"] == "defective").to_numpy()
     assert metrics["image_auroc"] == pytest.approx(roc_auc_score(truth, frame["score"]), abs=1e-9)
     maps, masks = [], []
@@ -531,7 +536,7 @@ def test_smooth_sets_the_sigma_of_anomaly_maps_and_scores_not_the_verdicts(run_d
 def test_labelled_stdout_table(run_dir, labelled):
     out, _, out_dir, _ = labelled
     metrics = json.loads((labelled[3] / "metrics.json").read_text())
-    frame = pd.read_csv(out_dir / "classification.csv")
+    frame = pd.read_csv(written(labelled) / "classification.csv")
     lines = out.splitlines()
     for defect in ("good", *DEFECTS):
         row = next(line for line in lines if line.split() and line.split()[0] == defect)
@@ -672,21 +677,28 @@ def test_predict_images_empty_folder(run_dir, tmp_path, capsys):
     assert not list((run_dir / "predictions" / "ssim").glob("empty*"))
 
 
-def test_labelled_test_in_small_chunks_gives_the_same_results(run_dir, labelled, monkeypatch, capsys):
+def test_labelled_test_in_small_chunks_gives_the_same_results(run_dir, labelled, tmp_path, monkeypatch, capsys):
     """Streaming (issue 13): with 4 images per chunk the labelled test writes the same
-    verdicts, scores and metrics as in one piece (the fixture's run, default chunk)."""
+    verdicts, scores and metrics as in one piece (the fixture's run, default chunk).
+
+    On a copy of the run (time stamps kept, so its calibration cache still fits): writing
+    the same result again into the shared run would replace the fixture's --save masks,
+    which other tests read."""
     _, _, out_dir, copy = labelled
-    before = pd.read_csv(out_dir / "classification.csv")
+    before = pd.read_csv(written(labelled) / "classification.csv")
     assert len(before) > 4 * 3  # several chunks
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run, ignore=shutil.ignore_patterns(*OUTPUT_DIRS[1:]))
     monkeypatch.setattr(inference, "STREAM_CHUNK", 4)
-    code, out, err = cli(test_script.main, ["-p", str(run_dir)], capsys)
+    code, out, err = cli(test_script.main, ["-p", str(run)], capsys)
     assert code == 0, err
+    assert Path(out.strip().splitlines()[-1]) == run / out_dir.relative_to(run_dir)
     after = pd.read_csv(Path(out.strip().splitlines()[-1]) / "classification.csv")
     assert list(after["path"]) == list(before["path"])
     assert (after["prediction"] == before["prediction"]).all()
     np.testing.assert_allclose(after["score"], before["score"], rtol=1e-5, atol=1e-6)
     old = json.loads((copy / "metrics.json").read_text())
-    new = json.loads((run_dir / "test" / "ssim" / "metrics.json").read_text())
+    new = json.loads((run / "test" / "ssim" / "metrics.json").read_text())
     for key in ("image_auroc", "pixel_auroc", "au_pro"):
         assert new[key] == pytest.approx(old[key], abs=1e-6), key
 
