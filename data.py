@@ -29,19 +29,34 @@ def is_image_name(path) -> bool:
 
 
 def list_images(folder, recursive: bool = False) -> list[Path]:
-    """Sorted image files in ``folder`` (recursively if asked); other files get a warning."""
+    """Sorted image files in ``folder`` (recursively if asked). Nothing is skipped without a
+    word: other files get a warning each, broken symbolic links too, and hidden files (a
+    name, or with ``recursive`` a folder below ``folder``, starting with a dot: ``.DS_Store``,
+    ``.ipynb_checkpoints/``, this tool's staging folders) one warning for all."""
     folder = Path(folder)
     if not folder.is_dir():
         raise UserError(f"folder not found: {folder}")
     entries = folder.rglob("*") if recursive else folder.iterdir()
-    images = []
+    images, hidden = [], []
     for path in sorted(entries):
-        if not path.is_file() or path.name.startswith("."):
+        if any(part.startswith(".") for part in path.relative_to(folder).parts):
+            if not path.is_dir():
+                hidden.append(path)
+            continue
+        if path.is_symlink() and not path.exists():
+            warn(f"skipping {path}: a broken symbolic link (its target {os.readlink(path)} does not exist)")
+            continue
+        if not path.is_file():
             continue
         if is_image_name(path):
             images.append(path)
         else:
             warn(f"skipping {path}: not an image file (supported: {', '.join(IMAGE_EXTENSIONS)})")
+    if hidden:
+        warn(
+            f"skipping {len(hidden)} hidden file(s) under {folder} (names or folders starting with '.'), "
+            f"e.g. {hidden[0].relative_to(folder)}"
+        )
     return images
 
 
@@ -64,17 +79,88 @@ def channels_of(color: str) -> int:
     return COLOR_MODES[color][1]
 
 
-def _to_mode(image, color):
+_WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")  # Pillow modes of more than 8 bits a channel
+
+
+def to_uint8(array: np.ndarray, path="image") -> np.ndarray:
+    """Pixel values of any depth as 8 bits, the one rule every reader of the suite follows:
+
+    - float (e.g. a float32 TIFF): values in [0, 1] are scaled by 255, in [0, 255] kept,
+      larger ones scaled from 16 bits; rounded; NaN or infinity refused (one line);
+    - one-channel 16/32-bit integers: scaled from 16 bits when any value exceeds 255, else
+      kept (an 8-bit image stored in 16 bits); truncated;
+    - several-channel 16-bit integers: the high byte (as Pillow reads 16-bit colour PNGs);
+    - negative values become 0, values above the range 255.
+    """
+    array = np.asarray(array)
+    if array.dtype == np.uint8:
+        return array
+    if array.dtype == bool:
+        return array.astype(np.uint8) * 255
+    if array.dtype.kind == "f":
+        values = array.astype(np.float64)
+        if not np.isfinite(values).all():
+            raise UserError(f"cannot read image {path}: it holds NaN or infinite pixel values")
+        top = values.max(initial=0.0)
+        scale = 255.0 if top <= 1.0 else 1.0 if top <= 255.0 else 255.0 / 65535.0
+        return np.clip(np.rint(values * scale), 0, 255).astype(np.uint8)
+    if array.dtype.kind not in "ui":
+        raise UserError(f"cannot read image {path}: pixel type {array.dtype} is not supported")
+    if array.ndim == 3 and array.shape[-1] > 1 and array.dtype == np.uint16:
+        return (array >> 8).astype(np.uint8)
+    values = array.astype(np.float64)
+    top = 65535.0 if values.max(initial=0.0) > 255 else 255.0
+    return np.clip(values / top * 255.0, 0, 255).astype(np.uint8)
+
+
+def _array_image(array, path):
+    """A Pillow image (L or RGB) of a decoded pixel array of any depth (:func:`to_uint8`):
+    H×W, or H×W×C with 1-4 channels (a second or fourth one, alpha, dropped) or planar C×H×W."""
+    array = np.asarray(array)
+    if array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[-1] not in (1, 2, 3, 4):
+        array = np.moveaxis(array, 0, -1)  # planar TIFF
+    if array.ndim == 3 and array.shape[-1] in (1, 2):
+        array = array[..., 0]
+    elif array.ndim == 3 and array.shape[-1] == 4:
+        array = array[..., :3]
+    if array.ndim != 2 and not (array.ndim == 3 and array.shape[-1] == 3):
+        raise UserError(f"cannot read image {path}: pixel array of shape {array.shape} is not one image")
+    return Image.fromarray(to_uint8(array, path))
+
+
+def _to_mode(image, color, path="image"):
     mode = COLOR_MODES[color][0]
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        # 16-bit images: scale to 8 bits instead of clipping everything above 255.
-        array = np.asarray(image, dtype=np.float64)
-        image = Image.fromarray(
-            np.clip(array / (65535.0 if array.max() > 255 else 255.0) * 255.0, 0, 255).astype(np.uint8)
-        )
-    if image.mode in ("RGBA", "LA", "P"):
+    if image.mode in _WIDE_MODES:
+        # 16-bit, 32-bit and float images: to 8 bits by to_uint8 instead of clipping (a float
+        # image in [0, 1] would otherwise be read as black).
+        image = _array_image(np.asarray(image), path)
+    if image.mode in ("RGBA", "LA", "P", "PA"):
         image = image.convert("RGBA").convert("RGB") if mode == "RGB" else image.convert("L")
     return image.convert(mode)
+
+
+def _is_tiff(path):
+    return Path(path).suffix.lower() in (".tif", ".tiff")
+
+
+def _decode(path, color):
+    """One image file as a Pillow image in ``color``'s mode: Pillow, and for TIFFs Pillow
+    cannot open (several channels of 16 bits or floats) tifffile; both by :func:`to_uint8`."""
+    try:
+        with _open_image(path) as image:
+            image.load()
+            return _to_mode(image, color, path)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, MemoryError) as exc:
+        if not _is_tiff(path):
+            raise UserError(f"cannot read image {path}: {exc.__class__.__name__}") from None
+        failure = exc
+    try:
+        import tifffile
+
+        array = tifffile.imread(path)
+    except Exception:  # noqa: BLE001 - tifffile cannot read it either: Pillow's reason is reported
+        raise UserError(f"cannot read image {path}: {failure.__class__.__name__}") from None
+    return _to_mode(_array_image(array, path), color, path)
 
 
 TINY_SHARE = 4  # an image whose smaller side is under size / TINY_SHARE gets a warning when enlarged
@@ -116,12 +202,7 @@ def model_size(size) -> tuple[int, int]:
 
 def _load_image(path, color, size=None):
     """:func:`load_image` plus the file's own (width, height)."""
-    try:
-        with _open_image(path) as image:
-            image.load()
-            image = _to_mode(image, color)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, MemoryError) as exc:
-        raise UserError(f"cannot read image {path}: {exc.__class__.__name__}") from None
+    image = _decode(path, color)
     original = image.size
     target = model_size(size)
     if target is not None and image.size != target:
@@ -146,9 +227,15 @@ def detect_color(paths, sample: int = 16) -> str:
 
 
 def image_size(path) -> tuple[int, int]:
-    """(width, height) of an image file without decoding its pixels."""
-    with _open_image(path) as image:
-        return image.size
+    """(width, height) of an image file without decoding its pixels (a TIFF Pillow cannot
+    open: as :func:`load_image` reads it)."""
+    try:
+        with _open_image(path) as image:
+            return image.size
+    except (UnidentifiedImageError, OSError) as exc:
+        if not _is_tiff(path):
+            raise UserError(f"cannot read image {path}: {exc.__class__.__name__}") from None
+    return _decode(path, "grayscale").size
 
 
 def load_images(paths, color: str, size, progress=None, allow_none: bool = False) -> tuple[np.ndarray, list]:
