@@ -19,6 +19,7 @@ import re
 import secrets
 import shutil
 import zipfile
+import zlib
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -33,8 +34,20 @@ VALIDATION_FILES = "validation_files.txt"
 HISTORY = "history.csv"
 LOSS_PLOT = "loss_curve.png"
 BACKUP = "backup"
-METHODS = ("ssim", "l2", "learned", "median", "fused")  # learned: learned.py's head; median: no training; fused: a mix
-FIXED_METHODS = ("ssim", "l2", "median")  # maps computed from the model alone; every other method uses the head
+METHODS = (
+    "ssim",
+    "l2",
+    "learned",
+    "median",
+    "lowfreq",
+    "fused",
+)  # learned: learned.py's head; median: no training; fused: a mix
+FIXED_METHODS = (
+    "ssim",
+    "l2",
+    "median",
+    "lowfreq",
+)  # maps computed from the model alone; every other method uses the head
 HEAD_FILE = "head.keras"
 MARKER = ".cae-result.json"  # marks a folder this tool wrote as one result (may be replaced by the same result)
 LOCK = ".lock"  # per run: training holds it exclusively, validate/test/finetune shared
@@ -91,12 +104,53 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     removed when it fails, so a crash or kill never leaves half a file."""
     path = Path(path)
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    _remove_stale_temporaries(path)
     try:
         yield tmp
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException:  # KeyboardInterrupt and SystemExit too
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """Remove the temporaries of ``path`` that killed processes (``kill -9``, power loss) left
+    behind, e.g. 0-byte ``.calibration_….<pid>.tmp.npz`` files; those of live processes stay."""
+    prefix, suffix = f".{path.stem}.", f".tmp{path.suffix}"
+    try:
+        stale = [p for p in path.parent.iterdir() if p.name.startswith(prefix) and p.name.endswith(suffix)]
+    except OSError:
+        return
+    for old in stale:
+        pid = old.name[len(prefix) : len(old.name) - len(suffix)]
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            try:
+                old.unlink()
+            except OSError:
+                pass
+
+
+def load_npz_or_none(path: PathLike, required_keys: Iterable[str] = ()) -> dict | None:
+    """Every array of a derived ``.npz`` (a cache this tool wrote) as a dict, read in full now,
+    or None with a one-line warning when it is damaged: truncated, not a zip, an array that
+    does not decode, a missing ``required_keys`` entry. None without a word when the file
+    does not exist. The caller then computes it again; checking that the arrays fit (shapes,
+    settings) stays the caller's."""
+    import numpy as np
+
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as stored:
+            missing = [key for key in required_keys if key not in stored.files]
+            if missing:
+                raise KeyError(missing[0])
+            return {key: stored[key] for key in stored.files}
+    except (zipfile.BadZipFile, KeyError, ValueError, OSError, EOFError, zlib.error) as exc:
+        reason = f"lacks {exc.args[0]!r}" if isinstance(exc, KeyError) else f"{exc.__class__.__name__}"
+        warn(f"{path} is damaged ({reason}): ignored and computed again")
+        return None
 
 
 def write_json(path: PathLike, data: Any) -> None:
