@@ -86,6 +86,11 @@ _METHODS = {
         "residual": "median residual",
         "colorbar": "|image − 21-px median|  (0 = as its neighbourhood)",
     },
+    "lowfreq": {
+        "name": "low-frequency",
+        "residual": "low-frequency residual",
+        "colorbar": "|blurred image − its median brightness|",
+    },
     "fused": {
         "name": "fused",
         "residual": "fused residual",

@@ -58,7 +58,7 @@ def _describe_baseline(baseline_quantile=None, baseline_tolerance=None):
     return f"quantile {baseline_quantile}, {baseline_tolerance or 0}-px tolerance"
 
 
-TRAINING_FREE = ("median",)  # map methods that need no network at all
+TRAINING_FREE = ("median", "lowfreq")  # map methods that need no network at all
 FUSION_STEP = 0.25  # weights of the fused map are chosen on this grid of the simplex (validation.py)
 
 
@@ -110,14 +110,15 @@ class Fusion:
         return " + ".join(f"{w:g}×{c}" for c, w in zip(self.components, self.weights) if w)
 
 
-FUSABLE = ("learned", "ssim", "l2", "median")  # maps the fused map may combine
+FUSABLE = ("learned", "ssim", "l2", "median", "lowfreq")  # maps the fused map may combine
 
 
 def fusion_components(run: runs.Run) -> tuple:
     """The maps a run's ``fused`` map combines: the learned head's (when the run has one), the
-    fixed residual of its loss (ssim or l2) and the training-free median residual."""
+    fixed residual of its loss (ssim or l2) and the training-free median and low-frequency
+    residuals (small local defects; large faint ones)."""
     head = ("learned",) if run.head_path.is_file() else ()
-    return (*head, runs.default_method(run.setup["loss"]), "median")
+    return (*head, runs.default_method(run.setup["loss"]), *TRAINING_FREE)
 
 
 @dataclass(frozen=True)
@@ -377,6 +378,8 @@ def run_maps(
     if method == "median":
         medians = resmaps.median_images(images)
         return medians, resmaps.median_residual(images, medians)
+    if method == "lowfreq":
+        return resmaps.lowfreq_images(images), resmaps.lowfreq_residual(images)
     if method == "fused":
         if options.fusion is None:
             raise UserError(f"the fused map needs the weights validate.py chooses: run validate.py -p {run.dir} first")

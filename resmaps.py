@@ -148,6 +148,27 @@ def median_residual(images: np.ndarray, medians: np.ndarray | None = None, size:
     return np.abs(x - medians).max(axis=-1).astype(np.float32)
 
 
+LOWFREQ_SHARE = 1 / 32  # σ of the low-frequency map's blur, as a share of the shorter image side
+
+
+def lowfreq_images(images: np.ndarray) -> np.ndarray:
+    """What the ``lowfreq`` map compares each image with: its own median brightness per channel,
+    as an N×H×W×C image (the "reconstruction" of a surface with no large shading)."""
+    x = np.asarray(images, dtype=np.float32)
+    return np.broadcast_to(np.median(x, axis=(1, 2), keepdims=True), x.shape).astype(np.float32)
+
+
+def lowfreq_residual(images: np.ndarray) -> np.ndarray:
+    """``|blur(image) − its median brightness|``, largest over channels, N×H×W float32: a map that
+    needs no training and sees large faint changes (shading, dark inactive areas) that a
+    21-px median or a reconstruction copies. The blur's σ is :data:`LOWFREQ_SHARE` of the
+    shorter side, so fine texture does not count."""
+    x = np.asarray(images, dtype=np.float32)
+    sigma = max(1.0, LOWFREQ_SHARE * min(x.shape[1:3]))
+    blurred = np.stack([smooth(x[..., c], sigma) for c in range(x.shape[-1])], axis=-1)
+    return np.abs(blurred - lowfreq_images(x)).max(axis=-1).astype(np.float32)
+
+
 def reconstruct(model, images: np.ndarray, batch: int = 16) -> np.ndarray:
     """Model reconstructions of an N×H×W×C array, in batches (float32)."""
     n = len(images)

@@ -835,6 +835,8 @@ class StagedOutput(StagedFolder):
         for key in ("images",):
             if existing.get(key) != self.identity.get(key):
                 return f"results for other images ({existing.get(key)})", None
+        if existing.get("run") != self.identity.get("run"):
+            return f"another run's result ({existing.get('run')})", existing.get("model_sha256") or "unknown"
         if existing.get("model_sha256") != self.identity.get("model_sha256"):
             return "results of other weights", existing.get("model_sha256") or "unknown"
         if ("head_sha256" in existing or "head_sha256" in self.identity) and existing.get(

@@ -152,7 +152,7 @@ def test_fused_run_validates_tests_and_every_overlay_shows_its_own_csv_score(tin
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
     result, _ = validation.validate(run, 4, MapRequest(method="fused"))
-    assert result["fusion"]["components"] == ["ssim", "median"] and result["validation_tnr"] >= 0.9
+    assert result["fusion"]["components"] == ["ssim", "median", "lowfreq"] and result["validation_tnr"] >= 0.9
     assert set(result["proxy"]["families"]) == set(synthetic.PROXY_FAMILIES)
     titles = {}
     real = figures.plot_overlay
@@ -171,3 +171,12 @@ def test_fused_run_validates_tests_and_every_overlay_shows_its_own_csv_score(tin
         assert titles[key] == pytest.approx(row.score, rel=1e-12)
         assert (row.score > 1.0) == bool(row.prediction)
     assert scores["image_score"] == evaluation.SCORE_RULE and out["fusion"] == result["fusion"]
+
+
+def test_lowfreq_map_sees_a_large_faint_shading_that_the_median_map_misses():
+    x = np.full((1, 96, 96, 1), 0.5, np.float32)
+    x[0, 10:70, 10:70] *= 0.94  # 6 % darker over 40 % of the image
+    low, med = resmaps.lowfreq_residual(x)[0], resmaps.median_residual(x)[0]
+    assert low[40, 40] == pytest.approx(0.03, abs=1e-4) and low[90, 90] < 1e-3
+    assert med[40, 40] < 1 / 255  # inside the region its neighbourhood is as dark: invisible to the median
+    np.testing.assert_allclose(resmaps.lowfreq_images(x)[0, 0, 0], [0.5])
