@@ -55,6 +55,8 @@ QUICK_TRAIN = (("--size", "64"), ("--epochs", "1"), ("--head-steps", "20"))
 # Flags the suite sets itself; an experiment may not override them through the passthrough.
 RESERVED_TRAIN = {"-d", "--directory", "--out", "--seed"}
 RESERVED_EVAL = {"-p", "--path"}
+COMPARE = ("fused", "learned", "ssim")  # map methods --compare evaluates by default
+ALL_METHODS = ("fused", "learned", "ssim", "l2", "median", "lowfreq")  # --leave-one-out's default comparison
 METRICS = ("image_auroc", "pixel_auroc", "au_pro", "tpr", "tnr", "proxy", "training_minutes", "wall_minutes")
 
 
@@ -74,6 +76,7 @@ class Settings:
     readme: Path
     python: str
     compare: tuple = ()  # map methods also evaluated on every run (besides its default one)
+    leave_one_out: bool = False  # report each category with the method the other categories choose
 
 
 def get_parser():
@@ -124,10 +127,17 @@ def get_parser():
     p.add_argument(
         "--compare",
         nargs="*",
-        default=["ssim", "learned"],
+        default=None,
         metavar="METHOD",
         help="map methods also validated and tested on every trained run, besides the run's default one "
-        "(same area), for the method table and the proxy's ranking; 'none' (or no method): only the default",
+        "(same area), for the method table and the proxy's ranking; 'none' (or no method): only the default "
+        f"(default: {' '.join(COMPARE)}; with --leave-one-out every method: {' '.join(ALL_METHODS)})",
+    )
+    p.add_argument(
+        "--leave-one-out",
+        action="store_true",
+        help="also report each category with the map method the other categories choose (their best mean of "
+        "image AUROC, pixel AUROC and AU-PRO); compares every map method unless --compare names them",
     )
     p.add_argument("--append", action="store_true", help="add the tables to the Suite section of the README")
     p.add_argument(
@@ -166,7 +176,14 @@ def settings_from_args(args) -> Settings:
         args.append,
         readme,
         sys.executable,
-        tuple(dict.fromkeys(m for m in args.compare if m != "none")),
+        tuple(
+            dict.fromkeys(
+                m
+                for m in (args.compare if args.compare is not None else ALL_METHODS if args.leave_one_out else COMPARE)
+                if m != "none"
+            )
+        ),
+        args.leave_one_out,
     )
 
 
@@ -519,7 +536,7 @@ def _fmt(value, digits=3):
     return "–" if value is None else f"{value:.{digits}f}"
 
 
-def format_tables(rows, header):
+def format_tables(rows, header, loo=False):
     """The Markdown block for one suite run: a header, the main table and a per-defect-type table."""
     table, overall = summarize(rows)
     proxy = any(r.get("proxy") is not None for r in rows)
@@ -571,7 +588,68 @@ def format_tables(rows, header):
                     f"| {r['category']} | {r['seed']} | {defect} | {m.get('n_defective', '–')} | "
                     f"{_fmt(m.get('image_auroc'))} | {_fmt(m.get('pixel_auroc'))} | {_fmt(m.get('au_pro'))} | {_fmt(rate, 2)} |"
                 )
-    return "\n".join(lines) + "\n" + method_table(rows) + trivial_table(rows)
+    return (
+        "\n".join(lines) + "\n" + method_table(rows) + trivial_table(rows) + (leave_one_out_table(rows) if loo else "")
+    )
+
+
+LOO_METRICS = ("image_auroc", "pixel_auroc", "au_pro")
+
+
+def _quality(m):
+    values = [m.get(k) for k in LOO_METRICS]
+    return None if any(v is None for v in values) else sum(values) / len(values)
+
+
+def leave_one_out(rows) -> dict:
+    """For each category, the map method the *other* categories would make the default (best mean
+    of image AUROC, pixel AUROC and AU-PRO over their runs, every seed) and this category's figures
+    with it: ``{category: {"method": ..., "image_auroc": ..., ...}}``. Only methods evaluated on
+    every other category count; a category without others is left out."""
+    ok = [r for r in rows if r.get("status") == "ok" and r.get("methods")]
+    categories = list(dict.fromkeys(r["category"] for r in ok))
+    out = {}
+    for c in categories:
+        others = [r for r in ok if r["category"] != c]
+        if not others:
+            continue
+        per_category = {}
+        for r in others:
+            for m, figures_ in r["methods"].items():
+                q = _quality(figures_)
+                if q is not None:
+                    per_category.setdefault(m, {}).setdefault(r["category"], []).append(q)
+        names = {r["category"] for r in others}
+        ranked = {m: _mean([_mean(v) for v in cats.values()]) for m, cats in per_category.items() if set(cats) == names}
+        if not ranked:
+            continue
+        method = max(ranked, key=ranked.get)
+        mine = [r["methods"].get(method) for r in ok if r["category"] == c]
+        if any(x is None or _quality(x) is None for x in mine):
+            continue
+        out[c] = {"method": method, **{k: _mean([x.get(k) for x in mine]) for k in (*LOO_METRICS, "tpr", "tnr")}}
+    return out
+
+
+def leave_one_out_table(rows):
+    """Markdown: each category scored with the method the other categories choose (see
+    :func:`leave_one_out`)."""
+    chosen = leave_one_out(rows)
+    if not chosen:
+        return ""
+    lines = [
+        "",
+        "Leave one out: each category with the map method chosen on the *other* categories only (best mean of "
+        "image AUROC, pixel AUROC and AU-PRO over their runs):",
+        "",
+        "| category | method chosen without it | image AUROC | pixel AUROC | AU-PRO | TPR | TNR |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for c, m in chosen.items():
+        lines.append(
+            f"| {c} | {m['method']} | " + " | ".join(_fmt(m.get(k)) for k in (*LOO_METRICS, "tpr", "tnr")) + " |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 TRIVIAL_CHECKS = (
@@ -708,7 +786,7 @@ def run_suite(settings: Settings, argv=()) -> list:
         print(f"    {summary} ({row['wall_minutes']:.1f} min)", flush=True)
         with (settings.out / "suite.jsonl").open("a") as f:
             f.write(json.dumps(row, default=str) + "\n")
-    block = format_tables(rows, header_for(settings, default_area, argv))
+    block = format_tables(rows, header_for(settings, default_area, argv), settings.leave_one_out)
     print("\n" + block)
     if settings.append:
         append_to_readme(settings.readme, block)
@@ -731,7 +809,7 @@ def report(settings: Settings, jsonl: Path, argv=()) -> str:
         header_for(settings, True, argv)
         + f"\n\nRows of {len(stamps)} suite run(s) started {', '.join(stamps)}, from `{jsonl}`."
     )
-    block = format_tables(rows, header)
+    block = format_tables(rows, header, settings.leave_one_out)
     print(block)
     if settings.append:
         append_to_readme(settings.readme, block)

@@ -208,3 +208,25 @@ def test_trivial_detectors_score_a_class_folder(tmp_path):
     got = trivial.trivial_metrics(class_dir)
     assert set(got) == {"median", "brightness"}
     assert 0.5 < got["median"]["pixel_auroc"] <= 1 and 0 <= got["brightness"]["image_auroc"] <= 1
+
+
+def test_leave_one_out_scores_each_category_with_the_method_the_others_prefer():
+    def m(q, tpr=0.5):
+        return {"image_auroc": q, "pixel_auroc": q, "au_pro": q, "tpr": tpr, "tnr": 0.9}
+
+    rows = [
+        _row("a/x", 0, methods={"fused": m(0.9), "ssim": m(0.5)}),
+        _row("a/x", 1, methods={"fused": m(0.7), "ssim": m(0.5)}),
+        _row("b/y", 0, methods={"fused": m(0.6), "ssim": m(0.8)}),
+        _row("c/z", 0, methods={"fused": m(0.9), "ssim": m(0.2), "median": m(1.0)}),
+    ]
+    chosen = suite.leave_one_out(rows)
+    # Without a/x: fused (0.6 + 0.9) / 2 beats ssim (0.8 + 0.2) / 2; median is not on every other category.
+    assert chosen["a/x"]["method"] == "fused" and chosen["a/x"]["image_auroc"] == pytest.approx(0.8)
+    # Without b/y: fused (mean 0.8 over a/x's seeds, 0.9) beats ssim (0.5, 0.2).
+    assert chosen["b/y"] == {"method": "fused", **m(0.6)} | {"image_auroc": 0.6}
+    # Without c/z: fused (0.8, 0.6) = 0.7 beats ssim (0.5, 0.8) = 0.65.
+    assert chosen["c/z"]["method"] == "fused" and chosen["c/z"]["au_pro"] == 0.9
+    text = suite.leave_one_out_table(rows)
+    assert "| b/y | fused | 0.600 | 0.600 | 0.600 | 0.500 | 0.900 |" in text
+    assert suite.leave_one_out([_row("a/x", 0, methods={"fused": m(0.9)})]) == {}
