@@ -13,23 +13,29 @@ Needs a validation result (validate.py) and uses the newest one, or the one for 
 import argparse
 import sys
 
-from utils import quiet_tensorflow, run_cli
+from utils import HelpFormatter, quiet_tensorflow, run_cli
 
-quiet_tensorflow()
+quiet_tensorflow()  # before anything imports TensorFlow (exporting imports it only to build a graph)
 
 
 def get_parser():
     """Command-line options of ``export.py``."""
-    import exporting
+    import exporting  # light: TensorFlow is imported when a graph is built
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument(
         "-p", "--path", required=True, help="run folder written by train.py (or the .keras model inside it)"
     )
-    parser.add_argument("--format", default="saved_model", help=f"artefact format: {', '.join(exporting.FORMATS)}")
+    parser.add_argument(
+        "--format",
+        default="saved_model",
+        help=f"artefact format: {', '.join(exporting.FORMATS)} (default: %(default)s)",
+    )
     parser.add_argument("--out", default=None, help="output folder (default: RUN/export/<format>)")
     parser.add_argument(
-        "--method", default=None, help="residual map of the validation result to export (default: the loss's family)"
+        "--method",
+        default=None,
+        help="residual map of the validation result to export (default: the run's default method)",
     )
     parser.add_argument(
         "-a",

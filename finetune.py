@@ -8,23 +8,23 @@ region areas at threshold 0 (x range up to ``-r``) and for increasing thresholds
 validation image and a sample test image beside their reconstructions and residual maps.
 Pick the minimum area above the areas that noise regions on good images reach, then run
 ``validate.py -a AREA``. The test image is only shown, never used to choose anything.
+Short flags here: -t is --test-image (in test.py and visualize.py it is --threshold).
 """
 
 import argparse
 import sys
 
-from utils import quiet_tensorflow, run_cli
+from utils import HelpFormatter, quiet_tensorflow, run_cli
 
-quiet_tensorflow()
+quiet_tensorflow()  # before anything imports TensorFlow; the heavy imports wait until main has parsed
 
-import finetuning  # noqa: E402
-import runs  # noqa: E402
+import runs  # noqa: E402  (light: the shared options)
 from settings import MapRequest  # noqa: E402
 
 
 def get_parser():
     """Command-line options of ``finetune.py``."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     runs.add_run_arguments(parser)
     parser.add_argument(
         "-v",
@@ -49,6 +49,8 @@ def get_parser():
 def main(argv=None):
     """Parse arguments, write the plots, print where they are."""
     args = get_parser().parse_args(argv)
+    import finetuning
+
     out = finetuning.finetune(args.path, args.val_image, args.test_image, args.range, MapRequest.from_args(args))
     print(f"finetune plots written; choose a minimum area, then: python3 validate.py -p {args.path} -a AREA")
     print(out)

@@ -17,6 +17,7 @@ of any size.
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -89,7 +90,14 @@ def train_head(
     head.compile(optimizer=keras.optimizers.Adam(HEAD_LR), loss=keras.losses.BinaryFocalCrossentropy(gamma=2.0))
     started = time.time()
     losses = []
-    bar = tqdm(range(steps), desc="learned residual head", unit="step", leave=False, disable=None if progress else True)
+    # Progress a person can follow: a bar on a terminal; in a log (nohup, CI, a container) a
+    # plain line on stderr about every tenth of the steps, e.g. "head step 150/1500 loss 0.0123".
+    try:
+        terminal = progress and sys.stderr.isatty()
+    except (AttributeError, ValueError):  # a closed or replaced stream is no terminal
+        terminal = False
+    every = max(1, round(steps / 10))
+    bar = tqdm(range(steps), desc="learned residual head", unit="step", leave=False, disable=not terminal)
 
     def draw():
         return training_batch(model, images, patch, rng, batch)
@@ -102,6 +110,9 @@ def train_head(
         losses.append(loss)
         if len(losses) % 50 == 0:
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
+        if progress and not terminal and (len(losses) % every == 0 or len(losses) == steps):
+            recent = np.mean(losses[-every:])  # the mean since the last line
+            print(f"head step {len(losses)}/{steps} loss {recent:.4f}", file=sys.stderr, flush=True)
     settle_batch_norm(head, draw)
     with runs.atomic_path(path) as tmp:
         head.save(tmp)

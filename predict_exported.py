@@ -25,7 +25,9 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import sys
+import time
 from pathlib import Path
 
 import cv2
@@ -227,13 +229,22 @@ def _image_files(items):
             yield item
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Predict every image given; print CSV lines; with --out write predictions.csv and masks."""
+def get_parser() -> argparse.ArgumentParser:
+    """Command-line options of ``predict_exported.py``."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("detector", help="folder written by export.py")
     parser.add_argument("images", nargs="+", help="image files or folders (searched recursively)")
-    parser.add_argument("--out", default=None, help="folder for predictions.csv and <name>_mask.png files")
-    args = parser.parse_args(argv)
+    parser.add_argument(
+        "--out", default=None, help="folder for predictions.csv and <name>_mask.png files (default: print only)"
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Predict every image given; print CSV lines; with --out write predictions.csv and masks."""
+    args = get_parser().parse_args(argv)  # before any runtime is imported: --help and typos answer at once
+    started = time.perf_counter()
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up lines, for SavedModel/TFLite
     try:
         detector = Detector(args.detector)
     except (OSError, KeyError, ValueError) as exc:
@@ -270,7 +281,10 @@ def main(argv: list[str] | None = None) -> int:
             writer = csv.DictWriter(f, fieldnames=list(rows[0]))
             writer.writeheader()
             writer.writerows(rows)
-    return 0 if rows else 2
+    if not rows:
+        return 2
+    print(f"done in {time.perf_counter() - started:.1f} s", file=sys.stderr, flush=True)
+    return 0
 
 
 if __name__ == "__main__":

@@ -4,45 +4,44 @@
     python3 train.py resume -p saved_models/<...run folder...> [-e MORE_EPOCHS]
 
 The last line printed is the run folder's path.
+Short flags here: -a is --architecture and -t is --tag (in the other scripts -a is --area, and -t
+is --threshold, or --test-image in finetune.py).
 """
 
 import argparse
 import sys
 
-from utils import quiet_tensorflow, run_cli
+from utils import HelpFormatter, quiet_tensorflow, run_cli
 
-quiet_tensorflow()
+quiet_tensorflow()  # before anything imports TensorFlow; the heavy imports wait until main has parsed
 
-import custom_loss_functions as clf  # noqa: E402
 import data  # noqa: E402  (light: numpy and Pillow only)
 import distribution  # noqa: E402  (no TensorFlow at import)
-import models  # noqa: E402
-import regime  # noqa: E402
+import regime  # noqa: E402  (numpy only)
+import settings  # noqa: E402
 import training  # noqa: E402  (no TensorFlow at import)
-from learned import DEFAULT_HEAD_STEPS  # noqa: E402
-from settings import TrainConfig  # noqa: E402
+from learned import DEFAULT_HEAD_STEPS  # noqa: E402  (no TensorFlow at import)
 
 
 def get_parser():
     """Command-line options of ``train.py``."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="{new,resume}")
-    fmt = argparse.ArgumentDefaultsHelpFormatter
-    new = sub.add_parser("new", help="train a new model", formatter_class=fmt)
+    new = sub.add_parser("new", help="train a new model", formatter_class=HelpFormatter)
     new.add_argument("-d", "--directory", required=True, help="class folder holding train/good (MVTec AD layout)")
     new.add_argument(
         "-a",
         "--architecture",
-        choices=tuple(models.ARCHITECTURES),
+        choices=settings.ARCHITECTURES,
         default="mvtec2",
         help="mvtec: Bergmann's CAE (1x1x100 code); mvtec2: same with a spatial 8x8xk code; "
         "resnet: InceptionResNetV2 encoder",
     )
-    new.add_argument("-b", "--batch", type=int, default=8, help="batch size")
+    new.add_argument("-b", "--batch", type=int, default=8, help="batch size (per device, see --strategy)")
     new.add_argument(
         "-l",
         "--loss",
-        choices=clf.LOSSES,
+        choices=settings.LOSSES,
         default="ssim",
         help="training loss (1-SSIM, 1-MS-SSIM, summed or mean squared error)",
     )
@@ -61,7 +60,8 @@ def get_parser():
         help="images (surface runs: patches) to show the model; epochs = max(1, instances // training "
         "images); default: " + ", ".join(f"{n} for {mode} runs" for mode, n in regime.DEFAULT_INSTANCES.items()),
     )
-    new.add_argument("-t", "--tag", default="", help="free text stored in setup.json")
+    new.add_argument("--epochs", type=int, default=None, help="number of epochs (default: from -i)")
+    new.add_argument("-t", "--tag", default="", help="free text stored in setup.json (default: none)")
     new.add_argument(
         "--mode",
         choices=regime.MODES,
@@ -82,21 +82,18 @@ def get_parser():
         "--patch",
         type=int,
         default=None,
-        help=f"surface runs: side of the random training crops, a multiple of 16 (default {regime.DEFAULT_PATCH}, or the shorter side of smaller images)",
+        help=f"surface runs: side of the random training crops, a multiple of 16 (default {regime.DEFAULT_PATCH}, "
+        "or the shorter side of smaller images)",
     )
     new.add_argument(
         "--head-steps",
         type=int,
         default=DEFAULT_HEAD_STEPS,
         help="after the autoencoder, train the learned residual's segmentation head for this many steps "
-        "on simulated defects (map method 'learned'; the default for surface runs); 0: none",
+        "on simulated defects (map method 'learned'); 0: none",
     )
-    new.add_argument("--epochs", type=int, default=None, help="number of epochs (overrides -i)")
     new.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
     new.add_argument("--seed", type=int, default=0, help="random seed (split, shuffling, augmentation, weights)")
-    new.add_argument(
-        "--val-split", type=float, default=0.1, help="share of train/good held back for validation and thresholds"
-    )
     new.add_argument(
         "--patience",
         type=int,
@@ -124,16 +121,12 @@ def get_parser():
         default=data.DEFAULT_DENOISE,
         metavar="SHARE",
         help="train as a denoising autoencoder: paste a random patch into this share of the inputs "
-        f"(bare --denoise: {data.DEFAULT_DENOISE}) and learn to output the clean image, so defects "
-        "are repaired instead of copied",
-    )
-    new.add_argument(
-        "--weights",
-        default="imagenet",
-        help="resnet encoder weights: imagenet (from Keras's cache only, no download here), none, or a weights file",
+        "(bare --denoise: %(const)s; 0: off) and learn to output the clean image, so defects "
+        "are repaired instead of copied (default: %(default)s)",
     )
     new.add_argument("--out", default="saved_models", help="root folder for run folders")
-    new.add_argument(
+    advanced = new.add_argument_group("advanced", "rarely changed: devices, numerics, data split, resnet weights")
+    advanced.add_argument(
         "--strategy",
         choices=distribution.STRATEGIES,
         default="auto",
@@ -141,26 +134,40 @@ def get_parser():
         "multiworker (the machines in TF_CONFIG); auto: mirrored when there are several GPUs, else one. "
         "-b is per replica: the global batch is -b x replicas (recorded in setup.json)",
     )
-    new.add_argument(
+    advanced.add_argument(
         "--precision",
         choices=training.PRECISIONS,
         default="float32",
         help="mixed: the autoencoder's layers compute in bfloat16 on CPUs (float16 on GPUs; weights, loss "
-        "and SSIM stay float32): 1.7x less CPU per training image here (bench/README.md); the saved model "
-        "maps in float32",
+        "and SSIM stay float32); the saved model maps in float32",
     )
-    new.add_argument(
+    advanced.add_argument(
         "--jit",
         action="store_true",
-        help="compile training steps with XLA (default: Keras's choice, XLA on GPUs only; measured 3-4x "
-        "slower on this CPU)",
+        help="compile training steps with XLA (default: off, Keras's choice: XLA on GPUs only; "
+        "measured 3-4x slower on a 2-core CPU)",
     )
-    resume = sub.add_parser("resume", help="continue an interrupted run, or extend a finished one", formatter_class=fmt)
+    advanced.add_argument(
+        "--val-split", type=float, default=0.1, help="share of train/good held back for validation and thresholds"
+    )
+    advanced.add_argument(
+        "--weights",
+        default="imagenet",
+        help="resnet encoder weights: imagenet (from Keras's cache only, no download here), none, or a weights file",
+    )
+    resume = sub.add_parser(
+        "resume", help="continue an interrupted run, or extend a finished one", formatter_class=HelpFormatter
+    )
     resume.add_argument("-p", "--path", required=True, help="run folder (or the .keras model file inside it)")
     resume.add_argument(
-        "-e", "--epochs", type=int, default=None, help="epochs to add to a finished (or interrupted) run"
+        "-e",
+        "--epochs",
+        type=int,
+        default=None,
+        help="epochs to add to a finished (or interrupted) run (default: none; an interrupted run finishes its own)",
     )
-    resume.add_argument(
+    resume_advanced = resume.add_argument_group("advanced")
+    resume_advanced.add_argument(
         "--strategy",
         choices=distribution.STRATEGIES,
         default=None,
@@ -172,15 +179,23 @@ def get_parser():
 def main(argv=None):
     """Parse arguments, train, print a one-line summary and the run folder."""
     args = get_parser().parse_args(argv)
-
     if args.command == "new":
-        run_dir, setup = training.new_run(TrainConfig.from_args(args))
+        # The class folder first: a wrong -d is one line before TensorFlow starts (several seconds).
+        data.check_class_dir(args.directory)
+        run_dir, setup = training.new_run(settings.TrainConfig.from_args(args))
     else:
         run_dir, setup = training.resume_run(args.path, args.epochs, args.strategy)
-    print(
+    summary = (
         f"trained {setup['epochs_run']} epochs, best validation loss {setup['best_val_loss']:.5f} "
         f"(epoch {setup['best_epoch']}), {setup['training_seconds']:.0f} s"
     )
+    if isinstance(setup.get("mode"), str):  # runs made before the two regimes have none
+        alignment = setup.get("alignment")
+        how = "chosen by --mode auto" if setup.get("mode_requested", "auto") == "auto" else "as --mode asked"
+        if isinstance(alignment, (int, float)):
+            how += f", alignment {alignment:.2f}"
+        summary = f"{setup['mode']} run ({how}): {summary}"
+    print(summary)
     print(run_dir)
 
 

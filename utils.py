@@ -1,15 +1,23 @@
-"""Small pieces every command-line script shares: user errors, the CLI wrapper, seeding.
+"""Small pieces every command-line script shares: user errors, the CLI wrapper, the help
+formatter, seeding.
 
 A script raises :class:`UserError` for anything the user can fix (a wrong path, an
 impossible value); :func:`run_cli` turns it into one line on stderr and exit code 2,
-so users never see a traceback for their own mistakes.
+so users never see a traceback for their own mistakes, and ends a finished run with its
+elapsed time on stderr (stdout's last line stays the path other scripts read).
+
+This module imports nothing heavy: the scripts import it first, parse their options, and
+import TensorFlow, OpenVINO and matplotlib only after that (``--help`` and flag errors
+answer without them).
 """
 
 from __future__ import annotations
 
+import argparse
 import errno
 import os
 import sys
+import time
 import warnings
 from collections.abc import Callable
 
@@ -30,6 +38,22 @@ def warn(message: str) -> None:
     from tqdm import tqdm
 
     tqdm.write(f"warning: {message}", file=sys.stderr)
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the description's line breaks and shows every option's default: an option whose
+    help does not already say its default gets ``(default: VALUE)``, a flag ``(default: off)``.
+    An option defaulting to ``None`` must say in its help what happens without it."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or action.default is argparse.SUPPRESS or not action.option_strings:
+            return text
+        if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+            return f"{text} (default: off)"
+        if action.default is None:
+            return text
+        return f"{text} (default: %(default)s)"
 
 
 class _QuietImport:
@@ -82,8 +106,10 @@ def run_cli(main: Callable[[list[str] | None], object], argv: list[str] | None =
     Returns the process exit code (0 on success) so ``__main__`` can ``sys.exit`` it.
     """
     prog = os.path.basename(sys.argv[0]) or "cae"
+    started = time.perf_counter()
     try:
         main(argv)
+        sys.stdout.flush()  # the summary before the time, also when both go to one log
     except UserError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr, flush=True)
         return EXIT_USER_ERROR
@@ -102,6 +128,10 @@ def run_cli(main: Callable[[list[str] | None], object], argv: list[str] | None =
         where = f": {exc.filename}" if exc.filename else ""
         print(f"{prog}: error: cannot write or read{where}: {exc.strerror or exc}", file=sys.stderr, flush=True)
         return EXIT_USER_ERROR
+    try:
+        print(f"done in {time.perf_counter() - started:.1f} s", file=sys.stderr, flush=True)
+    except OSError:
+        pass  # stderr closed: the work is done all the same
     return 0
 
 

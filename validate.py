@@ -1,35 +1,37 @@
-"""Pick the residual-map threshold for a minimum defect area, on held-back good images only.
+"""Pick the residual-map threshold for a minimum defect area, from the run's held-back good
+images and synthetic defects painted into copies of them (never test images).
 
     python3 validate.py -p saved_models/<...run...> -a 50 [--method ssim]
 
-The threshold is the smallest one at which no validation image (the run's own
-``validation_files.txt``, never test images) has a defect region of at least MIN_AREA
-pixels: zero false alarms on defect-free images. Writes
-``RUN/validation/<method>/a<MIN_AREA>/validation_result.json`` and a plot.
+Every image has a peak: the highest threshold at which it still holds a defect region of at
+least AREA pixels. By default (the balanced policy) the threshold finds the most painted copies
+while passing the most validation images, at most 10% of them flagged. The fused map's weights
+are chosen on the same copies first. Writes ``RUN/validation/<method>/a<AREA>/``
+(validation_result.json, threshold_search.png) and prints that folder last.
+Short flags here: -a is --area (in train.py it is --architecture).
 """
 
 import argparse
 import sys
 
-from utils import quiet_tensorflow, run_cli
+from utils import HelpFormatter, quiet_tensorflow, run_cli
 
-quiet_tensorflow()
+quiet_tensorflow()  # before anything imports TensorFlow; the heavy imports wait until main has parsed
 
-import inference  # noqa: E402
-import runs  # noqa: E402
-import validation  # noqa: E402
+import runs  # noqa: E402  (light: the shared options)
 from settings import MapRequest  # noqa: E402
 
 
 def get_parser():
     """Command-line options of ``validate.py``."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     runs.add_run_arguments(parser)
     parser.add_argument(
         "-a",
         "--area",
         type=int,
         default=None,
+        metavar="AREA",
         help="minimum defect area in pixels at the model's size (default: 1/800 of the whole image's "
         "pixels, at least 4: 20 px for a 128-px square)",
     )
@@ -39,18 +41,35 @@ def get_parser():
 def main(argv=None):
     """Parse arguments, validate, print the threshold and where it was written."""
     args = get_parser().parse_args(argv)
+    import inference
+    import validation
+
     result, out = validation.validate(args.path, args.area, MapRequest.from_args(args))
     options = inference.MapOptions.from_record(result, "this validation result")
     print(
-        f"{options.describe(result['method'])}: threshold for minimum area {result['min_area']} px: {result['threshold']:.6f} "
-        f"({result['n_images']} validation images, largest region at it {result['largest_area_at_threshold']} px)"
+        f"{options.describe(result['method'])}: threshold for minimum area {result['min_area']} px: "
+        f"{result['threshold']:.6f}"
+    )
+    if options.fusion is not None:
+        print(f"fused map: {options.fusion.describe()} (weights chosen on the painted copies)")
+    passed = result.get("validation_tnr")
+    found = result.get("proxy_tpr")
+    print(
+        (f"{passed:.0%} of " if passed is not None else "")
+        + f"the {result['n_images']} validation images pass (largest region at the threshold "
+        f"{result['largest_area_at_threshold']} px)"
+        + (f", {found:.0%} of their painted copies are found" if found is not None else "")
+        + (f"; policy {result['policy']}" if result.get("policy") else "")
     )
     if result.get("proxy"):
         p = result["proxy"]
         print(
-            f"proxy on {p['n_painted']} validation images with painted defects: image AUROC {p['image_auroc']:.3f}, "
+            f"proxy on {p['n_painted']} painted copies of the validation images: image AUROC {p['image_auroc']:.3f}, "
             f"pixel AUROC {p['pixel_auroc']:.3f}, AU-PRO {p['au_pro']:.3f}, found at this threshold {p['detected']:.2f}"
         )
+        families = p.get("families") or {}
+        if families:
+            print("found per defect family: " + ", ".join(f"{f} {v['detected']:.2f}" for f, v in families.items()))
     print(out)
 
 

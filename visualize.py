@@ -10,12 +10,11 @@ this is only their command line.
 import argparse
 import sys
 
-from utils import quiet_tensorflow, run_cli
+from utils import HelpFormatter, quiet_tensorflow, run_cli
 
-quiet_tensorflow()
+quiet_tensorflow()  # before anything imports TensorFlow; the heavy imports wait until main has parsed
 
-import evaluation  # noqa: E402
-import runs  # noqa: E402
+import runs  # noqa: E402  (light: the shared options)
 from settings import MapRequest  # noqa: E402
 
 
@@ -23,7 +22,8 @@ def get_parser():
     """Command-line options of ``visualize.py``."""
     parser = argparse.ArgumentParser(
         description="Show the stages input → reconstruction → residual map → thresholded mask (→ ground truth) "
-        "for chosen images of a run; figures go to RUN/visualize/."
+        "for chosen images of a run; figures go to RUN/visualize/. -t is --threshold and -a --area, as in test.py.",
+        formatter_class=HelpFormatter,
     )
     runs.add_run_arguments(parser)
     parser.add_argument(
@@ -45,6 +45,8 @@ def get_parser():
 def main(argv=None):
     """Write one stages figure per image into ``RUN/visualize/`` and print the folder."""
     args = get_parser().parse_args(argv)
+    import evaluation
+
     print(evaluation.stage_figures(args.path, args.images, MapRequest.from_args(args), args.threshold, args.area))
 
 
