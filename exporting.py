@@ -386,6 +386,13 @@ def open_validated(
     return validated, result_path
 
 
+def export_identity(run: runs.Run, method: str) -> dict:
+    """What an export folder's marker records: this run and the weights (and head) it was
+    made from. An ``--out`` holding this run's own export is replaced; another run's, or a
+    folder this tool did not write, is refused (moved aside in the run's default place)."""
+    return {"kind": "export", "run": str(run.dir.resolve()), **run.identity(method)}
+
+
 def export_run(
     path: runs.PathLike,
     fmt: str = "saved_model",
@@ -413,6 +420,11 @@ def export_run(
     inference.check_area_threshold(min_area=min_area)
     mapper, result_path = open_validated(path, method, min_area)
     run, method, options = mapper.run, mapper.method, mapper.options
+    out_dir = Path(out) if out else run.dir / "export" / fmt
+    staging = runs.StagedOutput(
+        out_dir, export_identity(run, method), inputs=[run.class_dir], protect=[run.dir], archive=out is None
+    )
+    staging.check()  # before the graph is built
     for sigma in (smooth, inference.MASK_SIGMA if options.passes > 1 else 0):
         if int(4 * sigma + 0.5) > run.size:
             raise UserError(
@@ -431,7 +443,6 @@ def export_run(
         3 if run.color == "rgb" else 1,
     )
     serve = detector_function(model, spec)  # the reference the written artefact is checked against
-    out_dir = Path(out) if out else run.dir / "export" / fmt
     metadata = {
         "format": fmt,
         "created": dt.datetime.now().isoformat(timespec="seconds"),
@@ -475,7 +486,7 @@ def export_run(
         "outside_the_artefact": OUTSIDE[fmt],
         "versions": package_versions(),
     }
-    with runs.StagedOutput(out_dir) as staged:
+    with staging as staged:
         metadata["artefact"] = FORMATS[fmt](model, spec, staged)
         shutil.copy2(PREDICTOR, staged / PREDICTOR.name)
         metadata["check"] = _check_artefact(staged, fmt, metadata, serve, run, check_images)

@@ -25,7 +25,10 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import os
+import secrets
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -148,6 +151,29 @@ def min_area_filter(defect_pixels: np.ndarray, min_area: int) -> tuple[np.ndarra
     return keep[labels], int(areas.max()) if areas.size else 0, int(count - 1)
 
 
+def _checked_numbers(meta: dict, where: Path) -> tuple[float, int]:
+    """detector.json's threshold (a finite number >= 0) and minimum area (a whole number >= 1),
+    or a one-line ValueError (e.g. after a hand edit to null, text or NaN)."""
+    threshold, area = meta.get("threshold"), meta.get("min_area")
+    number = isinstance(threshold, (int, float)) and not isinstance(threshold, bool)
+    if not (number and math.isfinite(threshold) and threshold >= 0):
+        raise ValueError(f"{where}: threshold must be a finite number >= 0, got {threshold!r} (edited by hand?)")
+    if isinstance(area, bool) or not isinstance(area, (int, float)) or area != int(area) or area < 1:
+        raise ValueError(f"{where}: min_area must be a whole number >= 1, got {area!r} (edited by hand?)")
+    return float(threshold), int(area)
+
+
+def _load_artefact(load, artefact: Path):
+    """``load(path)`` of the artefact, with a one-line ValueError when its runtime cannot read it."""
+    try:
+        return load(str(artefact))
+    except Exception as exc:  # noqa: BLE001 - each runtime raises its own types for a damaged file
+        first = (str(exc).strip().splitlines() or [""])[-1][:160]
+        raise ValueError(
+            f"{artefact} is damaged or truncated ({exc.__class__.__name__}: {first}): export the run again"
+        ) from None
+
+
 class Detector:
     """An exported detector folder, loaded in the runtime its format needs."""
 
@@ -155,19 +181,25 @@ class Detector:
         self.folder = Path(folder)
         self.meta = metadata or json.loads((self.folder / "detector.json").read_text())
         self.color = self.meta["input"]["color"]
-        self.threshold, self.min_area = float(self.meta["threshold"]), int(self.meta["min_area"])
+        self.threshold, self.min_area = _checked_numbers(self.meta, self.folder / "detector.json")
+        if self.color not in ("grayscale", "rgb"):
+            raise ValueError(
+                f"{self.folder / 'detector.json'}: input color must be grayscale or rgb, got {self.color!r}"
+            )
         artefact = self.folder / self.meta["artefact"]
         fmt = self.meta["format"]
+        if not artefact.exists():
+            raise ValueError(f"{artefact} is missing: export the run again")
         if fmt == "saved_model":
             import tensorflow as tf
 
-            self._serve = tf.saved_model.load(str(artefact)).signatures["serving_default"]
+            self._serve = _load_artefact(tf.saved_model.load, artefact).signatures["serving_default"]
             self._run = lambda batch: {k: v.numpy() for k, v in self._serve(images=tf.constant(batch)).items()}
             self.runtime = f"tensorflow {tf.__version__}"
         elif fmt == "onnx":
             import onnxruntime as ort
 
-            session = ort.InferenceSession(str(artefact), providers=["CPUExecutionProvider"])
+            session = _load_artefact(lambda p: ort.InferenceSession(p, providers=["CPUExecutionProvider"]), artefact)
             names = [o.name for o in session.get_outputs()]
             self._run = lambda batch: dict(zip(names, session.run(names, {session.get_inputs()[0].name: batch})))
             self.runtime = f"onnxruntime {ort.__version__}"
@@ -186,7 +218,7 @@ class Detector:
                 )  # still works in TF 2.21
                 Interpreter = tf.lite.Interpreter
                 self.runtime = f"tensorflow.lite {tf.__version__}"
-            interpreter = Interpreter(model_path=str(artefact))
+            interpreter = _load_artefact(lambda p: Interpreter(model_path=p), artefact)
             runner = interpreter.get_signature_runner()
             self._run = lambda batch: runner(images=batch)
         else:
@@ -221,6 +253,105 @@ class Detector:
         }
 
 
+MARKER = ".predict_exported.json"  # marks an --out folder this script wrote (and may write again)
+
+
+class OutputError(ValueError):
+    """An --out folder that must not be written (one line, nothing written)."""
+
+
+def _overlaps(a: Path, b: Path) -> bool:
+    return a == b or a in b.parents or b in a.parents
+
+
+def _check_out(out: Path, items, detector_folder: Path) -> dict:
+    """Refuse an --out that is, holds or lies in an input folder (a rerun would score its own
+    masks), that is the folder of an input file, that overlaps the detector, or that exists
+    and is not this script's output for the same detector and inputs (a user's folder, or
+    another prediction: never overwritten). Returns the marker the output gets."""
+    real = Path(os.path.realpath(out))
+    inputs = sorted(os.path.realpath(i) for i in items)
+    for item in map(Path, inputs):
+        if item.is_dir() and _overlaps(real, item):
+            raise OutputError(f"--out {out} overlaps the input folder {item}: choose a folder outside it")
+        if not item.is_dir() and real == item.parent:
+            raise OutputError(f"--out {out} is the folder of the input {item}: choose another folder")
+    if _overlaps(real, Path(os.path.realpath(detector_folder))):
+        raise OutputError(f"--out {out} overlaps the detector folder {detector_folder}: choose another folder")
+    marker = {"tool": "predict_exported", "detector": os.path.realpath(detector_folder), "inputs": inputs}
+    if out.exists() or out.is_symlink():
+        try:
+            existing = json.loads((out / MARKER).read_text()) if out.is_dir() else None
+        except (OSError, ValueError):
+            existing = None
+        if existing is None:
+            raise OutputError(
+                f"--out {out} exists and is not an output of predict_exported.py: choose a new folder "
+                "(nothing was written or deleted)"
+            )
+        if existing != marker:
+            raise OutputError(
+                f"--out {out} holds predictions of another detector or other images: choose a new folder "
+                "(nothing was written or deleted)"
+            )
+    return marker
+
+
+def predict_files(detector: Detector, items, out: str | Path | None = None) -> list[dict]:
+    """Predict every image of ``items`` (files, folders searched recursively); print a CSV line
+    each; with ``out`` write ``predictions.csv`` and a mask PNG per image there, all or nothing:
+    into a hidden folder beside ``out``, renamed into place at the end (see :func:`_check_out`
+    for the folders refused before any work). Returns the rows."""
+    final = Path(out) if out else None
+    staged = None
+    if final is not None:
+        marker = _check_out(final, items, detector.folder)
+        staged = final.parent / f".{final.name}.partial-{os.getpid()}-{secrets.token_hex(4)}"
+        try:
+            staged.mkdir(parents=True)
+        except OSError as exc:
+            raise OutputError(f"cannot write --out {final}: {exc.strerror or exc}") from None
+    rows, used = [], set()
+    try:
+        for path in _image_files(items):
+            try:
+                result = detector.predict(read_image(path, detector.color))
+            except ValueError as exc:
+                print(f"predict_exported: warning: {exc}", file=sys.stderr)
+                continue
+            row = {
+                "path": str(path),
+                "verdict": "defective" if result["defective"] else "good",
+                "score": result["score"],
+                "largest_area": result["largest_area"],
+                "n_regions": result["n_regions"],
+            }
+            if final is not None:
+                name = (
+                    path.stem if path.stem not in used else "_".join(path.with_suffix("").parts[-3:])
+                )  # same stems elsewhere
+                used.add(name)
+                row["mask"] = str(final / f"{name}_mask.png")
+                cv2.imwrite(str(staged / f"{name}_mask.png"), result["mask"].astype(np.uint8) * 255)
+            rows.append(row)
+            print(",".join(str(v) for v in row.values()), flush=True)
+        if final is not None and rows:
+            with open(staged / "predictions.csv", "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+                writer.writeheader()
+                writer.writerows(rows)
+            (staged / MARKER).write_text(json.dumps(marker) + "\n")
+            old = final.parent / f".{final.name}.old-{os.getpid()}-{secrets.token_hex(4)}"
+            if final.exists():
+                os.replace(final, old)  # this script's own earlier output for the same inputs
+            os.replace(staged, final)
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if staged is not None and staged.exists():
+            shutil.rmtree(staged, ignore_errors=True)
+    return rows
+
+
 def _image_files(items):
     for item in map(Path, items):
         if item.is_dir():
@@ -250,37 +381,11 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, KeyError, ValueError) as exc:
         print(f"predict_exported: error: cannot load detector {args.detector}: {exc}", file=sys.stderr)
         return 2
-    out = Path(args.out) if args.out else None
-    if out:
-        out.mkdir(parents=True, exist_ok=True)
-    rows, used = [], set()
-    for path in _image_files(args.images):
-        try:
-            result = detector.predict(read_image(path, detector.color))
-        except ValueError as exc:
-            print(f"predict_exported: warning: {exc}", file=sys.stderr)
-            continue
-        row = {
-            "path": str(path),
-            "verdict": "defective" if result["defective"] else "good",
-            "score": result["score"],
-            "largest_area": result["largest_area"],
-            "n_regions": result["n_regions"],
-        }
-        if out:
-            name = (
-                path.stem if path.stem not in used else "_".join(path.with_suffix("").parts[-3:])
-            )  # same stems elsewhere
-            used.add(name)
-            row["mask"] = str(out / f"{name}_mask.png")
-            cv2.imwrite(row["mask"], result["mask"].astype(np.uint8) * 255)
-        rows.append(row)
-        print(",".join(str(v) for v in row.values()), flush=True)
-    if out and rows:
-        with open(out / "predictions.csv", "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
+    try:
+        rows = predict_files(detector, args.images, args.out)
+    except OutputError as exc:
+        print(f"predict_exported: error: {exc}", file=sys.stderr)
+        return 2
     if not rows:
         return 2
     print(f"done in {time.perf_counter() - started:.1f} s", file=sys.stderr, flush=True)

@@ -21,6 +21,7 @@ from PIL import Image
 import export  # noqa: E402
 import exporting  # noqa: E402
 import predict_exported as pe  # noqa: E402
+import runs  # noqa: E402
 
 AREA = 8
 FORMATS = tuple(exporting.FORMATS)
@@ -268,3 +269,23 @@ def test_read_image_converts_as_pillow(tmp_path):
             colour = np.asarray(image.convert("RGBA").convert("RGB"))
         np.testing.assert_array_equal(pe.read_image(tmp_path / name, "grayscale")[..., 0], gray)
         np.testing.assert_array_equal(pe.read_image(tmp_path / name, "rgb"), colour)
+
+
+def test_export_out_onto_another_runs_export_or_a_users_folder_is_refused(tested, tmp_path, capsys):
+    """Refused before any graph is built, nothing written; this run's own export in that place
+    is replaced (tests/test_trust_deploy.py checks the identities)."""
+    run_dir = tested[0]
+    other_run = shutil.copytree(run_dir, tmp_path / "other_run", ignore=shutil.ignore_patterns("export", "test"))
+    shipped = tmp_path / "shipped"  # what export.py -p other_run --out shipped leaves
+    shipped.mkdir()
+    identity = exporting.export_identity(runs.find_run(other_run), "ssim")
+    (shipped / runs.MARKER).write_text(json.dumps({"tool": "cae", **identity}))
+    (shipped / "detector.json").write_text("{}")
+    user = tmp_path / "mine"
+    user.mkdir()
+    (user / "notes.txt").write_text("keep")
+    for out, message in ((shipped, "another run's result"), (user, "not a result folder of this tool")):
+        before = {p.name: p.read_bytes() for p in out.iterdir()}
+        code, _, err = cli(export.main, ["-p", str(run_dir), "--format", "onnx", "--out", str(out)], capsys)
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+        assert {p.name: p.read_bytes() for p in out.iterdir()} == before
