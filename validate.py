@@ -14,7 +14,7 @@ Short flags here: -a is --area (in train.py it is --architecture).
 import argparse
 import sys
 
-from utils import HelpFormatter, quiet_tensorflow, run_cli
+from utils import HelpFormatter, UserError, quiet_tensorflow, run_cli
 
 quiet_tensorflow()  # before anything imports TensorFlow; the heavy imports wait until main has parsed
 
@@ -35,16 +35,27 @@ def get_parser():
         help="minimum defect area in pixels at the model's size (default: 1/800 of the whole image's "
         "pixels, at least 4: 20 px for a 128-px square)",
     )
+    parser.add_argument(
+        "--false-alarms",
+        type=float,
+        default=None,
+        metavar="RATE",
+        help="threshold policy: the lowest threshold that flags at most this share of the validation images "
+        "(0: zero false alarms, the policy of earlier versions); default: the balanced policy, the most "
+        "painted copies found with at most 10%% of the validation images flagged",
+    )
     return parser
 
 
 def main(argv=None):
     """Parse arguments, validate, print the threshold and where it was written."""
     args = get_parser().parse_args(argv)
+    if args.false_alarms is not None and not 0 <= args.false_alarms < 1:
+        raise UserError(f"--false-alarms must be a share in [0, 1), got {args.false_alarms}")
     import inference
     import validation
 
-    result, out = validation.validate(args.path, args.area, MapRequest.from_args(args))
+    result, out = validation.validate(args.path, args.area, MapRequest.from_args(args), args.false_alarms)
     options = inference.MapOptions.from_record(result, "this validation result")
     print(
         f"{options.describe(result['method'])}: threshold for minimum area {result['min_area']} px: "

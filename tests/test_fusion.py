@@ -180,3 +180,19 @@ def test_lowfreq_map_sees_a_large_faint_shading_that_the_median_map_misses():
     assert low[40, 40] == pytest.approx(0.03, abs=1e-4) and low[90, 90] < 1e-3
     assert med[40, 40] < 1 / 255  # inside the region its neighbourhood is as dark: invisible to the median
     np.testing.assert_allclose(resmaps.lowfreq_images(x)[0, 0, 0], [0.5])
+
+
+def test_validate_cli_false_alarm_rate_zero_is_the_zero_false_alarm_threshold(tiny_run, tmp_path, capsys):
+    from conftest import cli
+
+    import validate
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    code, out, _ = cli(validate.main, ["-p", str(run), "-a", "4", "--method", "ssim", "--false-alarms", "0"], capsys)
+    assert code == 0
+    result = json.loads((run / "validation" / "ssim" / "a4" / "validation_result.json").read_text())
+    assert result["threshold"] == result["zero_false_alarm_threshold"] and result["validation_tnr"] == 1.0
+    assert result["policy"] == "at most 0 of the validation images flagged" and "policy at most 0" in out
+    code, _, err = cli(validate.main, ["-p", str(run), "--false-alarms", "1"], capsys)
+    assert code == 2 and err.strip().endswith("--false-alarms must be a share in [0, 1), got 1.0")
