@@ -70,9 +70,12 @@ def _write_tiff(path, array):
 OVERLAYS = ("all", "defective", "none")  # which images of --images get an overlay figure
 
 
-def _write_mask_and_overlay(seen, i, mask, folder, stem, title, method, verdict, score, gt_mask=None, overlay=True):
+def _write_mask_and_overlay(
+    seen, i, mask, folder, stem, title, method, verdict, score, gt_mask=None, overlay=True, threshold=None
+):
     """One image's defect mask PNG (at the file's size) and, if ``overlay``, its overlay PNG
-    (model size) in ``folder``; returns both paths (the overlay's None when not drawn)."""
+    (model size, the map on the run's one colour scale with ``threshold`` marked) in ``folder``;
+    returns both paths (the overlay's None when not drawn)."""
     mask_file, overlay_file = folder / f"{stem}_mask.png", folder / f"{stem}_overlay.png"
     figures.save_mask_png(inference.resize_map(mask, seen.sizes[i]), mask_file)
     if not overlay:
@@ -88,6 +91,7 @@ def _write_mask_and_overlay(seen, i, mask, folder, stem, title, method, verdict,
         method=method,
         verdict=verdict,
         score=score,
+        threshold=threshold,
     )
     return mask_file, overlay_file
 
@@ -155,6 +159,7 @@ def score_test_images(mapper: inference.Mapper, listed: list, smooth: float, dra
                     bool(found[i]),
                     float(chunk_scores[i]),
                     gt_mask=inference.resize_map(gt_masks[-1], run.shape[::-1]) if mask_path is not None else None,
+                    threshold=mapper.threshold,
                 )
         defective.append(found)
         largest.append(large)
@@ -255,7 +260,11 @@ def plot_test_curves(
         fpr, tpr = pixel_curves["pixel_roc"]
         curves["pixel"] = (fpr, tpr, evaluated["pixel_auroc"])
     if curves:
-        figures.plot_roc_curves(curves, method_dir / "roc_curves.png", title=f"ROC ({method}, smooth {smooth:g} px)")
+        figures.plot_roc_curves(
+            curves,
+            method_dir / "roc_curves.png",
+            title=f"ROC ({method}): images by score, pixels by the map smoothed σ {smooth:g} px",
+        )
     if evaluated.get("au_pro") is not None:
         fprs, pros = pixel_curves["pro"]
         figures.plot_pro_curve(
@@ -264,7 +273,7 @@ def plot_test_curves(
             evaluated["au_pro"],
             method_dir / "pro_curve.png",
             fpr_limit=fpr_limit,
-            title=f"PRO curve ({method}, smooth {smooth:g} px)",
+            title=f"PRO curve ({method}, map smoothed σ {smooth:g} px)",
         )
 
 
@@ -417,6 +426,7 @@ def predict_images(
                     bool(defective[i]),
                     score,
                     overlay=overlays == "all" or (overlays == "defective" and defective[i]),
+                    threshold=threshold,
                 )
                 rows.append(
                     {

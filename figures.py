@@ -188,10 +188,12 @@ def _show_image(ax, image, title):
     return arr
 
 
-def _show_residual(fig, ax, resmap, method, title=None):
+def _show_residual(fig, ax, resmap, method, title=None, threshold=None):
+    """The map with its colour bar; with ``threshold``, one scale for every image of a run (0 to
+    twice the threshold) and the threshold marked on the bar."""
     info = _method(method)
     res = _as_2d(resmap, "resmap").astype(np.float32, copy=False)
-    vmin, vmax = _residual_range(res, method)
+    vmin, vmax = _residual_range(res, method) if threshold is None else (0.0, 2.0 * float(threshold) or 1.0)
     im = ax.imshow(res, cmap=RESIDUAL_CMAP, vmin=vmin, vmax=vmax, interpolation="nearest")
     finite = res[np.isfinite(res)]
     peak = float(finite.max()) if finite.size else float("nan")
@@ -200,6 +202,9 @@ def _show_residual(fig, ax, resmap, method, title=None):
     extend = "max" if finite.size and peak > vmax else "neither"
     cbar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03, extend=extend)
     cbar.set_label(info["colorbar"])
+    if threshold is not None:
+        cbar.ax.axhline(float(threshold), color=PRED_COLOR, linewidth=2)
+        cbar.ax.text(1.05, float(threshold), " threshold", transform=cbar.ax.get_yaxis_transform(), va="center")
     return res
 
 
@@ -664,15 +669,18 @@ def plot_overlay(
     method: str = "ssim",
     verdict: bool | str | None = None,
     score: float | None = None,
+    threshold: float | None = None,
 ) -> PathLike:
     """Input, reconstruction, residual map and the input with defect outlines drawn on it.
 
     Predicted defects are outlined in red, ground-truth defects (if ``gt_mask``) in green.
+    With ``threshold`` the map's colours run from 0 to twice the threshold, the same for every
+    image of a run, and the threshold is marked on the colour bar.
     """
     fig, axes = plt.subplots(1, 4, figsize=(15.5, 4.6), layout="constrained")
     _show_image(axes[0], image, f"input ({_image_size_label(image)})")
     _show_image(axes[1], reconstruction, "reconstruction")
-    _show_residual(fig, axes[2], resmap, method)
+    _show_residual(fig, axes[2], resmap, method, threshold=threshold)
     arr = _show_image(axes[3], image, "input with defect outlines")
     pred = _as_2d(pred_mask, "pred_mask").astype(bool)
     if pred.shape != arr.shape[:2]:
@@ -700,7 +708,7 @@ def plot_overlay(
         frameon=False,
         handlelength=1.5,
     )
-    score_text = None if score is None else f"score: {float(score):.4g}"
+    score_text = None if score is None else f"score: {float(score):.4g}" + (" (> 1: defective)" if threshold else "")
     _suptitle(fig, title, _verdict_text(verdict), score_text)
     return save_figure(fig, path)
 

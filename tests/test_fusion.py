@@ -154,11 +154,12 @@ def test_fused_run_validates_tests_and_every_overlay_shows_its_own_csv_score(tin
     result, _ = validation.validate(run, 4, MapRequest(method="fused"))
     assert result["fusion"]["components"] == ["ssim", "median", "lowfreq"] and result["validation_tnr"] >= 0.9
     assert set(result["proxy"]["families"]) == set(synthetic.PROXY_FAMILIES)
-    titles = {}
+    titles, thresholds = {}, set()
     real = figures.plot_overlay
 
     def spy(*args, **kwargs):
         titles[kwargs["title"]] = kwargs["score"]
+        thresholds.add(kwargs["threshold"])  # one colour scale per run, the threshold marked
         return real(*args, **kwargs)
 
     monkeypatch.setattr(figures, "plot_overlay", spy)
@@ -171,6 +172,7 @@ def test_fused_run_validates_tests_and_every_overlay_shows_its_own_csv_score(tin
         assert titles[key] == pytest.approx(row.score, rel=1e-12)
         assert (row.score > 1.0) == bool(row.prediction)
     assert scores["image_score"] == evaluation.SCORE_RULE and out["fusion"] == result["fusion"]
+    assert thresholds == {result["threshold"]}
 
 
 def test_lowfreq_map_sees_a_large_faint_shading_that_the_median_map_misses():
