@@ -75,6 +75,7 @@ class World:
             "empty": self.root / "empty",
             "bombs": self.root / "bombs",
             "victim": self.root / "victim.keras",
+            "detector": self.root / "detector",
         }
         return [a.format(**{k: str(v) for k, v in names.items()}) for a in argv]
 
@@ -189,6 +190,151 @@ def two_prediction_folders(world):
 def bomb_skipped(world):
     found = list((world.run / "predictions" / "ssim").glob("bombs-*_a5_t0.500000/predictions.csv"))
     return len(found) == 1 and "bomb.png" not in found[0].read_text() and len(found[0].read_text().splitlines()) == 3
+
+
+# ---- issue 25: identity by content, inputs of every depth, the deployment path ----
+
+
+def head_replaced(world):
+    """A learned validation result of one head, then another run's head.keras copied in."""
+    import runs
+
+    head = world.run / runs.HEAD_FILE
+    head.write_bytes(b"the head the threshold was chosen with")
+    result = json.loads(world.validation_result().read_text())
+    result.update(method="learned", baseline=False, scales=1, passes=1, head_sha256=runs.model_id(head))
+    folder = world.run / "validation" / "learned" / "a10"
+    folder.mkdir(parents=True)
+    (folder / "validation_result.json").write_text(json.dumps(result))
+    head.write_bytes(b"another run's head")
+
+
+def damaged_twin_weights(world):
+    """Half of the twin's largest kernel zeroed; its metadata (model hash, verdict) intact."""
+    import onnx
+    from onnx import numpy_helper
+
+    (twin,) = world.run.glob("CAE_*.onnx")
+    proto = onnx.load(str(twin))
+    big = max(proto.graph.initializer, key=lambda t: numpy_helper.to_array(t).size)
+    damaged = numpy_helper.to_array(big).copy()
+    damaged.flat[: damaged.size // 2] = 0
+    big.CopyFrom(numpy_helper.from_array(damaged, big.name))
+    onnx.save(proto, str(twin))
+
+
+def twin_made_again(world):
+    import networks
+
+    (twin,) = world.run.glob("CAE_*.onnx")
+    read, meta = networks._read(twin)
+    return meta.get(networks._WEIGHTS_KEY) == networks.weights_hash(read) and bool(list(world.run.glob("test/*/a5_*")))
+
+
+def float_tiff(world):
+    """{root}/floats: an 8-bit PNG and the same image as a float32 TIFF in [0, 1]."""
+    import numpy as np
+    import tifffile
+    from PIL import Image
+
+    folder = world.root / "floats"
+    folder.mkdir()
+    pixels = np.asarray(Image.open(world.root / "imgs" / "0.png").convert("L"))
+    Image.fromarray(pixels).save(folder / "a.png")
+    tifffile.imwrite(folder / "b.tif", pixels.astype(np.float32) / 255.0)
+
+
+def float_tiff_read_as_its_png(world):
+    import pandas as pd
+
+    (found,) = (world.run / "predictions" / "ssim").glob("floats-*/predictions.csv")
+    frame = pd.read_csv(found)
+    return len(frame) == 2 and frame["score"].nunique() == 1 and frame["verdict"].nunique() == 1
+
+
+def links_and_hidden(world):
+    """{root}/links: one image, a broken symbolic link and a hidden image."""
+    folder = world.root / "links"
+    folder.mkdir()
+    shutil.copy(world.root / "imgs" / "0.png", folder / "0.png")
+    os.symlink(world.root / "gone.png", folder / "1.png")
+    shutil.copy(world.root / "imgs" / "1.png", folder / ".2.png")
+
+
+def one_prediction_of_links(world):
+    found = list((world.run / "predictions" / "ssim").glob("links-*/predictions.csv"))
+    return len(found) == 1 and len(found[0].read_text().splitlines()) == 2
+
+
+def other_runs_export(world):
+    """{mine}: what export.py wrote for another run (its marker), with the user's notes beside it."""
+    marker = {"tool": "cae", "kind": "export", "run": "/elsewhere/run", "model_sha256": "0" * 64}
+    (world.root / "mine" / ".cae-result.json").write_text(json.dumps(marker))
+
+
+def write_tiny_detector(folder, **changes):
+    """A stand-in export (made without TensorFlow): detector.json (with ``changes``) and a
+    detector.onnx whose anomaly map is the grayscale image itself in [0, 1], score its
+    maximum, defect pixels those above 0.5; predict_exported.py runs it as it runs a real one."""
+    threshold = 0.5
+    import onnx
+    from onnx import TensorProto, helper
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    maps = ["N", "H", "W"]
+    nodes = [
+        helper.make_node("Cast", ["images"], ["x"], to=TensorProto.FLOAT),
+        helper.make_node("Div", ["x", "scale"], ["unit"]),
+        helper.make_node("ReduceMean", ["unit"], ["residual_map"], axes=[3], keepdims=0),
+        helper.make_node("Identity", ["residual_map"], ["anomaly_map"]),
+        helper.make_node("ReduceMax", ["residual_map"], ["score"], axes=[1, 2], keepdims=0),
+        helper.make_node("Greater", ["residual_map", "threshold"], ["above"]),
+        helper.make_node("Cast", ["above"], ["defect_pixels"], to=TensorProto.UINT8),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tiny_detector",
+        [helper.make_tensor_value_info("images", TensorProto.UINT8, ["N", "H", "W", 1])],
+        [
+            helper.make_tensor_value_info("anomaly_map", TensorProto.FLOAT, maps),
+            helper.make_tensor_value_info("score", TensorProto.FLOAT, ["N"]),
+            helper.make_tensor_value_info("residual_map", TensorProto.FLOAT, maps),
+            helper.make_tensor_value_info("defect_pixels", TensorProto.UINT8, maps),
+        ],
+        [
+            helper.make_tensor("scale", TensorProto.FLOAT, [], [255.0]),
+            helper.make_tensor("threshold", TensorProto.FLOAT, [], [threshold]),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(folder / "detector.onnx"))
+    meta = {
+        "format": "onnx",
+        "artefact": "detector.onnx",
+        "input": {"color": "grayscale"},
+        "threshold": threshold,
+        "min_area": 4,
+        "resize_inside": True,
+        **changes,
+    }
+    (folder / "detector.json").write_text(json.dumps(meta))
+    return folder
+
+
+def tiny_detector(**changes):
+    return lambda world: write_tiny_detector(world.root / "detector", **changes)
+
+
+def truncated_detector(world):
+    onnx_file = write_tiny_detector(world.root / "detector") / "detector.onnx"
+    onnx_file.write_bytes(onnx_file.read_bytes()[: onnx_file.stat().st_size // 2])
+
+
+def exported_predictions(world):
+    frame = (world.root / "pred" / "predictions.csv").read_text().splitlines()
+    return len(frame) == 4 and len(list((world.root / "pred").glob("*_mask.png"))) == 3
 
 
 T = ["-t", "0.5", "-a", "5"]
@@ -375,6 +521,110 @@ CASES = [
         check=two_prediction_folders,
     ),
     Case("predict_skips_bomb", "test", ["-p", "{run}", "--images", "{bombs}", *T], None, check=bomb_skipped),
+    # issue 25: a run's identity covers its head and its twins by content
+    Case(
+        "head_replaced_learned_threshold",
+        "test",
+        ["-p", "{run}", "--method", "learned"],
+        "computed with another learned head",
+        head_replaced,
+    ),
+    Case(
+        "twin_weights_damaged",
+        "test",
+        ["-p", "{run}", *T, "--passes", "1", "--scales", "1"],
+        None,
+        damaged_twin_weights,
+        check=twin_made_again,
+    ),
+    # issue 25: inputs of every depth read one way, nothing skipped without a note
+    Case(
+        "images_float_tiff",
+        "test",
+        ["-p", "{run}", "--images", "{root}/floats", *T],
+        None,
+        float_tiff,
+        check=float_tiff_read_as_its_png,
+    ),  # fmt: skip
+    Case(
+        "images_broken_link_and_hidden",
+        "test",
+        ["-p", "{run}", "--images", "{root}/links", *T],
+        None,
+        links_and_hidden,
+        check=one_prediction_of_links,
+    ),  # fmt: skip
+    # issue 25: the deployment path as safe as test.py
+    Case(
+        "export_out_other_runs_export",
+        "export",
+        ["-p", "{run}", "--format", "onnx", "--out", "{mine}"],
+        "another run's result",
+        other_runs_export,
+    ),
+    Case(
+        "export_out_user_folder",
+        "export",
+        ["-p", "{run}", "--format", "onnx", "--out", "{mine}"],
+        "not a result folder of this tool",
+    ),
+    Case(
+        "exported_out_user_folder",
+        "predict_exported",
+        ["{detector}", "{imgs}", "--out", "{mine}"],
+        "not an output of predict_exported.py",
+        tiny_detector(),
+    ),
+    Case(
+        "exported_out_is_input",
+        "predict_exported",
+        ["{detector}", "{imgs}", "--out", "{imgs}"],
+        "overlaps the input folder",
+        tiny_detector(),
+    ),
+    Case(
+        "exported_out_inside_input",
+        "predict_exported",
+        ["{detector}", "{imgs}", "--out", "{imgs}/res"],
+        "overlaps the input folder",
+        tiny_detector(),
+    ),
+    Case(
+        "exported_out_is_detector",
+        "predict_exported",
+        ["{detector}", "{imgs}", "--out", "{detector}"],
+        "overlaps the detector folder",
+        tiny_detector(),
+    ),
+    Case(
+        "exported_threshold_null",
+        "predict_exported",
+        ["{detector}", "{imgs}"],
+        "threshold must be a finite number >= 0, got None",
+        tiny_detector(threshold=None),
+    ),
+    Case(
+        "exported_threshold_text",
+        "predict_exported",
+        ["{detector}", "{imgs}"],
+        "threshold must be a finite number >= 0, got 'high'",
+        tiny_detector(threshold="high"),
+    ),
+    Case(
+        "exported_onnx_truncated",
+        "predict_exported",
+        ["{detector}", "{imgs}"],
+        "is damaged or truncated",
+        truncated_detector,
+    ),
+    Case(
+        "exported_new_out_works",
+        "predict_exported",
+        ["{detector}", "{imgs}", "--out", "{root}/pred"],
+        None,
+        tiny_detector(),
+        check=exported_predictions,
+    ),
 ]
 # predict_same_name_two_folders first writes a result for {imgs} (another folder named imgs), see FIRST.
 FIRST = {"predict_same_name_two_folders": ["-p", "{run}", "--images", "{imgs}", *T]}
@@ -453,9 +703,14 @@ def hold_lock_process(run_dir):
     return proc
 
 
+DERIVED = ("runs/run/CAE_", "runs/run/head.onnx")  # the run's twins: made again when they do not match
+
+
 def classify(case, code, err, before, after, world):
-    """The outcome of a case: clean / works / traceback / wrong / lost, with a reason."""
-    changed = [k for k, v in before.items() if after.get(k) != v]
+    """The outcome of a case: clean / works / traceback / wrong / lost, with a reason. A twin
+    made again (``.onnx`` beside its model) is derived from the run, not lost."""
+    derived = [k for k in before if k.startswith(DERIVED) and k.endswith(".onnx")]
+    changed = [k for k, v in before.items() if after.get(k) != v and k not in derived]
     if changed:
         return "lost", f"changed or deleted: {changed[:3]}"
     if "Traceback" in err:
@@ -477,7 +732,14 @@ def classify(case, code, err, before, after, world):
     return "clean", lines[0]
 
 
-SCRIPTS = {"test": "test.py", "validate": "validate.py", "train": "train.py", "finetune": "finetune.py"}
+SCRIPTS = {
+    "test": "test.py",
+    "validate": "validate.py",
+    "train": "train.py",
+    "finetune": "finetune.py",
+    "export": "export.py",
+    "predict_exported": "predict_exported.py",
+}
 
 
 def prepare_case(case, template, dest):

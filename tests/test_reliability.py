@@ -23,8 +23,10 @@ from conftest import ROOT, cli, train_args
 from PIL import Image
 
 import data  # noqa: E402
+import export  # noqa: E402
 import finetune  # noqa: E402
 import inference  # noqa: E402
+import predict_exported  # noqa: E402
 import runs  # noqa: E402
 import train  # noqa: E402
 import training  # noqa: E402
@@ -38,7 +40,22 @@ _spec = importlib.util.spec_from_file_location("cae_test_script_rel", ROOT / "te
 test_script = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(test_script)
 
-MAINS = {"test": test_script.main, "validate": validate.main, "train": train.main, "finetune": finetune.main}
+
+def _predict_exported(argv):
+    """predict_exported.py's main as run_cli sees a script: its exit code as SystemExit."""
+    code = predict_exported.main(argv)
+    if code:
+        raise SystemExit(code)
+
+
+MAINS = {
+    "test": test_script.main,
+    "validate": validate.main,
+    "train": train.main,
+    "finetune": finetune.main,
+    "export": export.main,
+    "predict_exported": _predict_exported,
+}
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "MPLBACKEND": "Agg"}
 
 
