@@ -8,7 +8,8 @@ Labelled mode reads ``<class>/test/<good|defect>/`` of the run's dataset (and th
 ground-truth masks), writes ``RUN/test/<method>/a<AREA>_t<THRESHOLD>/`` (classification.csv,
 test_result.json, with --save masks and overlays), anomaly maps as float32 TIFF in
 ``RUN/test/<method>/anomaly_maps/<defect>/<stem>.tiff`` and ``metrics.json`` with image
-AUROC, pixel AUROC and AU-PRO (FPR ≤ 0.3), plus ROC and PRO curve plots.
+AUROC, pixel AUROC and AU-PRO (FPR ≤ 0.3), plus ROC and PRO curve plots. Both modes end
+with ``report.html`` in the result folder: one page with the run, the metrics and every image.
 """
 
 import argparse
@@ -20,6 +21,7 @@ quiet_tensorflow()
 
 import evaluation  # noqa: E402
 import inference  # noqa: E402
+import report  # noqa: E402
 import runs  # noqa: E402
 import sharding  # noqa: E402
 from settings import MapRequest  # noqa: E402
@@ -113,6 +115,7 @@ def main(argv=None):
             f"{len(frame)} images: {int((frame['verdict'] == 'defective').sum())} defective, "
             f"{int((frame['verdict'] == 'good').sum())} good"
         )
+        print(f"report: {report.write_report(out, args.path)}")
         print(out)
         return
     result, scores, table, out = evaluation.test_run(args.path, maps, args.threshold, args.area, args.smooth, args.save)
@@ -130,6 +133,7 @@ def main(argv=None):
     )
     for note in result["notes"] + scores.get("notes", []):
         print(f"note: {note}")
+    print(f"report: {report.write_report(out, args.path)}")
     print(out)
 
 
