@@ -307,11 +307,11 @@ def test_run(
     model_record = run.model_record()
     method_dir = run.dir / "test" / method
     out_dir = method_dir / f"a{mapper.min_area}_t{runs.format_threshold(mapper.threshold)}"
-    identity = {"kind": "test", "model_sha256": model_record["model_sha256"]}
+    identity = {"kind": "test", **run.identity(method)}
     # One writer at a time per method folder, so the result, anomaly maps and metrics.json
     # written below all come from the same process; results of other weights are moved aside.
     writing = runs.Writing(method_dir)
-    _set_aside_other_weights(method_dir, model_record["model_sha256"])
+    _set_aside_other_weights(method_dir, run.identity(method))
     with runs.StagedOutput(out_dir, identity, archive=True) as out:
         scored = score_test_images(mapper, listed, smooth, draw_into=out if save else None)
         result, table = classification_result(mapper, scored, types, notes)
@@ -340,16 +340,18 @@ def _check_finite(maps, run):
 METHOD_OUTPUTS = ("anomaly_maps", "metrics.json", "roc_curves.png", "pro_curve.png")
 
 
-def _set_aside_other_weights(method_dir, model_sha256):
-    """Move the per-method outputs of a labelled test of other weights into ``other_weights/``."""
+def _set_aside_other_weights(method_dir, identity):
+    """Move the per-method outputs of a labelled test of other weights (model, or head where the
+    method uses it) into ``other_weights/``."""
     metrics_path = method_dir / "metrics.json"
     if not metrics_path.is_file():
         return
     try:
-        old = runs.read_json(metrics_path).get("model_sha256")
+        recorded = runs.read_json(metrics_path)
     except UserError:
-        old = None
-    if old != model_sha256:
+        recorded = {}
+    old = recorded.get("model_sha256")
+    if any(recorded.get(k) != v for k, v in identity.items()):
         runs.set_aside(method_dir, METHOD_OUTPUTS, old or "unknown", "other weights (the model changed since)")
 
 
@@ -398,7 +400,7 @@ def predict_images(
             f"{images_dir.resolve().name}-{hashlib.sha256(source.encode()).hexdigest()[:6]}_a{min_area}_t{runs.format_threshold(threshold)}{sharding.suffix(shard)}"
         )
     )
-    identity = {"kind": "predictions", "images": source, "model_sha256": runs.model_id(run.model_path), **part}
+    identity = {"kind": "predictions", "images": source, **run.identity(method), **part}
     staging = runs.StagedOutput(
         out_dir, identity, inputs=[images_dir, run.class_dir], protect=[run.dir], archive=not out
     )

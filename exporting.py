@@ -5,9 +5,11 @@ returns what ``test.py`` computes, with the whole map pipeline baked into one Te
 graph: the resize to the model's size (Pillow's algorithm, integer-exact), every pass of
 :func:`inference.refined_maps` (reconstruct, SSIM/L2 map at every scale, minus the
 training baseline of that pass, repaint what the map so far finds), the smoothing, the
-image score, the anomaly map brought back to the image's own size, and the pixels above
-the validated threshold. Only the minimum-area filter (connected components) runs
-outside, in ``predict_exported.py``, a NumPy/OpenCV script copied beside the artefact.
+anomaly map brought back to the image's own size, and the pixels above the validated
+threshold. The regions (connected components: the minimum-area filter and the image score,
+the highest threshold that still leaves a region of the minimum area, over the threshold)
+are computed outside, in ``predict_exported.py``, a NumPy/OpenCV script copied beside the
+artefact.
 
 Adding a map method: one entry in :data:`GRAPH_METHODS` (a TensorFlow function of an
 image batch and its reconstruction). Adding a format: one entry in :data:`FORMATS`.
@@ -206,15 +208,13 @@ def residual(x: tf.Tensor, y: tf.Tensor, method: str, scales: int) -> tf.Tensor:
 def detector_function(
     model: keras.Model, spec: Spec, resize_inside: bool = True
 ) -> Callable[[tf.Tensor], dict[str, tf.Tensor]]:
-    """The serving function: uint8 images → dict of anomaly map, score, residual map, defect pixels.
+    """The serving function: uint8 images → dict of anomaly map, residual map, defect pixels.
 
     Mirrors :func:`inference.refined_maps` with the run's calibration and
-    :func:`evaluation.predict_images`'s smoothing, score and resizing. With
+    :func:`evaluation.predict_images`'s smoothing and resizing. With
     ``resize_inside`` False the function takes model-size images and returns the anomaly
     map at the model's size (for runtimes without float64, which Pillow's coefficients need).
     """
-    import evaluation
-
     tf = _tf()
     dtype = tf.float64
     opts = spec.options
@@ -233,12 +233,9 @@ def detector_function(
             recons = model(x * (1 - mask) + recons * mask, training=False)
             maps = tf.minimum(maps, above_usual(residual(x, recons, spec.method, opts.scales), k))
         smoothed = gaussian_blur(maps, spec.smooth)
-        score_sigma = evaluation.score_sigma(spec.method, spec.smooth)
-        scored = smoothed if score_sigma == spec.smooth else gaussian_blur(maps, score_sigma)
         height, width = tf.shape(images)[1], tf.shape(images)[2]
         return {
             "anomaly_map": pillow_resize_float(smoothed, height, width, dtype) if resize_inside else smoothed,
-            "score": tf.reduce_max(scored, axis=[1, 2]),
             "residual_map": maps,
             "defect_pixels": tf.cast(maps > spec.threshold, tf.uint8),
         }
@@ -461,7 +458,6 @@ def export_run(
         },
         "outputs": {
             "anomaly_map": "N×H×W float32 at the input's size: residual map smoothed by smooth_sigma, as test.py's TIFFs",
-            "score": f"N float32: {evaluation.describe_score(method, smooth)} (test.py's score)",
             "residual_map": f"N×{run.size}×{run.size} float32: the raw map the threshold applies to",
             "defect_pixels": f"N×{run.size}×{run.size} uint8: residual_map > threshold, before the minimum area",
         },
@@ -510,7 +506,7 @@ def _check_artefact(folder, fmt, metadata, serve, run, n):
         image = module.read_image(p, metadata["input"]["color"])
         expected = {k: v.numpy() for k, v in serve(tf.constant(image[None])).items()}
         got = detector.run(image[None])
-        for key in ("anomaly_map", "score", "residual_map"):
+        for key in ("anomaly_map", "residual_map"):
             diff = float(np.abs(np.asarray(got[key], np.float32) - expected[key]).max())
             worst, which = max((worst, which), (diff, key))
         # Pixels within the tolerance of the threshold may flip between runtimes; no other may.

@@ -41,6 +41,10 @@ def finetune(
         raise UserError(f"-r/--range must be a positive number of pixels, got {max_area}")
     mapper = inference.open_maps(path, maps)
     run, method = mapper.run, mapper.method
+    if method == "fused":  # its weights: chosen on the painted copies as validate.py chooses them (default area)
+        import validation
+
+        mapper = validation.fused_validation_maps(mapper, inference.default_min_area(run.shape))[3]
     val_paths = run.validation_paths()
     train_dir, test_dir = run.class_dir / "train", run.class_dir / "test"
     val_sample = (
@@ -66,9 +70,7 @@ def finetune(
         areas_at[float(t)] = areas
     shown = {float(t): areas_at[float(t)] for t in thresholds[:: max(1, N_THRESHOLDS // N_DISTRIBUTIONS)]}
     out_dir = run.dir / "finetune" / method
-    with runs.StagedOutput(
-        out_dir, {"kind": "finetune", "model_sha256": runs.model_id(run.model_path)}, archive=True
-    ) as out:
+    with runs.StagedOutput(out_dir, {"kind": "finetune", **run.identity(method)}, archive=True) as out:
         figures.plot_regions_vs_threshold(
             thresholds, np.array(n_regions), out / "regions_vs_threshold.png", method=method
         )

@@ -325,14 +325,14 @@ def cached_calibration(run: runs.Run, method: str, options: MapOptions) -> Calib
     if not options.baseline and options.passes == 1:
         return Calibration(np.zeros((1, *run.shape), np.float32), float("inf"))
     cache = run.dir / options.cache_name("calibration", method)
-    if cache.is_file():
-        with np.load(cache) as stored:
-            if (
-                np.array_equal(stored["model_stamp"], np.array(runs.file_stamp(run.model_path)))
-                and stored["baselines"].shape == (options.passes, *run.shape)
-                and all(k in stored and stored[k] == v for k, v in _CALIBRATION_KIND.items())
-            ):
-                return Calibration(stored["baselines"], float(stored["mask_threshold"]))
+    stored = runs.load_npz_or_none(cache, ("baselines", "mask_threshold", "model_sha256", *_CALIBRATION_KIND))
+    if (
+        stored is not None
+        and str(stored["model_sha256"]) == runs.model_id(run.model_path)  # the weights' content, not a time stamp
+        and stored["baselines"].shape == (options.passes, *run.shape)
+        and all(stored[k] == v for k, v in _CALIBRATION_KIND.items())
+    ):
+        return Calibration(stored["baselines"], float(stored["mask_threshold"]))
     return None
 
 
@@ -353,7 +353,7 @@ def calibrate(run: runs.Run, method: str, options: MapOptions, model=None, batch
             f"no training images left in {run.class_dir / 'train' / data.GOOD} to learn the residual baseline "
             "(use --no-baseline --passes 1)"
         )
-    stamp = np.array(runs.file_stamp(run.model_path))  # of the weights learnt from, taken first
+    weights = runs.model_id(run.model_path)  # of the weights learnt from, taken first
     images, _ = data.load_images(train_paths, run.color, run.shape, progress="training images (residual baseline)")
     _, _, learnt = refined_maps(model or run.load_model(), images, method, options, batch)
     with runs.atomic_path(run.dir / options.cache_name("calibration", method)) as tmp:
@@ -361,7 +361,7 @@ def calibrate(run: runs.Run, method: str, options: MapOptions, model=None, batch
             tmp,
             baselines=learnt.baselines,
             mask_threshold=learnt.mask_threshold,
-            model_stamp=stamp,
+            model_sha256=np.array(weights),
             **_CALIBRATION_KIND,
         )
     return learnt

@@ -8,9 +8,11 @@ format only (tensorflow; onnxruntime; tensorflow or ai-edge-litert). Prints one 
 per image (path, verdict, score, largest region, regions) and with ``--out`` writes
 ``predictions.csv`` and a mask PNG per image there.
 
-The artefact computes the anomaly map, the score and the pixels above the validated
-threshold; this file adds what the artefact cannot express: the minimum-area filter
-(8-connected regions) and bringing the mask back to the image's size.
+The artefact computes the anomaly map and the raw residual map; this file adds what the
+artefact cannot express: the regions (8-connected) of at least the minimum area above the
+threshold of ``detector.json``, the score (the highest threshold at which the image still has
+such a region, divided by the threshold: above 1 means defective, test.py's score) and
+bringing the mask back to the image's size.
 
 In your own program::
 
@@ -151,6 +153,21 @@ def min_area_filter(defect_pixels: np.ndarray, min_area: int) -> tuple[np.ndarra
     return keep[labels], int(areas.max()) if areas.size else 0, int(count - 1)
 
 
+def area_peak(residual_map: np.ndarray, min_area: int) -> float:
+    """The highest threshold at which ``residual_map`` still holds an 8-connected region of
+    ``min_area`` pixels (as the suite's ``resmaps.area_peaks``): a binary search over the map's
+    own values, the largest region shrinking as the threshold rises."""
+    values = np.unique(residual_map)
+    lo, hi = 0, len(values) - 1
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if min_area_filter(residual_map > values[mid], min_area)[1] < min_area:
+            hi = mid
+        else:
+            lo = mid + 1
+    return float(values[lo])
+
+
 def _checked_numbers(meta: dict, where: Path) -> tuple[float, int]:
     """detector.json's threshold (a finite number >= 0) and minimum area (a whole number >= 1),
     or a one-line ValueError (e.g. after a hand edit to null, text or NaN)."""
@@ -242,10 +259,11 @@ class Detector:
     def predict(self, image: np.ndarray) -> dict:
         """Verdict, score, anomaly map and defect mask (at the image's size) for one uint8 H×W×C image."""
         out = self.run(image[None])
-        mask, largest, regions = min_area_filter(out["defect_pixels"][0], self.min_area)
+        raw = out["residual_map"][0]
+        mask, largest, regions = min_area_filter(raw > self.threshold, self.min_area)
         return {
             "defective": largest >= self.min_area,
-            "score": float(out["score"][0]),
+            "score": area_peak(raw, self.min_area) / max(self.threshold, 1e-12),
             "largest_area": largest,
             "n_regions": regions,
             "anomaly_map": out["anomaly_map"][0],

@@ -199,7 +199,7 @@ def validate(
     result["proxy"] = evaluation.proxy_scores(good_maps, painted, threshold, min_area, method, seed=PROXY_SEED)
     grid = np.unique(np.concatenate([np.linspace(good_maps.min(), good_maps.max(), CURVE_POINTS), [threshold]]))
     curve = resmaps.threshold_curve(good_maps, grid)
-    identity = {"kind": "validation", "model_sha256": result["model_sha256"]}
+    identity = {"kind": "validation", **run.identity(method)}
     folder = runs.validation_dir(run.dir, method, min_area)
     with runs.StagedOutput(folder, identity, archive=True) as out:
         runs.write_json(out / "validation_result.json", result)
@@ -215,12 +215,10 @@ def _maps_key(mapper: inference.Mapper) -> str:
     def stamp(p):
         return [str(p), *runs.file_stamp(p)]
 
-    uses_head = mapper.method == "learned"
     return json.dumps(
         {
             "version": MAPS_VERSION,
-            "model": stamp(run.model_path),
-            "head": stamp(run.head_path) if uses_head else None,
+            **run.identity(mapper.method),  # the weights' content: model, and the head where the method uses it
             "images": [stamp(p) for p in run.validation_paths()],
             "method": mapper.method,
             **mapper.options.record(),
@@ -241,18 +239,14 @@ def validation_maps(mapper: inference.Mapper) -> tuple[list[Path], np.ndarray, t
     run, options = mapper.run, mapper.options
     cache = run.dir / options.cache_name("validation_maps", mapper.method)
     key = _maps_key(mapper)
-    if cache.is_file():
-        try:
-            with np.load(cache, allow_pickle=False) as stored:
-                if str(stored["key"]) == key:
-                    painted = (
-                        (stored["painted_maps"], stored["painted_masks"], [str(d) for d in stored["defects"]])
-                        if stored["defects"].size
-                        else None
-                    )
-                    return [Path(p) for p in stored["paths"]], stored["maps"], painted
-        except (OSError, ValueError, KeyError, EOFError):
-            pass  # damaged: computed again below
+    stored = runs.load_npz_or_none(cache, ("key", "paths", "maps", "painted_maps", "painted_masks", "defects"))
+    if stored is not None and str(stored["key"]) == key:
+        painted = (
+            (stored["painted_maps"], stored["painted_masks"], [str(d) for d in stored["defects"]])
+            if stored["defects"].size
+            else None
+        )
+        return [Path(p) for p in stored["paths"]], stored["maps"], painted
     paths = run.validation_paths()
     inference.load_networks(run, mapper.method, 2 * len(paths), options)  # the images and their painted copies
     seen = mapper.inspect(paths, progress="validation images")
