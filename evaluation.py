@@ -52,9 +52,10 @@ def describe_score(method: str = "", smooth: float = 0.0) -> str:
 
 def detection_table(frame: pd.DataFrame) -> pd.DataFrame:
     """Per defect type: images and share classified defective (pandas), with a total row."""
-    table = frame.groupby("defect_type").agg(images=("prediction", "size"), predicted_defective=("prediction", "sum"))
+    flagged = frame.assign(defective=frame["verdict"] == "defective")
+    table = flagged.groupby("defect_type").agg(images=("defective", "size"), predicted_defective=("defective", "sum"))
     table["rate"] = table["predicted_defective"] / table["images"]
-    table.loc["total"] = [table["images"].sum(), table["predicted_defective"].sum(), frame["prediction"].mean()]
+    table.loc["total"] = [table["images"].sum(), table["predicted_defective"].sum(), flagged["defective"].mean()]
     table["images"] = table["images"].astype(int)
     table["predicted_defective"] = table["predicted_defective"].astype(int)
     return table
@@ -172,7 +173,7 @@ def score_test_images(mapper: inference.Mapper, listed: list, smooth: float, dra
             "path": [str(p) for p, _, _ in items],
             "defect_type": [d for _, d, _ in items],
             "truth": np.where(truth, "defective", "good"),
-            "prediction": np.concatenate(defective),
+            "verdict": np.where(np.concatenate(defective), "defective", "good"),
             "largest_area": np.concatenate(largest),
             "n_regions": np.concatenate(counts),
             "score": scores,
@@ -195,7 +196,7 @@ def classification_result(
     mapper: inference.Mapper, scored: Scored, types: list[str], notes: list[str]
 ) -> tuple[dict, pd.DataFrame]:
     """test_result.json (verdict rates at the threshold) and the per-defect-type table."""
-    cls = metrics.classification_metrics(scored.truth, scored.frame["prediction"].to_numpy())
+    cls = metrics.classification_metrics(scored.truth, (scored.frame["verdict"] == "defective").to_numpy())
     table = detection_table(scored.frame)
     result = {
         "threshold": mapper.threshold,

@@ -134,7 +134,7 @@ def _labelled_rows(result_dir: Path) -> list[dict]:
         truth = record.get("truth", "")
         if truth not in ("good", "defective"):
             raise UserError(f"{csv_path}: truth {truth!r} is neither good nor defective (edited by hand?)")
-        verdict = _verdict(record.get("prediction", ""), csv_path)
+        verdict = _verdict(record.get("verdict", record.get("prediction", "")), csv_path)
         rows.append(
             {
                 "path": path,

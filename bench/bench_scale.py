@@ -132,7 +132,7 @@ def export(args):
             got = detector.predict(pe.read_image(p, detector.color))
             expected = tifffile.imread(out.parent / "anomaly_maps" / defect / f"{Path(p).stem}.tiff")
             worst = max(worst, float(np.abs(got["anomaly_map"] - expected).max()))
-            verdicts += got["defective"] == bool(by_path.loc[str(p), "prediction"])
+            verdicts += got["defective"] == by_path.loc[str(p), "verdict"] == "defective"
             masks += np.array_equal(
                 got["mask"], np.asarray(Image.open(out / defect / f"{Path(p).stem}_mask.png")) > 127
             )

@@ -24,8 +24,8 @@ def test_detector_predicts_what_test_py_writes(tiny_run, tmp_path):
     results = detector.predict(frame["path"])
     assert [str(r.path) for r in results] == list(frame["path"])
     for r, row in zip(results, frame.itertuples()):
-        assert r.score == pytest.approx(row.score, rel=1e-5) and r.defective == bool(row.prediction)
-        assert r.largest_area == row.largest_area and r.verdict == ("defective" if row.prediction else "good")
+        assert r.score == pytest.approx(row.score, rel=1e-5) and r.defective == (row.verdict == "defective")
+        assert r.largest_area == row.largest_area and r.verdict == row.verdict
         assert r.mask.sum() >= (4 if r.defective else 0) and (r.mask.any() == r.defective)
     # The same images as an array give the same scores.
     run_obj = detector.mapper.run

@@ -52,7 +52,7 @@ def scored(tmp_path):
             "path": [str(p) for p, _, _ in items],
             "defect_type": [d for _, d, _ in items],
             "truth": ["good", "good", "defective", "defective"],
-            "prediction": [False, True, True, False],
+            "verdict": ["good", "defective", "defective", "good"],
             "largest_area": [0, 5, 16, 1],
             "n_regions": [0, 1, 1, 1],
             "score": [float(m.max()) for m in maps],

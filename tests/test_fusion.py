@@ -170,7 +170,7 @@ def test_fused_run_validates_tests_and_every_overlay_shows_its_own_csv_score(tin
     for row in frame.itertuples():
         key = f"{row.defect_type}/{row.path.rsplit('/', 1)[-1]}"
         assert titles[key] == pytest.approx(row.score, rel=1e-12)
-        assert (row.score > 1.0) == bool(row.prediction)
+        assert (row.score > 1.0) == (row.verdict == "defective")
     assert scores["image_score"] == evaluation.SCORE_RULE and out["fusion"] == result["fusion"]
     assert thresholds == {result["threshold"]}
 

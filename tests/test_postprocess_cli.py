@@ -47,7 +47,7 @@ test_script = _load_test_script()
 AREA = 10
 DEFECTS = ("contamination", "crack", "hole", "scratch", "stain")
 OUTPUT_DIRS = ("validation", "test", "predictions", "finetune", "visualize")
-CSV_COLUMNS = ["path", "defect_type", "truth", "prediction", "largest_area", "n_regions", "score"]
+CSV_COLUMNS = ["path", "defect_type", "truth", "verdict", "largest_area", "n_regions", "score"]
 
 
 # --------------------------------------------------------------------------- helpers
@@ -364,8 +364,8 @@ def test_labelled_classification_csv(run_dir, labelled, tiny_dataset):
     assert len(frame) == len(files)
     assert sorted(zip(frame["defect_type"], frame["path"].map(Path))) == files
     assert (frame["truth"] == np.where(frame["defect_type"] == "good", "good", "defective")).all()
-    assert frame["prediction"].dtype == bool
-    assert (frame["prediction"] == (frame["largest_area"] >= AREA)).all()
+    assert set(frame["verdict"]) <= {"good", "defective"}
+    assert ((frame["verdict"] == "defective") == (frame["largest_area"] >= AREA)).all()
     assert (frame["n_regions"] >= (frame["largest_area"] > 0)).all()
     assert (frame["largest_area"] <= SIZE * SIZE).all() and (frame["largest_area"] >= 0).all()
     assert np.isfinite(frame["score"]).all() and (frame["score"] >= 0).all()
@@ -376,7 +376,7 @@ def test_labelled_result_consistent_with_csv(labelled):
     frame = pd.read_csv(out_dir / "classification.csv")
     result = json.loads((out_dir / "test_result.json").read_text())
     truth = frame["truth"] == "defective"
-    pred = frame["prediction"]
+    pred = frame["verdict"] == "defective"
     tp, fp = int((truth & pred).sum()), int((~truth & pred).sum())
     tn, fn = int((~truth & ~pred).sum()), int((truth & ~pred).sum())
     assert result["confusion_matrix"] == {
@@ -393,7 +393,7 @@ def test_labelled_result_consistent_with_csv(labelled):
         assert result["precision"] is None
     assert result["f1"] == pytest.approx(2 * tp / (2 * tp + fp + fn))
     assert (result["n_images"], result["n_good"], result["n_defective"]) == (13, 3, 10)
-    rates = frame.groupby("defect_type")["prediction"].mean()
+    rates = (frame["verdict"] == "defective").groupby(frame["defect_type"]).mean()
     assert set(result["detection_rate_per_defect_type"]) == {"good", *DEFECTS}
     for defect, rate in result["detection_rate_per_defect_type"].items():
         assert rate == pytest.approx(rates[defect])
@@ -416,8 +416,8 @@ def test_labelled_save_masks_and_overlays(labelled, tiny_dataset):
             mask = np.asarray(im)
         assert set(np.unique(mask)) <= {0, 255}
         # The mask holds exactly the regions of at least min_area pixels (image = model size here).
-        assert ((mask > 0).sum() >= AREA) == bool(row["prediction"])
-        if not row["prediction"]:
+        assert ((mask > 0).sum() >= AREA) == (row["verdict"] == "defective")
+        if row["verdict"] == "good":
             assert not mask.any()
         with Image.open(out_dir / defect / f"{stem}_overlay.png") as im:
             assert im.format == "PNG"
@@ -438,7 +438,7 @@ def test_labelled_anomaly_maps(run_dir, labelled, tiny_dataset):
         assert array.shape == (SIZE, SIZE) == data.image_size(path)[::-1]
         assert np.isfinite(array).all()
         # The score is in the threshold's units: above 1 exactly where the verdict is defective.
-        assert (frame.loc[str(path), "score"] > 1) == frame.loc[str(path), "prediction"]
+        assert (frame.loc[str(path), "score"] > 1) == (frame.loc[str(path), "verdict"] == "defective")
 
 
 def test_labelled_metrics_json_and_plots(run_dir, labelled):
@@ -529,7 +529,7 @@ def test_smooth_sets_the_sigma_of_anomaly_maps_not_the_verdicts_or_scores(run_di
             p.relative_to(run_dir / "test" / "ssim" / "anomaly_maps").as_posix(): tifffile.imread(p)
             for p in sorted((run_dir / "test" / "ssim" / "anomaly_maps").rglob("*.tiff"))
         }
-    assert (frames[0]["prediction"] == frames[2]["prediction"]).all()
+    assert (frames[0]["verdict"] == frames[2]["verdict"]).all()
     assert (frames[0]["largest_area"] == frames[2]["largest_area"]).all()
     assert set(tiffs[0]) == set(tiffs[2]) and len(tiffs[0]) == 13
     for name, raw in tiffs[0].items():
@@ -555,9 +555,9 @@ def test_labelled_stdout_table(run_dir, labelled):
     for defect in ("good", *DEFECTS):
         row = next(line for line in lines if line.split() and line.split()[0] == defect)
         sub = frame[frame["defect_type"] == defect]
-        assert row.split()[1:3] == [str(len(sub)), str(int(sub["prediction"].sum()))]
+        assert row.split()[1:3] == [str(len(sub)), str(int((sub["verdict"] == "defective").sum()))]
     total = next(line for line in lines if line.split() and line.split()[0] == "total")
-    assert total.split()[1:3] == ["13", str(int(frame["prediction"].sum()))]
+    assert total.split()[1:3] == ["13", str(int((frame["verdict"] == "defective").sum()))]
     assert f"image AUROC {metrics['image_auroc']:.3f}" in out
     assert lines[-1] == str(out_dir)
 
@@ -573,7 +573,7 @@ def test_explicit_threshold_and_area(run_dir, labelled, capsys):
     result = json.loads((folder / "test_result.json").read_text())
     assert (result["threshold"], result["min_area"], result["threshold_source"]) == (0.5, 3, "command line")
     frame = pd.read_csv(folder / "classification.csv")
-    assert (frame["prediction"] == (frame["largest_area"] >= 3)).all()
+    assert ((frame["verdict"] == "defective") == (frame["largest_area"] >= 3)).all()
     assert not list(folder.glob("*/*_mask.png")), "masks written without --save"
     assert (labelled[2] / "test_result.json").is_file(), "the validation-based result was removed"
 
@@ -709,7 +709,7 @@ def test_labelled_test_in_small_chunks_gives_the_same_results(run_dir, labelled,
     assert Path(out.strip().splitlines()[-1]) == run / out_dir.relative_to(run_dir)
     after = pd.read_csv(Path(out.strip().splitlines()[-1]) / "classification.csv")
     assert list(after["path"]) == list(before["path"])
-    assert (after["prediction"] == before["prediction"]).all()
+    assert (after["verdict"] == before["verdict"]).all()
     np.testing.assert_allclose(after["score"], before["score"], rtol=1e-5, atol=1e-6)
     old = json.loads((copy / "metrics.json").read_text())
     new = json.loads((run / "test" / "ssim" / "metrics.json").read_text())

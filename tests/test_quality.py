@@ -245,7 +245,7 @@ def test_surface_run_validates_with_a_proxy_and_tests_with_the_learned_map(surfa
     scored = json.loads((out.parent / "metrics.json").read_text())
     assert scored["smooth_sigma"] == 4.0 and scored["image_score"] == proxy["image_score"]
     frame = pd.read_csv(out / "classification.csv")
-    assert ((frame["score"] > 1) == frame["prediction"]).all()
+    assert ((frame["score"] > 1) == (frame["verdict"] == "defective")).all()
     ssim = _cli("validate.py", "-p", run, "-a", 4, "--method", "ssim")
     ssim_result = json.loads((run / "validation" / "ssim" / "a4" / "validation_result.json").read_text())
     assert ssim.returncode == 0 and ssim_result["baseline"] is False  # no per-pixel baseline on surfaces
@@ -275,7 +275,7 @@ def test_bad_regime_options_get_one_line_errors(surface_run, tmp_path, args, mes
 def test_learned_method_refuses_map_options_and_a_missing_head(surface_run, tmp_path):
     run, _ = surface_run
     proc = _cli("validate.py", "-p", run, "-a", 4, "--method", "learned", "--scales", 2, check=False)
-    assert proc.returncode != 0 and "--scales and --passes apply to ssim and l2 maps" in proc.stderr
+    assert proc.returncode != 0 and "--scales and --passes apply to ssim, l2 and fused maps" in proc.stderr
     import shutil
 
     copy = tmp_path / "nohead"

@@ -100,8 +100,10 @@ def outcome(truth, verdict):
     )
 
 
-def verdict_of(prediction):
-    return {"True": "defective", "False": "good"}.get(prediction, prediction)
+def verdict_of(record):
+    """A CSV row's verdict: test.py writes good/defective; the hand-made folder the older True/False."""
+    value = record.get("verdict", record.get("prediction"))
+    return {"True": "defective", "False": "good"}.get(value, value)
 
 
 def save_png(path, size=(20, 12), seed=0, value=None):
@@ -197,7 +199,7 @@ def test_labelled_page_rows_are_the_csv_misses_and_false_alarms_first(tmp_path):
             f"{r['defect_type']}/{Path(r['path']).name}",
             r["defect_type"],
             r["truth"],
-            verdict_of(r["prediction"]),
+            verdict_of(r),
             r["score"],
         )
         for r in csv_rows(out / "classification.csv")
@@ -446,7 +448,7 @@ def test_report_in_headless_chromium(tested, tmp_path):
             record = by_name[row.get_attribute("data-name")]
             assert row.get_attribute("data-score") == record["score"]
             assert row.get_attribute("data-truth") == record["truth"]
-            assert row.get_attribute("data-verdict") == verdict_of(record["prediction"])
+            assert row.get_attribute("data-verdict") == verdict_of(record)
         ranks = [OUTCOME_RANK[o] for o in seen("data-outcome")]
         assert ranks == sorted(ranks)
         # Thumbnails load once their row comes near the screen (image and map of each), none broken.
@@ -473,11 +475,11 @@ def test_report_in_headless_chromium(tested, tmp_path):
         # Filter by verdict: only those rows stay visible; with the defect type as well, both apply.
         for verdict in ("defective", "good"):
             Select(browser.find_element(By.ID, "filter-verdict")).select_by_value(verdict)
-            want = sorted(n for n, r in by_name.items() if verdict_of(r["prediction"]) == verdict)
+            want = sorted(n for n, r in by_name.items() if verdict_of(r) == verdict)
             assert sorted(names(only_visible=True)) == want
             assert browser.find_element(By.ID, "gallery-count").text == f"{len(want)} of {len(rows)} images shown"
         Select(browser.find_element(By.ID, "filter-defect")).select_by_value("good")
-        want = sorted(n for n, r in by_name.items() if verdict_of(r["prediction"]) == "good" and n.startswith("good/"))
+        want = sorted(n for n, r in by_name.items() if verdict_of(r) == "good" and n.startswith("good/"))
         assert sorted(names(only_visible=True)) == want
         Select(browser.find_element(By.ID, "filter-verdict")).select_by_value("")
         Select(browser.find_element(By.ID, "filter-defect")).select_by_value("")
