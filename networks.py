@@ -27,6 +27,7 @@ import functools
 import os
 import re
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -288,9 +289,17 @@ def load(model_path, load_keras, shape: tuple[int, int] | None = None, images: i
             problem = f"is unreadable ({exc.__class__.__name__})"
         warn(f"the ONNX twin {twin} {problem}: made again from {model_path.name}")
     model = load_keras()
+    started = time.time()
+    print(
+        f"making the OpenVINO twin of {model_path.name} (ONNX conversion, checked and timed against Keras)...",
+        file=sys.stderr,
+        flush=True,
+    )
     data = convert(model, stamp, shape)
     if data is None:
+        print(f"no twin for {model_path.name}: scoring with Keras", file=sys.stderr, flush=True)
         return model
+    print(f"twin of {model_path.name} ready in {time.time() - started:.0f} s", file=sys.stderr, flush=True)
     try:
         with runs.atomic_path(twin) as tmp:
             tmp.write_bytes(data)
