@@ -14,6 +14,10 @@ from dataclasses import dataclass, fields
 # keeps the two equal) and custom_loss_functions.LOSSES is this tuple.
 ARCHITECTURES = ("mvtec", "mvtec2", "resnet")
 LOSSES = ("ssim", "mssim", "l2", "mse")
+# How validate.py weighs the fused map's components (validation.choose_fusion), here without
+# the heavy imports so that validate.py's --help answers at once.
+FUSION_RULES = ("equal", "proxy")
+DEFAULT_FUSION_RULE = "equal"
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,7 @@ FILL_PHOTOS = (
     "horse",
     "clock",
 )
+PROXY_PHOTOS = ("chelsea", "coffee", "immunohistochemistry", "colorwheel")  # the proxy's contaminants only
 MIN_AREA_SHARE, MAX_AREA_SHARE = 0.002, 0.06  # blob area as a share of the image
 VISIBLE = 3.0 / 255.0  # a pixel is in the mask only where the defect changed it this much
 
@@ -101,8 +102,8 @@ def stroke_mask(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
     return gaussian_filter(np.asarray(canvas, np.float32) / 255.0, 0.5)
 
 
-def _photo_patch(rng: np.random.Generator, shape: tuple[int, int], channels: int) -> np.ndarray:
-    photo = _photo(FILL_PHOTOS[rng.integers(len(FILL_PHOTOS))])
+def _photo_patch(rng: np.random.Generator, shape: tuple[int, int], channels: int, photos=FILL_PHOTOS) -> np.ndarray:
+    photo = _photo(photos[rng.integers(len(photos))])
     h, w = shape
     scale = rng.uniform(0.3, 1.0) * min(photo.shape[:2]) / max(h, w)
     ch, cw = max(1, int(h * scale)), max(1, int(w * scale))
@@ -303,10 +304,12 @@ def _long_crack(image, rng):
 
 
 def _contamination(image, rng):
-    """Foreign material: a piece of a scikit-image photograph in a smooth blob (0.3–5 %)."""
+    """Foreign material: a piece of a scikit-image photograph in a smooth blob (0.3–5 %); other
+    photographs than the head trains with (:data:`PROXY_PHOTOS`), so the proxy does not score the
+    head on its own training material."""
     h, w, c = image.shape
     soft = _smooth_blob(rng, (h, w), rng.uniform(0.003, 0.05), 0.04, 0.7)
-    return _photo_patch(rng, (h, w), c), soft * rng.uniform(0.6, 1.0)
+    return _photo_patch(rng, (h, w), c, PROXY_PHOTOS), soft * rng.uniform(0.6, 1.0)
 
 
 PROXY_PAINTERS = {

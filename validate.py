@@ -19,7 +19,7 @@ from utils import HelpFormatter, UserError, quiet_tensorflow, run_cli
 quiet_tensorflow()  # before anything imports TensorFlow; the heavy imports wait until main has parsed
 
 import runs  # noqa: E402  (light: the shared options)
-from settings import MapRequest  # noqa: E402
+from settings import DEFAULT_FUSION_RULE, FUSION_RULES, MapRequest  # noqa: E402
 
 
 def get_parser():
@@ -34,6 +34,14 @@ def get_parser():
         metavar="AREA",
         help="minimum defect area in pixels at the model's size (default: 1/800 of the whole image's "
         "pixels, at least 4: 20 px for a 128-px square)",
+    )
+    parser.add_argument(
+        "--fusion",
+        choices=FUSION_RULES,
+        default=DEFAULT_FUSION_RULE,
+        help="how the fused map weighs its component maps: 'equal' (every map that finds the painted defects "
+        "better than chance, image AUROC >= 0.6, weighs the same) or 'proxy' (the weights that score best "
+        "on the painted copies)",
     )
     parser.add_argument(
         "--false-alarms",
@@ -55,7 +63,7 @@ def main(argv=None):
     import inference
     import validation
 
-    result, out = validation.validate(args.path, args.area, MapRequest.from_args(args), args.false_alarms)
+    result, out = validation.validate(args.path, args.area, MapRequest.from_args(args), args.false_alarms, args.fusion)
     options = inference.MapOptions.from_record(result, "this validation result")
     print(
         f"{options.describe(result['method'])}: threshold for minimum area {result['min_area']} px: "

@@ -28,9 +28,10 @@ import numpy as np
 import evaluation
 import figures
 import inference
+import metrics
 import resmaps
 import runs
-from settings import MapRequest
+from settings import DEFAULT_FUSION_RULE, FUSION_RULES, MapRequest
 from utils import UserError
 
 CURVE_POINTS = 120  # thresholds drawn in threshold_search.png (the chosen one is added exactly)
@@ -97,38 +98,78 @@ def _simplex(k: int, step: float) -> list[tuple]:
     return [tuple(v / n for v in w) for w in grid]
 
 
-def choose_fusion(components: dict, min_area: int) -> tuple[inference.Fusion, list[dict]]:
+MIN_SKILL = 0.6  # the "equal" rule leaves out components whose painted copies score below this image AUROC
+
+
+def _skill(good, painted, masks, families, area) -> float:
+    """A component's image AUROC on the painted copies, averaged over the defect families (each
+    family counts once, whatever its size), scored as test.py scores (region peaks)."""
+    names = np.array(families)
+    good_peaks = resmaps.area_peaks(good, area)
+    peaks = resmaps.area_peaks(painted, area)
+    labels = lambda n: np.r_[np.zeros(len(good_peaks), int), np.ones(n, int)]  # noqa: E731
+    per = [
+        metrics.image_auroc(labels(int((names == f).sum())), np.r_[good_peaks, peaks[names == f]])
+        for f in sorted(set(families))
+    ]
+    return float(np.mean([v for v in per if v is not None])) if per else 0.5
+
+
+def choose_fusion(components: dict, min_area: int, rule: str = DEFAULT_FUSION_RULE) -> tuple[inference.Fusion, list]:
     """The fused map's weights: ``components`` maps each component method to its
-    ``(good maps, (painted maps, masks, families))`` on the validation images; every weight
-    vector of the grid (:data:`inference.FUSION_STEP`) is scored on the painted copies (mean of
-    image AUROC, pixel AUROC and AU-PRO, maps subsampled by :data:`FUSION_SAMPLE`) and the
-    best kept. Returns the fusion and every candidate's scores."""
+    ``(good maps, (painted maps, masks, families))`` on the validation images.
+
+    Each component is put on a common scale by its good maps (:func:`_normaliser`) and scored
+    on the painted copies (:func:`_skill`, maps subsampled by :data:`FUSION_SAMPLE`).
+    ``equal``: every component with a skill of at least :data:`MIN_SKILL` weighs the same (the
+    best one alone if none does): painted defects say which maps see defects at all, not how
+    much each should count on real ones. ``proxy``: every weight vector of the grid
+    (:data:`inference.FUSION_STEP`) is scored on the copies (mean of image AUROC, pixel AUROC and
+    AU-PRO) and the best kept; within :data:`FUSION_TIE` of it, the most even weights.
+    Returns the fusion and what was measured (per component, or per candidate)."""
+    if rule not in FUSION_RULES:
+        raise ValueError(f"unknown fusion rule {rule!r}; choose one of {', '.join(FUSION_RULES)}")
     names = tuple(components)
     norms = [_normaliser(components[c][0]) for c in names]
     step = FUSION_SAMPLE
     area = max(1, min_area // step**2)
+    masks = components[names[0]][1][1][:, ::step, ::step]
+    families = components[names[0]][1][2]
+
+    def fusion_of(weights):
+        return inference.Fusion(names, tuple(weights), tuple(c for c, _ in norms), tuple(s for _, s in norms))
+
+    if rule == "equal":
+        skills = [
+            _skill(components[c][0][:, ::step, ::step], components[c][1][0][:, ::step, ::step], masks, families, area)
+            for c in names
+        ]
+        keep = [k >= MIN_SKILL for k in skills]
+        if not any(keep):
+            keep = [k == max(skills) for k in skills]
+        weights = [1.0 / sum(keep) if k else 0.0 for k in keep]
+        measured = [{"component": c, "skill": k, "weight": w} for c, k, w in zip(names, skills, weights)]
+        return fusion_of(weights), measured
     searched = []
     for weights in _simplex(len(names), inference.FUSION_STEP):
-        fusion = inference.Fusion(names, weights, tuple(c for c, _ in norms), tuple(s for _, s in norms))
+        fusion = fusion_of(weights)
         good = fusion.combine([components[c][0][:, ::step, ::step] for c in names])
         painted = fusion.combine([components[c][1][0][:, ::step, ::step] for c in names])
-        masks = components[names[0]][1][1][:, ::step, ::step]
         threshold = max(float(resmaps.area_peaks(good, area).max()), 1e-12)
         figures_ = evaluation._proxy_figures(good, painted, masks, threshold, area, evaluation.DEFAULT_SMOOTH / step)
         objective = float(np.mean([figures_[k] or 0.0 for k in ("image_auroc", "pixel_auroc", "au_pro")]))
         searched.append({"weights": list(weights), "objective": objective, **figures_})
-    # Within 0.002 of the best objective (the proxy's noise), the most even weights: no single
+    # Within FUSION_TIE of the best objective (the proxy's noise), the most even weights: no single
     # map's blind spot decides alone where the painted defects cannot tell them apart.
     top = max(s["objective"] for s in searched)
     best = max(
         (i for i, s in enumerate(searched) if s["objective"] >= top - FUSION_TIE),
         key=lambda i: -sum(w * w for w in searched[i]["weights"]),
     )
-    weights = tuple(searched[best]["weights"])
-    return inference.Fusion(names, weights, tuple(c for c, _ in norms), tuple(s for _, s in norms)), searched
+    return fusion_of(searched[best]["weights"]), searched
 
 
-def fused_validation_maps(mapper: inference.Mapper, min_area: int) -> tuple:
+def fused_validation_maps(mapper: inference.Mapper, min_area: int, rule: str = DEFAULT_FUSION_RULE) -> tuple:
     """:func:`validation_maps` of the fused map: each component's (cached), the weights chosen
     on the proxy (:func:`choose_fusion`), then combined. Returns ``(paths, maps, painted,
     mapper with the fusion, the fusion search)``."""
@@ -140,7 +181,7 @@ def fused_validation_maps(mapper: inference.Mapper, min_area: int) -> tuple:
         if painted is None:
             raise UserError(f"no synthetic defect could be painted into the validation images of {run.dir}")
         parts[c] = (good, painted)
-    fusion, searched = choose_fusion(parts, min_area)
+    fusion, searched = choose_fusion(parts, min_area, rule)
     mapper = dataclasses.replace(mapper, options=dataclasses.replace(mapper.options, fusion=fusion))
     good = fusion.combine([parts[c][0] for c in fusion.components])
     first = parts[fusion.components[0]][1]
@@ -149,7 +190,11 @@ def fused_validation_maps(mapper: inference.Mapper, min_area: int) -> tuple:
 
 
 def validate(
-    path, min_area: int | None = None, maps: MapRequest = MapRequest(), false_alarms: float | None = None
+    path,
+    min_area: int | None = None,
+    maps: MapRequest = MapRequest(),
+    false_alarms: float | None = None,
+    fusion_rule: str = DEFAULT_FUSION_RULE,
 ) -> tuple[dict, Path]:
     """Compute, save and return the validation result for ``min_area`` (default:
     :func:`inference.default_min_area`): ``(result, its folder)``.
@@ -167,7 +212,7 @@ def validate(
         min_area = inference.default_min_area(run.shape)
     searched = None
     if method == "fused":
-        paths, good_maps, painted, mapper, searched = fused_validation_maps(mapper, min_area)
+        paths, good_maps, painted, mapper, searched = fused_validation_maps(mapper, min_area, fusion_rule)
     else:
         paths, good_maps, painted = validation_maps(mapper)
     options = mapper.options
@@ -188,7 +233,7 @@ def validate(
         **policy,
         "method": method,
         **options.record(),
-        **({"fusion_search": searched} if searched else {}),
+        **({"fusion_rule": fusion_rule, "fusion_search": searched} if searched else {}),
         "n_images": len(paths),
         "largest_area_at_threshold": int(largest.max()),
         "validation_files": [str(p) for p in paths],

@@ -104,16 +104,22 @@ def test_fusion_search_prefers_the_component_that_sees_the_painted_defects():
     masks[:, 8:16, 8:16] = True
     seeing = painted + 0.08 * masks  # this component lights up, faintly, where the defects are
     blind_good = rng.random((4, 24, 24)).astype(np.float32)
-    blind = rng.random((4, 24, 24)).astype(np.float32) * (1 - masks)  # goes dark where the defects are
+    blind = 0.5 * rng.random((4, 24, 24)).astype(np.float32) * (1 - masks)  # darker, darkest on the defects
     families = ["dark_area"] * 4
     parts = {"ssim": (good, (seeing, masks, families)), "median": (blind_good, (blind, masks, families))}
-    fusion, searched = validation.choose_fusion(parts, 4)
+    fusion, searched = validation.choose_fusion(parts, 4, "proxy")
     assert fusion.components == ("ssim", "median") and fusion.weights == (1.0, 0.0)
     assert [s["weights"] for s in searched] == [[0, 1], [0.25, 0.75], [0.5, 0.5], [0.75, 0.25], [1, 0]]
     assert searched[0]["objective"] < searched[-1]["objective"]
     # Equally good components: the even mix wins the tie.
     twin = {"ssim": parts["ssim"], "l2": (good.copy(), (seeing.copy(), masks, families))}
-    assert validation.choose_fusion(twin, 4)[0].weights == (0.5, 0.5)
+    assert validation.choose_fusion(twin, 4, "proxy")[0].weights == (0.5, 0.5)
+    # The equal rule: the component that sees the copies counts, the one that goes dark does not.
+    equal, measured = validation.choose_fusion(parts, 4, "equal")
+    assert equal.weights == (1.0, 0.0) and measured[0]["skill"] == 1.0 and measured[1]["skill"] < 0.6
+    assert validation.choose_fusion(twin, 4)[0].weights == (0.5, 0.5)  # "equal" is the default
+    with pytest.raises(ValueError, match="unknown fusion rule"):
+        validation.choose_fusion(parts, 4, "vote")
 
 
 def test_median_residual_equals_scipys_median_filter():
