@@ -36,7 +36,7 @@ from utils import UserError
 
 CURVE_POINTS = 120  # thresholds drawn in threshold_search.png (the chosen one is added exactly)
 PROXY_SEED = 0  # which defect each validation image's painted copy gets
-MAPS_VERSION = 2  # part of the validation maps' cache key: raise it when the maps' computation changes
+MAPS_VERSION = 3  # part of the validation maps' cache key: raise it when the maps' computation changes
 MAX_FALSE_ALARMS = 0.1  # the balanced policy flags at most this share of the validation images
 FUSION_SAMPLE = 2  # the fusion search scores maps subsampled by this factor per side (4x faster)
 FUSION_TIE = 0.002  # proxy objectives this close count as tied (see choose_fusion)

@@ -30,21 +30,26 @@ import runs  # noqa: E402
 import validation  # noqa: E402
 from settings import MapRequest  # noqa: E402
 
-METHODS = ("fused", "learned", "ssim", "median")
+METHODS = ("fused", "fused-proxy", "learned", "ssim", "median", "lowfreq")  # fused-proxy: --fusion proxy
 KEEP = ("image_auroc", "pixel_auroc", "au_pro")
 
 
-def measure(run_dir: Path, method: str, false_alarms: float | None = None) -> dict:
-    """Validate and test ``run_dir`` with ``method``: one row of figures."""
+def measure(run_dir: Path, name: str, false_alarms: float | None = None) -> dict:
+    """Validate and test ``run_dir`` with the map method ``name`` (``fused-RULE``: the fused map
+    with that fusion rule): one row of figures."""
     started = time.time()
-    result, _ = validation.validate(run_dir, None, MapRequest(method=method), false_alarms)
+    method, _, rule = name.partition("-")
+    result, _ = validation.validate(
+        run_dir, None, MapRequest(method=method), false_alarms, rule or validation.DEFAULT_FUSION_RULE
+    )
     tested, scores, _, _ = evaluation.test_run(run_dir, MapRequest(method=method))
     proxy = result.get("proxy") or {}
     return {
         "run": str(run_dir),
         "category": "/".join(Path(runs.find_run(run_dir).class_dir).parts[-2:]),
-        "method": method,
+        "method": name,
         "policy": result.get("policy"),
+        "fusion_search": result.get("fusion_search"),
         "threshold": result["threshold"],
         "min_area": result["min_area"],
         "fusion": result.get("fusion"),
