@@ -476,10 +476,12 @@ class Run:
         return Path(self.setup["directory"])
 
     def method(self, method: str | None = None) -> str:
-        """The residual-map method to use: the one asked for, else ``learned`` for surface runs
-        that have a head (fixed formulas flag the texture itself there), else the loss's family."""
-        if method is None and self.mode == "surface" and self.head_path.is_file():
-            method = "learned"
+        """The residual-map method to use: the one asked for, else ``fused`` for every run with a
+        learned head (train.py's default: the head's map, the loss's fixed residual and the
+        training-free maps, weighed by validate.py, whatever the regime), else the loss's family
+        (a plain autoencoder trained with --head-steps 0)."""
+        if method is None and self.head_path.is_file():
+            method = "fused"
         method = method or default_method(self.setup["loss"])
         if method not in METHODS:
             raise UserError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
@@ -964,8 +966,10 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
         "--method",
         choices=METHODS,
         default=None,
-        help="residual map: ssim (1 - SSIM map), l2 (squared difference) or learned (the segmentation head's "
-        "defect probability); default: learned for surface runs with a head, else the training loss's family",
+        help="residual map: ssim (1 - SSIM map), l2 (squared difference), learned (the segmentation head's "
+        "defect probability), median (|image - its 21-px median|, no training), lowfreq (blurred image against its "
+        "median brightness, no training) or fused (those maps combined with weights validate.py chooses); "
+        "default: fused for runs with a learned head (train.py's default), else the training loss's family",
     )
     parser.add_argument("--batch", type=int, default=16, help="images per inference batch")
     parser.add_argument(
