@@ -224,21 +224,31 @@ def test_surface_run_records_its_regime_and_keeps_the_aspect_ratio(surface_run):
     assert setup["color"] == "grayscale" and setup["head"]["steps"] == 10 and (run / "head.keras").is_file()
 
 
-def test_surface_run_validates_with_a_proxy_and_tests_with_the_learned_map(surface_run):
+def test_surface_run_validates_and_tests_with_the_fused_map_by_default(surface_run):
     import tifffile
 
     run, klass = surface_run
     v = _cli("validate.py", "-p", run, "-a", 4)
-    assert v.stdout.startswith("learned")
-    result = json.loads((run / "validation" / "learned" / "a4" / "validation_result.json").read_text())
+    assert v.stdout.startswith("fused")
+    result = json.loads((run / "validation" / "fused" / "a4" / "validation_result.json").read_text())
+    # The head's map, the loss's fixed map and the training-free maps, on one scale each.
+    assert result["fusion"]["components"] == ["learned", "ssim", "median", "lowfreq"]
+    assert result["fusion_rule"] == "equal" and [m["component"] for m in result["fusion_search"]] == [
+        "learned",
+        "ssim",
+        "median",
+        "lowfreq",
+    ]
+    kept = [m["skill"] >= 0.6 for m in result["fusion_search"]]
+    assert result["fusion"]["weights"] == [1 / sum(kept) if k else 0.0 for k in kept] or sum(kept) == 0
     proxy = result["proxy"]
     # Every family painted into every validation image (few images: under PROXY_MAX_COPIES).
     assert proxy["n_painted"] == result["n_images"] * len(synthetic.PROXY_FAMILIES)
     assert set(proxy["families"]) == set(synthetic.PROXY_FAMILIES)
-    assert result["baseline"] is False and result["scales"] == 1 and result["passes"] == 1
+    assert result["baseline"] is False and result["scales"] == 2 and result["passes"] == 4  # for its ssim part
     t = _cli("test.py", "-p", run)
     out = Path(t.stdout.strip().splitlines()[-1])
-    assert out.parent.name == "learned"
+    assert out.parent.name == "fused"
     tiff = tifffile.imread(out.parent / "anomaly_maps" / "stain" / "000.tiff")
     assert tiff.shape == (48, 80)  # the ground truth's own (non-square) resolution
     # The image score is in the threshold's units: above 1 exactly for the images judged defective.
@@ -246,6 +256,9 @@ def test_surface_run_validates_with_a_proxy_and_tests_with_the_learned_map(surfa
     assert scored["smooth_sigma"] == 4.0 and scored["image_score"] == proxy["image_score"]
     frame = pd.read_csv(out / "classification.csv")
     assert ((frame["score"] > 1) == (frame["verdict"] == "defective")).all()
+    learned = _cli("validate.py", "-p", run, "-a", 4, "--method", "learned")
+    learned_result = json.loads((run / "validation" / "learned" / "a4" / "validation_result.json").read_text())
+    assert learned.returncode == 0 and learned_result["scales"] == 1 and learned_result["passes"] == 1
     ssim = _cli("validate.py", "-p", run, "-a", 4, "--method", "ssim")
     ssim_result = json.loads((run / "validation" / "ssim" / "a4" / "validation_result.json").read_text())
     assert ssim.returncode == 0 and ssim_result["baseline"] is False  # no per-pixel baseline on surfaces
