@@ -110,7 +110,9 @@ def test_every_format_equals_test_py(tested, exported, fmt):
         expected_map = tifffile.imread(maps_dir / row.defect_type / f"{path.stem}.tiff")
         assert result["anomaly_map"].shape == expected_map.shape == (64, 64)
         worst = max(worst, float(np.abs(result["anomaly_map"] - expected_map).max()))
-        assert result["score"] == pytest.approx(row.score, abs=1e-4)
+        # The score is a map value over the threshold, and a region peak moves no more than the map
+        # does (1-Lipschitz): runtimes that agree to 1e-4 on maps agree to 1e-4 / threshold on it.
+        assert result["score"] == pytest.approx(row.score, abs=1e-4 / detector.threshold)
         expected_mask = np.asarray(Image.open(out / row.defect_type / f"{path.stem}_mask.png")) > 127
         assert_same_decision(
             detector, image, result, expected_mask, row.largest_area, row.n_regions, (row.verdict == "defective")
@@ -134,7 +136,9 @@ def test_other_sizes_equal_predictions(tested, exported, fmt, tmp_path):
     for row in frame.itertuples():
         image = pe.read_image(row.path, detector.color)
         result = detector.predict(image)
-        assert result["score"] == pytest.approx(row.score, abs=1e-4)
+        # The score is a map value over the threshold, and a region peak moves no more than the map
+        # does (1-Lipschitz): runtimes that agree to 1e-4 on maps agree to 1e-4 / threshold on it.
+        assert result["score"] == pytest.approx(row.score, abs=1e-4 / detector.threshold)
         expected_mask = np.asarray(Image.open(row.mask)) > 127
         assert_same_decision(detector, image, result, expected_mask, defective=row.verdict == "defective")
 
@@ -180,8 +184,8 @@ def test_predict_exported_cli_without_the_repo(tested, exported, tmp_path):
     assert done.returncode == 0, done.stderr
     rows = pd.read_csv(tmp_path / "out" / "predictions.csv")
     expected = pd.read_csv(out / "classification.csv").set_index("path").loc[str(image)]
-    assert rows["score"][0] == pytest.approx(expected["score"], abs=1e-4)
     detector = pe.Detector(folder)
+    assert rows["score"][0] == pytest.approx(expected["score"], abs=1e-4 / detector.threshold)
     pixels = pe.read_image(image, detector.color)
     result = detector.predict(pixels)
     assert rows["verdict"][0] == ("defective" if result["defective"] else "good")

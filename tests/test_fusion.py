@@ -204,3 +204,12 @@ def test_validate_cli_false_alarm_rate_zero_is_the_zero_false_alarm_threshold(ti
     assert result["policy"] == "at most 0 of the validation images flagged" and "policy at most 0" in out
     code, _, err = cli(validate.main, ["-p", str(run), "--false-alarms", "1"], capsys)
     assert code == 2 and err.strip().endswith("--false-alarms must be a share in [0, 1), got 1.0")
+
+
+def test_region_peak_moves_no_more_than_the_map():
+    """Why runtimes that agree on maps agree on scores: a peak is 1-Lipschitz in the map's sup norm."""
+    rng = np.random.default_rng(6)
+    maps = ndimage.gaussian_filter(rng.random((8, 24, 24)), (0, 1, 1)).astype(np.float64)
+    noise = rng.uniform(-1e-3, 1e-3, maps.shape)
+    moved = np.abs(resmaps.area_peaks(maps + noise, 7) - resmaps.area_peaks(maps, 7))
+    assert moved.max() <= 1e-3 + 1e-12 and moved.max() > 0
