@@ -67,21 +67,58 @@ def main(argv=None):
     parser.add_argument("--methods", nargs="+", default=list(METHODS), help="map methods (default: %(default)s)")
     parser.add_argument("--false-alarms", type=float, default=None, help="threshold policy (default: balanced)")
     parser.add_argument("--out", default=None, help="append the JSON rows to this file")
+    parser.add_argument(
+        "--suite-rows",
+        default=None,
+        help="also append one bench_suite.py row per run to this file (its default method first, every method "
+        "in 'methods', the trivial detectors): `bench_suite.py --report FILE --leave-one-out` tables them",
+    )
     args = parser.parse_args(argv)
     import trivial
 
     for run_dir in args.runs:
         run = runs.find_run(run_dir)
-        print(json.dumps({"run": run_dir, "trivial": trivial.trivial_metrics(run.class_dir)}), flush=True)
+        floor = trivial.trivial_metrics(run.class_dir)
+        print(json.dumps({"run": run_dir, "trivial": floor}), flush=True)
+        measured = {}
         for method in args.methods:
             if method == "learned" and not run.head_path.is_file():
                 continue
             row = measure(Path(run_dir), method, args.false_alarms)
+            measured[method] = row
             line = json.dumps(row)
             print(line, flush=True)
             if args.out:
                 with open(args.out, "a") as f:
                     f.write(line + "\n")
+        if args.suite_rows and measured:
+            with open(args.suite_rows, "a") as f:
+                f.write(json.dumps(suite_row(run, measured, floor)) + "\n")
+
+
+def suite_row(run, measured: dict, floor: dict) -> dict:
+    """A bench_suite.py row of one trained run: the run's default method's figures, every method's."""
+    default = run.method()
+    first = measured.get(default) or next(iter(measured.values()))
+    figures_ = {m: {**r["test"], "proxy": r["proxy"].get("au_pro")} for m, r in measured.items()}
+    return {
+        "category": first["category"],
+        "seed": run.setup.get("seed"),
+        "status": "ok",
+        "error": None,
+        "run": str(run.dir),
+        "mode": run.mode,
+        "size": run.size,
+        "method": first["method"],
+        "min_area": first["min_area"],
+        "threshold": first["threshold"],
+        "training_minutes": (run.setup.get("training_seconds") or 0) / 60,
+        "proxy": first["proxy"].get("au_pro"),
+        **first["test"],
+        "per_defect_type": first["test_per_defect"],
+        "methods": figures_,
+        "trivial": floor,
+    }
 
 
 if __name__ == "__main__":
