@@ -68,8 +68,10 @@ class Fusion:
 
     Each component map ``M_k`` is put on a common scale by what the held-back good images
     say is usual for it (``centres``: the median of their pixels, ``spreads``: their 99.9th
-    percentile minus that median), then ``fused = max(0, Σ w_k (M_k − centre_k) / spread_k)``.
-    A pixel as unusual as the top 0.1 % of good pixels of one component scores 1 on it.
+    percentile minus that median), then ``fused = Σ w_k log(1 + max(0, (M_k − centre_k) /
+    spread_k))``. A pixel as unusual as the top 0.1 % of good pixels of one component scores
+    log 2 on it; the logarithm keeps one map's far tail (a head's probability near 1 is a
+    hundred spreads out) from deciding alone, a soft "or" of the maps.
     """
 
     components: tuple
@@ -93,8 +95,9 @@ class Fusion:
         total = np.zeros(np.shape(maps[0]), np.float32)
         for m, w, c, s in zip(maps, self.weights, self.centres, self.spreads):
             if w:
-                total += np.float32(w / s) * (np.asarray(m, np.float32) - np.float32(c))
-        return np.maximum(total, 0.0)
+                scaled = np.maximum((np.asarray(m, np.float32) - np.float32(c)) / np.float32(s), 0.0)
+                total += np.float32(w) * np.log1p(scaled)
+        return total
 
     def record(self) -> dict:
         return {k: list(getattr(self, k)) for k in ("components", "weights", "centres", "spreads")}

@@ -98,7 +98,7 @@ def _simplex(k: int, step: float) -> list[tuple]:
     return [tuple(v / n for v in w) for w in grid]
 
 
-MIN_SKILL = 0.6  # the "equal" rule leaves out components whose painted copies score below this image AUROC
+MIN_SKILL = 0.5  # the "equal" rule leaves out components no better than chance on the painted copies
 
 
 def _skill(good, painted, masks, families, area) -> float:
@@ -121,9 +121,10 @@ def choose_fusion(components: dict, min_area: int, rule: str = DEFAULT_FUSION_RU
 
     Each component is put on a common scale by its good maps (:func:`_normaliser`) and scored
     on the painted copies (:func:`_skill`, maps subsampled by :data:`FUSION_SAMPLE`).
-    ``equal``: every component with a skill of at least :data:`MIN_SKILL` weighs the same (the
-    best one alone if none does): painted defects say which maps see defects at all, not how
-    much each should count on real ones. ``proxy``: every weight vector of the grid
+    ``equal``: every component better than chance on the copies (skill above :data:`MIN_SKILL`)
+    weighs the same (the best one alone if none is): painted defects do not say how much each
+    map should count on real ones (on commutator and tire the proxy ranked the head's map first
+    where it was the worst on the real defects, bench/README.md "Fused map"). ``proxy``: every weight vector of the grid
     (:data:`inference.FUSION_STEP`) is scored on the copies (mean of image AUROC, pixel AUROC and
     AU-PRO) and the best kept; within :data:`FUSION_TIE` of it, the most even weights.
     Returns the fusion and what was measured (per component, or per candidate)."""
@@ -144,7 +145,7 @@ def choose_fusion(components: dict, min_area: int, rule: str = DEFAULT_FUSION_RU
             _skill(components[c][0][:, ::step, ::step], components[c][1][0][:, ::step, ::step], masks, families, area)
             for c in names
         ]
-        keep = [k >= MIN_SKILL for k in skills]
+        keep = [k > MIN_SKILL for k in skills]
         if not any(keep):
             keep = [k == max(skills) for k in skills]
         weights = [1.0 / sum(keep) if k else 0.0 for k in keep]
