@@ -245,15 +245,24 @@ def test_two_concurrent_tests_of_one_run_write_one_consistent_result(template, t
     assert [p.returncode for p in procs] == [0, 0], [o[1][-600:] for o in outputs]
     method_dir = world.run / "test" / "ssim"
     folder = method_dir / "a5_t0.500000"
-    assert sorted(p.name for p in folder.iterdir()) == sorted([runs.MARKER, "classification.csv", "test_result.json"])
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        [runs.MARKER, "classification.csv", "test_result.json", "report.html", "report_files"]
+    )
     assert not [p for p in method_dir.iterdir() if ".partial" in p.name or ".old" in p.name]
     frame = pd.read_csv(folder / "classification.csv")
     metrics = json.loads((method_dir / "metrics.json").read_text())
     assert len(frame) == 13
-    # Scores, anomaly maps and metrics.json come from the same process (the same --smooth).
+    # Anomaly maps and metrics.json come from the same process (the same --smooth): the pixel AUROC
+    # recomputed from the TIFFs and the ground truth (scikit-learn) is the one metrics.json holds.
+    values, truth = [], []
     for _, row in frame.iterrows():
-        tiff = tifffile.imread(method_dir / "anomaly_maps" / row["defect_type"] / f"{Path(row['path']).stem}.tiff")
-        assert float(tiff.max()) == pytest.approx(row["score"], rel=1e-5)
+        path = Path(row["path"])
+        values.append(tifffile.imread(method_dir / "anomaly_maps" / row["defect_type"] / f"{path.stem}.tiff").ravel())
+        mask = data.ground_truth_path(Path(path).parents[2], row["defect_type"], path)
+        truth.append(data.load_mask(mask, data.image_size(path)).ravel() if mask else np.zeros(values[-1].size, bool))
+    assert metrics["pixel_auroc"] == pytest.approx(
+        roc_auc_score(np.concatenate(truth), np.concatenate(values)), abs=1e-6
+    )
     assert metrics["image_auroc"] == pytest.approx(
         roc_auc_score(frame["truth"] == "defective", frame["score"]), abs=1e-9
     )
