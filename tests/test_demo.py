@@ -5,6 +5,7 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 from conftest import ROOT
 
@@ -92,3 +93,28 @@ def test_demo_runs_end_to_end_and_reuses_its_work(tmp_path):
     assert text.index("[1/5] dataset") < text.index("[5/5] test") < text.index("TPR ") < text.index("Demo finished")
     assert "skip" in text.lower()
     assert len(list((tmp_path / "runs").glob("data/brick/*/*/*/setup.json"))) == 1
+    # Last, as it may skip where no browser starts: the demo's report.html in headless Chromium.
+    (result_path,) = run.glob("test/*/a4_t*/test_result.json")
+    _demo_report_in_headless_chromium(result_path.parent, tmp_path)
+
+
+def _demo_report_in_headless_chromium(folder, tmp_path):
+    """The demo's report.html in a real browser: one gallery row per classification.csv row, with
+    its verdict and score; a screenshot is kept. Skips the browser part (only) where none starts."""
+    from test_report import _browser, csv_rows, verdict_of
+
+    expected = {f"{r['defect_type']}/{Path(r['path']).name}": r for r in csv_rows(folder / "classification.csv")}
+    browser = _browser()  # skips with one line where no browser starts (the demo was checked before)
+    try:
+        from selenium.webdriver.common.by import By
+
+        browser.get((folder / "report.html").as_uri())
+        rows = browser.find_elements(By.CSS_SELECTOR, "#gallery-body tr")
+        assert sorted(r.get_attribute("data-name") for r in rows) == sorted(expected)
+        for row in rows:
+            record = expected[row.get_attribute("data-name")]
+            assert row.get_attribute("data-verdict") == verdict_of(record)
+            assert row.get_attribute("data-score") == record["score"]
+        assert browser.save_screenshot(str(tmp_path / "demo_report.png"))
+    finally:
+        browser.quit()
