@@ -15,7 +15,7 @@ with ``report.html`` in the result folder: one page with the run, the metrics an
 import argparse
 import sys
 
-from utils import UserError, quiet_tensorflow, run_cli
+from utils import HelpFormatter, UserError, quiet_tensorflow, run_cli
 
 quiet_tensorflow()
 
@@ -29,7 +29,7 @@ from settings import MapRequest  # noqa: E402
 
 def get_parser():
     """Command-line options of ``test.py``."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     runs.add_run_arguments(parser)
     parser.add_argument(
         "-t",
@@ -49,13 +49,15 @@ def get_parser():
         "--smooth",
         type=float,
         default=evaluation.DEFAULT_SMOOTH,
-        help="Gaussian sigma (px, model resolution) applied to residual maps for anomaly maps, "
-        "image scores and AUROC/AU-PRO (0: none); the learned map's image score is its raw maximum; "
-        "verdicts use the raw map",
+        help="Gaussian sigma (px, model resolution) applied to residual maps for the anomaly maps and "
+        "pixel AUROC/AU-PRO (0: none); verdicts and image scores use the raw map the threshold was chosen on",
     )
     parser.add_argument("--save", action="store_true", help="also write each image's defect mask PNG and overlay PNG")
     parser.add_argument(
-        "--images", default=None, help="folder of unlabelled images (searched recursively): write predictions only"
+        "--images",
+        default=None,
+        help="folder of unlabelled images (searched recursively): write predictions only (default: labelled "
+        "testing of the run's <class>/test/)",
     )
     parser.add_argument(
         "--overlays",
@@ -73,14 +75,14 @@ def get_parser():
         default=None,
         metavar="K/N",
         help="with --images: score only the K-th of N disjoint parts of the folder (its sorted list cut in N), "
-        "e.g. one part per machine; join the parts with --merge",
+        "e.g. one part per machine; join the parts with --merge (default: the whole folder)",
     )
     parser.add_argument(
         "--merge",
         nargs="+",
         default=None,
         metavar="PART",
-        help="join the predictions.csv of every --shard part (their output folders) into one",
+        help="join the predictions.csv of every --shard part (their output folders) into one (default: no merge)",
     )
     return parser
 
