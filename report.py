@@ -45,7 +45,7 @@ FILES_MARKER = ".cae-report"  # report_files/ holds it: a folder this module may
 GENERATOR = '<meta name="generator" content="cae-report">'  # report.html holds it: a page this module may replace
 THUMB = 96  # longest side of a gallery thumbnail, px
 PROGRESS_FROM = 200  # images from which writing thumbnails shows a progress bar
-SCORE_MEANING = "score ≥ 1 means a region of at least the minimum area lies above the threshold (defective)"
+SCORE_MEANING = "a score above 1 means a region of at least the minimum area lies above the threshold (defective)"
 OUTCOMES = {  # (truth, verdict) -> (key, label); the gallery's default order follows this table
     ("defective", "good"): ("miss", "miss"),
     ("good", "defective"): ("false-alarm", "false alarm"),
