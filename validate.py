@@ -40,7 +40,7 @@ def get_parser():
         choices=FUSION_RULES,
         default=DEFAULT_FUSION_RULE,
         help="how the fused map weighs its component maps: 'equal' (every map that finds the painted defects "
-        "better than chance weighs the same) or 'proxy' (the weights that score best on the painted copies)",
+        "clearly better than chance (image AUROC above 0.55) weighs the same) or 'proxy' (the weights that score best on the painted copies)",
     )
     parser.add_argument(
         "--false-alarms",

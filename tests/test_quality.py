@@ -14,6 +14,7 @@ from PIL import Image
 import data
 import regime
 import synthetic
+import validation
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -239,7 +240,7 @@ def test_surface_run_validates_and_tests_with_the_fused_map_by_default(surface_r
         "median",
         "lowfreq",
     ]
-    kept = [m["skill"] > 0.5 for m in result["fusion_search"]]
+    kept = [m["skill"] > validation.MIN_SKILL for m in result["fusion_search"]]
     assert result["fusion"]["weights"] == [1 / sum(kept) if k else 0.0 for k in kept] or sum(kept) == 0
     proxy = result["proxy"]
     # Every family painted into every validation image (few images: under PROXY_MAX_COPIES).
