@@ -127,7 +127,7 @@ def choose_fusion(components: dict, min_area: int, rule: str = DEFAULT_FUSION_RU
     ``equal``: every component clearly better than chance on the copies (skill above
     :data:`MIN_SKILL`) weighs the same (the best one alone if none is): painted defects do not say how much each
     map should count on real ones (on commutator and tire the proxy ranked the head's map first
-    where it was the worst on the real defects, bench/README.md "Fused map"). ``proxy``: every weight vector of the grid
+    where it was the worst on the real defects, bench/README.md "Round 3"). ``proxy``: every weight vector of the grid
     (:data:`inference.FUSION_STEP`) is scored on the copies (mean of image AUROC, pixel AUROC and
     AU-PRO) and the best kept; within :data:`FUSION_TIE` of it, the most even weights.
     Returns the fusion and what was measured (per component, or per candidate)."""
