@@ -13,8 +13,9 @@ Needs a validation result (validate.py) and uses the newest one, or the one for 
 import argparse
 import sys
 
-from utils import HelpFormatter, quiet_tensorflow, run_cli
+from utils import HelpFormatter, quiet_tensorflow, run_cli, stop_on_ctrl_c
 
+stop_on_ctrl_c(__name__)  # Ctrl-C from here on: one line and exit code 130, never a traceback
 quiet_tensorflow()  # before anything imports TensorFlow (exporting imports it only to build a graph)
 
 

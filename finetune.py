@@ -14,8 +14,9 @@ Short flags here: -t is --test-image (in test.py and visualize.py it is --thresh
 import argparse
 import sys
 
-from utils import HelpFormatter, quiet_tensorflow, run_cli
+from utils import HelpFormatter, quiet_tensorflow, run_cli, stop_on_ctrl_c
 
+stop_on_ctrl_c(__name__)  # Ctrl-C from here on: one line and exit code 130, never a traceback
 quiet_tensorflow()  # before anything imports TensorFlow; the heavy imports wait until main has parsed
 
 import runs  # noqa: E402  (light: the shared options)

@@ -31,32 +31,120 @@ import math
 import os
 import secrets
 import shutil
+import signal
 import sys
 import time
 from pathlib import Path
 
-import cv2
-import numpy as np
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as the repository's scripts
+_SIGINT_SEEN = False  # set once Ctrl-C reached main
+
+
+def _raise_interrupt(signum, frame) -> None:
+    global _SIGINT_SEEN
+    _SIGINT_SEEN = True
+    raise KeyboardInterrupt
+
+
+def _stop(signum=None, frame=None) -> None:
+    """SIGINT outside :func:`main` (while NumPy and OpenCV load, or after main): one line and
+    exit code 130 at once, no traceback; nothing has been written yet, or all is committed."""
+    try:
+        sys.stdout.flush()
+    except Exception:  # noqa: BLE001 - interrupted inside a write, or closed
+        pass
+    try:
+        os.write(2, b"predict_exported: interrupted\n")
+    finally:
+        os._exit(EXIT_INTERRUPTED)
+
+
+if __name__ == "__main__" and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+    signal.signal(signal.SIGINT, _stop)  # not when ignored (started in the background)
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
-def read_image(path: str | Path, color: str) -> np.ndarray:
-    """An image file as uint8 H×W×C in the detector's colour mode, converted as Pillow does
-    (grayscale: L = (19595 R + 38470 G + 7471 B + 2^15) >> 16; alpha dropped)."""
+def to_uint8(array: np.ndarray, path="image") -> np.ndarray:
+    """Pixel values of any depth as 8 bits: the rule of the training code's ``data.to_uint8``,
+    copied so that this file needs no other (tests/test_predict_exported_inputs.py checks
+    that both give the same arrays):
+
+    - float (e.g. a float32 TIFF): values in [0, 1] are scaled by 255, in [0, 255] kept,
+      larger ones scaled from 16 bits; rounded; NaN or infinity refused (ValueError);
+    - one-channel 16/32-bit integers: scaled from 16 bits when any value exceeds 255, else
+      kept (an 8-bit image stored in 16 bits); truncated;
+    - several-channel 16-bit integers: the high byte (as Pillow reads 16-bit colour PNGs);
+    - negative values become 0, values above the range 255.
+    """
+    array = np.asarray(array)
+    if array.dtype == np.uint8:
+        return array
+    if array.dtype == bool:
+        return array.astype(np.uint8) * 255
+    if array.dtype.kind == "f":
+        values = array.astype(np.float64)
+        if not np.isfinite(values).all():
+            raise ValueError(f"cannot read image {path}: it holds NaN or infinite pixel values")
+        top = values.max(initial=0.0)
+        scale = 255.0 if top <= 1.0 else 1.0 if top <= 255.0 else 255.0 / 65535.0
+        return np.clip(np.rint(values * scale), 0, 255).astype(np.uint8)
+    if array.dtype.kind not in "ui":
+        raise ValueError(f"cannot read image {path}: pixel type {array.dtype} is not supported")
+    if array.ndim == 3 and array.shape[-1] > 1 and array.dtype == np.uint16:
+        return (array >> 8).astype(np.uint8)
+    values = array.astype(np.float64)
+    top = 65535.0 if values.max(initial=0.0) > 255 else 255.0
+    return np.clip(values / top * 255.0, 0, 255).astype(np.uint8)
+
+
+def _decode(path: Path) -> np.ndarray:
+    """The file's pixels as stored, H×W or H×W×C in RGB(A) order: OpenCV, and for TIFFs
+    OpenCV cannot read tifffile when it is installed. ValueError with the reason otherwise."""
+    if not path.exists():
+        reason = "a broken symbolic link" if path.is_symlink() else "no such file"
+        raise ValueError(f"cannot read image {path}: {reason}")
+    if not os.access(path, os.R_OK):
+        raise ValueError(f"cannot read image {path}: permission denied")
     image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if image is None:
-        raise ValueError(f"cannot read image {path}")
-    if image.dtype == np.uint16:
-        if image.ndim == 2:  # 16-bit grayscale: scaled to 8 bits as the training code does
-            top = 65535.0 if image.max() > 255 else 255.0
-            image = np.clip(image.astype(np.float64) / top * 255.0, 0, 255).astype(np.uint8)
-        else:
-            image = (image >> 8).astype(np.uint8)
+    if image is not None:
+        if image.ndim == 3 and image.shape[2] >= 3:
+            image = image[..., [2, 1, 0, *range(3, image.shape[2])]]  # BGR(A) -> RGB(A)
+        return image
+    if path.suffix.lower() in (".tif", ".tiff"):
+        try:
+            import tifffile
+
+            image = tifffile.imread(path)
+        except Exception:  # noqa: BLE001 - not installed, or it cannot read the file either
+            image = None
+        if image is not None:
+            image = np.asarray(image)
+            if image.ndim == 3 and image.shape[0] in (1, 3, 4) and image.shape[-1] not in (1, 2, 3, 4):
+                image = np.moveaxis(image, 0, -1)  # planar TIFF
+            return image
+    raise ValueError(f"cannot read image {path}: not an image OpenCV can decode")
+
+
+def read_image(path: str | Path, color: str) -> np.ndarray:
+    """An image file as uint8 H×W×C in the detector's colour mode, read as the training code
+    reads it (``data.load_image``): floats in [0, 1] (e.g. float32 TIFFs), 16- and 32-bit
+    images by :func:`to_uint8`; palette images by their colours; alpha dropped (a
+    second channel of two, a fourth of four); grayscale converted as Pillow does
+    (L = (19595 R + 38470 G + 7471 B + 2^15) >> 16). ValueError, one line, when it cannot."""
+    image = _decode(Path(path))
+    if image.ndim == 3 and image.shape[2] in (1, 2):
+        image = image[..., 0]
+    elif image.ndim == 3 and image.shape[2] == 4:
+        image = image[..., :3]
+    if image.ndim != 2 and not (image.ndim == 3 and image.shape[2] == 3):
+        raise ValueError(f"cannot read image {path}: pixel array of shape {image.shape} is not one image")
+    image = to_uint8(image, path)
     if image.ndim == 2:
         image = image[..., None]
-    if image.shape[2] >= 3:
-        image = image[..., 2::-1]  # BGR(A) -> RGB, alpha dropped
     if color == "rgb":
         return np.ascontiguousarray(np.repeat(image, 3, axis=2) if image.shape[2] == 1 else image)
     if image.shape[2] == 1:
@@ -370,12 +458,39 @@ def predict_files(detector: Detector, items, out: str | Path | None = None) -> l
     return rows
 
 
+def _warn(message: str) -> None:
+    print(f"predict_exported: warning: {message}", file=sys.stderr, flush=True)
+
+
 def _image_files(items):
+    """The files given, and the image files in the folders given (recursively, sorted), as
+    the training code lists a folder (``data.list_images``): nothing skipped without a note,
+    broken symbolic links and other files one each, hidden files (a name, or a folder below
+    the one given, starting with a dot) one for all."""
     for item in map(Path, items):
-        if item.is_dir():
-            yield from sorted(p for p in item.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
-        else:
-            yield item
+        if not item.is_dir():
+            yield item  # a file named on the command line is read, or refused with its reason
+            continue
+        hidden = []
+        for path in sorted(item.rglob("*")):
+            if any(part.startswith(".") for part in path.relative_to(item).parts):
+                if not path.is_dir():
+                    hidden.append(path)
+                continue
+            if path.is_symlink() and not path.exists():
+                _warn(f"skipping {path}: a broken symbolic link (its target {os.readlink(path)} does not exist)")
+                continue
+            if not path.is_file():
+                continue
+            if path.suffix.lower() in IMAGE_EXTENSIONS:
+                yield path
+            else:
+                _warn(f"skipping {path}: not an image file (supported: {', '.join(IMAGE_EXTENSIONS)})")
+        if hidden:
+            _warn(
+                f"skipping {len(hidden)} hidden file(s) under {item} (names or folders starting with '.'), "
+                f"e.g. {hidden[0].relative_to(item)}"
+            )
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -397,6 +512,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         detector = Detector(args.detector)
     except (OSError, KeyError, ValueError) as exc:
+        if _SIGINT_SEEN:  # a runtime turned the KeyboardInterrupt into its own error
+            raise KeyboardInterrupt from None
         print(f"predict_exported: error: cannot load detector {args.detector}: {exc}", file=sys.stderr)
         return 2
     try:
@@ -405,10 +522,35 @@ def main(argv: list[str] | None = None) -> int:
         print(f"predict_exported: error: {exc}", file=sys.stderr)
         return 2
     if not rows:
+        print(
+            "predict_exported: error: no image could be read (see the warnings above); nothing written", file=sys.stderr
+        )
         return 2
     print(f"done in {time.perf_counter() - started:.1f} s", file=sys.stderr, flush=True)
     return 0
 
 
+def _run_as_script() -> int:
+    """:func:`main` with Ctrl-C as one line and exit code 130: a KeyboardInterrupt inside main
+    (staged output removed on the way out), :func:`_stop` before and after it."""
+    ours = signal.getsignal(signal.SIGINT) is _stop
+    try:
+        try:
+            if ours:
+                signal.signal(signal.SIGINT, _raise_interrupt)
+            try:
+                return main()
+            finally:
+                if ours:
+                    signal.signal(signal.SIGINT, _stop)
+        except Exception:
+            if _SIGINT_SEEN:  # e.g. onnxruntime's import: "ImportError: initialization failed"
+                raise KeyboardInterrupt from None
+            raise
+    except KeyboardInterrupt:
+        print("predict_exported: interrupted", file=sys.stderr, flush=True)
+        return EXIT_INTERRUPTED
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(_run_as_script())

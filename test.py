@@ -15,8 +15,9 @@ with ``report.html`` in the result folder: one page with the run, the metrics an
 import argparse
 import sys
 
-from utils import HelpFormatter, UserError, quiet_tensorflow, run_cli
+from utils import HelpFormatter, UserError, quiet_tensorflow, run_cli, stop_on_ctrl_c
 
+stop_on_ctrl_c(__name__)  # Ctrl-C from here on: one line and exit code 130, never a traceback
 quiet_tensorflow()
 
 import evaluation  # noqa: E402

@@ -11,8 +11,9 @@ is --threshold, or --test-image in finetune.py).
 import argparse
 import sys
 
-from utils import HelpFormatter, quiet_tensorflow, run_cli
+from utils import HelpFormatter, quiet_tensorflow, run_cli, stop_on_ctrl_c
 
+stop_on_ctrl_c(__name__)  # Ctrl-C from here on: one line and exit code 130, never a traceback
 quiet_tensorflow()  # before anything imports TensorFlow; the heavy imports wait until main has parsed
 
 import data  # noqa: E402  (light: numpy and Pillow only)

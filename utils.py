@@ -69,16 +69,19 @@ class _QuietImport:
         import importlib.abc
         import importlib.util
 
+        global _REAL_STDERR
         sys.meta_path.remove(self)
         sys.stderr.flush()
         saved = os.dup(2)
         try:
+            _REAL_STDERR = saved  # where a Ctrl-C in the meantime is reported (_stop)
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, 2)
             os.close(devnull)
             module = importlib.import_module("tensorflow")
         finally:
             os.dup2(saved, 2)
+            _REAL_STDERR = None
             os.close(saved)
 
         class _Loaded(importlib.abc.Loader):
@@ -100,22 +103,85 @@ def quiet_tensorflow() -> None:
         sys.meta_path.insert(0, _QuietImport())
 
 
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a process Ctrl-C ended
+_REAL_STDERR = None  # stderr's descriptor while _QuietImport sends descriptor 2 to /dev/null
+
+
+def _stop(signum, frame) -> None:
+    """SIGINT outside ``main``: one line and exit code 130 at once, no traceback. Nothing is
+    half-written: before ``main`` a script only imports, after it everything is committed."""
+    try:
+        sys.stdout.flush()
+    except Exception:  # noqa: BLE001 - interrupted inside a write, or closed: nothing more to save
+        pass
+    prog = os.path.basename(sys.argv[0]) or "cae"
+    try:
+        os.write(_REAL_STDERR if _REAL_STDERR is not None else 2, f"{prog}: interrupted\n".encode())
+    finally:
+        os._exit(EXIT_INTERRUPTED)
+
+
+_SIGINT_SEEN = False  # set once Ctrl-C reached main (see run_cli)
+
+
+def _raise_interrupt(signum, frame) -> None:
+    """SIGINT while ``main`` runs: KeyboardInterrupt, as Python's own handler, remembered."""
+    global _SIGINT_SEEN
+    _SIGINT_SEEN = True
+    raise KeyboardInterrupt
+
+
+def stop_on_ctrl_c(name: str) -> None:
+    """In a script run as a program (``name`` is its ``__name__``, ``"__main__"``): from now
+    until :func:`run_cli` calls ``main``, and again once ``main`` has ended, Ctrl-C stops the
+    process with ``PROG: interrupted`` and exit code 130, instead of a KeyboardInterrupt
+    traceback from whatever import (TensorFlow's take seconds) or shutdown it lands in.
+    While ``main`` runs, Ctrl-C stays a KeyboardInterrupt, so staged results are cleaned up.
+
+    Called first thing in each script, right after importing this module; Python's own
+    start-up before that (a few ms) is outside any script's reach. Does nothing when the
+    script is imported (tests) or when SIGINT is ignored (a job started in the background).
+    """
+    import signal
+
+    if name == "__main__" and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _stop)
+
+
 def run_cli(main: Callable[[list[str] | None], object], argv: list[str] | None = None) -> int:
     """Run ``main(argv)``; map user errors and Ctrl-C to a one-line message and exit code.
 
     Returns the process exit code (0 on success) so ``__main__`` can ``sys.exit`` it.
     """
+    import signal
+
     prog = os.path.basename(sys.argv[0]) or "cae"
     started = time.perf_counter()
+    ours = signal.getsignal(signal.SIGINT) is _stop  # stop_on_ctrl_c ran: a script's own process
     try:
-        main(argv)
-        sys.stdout.flush()  # the summary before the time, also when both go to one log
+        try:
+            if ours:
+                signal.signal(signal.SIGINT, _raise_interrupt)  # main cleans up after itself
+            try:
+                main(argv)
+                sys.stdout.flush()  # the summary before the time, also when both go to one log
+            finally:
+                if ours:
+                    signal.signal(signal.SIGINT, _stop)  # main has ended: nothing left to clean up
+        except Exception:
+            # Some code turns a KeyboardInterrupt into another error: a compiled module's
+            # import (pybind11: "ImportError: initialization failed", TensorFlow's and
+            # onnxruntime's), a conversion of "any error" into a message. After Ctrl-C,
+            # the interruption is the cause.
+            if _SIGINT_SEEN:
+                raise KeyboardInterrupt from None
+            raise
     except UserError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr, flush=True)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr, flush=True)
-        return 130
+        return EXIT_INTERRUPTED
     except BrokenPipeError:
         # The reader of stdout went away (e.g. `| head -n 1`): stop quietly like other Unix
         # tools, with the SIGPIPE exit status; send further output nowhere.
