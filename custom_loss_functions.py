@@ -12,47 +12,12 @@ from __future__ import annotations
 import math
 
 import keras
-import numpy as np
 import tensorflow as tf
 
-from resmaps import SSIM_C1, SSIM_C2, SSIM_FILTER_SIZE, SSIM_SIGMA, gaussian_window  # noqa: F401  (the SSIM of the maps)
 from settings import LOSSES  # noqa: F401  (re-exported: the names -l offers)
+from ssim import SSIM_FILTER_SIZE, SSIM_SIGMA, ssim_map
 
 MSSSIM_POWER_FACTORS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
-
-
-def ssim_map(x: tf.Tensor | np.ndarray, y: tf.Tensor | np.ndarray, full: bool = False) -> tf.Tensor:
-    """Per-pixel SSIM of two N×H×W×C batches in [0, 1] (TensorFlow, differentiable).
-
-    ``SSIM = ((2 μx μy + C1)(2 σxy + C2)) / ((μx² + μy² + C1)(σx² + σy² + C2))`` with
-    local statistics under an 11×11 Gaussian window (σ 1.5), data range 1, C1 = 0.01²,
-    C2 = 0.03², per channel. The window is applied as two 1-D passes (5.5× cheaper than
-    a 2-D one). ``full=False``: only positions where the window fits (H−10 × W−10, as
-    ``tf.image.ssim``); ``full=True``: images padded by reflection (``a b c | c b a``,
-    scipy's ``reflect``) so the map has the input's size and equals scikit-image's
-    ``structural_similarity(..., gaussian_weights=True, sigma=1.5,
-    use_sample_covariance=False, data_range=1, full=True)``.
-    """
-    x = tf.convert_to_tensor(x, tf.float32)
-    y = tf.convert_to_tensor(y, tf.float32)
-    channels = int(x.shape[-1])
-    g = gaussian_window()
-    # The five local statistics are blurred in one pass, stacked along channels.
-    k_rows = tf.constant(np.tile(g[:, None, None, None], (1, 1, 5 * channels, 1)))
-    k_cols = tf.constant(np.tile(g[None, :, None, None], (1, 1, 5 * channels, 1)))
-    pad = SSIM_FILTER_SIZE // 2
-
-    def blur(t):
-        if full:
-            t = tf.pad(t, [[0, 0], [pad, pad], [pad, pad], [0, 0]], mode="SYMMETRIC")
-        t = tf.nn.depthwise_conv2d(t, k_rows, strides=[1, 1, 1, 1], padding="VALID")
-        return tf.nn.depthwise_conv2d(t, k_cols, strides=[1, 1, 1, 1], padding="VALID")
-
-    mu_x, mu_y, exx, eyy, exy = tf.split(blur(tf.concat([x, y, x * x, y * y, x * y], axis=-1)), 5, axis=-1)
-    sxx, syy, sxy = exx - mu_x * mu_x, eyy - mu_y * mu_y, exy - mu_x * mu_y
-    num = (2.0 * mu_x * mu_y + SSIM_C1) * (2.0 * sxy + SSIM_C2)
-    den = (mu_x * mu_x + mu_y * mu_y + SSIM_C1) * (sxx + syy + SSIM_C2)
-    return num / den
 
 
 def ssim_loss(y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:

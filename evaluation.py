@@ -25,6 +25,7 @@ import metrics
 import resmaps
 import runs
 import sharding
+import storage
 from settings import MapRequest
 from utils import UserError, warn
 
@@ -311,19 +312,19 @@ def test_run(
     identity = {"kind": "test", **run.identity(method)}
     # One writer at a time per method folder, so the result, anomaly maps and metrics.json
     # written below all come from the same process; results of other weights are moved aside.
-    writing = runs.Writing(method_dir)
+    writing = storage.Writing(method_dir)
     _set_aside_other_weights(method_dir, run.identity(method))
-    with runs.StagedOutput(out_dir, identity, archive=True) as out:
+    with storage.StagedOutput(out_dir, identity, archive=True) as out:
         scored = score_test_images(mapper, listed, smooth, draw_into=out if save else None)
         result, table = classification_result(mapper, scored, types, notes)
         # Metrics before anything is committed.
         evaluated, pixel_curves = threshold_free_metrics(mapper, scored, smooth, fpr_limit, model_record)
         scored.frame.to_csv(out / "classification.csv", index=False)
-        runs.write_json(out / "test_result.json", result)
-    with runs.StagedOutput(method_dir / "anomaly_maps", identity, archive=True) as out:
+        storage.write_json(out / "test_result.json", result)
+    with storage.StagedOutput(method_dir / "anomaly_maps", identity, archive=True) as out:
         write_anomaly_maps(out, scored)
     plot_test_curves(method_dir, scored, evaluated, pixel_curves, method, smooth, fpr_limit)
-    runs.write_json(method_dir / "metrics.json", evaluated)
+    storage.write_json(method_dir / "metrics.json", evaluated)
     writing.release()
     return result, evaluated, table, out_dir
 
@@ -348,12 +349,12 @@ def _set_aside_other_weights(method_dir, identity):
     if not metrics_path.is_file():
         return
     try:
-        recorded = runs.read_json(metrics_path)
+        recorded = storage.read_json(metrics_path)
     except UserError:
         recorded = {}
     old = recorded.get("model_sha256")
     if any(recorded.get(k) != v for k, v in identity.items()):
-        runs.set_aside(method_dir, METHOD_OUTPUTS, old or "unknown", "other weights (the model changed since)")
+        storage.set_aside(method_dir, METHOD_OUTPUTS, old or "unknown", "other weights (the model changed since)")
 
 
 def predict_images(
@@ -402,7 +403,7 @@ def predict_images(
         )
     )
     identity = {"kind": "predictions", "images": source, **run.identity(method), **part}
-    staging = runs.StagedOutput(
+    staging = storage.StagedOutput(
         out_dir, identity, inputs=[images_dir, run.class_dir], protect=[run.dir], archive=not out
     )
     staging.check()  # before the long inference
@@ -446,7 +447,7 @@ def predict_images(
 
         frame = pd.DataFrame(rows)
         frame.to_csv(staged / "predictions.csv", index=False)
-        runs.write_json(
+        storage.write_json(
             staged / "prediction_setup.json",
             {
                 "threshold": threshold,

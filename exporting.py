@@ -28,8 +28,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 import inference
-import resmaps
 import runs
+import ssim
+import storage
 from settings import MapRequest
 from utils import UserError, package_versions
 
@@ -53,7 +54,7 @@ def _tf():
 
 def _ssim_or_l2(method):
     def single_scale(x, y):
-        return resmaps._single_scale_maps(x, y, method)  # the very ops test.py runs, traced into the graph
+        return ssim.scale_maps_tf(x, y, method)  # the very ops test.py runs, traced into the graph
 
     return single_scale
 
@@ -360,7 +361,7 @@ def _check_supported(run, method, found):
 
 
 def open_validated(
-    path: runs.PathLike, method: str | None = None, min_area: int | None = None
+    path: storage.PathLike, method: str | None = None, min_area: int | None = None
 ) -> tuple[inference.Mapper, Path]:
     """The run at ``path`` opened as every post-training step opens it (:func:`inference.open_maps`:
     the run, its method), with the threshold, minimum area and map options of its newest
@@ -391,9 +392,9 @@ def export_identity(run: runs.Run, method: str) -> dict:
 
 
 def export_run(
-    path: runs.PathLike,
+    path: storage.PathLike,
     fmt: str = "saved_model",
-    out: runs.PathLike | None = None,
+    out: storage.PathLike | None = None,
     method: str | None = None,
     min_area: int | None = None,
     smooth: float | None = None,
@@ -418,7 +419,7 @@ def export_run(
     mapper, result_path = open_validated(path, method, min_area)
     run, method, options = mapper.run, mapper.method, mapper.options
     out_dir = Path(out) if out else run.dir / "export" / fmt
-    staging = runs.StagedOutput(
+    staging = storage.StagedOutput(
         out_dir, export_identity(run, method), inputs=[run.class_dir], protect=[run.dir], archive=out is None
     )
     staging.check()  # before the graph is built
@@ -486,7 +487,7 @@ def export_run(
         metadata["artefact"] = FORMATS[fmt](model, spec, staged)
         shutil.copy2(PREDICTOR, staged / PREDICTOR.name)
         metadata["check"] = _check_artefact(staged, fmt, metadata, serve, run, check_images)
-        runs.write_json(staged / METADATA, metadata)
+        storage.write_json(staged / METADATA, metadata)
     return out_dir, metadata
 
 

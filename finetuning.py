@@ -14,7 +14,7 @@ import data
 import figures
 import inference
 import resmaps
-import runs
+import storage
 from settings import MapRequest
 from utils import UserError
 
@@ -70,7 +70,7 @@ def finetune(
         areas_at[float(t)] = areas
     shown = {float(t): areas_at[float(t)] for t in thresholds[:: max(1, N_THRESHOLDS // N_DISTRIBUTIONS)]}
     out_dir = run.dir / "finetune" / method
-    with runs.StagedOutput(out_dir, {"kind": "finetune", **run.identity(method)}, archive=True) as out:
+    with storage.StagedOutput(out_dir, {"kind": "finetune", **run.identity(method)}, archive=True) as out:
         figures.plot_regions_vs_threshold(
             thresholds, np.array(n_regions), out / "regions_vs_threshold.png", method=method
         )

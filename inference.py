@@ -21,6 +21,7 @@ import numpy as np
 import data
 import resmaps
 import runs
+import storage
 from settings import MapRequest
 from utils import UserError
 
@@ -328,10 +329,10 @@ def cached_calibration(run: runs.Run, method: str, options: MapOptions) -> Calib
     if not options.baseline and options.passes == 1:
         return Calibration(np.zeros((1, *run.shape), np.float32), float("inf"))
     cache = run.dir / options.cache_name("calibration", method)
-    stored = runs.load_npz_or_none(cache, ("baselines", "mask_threshold", "model_sha256", *_CALIBRATION_KIND))
+    stored = storage.load_npz_or_none(cache, ("baselines", "mask_threshold", "model_sha256", *_CALIBRATION_KIND))
     if (
         stored is not None
-        and str(stored["model_sha256"]) == runs.model_id(run.model_path)  # the weights' content, not a time stamp
+        and str(stored["model_sha256"]) == storage.model_id(run.model_path)  # the weights' content, not a time stamp
         and stored["baselines"].shape == (options.passes, *run.shape)
         and all(stored[k] == v for k, v in _CALIBRATION_KIND.items())
     ):
@@ -356,10 +357,10 @@ def calibrate(run: runs.Run, method: str, options: MapOptions, model=None, batch
             f"no training images left in {run.class_dir / 'train' / data.GOOD} to learn the residual baseline "
             "(use --no-baseline --passes 1)"
         )
-    weights = runs.model_id(run.model_path)  # of the weights learnt from, taken first
+    weights = storage.model_id(run.model_path)  # of the weights learnt from, taken first
     images, _ = data.load_images(train_paths, run.color, run.shape, progress="training images (residual baseline)")
     _, _, learnt = refined_maps(model or run.load_model(), images, method, options, batch)
-    with runs.atomic_path(run.dir / options.cache_name("calibration", method)) as tmp:
+    with storage.atomic_path(run.dir / options.cache_name("calibration", method)) as tmp:
         np.savez(
             tmp,
             baselines=learnt.baselines,

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 import resmaps
-import runs
+import storage
 import synthetic
 
 DEFAULT_HEAD_STEPS = 1500
@@ -114,7 +114,7 @@ def train_head(
             recent = np.mean(losses[-every:])  # the mean since the last line
             print(f"head step {len(losses)}/{steps} loss {recent:.4f}", file=sys.stderr, flush=True)
     settle_batch_norm(head, draw)
-    with runs.atomic_path(path) as tmp:
+    with storage.atomic_path(path) as tmp:
         head.save(tmp)
     return {
         "file": Path(path).name,

@@ -39,7 +39,7 @@ from PIL import Image
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-import runs
+import storage
 from utils import UserError, run_cli, warn
 
 GENERATOR_VERSION = 2
@@ -684,7 +684,7 @@ def generate(
         start = time.perf_counter()
         # Written aside and renamed into place: an interrupted run never leaves half a class.
         with (
-            runs.StagedFolder(folder) as staged,
+            storage.StagedFolder(folder) as staged,
             tqdm(total=total, desc=name, unit="img", disable=None, leave=False) as bar,
         ):
             _write_class(staged, name, settings, bar)

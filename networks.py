@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+import storage
 from utils import warn
 
 ENV = "CAE_INFERENCE"  # "keras": never use the ONNX twin
@@ -62,10 +63,8 @@ def twin_path(model_path) -> Path:
 
 
 def source_stamp(model_path) -> str:
-    """The model file's identity for its twin: the SHA-256 of its content (runs.model_id)."""
-    import runs
-
-    return runs.model_id(model_path)
+    """The model file's identity for its twin: the SHA-256 of its content (storage.model_id)."""
+    return storage.model_id(model_path)
 
 
 def weights_hash(model) -> str:
@@ -260,8 +259,6 @@ def load(model_path, load_keras, shape: tuple[int, int] | None = None, images: i
     ``images`` images (None: an unknown number) faster than Keras would with its start
     (:func:`use_twin`), else the Keras model ``load_keras()`` returns. ``shape``: the
     images' height and width, for a network that takes any size. See the module's docstring."""
-    import runs
-
     model_path = Path(model_path)
     if os.environ.get(ENV, "").lower() == "keras":
         return load_keras()
@@ -301,7 +298,7 @@ def load(model_path, load_keras, shape: tuple[int, int] | None = None, images: i
         return model
     print(f"twin of {model_path.name} ready in {time.time() - started:.0f} s", file=sys.stderr, flush=True)
     try:
-        with runs.atomic_path(twin) as tmp:
+        with storage.atomic_path(twin) as tmp:
             tmp.write_bytes(data)
     except OSError:
         pass  # a read-only run folder: the twin lives in memory for this process only

@@ -37,6 +37,7 @@ from PIL import Image, UnidentifiedImageError
 
 import data
 import runs
+import storage
 from utils import UserError, warn
 
 PAGE = "report.html"
@@ -89,7 +90,7 @@ def _read_json(path: Path) -> dict | None:
     if not path.is_file():
         return None
     try:
-        return runs.read_json(path)
+        return storage.read_json(path)
     except UserError as exc:
         warn(f"report: {exc}; left out")
         return None
@@ -417,7 +418,7 @@ def _setup_section(setup: dict, run_dir: Path) -> str:
         ("precision", setup.get("precision")),
         (
             "training time",
-            f"{setup['training_seconds']:.0f} s" if runs.is_number(setup.get("training_seconds")) else None,
+            f"{setup['training_seconds']:.0f} s" if storage.is_number(setup.get("training_seconds")) else None,
         ),
         ("command", setup.get("command")),
         ("status", setup.get("status")),
@@ -750,7 +751,7 @@ def _gallery_section(rows: list[dict], labelled: bool, result_dir: Path, scale: 
 
 def _scale_text(lut: np.ndarray, scale_text: str, scores: dict | None) -> str:
     sigma = (scores or {}).get("smooth_sigma")
-    smoothing = f" (smoothed by a Gaussian of σ {sigma:g} px)" if runs.is_number(sigma) and sigma > 0 else ""
+    smoothing = f" (smoothed by a Gaussian of σ {sigma:g} px)" if storage.is_number(sigma) and sigma > 0 else ""
     return (
         f'Map colours, one scale for every image: <span class="scale" style="background:{_gradient(lut)}">'
         f"<i></i></span> {e(scale_text)}. The maps are those of anomaly_maps/{smoothing}; verdicts use the "
@@ -803,7 +804,7 @@ def _run_line(setup: dict | None, run_dir: Path) -> str:
 
 def _threshold(result: dict) -> float | None:
     value = result.get("threshold")
-    return float(value) if runs.is_number(value) else None
+    return float(value) if storage.is_number(value) else None
 
 
 def write_report(result_dir: Path, run_dir: Path) -> Path:
@@ -817,7 +818,7 @@ def write_report(result_dir: Path, run_dir: Path) -> Path:
         run_dir = run_dir.parent
     labelled = (result_dir / "classification.csv").is_file()
     if labelled:
-        result = runs.read_json(result_dir / "test_result.json")
+        result = storage.read_json(result_dir / "test_result.json")
         scores = _read_json(result_dir.parent / "metrics.json")
         rows = _labelled_rows(result_dir)
     elif (result_dir / "predictions.csv").is_file():
@@ -844,7 +845,7 @@ def write_report(result_dir: Path, run_dir: Path) -> Path:
         if any(src for src, _ in curves):
             sections.append(("curves", "Curves", "".join(_figure(src, cap) for src, cap in curves if src)))
         sections.append(("defects", "Per defect type", _defect_table(rows, scores)))
-    with runs.atomic_path(page) as tmp_page, runs.StagedFolder(files) as staged:
+    with storage.atomic_path(page) as tmp_page, storage.StagedFolder(files) as staged:
         (staged / FILES_MARKER).write_text("thumbnails of report.html, written by report.py\n")
         _write_thumbs(rows, staged, THUMB, vmax, lut)  # fills in each row's thumbnail names
         scale = _scale_text(lut, scale_text, scores) if has_maps else None

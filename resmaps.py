@@ -15,35 +15,9 @@ from concurrent.futures import ThreadPoolExecutor
 import cv2
 import numpy as np
 
+import ssim
+
 MAP_THREADS = min(4, os.cpu_count() or 1)  # threads that compute residual maps (batched_residual_maps)
-
-# SSIM's window and constants, shared by the training loss (custom_loss_functions, in
-# TensorFlow) and the maps here (NumPy): kept here so maps need no TensorFlow import.
-SSIM_FILTER_SIZE = 11
-SSIM_SIGMA = 1.5
-SSIM_C1 = 0.01**2
-SSIM_C2 = 0.03**2
-
-
-def gaussian_window(size: int = SSIM_FILTER_SIZE, sigma: float = SSIM_SIGMA) -> np.ndarray:
-    """Normalised 1-D Gaussian window (the SSIM window is its outer product)."""
-    ax = np.arange(size, dtype=np.float64) - (size - 1) / 2.0
-    g = np.exp(-(ax**2) / (2.0 * sigma**2))
-    return (g / g.sum()).astype(np.float32)
-
-
-def _single_scale_maps(x, y, method):
-    """One scale of :func:`residual_maps` for a batch, as TensorFlow ops (``method`` already
-    checked): for graphs that hold the whole map pipeline (``exporting.py``)."""
-    import tensorflow as tf
-
-    if method == "ssim":
-        from custom_loss_functions import ssim_map
-
-        maps = 1.0 - ssim_map(x, y, full=True)
-    else:
-        maps = tf.square(x - y)
-    return tf.reduce_mean(maps, axis=-1)
 
 
 def max_scales(side: int, method: str) -> int:
@@ -54,32 +28,6 @@ def max_scales(side: int, method: str) -> int:
     while n < 4 and side // 2**n >= smallest:
         n += 1
     return n
-
-
-def _single_scale_map(x, y, method):
-    """One scale of :func:`residual_maps` for one image pair as C×H×W planes (NumPy/OpenCV), H×W.
-
-    The same computation as :func:`_single_scale_maps` (which stays, in TensorFlow, for
-    graphs such as the exported detector's): the SSIM map of
-    ``custom_loss_functions.ssim_map(..., full=True)``, its 11-px Gaussian window applied
-    as two 1-D passes with mirrored borders (``a b c | c b a``).
-    """
-    if method == "l2":
-        return np.square(x - y).mean(axis=0)
-    window = gaussian_window()
-    c = x.shape[0]
-    stats = np.empty((5 * c,) + x.shape[1:], np.float32)  # the five local statistics, blurred in place
-    stats[:c], stats[c : 2 * c] = x, y
-    np.multiply(x, x, out=stats[2 * c : 3 * c])
-    np.multiply(y, y, out=stats[3 * c : 4 * c])
-    np.multiply(x, y, out=stats[4 * c :])
-    for plane in stats:
-        cv2.sepFilter2D(plane, cv2.CV_32F, window, window, dst=plane, borderType=cv2.BORDER_REFLECT)
-    mu_x, mu_y, exx, eyy, exy = stats.reshape((5, c) + x.shape[1:])
-    mu_xy, mu_xx, mu_yy = mu_x * mu_y, mu_x * mu_x, mu_y * mu_y
-    num = (2.0 * mu_xy + SSIM_C1) * (2.0 * (exy - mu_xy) + SSIM_C2)
-    den = (mu_xx + mu_yy + SSIM_C1) * ((exx - mu_xx) + (eyy - mu_yy) + SSIM_C2)
-    return (1.0 - num / den).mean(axis=0)
 
 
 def _halve(planes):
@@ -99,7 +47,7 @@ def residual_maps(images: np.ndarray, reconstructions: np.ndarray, method: str, 
     about 0.01 (bench/README.md).
 
     Computed per image with NumPy and OpenCV: about 3× faster on CPU than the same maps
-    in TensorFlow (:func:`_single_scale_maps`), equal to within ~3e-6 (bench/README.md,
+    in TensorFlow (:func:`ssim.scale_maps_tf`), equal to within ~3e-6 (bench/README.md,
     "Speed").
     """
     if method not in ("ssim", "l2"):
@@ -113,11 +61,11 @@ def residual_maps(images: np.ndarray, reconstructions: np.ndarray, method: str, 
     out = np.empty(x_all.shape[:3], dtype=np.float32)
     for i, (x, y) in enumerate(zip(x_all, y_all)):
         x, y = np.moveaxis(x, -1, 0), np.moveaxis(y, -1, 0)  # planes: contiguous per channel below
-        total = _single_scale_map(x, y, method)
+        total = ssim.scale_map_numpy(x, y, method)
         for _ in range(scales - 1):
             x, y = _halve(x), _halve(y)
             # Bilinear with half-pixel centres and clamped borders, as tf.image.resize.
-            total += cv2.resize(_single_scale_map(x, y, method), (width, height), interpolation=cv2.INTER_LINEAR)
+            total += cv2.resize(ssim.scale_map_numpy(x, y, method), (width, height), interpolation=cv2.INTER_LINEAR)
         out[i] = total / scales
     return out
 

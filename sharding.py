@@ -18,6 +18,7 @@ import numpy as np
 
 import data
 import runs
+import storage
 from utils import UserError
 
 if TYPE_CHECKING:  # imported where parts are read: scripts that only import this module skip its 0.2 s
@@ -79,7 +80,7 @@ def _read_part(folder: Path) -> tuple[dict, pd.DataFrame]:
         raise UserError(f"{folder} is not a prediction folder of test.py --images (no {SETUP} or {PREDICTIONS})")
     import pandas as pd
 
-    setup = runs.read_json(setup_file)
+    setup = storage.read_json(setup_file)
     if "shard" not in setup:
         raise UserError(f"{folder} holds predictions of a whole folder, not a --shard part")
     try:
@@ -105,7 +106,7 @@ def merge(folders: list, out: str | Path | None = None, run_path: str | Path | N
             )
     if run_path is not None:
         run = runs.find_run(run_path)
-        if first.get("model_sha256") != runs.model_id(run.model_path):
+        if first.get("model_sha256") != storage.model_id(run.model_path):
             raise UserError(f"the parts were scored with other weights than {run.model_path}")
     count = int(first["shard_count"])
     seen = sorted(int(s["shard_index"]) for _, s, _ in parts)
@@ -143,7 +144,7 @@ def merge(folders: list, out: str | Path | None = None, run_path: str | Path | N
     setup = {k: v for k, v in first.items() if k not in ("shard", "shard_index")}
     setup["merged_from"] = [str(f.resolve()) for f, _, _ in parts]
     identity = {"kind": "predictions", "images": first.get("images"), "model_sha256": first.get("model_sha256")}
-    with runs.StagedOutput(out_dir, identity, inputs=[Path(first["images"])], protect=folders) as staged:
+    with storage.StagedOutput(out_dir, identity, inputs=[Path(first["images"])], protect=folders) as staged:
         frame.to_csv(staged / PREDICTIONS, index=False)
-        runs.write_json(staged / SETUP, setup)
+        storage.write_json(staged / SETUP, setup)
     return frame, out_dir

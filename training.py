@@ -18,6 +18,7 @@ import data
 import distribution
 import regime
 import runs
+import storage
 from settings import TrainConfig
 from utils import UserError, package_versions, set_seed, warn
 
@@ -40,8 +41,8 @@ class NonFiniteLoss(UserError):
 
 
 def _save_model(model, path):
-    """Save atomically (:func:`runs.atomic_path`): a kill never leaves half a model."""
-    with runs.atomic_path(path) as tmp:
+    """Save atomically (:func:`storage.atomic_path`): a kill never leaves half a model."""
+    with storage.atomic_path(path) as tmp:
         model.save(tmp)
 
 
@@ -117,7 +118,7 @@ def _callbacks(run_dir, model_path, patience, state, clock):
                 model=name,
                 training_seconds=round(clock(), 1),
             )  # so a crashed run's time is not lost on resume
-            runs.write_json(backup / "state.json", state)
+            storage.write_json(backup / "state.json", state)
             for old in backup.glob("last*.keras"):  # earlier epochs, now that the state names this one
                 if old.name != name:
                     old.unlink(missing_ok=True)
@@ -188,7 +189,7 @@ def _check_out(out, directory):
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file, not a folder for run folders")
-    runs.check_writable(out, f"a run folder under {out}")
+    storage.check_writable(out, f"a run folder under {out}")
     real_out, real_class = Path(os.path.realpath(out)), Path(os.path.realpath(directory))
     if real_out == real_class or real_class in real_out.parents:
         raise UserError(f"--out {out} lies inside the dataset {directory}: choose a folder outside it")
@@ -413,7 +414,7 @@ def train(setup: dict, run_dir: Path, images: tuple, model, start_epoch: int = 0
     # Only epochs the backup confirms count (a kill can leave a logged epoch whose state was not saved).
     history = history[history["epoch"] < int(state.get("epoch", history["epoch"].max() + 1))].reset_index(drop=True)
     history = history[np.isfinite(history["val_loss"])]
-    with runs.atomic_path(history_path) as tmp:
+    with storage.atomic_path(history_path) as tmp:
         history.to_csv(tmp, index=False)
     best_row = history.loc[history["val_loss"].idxmin()]
     if diverged is None and setup.get("head_steps") and not setup.get("head"):
@@ -427,9 +428,9 @@ def train(setup: dict, run_dir: Path, images: tuple, model, start_epoch: int = 0
     )
     if diverged is not None:
         setup["stopped"] = str(diverged)
-    with runs.atomic_path(run_dir / runs.LOSS_PLOT) as plot:
+    with storage.atomic_path(run_dir / runs.LOSS_PLOT) as plot:
         figures.plot_loss_curve(history, plot, title=f"{setup['architecture']} / {setup['loss']} loss")
-    runs.write_json(run_dir / runs.SETUP, setup)
+    storage.write_json(run_dir / runs.SETUP, setup)
     _remove_backup(run_dir)
     if diverged is None:
         _write_twins(run_dir, setup)
@@ -475,7 +476,7 @@ def _write_twins(run_dir, setup):
 def _remove_backup(run_dir):
     """Remove the backup, its state first, so a kill half-way leaves no state naming a missing model."""
     (run_dir / runs.BACKUP / "state.json").unlink(missing_ok=True)
-    runs.remove_tree(run_dir / runs.BACKUP)
+    storage.remove_tree(run_dir / runs.BACKUP)
 
 
 def new_run(config: TrainConfig) -> tuple[Path, dict]:
@@ -487,24 +488,24 @@ def new_run(config: TrainConfig) -> tuple[Path, dict]:
         if chief
         else distribution.scratch_dir()
     )
-    lock = runs.RunLock(run_dir, exclusive=True)  # validate/test refuse it while it trains
+    lock = storage.RunLock(run_dir, exclusive=True)  # validate/test refuse it while it trains
     try:
         (run_dir / runs.VALIDATION_FILES).write_text("\n".join(val_names) + "\n")
-        runs.write_json(run_dir / runs.SETUP, setup)
+        storage.write_json(run_dir / runs.SETUP, setup)
         print(f"run folder: {run_dir}", flush=True)
         train(setup, run_dir, images, model)
     except BaseException as exc:
         # Keep a run that finished at least one epoch (it can be resumed); drop the empty one we created.
         if not (run_dir / runs.BACKUP / "state.json").is_file() and not (run_dir / setup["model_file"]).is_file():
             lock.release()
-            runs.remove_tree(run_dir)
+            storage.remove_tree(run_dir)
         elif not isinstance(exc, UserError):
             print(f"training stopped; continue it with: python3 train.py resume -p {run_dir}", file=sys.stderr)
         raise
     finally:
         lock.release()
         if not chief:
-            runs.remove_tree(run_dir)
+            storage.remove_tree(run_dir)
     return run_dir, setup
 
 
@@ -517,17 +518,17 @@ def _load_state(run_dir, setup):
     state_path = backup / "state.json"
     if not state_path.is_file():
         if backup.exists() and setup.get("status") == "done":
-            runs.remove_tree(backup)
+            storage.remove_tree(backup)
         return None
-    state = runs.read_json(state_path)
+    state = storage.read_json(state_path)
     epoch = state.get("epoch")
-    if not (runs.is_number(epoch) and epoch == int(epoch) and epoch >= 0):
+    if not (storage.is_number(epoch) and epoch == int(epoch) and epoch >= 0):
         raise UserError(f"{state_path}: 'epoch' must be a whole number >= 0, got {epoch!r} (edited by hand?)")
     target = state.get("epochs", setup["epochs"])
-    if setup.get("status") == "done" and (not runs.is_number(target) or target <= setup["epochs"]):
+    if setup.get("status") == "done" and (not storage.is_number(target) or target <= setup["epochs"]):
         _remove_backup(run_dir)  # the run finished after this backup was written
         return None
-    model_file = runs.inside(backup, state.get("model", "last.keras"), f"{state_path}: model")
+    model_file = storage.inside(backup, state.get("model", "last.keras"), f"{state_path}: model")
     if not model_file.is_file():
         raise UserError(
             f"{state_path} names {model_file.name}, which is missing: the backup is damaged; "
@@ -545,7 +546,7 @@ def resume_run(path, more_epochs: int | None = None, strategy: str | None = None
         raise UserError(f"{run_dir} is not a run folder: no {runs.SETUP}")
     if more_epochs is not None and more_epochs < 1:
         raise UserError(f"-e/--epochs must be >= 1, got {more_epochs}")
-    lock = runs.RunLock(run_dir, exclusive=True)  # a second resume (or a reader) refuses with one line
+    lock = storage.RunLock(run_dir, exclusive=True)  # a second resume (or a reader) refuses with one line
     try:
         return _resume_locked(run_dir, more_epochs, strategy)
     finally:
@@ -554,9 +555,9 @@ def resume_run(path, more_epochs: int | None = None, strategy: str | None = None
 
 def _resume_locked(run_dir, more_epochs, strategy=None):
     setup_path = run_dir / runs.SETUP
-    setup = runs.check_setup(runs.read_json(setup_path), setup_path, training=True)
+    setup = runs.check_setup(storage.read_json(setup_path), setup_path, training=True)
     name = setup.get("model_file") or runs.model_filename(setup["architecture"], setup["batch"])
-    runs.inside(run_dir, name, f"{setup_path}: model_file")  # never load or overwrite a file outside the run
+    storage.inside(run_dir, name, f"{setup_path}: model_file")  # never load or overwrite a file outside the run
     if Path(name).name != name:
         raise UserError(f"{setup_path}: model_file {name!r} must be a file name inside the run folder")
     setup["model_file"] = name
@@ -614,12 +615,12 @@ def _resume_locked(run_dir, more_epochs, strategy=None):
         backup = run_dir / runs.BACKUP
         backup.mkdir(exist_ok=True)
         name = f"last-e{start}.keras"
-        with runs.atomic_path(backup / name) as tmp:
+        with storage.atomic_path(backup / name) as tmp:
             shutil.copy2(model_file, tmp)
         state.update(model=name, epochs=setup["epochs"])
-        runs.write_json(backup / "state.json", state)
+        storage.write_json(backup / "state.json", state)
     state["epochs"] = setup["epochs"]
     setup["status"] = "training"
-    runs.write_json(run_dir / runs.SETUP, setup)
+    storage.write_json(run_dir / runs.SETUP, setup)
     train(setup, run_dir, (train_images, val_images), model, start_epoch=start, state=state)
     return run_dir, setup

@@ -31,6 +31,7 @@ import inference
 import metrics
 import resmaps
 import runs
+import storage
 from settings import DEFAULT_FUSION_RULE, FUSION_RULES, MapRequest
 from utils import UserError
 
@@ -250,8 +251,8 @@ def validate(
     curve = resmaps.threshold_curve(good_maps, grid)
     identity = {"kind": "validation", **run.identity(method)}
     folder = runs.validation_dir(run.dir, method, min_area)
-    with runs.StagedOutput(folder, identity, archive=True) as out:
-        runs.write_json(out / "validation_result.json", result)
+    with storage.StagedOutput(folder, identity, archive=True) as out:
+        storage.write_json(out / "validation_result.json", result)
         figures.plot_threshold_search(grid, curve, threshold, min_area, out / "threshold_search.png", method=method)
     return result, folder
 
@@ -262,7 +263,7 @@ def _maps_key(mapper: inference.Mapper) -> str:
     run = mapper.run
 
     def stamp(p):
-        return [str(p), *runs.file_stamp(p)]
+        return [str(p), *storage.file_stamp(p)]
 
     return json.dumps(
         {
@@ -288,7 +289,7 @@ def validation_maps(mapper: inference.Mapper) -> tuple[list[Path], np.ndarray, t
     run, options = mapper.run, mapper.options
     cache = run.dir / options.cache_name("validation_maps", mapper.method)
     key = _maps_key(mapper)
-    stored = runs.load_npz_or_none(cache, ("key", "paths", "maps", "painted_maps", "painted_masks", "defects"))
+    stored = storage.load_npz_or_none(cache, ("key", "paths", "maps", "painted_maps", "painted_masks", "defects"))
     if stored is not None and str(stored["key"]) == key:
         painted = (
             (stored["painted_maps"], stored["painted_masks"], [str(d) for d in stored["defects"]])
@@ -302,7 +303,7 @@ def validation_maps(mapper: inference.Mapper) -> tuple[list[Path], np.ndarray, t
     painted = evaluation.proxy_maps(mapper, seen.images, PROXY_SEED) if np.isfinite(seen.maps).all() else None
     empty = np.zeros((0, *seen.maps.shape[1:]), np.float32)
     try:
-        with runs.atomic_path(cache) as tmp:
+        with storage.atomic_path(cache) as tmp:
             np.savez(
                 tmp,
                 key=np.array(key),

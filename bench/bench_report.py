@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 import report  # noqa: E402
 import runs  # noqa: E402
+import storage  # noqa: E402
 
 
 def get_parser():
@@ -75,10 +76,10 @@ def build(out: Path, count: int, size: int) -> tuple[Path, Path]:
         writer = csv.writer(handle)
         writer.writerow(["path", "verdict", "score", "largest_area", "n_regions", "mask", "overlay"])
         writer.writerows([*row, ""] for row in rows)
-    runs.write_json(
+    storage.write_json(
         result / "prediction_setup.json", {"threshold": 0.3, "min_area": 20, "method": "ssim", "images": str(images)}
     )
-    runs.write_json(
+    storage.write_json(
         run / runs.SETUP,
         {"directory": str(images), "architecture": "mvtec2", "loss": "ssim", "color": "grayscale", "size": size},
     )

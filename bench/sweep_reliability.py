@@ -198,11 +198,12 @@ def bomb_skipped(world):
 def head_replaced(world):
     """A learned validation result of one head, then another run's head.keras copied in."""
     import runs
+    import storage
 
     head = world.run / runs.HEAD_FILE
     head.write_bytes(b"the head the threshold was chosen with")
     result = json.loads(world.validation_result().read_text())
-    result.update(method="learned", baseline=False, scales=1, passes=1, head_sha256=runs.model_id(head))
+    result.update(method="learned", baseline=False, scales=1, passes=1, head_sha256=storage.model_id(head))
     folder = world.run / "validation" / "learned" / "a10"
     folder.mkdir(parents=True)
     (folder / "validation_result.json").write_text(json.dumps(result))

@@ -22,6 +22,7 @@ import export  # noqa: E402
 import exporting  # noqa: E402
 import predict_exported as pe  # noqa: E402
 import runs  # noqa: E402
+import storage  # noqa: E402
 
 AREA = 8
 FORMATS = tuple(exporting.FORMATS)
@@ -283,7 +284,7 @@ def test_export_out_onto_another_runs_export_or_a_users_folder_is_refused(tested
     shipped = tmp_path / "shipped"  # what export.py -p other_run --out shipped leaves
     shipped.mkdir()
     identity = exporting.export_identity(runs.find_run(other_run), "ssim")
-    (shipped / runs.MARKER).write_text(json.dumps({"tool": "cae", **identity}))
+    (shipped / storage.MARKER).write_text(json.dumps({"tool": "cae", **identity}))
     (shipped / "detector.json").write_text("{}")
     user = tmp_path / "mine"
     user.mkdir()

@@ -17,6 +17,7 @@ import data  # noqa: E402
 import inference  # noqa: E402
 import resmaps  # noqa: E402
 import runs  # noqa: E402
+import storage  # noqa: E402
 from inference import MapOptions  # noqa: E402
 from utils import UserError  # noqa: E402
 
@@ -192,7 +193,7 @@ def test_resolve_threshold_from_the_command_line_or_the_validation_result(run):
         inference.resolve_threshold(run, "l2")
     record = MapOptions(True, 1, 2).record()
     folder = runs.validation_dir(run.dir, "l2", 9)
-    runs.write_json(
+    storage.write_json(
         folder / "validation_result.json", {"threshold": 0.2, "min_area": 9, **record, **run.model_record()}
     )
     assert inference.resolve_threshold(run, "l2") == (0.2, 9, MapOptions(True, 1, 2), "validation")

@@ -12,6 +12,7 @@ from conftest import ROOT
 
 import networks
 import runs
+import storage
 
 
 @pytest.fixture
@@ -52,7 +53,7 @@ def test_twin_is_checked_by_content_not_by_stamp(tiny_model, monkeypatch, capsys
     assert made[0].startswith("making the OpenVINO twin of") and made[-1].startswith("twin of")
     twin = networks.twin_path(tiny_model)
     meta = networks.twin_metadata(twin)
-    assert meta["cae_source_sha256"] == runs.model_id(tiny_model)
+    assert meta["cae_source_sha256"] == storage.model_id(tiny_model)
     first = twin.read_bytes()
     # Touched (copied, moved, restored from a backup) but the same weights: the twin is kept.
     st = tiny_model.stat()
@@ -80,7 +81,7 @@ def test_twin_of_other_weights_is_made_again(tiny_model, capsys):
     models.mvtec2_cae(size=32, channels=3).save(tiny_model)  # other weights (e.g. retrained) ...
     os.utime(tiny_model, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # ... even under the old time stamp
     net = networks.load(tiny_model, _keras(tiny_model))
-    assert networks.twin_metadata(twin)["cae_source_sha256"] == runs.model_id(tiny_model) != old
+    assert networks.twin_metadata(twin)["cae_source_sha256"] == storage.model_id(tiny_model) != old
     x = np.random.default_rng(3).random((2, 32, 32, 3), dtype=np.float32)
     np.testing.assert_allclose(net.predict(x), runs.load_keras(tiny_model).predict(x, verbose=0), atol=1e-5)
     assert "was made from another model.keras" in capsys.readouterr().err
@@ -196,7 +197,7 @@ def test_unwritable_folder_keeps_the_twin_in_memory(tiny_model, monkeypatch):
     def refuse(path):
         raise PermissionError(13, "Permission denied", str(path))
 
-    monkeypatch.setattr(runs, "atomic_path", refuse)
+    monkeypatch.setattr(storage, "atomic_path", refuse)
     net = networks.load(tiny_model, _keras(tiny_model))
     assert isinstance(net, networks.OnnxNetwork)
     assert not networks.twin_path(tiny_model).exists()
@@ -254,7 +255,7 @@ def test_trained_run_has_twins_and_test_py_starts_without_tensorflow(tiny_run, t
         )
         assert done.returncode == 0, done.stderr
         (metrics_file,) = run.glob("test/*/metrics.json")
-        scores = runs.read_json(metrics_file)
+        scores = storage.read_json(metrics_file)
         shutil.rmtree(run / "test")
         return done.stdout, scores
 

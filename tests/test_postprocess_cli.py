@@ -27,6 +27,7 @@ import finetune  # noqa: E402
 import inference  # noqa: E402
 import resmaps  # noqa: E402
 import runs  # noqa: E402
+import storage  # noqa: E402
 import validate  # noqa: E402
 import visualize  # noqa: E402
 from utils import UserError, run_cli  # noqa: E402
@@ -882,7 +883,7 @@ def test_finetune_plots(run_dir, capsys):
         "sample_validation.png",
         "sample_test.png",
     )
-    assert sorted(p.name for p in folder.iterdir()) == sorted([*names, runs.MARKER])
+    assert sorted(p.name for p in folder.iterdir()) == sorted([*names, storage.MARKER])
     for name in names:
         with Image.open(folder / name) as im:
             assert im.format == "PNG"
@@ -1091,7 +1092,7 @@ def test_scales_are_recorded_followed_and_checked(tiny_run, tmp_path, capsys):
     assert tested["baseline_tolerance"] == result["baseline_tolerance"] == inference.BASELINE_TOLERANCE == 1
     # A validation result from before --scales existed was made with the plain map.
     del result["scales"]
-    runs.write_json(run / "validation" / "ssim" / f"a{AREA}" / "validation_result.json", result)
+    storage.write_json(run / "validation" / "ssim" / f"a{AREA}" / "validation_result.json", result)
     assert inference.resolve_threshold(runs.find_run(run), "ssim")[2] == inference.MapOptions(
         True, 1, inference.DEFAULT_PASSES
     )
@@ -1102,7 +1103,7 @@ def test_scales_are_recorded_followed_and_checked(tiny_run, tmp_path, capsys):
         ({"baseline_tolerance": None}, "quantile 0.75, 0-px tolerance"),
         ({"baseline_quantile": None, "baseline_tolerance": None}, "the mean"),
     ]:
-        runs.write_json(run / "validation" / "ssim" / f"a{AREA}" / "validation_result.json", {**result, **stale})
+        storage.write_json(run / "validation" / "ssim" / f"a{AREA}" / "validation_result.json", {**result, **stale})
         code, _, err = cli(test_script.main, ["-p", str(run)], capsys)
         assert code == 2 and len(err.strip().splitlines()) == 1 and tree_snapshot(run / "test") == before
         assert (
@@ -1135,10 +1136,10 @@ def test_passes_are_recorded_followed_and_checked(tiny_run, tmp_path, capsys):
     assert out.startswith("ssim at 2 scales, 2 passes, minus baseline, threshold")
     assert json.loads((run / "test" / "ssim" / "metrics.json").read_text())["passes"] == 2
     # A result from before --passes existed was made with one reconstruction.
-    runs.write_json(folder / "validation_result.json", {k: v for k, v in result.items() if k != "passes"})
+    storage.write_json(folder / "validation_result.json", {k: v for k, v in result.items() if k != "passes"})
     assert inference.resolve_threshold(runs.find_run(run), "ssim")[2] == inference.MapOptions(True, 2, 1)
     # Other mask settings give other maps: refused, nothing written.
-    runs.write_json(folder / "validation_result.json", {**result, "mask_quantile": 0.99})
+    storage.write_json(folder / "validation_result.json", {**result, "mask_quantile": 0.99})
     before = tree_snapshot(run / "test")
     code, _, err = cli(test_script.main, ["-p", str(run)], capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1 and tree_snapshot(run / "test") == before

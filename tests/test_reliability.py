@@ -28,6 +28,7 @@ import finetune  # noqa: E402
 import inference  # noqa: E402
 import predict_exported  # noqa: E402
 import runs  # noqa: E402
+import storage  # noqa: E402
 import train  # noqa: E402
 import training  # noqa: E402
 import validate  # noqa: E402
@@ -106,7 +107,7 @@ def test_out_reused_for_the_same_images_is_replaced_for_other_images_refused(tem
     out = world.root / "results"
     argv = ["-p", str(world.run), "--images", str(world.root / "imgs"), "-t", "0.5", "-a", "5", "--out", str(out)]
     assert cli(MAINS["test"], argv, capsys)[0] == 0
-    assert (out / runs.MARKER).is_file() and len(pd.read_csv(out / "predictions.csv")) == 3
+    assert (out / storage.MARKER).is_file() and len(pd.read_csv(out / "predictions.csv")) == 3
     (world.root / "imgs" / "0.png").unlink()
     code, _, err = cli(MAINS["test"], argv, capsys)  # the same result again: replaced
     assert code == 0, err
@@ -130,22 +131,22 @@ def test_stale_threshold_is_refused_and_old_results_are_kept(template, tmp_path,
     assert code == 0, err
     old_result = sweep.file_hashes(run / "test" / "ssim" / "a5_t0.500000")
     old_validation = sweep.file_hashes(run / "validation" / "ssim" / "a10")
-    old_id = runs.model_id(world.model())
+    old_id = storage.model_id(world.model())
     sweep.retrained_model(world)
     code, _, err = cli(MAINS["test"], ["-p", str(run)], capsys)
     assert code == 2 and "computed on other weights" in err and f"validate.py -p {run} -a 10" in err
     code, _, err = cli(MAINS["validate"], ["-p", str(run), "-a", "10", *fast], capsys)
     assert code == 0, err
-    kept = run / "validation" / "ssim" / runs.OTHER_WEIGHTS / old_id[:12] / "a10"
+    kept = run / "validation" / "ssim" / storage.OTHER_WEIGHTS / old_id[:12] / "a10"
     assert sweep.file_hashes(kept) == old_validation
     assert json.loads((run / "validation/ssim/a10/validation_result.json").read_text())[
         "model_sha256"
-    ] == runs.model_id(world.model())
+    ] == storage.model_id(world.model())
     code, _, err = cli(MAINS["test"], ["-p", str(run)], capsys)
     assert code == 0, err
     code, _, err = cli(MAINS["test"], ["-p", str(run), "-t", "0.5", "-a", "5", *fast], capsys)
     assert code == 0, err
-    moved = run / "test" / "ssim" / runs.OTHER_WEIGHTS / old_id[:12]
+    moved = run / "test" / "ssim" / storage.OTHER_WEIGHTS / old_id[:12]
     assert sweep.file_hashes(moved / "a5_t0.500000") == old_result
     assert (moved / "metrics.json").is_file() and (moved / "anomaly_maps").is_dir()
     assert json.loads((run / "test/ssim/a5_t0.500000/test_result.json").read_text())["threshold"] == 0.5
@@ -154,7 +155,7 @@ def test_stale_threshold_is_refused_and_old_results_are_kept(template, tmp_path,
 def test_staged_output_failure_leaves_nothing_and_stale_partials_of_dead_processes_go(tmp_path):
     final = tmp_path / "res"
     with pytest.raises(RuntimeError):
-        with runs.StagedOutput(final, {"kind": "t"}) as out:
+        with storage.StagedOutput(final, {"kind": "t"}) as out:
             (out / "a.txt").write_text("x")
             raise RuntimeError("boom")
     assert list(tmp_path.iterdir()) == []
@@ -162,19 +163,19 @@ def test_staged_output_failure_leaves_nothing_and_stale_partials_of_dead_process
     dead.wait()
     (tmp_path / f".res.partial-{dead.pid}-abcd").mkdir()
     (tmp_path / f".res.partial-{os.getpid()}-live").mkdir()  # a live process's: kept
-    with runs.StagedOutput(final, {"kind": "t"}) as out:
+    with storage.StagedOutput(final, {"kind": "t"}) as out:
         (out / "a.txt").write_text("x")
     assert sorted(p.name for p in tmp_path.iterdir()) == [f".res.partial-{os.getpid()}-live", "res"]
-    assert json.loads((final / runs.MARKER).read_text())["kind"] == "t"
+    assert json.loads((final / storage.MARKER).read_text())["kind"] == "t"
     with pytest.raises(UserError, match="holds a t result"):
-        with runs.StagedOutput(final, {"kind": "u"}):
+        with storage.StagedOutput(final, {"kind": "u"}):
             pass
     assert (final / "a.txt").read_text() == "x"
 
 
 def test_write_json_refuses_non_finite_numbers(tmp_path):
     with pytest.raises(UserError, match="non-finite"):
-        runs.write_json(tmp_path / "x.json", {"threshold": float("inf")})
+        storage.write_json(tmp_path / "x.json", {"threshold": float("inf")})
     assert not list(tmp_path.iterdir())
 
 
@@ -246,7 +247,7 @@ def test_two_concurrent_tests_of_one_run_write_one_consistent_result(template, t
     method_dir = world.run / "test" / "ssim"
     folder = method_dir / "a5_t0.500000"
     assert sorted(p.name for p in folder.iterdir()) == sorted(
-        [runs.MARKER, "classification.csv", "test_result.json", "report.html", "report_files"]
+        [storage.MARKER, "classification.csv", "test_result.json", "report.html", "report_files"]
     )
     assert not [p for p in method_dir.iterdir() if ".partial" in p.name or ".old" in p.name]
     frame = pd.read_csv(folder / "classification.csv")

@@ -22,6 +22,7 @@ from PIL import Image
 import figures  # noqa: E402
 import report  # noqa: E402
 import runs  # noqa: E402
+import storage  # noqa: E402
 from utils import UserError, run_cli  # noqa: E402
 
 THRESHOLD, AREA = 0.5, 5
@@ -139,9 +140,9 @@ def make_labelled(tmp_path, optional=True):
         "tnr": 2 / 3,
         "notes": [],
     }
-    runs.write_json(out / "test_result.json", result)
+    storage.write_json(out / "test_result.json", result)
     if optional:
-        runs.write_json(
+        storage.write_json(
             method_dir / "metrics.json",
             {
                 "image_auroc": 0.75,
@@ -160,7 +161,7 @@ def make_labelled(tmp_path, optional=True):
                 method_dir / "anomaly_maps" / defect / f"{stem}.tiff", np.full((12, 20 + i), 0.1 * i, np.float32)
             )
         setup = {"directory": str(data_dir), "architecture": "mvtec2", "loss": "ssim", "color": "grayscale", "size": 48}
-        runs.write_json(run / runs.SETUP, {**setup, "batch": 4, "tag": "unit", "epochs_run": 2, "n_train": 11})
+        storage.write_json(run / runs.SETUP, {**setup, "batch": 4, "tag": "unit", "epochs_run": 2, "n_train": 11})
         save_png(run / runs.LOSS_PLOT, value=100)
     return run, out
 
@@ -178,7 +179,7 @@ def make_predictions(tmp_path):
         writer = csv.writer(handle)
         writer.writerow(["path", "verdict", "score", "largest_area", "n_regions", "mask", "overlay"])
         writer.writerows(rows)
-    runs.write_json(
+    storage.write_json(
         out / "prediction_setup.json",
         {"threshold": THRESHOLD, "min_area": AREA, "method": "ssim", "images": str(images)},
     )
@@ -263,7 +264,7 @@ def test_missing_optional_files_are_left_out_and_present_ones_appear(tmp_path):
     assert "–" in [r["cells"][1] for r in page.rows][0]  # no anomaly map: a dash, no broken image
 
     # The run's story appears once its files exist: validation (threshold choice) and finetune plots.
-    runs.write_json(
+    storage.write_json(
         run / "validation" / "ssim" / f"a{AREA}" / "validation_result.json",
         {"threshold": THRESHOLD, "min_area": AREA, "n_images": 3, "largest_area_at_threshold": 4},
     )

@@ -5,6 +5,7 @@ import pytest
 from skimage.metrics import structural_similarity
 
 import resmaps
+import ssim
 
 
 def test_ssim_resmap_matches_skimage_interior_and_is_defined_at_borders():
@@ -68,17 +69,17 @@ def test_multiscale_map_is_the_mean_of_the_scales():
 
 
 def test_maps_equal_the_tensorflow_graph_version():
-    # residual_maps runs in NumPy/OpenCV; _single_scale_maps keeps the same maps as
+    # residual_maps runs in NumPy/OpenCV; ssim.scale_maps_tf keeps the same maps as
     # TensorFlow ops for graphs (the exported detector). Both must agree, odd sizes and
     # grey images included.
     import tensorflow as tf
 
     def graph_maps(images, recons, method, scales):
         x, y = tf.constant(images), tf.constant(recons)
-        total = resmaps._single_scale_maps(x, y, method)
+        total = ssim.scale_maps_tf(x, y, method)
         for _ in range(scales - 1):
             x, y = tf.nn.avg_pool2d(x, 2, 2, "VALID"), tf.nn.avg_pool2d(y, 2, 2, "VALID")
-            coarse = resmaps._single_scale_maps(x, y, method)[..., None]
+            coarse = ssim.scale_maps_tf(x, y, method)[..., None]
             total += tf.image.resize(coarse, images.shape[1:3], method="bilinear")[..., 0]
         return (total / scales).numpy()
 

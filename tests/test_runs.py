@@ -13,6 +13,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import runs  # noqa: E402
+import storage  # noqa: E402
 from settings import MapRequest  # noqa: E402
 from utils import UserError  # noqa: E402
 
@@ -46,7 +47,7 @@ def make_run(root, class_dir, held_back=("train/good/001.png", "train/good/004.p
 def test_atomic_path_replaces_in_one_step_and_keeps_the_suffix(tmp_path):
     target = tmp_path / "model.keras"
     target.write_text("old")
-    with runs.atomic_path(target) as tmp:
+    with storage.atomic_path(target) as tmp:
         assert tmp.parent == tmp_path and tmp.suffix == ".keras" and tmp.name.startswith(".")
         assert str(os.getpid()) in tmp.name
         tmp.write_text("new")
@@ -59,7 +60,7 @@ def test_atomic_path_failure_keeps_the_old_file_and_leaves_no_temporary(tmp_path
     target = tmp_path / "a.json"
     target.write_text("old")
     with pytest.raises(RuntimeError):
-        with runs.atomic_path(target) as tmp:
+        with storage.atomic_path(target) as tmp:
             tmp.write_text("half")
             raise RuntimeError("killed")
     assert target.read_text() == "old"
@@ -68,20 +69,20 @@ def test_atomic_path_failure_keeps_the_old_file_and_leaves_no_temporary(tmp_path
 
 def test_write_json_round_trip_creates_folders(tmp_path):
     path = tmp_path / "x" / "y" / "r.json"
-    runs.write_json(path, {"threshold": 0.25, "path": Path("a/b")})
-    assert runs.read_json(path) == {"threshold": 0.25, "path": "a/b"}
+    storage.write_json(path, {"threshold": 0.25, "path": Path("a/b")})
+    assert storage.read_json(path) == {"threshold": 0.25, "path": "a/b"}
     assert sorted(p.name for p in path.parent.iterdir()) == ["r.json"]
 
 
 def test_read_json_one_line_errors(tmp_path):
     with pytest.raises(UserError, match="file not found"):
-        runs.read_json(tmp_path / "missing.json")
+        storage.read_json(tmp_path / "missing.json")
     (tmp_path / "bad.json").write_text("{")
     with pytest.raises(UserError, match="not valid JSON"):
-        runs.read_json(tmp_path / "bad.json")
+        storage.read_json(tmp_path / "bad.json")
     (tmp_path / "list.json").write_text("[1]")
     with pytest.raises(UserError, match="instead of a JSON object"):
-        runs.read_json(tmp_path / "list.json")
+        storage.read_json(tmp_path / "list.json")
 
 
 # --------------------------------------------------------------------------- staged folders
@@ -92,12 +93,12 @@ def test_staged_folder_replaces_whatever_is_there_only_on_success(tmp_path):
     final.mkdir()
     (final / "old.txt").write_text("old")
     with pytest.raises(RuntimeError):
-        with runs.StagedFolder(final) as staged:
+        with storage.StagedFolder(final) as staged:
             (staged / "new.txt").write_text("new")
             raise RuntimeError("boom")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
     assert sorted(p.name for p in final.iterdir()) == ["old.txt"]
-    with runs.StagedFolder(final) as staged:
+    with storage.StagedFolder(final) as staged:
         assert staged.name.startswith(".out.partial-")
         (staged / "new.txt").write_text("new")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
@@ -105,7 +106,7 @@ def test_staged_folder_replaces_whatever_is_there_only_on_success(tmp_path):
 
 
 def test_staged_folder_creates_missing_parents(tmp_path):
-    with runs.StagedFolder(tmp_path / "a" / "b" / "c") as staged:
+    with storage.StagedFolder(tmp_path / "a" / "b" / "c") as staged:
         (staged / "f").write_text("1")
     assert (tmp_path / "a" / "b" / "c" / "f").read_text() == "1"
 
@@ -114,26 +115,26 @@ def test_staged_output_replaces_the_same_result_and_refuses_foreign_folders(tmp_
     final = tmp_path / "res"
     identity = {"kind": "test", "model_sha256": "abc"}
     for text in ("first", "second"):
-        with runs.StagedOutput(final, identity) as out:
+        with storage.StagedOutput(final, identity) as out:
             (out / "r.txt").write_text(text)
     assert (final / "r.txt").read_text() == "second"
-    assert json.loads((final / runs.MARKER).read_text()) == {"tool": "cae", **identity}
+    assert json.loads((final / storage.MARKER).read_text()) == {"tool": "cae", **identity}
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     with pytest.raises(UserError, match="not a result folder of this tool"):
-        with runs.StagedOutput(foreign, identity):
+        with storage.StagedOutput(foreign, identity):
             pass
     assert list(foreign.iterdir()) == []
 
 
 def test_staged_output_archive_moves_other_weights_aside(tmp_path):
     final = tmp_path / "res"
-    with runs.StagedOutput(final, {"kind": "test", "model_sha256": "a" * 64}, archive=True) as out:
+    with storage.StagedOutput(final, {"kind": "test", "model_sha256": "a" * 64}, archive=True) as out:
         (out / "r.txt").write_text("old weights")
-    with runs.StagedOutput(final, {"kind": "test", "model_sha256": "b" * 64}, archive=True) as out:
+    with storage.StagedOutput(final, {"kind": "test", "model_sha256": "b" * 64}, archive=True) as out:
         (out / "r.txt").write_text("new weights")
     assert (final / "r.txt").read_text() == "new weights"
-    assert (tmp_path / runs.OTHER_WEIGHTS / ("a" * 12) / "res" / "r.txt").read_text() == "old weights"
+    assert (tmp_path / storage.OTHER_WEIGHTS / ("a" * 12) / "res" / "r.txt").read_text() == "old weights"
 
 
 # --------------------------------------------------------------------------- a run and its images

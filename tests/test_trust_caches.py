@@ -1,5 +1,5 @@
-"""Derived caches: a damaged .npz is ignored with one line (runs.load_npz_or_none), and no
-temporary file outlives the process that wrote it (runs.atomic_path)."""
+"""Derived caches: a damaged .npz is ignored with one line (storage.load_npz_or_none), and no
+temporary file outlives the process that wrote it (storage.atomic_path)."""
 
 import os
 import subprocess
@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-import runs  # noqa: E402
+import storage  # noqa: E402
 
 KEYS = ("baselines", "mask_threshold", "model_stamp")
 
@@ -30,10 +30,10 @@ def _calibration(path):
 
 def test_a_whole_cache_is_returned_in_full(tmp_path, capsys):
     _calibration(tmp_path / "c.npz")
-    stored = runs.load_npz_or_none(tmp_path / "c.npz", KEYS)
+    stored = storage.load_npz_or_none(tmp_path / "c.npz", KEYS)
     assert set(stored) == set(KEYS) and stored["baselines"].shape == (2, 8, 8)
     assert float(stored["mask_threshold"]) == 0.25 and capsys.readouterr().err == ""
-    assert runs.load_npz_or_none(tmp_path / "missing.npz", KEYS) is None and capsys.readouterr().err == ""
+    assert storage.load_npz_or_none(tmp_path / "missing.npz", KEYS) is None and capsys.readouterr().err == ""
 
 
 @pytest.mark.parametrize(
@@ -51,7 +51,7 @@ def test_a_damaged_cache_is_none_with_one_line(tmp_path, capsys, damage, reason)
     path = tmp_path / "c.npz"
     _calibration(path)
     damage(path)
-    assert runs.load_npz_or_none(path, KEYS) is None
+    assert storage.load_npz_or_none(path, KEYS) is None
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and str(path) in err and "damaged" in err and reason in err
 
@@ -65,7 +65,7 @@ def test_a_corrupted_array_inside_an_intact_zip_is_caught(tmp_path, capsys):
     with zipfile.ZipFile(path, "w") as z:
         for name, raw in members.items():
             z.writestr(name, raw)
-    assert runs.load_npz_or_none(path, KEYS) is None
+    assert storage.load_npz_or_none(path, KEYS) is None
     assert "damaged" in capsys.readouterr().err
 
 
@@ -74,7 +74,7 @@ def test_atomic_path_removes_its_temporary_on_ctrl_c(tmp_path):
     _calibration(target)
     before = target.read_bytes()
     with pytest.raises(KeyboardInterrupt):
-        with runs.atomic_path(target) as tmp:
+        with storage.atomic_path(target) as tmp:
             tmp.write_bytes(b"")  # np.savez had only opened the file
             raise KeyboardInterrupt
     assert target.read_bytes() == before
@@ -93,10 +93,10 @@ def test_temporaries_of_killed_processes_are_removed_by_the_next_write(tmp_path)
         writing.write_bytes(b"x")
         other = tmp_path / f".history.{dead_pid}.tmp.csv"  # another file's temporary: not this write's
         other.write_bytes(b"")
-        with runs.atomic_path(target) as tmp:
+        with storage.atomic_path(target) as tmp:
             _calibration(tmp)
         assert not left.exists() and writing.exists() and other.exists()
-        assert runs.load_npz_or_none(target, KEYS) is not None
+        assert storage.load_npz_or_none(target, KEYS) is not None
     finally:
         live.kill()
         live.wait()

@@ -162,6 +162,7 @@ def test_damaged_or_missing_artefact_is_one_line(tmp_path, capsys, content):
 def test_export_out_is_replaced_only_for_this_runs_own_export(tmp_path):
     import exporting
     import runs
+    import storage
     from utils import UserError
 
     def fake_run(name, weights):
@@ -174,14 +175,14 @@ def test_export_out_is_replaced_only_for_this_runs_own_export(tmp_path):
 
     own, copy = fake_run("run", b"weights"), fake_run("copy", b"weights")  # the same weights, another run
     out = tmp_path / "shipped"
-    with runs.StagedOutput(out, exporting.export_identity(own, "ssim")) as staged:
+    with storage.StagedOutput(out, exporting.export_identity(own, "ssim")) as staged:
         (staged / "detector.json").write_text("first")
-    with runs.StagedOutput(out, exporting.export_identity(own, "ssim")) as staged:  # its own: replaced
+    with storage.StagedOutput(out, exporting.export_identity(own, "ssim")) as staged:  # its own: replaced
         (staged / "detector.json").write_text("again")
     assert (out / "detector.json").read_text() == "again"
     with pytest.raises(UserError, match="another run's result"):
-        runs.StagedOutput(out, exporting.export_identity(copy, "ssim")).check()
+        storage.StagedOutput(out, exporting.export_identity(copy, "ssim")).check()
     own.model_path.write_bytes(b"retrained")  # this run, other weights: refused too
     with pytest.raises(UserError, match="other weights"):
-        runs.StagedOutput(out, exporting.export_identity(runs.find_run(own.dir), "ssim")).check()
+        storage.StagedOutput(out, exporting.export_identity(runs.find_run(own.dir), "ssim")).check()
     assert (out / "detector.json").read_text() == "again"

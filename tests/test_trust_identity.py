@@ -14,6 +14,7 @@ if str(ROOT) not in sys.path:
 
 import inference  # noqa: E402
 import runs  # noqa: E402
+import storage  # noqa: E402
 from utils import UserError  # noqa: E402
 
 SETUP = {"architecture": "mvtec2", "loss": "ssim", "color": "grayscale", "size": 32, "batch": 4}
@@ -34,22 +35,22 @@ def save_validation(run, method, area=4):
     """A validation result of ``method`` as validate.py records it (the run's model record)."""
     record = runs.find_run(run).model_record()
     folder = runs.validation_dir(run, method, area)
-    runs.write_json(folder / "validation_result.json", {"threshold": 0.5, "min_area": area, **record})
+    storage.write_json(folder / "validation_result.json", {"threshold": 0.5, "min_area": area, **record})
     return folder / "validation_result.json"
 
 
 def test_model_record_holds_the_heads_content_hash_when_there_is_one(tmp_path):
     run = runs.find_run(make_run(tmp_path))
     record = run.model_record()
-    assert record["head_sha256"] == runs.model_id(run.head_path) != record["model_sha256"]
+    assert record["head_sha256"] == storage.model_id(run.head_path) != record["model_sha256"]
     run.head_path.unlink()
     assert "head_sha256" not in runs.find_run(run.dir).model_record()
 
 
 def test_identity_names_the_head_only_for_methods_that_use_it(tmp_path):
     run = runs.find_run(make_run(tmp_path))
-    head = runs.model_id(run.head_path)
-    assert run.identity("learned") == {"model_sha256": runs.model_id(run.model_path), "head_sha256": head}
+    head = storage.model_id(run.head_path)
+    assert run.identity("learned") == {"model_sha256": storage.model_id(run.model_path), "head_sha256": head}
     assert run.identity("fused_ssim_learned")["head_sha256"] == head  # a fusion with the head
     for method in ("ssim", "l2", "median"):
         assert "head_sha256" not in run.identity(method)
@@ -103,15 +104,15 @@ def test_result_without_a_head_hash_counts_only_when_newer_than_the_head(tmp_pat
 def test_result_folder_of_another_head_is_not_replaced_but_kept_aside(tmp_path):
     run = runs.find_run(make_run(tmp_path))
     folder = tmp_path / "out"
-    with runs.StagedOutput(folder, {"kind": "test", **run.identity("learned")}) as out:
+    with storage.StagedOutput(folder, {"kind": "test", **run.identity("learned")}) as out:
         (out / "classification.csv").write_text("head A\n")
     run.head_path.write_bytes(b"head of run B")
     identity = {"kind": "test", **runs.find_run(run.dir).identity("learned")}
     with pytest.raises(UserError, match="another learned head"):
-        runs.StagedOutput(folder, identity).check()
+        storage.StagedOutput(folder, identity).check()
     assert (folder / "classification.csv").read_text() == "head A\n"
-    with runs.StagedOutput(folder, identity, archive=True) as out:  # a default location inside a run
+    with storage.StagedOutput(folder, identity, archive=True) as out:  # a default location inside a run
         (out / "classification.csv").write_text("head B\n")
     assert (folder / "classification.csv").read_text() == "head B\n"
-    (kept,) = (tmp_path / runs.OTHER_WEIGHTS).glob("*/out/classification.csv")
+    (kept,) = (tmp_path / storage.OTHER_WEIGHTS).glob("*/out/classification.csv")
     assert kept.read_text() == "head A\n"
