@@ -238,18 +238,21 @@ def image_size(path) -> tuple[int, int]:
     return _decode(path, "grayscale").size
 
 
-def load_images(paths, color: str, size, progress=None, allow_none: bool = False) -> tuple[np.ndarray, list]:
+def load_images(
+    paths, color: str, size, progress=None, allow_none: bool = False, with_sizes: bool = False
+) -> tuple[np.ndarray, list] | tuple[np.ndarray, list, list]:
     """Load many images into one float32 N×H×W×C array.
 
     ``progress``: a description for a progress bar, or an open tqdm bar advanced by one
     per file (a stream's bar over all its chunks). Unreadable files are skipped with a
     warning; returns ``(array, kept_paths)``. Raises :class:`UserError` when none can be
     read, unless ``allow_none`` (then the array is empty: one chunk of a longer stream may
-    hold only unreadable files).
+    hold only unreadable files). ``with_sizes``: also each kept file's own (width, height),
+    read while decoding it (no second opening of the file).
     """
     from tqdm import tqdm
 
-    arrays, kept, tiny = [], [], []
+    arrays, kept, sizes, tiny = [], [], [], []
     bar = progress if hasattr(progress, "update") else None
     if isinstance(progress, str):
         iterator = tqdm(paths, desc=progress, unit="img", leave=False, disable=None)
@@ -265,6 +268,7 @@ def load_images(paths, color: str, size, progress=None, allow_none: bool = False
             continue
         arrays.append(array)
         kept.append(Path(path))
+        sizes.append((width, height))
         if size is not None and min(width, height) * TINY_SHARE < min(model_size(size)):
             tiny.append(f"{path} ({width}x{height})")
     if tiny:
@@ -274,9 +278,11 @@ def load_images(paths, color: str, size, progress=None, allow_none: bool = False
         )
     if not arrays:
         if allow_none:
-            return np.zeros((0, 0, 0, 0), np.float32), []
+            return (
+                (np.zeros((0, 0, 0, 0), np.float32), [], []) if with_sizes else (np.zeros((0, 0, 0, 0), np.float32), [])
+            )
         raise UserError(f"no readable images among {len(paths)} file(s)")
-    return np.stack(arrays), kept
+    return (np.stack(arrays), kept, sizes) if with_sizes else (np.stack(arrays), kept)
 
 
 def load_mask(path, size: tuple[int, int]) -> np.ndarray:

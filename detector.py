@@ -1,4 +1,4 @@
-"""A trained run opened for predictions: the Python API a notebook uses.
+"""A trained run opened for predictions: the one path every image takes, and the Python API.
 
     from detector import Detector
     detector = Detector.open("saved_models/.../2026-12-02_21-23-33")   # method, threshold, area: validated
@@ -6,23 +6,47 @@
         print(result.path, result.verdict, result.score)
 
 Opening loads the run, its map method and options, the threshold and the minimum area once
-(from the newest validation result unless given); :meth:`Detector.predict` maps any number of
-images and returns one :class:`Prediction` each, computed exactly as ``test.py`` computes its
-rows (the same maps, score, regions and verdict).
+(from the newest validation result unless given); :meth:`Detector.stream` maps any number of
+images chunk by chunk and gives one :class:`Prediction` each. ``test.py`` (labelled tests and
+``--images``) goes through it, so a notebook's result is test.py's (the same maps, score,
+regions and verdict).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-import evaluation
 import inference
 import resmaps
 from settings import MapRequest
+
+DEFAULT_SMOOTH = 4.0  # px at the model's size: anomaly maps and pixel metrics (never the verdict or score)
+SCORE_RULE = (
+    "the highest threshold at which the image still has a region of at least the minimum area (raw map, "
+    "model resolution), divided by the threshold: above 1 means defective"
+)
+
+
+def image_scores(maps: np.ndarray, threshold: float, min_area: int) -> np.ndarray:
+    """Each N×H×W raw map's score in the threshold's units (:func:`resmaps.area_peaks` divided
+    by ``threshold``): an image is judged defective exactly when its score is above 1, and the
+    same number is every output's score (CSV, JSON, overlay, report, the exported detector)."""
+    return resmaps.area_peaks(maps, min_area) / max(float(threshold), 1e-12)
+
+
+class NonFiniteMaps(ValueError):
+    """The run's maps hold NaN or infinity (a diverged model): no verdict can be made."""
+
+
+def check_smooth(smooth: float) -> float:
+    """``smooth`` as a float; ValueError unless it is finite and >= 0."""
+    if not (np.isfinite(smooth) and smooth >= 0):
+        raise ValueError(f"smooth must be a finite number >= 0, got {smooth!r}")
+    return float(smooth)
 
 
 @dataclass(frozen=True)
@@ -41,11 +65,7 @@ class Prediction:
     largest_area: int
     n_regions: int
     size: tuple | None
-
-    @property
-    def defective(self) -> bool:
-        """True when a region of at least the minimum area lies above the threshold (score > 1)."""
-        return self.score > 1.0
+    defective: bool  # a region of at least the minimum area lies above the threshold (so score > 1)
 
     @property
     def verdict(self) -> str:
@@ -55,11 +75,9 @@ class Prediction:
 class Detector:
     """A run with its map method, options, threshold and minimum area (see :meth:`open`)."""
 
-    def __init__(self, mapper: inference.Mapper, smooth: float = evaluation.DEFAULT_SMOOTH):
-        if not (np.isfinite(smooth) and smooth >= 0):
-            raise ValueError(f"smooth must be a finite number >= 0, got {smooth!r}")
+    def __init__(self, mapper: inference.Mapper, smooth: float = DEFAULT_SMOOTH):
+        self.smooth = check_smooth(smooth)
         self.mapper = mapper
-        self.smooth = float(smooth)
 
     @classmethod
     def open(
@@ -68,11 +86,16 @@ class Detector:
         maps: MapRequest = MapRequest(),
         threshold: float | None = None,
         min_area: int | None = None,
-        smooth: float = evaluation.DEFAULT_SMOOTH,
+        smooth: float = DEFAULT_SMOOTH,
     ) -> Detector:
         """The run at ``run_dir`` (its folder or model file) ready to predict: ``threshold`` and
         ``min_area`` as given, else from its newest validation result for the map method."""
+        check_smooth(smooth)
         return cls(inference.open_for_verdicts(run_dir, maps, threshold, min_area), smooth)
+
+    @property
+    def run(self):
+        return self.mapper.run
 
     @property
     def method(self) -> str:
@@ -91,34 +114,41 @@ class Detector:
         training images; unreadable ones are skipped with a warning) or an N×H×W×C float array in
         [0, 1] at the run's shape and colour."""
         if isinstance(images, np.ndarray):
-            run = self.mapper.run
+            run = self.run
             expected = (*run.shape, 3 if run.color == "rgb" else 1)
             if images.ndim != 4 or images.shape[1:] != expected:
                 raise ValueError(f"images must be N×{expected[0]}×{expected[1]}×{expected[2]}, got {images.shape}")
             recons, maps = inference.run_maps(run, images.astype(np.float32), self.method, self.mapper.options)
-            seen = inference.Inspected([None] * len(images), images, recons, maps, [None] * len(images))
-            return self._results(seen)
-        results = []
-        for seen in self.mapper.stream([Path(p) for p in images]):
-            results += self._results(seen)
-        return results
+            return self._results(inference.Inspected([None] * len(images), images, recons, maps, [None] * len(images)))
+        return [p for chunk in self.stream(images) for p in chunk]
+
+    def stream(self, paths: Iterable, progress: str | None = None) -> Iterator[list[Prediction]]:
+        """:meth:`predict` of image files chunk by chunk (constant memory however many there
+        are): one list of :class:`Prediction` per chunk; ``progress``: a progress bar's title."""
+        for seen in self.mapper.stream([Path(p) for p in paths], progress=progress):
+            if not np.isfinite(seen.maps).all():
+                raise NonFiniteMaps(f"the residual maps of {self.run.model_path} are not finite (a diverged model?)")
+            yield self._results(seen)
 
     def _results(self, seen: inference.Inspected) -> list[Prediction]:
-        scores = evaluation.image_scores(seen.maps, self.threshold, self.min_area)
-        _, largest, counts = inference.classify(seen.maps, self.threshold, self.min_area)
+        scores = image_scores(seen.maps, self.threshold, self.min_area)
         smoothed = resmaps.smooth(seen.maps, self.smooth)
-        return [
-            Prediction(
-                seen.paths[i],
-                seen.images[i],
-                seen.recons[i],
-                seen.maps[i],
-                smoothed[i],
-                resmaps.defect_mask(seen.maps[i], self.threshold, self.min_area),
-                float(scores[i]),
-                int(largest[i]),
-                int(counts[i]),
-                seen.sizes[i],
+        results = []
+        for i, raw in enumerate(seen.maps):
+            mask, largest, count = resmaps.regions(raw, self.threshold, self.min_area)  # one labelling each
+            results.append(
+                Prediction(
+                    seen.paths[i],
+                    seen.images[i],
+                    seen.recons[i],
+                    raw,
+                    smoothed[i],
+                    mask,
+                    float(scores[i]),
+                    largest,
+                    count,
+                    seen.sizes[i],
+                    bool(mask.any()),  # a region of at least the minimum area
+                )
             )
-            for i in range(len(seen.maps))
-        ]
+        return results

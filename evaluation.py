@@ -26,29 +26,12 @@ import resmaps
 import runs
 import sharding
 import storage
+from detector import DEFAULT_SMOOTH, SCORE_RULE, Detector, NonFiniteMaps, Prediction, check_smooth, image_scores
 from settings import MapRequest
 from utils import UserError, warn
 
 if TYPE_CHECKING:  # pandas is imported where tables are made: validate.py makes none (0.2 s of its start)
     import pandas as pd
-
-DEFAULT_SMOOTH = 4.0
-SCORE_RULE = (
-    "the highest threshold at which the image still has a region of at least the minimum area (raw map, "
-    "model resolution), divided by the threshold: above 1 means defective"
-)
-
-
-def image_scores(maps: np.ndarray, threshold: float, min_area: int) -> np.ndarray:
-    """Each N×H×W raw map's score in the threshold's units (:func:`resmaps.area_peaks` divided
-    by ``threshold``): an image is judged defective exactly when its score is above 1, and the
-    same number is every output's score (CSV, JSON, overlay, report, the exported detector)."""
-    return resmaps.area_peaks(maps, min_area) / max(float(threshold), 1e-12)
-
-
-def describe_score(method: str = "", smooth: float = 0.0) -> str:
-    """What an image score is, for metrics.json and prediction_setup.json."""
-    return SCORE_RULE
 
 
 def detection_table(frame: pd.DataFrame) -> pd.DataFrame:
@@ -73,26 +56,26 @@ OVERLAYS = ("all", "defective", "none")  # which images of --images get an overl
 
 
 def _write_mask_and_overlay(
-    seen, i, mask, folder, stem, title, method, verdict, score, gt_mask=None, overlay=True, threshold=None
+    p: Prediction, folder: Path, stem: str, title: str, method: str, threshold: float, gt_mask=None, overlay=True
 ):
-    """One image's defect mask PNG (at the file's size) and, if ``overlay``, its overlay PNG
+    """One prediction's defect mask PNG (at the file's size) and, if ``overlay``, its overlay PNG
     (model size, the map on the run's one colour scale with ``threshold`` marked) in ``folder``;
     returns both paths (the overlay's None when not drawn)."""
     mask_file, overlay_file = folder / f"{stem}_mask.png", folder / f"{stem}_overlay.png"
-    figures.save_mask_png(inference.resize_map(mask, seen.sizes[i]), mask_file)
+    figures.save_mask_png(inference.resize_map(p.mask, p.size), mask_file)
     if not overlay:
         return mask_file, None
     figures.plot_overlay(
-        seen.images[i],
-        seen.recons[i],
-        seen.maps[i],
-        mask,
+        p.image,
+        p.reconstruction,
+        p.raw_map,
+        p.mask,
         overlay_file,
         gt_mask=gt_mask,
         title=title,
         method=method,
-        verdict=verdict,
-        score=score,
+        verdict=p.defective,
+        score=p.score,
         threshold=threshold,
     )
     return mask_file, overlay_file
@@ -120,64 +103,56 @@ class Scored:
         return (self.frame["truth"] == "defective").to_numpy()
 
 
-def score_test_images(mapper: inference.Mapper, listed: list, smooth: float, draw_into: Path | None = None) -> Scored:
-    """Classify and score ``listed`` (:func:`data.list_test_images`) with ``mapper`` (opened for
-    verdicts), chunk by chunk (:meth:`inference.Mapper.stream`): only each image's smoothed
-    anomaly map at the ground truth's resolution and its mask are kept. With ``draw_into``,
-    each image's mask and overlay are written there, under its defect type's folder."""
-    run, method = mapper.run, mapper.method
+def score_test_images(detector: Detector, listed: list, draw_into: Path | None = None) -> Scored:
+    """Classify and score ``listed`` (:func:`data.list_test_images`) with ``detector``, chunk by
+    chunk (:meth:`detector.Detector.stream`): only each image's smoothed anomaly map at the
+    ground truth's resolution and its mask are kept. With ``draw_into``, each image's mask and
+    overlay are written there, under its defect type's folder."""
+    run = detector.run
     labels = {Path(p): (d, m) for p, d, m in listed}
     stem_of = dict(zip((Path(p) for p, _, _ in listed), data.output_stems([p for p, _, _ in listed])))
     has_masks = any(m is not None for _, _, m in listed)
-    items, sizes, full_maps, gt_masks, scores, defective, largest, counts = [], [], [], [], [], [], [], []
-    for seen in mapper.stream([p for p, _, _ in listed], progress="test images"):
-        _check_finite(seen.maps, run)
-        found, large, count = inference.classify(seen.maps, mapper.threshold, mapper.min_area)
-        masks = inference.defect_masks(seen.maps, mapper.threshold, mapper.min_area) if draw_into else None
-        smoothed = resmaps.smooth(seen.maps, smooth)
-        chunk_scores = image_scores(seen.maps, mapper.threshold, mapper.min_area)
-        scores.extend(chunk_scores)
-        for i, (img_path, m, size) in enumerate(zip(seen.paths, smoothed, seen.sizes)):
-            defect, mask_path = labels[img_path]
-            items.append((img_path, defect, mask_path))
-            sizes.append(size)
-            # Anomaly maps and masks at the ground truth's (= the image file's) resolution.
-            full_maps.append(inference.resize_map(m, size))
-            if mask_path is not None:
-                gt_masks.append(data.load_mask(mask_path, size))
-            else:
-                if defect != data.GOOD and has_masks:
-                    warn(f"no ground-truth mask for {img_path}: counted as all-defect-free pixels in pixel metrics")
-                gt_masks.append(np.zeros((size[1], size[0]), dtype=bool))
-            if draw_into:
-                _write_mask_and_overlay(
-                    seen,
-                    i,
-                    masks[i],
-                    draw_into / defect,
-                    stem_of[img_path],
-                    f"{defect}/{img_path.name}",
-                    method,
-                    bool(found[i]),
-                    float(chunk_scores[i]),
-                    gt_mask=inference.resize_map(gt_masks[-1], run.shape[::-1]) if mask_path is not None else None,
-                    threshold=mapper.threshold,
-                )
-        defective.append(found)
-        largest.append(large)
-        counts.append(count)
+    items, sizes, full_maps, gt_masks, rows = [], [], [], [], []
+    try:
+        for chunk in detector.stream([p for p, _, _ in listed], progress="test images"):
+            for p in chunk:
+                defect, mask_path = labels[p.path]
+                items.append((p.path, defect, mask_path))
+                sizes.append(p.size)
+                # Anomaly maps and masks at the ground truth's (= the image file's) resolution.
+                full_maps.append(inference.resize_map(p.anomaly_map, p.size))
+                if mask_path is not None:
+                    gt_masks.append(data.load_mask(mask_path, p.size))
+                else:
+                    if defect != data.GOOD and has_masks:
+                        warn(f"no ground-truth mask for {p.path}: counted as all-defect-free pixels in pixel metrics")
+                    gt_masks.append(np.zeros((p.size[1], p.size[0]), dtype=bool))
+                rows.append((p.verdict, p.largest_area, p.n_regions, p.score))
+                if draw_into:
+                    _write_mask_and_overlay(
+                        p,
+                        draw_into / defect,
+                        stem_of[p.path],
+                        f"{defect}/{p.path.name}",
+                        detector.method,
+                        detector.threshold,
+                        gt_mask=inference.resize_map(gt_masks[-1], run.shape[::-1]) if mask_path is not None else None,
+                    )
+    except NonFiniteMaps as exc:
+        raise UserError(f"{exc}: nothing written") from None
     import pandas as pd
 
     truth = np.array([d != data.GOOD for _, d, _ in items])
+    verdicts, largest, counts, scores = zip(*rows)
     frame = pd.DataFrame(
         {
             "path": [str(p) for p, _, _ in items],
             "defect_type": [d for _, d, _ in items],
             "truth": np.where(truth, "defective", "good"),
-            "verdict": np.where(np.concatenate(defective), "defective", "good"),
-            "largest_area": np.concatenate(largest),
-            "n_regions": np.concatenate(counts),
-            "score": scores,
+            "verdict": list(verdicts),
+            "largest_area": np.array(largest, dtype=np.int64),
+            "n_regions": np.array(counts, dtype=np.int64),
+            "score": np.array(scores, dtype=np.float64),
         }
     )
     return Scored(items, [stem_of[p] for p, _, _ in items], sizes, full_maps, gt_masks, frame, has_masks)
@@ -298,8 +273,8 @@ def test_run(
     Returns ``(result dict, metrics dict, per-defect-type table, output folder)``.
     """
     _check_smooth(smooth)
-    mapper = inference.open_for_verdicts(path, maps, threshold, min_area)
-    run, method = mapper.run, mapper.method
+    detector = Detector.open(path, maps, threshold, min_area, smooth)
+    mapper, run, method = detector.mapper, detector.run, detector.method
     listed = data.list_test_images(run.class_dir)
     types = sorted({d for _, d, _ in listed})
     notes = _labelled_notes(types)
@@ -315,7 +290,7 @@ def test_run(
     writing = storage.Writing(method_dir)
     _set_aside_other_weights(method_dir, run.identity(method))
     with storage.StagedOutput(out_dir, identity, archive=True) as out:
-        scored = score_test_images(mapper, listed, smooth, draw_into=out if save else None)
+        scored = score_test_images(detector, listed, draw_into=out if save else None)
         result, table = classification_result(mapper, scored, types, notes)
         # Metrics before anything is committed.
         evaluated, pixel_curves = threshold_free_metrics(mapper, scored, smooth, fpr_limit, model_record)
@@ -330,13 +305,10 @@ def test_run(
 
 
 def _check_smooth(smooth):
-    if not (np.isfinite(smooth) and smooth >= 0):
-        raise UserError(f"--smooth must be a finite number >= 0, got {smooth}")
-
-
-def _check_finite(maps, run):
-    if not np.isfinite(maps).all():
-        raise UserError(f"the residual maps of {run.model_path} are not finite (a diverged model?): nothing written")
+    try:  # the detector's rule, in the command line's words
+        check_smooth(smooth)
+    except ValueError:
+        raise UserError(f"--smooth must be a finite number >= 0, got {smooth}") from None
 
 
 METHOD_OUTPUTS = ("anomaly_maps", "metrics.json", "roc_curves.png", "pro_curve.png")
@@ -381,8 +353,9 @@ def predict_images(
     if overlays not in OVERLAYS:
         raise UserError(f"--overlays must be one of {', '.join(OVERLAYS)}, got {overlays!r}")
     shard = sharding.parse(shard)
-    mapper = inference.open_for_verdicts(path, maps, threshold, min_area)
-    run, method, threshold, min_area = mapper.run, mapper.method, mapper.threshold, mapper.min_area
+    detector = Detector.open(path, maps, threshold, min_area, smooth)
+    mapper, run, method = detector.mapper, detector.run, detector.method
+    threshold, min_area = detector.threshold, detector.min_area
     images_dir = Path(images_dir)
     paths = data.list_images(images_dir, recursive=True)
     if not paths:
@@ -411,38 +384,32 @@ def predict_images(
     stem_of = dict(zip(paths, data.output_stems(paths)))
     with staging as staged:
         # Chunk by chunk, so memory stays flat however many images the folder holds.
-        for seen in mapper.stream(paths, progress="images"):
-            _check_finite(seen.maps, run)
-            defective, largest, counts = inference.classify(seen.maps, threshold, min_area)
-            scores = image_scores(seen.maps, threshold, min_area)
-            masks = inference.defect_masks(seen.maps, threshold, min_area)
-            for i, img_path in enumerate(seen.paths):
-                rel = Path(img_path).relative_to(images_dir)
-                score = float(scores[i])
-                mask_file, overlay_file = _write_mask_and_overlay(
-                    seen,
-                    i,
-                    masks[i],
-                    staged / rel.parent,
-                    stem_of[img_path],
-                    str(rel),
-                    method,
-                    bool(defective[i]),
-                    score,
-                    overlay=overlays == "all" or (overlays == "defective" and defective[i]),
-                    threshold=threshold,
-                )
-                rows.append(
-                    {
-                        "path": str(img_path),
-                        "verdict": "defective" if defective[i] else "good",
-                        "score": score,
-                        "largest_area": int(largest[i]),
-                        "n_regions": int(counts[i]),
-                        "mask": str(out_dir / mask_file.relative_to(staged)),
-                        "overlay": "" if overlay_file is None else str(out_dir / overlay_file.relative_to(staged)),
-                    }
-                )
+        try:
+            for chunk in detector.stream(paths, progress="images"):
+                for p in chunk:
+                    rel = p.path.relative_to(images_dir)
+                    mask_file, overlay_file = _write_mask_and_overlay(
+                        p,
+                        staged / rel.parent,
+                        stem_of[p.path],
+                        str(rel),
+                        method,
+                        threshold,
+                        overlay=overlays == "all" or (overlays == "defective" and p.defective),
+                    )
+                    rows.append(
+                        {
+                            "path": str(p.path),
+                            "verdict": p.verdict,
+                            "score": p.score,
+                            "largest_area": p.largest_area,
+                            "n_regions": p.n_regions,
+                            "mask": str(out_dir / mask_file.relative_to(staged)),
+                            "overlay": "" if overlay_file is None else str(out_dir / overlay_file.relative_to(staged)),
+                        }
+                    )
+        except NonFiniteMaps as exc:
+            raise UserError(f"{exc}: nothing written") from None
         import pandas as pd
 
         frame = pd.DataFrame(rows)
@@ -546,30 +513,24 @@ def stage_figures(
     """One figure per image (input → reconstruction → residual map → thresholded mask → ground
     truth, where there is one) in ``RUN/visualize/``, which is returned. ``images`` are paths,
     absolute or relative to the current folder or to the class folder."""
-    mapper = inference.open_for_verdicts(path, maps, threshold, min_area)
-    run = mapper.run
+    detector = Detector.open(path, maps, threshold, min_area)
+    run = detector.run
     paths = [inference.resolve_sample(run, name, run.class_dir, what="image") for name in images]
-    seen = mapper.inspect(paths)
-    masks = inference.defect_masks(seen.maps, mapper.threshold, mapper.min_area)
     out_dir = run.dir / "visualize"
-    for i, image_path in enumerate(seen.paths):
-        gt_path = inference.ground_truth_for(run, image_path)
-        gt = (
-            inference.resize_map(data.load_mask(gt_path, data.image_size(image_path)), run.shape[::-1])
-            if gt_path
-            else None
-        )
-        name = data.relative_to(image_path, run.class_dir).replace("/", "_").replace("..", "up")
+    for p in detector.predict(paths):
+        gt_path = inference.ground_truth_for(run, p.path)
+        gt = inference.resize_map(data.load_mask(gt_path, p.size), run.shape[::-1]) if gt_path else None
+        name = data.relative_to(p.path, run.class_dir).replace("/", "_").replace("..", "up")
         figures.plot_stages(
-            seen.images[i],
-            seen.recons[i],
-            seen.maps[i],
-            masks[i],
-            out_dir / f"{Path(name).stem}_{mapper.method}.png",
+            p.image,
+            p.reconstruction,
+            p.raw_map,
+            p.mask,
+            out_dir / f"{Path(name).stem}_{detector.method}.png",
             gt_mask=gt,
-            threshold=mapper.threshold,
-            min_area=mapper.min_area,
-            title=str(image_path),
-            method=mapper.method,
+            threshold=detector.threshold,
+            min_area=detector.min_area,
+            title=str(p.path),
+            method=detector.method,
         )
     return out_dir

@@ -408,13 +408,15 @@ def export_run(
     checks it against the graph on ``check_images`` of the run's validation images.
     Returns ``(output folder, metadata dict)``.
     """
-    import evaluation
+    import detector
 
     if fmt not in FORMATS:
         raise UserError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    smooth = evaluation.DEFAULT_SMOOTH if smooth is None else float(smooth)
-    if not smooth >= 0:
-        raise UserError(f"--smooth must be >= 0, got {smooth}")
+    smooth = detector.DEFAULT_SMOOTH if smooth is None else smooth
+    try:  # the one smoothing rule (finite, >= 0), the detector's
+        smooth = detector.check_smooth(smooth)
+    except ValueError:
+        raise UserError(f"--smooth must be a finite number >= 0, got {smooth}") from None
     inference.check_area_threshold(min_area=min_area)
     mapper, result_path = open_validated(path, method, min_area)
     run, method, options = mapper.run, mapper.method, mapper.options

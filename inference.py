@@ -465,11 +465,13 @@ def inspect_stream(
     readable = 0
     with tqdm(total=len(paths), desc=progress, unit="img", leave=False, disable=None if progress else True) as bar:
         for start in range(0, len(paths), chunk):
-            images, kept = data.load_images(paths[start : start + chunk], run.color, run.shape, bar, allow_none=True)
+            images, kept, sizes = data.load_images(
+                paths[start : start + chunk], run.color, run.shape, bar, allow_none=True, with_sizes=True
+            )
             if kept:
                 readable += len(kept)
                 recons, maps = run_maps(run, images, method, options, batch)
-                yield Inspected(kept, images, recons, maps, [data.image_size(p) for p in kept])
+                yield Inspected(kept, images, recons, maps, sizes)
     if not readable:
         raise UserError(f"no readable images among {len(paths)} file(s)")
 
@@ -556,15 +558,6 @@ def resolve_threshold(
     return float(found["threshold"]), int(found["min_area"]), options, "validation"
 
 
-def classify(maps: np.ndarray, threshold: float, min_area: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Verdicts for residual maps: defective when a region ≥ ``min_area`` lies above ``threshold``.
-
-    Returns ``(defective bool array, largest areas, region counts)``.
-    """
-    largest, counts = resmaps.region_stats(maps, threshold)
-    return largest >= min_area, largest, counts
-
-
 def resize_map(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Bring a model-size H×W map (float or bool) to an image's (width, height)."""
     from PIL import Image
@@ -577,11 +570,6 @@ def resize_map(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         return np.asarray(img.resize((width, height), Image.Resampling.NEAREST)) > 127
     img = Image.fromarray(array.astype(np.float32), mode="F")
     return np.asarray(img.resize((width, height), Image.Resampling.BILINEAR), dtype=np.float32)
-
-
-def defect_masks(maps: np.ndarray, threshold: float, min_area: int) -> list[np.ndarray]:
-    """Bool masks of the regions ≥ ``min_area`` above ``threshold``, one per map."""
-    return [resmaps.defect_mask(m, threshold, min_area) for m in maps]
 
 
 def resolve_sample(run: runs.Run, name: str, base, allowed: list | None = None, what: str = "image") -> Path:

@@ -208,11 +208,17 @@ def region_stats(resmaps: Iterable[np.ndarray], threshold: float) -> tuple[np.nd
     return np.array(largest, dtype=np.int64), np.array(counts, dtype=np.int64)
 
 
+def regions(resmap: np.ndarray, threshold: float, min_area: int) -> tuple[np.ndarray, int, int]:
+    """One labelling of ``resmap > threshold``: ``(bool mask of its regions with at least
+    min_area pixels, the largest region's area (0 when none), the number of regions)``."""
+    labels, areas = label_regions(resmap, threshold)
+    mask = np.concatenate([[False], areas >= min_area])[labels]
+    return mask, int(areas.max()) if areas.size else 0, int(areas.size)
+
+
 def defect_mask(resmap: np.ndarray, threshold: float, min_area: int) -> np.ndarray:
     """Bool mask of the regions of ``resmap > threshold`` with at least ``min_area`` pixels."""
-    labels, areas = label_regions(resmap, threshold)
-    keep = np.concatenate([[False], areas >= min_area])
-    return keep[labels]
+    return regions(resmap, threshold, min_area)[0]
 
 
 def min_threshold_for_area(resmaps: Iterable[np.ndarray], min_area: int) -> float:

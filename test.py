@@ -20,6 +20,7 @@ from utils import HelpFormatter, UserError, quiet_tensorflow, run_cli, stop_on_c
 stop_on_ctrl_c(__name__)  # Ctrl-C from here on: one line and exit code 130, never a traceback
 quiet_tensorflow()
 
+import detector  # noqa: E402
 import evaluation  # noqa: E402
 import inference  # noqa: E402
 import report  # noqa: E402
@@ -49,7 +50,7 @@ def get_parser():
     parser.add_argument(
         "--smooth",
         type=float,
-        default=evaluation.DEFAULT_SMOOTH,
+        default=detector.DEFAULT_SMOOTH,
         help="Gaussian sigma (px, model resolution) applied to residual maps for the anomaly maps and "
         "pixel AUROC/AU-PRO (0: none); verdicts and image scores use the raw map the threshold was chosen on",
     )

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+import detector
 import evaluation
 import figures
 import inference
@@ -161,7 +162,7 @@ def choose_fusion(components: dict, min_area: int, rule: str = DEFAULT_FUSION_RU
         good = fusion.combine([components[c][0][:, ::step, ::step] for c in names])
         painted = fusion.combine([components[c][1][0][:, ::step, ::step] for c in names])
         threshold = max(float(resmaps.area_peaks(good, area).max()), 1e-12)
-        figures_ = evaluation._proxy_figures(good, painted, masks, threshold, area, evaluation.DEFAULT_SMOOTH / step)
+        figures_ = evaluation._proxy_figures(good, painted, masks, threshold, area, detector.DEFAULT_SMOOTH / step)
         objective = float(np.mean([figures_[k] or 0.0 for k in ("image_auroc", "pixel_auroc", "au_pro")]))
         searched.append({"weights": list(weights), "objective": objective, **figures_})
     # Within FUSION_TIE of the best objective (the proxy's noise), the most even weights: no single

@@ -26,6 +26,7 @@ from utils import UserError, quiet_tensorflow, run_cli  # noqa: E402
 quiet_tensorflow()
 
 import data  # noqa: E402
+import detector  # noqa: E402
 import evaluation  # noqa: E402
 import inference  # noqa: E402
 import runs  # noqa: E402
@@ -66,7 +67,7 @@ def get_parser():
         "--methods", nargs="*", default=None, help="residual methods to evaluate (default: the loss's family)"
     )
     p.add_argument(
-        "--smooth", nargs="*", type=float, default=[evaluation.DEFAULT_SMOOTH], help="smoothing sigmas to evaluate"
+        "--smooth", nargs="*", type=float, default=[detector.DEFAULT_SMOOTH], help="smoothing sigmas to evaluate"
     )
     p.add_argument(
         "--scales",

@@ -134,7 +134,7 @@ def in_process(run_dir):
     import numpy as np
 
     import data
-    import evaluation
+    import detector
     import inference
     import metrics
     import resmaps
@@ -158,7 +158,7 @@ def in_process(run_dir):
     maps_s, maps_cpu = time.perf_counter() - started, time.process_time() - cpu
 
     started = time.perf_counter()
-    smoothed = resmaps.smooth(maps, evaluation.DEFAULT_SMOOTH)
+    smoothed = resmaps.smooth(maps, detector.DEFAULT_SMOOTH)
     sizes = [data.image_size(p) for p in kept]
     full = [inference.resize_map(m, s) for m, s in zip(smoothed, sizes)]
     masks = [

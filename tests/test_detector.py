@@ -37,3 +37,39 @@ def test_detector_predicts_what_test_py_writes(tiny_run, tmp_path):
         detector.predict(np.zeros((1, 5, 5, 1), np.float32))
     with pytest.raises(ValueError, match="smooth must be"):
         Detector(detector.mapper, smooth=-1)
+
+
+def test_each_prediction_matches_an_independent_computation_from_its_raw_map(tiny_run, tiny_dataset):
+    """Mask, largest area, region count, verdict, score, smoothed map and size, recomputed from
+    each raw map with scikit-image, SciPy and Pillow (not the suite's own region code)."""
+    from PIL import Image
+    from scipy import ndimage
+    from skimage.measure import label
+
+    paths = sorted((tiny_dataset / "test").rglob("*.png"))[:6]
+    area = 3
+    probe = Detector.open(tiny_run, MapRequest(method="ssim"), threshold=1.0, min_area=area)
+    raw = np.stack([p.raw_map for p in probe.predict(paths)])
+    threshold = float(np.quantile(raw, 0.97))  # some images defective, some not
+    detector = Detector.open(tiny_run, MapRequest(method="ssim"), threshold=threshold, min_area=area, smooth=2.0)
+    results = detector.predict(paths)
+    verdicts = []
+    for p, path in zip(results, paths):
+        labels = label(p.raw_map > threshold, connectivity=2)
+        areas = np.bincount(labels.ravel())[1:]
+        keep = np.isin(labels, 1 + np.flatnonzero(areas >= area))
+        np.testing.assert_array_equal(p.mask, keep)
+        assert p.largest_area == (areas.max() if areas.size else 0) and p.n_regions == areas.size
+        assert p.defective == bool((areas >= area).any())
+        peak = next(
+            v
+            for v in np.unique(p.raw_map)
+            if np.bincount(label(p.raw_map > v, connectivity=2).ravel())[1:].max(initial=0) < area
+        )
+        assert p.score == pytest.approx(peak / threshold, rel=1e-6)
+        assert (p.score > 1) == p.defective
+        np.testing.assert_allclose(p.anomaly_map, ndimage.gaussian_filter(p.raw_map, 2.0), atol=1e-5)
+        with Image.open(path) as image:
+            assert p.size == image.size
+        verdicts.append(p.defective)
+    assert 0 < sum(verdicts) < len(verdicts)

@@ -9,11 +9,18 @@ import pytest
 from scipy import ndimage
 from skimage.measure import label
 
+import detector
 import evaluation
 import inference
 import resmaps
 import synthetic
 import validation
+
+
+def classify(maps, threshold, min_area):
+    """Per map (verdict, largest area, region count) from :func:`resmaps.regions`, as arrays."""
+    found = [resmaps.regions(m, threshold, min_area) for m in maps]
+    return tuple(np.array(v) for v in zip(*((mask.any(), largest, count) for mask, largest, count in found)))
 
 
 def _peak_by_brute_force(m, area):
@@ -48,8 +55,8 @@ def test_score_above_one_is_exactly_the_verdict(where):
     maps = ndimage.gaussian_filter(rng.random((20, 16, 16)), (0, 1, 1)).astype(np.float32)
     peaks = np.array([_peak_by_brute_force(m, 6) for m in maps])
     threshold = {"quartile": np.quantile(peaks, 0.25), "median": np.median(peaks)}.get(where, peaks[3])
-    scores = evaluation.image_scores(maps, threshold, 6)
-    defective, _, _ = inference.classify(maps, threshold, 6)
+    scores = detector.image_scores(maps, threshold, 6)
+    defective, _, _ = classify(maps, threshold, 6)
     assert 0 < defective.sum() < len(maps)
     assert list(scores > 1.0) == list(defective)
     if where == "an image's own peak":
@@ -177,7 +184,7 @@ def test_fused_run_validates_tests_and_every_overlay_shows_its_own_csv_score(tin
         key = f"{row.defect_type}/{row.path.rsplit('/', 1)[-1]}"
         assert titles[key] == pytest.approx(row.score, rel=1e-12)
         assert (row.score > 1.0) == (row.verdict == "defective")
-    assert scores["image_score"] == evaluation.SCORE_RULE and out["fusion"] == result["fusion"]
+    assert scores["image_score"] == detector.SCORE_RULE and out["fusion"] == result["fusion"]
     assert thresholds == {result["threshold"]}
 
 

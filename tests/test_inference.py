@@ -37,6 +37,12 @@ class Blur:
         return sum(padded[:, i : i + SIDE, j : j + SIDE] for i in range(3) for j in range(3)) / 9.0
 
 
+def classify(maps, threshold, min_area):
+    """Per map (verdict, largest area, region count) from :func:`resmaps.regions`, as arrays."""
+    found = [resmaps.regions(m, threshold, min_area) for m in maps]
+    return tuple(np.array(v) for v in zip(*((mask.any(), largest, count) for mask, largest, count in found)))
+
+
 def good_images(n, seed=0):
     """Smooth random grayscale images in [0, 1], N×SIDE×SIDE×1."""
     rng = np.random.default_rng(seed)
@@ -163,9 +169,9 @@ def test_classify_and_masks_keep_regions_of_the_minimum_area():
     maps = np.zeros((2, 20, 20), np.float32)
     maps[0, 2:6, 2:6] = 0.9  # 16 px
     maps[1, 10:12, 10:12] = 0.9  # 4 px
-    defective, largest, counts = inference.classify(maps, 0.5, 10)
+    defective, largest, counts = classify(maps, 0.5, 10)
     assert defective.tolist() == [True, False] and largest.tolist() == [16, 4] and counts.tolist() == [1, 1]
-    masks = inference.defect_masks(maps, 0.5, 10)
+    masks = [resmaps.regions(m, 0.5, 10)[0] for m in maps]
     assert masks[0].sum() == 16 and not masks[1].any()
 
 

@@ -33,6 +33,12 @@ import visualize  # noqa: E402
 from utils import UserError, run_cli  # noqa: E402
 
 
+def classify(maps, threshold, min_area):
+    """Per map (verdict, largest area, region count) from :func:`resmaps.regions`, as arrays."""
+    found = [resmaps.regions(m, threshold, min_area) for m in maps]
+    return tuple(np.array(v) for v in zip(*((mask.any(), largest, count) for mask, largest, count in found)))
+
+
 def _load_test_script():
     """``test.py`` by file (the name ``test`` would otherwise risk the standard library's package)."""
     import importlib.util
@@ -606,19 +612,19 @@ def synthetic_maps():
 
 def test_classify_known_blob():
     maps = synthetic_maps()
-    defective, largest, counts = inference.classify(maps, 0.5, 25)
+    defective, largest, counts = classify(maps, 0.5, 25)
     assert defective.tolist() == [True, False, False]
     assert largest.tolist() == [25, 6, 0]
     assert counts.tolist() == [2, 1, 0]
-    defective, _, _ = inference.classify(maps, 0.5, 26)
+    defective, _, _ = classify(maps, 0.5, 26)
     assert defective.tolist() == [False, False, False]
     # Diagonal neighbours join: the line is one region of 6 px, not six of 1.
-    assert inference.classify(maps, 0.5, 6)[0].tolist() == [True, True, False]
-    assert inference.classify(maps, 0.5, 7)[0].tolist() == [True, False, False]
+    assert classify(maps, 0.5, 6)[0].tolist() == [True, True, False]
+    assert classify(maps, 0.5, 7)[0].tolist() == [True, False, False]
     # Strictly above the threshold: pixels equal to it do not count.
-    _, largest, counts = inference.classify(maps, 1.0, 1)
+    _, largest, counts = classify(maps, 1.0, 1)
     assert largest.tolist() == [0, 0, 0] and counts.tolist() == [0, 0, 0]
-    assert inference.classify(maps, 0.1, 1)[0].tolist() == [True, True, True]
+    assert classify(maps, 0.1, 1)[0].tolist() == [True, True, True]
 
 
 def test_defect_mask_keeps_only_large_regions():
@@ -628,7 +634,7 @@ def test_defect_mask_keeps_only_large_regions():
     np.testing.assert_array_equal(resmaps.defect_mask(maps[0], 0.5, 25), blob)
     np.testing.assert_array_equal(resmaps.defect_mask(maps[0], 0.5, 3), maps[0] > 0.5)
     assert not resmaps.defect_mask(maps[0], 0.5, 26).any()
-    masks = inference.defect_masks(maps, 0.5, 6)
+    masks = [resmaps.regions(m, 0.5, 6)[0] for m in maps]
     assert [int(m.sum()) for m in masks] == [25, 6, 0]
 
 
