@@ -1,0 +1,102 @@
+"""Every default run exports (issue 24, point 5): the learned, median, lowfreq and fused maps,
+in the object and the surface regime, in every format, give what :func:`inference.run_maps`
+gives: residual maps within 1e-4, anomaly maps within 1e-4, and the same regions and verdicts
+(up to pixels within ROUNDING of the threshold, tests/test_export.py's rule).
+
+Two tiny runs with a learned head (10 steps): an object run (32 px on 64-px images) and a
+surface run on non-square images (40x64, model 32x48), so the resize inside the artefact and
+the non-square shape are exercised.
+"""
+
+import numpy as np
+import pytest
+from conftest import train_args
+from PIL import Image
+from test_export import assert_same_decision, keras_inference  # noqa: F401 - keras_inference: autouse fixture
+
+import data  # noqa: E402
+import exporting  # noqa: E402
+import inference  # noqa: E402
+import predict_exported as pe  # noqa: E402
+import resmaps  # noqa: E402
+import runs  # noqa: E402
+from settings import MapRequest  # noqa: E402
+
+AREA = 8
+FORMATS = tuple(exporting.FORMATS)
+MEASURED = {}  # (regime, method, format) -> max abs difference of the residual maps, printed at the end
+
+
+def _run(root, mode, resize=None):
+    import make_dataset
+    import training
+
+    (class_dir,) = make_dataset.generate(
+        root / "data", classes=("brick",), size=64, n_train=12, n_test_good=2, n_test_defect=1, seed=1
+    )
+    if resize:  # non-square images (ground truths too, nearest)
+        for path in class_dir.rglob("*.png"):
+            with Image.open(path) as image:
+                mask = "ground_truth" in path.parts
+                image.resize(resize, Image.Resampling.NEAREST if mask else Image.Resampling.BILINEAR).save(path)
+    overrides = dict(size=32, epochs=2, mode=mode, head_steps=10, patch=None if mode == "object" else 32)
+    run_dir, _ = training.new_run(train_args(class_dir, root / "runs", **overrides))
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def object_run(tmp_path_factory):
+    return _run(tmp_path_factory.mktemp("object"), "object")
+
+
+@pytest.fixture(scope="module")
+def surface_run(tmp_path_factory):
+    run_dir = _run(tmp_path_factory.mktemp("surface"), "surface", resize=(64, 40))
+    assert tuple(runs.find_run(run_dir).shape) == (32, 48)
+    return run_dir
+
+
+def check_parity(run_dir, method, regime):
+    """Export ``method`` in every format; each artefact's maps and decisions equal the suite's."""
+    import validation
+
+    validation.validate(run_dir, AREA, MapRequest(method=method))
+    mapper, _ = exporting.open_validated(run_dir, method)
+    run, threshold = mapper.run, mapper.threshold
+    paths = run.validation_paths() + sorted((run.class_dir / "test").rglob("*.png"))
+    images, paths = data.load_images(paths, run.color, run.shape)
+    _, expected = inference.run_maps(run, images, method, mapper.options)
+    for fmt in FORMATS:
+        folder, meta = exporting.export_run(run_dir, fmt, method=method)
+        assert meta["method"] == method and meta["shape"] == list(run.shape)
+        detector = pe.Detector(folder)
+        worst = 0.0
+        for path, ref in zip(paths, expected):
+            image = pe.read_image(path, detector.color)
+            out = detector.run(image[None])
+            worst = max(worst, float(np.abs(out["residual_map"][0] - ref).max()))
+            size = (image.shape[1], image.shape[0])
+            smoothed = inference.resize_map(resmaps.smooth(ref[None], meta["smooth_sigma"])[0], size)
+            assert np.abs(out["anomaly_map"][0] - smoothed).max() <= 1e-4
+            largest, regions = (int(v[0]) for v in resmaps.region_stats([ref], threshold))
+            mask = inference.resize_map(resmaps.defect_mask(ref, threshold, mapper.min_area), size)
+            result = detector.predict(image)
+            assert_same_decision(detector, image, result, mask, largest, regions, largest >= mapper.min_area)
+        MEASURED[regime, method, fmt] = worst
+        assert worst <= 1e-4, (regime, method, fmt, worst)
+
+
+@pytest.mark.parametrize("method", ["learned"])
+def test_object_run_exports(object_run, method):
+    check_parity(object_run, method, "object")
+
+
+@pytest.mark.parametrize("method", ["learned"])
+def test_surface_run_exports(surface_run, method):
+    check_parity(surface_run, method, "surface")
+
+
+def test_report_measured_differences():
+    """Not a check: prints the measured maximum differences (pytest -s)."""
+    for key, value in sorted(MEASURED.items()):
+        print(*key, f"{value:.2e}")
