@@ -93,9 +93,9 @@ class Fusion:
 
     def combine(self, maps: list, ops=np):
         """The fused N×H×W map of the components' maps (in :attr:`components` order; a
-        component of weight 0 is never read, so it may be None). ``ops``: the array module
-        that computes it, NumPy or ``tf.math`` (the exported graph, exporting.py), so the
-        formula is written once for both."""
+        component of weight 0 is never read, so it may be None). ``ops``: what computes it,
+        NumPy or anything with its ``maximum`` and ``log1p`` (the exported graph's ops,
+        exporting.py), so the formula is written once for both."""
         total = None
         for m, w, c, s in zip(maps, self.weights, self.centres, self.spreads):
             if w:

@@ -33,7 +33,9 @@ FORMATS = tuple(exporting.FORMATS)
 ROUNDING = 1e-5
 
 
-def assert_same_decision(detector, image, result, expected_mask, largest=None, regions=None, defective=None):
+def assert_same_decision(
+    detector, image, result, expected_mask, largest=None, regions=None, defective=None, rounding=ROUNDING
+):
     """test.py's mask (and area, regions, verdict when given) must be what the artefact's own
     residual map gives, up to pixels within ROUNDING of the threshold.
 
@@ -44,7 +46,7 @@ def assert_same_decision(detector, image, result, expected_mask, largest=None, r
     residual = detector.run(image[None])["residual_map"][0]
     height, width = image.shape[:2]
     bounds = []
-    for shift in (ROUNDING, -ROUNDING):
+    for shift in (rounding, -rounding):
         mask, big, count = pe.min_area_filter(residual > detector.threshold + shift, detector.min_area)
         bounds.append((pe.resize_nearest(mask, width, height), big, count))
     (strict, big_lo, count_lo), (loose, big_hi, count_hi) = bounds
