@@ -59,11 +59,15 @@ def surface_run(tmp_path_factory):
 
 
 def check_parity(run_dir, method, regime):
-    """Export ``method`` in every format; each artefact's maps and decisions equal the suite's."""
+    """Export ``method`` in every format; each artefact's maps and decisions equal the suite's.
+    ``fused``, the default of a run with a head, is validated and exported with no method
+    given, as ``validate.py -p RUN`` and ``export.py -p RUN`` do."""
     import validation
 
-    validation.validate(run_dir, AREA, MapRequest(method=method))
-    mapper, _ = exporting.open_validated(run_dir, method)
+    given = None if method == "fused" else method
+    validation.validate(run_dir, AREA, MapRequest(method=given))
+    mapper, _ = exporting.open_validated(run_dir, given)
+    assert mapper.method == method
     run, threshold = mapper.run, mapper.threshold
     paths = run.validation_paths() + sorted((run.class_dir / "test").rglob("*.png"))
     images, paths = data.load_images(paths, run.color, run.shape)
@@ -71,7 +75,7 @@ def check_parity(run_dir, method, regime):
     tolerance = exporting.map_tolerance(method, mapper.options)  # 1e-4, more for a fused map (see there)
     rounding = ROUNDING if tolerance == exporting.MAP_TOLERANCE else tolerance
     for fmt in FORMATS:
-        folder, meta = exporting.export_run(run_dir, fmt, method=method)
+        folder, meta = exporting.export_run(run_dir, fmt, method=given)
         assert meta["method"] == method and meta["shape"] == list(run.shape)
         detector = pe.Detector(folder)
         worst = 0.0
