@@ -2,17 +2,18 @@
 
 The artefact takes raw uint8 images (N×H×W×C, any size, the run's colour mode) and
 returns what ``test.py`` computes, with the whole map pipeline baked into one TensorFlow
-graph: the resize to the model's size (Pillow's algorithm, integer-exact), every pass of
-:func:`inference.refined_maps` (reconstruct, SSIM/L2 map at every scale, minus the
-training baseline of that pass, repaint what the map so far finds), the smoothing, the
-anomaly map brought back to the image's own size, and the pixels above the validated
-threshold. The regions (connected components: the minimum-area filter and the image score,
-the highest threshold that still leaves a region of the minimum area, over the threshold)
-are computed outside, in ``predict_exported.py``, a NumPy/OpenCV script copied beside the
-artefact.
+graph: the resize to the model's size or a surface run's shape (Pillow's algorithm,
+integer-exact), the map of the exported method as :func:`inference.run_maps` makes it
+(:class:`_Maps`: every pass of :func:`inference.refined_maps` for ssim/l2, the run's own
+head for ``learned``, the training-free ``median`` and ``lowfreq`` maps, and
+:meth:`inference.Fusion.combine` of them for ``fused``), the smoothing, the anomaly map
+brought back to the image's own size, and the pixels above the validated threshold. The
+regions (connected components: the minimum-area filter and the image score, the highest
+threshold that still leaves a region of the minimum area, over the threshold) are computed
+outside, in ``predict_exported.py``, a NumPy/OpenCV script copied beside the artefact.
 
-Adding a map method: one entry in :data:`GRAPH_METHODS` (a TensorFlow function of an
-image batch and its reconstruction). Adding a format: one entry in :data:`FORMATS`.
+Adding a map method: one branch of :class:`_Maps` and its name in :data:`GRAPH_METHODS`.
+Adding a format: one entry in :data:`FORMATS`.
 """
 
 from __future__ import annotations
