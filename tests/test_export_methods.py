@@ -12,7 +12,7 @@ the non-square shape are exercised.
 
 import numpy as np
 import pytest
-from conftest import train_args
+from conftest import cli, train_args
 from PIL import Image
 from test_export import ROUNDING, assert_same_decision, keras_inference  # noqa: F401 - keras_inference: autouse fixture
 
@@ -142,6 +142,17 @@ def test_object_run_exports(object_run, method):
 @pytest.mark.parametrize("method", ["learned", "ssim", "median", "lowfreq", "fused"])
 def test_surface_run_exports(surface_run, method):
     check_parity(surface_run, method, "surface")
+
+
+def test_export_py_exports_the_default_fused_map(object_run, capsys):
+    """``export.py -p RUN`` with no method: the fused map test.py uses, and it says so."""
+    import export
+    import validation
+
+    validation.validate(object_run, AREA)
+    code, out, err = cli(export.main, ["-p", str(object_run), "--format", "onnx"], capsys)
+    assert code == 0, err
+    assert out.startswith("onnx: fused at 2 scales, 4 passes, minus baseline (") and "tolerance" in out
 
 
 def test_report_measured_differences():
