@@ -59,11 +59,16 @@ def main(argv=None):
     import exporting
 
     args = get_parser().parse_args(argv)
+    import inference
+
     out, meta = exporting.export_run(args.path, args.format, args.out, args.method, args.area, args.smooth)
+    options = inference.MapOptions.from_record(meta, "the export's detector.json")
+    fusion = f" ({options.fusion.describe()})" if options.fusion else ""
+    check = meta["check"]
     print(
-        f"{meta['format']}: {meta['method']}, threshold {meta['threshold']:.6f}, min area {meta['min_area']} px, "
-        f"{meta['passes']} passes, {meta['scales']} scales (from {meta['validation_result']['path']}); "
-        f"checked in {meta['check']['runtime']}: max abs difference {meta['check']['max_abs_difference_vs_graph']:.1e}"
+        f"{meta['format']}: {options.describe(meta['method'])}{fusion}, threshold {meta['threshold']:.6f}, "
+        f"min area {meta['min_area']} px (from {meta['validation_result']['path']}); checked in {check['runtime']}: "
+        f"max abs difference {check['max_abs_difference_vs_graph']:.1e} (tolerance {check['tolerance']:.1e})"
     )
     print(out)
 

@@ -91,13 +91,17 @@ class Fusion:
         if not all(np.isfinite(v) and v > 0 for v in self.spreads):
             raise ValueError(f"fusion spreads must be finite and > 0, got {list(self.spreads)}")
 
-    def combine(self, maps: list) -> np.ndarray:
-        """The fused N×H×W map of the components' maps (in :attr:`components` order)."""
-        total = np.zeros(np.shape(maps[0]), np.float32)
+    def combine(self, maps: list, ops=np):
+        """The fused N×H×W map of the components' maps (in :attr:`components` order; a
+        component of weight 0 is never read, so it may be None). ``ops``: what computes it,
+        NumPy or anything with its ``maximum`` and ``log1p`` (the exported graph's ops,
+        exporting.py), so the formula is written once for both."""
+        total = None
         for m, w, c, s in zip(maps, self.weights, self.centres, self.spreads):
             if w:
-                scaled = np.maximum((np.asarray(m, np.float32) - np.float32(c)) / np.float32(s), 0.0)
-                total += np.float32(w) * np.log1p(scaled)
+                m = np.asarray(m, np.float32) if ops is np else m
+                term = np.float32(w) * ops.log1p(ops.maximum((m - np.float32(c)) / np.float32(s), 0.0))
+                total = term if total is None else total + term
         return total
 
     def record(self) -> dict:

@@ -182,16 +182,18 @@ def _coefficients(in_size, out_size, name):
     return np.divide(w, total, out=w.copy(), where=total != 0)
 
 
-def resize_uint8(image: np.ndarray, size: int) -> np.ndarray:
-    """uint8 H×W×C → size×size×C exactly as Pillow (box filter when shrinking both sides,
-    else bicubic; 22-bit fixed point; the intermediate image rounded to uint8)."""
+def resize_uint8(image: np.ndarray, size) -> np.ndarray:
+    """uint8 H×W×C → height×width×C (``size``: a square side or ``(height, width)``) exactly
+    as Pillow (box filter when shrinking both sides, else bicubic; 22-bit fixed point; the
+    intermediate image rounded to uint8)."""
+    height, width = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
     h, w = image.shape[:2]
-    if (h, w) == (size, size):
+    if (h, w) == (height, width):
         return image
-    name = "box" if h >= size and w >= size else "bicubic"
+    name = "box" if h >= height and w >= width else "bicubic"
 
-    def fixed(n):
-        k = _coefficients(n, size, name) * (1 << 22)
+    def fixed(n, out):
+        k = _coefficients(n, out, name) * (1 << 22)
         return np.where(k < 0, np.ceil(k - 0.5), np.floor(k + 0.5)).astype(np.int64)
 
     def across(p, kk):
@@ -201,9 +203,9 @@ def resize_uint8(image: np.ndarray, size: int) -> np.ndarray:
         return np.clip((np.einsum("hwc,oh->owc", p, kk) + (1 << 21)) >> 22, 0, 255)
 
     p = image.astype(np.int64)
-    kw, kh = fixed(w), fixed(h)
+    kw, kh = fixed(w, width), fixed(h, height)
     # Pillow runs the vertical pass first when the height shrinks much more than the width.
-    out = across(down(p, kh), kw) if (h - size) > 2 * max(w - size, 0) else down(across(p, kw), kh)
+    out = across(down(p, kh), kw) if (h - height) > 2 * max(w - width, 0) else down(across(p, kw), kh)
     return out.astype(np.uint8)
 
 
@@ -338,7 +340,7 @@ class Detector:
         batch = np.ascontiguousarray(batch, dtype=np.uint8)
         if self.meta.get("resize_inside", True):
             return {k: np.asarray(v) for k, v in self._run(batch).items()}
-        size = int(self.meta["size"])
+        size = self.meta.get("shape") or int(self.meta["size"])  # (height, width); older exports: square
         small = np.stack([resize_uint8(image, size) for image in batch])
         out = {k: np.asarray(v) for k, v in self._run(small).items()}
         out["anomaly_map"] = resize_float(out["anomaly_map"], batch.shape[2], batch.shape[1])

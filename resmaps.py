@@ -99,6 +99,16 @@ def median_residual(images: np.ndarray, medians: np.ndarray | None = None, size:
 LOWFREQ_SHARE = 1 / 32  # σ of the low-frequency map's blur, as a share of the shorter image side
 
 
+def lowfreq_sigma(shape: tuple[int, int]) -> float:
+    """σ (px) of the ``lowfreq`` map's blur for images of ``shape`` (height, width)."""
+    return max(1.0, LOWFREQ_SHARE * min(shape))
+
+
+def median_rank(size: int = MEDIAN_SIZE) -> int:
+    """1-based rank of the median among the ``size``² pixels of a window (odd ``size``)."""
+    return (size * size + 1) // 2
+
+
 def lowfreq_images(images: np.ndarray) -> np.ndarray:
     """What the ``lowfreq`` map compares each image with: its own median brightness per channel,
     as an N×H×W×C image (the "reconstruction" of a surface with no large shading)."""
@@ -112,7 +122,7 @@ def lowfreq_residual(images: np.ndarray) -> np.ndarray:
     21-px median or a reconstruction copies. The blur's σ is :data:`LOWFREQ_SHARE` of the
     shorter side, so fine texture does not count."""
     x = np.asarray(images, dtype=np.float32)
-    sigma = max(1.0, LOWFREQ_SHARE * min(x.shape[1:3]))
+    sigma = lowfreq_sigma(x.shape[1:3])
     blurred = np.stack([smooth(x[..., c], sigma) for c in range(x.shape[-1])], axis=-1)
     return np.abs(blurred - lowfreq_images(x)).max(axis=-1).astype(np.float32)
 

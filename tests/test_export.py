@@ -33,7 +33,9 @@ FORMATS = tuple(exporting.FORMATS)
 ROUNDING = 1e-5
 
 
-def assert_same_decision(detector, image, result, expected_mask, largest=None, regions=None, defective=None):
+def assert_same_decision(
+    detector, image, result, expected_mask, largest=None, regions=None, defective=None, rounding=ROUNDING
+):
     """test.py's mask (and area, regions, verdict when given) must be what the artefact's own
     residual map gives, up to pixels within ROUNDING of the threshold.
 
@@ -44,7 +46,7 @@ def assert_same_decision(detector, image, result, expected_mask, largest=None, r
     residual = detector.run(image[None])["residual_map"][0]
     height, width = image.shape[:2]
     bounds = []
-    for shift in (ROUNDING, -ROUNDING):
+    for shift in (rounding, -rounding):
         mask, big, count = pe.min_area_filter(residual > detector.threshold + shift, detector.min_area)
         bounds.append((pe.resize_nearest(mask, width, height), big, count))
     (strict, big_lo, count_lo), (loose, big_hi, count_hi) = bounds
@@ -204,13 +206,13 @@ def test_refusals_one_line(tested, tmp_path, capsys):
     moded = shutil.copytree(run_dir, tmp_path / "moded", ignore=shutil.ignore_patterns("export", "test"))
     result_file = moded / "validation" / "ssim" / f"a{AREA}" / "validation_result.json"
     result = json.loads(result_file.read_text())
-    result_file.write_text(json.dumps({**result, "mode": "surface"}))
+    result_file.write_text(json.dumps({**result, "mode": "sideways"}))
     code, _, err = cli(export.main, ["-p", str(moded)], capsys)
-    assert code == 2 and "object mode only" in err and len(err.strip().splitlines()) == 1
+    assert code == 2 and "object and surface modes" in err and len(err.strip().splitlines()) == 1
 
 
 def test_unknown_method_refused(monkeypatch, tested):
-    monkeypatch.setattr(exporting, "GRAPH_METHODS", {"ssim": exporting.GRAPH_METHODS["ssim"]})
+    monkeypatch.setattr(exporting, "GRAPH_METHODS", ("ssim",))
     from utils import UserError
 
     with pytest.raises(UserError, match="map methods ssim, not 'l2'"):
@@ -224,21 +226,24 @@ def test_unknown_method_refused(monkeypatch, tested):
 
 @pytest.mark.parametrize("seed", range(3))
 def test_resize_matches_pillow(seed):
-    """Graph (float64) and NumPy ports of Pillow's resize equal Pillow exactly, both pass orders."""
+    """Graph (float64) and NumPy ports of Pillow's resize equal Pillow exactly, both pass orders,
+    to square and to non-square (surface) model shapes."""
     import tensorflow as tf
 
     rng = np.random.default_rng(seed)
-    for _ in range(6):
+    for i in range(8):
         side = int(rng.choice([16, 32, 48]))
+        target = side if i % 2 else (side, int(rng.choice([16, 32, 48, 80])))  # int or (height, width)
+        th, tw = (target, target) if i % 2 else target
         h, w = (int(v) for v in rng.integers(5, 4 * side, 2))
         channels = int(rng.choice([1, 3]))
         image = rng.integers(0, 256, (h, w, channels), dtype=np.uint8)
         pil = Image.fromarray(image[..., 0] if channels == 1 else image)
-        filt = Image.Resampling.BOX if h >= side and w >= side else Image.Resampling.BICUBIC
-        expected = np.asarray(pil.resize((side, side), filt)).reshape(side, side, channels)
-        graph = exporting.pillow_resize_uint8(tf.constant(image[None]), side, tf.float64).numpy()[0]
-        np.testing.assert_array_equal(graph, expected, err_msg=f"{h}x{w} -> {side}")
-        np.testing.assert_array_equal(pe.resize_uint8(image, side), expected, err_msg=f"{h}x{w} -> {side}")
+        filt = Image.Resampling.BOX if h >= th and w >= tw else Image.Resampling.BICUBIC
+        expected = np.asarray(pil.resize((tw, th), filt)).reshape(th, tw, channels)
+        graph = exporting.pillow_resize_uint8(tf.constant(image[None]), target, tf.float64).numpy()[0]
+        np.testing.assert_array_equal(graph, expected, err_msg=f"{h}x{w} -> {target}")
+        np.testing.assert_array_equal(pe.resize_uint8(image, target), expected, err_msg=f"{h}x{w} -> {target}")
         maps = rng.random((1, side, side), dtype=np.float32)
         expected = np.asarray(Image.fromarray(maps[0], mode="F").resize((w, h), Image.Resampling.BILINEAR))
         assert (
