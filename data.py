@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from settings import DEFAULT_DENOISE, DEFAULT_ROTATION
 from utils import UserError, warn
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -375,9 +376,6 @@ def relative_to(path, root) -> str:
 
 
 # ---- tf.data pipeline ----
-
-DEFAULT_ROTATION = 10.0
-DEFAULT_DENOISE = 0.5  # share of inputs that get a pasted patch with a bare --denoise
 
 
 def augmenter(flip=False, seed=0, rotation=DEFAULT_ROTATION):

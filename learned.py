@@ -26,8 +26,8 @@ import numpy as np
 import resmaps
 import storage
 import synthetic
+from settings import DEFAULT_HEAD_STEPS
 
-DEFAULT_HEAD_STEPS = 1500
 HEAD_BATCH = 8
 HEAD_LR = 1e-3
 HEAD_SHARE = 0.7  # share of training inputs that get a simulated defect; the rest teach "good"

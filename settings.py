@@ -18,6 +18,10 @@ LOSSES = ("ssim", "mssim", "l2", "mse")
 # the heavy imports so that validate.py's --help answers at once.
 FUSION_RULES = ("equal", "proxy")
 DEFAULT_FUSION_RULE = "equal"
+# Training defaults that other modules also need (data augmentation, the learned head).
+DEFAULT_ROTATION = 10.0  # degrees: largest random rotation of the augmentation
+DEFAULT_DENOISE = 0.5  # share of inputs that get a pasted patch with a bare --denoise
+DEFAULT_HEAD_STEPS = 1500  # steps of the learned residual's segmentation head
 
 
 @dataclass(frozen=True)
@@ -46,37 +50,41 @@ class MapRequest:
 class TrainConfig:
     """What ``train.py new`` is asked to train: every option of its command line, by name.
 
-    The user-facing defaults live in one place, train.py's parser (``--help`` shows them);
-    code that builds a config itself names every option, except those added after the
-    first callers were written, which default to the plain object-mode autoencoder
-    without the learned head, trained on one device in float32.
+    The defaults are ``train.py new``'s, in this one place: its parser reads them from here
+    (``--help`` shows them), so ``TrainConfig(directory=...)`` is exactly what
+    ``train.py new -d ...`` trains.
     """
 
     directory: str
-    architecture: str
-    batch: int
-    loss: str
-    color: str
-    instances: int | None
-    tag: str
-    size: int | None
-    epochs: int | None
-    lr: float
-    seed: int
-    val_split: float
-    patience: int | None
-    no_augment: bool
-    rotation: float
-    flip: bool
-    denoise: float
-    weights: str
-    out: str
-    mode: str = "object"
+    architecture: str = "mvtec2"
+    batch: int = 8
+    loss: str = "ssim"
+    color: str = "auto"
+    instances: int | None = None
+    tag: str = ""
+    size: int | None = None
+    epochs: int | None = None
+    lr: float = 1e-3
+    seed: int = 0
+    val_split: float = 0.1
+    patience: int | None = 10
+    no_augment: bool = False
+    rotation: float = DEFAULT_ROTATION
+    flip: bool = False
+    denoise: float = DEFAULT_DENOISE
+    weights: str = "imagenet"
+    out: str = "saved_models"
+    mode: str = "auto"
     patch: int | None = None
-    head_steps: int = 0
-    strategy: str = "one"
+    head_steps: int = DEFAULT_HEAD_STEPS
+    strategy: str = "auto"
     precision: str = "float32"
     jit: bool = False
+
+    @classmethod
+    def default(cls, name: str):
+        """The default of the option ``name`` (what ``train.py new`` uses when it is not given)."""
+        return next(f.default for f in fields(cls) if f.name == name)
 
     @classmethod
     def from_args(cls, args) -> TrainConfig:

@@ -21,7 +21,8 @@ import distribution  # noqa: E402  (no TensorFlow at import)
 import regime  # noqa: E402  (numpy only)
 import settings  # noqa: E402
 import training  # noqa: E402  (no TensorFlow at import)
-from learned import DEFAULT_HEAD_STEPS  # noqa: E402  (no TensorFlow at import)
+
+D = settings.TrainConfig.default  # every default of `new` is the config's (one place)
 
 
 def get_parser():
@@ -34,39 +35,39 @@ def get_parser():
         "-a",
         "--architecture",
         choices=settings.ARCHITECTURES,
-        default="mvtec2",
+        default=D("architecture"),
         help="mvtec: Bergmann's CAE (1x1x100 code); mvtec2: same with a spatial 8x8xk code; "
         "resnet: InceptionResNetV2 encoder",
     )
-    new.add_argument("-b", "--batch", type=int, default=8, help="batch size (per device, see --strategy)")
+    new.add_argument("-b", "--batch", type=int, default=D("batch"), help="batch size (per device, see --strategy)")
     new.add_argument(
         "-l",
         "--loss",
         choices=settings.LOSSES,
-        default="ssim",
+        default=D("loss"),
         help="training loss (1-SSIM, 1-MS-SSIM, summed or mean squared error)",
     )
     new.add_argument(
         "-c",
         "--color",
         choices=("auto", "grayscale", "rgb"),
-        default="auto",
+        default=D("color"),
         help="colour mode images are read in; auto: rgb when the training images have colour",
     )
     new.add_argument(
         "-i",
         "--instances",
         type=int,
-        default=None,
+        default=D("instances"),
         help="images (surface runs: patches) to show the model; epochs = max(1, instances // training "
         "images); default: " + ", ".join(f"{n} for {mode} runs" for mode, n in regime.DEFAULT_INSTANCES.items()),
     )
-    new.add_argument("--epochs", type=int, default=None, help="number of epochs (default: from -i)")
-    new.add_argument("-t", "--tag", default="", help="free text stored in setup.json (default: none)")
+    new.add_argument("--epochs", type=int, default=D("epochs"), help="number of epochs (default: from -i)")
+    new.add_argument("-t", "--tag", default=D("tag"), help="free text stored in setup.json (default: none)")
     new.add_argument(
         "--mode",
         choices=regime.MODES,
-        default="auto",
+        default=D("mode"),
         help="object: aligned parts, whole images squeezed to a square, per-pixel baseline; surface: "
         "textures and unaligned parts, aspect ratio kept, training on random patches, fully "
         "convolutional maps; auto: object when the mean good image explains >= "
@@ -75,30 +76,32 @@ def get_parser():
     new.add_argument(
         "--size",
         type=int,
-        default=None,
+        default=D("size"),
         help=f"object runs: square side images are resized to (default {training.DEFAULT_OBJECT_SIZE}); "
         f"surface runs: shorter side, aspect ratio kept (default: native, at most {regime.MAX_SURFACE_SIDE})",
     )
     new.add_argument(
         "--patch",
         type=int,
-        default=None,
+        default=D("patch"),
         help=f"surface runs: side of the random training crops, a multiple of 16 (default {regime.DEFAULT_PATCH}, "
         "or the shorter side of smaller images)",
     )
     new.add_argument(
         "--head-steps",
         type=int,
-        default=DEFAULT_HEAD_STEPS,
+        default=D("head_steps"),
         help="after the autoencoder, train the learned residual's segmentation head for this many steps "
         "on simulated defects (map method 'learned'); 0: none",
     )
-    new.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
-    new.add_argument("--seed", type=int, default=0, help="random seed (split, shuffling, augmentation, weights)")
+    new.add_argument("--lr", type=float, default=D("lr"), help="Adam learning rate")
+    new.add_argument(
+        "--seed", type=int, default=D("seed"), help="random seed (split, shuffling, augmentation, weights)"
+    )
     new.add_argument(
         "--patience",
         type=int,
-        default=10,
+        default=D("patience"),
         help="early stopping after this many epochs without a better validation loss (0: off); the learning "
         "rate halves after half as many",
     )
@@ -108,7 +111,7 @@ def get_parser():
     new.add_argument(
         "--rotation",
         type=float,
-        default=data.DEFAULT_ROTATION,
+        default=D("rotation"),
         help="largest random rotation in degrees (0-180; 180 for round parts seen from above, such as bottle tops)",
     )
     new.add_argument(
@@ -118,19 +121,19 @@ def get_parser():
         "--denoise",
         type=float,
         nargs="?",
-        const=data.DEFAULT_DENOISE,
-        default=data.DEFAULT_DENOISE,
+        const=settings.DEFAULT_DENOISE,
+        default=D("denoise"),
         metavar="SHARE",
         help="train as a denoising autoencoder: paste a random patch into this share of the inputs "
         "(bare --denoise: %(const)s; 0: off) and learn to output the clean image, so defects "
         "are repaired instead of copied (default: %(default)s)",
     )
-    new.add_argument("--out", default="saved_models", help="root folder for run folders")
+    new.add_argument("--out", default=D("out"), help="root folder for run folders")
     advanced = new.add_argument_group("advanced", "rarely changed: devices, numerics, data split, resnet weights")
     advanced.add_argument(
         "--strategy",
         choices=distribution.STRATEGIES,
-        default="auto",
+        default=D("strategy"),
         help="devices to train on: one; mirrored (every local GPU, else every logical CPU device); "
         "multiworker (the machines in TF_CONFIG); auto: mirrored when there are several GPUs, else one. "
         "-b is per replica: the global batch is -b x replicas (recorded in setup.json)",
@@ -138,7 +141,7 @@ def get_parser():
     advanced.add_argument(
         "--precision",
         choices=training.PRECISIONS,
-        default="float32",
+        default=D("precision"),
         help="mixed: the autoencoder's layers compute in bfloat16 on CPUs (float16 on GPUs; weights, loss "
         "and SSIM stay float32); the saved model maps in float32",
     )
@@ -149,11 +152,14 @@ def get_parser():
         "measured 3-4x slower on a 2-core CPU)",
     )
     advanced.add_argument(
-        "--val-split", type=float, default=0.1, help="share of train/good held back for validation and thresholds"
+        "--val-split",
+        type=float,
+        default=D("val_split"),
+        help="share of train/good held back for validation and thresholds",
     )
     advanced.add_argument(
         "--weights",
-        default="imagenet",
+        default=D("weights"),
         help="resnet encoder weights: imagenet (from Keras's cache only, no download here), none, or a weights file",
     )
     resume = sub.add_parser(

@@ -18,6 +18,7 @@ import data
 import distribution
 import regime
 import runs
+import settings
 import storage
 from settings import TrainConfig
 from utils import UserError, package_versions, set_seed, warn
@@ -382,7 +383,7 @@ def train(setup: dict, run_dir: Path, images: tuple, model, start_epoch: int = 0
         flip=setup["flip"],
         seed=seed,
         denoise=setup.get("denoise", 0.0),
-        rotation=setup.get("rotation", data.DEFAULT_ROTATION),
+        rotation=setup.get("rotation", settings.DEFAULT_ROTATION),
         patch=setup.get("patch"),
         per_epoch=setup.get("patches_per_epoch"),
     )

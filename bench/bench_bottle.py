@@ -30,6 +30,7 @@ import detector  # noqa: E402
 import evaluation  # noqa: E402
 import inference  # noqa: E402
 import runs  # noqa: E402
+import settings  # noqa: E402
 import training  # noqa: E402
 import validation  # noqa: E402
 from settings import MapRequest, TrainConfig  # noqa: E402
@@ -59,7 +60,7 @@ def get_parser():
     p.add_argument(
         "--rotation",
         type=float,
-        default=data.DEFAULT_ROTATION,
+        default=settings.DEFAULT_ROTATION,
         help="largest random rotation (degrees) in augmentation",
     )
     p.add_argument("--area", type=int, default=None, help="minimum defect area (px at model size); default size²/800")
@@ -94,10 +95,10 @@ def get_parser():
         "--denoise",
         type=float,
         nargs="?",
-        const=data.DEFAULT_DENOISE,
+        const=settings.DEFAULT_DENOISE,
         default=0.0,
         metavar="SHARE",
-        help=f"train as a denoising autoencoder: share of inputs with a pasted patch (bare: {data.DEFAULT_DENOISE})",
+        help=f"train as a denoising autoencoder: share of inputs with a pasted patch (bare: {settings.DEFAULT_DENOISE})",
     )
     p.add_argument("--tag", default="", help="label added to each configuration in the table")
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "runs"), help="where run folders go")
@@ -188,6 +189,9 @@ def bench(args):
             weights="none",
             out=args.out,
             denoise=args.denoise,
+            mode="object",  # this benchmark measures the plain object-mode autoencoder (round 1's setting)
+            head_steps=0,
+            strategy="one",
         )
         started = time.time()
         run_dir, setup = training.new_run(train_config)

@@ -44,6 +44,9 @@ def train_args(directory, out, **overrides):
         denoise=0.0,
         weights="none",
         out=str(out),
+        mode="object",  # a plain object-mode autoencoder on one device, no learned head: fast
+        head_steps=0,
+        strategy="one",
     )
     args.update(overrides)
     from settings import TrainConfig

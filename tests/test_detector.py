@@ -73,3 +73,29 @@ def test_each_prediction_matches_an_independent_computation_from_its_raw_map(tin
             assert p.size == image.size
         verdicts.append(p.defective)
     assert 0 < sum(verdicts) < len(verdicts)
+
+
+def test_the_readme_python_example_runs(tiny_run, tiny_dataset, tmp_path, capsys):
+    """README's "From Python" block, run as written on a validated copy of the tiny run."""
+    import re
+    import shutil
+
+    from conftest import ROOT
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    validation.validate(run, 4)
+    (block,) = re.findall(r"^## From Python\n\n```python\n(.*?)^```", (ROOT / "README.md").read_text(), re.M | re.S)
+    images = sorted((tiny_dataset / "test").rglob("*.png"))[:2]
+    code = block.replace('"RUN"', repr(str(run)))
+    code = code.replace('"part1.png"', repr(str(images[0]))).replace('"part2.png"', repr(str(images[1])))
+    assert code != block and str(images[1]) in code
+    exec(compile(code, "README.md", "exec"), {})
+    lines = capsys.readouterr().out.splitlines()
+    frame = pd.read_csv(evaluation.test_run(run)[3] / "classification.csv").set_index("path")
+    assert len(lines) == 2
+    for line, image in zip(lines, images):
+        path, verdict, score, largest = line.split()
+        assert path == str(image) and verdict == frame.loc[str(image), "verdict"]
+        assert float(score) == pytest.approx(frame.loc[str(image), "score"], rel=1e-5)
+        assert int(largest) == frame.loc[str(image), "largest_area"]

@@ -537,3 +537,18 @@ def test_precision_and_jit_options(tiny_dataset, tmp_path, capsys):
         train_args(tiny_dataset, tmp_path, epochs=1, architecture="mvtec", size=32, jit=True)
     )
     assert setup["jit"] is True and setup["epochs_run"] == 1
+
+
+def test_train_new_defaults_are_the_configs_own():
+    """`train.py new -d X` builds exactly TrainConfig(directory=X): one place for each default,
+    and the ones that once disagreed (mode, head steps, strategy) are the command line's."""
+    from dataclasses import fields
+
+    from settings import TrainConfig
+
+    parsed = TrainConfig.from_args(train.get_parser().parse_args(["new", "-d", "somewhere"]))
+    assert parsed == TrainConfig(directory="somewhere")
+    assert (parsed.mode, parsed.head_steps, parsed.strategy, parsed.color) == ("auto", 1500, "auto", "auto")
+    assert all(TrainConfig.default(f.name) == getattr(parsed, f.name) for f in fields(TrainConfig)[1:])
+    help_text = " ".join(train.get_parser()._subparsers._group_actions[0].choices["new"].format_help().split())
+    assert "0: none (default: 1500)" in help_text and "default: mvtec2" in help_text
