@@ -182,9 +182,9 @@ def test_interrupted_test_leaves_the_earlier_whole_result(late, template, tmp_pa
     assert code == 0, err
     folder = world.run / "test" / "ssim" / "a5_t0.500000"
     before = _checksums(world.run / "test")
-    assert {f"a5_t0.500000/{name}" for name in RESULT_FILES} | {"a5_t0.500000/report.html"} <= set(before)
-    assert any(k.startswith("a5_t0.500000/anomaly_maps/") for k in before)
-    assert any(k.endswith("_overlay.png") for k in before)
+    assert {f"ssim/a5_t0.500000/{name}" for name in [*RESULT_FILES, "report.html"]} <= set(before)
+    assert any(k.startswith("ssim/a5_t0.500000/anomaly_maps/") for k in before)
+    assert any(k.startswith("ssim/a5_t0.500000/") and k.endswith("_overlay.png") for k in before)
     reached = []
 
     def interrupted(*args, **kwargs):
