@@ -3,7 +3,7 @@
 ``test.py`` is only the command line over :func:`test_run` and :func:`predict_images`,
 ``visualize.py`` over :func:`stage_figures`. :func:`test_run` is made of pieces:
 :func:`score_test_images`, :func:`classification_result`, :func:`threshold_free_metrics`,
-:func:`write_anomaly_maps`, :func:`plot_test_curves`.
+:func:`write_anomaly_maps`, :func:`plot_test_curves`, all written into one result folder.
 Verdicts use the raw residual map at the model's size (the same map ``validate.py``
 calibrates the threshold on); anomaly maps and threshold-free metrics use the residual
 map smoothed by ``smooth`` pixels and brought to the ground truth's resolution.
@@ -226,9 +226,9 @@ def write_anomaly_maps(folder: Path, scored: Scored) -> None:
 
 
 def plot_test_curves(
-    method_dir: Path, scored: Scored, evaluated: dict, pixel_curves: dict, method: str, smooth: float, fpr_limit: float
+    folder: Path, scored: Scored, evaluated: dict, pixel_curves: dict, method: str, smooth: float, fpr_limit: float
 ) -> None:
-    """roc_curves.png (image and pixel ROC) and pro_curve.png, where they are defined."""
+    """roc_curves.png (image and pixel ROC) and pro_curve.png in ``folder``, where they are defined."""
     curves = {}
     if evaluated["image_auroc"] is not None:
         fpr, tpr = metrics.roc_curve(scored.truth, scored.frame["score"].to_numpy())
@@ -239,7 +239,7 @@ def plot_test_curves(
     if curves:
         figures.plot_roc_curves(
             curves,
-            method_dir / "roc_curves.png",
+            folder / "roc_curves.png",
             title=f"ROC ({method}): images by score, pixels by the map smoothed σ {smooth:g} px",
         )
     if evaluated.get("au_pro") is not None:
@@ -248,10 +248,13 @@ def plot_test_curves(
             fprs,
             pros,
             evaluated["au_pro"],
-            method_dir / "pro_curve.png",
+            folder / "pro_curve.png",
             fpr_limit=fpr_limit,
             title=f"PRO curve ({method}, map smoothed σ {smooth:g} px)",
         )
+
+
+MAPS_FOLDER = "anomaly_maps"  # inside the result folder: <defect>/<stem>.tiff
 
 
 def test_run(
@@ -262,13 +265,22 @@ def test_run(
     smooth: float = DEFAULT_SMOOTH,
     save: bool = False,
     fpr_limit: float = metrics.DEFAULT_FPR_LIMIT,
+    report_page: bool = False,
 ) -> tuple[dict, dict, pd.DataFrame, Path]:
-    """Classify and score every image under ``<class>/test/*/`` for a run; write all results.
+    """Classify and score every image under ``<class>/test/*/`` for a run; write one result.
 
     Scores (:func:`score_test_images`, in chunks; with ``save`` it also draws each image's
     mask and overlay), then writes ``classification.csv`` and ``test_result.json``
-    (:func:`classification_result`), the anomaly maps (:func:`write_anomaly_maps`), the curves
-    (:func:`plot_test_curves`) and ``metrics.json`` (:func:`threshold_free_metrics`).
+    (:func:`classification_result`), ``metrics.json`` (:func:`threshold_free_metrics`), the
+    anomaly maps (:func:`write_anomaly_maps`, into ``anomaly_maps/``), the curves
+    (:func:`plot_test_curves`) and, with ``report_page``, ``report.html`` (report.py).
+
+    Everything goes into one staging folder that becomes ``RUN/test/<method>/a<A>_t<T>/`` in
+    one rename: the folder always holds the whole of one run (verdicts, maps, metrics and curves
+    of the same ``--smooth``), and an interrupted or failed run leaves the earlier result as it
+    was. A result of other weights there is moved into ``other_weights/`` (see
+    :class:`storage.StagedOutput`). Files that older versions wrote beside the result folders
+    (``RUN/test/<method>/metrics.json``, ``anomaly_maps/``, the curves) are left as they are.
 
     Returns ``(result dict, metrics dict, per-defect-type table, output folder)``.
     """
@@ -285,22 +297,21 @@ def test_run(
     method_dir = run.dir / "test" / method
     out_dir = method_dir / f"a{mapper.min_area}_t{runs.format_threshold(mapper.threshold)}"
     identity = {"kind": "test", **run.identity(method)}
-    # One writer at a time per method folder, so the result, anomaly maps and metrics.json
-    # written below all come from the same process; results of other weights are moved aside.
-    writing = storage.Writing(method_dir)
-    _set_aside_other_weights(method_dir, run.identity(method))
-    with storage.StagedOutput(out_dir, identity, archive=True) as out:
+    # One writer at a time per method folder, from scoring to the commit: two runs never
+    # interleave, and the one committed last is the result, whole.
+    with storage.writing(method_dir), storage.StagedOutput(out_dir, identity, archive=True) as out:
         scored = score_test_images(detector, listed, draw_into=out if save else None)
         result, table = classification_result(mapper, scored, types, notes)
-        # Metrics before anything is committed.
         evaluated, pixel_curves = threshold_free_metrics(mapper, scored, smooth, fpr_limit, model_record)
         scored.frame.to_csv(out / "classification.csv", index=False)
         storage.write_json(out / "test_result.json", result)
-    with storage.StagedOutput(method_dir / "anomaly_maps", identity, archive=True) as out:
-        write_anomaly_maps(out, scored)
-    plot_test_curves(method_dir, scored, evaluated, pixel_curves, method, smooth, fpr_limit)
-    storage.write_json(method_dir / "metrics.json", evaluated)
-    writing.release()
+        write_anomaly_maps(out / MAPS_FOLDER, scored)
+        plot_test_curves(out, scored, evaluated, pixel_curves, method, smooth, fpr_limit)
+        storage.write_json(out / "metrics.json", evaluated)
+        if report_page:
+            import report
+
+            report.write_report(out, run.dir, shown_as=out_dir)
     return result, evaluated, table, out_dir
 
 
@@ -309,24 +320,6 @@ def _check_smooth(smooth):
         check_smooth(smooth)
     except ValueError:
         raise UserError(f"--smooth must be a finite number >= 0, got {smooth}") from None
-
-
-METHOD_OUTPUTS = ("anomaly_maps", "metrics.json", "roc_curves.png", "pro_curve.png")
-
-
-def _set_aside_other_weights(method_dir, identity):
-    """Move the per-method outputs of a labelled test of other weights (model, or head where the
-    method uses it) into ``other_weights/``."""
-    metrics_path = method_dir / "metrics.json"
-    if not metrics_path.is_file():
-        return
-    try:
-        recorded = storage.read_json(metrics_path)
-    except UserError:
-        recorded = {}
-    old = recorded.get("model_sha256")
-    if any(recorded.get(k) != v for k, v in identity.items()):
-        storage.set_aside(method_dir, METHOD_OUTPUTS, old or "unknown", "other weights (the model changed since)")
 
 
 def predict_images(

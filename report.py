@@ -4,8 +4,8 @@
 nothing in memory and can be written again later:
 
 * a labelled test (``RUN/test/<method>/a<AREA>_t<THR>/``): ``classification.csv``,
-  ``test_result.json`` and, beside the folder, ``metrics.json``, ``roc_curves.png``,
-  ``pro_curve.png`` and ``anomaly_maps/<defect>/<stem>.tiff``; with ``--save`` the overlays;
+  ``test_result.json``, ``metrics.json``, ``roc_curves.png``, ``pro_curve.png`` and
+  ``anomaly_maps/<defect>/<stem>.tiff``, all in that one folder; with ``--save`` the overlays;
 * ``test.py --images`` predictions: ``predictions.csv``, ``prediction_setup.json`` and the
   masks and overlays it names;
 * the run folder: ``setup.json``, ``loss_curve.png``,
@@ -124,11 +124,11 @@ def _score(value: str, path: Path) -> float:
 
 
 def _labelled_rows(result_dir: Path) -> list[dict]:
-    """Gallery rows of a labelled test, from classification.csv (anomaly maps beside it)."""
+    """Gallery rows of a labelled test, from classification.csv (anomaly maps in the same folder)."""
     csv_path = result_dir / "classification.csv"
     table = _read_csv(csv_path)
     stems = data.output_stems([r.get("path", "") for r in table])
-    maps_dir = result_dir.parent / "anomaly_maps"
+    maps_dir = result_dir / "anomaly_maps"
     rows = []
     for record, stem in zip(table, stems):
         path, defect = Path(record.get("path", "")), record.get("defect_type", "")
@@ -807,11 +807,15 @@ def _threshold(result: dict) -> float | None:
     return float(value) if storage.is_number(value) else None
 
 
-def write_report(result_dir: Path, run_dir: Path) -> Path:
+def write_report(result_dir: Path, run_dir: Path, shown_as: Path | None = None) -> Path:
     """Write ``report.html`` (and its thumbnails in ``report_files/``) into ``result_dir``, a
     finished labelled-test folder (``classification.csv``) or ``--images`` prediction folder
     (``predictions.csv``), with the story of ``run_dir`` (the run folder, or its model file).
     Reads only files; written whole or not at all. Returns the page's path.
+
+    ``shown_as``: the folder's name on the page when ``result_dir`` is a staging folder that is
+    renamed to it afterwards (test.py writes the page inside the labelled result it commits); it
+    must be a sibling, so links to files outside the folder stay right after the rename.
     """
     result_dir, run_dir = Path(result_dir), Path(run_dir)
     if run_dir.is_file():
@@ -819,7 +823,7 @@ def write_report(result_dir: Path, run_dir: Path) -> Path:
     labelled = (result_dir / "classification.csv").is_file()
     if labelled:
         result = storage.read_json(result_dir / "test_result.json")
-        scores = _read_json(result_dir.parent / "metrics.json")
+        scores = _read_json(result_dir / "metrics.json")
         rows = _labelled_rows(result_dir)
     elif (result_dir / "predictions.csv").is_file():
         result = _read_json(result_dir / "prediction_setup.json") or {}
@@ -839,8 +843,8 @@ def write_report(result_dir: Path, run_dir: Path) -> Path:
     if labelled:
         sections.append(("metrics", "Metrics", _metrics_section(result, scores, rows)))
         curves = [
-            (_embedded(result_dir.parent / "roc_curves.png"), "ROC curves (image and pixel)"),
-            (_embedded(result_dir.parent / "pro_curve.png"), "PRO curve (AU-PRO up to FPR 0.3)"),
+            (_embedded(result_dir / "roc_curves.png"), "ROC curves (image and pixel)"),
+            (_embedded(result_dir / "pro_curve.png"), "PRO curve (AU-PRO up to FPR 0.3)"),
         ]
         if any(src for src, _ in curves):
             sections.append(("curves", "Curves", "".join(_figure(src, cap) for src, cap in curves if src)))
@@ -854,6 +858,6 @@ def write_report(result_dir: Path, run_dir: Path) -> Path:
         klass = Path(str((setup or {}).get("directory") or "")).name or "run"
         title = f"{klass} — {result.get('method')} map — {'labelled test' if labelled else 'predictions'}"
         stamp = dt.datetime.now().strftime("%Y-%m-%d %H:%M")
-        subtitle = f"{_run_line(setup, run_dir)}<br>Result folder {e(str(result_dir))}, written {stamp}."
+        subtitle = f"{_run_line(setup, run_dir)}<br>Result folder {e(str(shown_as or result_dir))}, written {stamp}."
         tmp_page.write_text(_page(title, sections, subtitle), encoding="utf-8")
     return page

@@ -263,24 +263,6 @@ def writing(folder: PathLike) -> Iterator[None]:
         os.close(fd)
 
 
-class Writing:
-    """:func:`writing` held until :meth:`release` (or until this object goes away), for code
-    that cannot wrap its writing in one ``with`` block."""
-
-    def __init__(self, folder: PathLike):
-        self._context = writing(folder)
-        self._context.__enter__()
-
-    def release(self) -> None:
-        """Release the lock (idempotent)."""
-        if self._context is not None:
-            context, self._context = self._context, None
-            context.__exit__(None, None, None)
-
-    def __del__(self):
-        self.release()
-
-
 def remove_tree(path: PathLike) -> None:
     """Remove a folder this program created (used to undo a half-written output)."""
     shutil.rmtree(path, ignore_errors=True)

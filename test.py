@@ -5,11 +5,13 @@
     python3 test.py -p RUN --images my_new_images/               # unlabelled images: predictions only
 
 Labelled mode reads ``<class>/test/<good|defect>/`` of the run's dataset (and the
-ground-truth masks), writes ``RUN/test/<method>/a<AREA>_t<THRESHOLD>/`` (classification.csv,
-test_result.json, with --save masks and overlays), anomaly maps as float32 TIFF in
-``RUN/test/<method>/anomaly_maps/<defect>/<stem>.tiff`` and ``metrics.json`` with image
-AUROC, pixel AUROC and AU-PRO (FPR ≤ 0.3), plus ROC and PRO curve plots. Both modes end
-with ``report.html`` in the result folder: one page with the run, the metrics and every image.
+ground-truth masks) and writes one folder, ``RUN/test/<method>/a<AREA>_t<THRESHOLD>/``:
+classification.csv, test_result.json, ``metrics.json`` with image AUROC, pixel AUROC and
+AU-PRO (FPR ≤ 0.3), ROC and PRO curve plots, anomaly maps as float32 TIFF in
+``anomaly_maps/<defect>/<stem>.tiff``, with --save masks and overlays, and ``report.html``.
+The folder is written whole and renamed into place at the end: an interrupted run leaves the
+earlier result as it was. Predictions (--images) end with ``report.html`` in their folder
+too: one page with the run, the metrics and every image.
 """
 
 import argparse
@@ -122,7 +124,9 @@ def main(argv=None):
         print(f"report: {report.write_report(out, args.path)}")
         print(out)
         return
-    result, scores, table, out = evaluation.test_run(args.path, maps, args.threshold, args.area, args.smooth, args.save)
+    result, scores, table, out = evaluation.test_run(
+        args.path, maps, args.threshold, args.area, args.smooth, args.save, report_page=True
+    )
     options = inference.MapOptions.from_record(result, "this test result")
     print(
         f"{options.describe(result['method'])}, threshold "
@@ -137,7 +141,7 @@ def main(argv=None):
     )
     for note in result["notes"] + scores.get("notes", []):
         print(f"note: {note}")
-    print(f"report: {report.write_report(out, args.path)}")
+    print(f"report: {out / report.PAGE}")  # written inside the result, before its commit
     print(out)
 
 

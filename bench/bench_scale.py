@@ -130,7 +130,7 @@ def export(args):
         by_path = frame.set_index("path")
         for p, defect, _ in items:
             got = detector.predict(pe.read_image(p, detector.color))
-            expected = tifffile.imread(out.parent / "anomaly_maps" / defect / f"{Path(p).stem}.tiff")
+            expected = tifffile.imread(out / "anomaly_maps" / defect / f"{Path(p).stem}.tiff")
             worst = max(worst, float(np.abs(got["anomaly_map"] - expected).max()))
             verdicts += got["defective"] == by_path.loc[str(p), "verdict"] == "defective"
             masks += np.array_equal(

@@ -407,7 +407,7 @@ def run_category(
         )
         test_dir = Path(_run_step(settings, "test", "test.py", ["-p", str(run_dir), *settings.extra_eval], log)[-1])
         result = json.loads((test_dir / "test_result.json").read_text())
-        scores = json.loads((test_dir.parent / "metrics.json").read_text())
+        scores = json.loads((test_dir / "metrics.json").read_text())
         row.update(
             {k: scores.get(k) for k in ("image_auroc", "pixel_auroc", "au_pro")},
             tpr=result.get("tpr"),
@@ -443,7 +443,7 @@ def _evaluate_method(settings, run_dir, method, area, log):
     validation = json.loads((val_dir / "validation_result.json").read_text())
     test_dir = Path(_run_step(settings, f"test {method}", "test.py", flags, log)[-1])
     result = json.loads((test_dir / "test_result.json").read_text())
-    scores = json.loads((test_dir.parent / "metrics.json").read_text())
+    scores = json.loads((test_dir / "metrics.json").read_text())
     return {
         **{k: scores.get(k) for k in ("image_auroc", "pixel_auroc", "au_pro")},
         "tpr": result.get("tpr"),

@@ -843,7 +843,9 @@ def scenario_concurrent_tests(world):
     method_dir = world.run / "test" / "ssim"
     frame = pd.read_csv(method_dir / "a5_t0.500000" / "classification.csv")
     for _, row in frame.iterrows():
-        tiff = tifffile.imread(method_dir / "anomaly_maps" / row["defect_type"] / f"{Path(row['path']).stem}.tiff")
+        tiff = tifffile.imread(
+            method_dir / "a5_t0.500000" / "anomaly_maps" / row["defect_type"] / f"{Path(row['path']).stem}.tiff"
+        )
         if abs(float(tiff.max()) - row["score"]) > 1e-5 * max(1.0, abs(row["score"])):
             return "wrong", "scores and anomaly maps come from different processes"
     if [p for p in method_dir.iterdir() if ".partial" in p.name]:

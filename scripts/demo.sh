@@ -89,7 +89,7 @@ from pathlib import Path
 run, test_out, klass = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
 setup = json.loads((run / "setup.json").read_text())
 result = json.loads((test_out / "test_result.json").read_text())
-scores = json.loads((test_out.parent / "metrics.json").read_text())
+scores = json.loads((test_out / "metrics.json").read_text())
 f = lambda v: "n/a" if v is None else f"{v:.2f}"  # noqa: E731
 g = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
 mode = setup.get("mode")
@@ -114,5 +114,5 @@ Demo finished in $(( $(date +%s) - started )) s.
   finetune plots:      $RUN/finetune/
   threshold choice:    $RUN/validation/
   verdicts, masks:     $TEST_OUT/ (classification.csv, test_result.json, <defect>/*_overlay.png)
-  metrics and curves:  $(dirname "$TEST_OUT")/metrics.json, roc_curves.png, pro_curve.png
+  metrics and curves:  $TEST_OUT/ (metrics.json, roc_curves.png, pro_curve.png, anomaly_maps/)
 TXT

@@ -74,7 +74,7 @@ def test_quick_suite_runs_every_category_and_reports_a_failure_in_its_row(tmp_pa
     # Figures are the ones the scripts wrote.
     (result_path,) = run.glob(f"test/{brick['method']}/a*_t*/test_result.json")
     result = json.loads(result_path.read_text())
-    scores = json.loads((result_path.parent.parent / "metrics.json").read_text())
+    scores = json.loads((result_path.parent / "metrics.json").read_text())
     for key in ("image_auroc", "pixel_auroc", "au_pro"):
         assert brick[key] == scores[key] and 0 <= brick[key] <= 1
     assert (brick["tpr"], brick["tnr"]) == (result["tpr"], result["tnr"])

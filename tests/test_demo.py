@@ -55,7 +55,7 @@ def test_demo_runs_end_to_end_and_reuses_its_work(tmp_path):
     (result_path,) = run.glob("test/*/a4_t*/test_result.json")
     result = json.loads(result_path.read_text())
     assert result["n_images"] == 3 + 5
-    metrics_path = result_path.parent.parent / "metrics.json"
+    metrics_path = result_path.parent / "metrics.json"
     assert metrics_path.is_file()
     assert list(result_path.parent.glob("hole/000_overlay.png"))
     assert f"run folder:          {run}" in first.stdout

@@ -254,7 +254,7 @@ def test_trained_run_has_twins_and_test_py_starts_without_tensorflow(tiny_run, t
             env={**os.environ, "MPLBACKEND": "Agg", **env},
         )
         assert done.returncode == 0, done.stderr
-        (metrics_file,) = run.glob("test/*/metrics.json")
+        (metrics_file,) = run.glob("test/*/a*_t*/metrics.json")
         scores = storage.read_json(metrics_file)
         shutil.rmtree(run / "test")
         return done.stdout, scores

@@ -410,7 +410,7 @@ def test_labelled_result_consistent_with_csv(labelled):
 def test_labelled_save_masks_and_overlays(labelled, tiny_dataset):
     out_dir = written(labelled)
     frame = pd.read_csv(out_dir / "classification.csv")
-    pngs = sorted(p.relative_to(out_dir).as_posix() for p in out_dir.rglob("*.png"))
+    pngs = sorted(p.relative_to(out_dir).as_posix() for p in out_dir.glob("*/*.png"))
     expected = sorted(
         f"{d}/{p.stem}_{kind}.png" for d, p in listed_test_files(tiny_dataset) for kind in ("mask", "overlay")
     )
@@ -433,7 +433,7 @@ def test_labelled_save_masks_and_overlays(labelled, tiny_dataset):
 def test_labelled_anomaly_maps(run_dir, labelled, tiny_dataset):
     import tifffile
 
-    maps_dir = labelled[3] / "anomaly_maps"
+    maps_dir = written(labelled) / "anomaly_maps"
     files = listed_test_files(tiny_dataset)
     assert sorted(p.relative_to(maps_dir).as_posix() for p in maps_dir.rglob("*.tiff")) == sorted(
         f"{d}/{p.stem}.tiff" for d, p in files
@@ -449,7 +449,7 @@ def test_labelled_anomaly_maps(run_dir, labelled, tiny_dataset):
 
 
 def test_labelled_metrics_json_and_plots(run_dir, labelled):
-    metrics = json.loads((labelled[3] / "metrics.json").read_text())
+    metrics = json.loads((written(labelled) / "metrics.json").read_text())
     for key in ("image_auroc", "pixel_auroc", "au_pro"):
         assert 0.0 <= metrics[key] <= 1.0, key
     assert set(metrics["per_defect_type"]) == set(DEFECTS)
@@ -459,7 +459,7 @@ def test_labelled_metrics_json_and_plots(run_dir, labelled):
             assert entry[key] is None or 0.0 <= entry[key] <= 1.0
     assert metrics["method"] == "ssim" and metrics["n_images"] == 13
     for name in ("roc_curves.png", "pro_curve.png"):
-        with Image.open(labelled[3] / name) as im:
+        with Image.open(written(labelled) / name) as im:
             assert im.format == "PNG"
 
 
@@ -485,22 +485,28 @@ def _independent_au_pro(maps, masks, fpr_limit=0.3, steps=4000):
     return float(np.trapezoid(y, x) / fpr_limit) if hasattr(np, "trapezoid") else float(np.trapz(y, x) / fpr_limit)
 
 
-def test_labelled_metrics_match_values_recomputed_from_the_written_files(labelled, tiny_dataset):
-    """image AUROC from classification.csv, pixel AUROC and AU-PRO from the written TIFFs and
-    the dataset's masks, all recomputed without metrics.py."""
+def assert_metrics_match_the_folder(folder, dataset, au_pro=True):
+    """metrics.json of a labelled result folder recomputed from that folder's own files without
+    metrics.py: image AUROC from its classification.csv, pixel AUROC and (``au_pro``) AU-PRO
+    from its anomaly_maps/ TIFFs and the dataset's masks. Every image of the CSV has its map
+    and no map is left over: verdicts, maps and metrics come from one run. The independent
+    AU-PRO samples 4000 thresholds, too coarse for unsmoothed maps (many tied zeros): pixel
+    AUROC is exact. Returns ``(metrics, frame)``."""
     import tifffile
     from sklearn.metrics import roc_auc_score
 
-    copy = labelled[3]
-    metrics = json.loads((copy / "metrics.json").read_text())
-    frame = pd.read_csv(written(labelled) / "classification.csv")
+    folder = Path(folder)
+    metrics = json.loads((folder / "metrics.json").read_text())
+    frame = pd.read_csv(folder / "classification.csv")
     truth = (frame["truth"] == "defective").to_numpy()
+    assert metrics["n_images"] == len(frame)
     assert metrics["image_auroc"] == pytest.approx(roc_auc_score(truth, frame["score"]), abs=1e-9)
+    names = [f"{row['defect_type']}/{Path(row['path']).stem}.tiff" for _, row in frame.iterrows()]
+    assert sorted(p.relative_to(folder / "anomaly_maps").as_posix() for p in folder.rglob("*.tiff")) == sorted(names)
     maps, masks = [], []
-    for _, row in frame.iterrows():
-        path = Path(row["path"])
-        maps.append(tifffile.imread(copy / "anomaly_maps" / row["defect_type"] / f"{path.stem}.tiff"))
-        mask = tiny_dataset / "ground_truth" / row["defect_type"] / f"{path.stem}_mask.png"
+    for name, (_, row) in zip(names, frame.iterrows()):
+        maps.append(tifffile.imread(folder / "anomaly_maps" / name))
+        mask = dataset / "ground_truth" / row["defect_type"] / f"{Path(row['path']).stem}_mask.png"
         masks.append(
             np.asarray(Image.open(mask).convert("L")) > 127 if mask.is_file() else np.zeros(maps[-1].shape, bool)
         )
@@ -508,14 +514,51 @@ def test_labelled_metrics_match_values_recomputed_from_the_written_files(labelle
     assert metrics["pixel_auroc"] == pytest.approx(
         roc_auc_score(np.concatenate([g.ravel() for g in masks]), pixels), abs=1e-6
     )
-    assert metrics["au_pro"] == pytest.approx(_independent_au_pro(maps, masks), abs=0.01)
+    if au_pro:
+        assert metrics["au_pro"] == pytest.approx(_independent_au_pro(maps, masks), abs=0.01)
+    return metrics, frame
+
+
+def test_labelled_metrics_match_values_recomputed_from_the_written_files(labelled, tiny_dataset):
+    """image AUROC from classification.csv, pixel AUROC and AU-PRO from the written TIFFs and
+    the dataset's masks, all recomputed without metrics.py; per defect type too."""
+    from sklearn.metrics import roc_auc_score
+
+    metrics, frame = assert_metrics_match_the_folder(written(labelled), tiny_dataset)
+    truth = (frame["truth"] == "defective").to_numpy()
     for defect in DEFECTS:
         sub = frame["defect_type"].isin(["good", defect]).to_numpy()
         expected = roc_auc_score(truth[sub], frame["score"][sub])
         assert metrics["per_defect_type"][defect]["image_auroc"] == pytest.approx(expected, abs=1e-9), defect
 
 
-def test_smooth_sets_the_sigma_of_anomaly_maps_not_the_verdicts_or_scores(run_dir, labelled, tmp_path, capsys):
+def test_labelled_result_is_one_folder_and_nothing_is_written_beside_it(labelled):
+    """Everything one test.py writes is inside its a<A>_t<T> folder (the fixture ran with
+    --save): verdicts, metrics, curves, anomaly maps, masks, overlays and the report; the
+    method folder holds that folder only. The page names the folder it was renamed to, not
+    the staging folder it was written in."""
+    _, _, out_dir, copy = labelled
+    assert [p.name for p in copy.iterdir()] == [out_dir.name]
+    folder = written(labelled)
+    assert {p.name for p in folder.iterdir()} == {
+        storage.MARKER,
+        "classification.csv",
+        "test_result.json",
+        "metrics.json",
+        "roc_curves.png",
+        "pro_curve.png",
+        "anomaly_maps",
+        "report.html",
+        "report_files",
+        "good",
+        *DEFECTS,
+    }
+    page = (folder / "report.html").read_text()
+    assert f"Result folder {out_dir}," in page and ".partial" not in page
+    assert "ROC curves (image and pixel)" in page and "PRO curve" in page  # the curves in the folder were found
+
+
+def test_smooth_sets_the_sigma_of_anomaly_maps_not_the_verdicts_or_scores(run_dir, labelled, tiny_dataset, capsys):
     """--smooth 0 writes the raw maps; --smooth 2 writes those maps smoothed by a Gaussian of
     sigma 2 (scipy, recomputed here); verdicts and scores are the same; a score is the highest
     threshold that still leaves a 3-px region of the raw map (scikit-image, recomputed here),
@@ -525,16 +568,17 @@ def test_smooth_sets_the_sigma_of_anomaly_maps_not_the_verdicts_or_scores(run_di
     from skimage.measure import label
 
     tiffs, frames = {}, {}
+    folder = run_dir / "test" / "ssim" / "a3_t0.500000"
     for sigma in (0, 2):
         code, out, err = cli(
             test_script.main, ["-p", str(run_dir), "-t", "0.5", "-a", "3", "--smooth", str(sigma)], capsys
         )
         assert code == 0, err
-        assert json.loads((run_dir / "test" / "ssim" / "metrics.json").read_text())["smooth_sigma"] == sigma
-        frames[sigma] = pd.read_csv(run_dir / "test" / "ssim" / "a3_t0.500000" / "classification.csv")
+        metrics, frames[sigma] = assert_metrics_match_the_folder(folder, tiny_dataset, au_pro=sigma > 0)
+        assert metrics["smooth_sigma"] == sigma
         tiffs[sigma] = {
-            p.relative_to(run_dir / "test" / "ssim" / "anomaly_maps").as_posix(): tifffile.imread(p)
-            for p in sorted((run_dir / "test" / "ssim" / "anomaly_maps").rglob("*.tiff"))
+            p.relative_to(folder / "anomaly_maps").as_posix(): tifffile.imread(p)
+            for p in sorted((folder / "anomaly_maps").rglob("*.tiff"))
         }
     assert (frames[0]["verdict"] == frames[2]["verdict"]).all()
     assert (frames[0]["largest_area"] == frames[2]["largest_area"]).all()
@@ -556,7 +600,7 @@ def test_smooth_sets_the_sigma_of_anomaly_maps_not_the_verdicts_or_scores(run_di
 
 def test_labelled_stdout_table(run_dir, labelled):
     out, _, out_dir, _ = labelled
-    metrics = json.loads((labelled[3] / "metrics.json").read_text())
+    metrics = json.loads((written(labelled) / "metrics.json").read_text())
     frame = pd.read_csv(written(labelled) / "classification.csv")
     lines = out.splitlines()
     for defect in ("good", *DEFECTS):
@@ -705,7 +749,7 @@ def test_labelled_test_in_small_chunks_gives_the_same_results(run_dir, labelled,
     On a copy of the run (time stamps kept, so its calibration cache still fits): writing
     the same result again into the shared run would replace the fixture's --save masks,
     which other tests read."""
-    _, _, out_dir, copy = labelled
+    _, _, out_dir, _ = labelled
     before = pd.read_csv(written(labelled) / "classification.csv")
     assert len(before) > 4 * 3  # several chunks
     run = tmp_path / "run"
@@ -718,8 +762,8 @@ def test_labelled_test_in_small_chunks_gives_the_same_results(run_dir, labelled,
     assert list(after["path"]) == list(before["path"])
     assert (after["verdict"] == before["verdict"]).all()
     np.testing.assert_allclose(after["score"], before["score"], rtol=1e-5, atol=1e-6)
-    old = json.loads((copy / "metrics.json").read_text())
-    new = json.loads((run / "test" / "ssim" / "metrics.json").read_text())
+    old = json.loads((written(labelled) / "metrics.json").read_text())
+    new = json.loads((Path(out.strip().splitlines()[-1]) / "metrics.json").read_text())
     for key in ("image_auroc", "pixel_auroc", "au_pro"):
         assert new[key] == pytest.approx(old[key], abs=1e-6), key
 
@@ -807,14 +851,15 @@ def test_dataset_without_ground_truth(tiny_run, tiny_dataset, tmp_path, capsys):
     run = copy_run(tiny_run, tmp_path / "run", dataset)
     code, out, err = cli(test_script.main, ["-p", str(run), "-t", "0.5", "-a", "3"], capsys)
     assert code == 0, err
-    metrics = json.loads((run / "test" / "ssim" / "metrics.json").read_text())
+    folder = run / "test" / "ssim" / "a3_t0.500000"
+    metrics = json.loads((folder / "metrics.json").read_text())
     assert 0.0 <= metrics["image_auroc"] <= 1.0
     assert metrics["pixel_auroc"] is None and metrics["au_pro"] is None
     assert any("mask" in note for note in metrics["notes"])
     assert all(entry["pixel_auroc"] is None for entry in metrics["per_defect_type"].values())
-    assert not (run / "test" / "ssim" / "pro_curve.png").exists()
+    assert (folder / "roc_curves.png").is_file() and not (folder / "pro_curve.png").exists()
     assert "pixel AUROC n/a" in out
-    assert len(pd.read_csv(run / "test" / "ssim" / "a3_t0.500000" / "classification.csv")) == 13
+    assert len(pd.read_csv(folder / "classification.csv")) == 13
 
 
 def test_mask_size_differs_from_image(tiny_run, tiny_dataset, run_dir, labelled, tmp_path, capsys):
@@ -829,8 +874,8 @@ def test_mask_size_differs_from_image(tiny_run, tiny_dataset, run_dir, labelled,
     assert code == 0, err
     warning = [line for line in error_lines(err) if line.startswith("warning:")]
     assert len(warning) == 1 and "000_mask.png" in warning[0] and "96x96" in warning[0], warning
-    before = json.loads((labelled[3] / "metrics.json").read_text())
-    after = json.loads((run / "test" / "ssim" / "metrics.json").read_text())
+    before = json.loads((written(labelled) / "metrics.json").read_text())
+    after = json.loads((run / "test" / "ssim" / f"a{AREA}_t0.500000" / "metrics.json").read_text())
     # Two separate runs of TensorFlow: maps differ by ~1e-7, which may swap a few near-tied pixels.
     for key in ("image_auroc", "pixel_auroc", "au_pro"):
         assert after[key] == pytest.approx(before[key], abs=2e-3), key
@@ -856,7 +901,7 @@ def test_test_folder_without_good(tiny_run, tiny_dataset, tmp_path, capsys):
     assert result["tpr"] is not None and result["n_good"] == 0 and result["n_defective"] == 10
     assert any("TNR" in note for note in result["notes"])
     assert len(pd.read_csv(folder / "classification.csv")) == 10
-    metrics = json.loads((run / "test" / "ssim" / "metrics.json").read_text())
+    metrics = json.loads((folder / "metrics.json").read_text())
     assert metrics["image_auroc"] is None
 
 
@@ -1019,8 +1064,7 @@ def test_failed_test_keeps_previous_result(tiny_run, tmp_path, capsys, monkeypat
     assert code == 0, err
     folder = run / "test" / "ssim" / "a3_t0.500000"
     before = tree_snapshot(folder)
-    maps_before = tree_snapshot(run / "test" / "ssim" / "anomaly_maps")
-    assert "classification.csv" in before and "hole/000_mask.png" in before
+    assert {"classification.csv", "metrics.json", "anomaly_maps/hole/000.tiff", "hole/000_mask.png"} <= set(before)
 
     # A failure half-way through writing the same output folder ...
     calls, original = [], figures.plot_overlay
@@ -1035,10 +1079,9 @@ def test_failed_test_keeps_previous_result(tiny_run, tmp_path, capsys, monkeypat
     code, _, err = cli(test_script.main, argv, capsys)
     assert_user_error(code, err, "disk full")
     assert len(calls) == 4
-    # ... leaves the earlier result (and the anomaly maps) as they were, and no staging folder.
+    # ... leaves the earlier result (its anomaly maps and metrics too) as it was, and no staging folder.
     assert tree_snapshot(folder) == before
-    assert tree_snapshot(run / "test" / "ssim" / "anomaly_maps") == maps_before
-    assert sorted(p.name for p in (run / "test" / "ssim").iterdir() if p.name.startswith(".")) == []
+    assert [p.name for p in (run / "test" / "ssim").iterdir()] == [folder.name]
 
     # A failure before any writing (the dataset's test folder went missing) does not touch it either.
     monkeypatch.undo()
@@ -1090,7 +1133,8 @@ def test_scales_are_recorded_followed_and_checked(tiny_run, tmp_path, capsys):
     code, out, err = cli(test_script.main, ["-p", str(run)], capsys)
     assert code == 0, err
     assert out.startswith("ssim at 1 scale, 4 passes, minus baseline, threshold")
-    tested = json.loads((run / "test" / "ssim" / "metrics.json").read_text())
+    (tested_file,) = run.glob("test/ssim/a*_t*/metrics.json")
+    tested = json.loads(tested_file.read_text())
     assert (
         tested["scales"] == 1
         and tested["baseline_quantile"] == result["baseline_quantile"] == inference.BASELINE_QUANTILE
@@ -1140,7 +1184,8 @@ def test_passes_are_recorded_followed_and_checked(tiny_run, tmp_path, capsys):
     code, out, err = cli(test_script.main, ["-p", str(run)], capsys)
     assert code == 0, err
     assert out.startswith("ssim at 2 scales, 2 passes, minus baseline, threshold")
-    assert json.loads((run / "test" / "ssim" / "metrics.json").read_text())["passes"] == 2
+    (tested_file,) = run.glob("test/ssim/a*_t*/metrics.json")
+    assert json.loads(tested_file.read_text())["passes"] == 2
     # A result from before --passes existed was made with one reconstruction.
     storage.write_json(folder / "validation_result.json", {k: v for k, v in result.items() if k != "passes"})
     assert inference.resolve_threshold(runs.find_run(run), "ssim")[2] == inference.MapOptions(True, 2, 1)

@@ -250,10 +250,10 @@ def test_surface_run_validates_and_tests_with_the_fused_map_by_default(surface_r
     t = _cli("test.py", "-p", run)
     out = Path(t.stdout.strip().splitlines()[-1])
     assert out.parent.name == "fused"
-    tiff = tifffile.imread(out.parent / "anomaly_maps" / "stain" / "000.tiff")
+    tiff = tifffile.imread(out / "anomaly_maps" / "stain" / "000.tiff")
     assert tiff.shape == (48, 80)  # the ground truth's own (non-square) resolution
     # The image score is in the threshold's units: above 1 exactly for the images judged defective.
-    scored = json.loads((out.parent / "metrics.json").read_text())
+    scored = json.loads((out / "metrics.json").read_text())
     assert scored["smooth_sigma"] == 4.0 and scored["image_score"] == proxy["image_score"]
     frame = pd.read_csv(out / "classification.csv")
     assert ((frame["score"] > 1) == (frame["verdict"] == "defective")).all()

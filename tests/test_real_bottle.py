@@ -83,13 +83,14 @@ def test_train_validate_test_on_real_bottle(tmp_path, capsys):
     code, out, err = cli(test_script.main, ["-p", str(run_dir)], capsys)
     assert code == 0, err
 
-    metrics = json.loads((run_dir / "test" / "ssim" / "metrics.json").read_text())
+    (folder,) = (run_dir / "test" / "ssim").glob("a*_t*")
+    metrics = json.loads((folder / "metrics.json").read_text())
     assert metrics["n_images"] == 83 and metrics["n_defective"] == 63
     assert set(metrics["per_defect_type"]) == set(DEFECTS) - {"good"}
     assert "256x256" in metrics["pixel_resolution"]
     for key in ("image_auroc", "pixel_auroc", "au_pro"):
         assert 0.0 <= metrics[key] <= 1.0
-    maps = sorted((run_dir / "test" / "ssim" / "anomaly_maps").rglob("*.tiff"))
+    maps = sorted((folder / "anomaly_maps").rglob("*.tiff"))
     assert len(maps) == 83
     array = tifffile.imread(maps[0])
     assert array.shape == (256, 256) and array.dtype == np.float32

@@ -148,8 +148,59 @@ def test_stale_threshold_is_refused_and_old_results_are_kept(template, tmp_path,
     assert code == 0, err
     moved = run / "test" / "ssim" / storage.OTHER_WEIGHTS / old_id[:12]
     assert sweep.file_hashes(moved / "a5_t0.500000") == old_result
-    assert (moved / "metrics.json").is_file() and (moved / "anomaly_maps").is_dir()
+    assert (moved / "a5_t0.500000" / "metrics.json").is_file() and (moved / "a5_t0.500000" / "anomaly_maps").is_dir()
     assert json.loads((run / "test/ssim/a5_t0.500000/test_result.json").read_text())["threshold"] == 0.5
+
+
+RESULT_FILES = ["classification.csv", "test_result.json", "metrics.json", "roc_curves.png", "pro_curve.png"]
+
+
+def _checksums(folder):
+    """{relative path: SHA-256} of every file under ``folder``, hidden ones included."""
+    import hashlib
+
+    folder = Path(folder)
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.mark.parametrize("late", ["plot_test_curves", "write_report"])
+def test_interrupted_test_leaves_the_earlier_whole_result(late, template, tmp_path, capsys, monkeypatch):
+    """Ctrl-C after every image is scored and most files are staged (while drawing the curves,
+    or while writing the report, the last step before the commit): every file under
+    RUN/test/ is byte-identical to the earlier complete result (another --smooth, with --save),
+    no staging folder is visible, and nothing was written beside the result folder."""
+    import evaluation
+    import report
+
+    world = sweep.prepare_case(sweep.Case("x", "test", []), template, tmp_path / "world")
+    argv = ["-p", str(world.run), "-t", "0.5", "-a", "5", "--passes", "1", "--scales", "1", "--save"]
+    code, out, err = cli(MAINS["test"], [*argv, "--smooth", "4"], capsys)
+    assert code == 0, err
+    folder = world.run / "test" / "ssim" / "a5_t0.500000"
+    before = _checksums(world.run / "test")
+    assert {f"ssim/a5_t0.500000/{name}" for name in [*RESULT_FILES, "report.html"]} <= set(before)
+    assert any(k.startswith("ssim/a5_t0.500000/anomaly_maps/") for k in before)
+    assert any(k.startswith("ssim/a5_t0.500000/") and k.endswith("_overlay.png") for k in before)
+    reached = []
+
+    def interrupted(*args, **kwargs):
+        staged = Path(args[0])
+        reached.append(sorted(p.relative_to(staged).as_posix() for p in staged.rglob("*") if p.is_file()))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(evaluation if late == "plot_test_curves" else report, late, interrupted)
+    code, _, err = cli(MAINS["test"], [*argv, "--smooth", "1"], capsys)
+    assert code == 130 and "interrupted" in err and "Traceback" not in err
+    # The interruption came late: the verdicts, the maps (and the curves, before the report) were staged.
+    assert reached and {"classification.csv", "test_result.json"} <= set(reached[0])
+    assert any(name.startswith("anomaly_maps/") for name in reached[0])
+    assert _checksums(world.run / "test") == before
+    assert [p.name for p in folder.parent.iterdir()] == [folder.name]
+    assert json.loads((folder / "metrics.json").read_text())["smooth_sigma"] == 4
 
 
 def test_staged_output_failure_leaves_nothing_and_stale_partials_of_dead_processes_go(tmp_path):
@@ -247,18 +298,18 @@ def test_two_concurrent_tests_of_one_run_write_one_consistent_result(template, t
     method_dir = world.run / "test" / "ssim"
     folder = method_dir / "a5_t0.500000"
     assert sorted(p.name for p in folder.iterdir()) == sorted(
-        [storage.MARKER, "classification.csv", "test_result.json", "report.html", "report_files"]
+        [storage.MARKER, *RESULT_FILES, "anomaly_maps", "report.html", "report_files"]
     )
-    assert not [p for p in method_dir.iterdir() if ".partial" in p.name or ".old" in p.name]
+    assert [p.name for p in method_dir.iterdir()] == [folder.name]  # no staging folder, nothing beside
     frame = pd.read_csv(folder / "classification.csv")
-    metrics = json.loads((method_dir / "metrics.json").read_text())
-    assert len(frame) == 13
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert len(frame) == 13 and metrics["smooth_sigma"] in (1, 6)
     # Anomaly maps and metrics.json come from the same process (the same --smooth): the pixel AUROC
     # recomputed from the TIFFs and the ground truth (scikit-learn) is the one metrics.json holds.
     values, truth = [], []
     for _, row in frame.iterrows():
         path = Path(row["path"])
-        values.append(tifffile.imread(method_dir / "anomaly_maps" / row["defect_type"] / f"{path.stem}.tiff").ravel())
+        values.append(tifffile.imread(folder / "anomaly_maps" / row["defect_type"] / f"{path.stem}.tiff").ravel())
         mask = data.ground_truth_path(Path(path).parents[2], row["defect_type"], path)
         truth.append(data.load_mask(mask, data.image_size(path)).ravel() if mask else np.zeros(values[-1].size, bool))
     assert metrics["pixel_auroc"] == pytest.approx(

@@ -117,7 +117,7 @@ def save_png(path, size=(20, 12), seed=0, value=None):
 
 def make_labelled(tmp_path, optional=True):
     """A run folder with a finished labelled test of LABELLED (and, with ``optional``, every
-    optional file: metrics.json, curves, anomaly maps, setup.json, loss curve)."""
+    optional file: metrics.json, curves, anomaly maps in the result folder, setup.json, loss curve)."""
     import tifffile
 
     data_dir, run = tmp_path / "data" / "brick", tmp_path / "run"
@@ -143,7 +143,7 @@ def make_labelled(tmp_path, optional=True):
     storage.write_json(out / "test_result.json", result)
     if optional:
         storage.write_json(
-            method_dir / "metrics.json",
+            out / "metrics.json",
             {
                 "image_auroc": 0.75,
                 "pixel_auroc": 0.9,
@@ -153,13 +153,11 @@ def make_labelled(tmp_path, optional=True):
                 "notes": [],
             },
         )
-        save_png(method_dir / "roc_curves.png", value=200)
+        save_png(out / "roc_curves.png", value=200)
         for i, (defect, name, *_) in enumerate(LABELLED):
             stem = name.replace(".", "_") if defect == "hole" else Path(name).stem  # hole/000.png and 000.bmp
-            (method_dir / "anomaly_maps" / defect).mkdir(parents=True, exist_ok=True)
-            tifffile.imwrite(
-                method_dir / "anomaly_maps" / defect / f"{stem}.tiff", np.full((12, 20 + i), 0.1 * i, np.float32)
-            )
+            (out / "anomaly_maps" / defect).mkdir(parents=True, exist_ok=True)
+            tifffile.imwrite(out / "anomaly_maps" / defect / f"{stem}.tiff", np.full((12, 20 + i), 0.1 * i, np.float32))
         setup = {"directory": str(data_dir), "architecture": "mvtec2", "loss": "ssim", "color": "grayscale", "size": 48}
         storage.write_json(run / runs.SETUP, {**setup, "batch": 4, "tag": "unit", "epochs_run": 2, "n_train": 11})
         save_png(run / runs.LOSS_PLOT, value=100)
