@@ -21,7 +21,7 @@ import runs
 import settings
 import storage
 from settings import TrainConfig
-from utils import UserError, package_versions, set_seed, warn
+from utils import UserError, package_versions, set_seed, stop_point, warn
 
 FREEZE_SHARE = 0.7  # resnet: encoder frozen for the first 70% of epochs
 DEFAULT_OBJECT_SIZE = 128  # px: objects train at this square side unless --size says otherwise
@@ -123,6 +123,7 @@ def _callbacks(run_dir, model_path, patience, state, clock):
             for old in backup.glob("last*.keras"):  # earlier epochs, now that the state names this one
                 if old.name != name:
                     old.unlink(missing_ok=True)
+            stop_point(f"epoch {epoch + 1} saved")
 
     stopper = (
         ResumableEarlyStopping(monitor="val_loss", patience=patience, restore_best_weights=False) if patience else None
@@ -620,6 +621,7 @@ def _resume_locked(run_dir, more_epochs, strategy=None):
             shutil.copy2(model_file, tmp)
         state.update(model=name, epochs=setup["epochs"])
         storage.write_json(backup / "state.json", state)
+        stop_point("extension backed up")
     state["epochs"] = setup["epochs"]
     setup["status"] = "training"
     storage.write_json(run_dir / runs.SETUP, setup)

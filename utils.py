@@ -201,6 +201,20 @@ def run_cli(main: Callable[[list[str] | None], object], argv: list[str] | None =
     return 0
 
 
+STOP_AT = "CAE_STOP_AT"  # environment variable: a named point where the process stops itself (tests)
+
+
+def stop_point(name: str) -> None:
+    """A barrier for fault-injection tests: when ``$CAE_STOP_AT`` is ``name``, the process stops
+    itself (SIGSTOP) right here, so a test can kill it at exactly this point instead of racing
+    a polling loop against it. Does nothing otherwise."""
+    if os.environ.get(STOP_AT) == name:
+        import signal
+
+        sys.stdout.flush()
+        os.kill(os.getpid(), signal.SIGSTOP)
+
+
 def set_seed(seed: int) -> None:
     """Seed Python, NumPy and TensorFlow (through Keras) for reproducible runs."""
     import keras

@@ -13,7 +13,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -275,15 +274,28 @@ def _tiny_run(tiny_dataset, out):
     return run_dir
 
 
-def _script(name, *argv):
+def _script(name, *argv, stop_at=None):
+    """The script as a child process; with ``stop_at`` it stops itself at that point
+    (utils.stop_point), where :func:`_kill_when_stopped` kills it: a barrier, not a race."""
     return subprocess.Popen(
         [sys.executable, str(ROOT / name), *map(str, argv)],
         cwd=ROOT,
-        env=ENV,
+        env={**ENV, "CAE_STOP_AT": stop_at} if stop_at else ENV,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+def _kill_when_stopped(proc):
+    """Wait until ``proc`` has stopped itself at its stop point, then kill -9 it."""
+    import os
+
+    _, status = os.waitpid(proc.pid, os.WUNTRACED)
+    assert os.WIFSTOPPED(status), f"the process ended before its stop point: {proc.stderr.read()[-800:]}"
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    assert proc.returncode == -signal.SIGKILL
 
 
 def test_two_concurrent_tests_of_one_run_write_one_consistent_result(template, tmp_path):
@@ -322,7 +334,7 @@ def test_two_concurrent_tests_of_one_run_write_one_consistent_result(template, t
 
 def test_two_resumes_one_refuses_then_kill_9_mid_training_stays_resumable(tiny_dataset, tmp_path):
     run_dir = _tiny_run(tiny_dataset, tmp_path)
-    first = _script("train.py", "resume", "-p", run_dir, "-e", "8")
+    first = _script("train.py", "resume", "-p", run_dir, "-e", "8", stop_at="epoch 3 saved")
     line = first.stdout.readline()
     assert "extending finished run by 8 epochs" in line, (
         first.stderr.read()[-800:] if first.poll() is not None else line
@@ -340,19 +352,11 @@ def test_two_resumes_one_refuses_then_kill_9_mid_training_stays_resumable(tiny_d
         f"train.py: error: run {run_dir} is in use by another process "
         "(being trained, or read by validate/test); try again when it has finished"
     ]
-    deadline = time.time() + 300
-    while time.time() < deadline and first.poll() is None:
-        state_path = run_dir / "backup" / "state.json"
-        if state_path.is_file() and json.loads(state_path.read_text())["epoch"] >= 2:
-            break
-        time.sleep(0.05)
-    first.send_signal(signal.SIGKILL)
-    first.communicate()
-    assert first.returncode == -signal.SIGKILL
+    _kill_when_stopped(first)  # mid-training: right after epoch 3's backup
     setup = json.loads((run_dir / "setup.json").read_text())
     assert setup["status"] == "training" and setup["epochs"] == 9
     state = json.loads((run_dir / "backup" / "state.json").read_text())
-    assert (run_dir / "backup" / state["model"]).is_file() and state["epoch"] >= 2
+    assert (run_dir / "backup" / state["model"]).is_file() and state["epoch"] == 3
     done = subprocess.run(
         [sys.executable, str(ROOT / "train.py"), "resume", "-p", str(run_dir), "-e", "1"],
         cwd=ROOT,
@@ -371,13 +375,8 @@ def test_kill_9_at_the_start_of_resume_leaves_the_run_resumable(tiny_dataset, tm
     ``resume`` and ``resume -e`` continue; test.py sees a usable model meanwhile."""
     run_dir = _tiny_run(tiny_dataset, tmp_path)
     history = pd.read_csv(run_dir / "history.csv")
-    proc = _script("train.py", "resume", "-p", run_dir, "-e", "2")
-    deadline = time.time() + 300
-    while time.time() < deadline and not (run_dir / "backup" / "state.json").is_file() and proc.poll() is None:
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
-    proc.communicate()
-    assert proc.returncode == -signal.SIGKILL
+    proc = _script("train.py", "resume", "-p", run_dir, "-e", "2", stop_at="extension backed up")
+    _kill_when_stopped(proc)
     state = json.loads((run_dir / "backup" / "state.json").read_text())
     assert state["epoch"] == 1 and state["epochs"] == 3 and (run_dir / "backup" / state["model"]).is_file()
     pd.testing.assert_frame_equal(pd.read_csv(run_dir / "history.csv"), history)
