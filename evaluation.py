@@ -296,7 +296,10 @@ def test_run(
     model_record = run.model_record()
     method_dir = run.dir / "test" / method
     out_dir = method_dir / f"a{mapper.min_area}_t{runs.format_threshold(mapper.threshold)}"
-    identity = {"kind": "test", **run.identity(method)}
+    # The settings are part of the result's identity: a rerun with others (e.g. --smooth, --save)
+    # moves the earlier result into RUN/test/<method>/earlier/ instead of replacing it.
+    settings = {"smooth": float(smooth), "save": bool(save), "fpr_limit": float(fpr_limit), **mapper.options.record()}
+    identity = {"kind": "test", **run.identity(method), "settings": settings}
     # One writer at a time per method folder, from scoring to the commit: two runs never
     # interleave, and the one committed last is the result, whole.
     with storage.writing(method_dir), storage.StagedOutput(out_dir, identity, archive=True) as out:

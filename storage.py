@@ -18,6 +18,7 @@ import json
 import os
 import secrets
 import shutil
+import time
 import zipfile
 import zlib
 from collections.abc import Iterable, Iterator
@@ -30,6 +31,7 @@ from utils import UserError, warn
 MARKER = ".cae-result.json"  # marks a folder this tool wrote as one result (may be replaced by the same result)
 LOCK = ".lock"  # per run: training holds it exclusively, validate/test/finetune shared
 OTHER_WEIGHTS = "other_weights"  # results of earlier weights are moved here, never overwritten
+EARLIER = "earlier"  # results of the same weights made with other settings (e.g. --smooth, --save) go here
 
 PathLike = str | os.PathLike
 
@@ -332,14 +334,16 @@ def _pid_alive(pid):
     return True
 
 
-def set_aside(parent: PathLike, names: Iterable[str], old_model: str | None, reason: str) -> Path | None:
+def set_aside(
+    parent: PathLike, names: Iterable[str], old_model: str | None, reason: str, into: str = OTHER_WEIGHTS
+) -> Path | None:
     """Move ``parent/<name>`` for each of ``names`` that exists into
-    ``parent/other_weights/<model id>/`` (a fresh folder), with a warning; never deletes."""
+    ``parent/<into>/<model id or label>/`` (a fresh folder), with a warning; never deletes."""
     parent = Path(parent)
     present = [n for n in names if (parent / n).exists()]
     if not present:
         return None
-    base = parent / OTHER_WEIGHTS / (str(old_model or "unknown")[:12])
+    base = parent / into / (str(old_model or "unknown")[:12] if into == OTHER_WEIGHTS else str(old_model))
     dest, i = base, 1
     while dest.exists() and any((dest / n).exists() for n in present):
         dest, i = Path(f"{base}_{i}"), i + 1
@@ -485,4 +489,9 @@ class StagedOutput(StagedFolder):
                             f"output {final} holds {what}: choose another --out (nothing was written or deleted)"
                         )
                     set_aside(final.parent, [final.name], old_model, what)
+                elif self.archive and existing.get("settings") != self.identity.get("settings"):
+                    # The same weights with other settings (e.g. --smooth, --save): the earlier
+                    # result is the user's, kept beside, never replaced without a word.
+                    made = time.strftime("%Y-%m-%d_%H-%M-%S", time.localtime(final.stat().st_mtime))
+                    set_aside(final.parent, [final.name], made, "a run with other settings", into=EARLIER)
             self._install()

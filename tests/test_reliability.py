@@ -202,6 +202,32 @@ def test_interrupted_test_leaves_the_earlier_whole_result(late, template, tmp_pa
     assert json.loads((folder / "metrics.json").read_text())["smooth_sigma"] == 4
 
 
+def test_a_rerun_with_other_settings_keeps_the_earlier_result_and_the_same_settings_replace_it(
+    template, tmp_path, capsys
+):
+    """A plain rerun after `--save --smooth 4` would drop the masks and overlays: the earlier
+    result moves, byte-identical, to RUN/test/<method>/earlier/<its time>/ with a warning. A
+    rerun with the very same settings replaces the result (nothing of the user's is lost)."""
+    world = sweep.prepare_case(sweep.Case("x", "test", []), template, tmp_path / "world")
+    argv = ["-p", str(world.run), "-t", "0.5", "-a", "5", "--passes", "1", "--scales", "1"]
+    code, _, err = cli(MAINS["test"], [*argv, "--save"], capsys)
+    assert code == 0, err
+    method_dir = world.run / "test" / "ssim"
+    first = _checksums(method_dir / "a5_t0.500000")
+    assert any(k.endswith("_mask.png") for k in first)
+    code, _, err = cli(MAINS["test"], argv, capsys)
+    assert code == 0, err
+    (kept,) = (method_dir / storage.EARLIER).iterdir()
+    assert _checksums(kept / "a5_t0.500000") == first
+    assert f"moved to {kept}" in err and "other settings" in err
+    assert not any(k.endswith("_mask.png") for k in _checksums(method_dir / "a5_t0.500000"))
+    second = _checksums(method_dir / "a5_t0.500000")
+    code, _, err = cli(MAINS["test"], argv, capsys)  # the same settings: replaced, nothing set aside
+    assert code == 0, err
+    assert "moved to" not in err and [p.name for p in (method_dir / storage.EARLIER).iterdir()] == [kept.name]
+    assert set(_checksums(method_dir / "a5_t0.500000")) == set(second)
+
+
 def test_staged_output_failure_leaves_nothing_and_stale_partials_of_dead_processes_go(tmp_path):
     final = tmp_path / "res"
     with pytest.raises(RuntimeError):
@@ -312,10 +338,13 @@ def test_two_concurrent_tests_of_one_run_write_one_consistent_result(template, t
     assert sorted(p.name for p in folder.iterdir()) == sorted(
         [storage.MARKER, *RESULT_FILES, "anomaly_maps", "report.html", "report_files"]
     )
-    assert [p.name for p in method_dir.iterdir()] == [folder.name]  # no staging folder, nothing beside
+    # No staging folder; the result committed first (the other --smooth) kept whole in earlier/.
+    assert sorted(p.name for p in method_dir.iterdir()) == sorted([folder.name, storage.EARLIER])
+    (kept,) = (method_dir / storage.EARLIER).glob("*/a5_t0.500000")
     frame = pd.read_csv(folder / "classification.csv")
     metrics = json.loads((folder / "metrics.json").read_text())
     assert len(frame) == 13 and metrics["smooth_sigma"] in (1, 6)
+    assert json.loads((kept / "metrics.json").read_text())["smooth_sigma"] == 7 - metrics["smooth_sigma"]
     # Anomaly maps and metrics.json come from the same process (the same --smooth): the pixel AUROC
     # recomputed from the TIFFs and the ground truth (scikit-learn) is the one metrics.json holds.
     values, truth = [], []
