@@ -485,6 +485,8 @@ def export_run(
     }
     with staging as staged:
         metadata["artefact"] = FORMATS[fmt](model, spec, staged)
+        if (staged / metadata["artefact"]).is_file():  # predict_exported.py refuses another export's artefact
+            metadata["artefact_sha256"] = _sha256(staged / metadata["artefact"])
         shutil.copy2(PREDICTOR, staged / PREDICTOR.name)
         metadata["check"] = _check_artefact(staged, fmt, metadata, serve, run, check_images)
         storage.write_json(staged / METADATA, metadata)
