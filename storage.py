@@ -503,4 +503,20 @@ class StagedOutput(StagedFolder):
                             f"output {final} holds {what}: choose another --out (nothing was written or deleted)"
                         )
                     set_aside(final.parent, [final.name], old_model, what)
+                elif self.archive and final.is_dir() and not final.is_symlink():
+                    # The same result again, but without files the earlier one holds (--save masks and
+                    # overlays): the earlier folder is kept aside, never deleted without a word.
+                    lacking = _relative_files(final) - _relative_files(self.partial)
+                    if lacking:
+                        set_aside(
+                            final.parent,
+                            [final.name],
+                            existing.get("model_sha256"),
+                            f"an earlier run holding {len(lacking)} file(s) this one does not write "
+                            f"(e.g. {sorted(lacking)[0]}: --save masks and overlays)",
+                        )
             self._install()
+
+
+def _relative_files(folder: Path) -> set[str]:
+    return {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
