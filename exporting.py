@@ -614,6 +614,8 @@ def export_run(
     }
     with staging as staged:
         metadata["artefact"] = FORMATS[fmt]((model, head), spec, staged)
+        if (staged / metadata["artefact"]).is_file():  # predict_exported.py refuses another export's artefact
+            metadata["artefact_sha256"] = _sha256(staged / metadata["artefact"])
         shutil.copy2(PREDICTOR, staged / PREDICTOR.name)
         tolerance = map_tolerance(method, options)
         metadata["check"] = _check_artefact(staged, fmt, metadata, serve, run, check_images, tolerance)

@@ -344,6 +344,17 @@ def cached_calibration(run: runs.Run, method: str, options: MapOptions) -> Calib
     return None
 
 
+def _check_dataset_for_calibration(run: runs.Run, method: str, options: MapOptions) -> None:
+    """Refuse (one line) a calibration to learn when the run's dataset is gone (a run moved
+    without it): only the cache in the run folder could stand in for its training images."""
+    if not run.class_dir.is_dir():
+        raise UserError(
+            f"the residual baseline needs the run's training images, but its dataset {run.class_dir} is not found "
+            f"and {options.cache_name('calibration', method)} is not in the run: give the dataset back "
+            "(setup.json 'directory'), validate with these settings where it is, or use --no-baseline --passes 1"
+        )
+
+
 def calibrate(run: runs.Run, method: str, options: MapOptions, model=None, batch: int = 16) -> Calibration:
     """The run's :class:`Calibration` for ``options``, learnt from its *training* images.
 
@@ -355,6 +366,7 @@ def calibrate(run: runs.Run, method: str, options: MapOptions, model=None, batch
     cached = cached_calibration(run, method, options)
     if cached is not None:
         return cached
+    _check_dataset_for_calibration(run, method, options)
     train_paths = run.training_paths()
     if not train_paths:
         raise UserError(
@@ -422,6 +434,7 @@ def expected_reconstructions(run: runs.Run, method: str, options: MapOptions, im
     if method in ("learned", "fused"):
         return images
     if cached_calibration(run, method, options) is None:
+        _check_dataset_for_calibration(run, method, options)
         images += len(run.training_paths())
     return images * options.passes
 

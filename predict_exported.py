@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 import math
 import os
@@ -258,6 +259,24 @@ def area_peak(residual_map: np.ndarray, min_area: int) -> float:
     return float(values[lo])
 
 
+_REQUIRED = ("format", "artefact", "input", "threshold", "min_area")
+
+
+def _read_metadata(path: Path) -> dict:
+    """detector.json as a dict, with a one-line ValueError naming the file when it is not
+    valid JSON, not an object, or lacks a key this script needs (edited by hand?)."""
+    try:
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path} is not valid JSON ({exc}): export the run again") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path} holds {type(meta).__name__} instead of a JSON object: export the run again")
+    missing = [key for key in _REQUIRED if key not in meta]
+    if missing:
+        raise ValueError(f"{path} lacks {missing[0]!r}: not a detector.json written by export.py")
+    return meta
+
+
 def _checked_numbers(meta: dict, where: Path) -> tuple[float, int]:
     """detector.json's threshold (a finite number >= 0) and minimum area (a whole number >= 1),
     or a one-line ValueError (e.g. after a hand edit to null, text or NaN)."""
@@ -286,8 +305,8 @@ class Detector:
 
     def __init__(self, folder: str | Path, metadata: dict | None = None) -> None:
         self.folder = Path(folder)
-        self.meta = metadata or json.loads((self.folder / "detector.json").read_text())
-        self.color = self.meta["input"]["color"]
+        self.meta = metadata or _read_metadata(self.folder / "detector.json")
+        self.color = self.meta["input"]["color"] if isinstance(self.meta.get("input"), dict) else None
         self.threshold, self.min_area = _checked_numbers(self.meta, self.folder / "detector.json")
         if self.color not in ("grayscale", "rgb"):
             raise ValueError(
@@ -297,6 +316,12 @@ class Detector:
         fmt = self.meta["format"]
         if not artefact.exists():
             raise ValueError(f"{artefact} is missing: export the run again")
+        recorded = self.meta.get("artefact_sha256")  # export.py records it; older exports do not
+        if recorded and artefact.is_file() and hashlib.sha256(artefact.read_bytes()).hexdigest() != recorded:
+            raise ValueError(
+                f"{artefact} is not the artefact {self.folder / 'detector.json'} was exported with (its SHA-256 "
+                "differs: another export's, or changed since): export the run again"
+            )
         if fmt == "saved_model":
             import tensorflow as tf
 
@@ -307,6 +332,12 @@ class Detector:
             import onnxruntime as ort
 
             session = _load_artefact(lambda p: ort.InferenceSession(p, providers=["CPUExecutionProvider"]), artefact)
+            channels = session.get_inputs()[0].shape[-1]
+            if isinstance(channels, int) and channels != (3 if self.color == "rgb" else 1):
+                raise ValueError(
+                    f"{self.folder / 'detector.json'} says input color {self.color!r}, but {artefact.name} takes "
+                    f"{channels} channel(s): detector.json edited, or the artefact of another export"
+                )
             names = [o.name for o in session.get_outputs()]
             self._run = lambda batch: dict(zip(names, session.run(names, {session.get_inputs()[0].name: batch})))
             self.runtime = f"onnxruntime {ort.__version__}"

@@ -122,6 +122,17 @@ def check_setup(setup: dict, setup_path: storage.PathLike, training: bool = Fals
         value = setup.get(key)
         if value is not None and not (storage.is_number(value) and value == int(value) and value >= 0):
             raise UserError(f"{setup_path}: '{key}' must be a whole number >= 0, got {value!r} (edited by hand?)")
+    shape = setup.get("shape")
+    if shape is not None:
+        whole = isinstance(shape, list) and len(shape) == 2 and all(storage.is_number(v) and v == int(v) for v in shape)
+        if setup.get("mode") == "surface":  # fully convolutional: any multiple of the total stride
+            ok = whole and all(16 <= v <= 8192 and v % 16 == 0 for v in shape)
+            expected = "[height, width], multiples of 16"
+        else:  # object runs squeeze whole images to the model's square
+            ok = whole and list(shape) == [setup["size"], setup["size"]]
+            expected = f"[size, size] = [{setup['size']}, {setup['size']}] for an object run"
+        if not ok:
+            raise UserError(f"{setup_path}: 'shape' must be {expected}, got {shape!r} (edited by hand?)")
     best = setup.get("best_val_loss")
     if best is not None and not storage.is_number(best):
         raise UserError(f"{setup_path}: 'best_val_loss' must be a number, got {best!r} (edited by hand?)")
@@ -196,6 +207,15 @@ class Run:
             raise UserError(
                 f"run {self.dir} has no learned residual head ({self.head_path.name}); train a new run "
                 "with --head-steps > 0, or use --method ssim or l2"
+            )
+        trained_on = (
+            self.setup.get("head", {}).get("model_sha256") if isinstance(self.setup.get("head"), dict) else None
+        )
+        if trained_on and trained_on != storage.model_id(self.model_path):
+            raise UserError(
+                f"the learned head {self.head_path} was trained on another autoencoder than {self.model_path.name} "
+                f"(a resume stopped before the head was trained again?): run train.py resume -p {self.dir} "
+                "-e 1 to train both again, or use --method ssim or l2"
             )
         if keras:
             return load_keras(self.head_path, compile=False)  # fresh: callers may change its statistics
@@ -378,6 +398,11 @@ def find_run(path: storage.PathLike) -> Run:
     )
     if path.is_file() and path.suffix != ".keras":
         raise UserError(f"{path} is not a model file ({expected.name}): give the run folder or the .keras file in it")
+    if path.is_file() and path.resolve() == run_head_path(run_dir, setup).resolve():
+        raise UserError(
+            f"{path} is the run's learned head, not its model ({expected.name}): give the run folder or the "
+            ".keras model in it (the head is used with --method learned or fused)"
+        )
     model_path = path if path.is_file() else expected
     best = setup.get("best_val_loss")
     if storage.is_number(best) and not math.isfinite(best):
@@ -467,6 +492,13 @@ def find_validation_result(
             raise UserError(
                 f"{path} was computed with another learned head ({head.name} changed since): its threshold "
                 f"does not fit the current head; {again}"
+            )
+        setup_path = Path(run_dir) / SETUP
+        shape = storage.read_json(setup_path).get("shape") if setup_path.is_file() else None
+        if result.get("shape") and shape and list(result["shape"]) != list(shape):
+            raise UserError(
+                f"{path} was computed at image shape {result['shape']}, but setup.json now says {shape} "
+                f"(edited?): its threshold does not fit; {again}"
             )
     return result
 

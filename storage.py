@@ -489,9 +489,23 @@ class StagedOutput(StagedFolder):
                             f"output {final} holds {what}: choose another --out (nothing was written or deleted)"
                         )
                     set_aside(final.parent, [final.name], old_model, what)
-                elif self.archive and existing.get("settings") != self.identity.get("settings"):
-                    # The same weights with other settings (e.g. --smooth, --save): the earlier
-                    # result is the user's, kept beside, never replaced without a word.
-                    made = time.strftime("%Y-%m-%d_%H-%M-%S", time.localtime(final.stat().st_mtime))
-                    set_aside(final.parent, [final.name], made, "a run with other settings", into=EARLIER)
+                elif self.archive and final.is_dir() and not final.is_symlink():
+                    # The same weights: an earlier result made with other settings (e.g. --smooth,
+                    # --save), or holding files this one does not write (--save masks, overlays),
+                    # is the user's: kept beside, in earlier/<its time>/, never replaced without a word.
+                    lacking = _relative_files(final) - _relative_files(self.partial)
+                    other = existing.get("settings") != self.identity.get("settings")
+                    if other or lacking:
+                        made = time.strftime("%Y-%m-%d_%H-%M-%S", time.localtime(final.stat().st_mtime))
+                        reason = (
+                            "a run with other settings"
+                            if other
+                            else f"an earlier run holding {len(lacking)} file(s) this one does not write "
+                            f"(e.g. {sorted(lacking)[0]})"
+                        )
+                        set_aside(final.parent, [final.name], made, reason, into=EARLIER)
             self._install()
+
+
+def _relative_files(folder: Path) -> set[str]:
+    return {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}

@@ -419,7 +419,16 @@ def train(setup: dict, run_dir: Path, images: tuple, model, start_epoch: int = 0
     with storage.atomic_path(history_path) as tmp:
         history.to_csv(tmp, index=False)
     best_row = history.loc[history["val_loss"].idxmin()]
-    if diverged is None and setup.get("head_steps") and not setup.get("head"):
+    head = setup.get("head") if isinstance(setup.get("head"), dict) else None
+    if (
+        diverged is None
+        and setup.get("head_steps")
+        and head
+        and head.get("model_sha256") != storage.model_id(model_path)
+    ):
+        print("learned residual: the autoencoder changed, so its head is trained again on it", flush=True)
+        head = None
+    if diverged is None and setup.get("head_steps") and not head:
         setup["head"] = _train_head(setup, run_dir, train_images)
     setup.update(
         status="done",
@@ -453,8 +462,9 @@ def _train_head(setup, run_dir, train_images):
         flush=True,
     )
     model = runs.load_keras(run_dir / setup["model_file"], compile=False)
+    autoencoder = storage.model_id(run_dir / setup["model_file"])  # the head belongs to these weights
     try:
-        return learned.train_head(
+        return {"model_sha256": autoencoder} | learned.train_head(
             model,
             train_images,
             run_dir / runs.HEAD_FILE,
@@ -602,7 +612,15 @@ def _resume_locked(run_dir, more_epochs, strategy=None):
     if data.files_hash(val_names) != setup["validation_files_sha256"]:
         raise UserError(f"{runs.VALIDATION_FILES} in {run_dir} does not match setup.json (edited?)")
     run = runs.Run(run_dir, setup, best)
-    val_paths, train_paths = run.validation_list(), run.training_paths()
+    # Best epochs are compared on one validation set: a missing validation image is refused.
+    val_paths, train_paths = run.validation_paths(), run.training_paths()
+    if len(train_paths) != setup.get("n_train"):
+        warn(
+            f"{run.class_dir / 'train' / data.GOOD} now holds {len(train_paths)} training images, not "
+            f"{setup.get('n_train')}: training continues on the current ones (n_train updated); the validation "
+            "images are unchanged"
+        )
+        setup["n_train"] = len(train_paths)
     set_seed(setup["seed"] + start)  # a fresh but reproducible shuffle order after resuming
     shape = setup.get("shape") or setup["size"]
     train_images, _ = data.load_images(train_paths, setup["color"], shape, progress="loading train/good")

@@ -245,6 +245,7 @@ def validate(
         "validation_files": [str(p) for p in paths],
         "resmap_range": [float(good_maps.min()), float(good_maps.max())],
         "model": str(run.model_path),
+        "shape": list(run.shape),  # test.py refuses this threshold for another image shape (setup.json edited)
         **run.model_record(),  # test.py refuses this threshold for other weights
     }
     result["proxy"] = evaluation.proxy_scores(good_maps, painted, threshold, min_area, method, seed=PROXY_SEED)
@@ -271,6 +272,7 @@ def _maps_key(mapper: inference.Mapper) -> str:
             "version": MAPS_VERSION,
             **run.identity(mapper.method),  # the weights' content: model, and the head where the method uses it
             "images": [stamp(p) for p in run.validation_paths()],
+            "shape": list(run.shape),  # the size images are read at (a surface run's own shape)
             "method": mapper.method,
             **mapper.options.record(),
             "proxy_seed": PROXY_SEED,
