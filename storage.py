@@ -507,5 +507,10 @@ class StagedOutput(StagedFolder):
             self._install()
 
 
+# Written into a result folder after it is committed (report.py: test.py adds the page next).
+_ADDED_AFTER = ("report.html", "report_files/")
+
+
 def _relative_files(folder: Path) -> set[str]:
-    return {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
+    names = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
+    return {n for n in names if not n.startswith(_ADDED_AFTER)}

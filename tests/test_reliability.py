@@ -79,6 +79,7 @@ REGRESSIONS = {
     "resume_validation_image_removed",
     "resume_e_retrains_head",
     "rerun_without_save_keeps_masks",
+    "rerun_same_result_in_place",
 }
 TABLE = sweep.CASES[: sweep.FIRST_ROUND] + [c for c in sweep.CASES[sweep.FIRST_ROUND :] if c.id in REGRESSIONS]
 
