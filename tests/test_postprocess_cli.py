@@ -202,11 +202,19 @@ def recomputed_validation_maps(
 THRESHOLD_TOLERANCE = 1e-5  # TensorFlow on a multi-threaded CPU is not bit-reproducible (maps differ by ~1e-7)
 
 
-def assert_threshold_matches(threshold, maps, area):
+REPAINT_TOLERANCE = 0.02  # relative; see assert_threshold_matches
+
+
+def assert_threshold_matches(threshold, maps, area, repainted=True):
     """The written threshold is the smallest one for ``area`` on independently recomputed maps,
     up to how much recomputed maps may differ (a shift of every value by at most e moves the
-    smallest threshold by at most e)."""
-    assert threshold == pytest.approx(resmaps.min_threshold_for_area(maps, area), abs=THRESHOLD_TOLERANCE)
+    smallest threshold by at most e). With ``repainted`` (more than one pass, the default 4),
+    later passes repaint where the smoothed map exceeds a quantile of itself: a ~1e-7 difference
+    between the run's backend and this Keras recomputation can flip one pixel of that mask and
+    move the map near it, so there the threshold may differ by up to 2 % (0.8 % seen in CI)."""
+    expected = resmaps.min_threshold_for_area(maps, area)
+    tolerance = max(THRESHOLD_TOLERANCE, REPAINT_TOLERANCE * abs(expected)) if repainted else THRESHOLD_TOLERANCE
+    assert threshold == pytest.approx(expected, abs=tolerance)
 
 
 # --------------------------------------------------------------------------- shared state
@@ -1176,7 +1184,9 @@ def test_passes_are_recorded_followed_and_checked(tiny_run, tmp_path, capsys):
         assert code == 0, err
         result = json.loads((folder / "validation_result.json").read_text())
         assert result["passes"] == passes
-        assert_threshold_matches(result["threshold"], recomputed_validation_maps(run, passes=passes), AREA)
+        assert_threshold_matches(
+            result["threshold"], recomputed_validation_maps(run, passes=passes), AREA, repainted=passes > 1
+        )
     assert out.startswith("ssim at 2 scales, 2 passes, minus baseline: threshold")
     assert (result["mask_quantile"], result["mask_sigma"], result["mask_feather"]) == (0.999, 4.0, 1.5)
     code, _, err = cli(test_script.main, ["-p", str(run), "--passes", "3"], capsys)
