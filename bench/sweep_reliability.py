@@ -217,18 +217,23 @@ def head_replaced(world):
     head.write_bytes(b"another run's head")
 
 
-def damaged_twin_weights(world):
-    """Half of the twin's largest kernel zeroed; its metadata (model hash, verdict) intact."""
+def _zero_half_of_largest_kernel(twin):
+    """Half of an ONNX twin's largest kernel zeroed; its metadata (model hash, verdict) intact."""
     import onnx
     from onnx import numpy_helper
 
-    (twin,) = world.run.glob("CAE_*.onnx")
     proto = onnx.load(str(twin))
     big = max(proto.graph.initializer, key=lambda t: numpy_helper.to_array(t).size)
     damaged = numpy_helper.to_array(big).copy()
     damaged.flat[: damaged.size // 2] = 0
     big.CopyFrom(numpy_helper.from_array(damaged, big.name))
     onnx.save(proto, str(twin))
+
+
+def damaged_twin_weights(world):
+    """Half of the twin's largest kernel zeroed; its metadata (model hash, verdict) intact."""
+    (twin,) = world.run.glob("CAE_*.onnx")
+    _zero_half_of_largest_kernel(twin)
 
 
 def twin_made_again(world):
@@ -710,15 +715,7 @@ def damaged_twin(run="run", pattern="CAE_*.onnx", how="weights"):
     def mutate(world):
         twin = _one_file(world, pattern, run)
         if how == "weights":
-            import onnx
-            from onnx import numpy_helper
-
-            proto = onnx.load(str(twin))
-            big = max(proto.graph.initializer, key=lambda t: numpy_helper.to_array(t).size)
-            damaged = numpy_helper.to_array(big).copy()
-            damaged.flat[: damaged.size // 2] = 0
-            big.CopyFrom(numpy_helper.from_array(damaged, big.name))
-            onnx.save(proto, str(twin))
+            _zero_half_of_largest_kernel(twin)
         elif how == "truncated":
             twin.write_bytes(twin.read_bytes()[: twin.stat().st_size // 2])
         elif how == "garbage":
