@@ -10,6 +10,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pandas as pd
@@ -29,6 +30,7 @@ import json, sys
 sys.path.insert(0, {root!r}); sys.path.insert(0, {tests!r})
 from utils import quiet_tensorflow; quiet_tensorflow()
 import tensorflow as tf
+tf.config.set_visible_devices([], "GPU")  # the CPU split into logical devices, on any machine
 devices = {devices}
 if devices > 1:
     cpu = tf.config.list_physical_devices("CPU")[0]
@@ -101,19 +103,63 @@ def test_two_logical_devices_same_loss_curve_and_resume(dataset, tmp_path):
     assert len(more["loss"]) == 3 and more["setup"]["epochs_run"] == 3
 
 
-def _free_ports(n):
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("localhost", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
+def _free_ports(n, rng=np.random.default_rng()):
+    """``n`` ports free now and outside the kernel's ephemeral range, so no outgoing connection
+    can take them between this check and the workers binding them (a port from ``bind(0)`` can:
+    that range is where the kernel picks every client's port)."""
+    low, high = 32768, 60999
+    if os.path.isfile("/proc/sys/net/ipv4/ip_local_port_range"):
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low, high = (int(v) for v in f.read().split())
+    span = (1024, low) if low - 1024 >= 1000 else (high + 1, 65536)
+    ports = []
+    while len(ports) < n:
+        port = int(rng.integers(*span))
+        with socket.socket() as s:
+            try:
+                s.bind(("", port))  # TensorFlow's gRPC server binds every address
+            except OSError:
+                continue
+        if port not in ports:
+            ports.append(port)
     return ports
+
+
+def _start_workers(argv, cwd, tries=3):
+    """Both workers' ``(exit code, stdout, stderr)``; started again on other ports when a port
+    was taken by another program after all (gRPC: "Could not start gRPC server"). A worker that
+    fails stops the other, which would otherwise wait for its peer until the timeout."""
+    for attempt in range(tries):
+        cluster = {"worker": [f"localhost:{p}" for p in _free_ports(2)]}
+        logs = [(cwd / f"worker{i}.out", cwd / f"worker{i}.err") for i in range(2)]
+        workers = []
+        for i, (out, err) in enumerate(logs):
+            with open(out, "w") as stdout, open(err, "w") as stderr:
+                env = {
+                    **os.environ,
+                    "TF_CPP_MIN_LOG_LEVEL": "3",
+                    "CUDA_VISIBLE_DEVICES": "",  # CPU workers, one replica each, on any machine
+                    "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}}),
+                }
+                cmd = [sys.executable, str(ROOT / "train.py"), *argv]
+                workers.append(subprocess.Popen(cmd, stdout=stdout, stderr=stderr, text=True, cwd=cwd, env=env))
+        deadline = time.monotonic() + 600
+        while any(w.poll() is None for w in workers) and time.monotonic() < deadline:
+            if any(w.poll() not in (None, 0) for w in workers):
+                break
+            time.sleep(0.5)
+        for w in workers:
+            if w.poll() is None:
+                w.kill()
+            w.wait()
+        results = [(w.returncode, out.read_text(), err.read_text()) for w, (out, err) in zip(workers, logs)]
+        if attempt + 1 < tries and any("Could not start gRPC server" in err for _, _, err in results):
+            continue
+        return results
 
 
 def test_two_workers_on_localhost(dataset, tmp_path):
     """A two-process MultiWorkerMirroredStrategy run, one epoch: the chief keeps the run, the other worker nothing."""
-    cluster = {"worker": [f"localhost:{p}" for p in _free_ports(2)]}
     argv = [
         "new",
         "-d",
@@ -138,24 +184,10 @@ def test_two_workers_on_localhost(dataset, tmp_path):
         "--strategy",
         "multiworker",
     ]
-    workers = [
-        subprocess.Popen(
-            [sys.executable, str(ROOT / "train.py"), *argv],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            cwd=tmp_path,
-            env={
-                **os.environ,
-                "TF_CPP_MIN_LOG_LEVEL": "3",
-                "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}}),
-            },
-        )
-        for i in range(2)
-    ]
-    outputs = [w.communicate(timeout=600) for w in workers]
-    for w, (_out, err) in zip(workers, outputs):
-        assert w.returncode == 0, err[-3000:]
+    started = _start_workers(argv, tmp_path)
+    for code, _out, err in started:
+        assert code == 0, err[-3000:]
+    outputs = [(out, err) for _, out, err in started]
     chief_run = outputs[0][0].strip().splitlines()[-1]
     setup = json.loads((tmp_path / "runs" / chief_run.split("/runs/")[1] / "setup.json").read_text())
     assert (setup["strategy"], setup["replicas"], setup["workers"], setup["global_batch"]) == ("multiworker", 2, 2, 4)
