@@ -22,6 +22,7 @@ quiet_tensorflow()  # before anything imports TensorFlow (exporting imports it o
 def get_parser():
     """Command-line options of ``export.py``."""
     import exporting  # light: TensorFlow is imported when a graph is built
+    import methods
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument(
@@ -35,6 +36,7 @@ def get_parser():
     parser.add_argument("--out", default=None, help="output folder (default: RUN/export/<format>)")
     parser.add_argument(
         "--method",
+        choices=methods.names(exportable=True),
         default=None,
         help="residual map of the validation result to export (default: the run's default method)",
     )

@@ -12,7 +12,7 @@ regions (connected components: the minimum-area filter and the image score, the 
 threshold that still leaves a region of the minimum area, over the threshold) are computed
 outside, in ``predict_exported.py``, a NumPy/OpenCV script copied beside the artefact.
 
-Adding a map method: one branch of :class:`_Maps` and its name in :data:`GRAPH_METHODS`.
+Adding a map method: its record in methods.py (``exportable``, ``tf_map``) and its map in :class:`_Maps`.
 Adding a format: one entry in :data:`FORMATS`.
 """
 
@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 import inference
+import methods
 import resmaps
 import runs
 import ssim
@@ -51,17 +52,7 @@ def _tf():
     return tf
 
 
-# ---- map methods the graph can compute: one entry per method ----
-
-
-def _ssim_or_l2(method):
-    def single_scale(x, y):
-        return ssim.scale_maps_tf(x, y, method)  # the very ops test.py runs, traced into the graph
-
-    return single_scale
-
-
-SCALE_MAPS = {"ssim": _ssim_or_l2("ssim"), "l2": _ssim_or_l2("l2")}  # one scale of a fixed residual
+# ---- the maps of the methods the graph can compute (methods.py: each method's tf_map) ----
 
 
 def median_filter(pixels: tf.Tensor, size: int = resmaps.MEDIAN_SIZE) -> tf.Tensor:
@@ -147,18 +138,25 @@ class _Maps:
         return self._recons
 
     def __call__(self, method):
-        if method == "median":
-            return median_residual(self.pixels)
-        if method == "lowfreq":
-            return lowfreq_residual(self.x)
-        if method == "learned":  # the head's input order: image, then its reconstruction (learned.py)
-            return self.head([self.x, self.reconstruct()], training=False)[..., 0]
-        if method == "fused":
+        spec = methods.get(method)
+        if spec.composite:
             fusion = self.spec.options.fusion
             return fusion.combine(
                 [self(c) if w else None for c, w in zip(fusion.components, fusion.weights)], _GraphOps
             )
-        return self.refined(method)
+        if spec.needs_head:
+            return self.head_map()
+        if spec.calibrated:
+            return self.refined(method)
+        if method == "median":  # the training-free maps, by name
+            return median_residual(self.pixels)
+        if method == "lowfreq":
+            return lowfreq_residual(self.x)
+        raise ValueError(f"the export graph has no map for method {method!r}")
+
+    def head_map(self):
+        """The learned head's map; its input order: image, then its reconstruction (learned.py)."""
+        return self.head([self.x, self.reconstruct()], training=False)[..., 0]
 
     def refined(self, method):
         """:func:`inference.refined_maps` of ssim or l2 with the run's calibration."""
@@ -180,7 +178,6 @@ class _Maps:
         return maps
 
 
-GRAPH_METHODS = ("ssim", "l2", "learned", "median", "lowfreq", "fused")  # what _Maps computes
 # Regimes this export understands; a result that records anything else is refused instead
 # of being exported with a silently different map.
 KNOWN_MODES = (None, "object", "surface")
@@ -320,12 +317,11 @@ class Spec:
 def residual(x: tf.Tensor, y: tf.Tensor, method: str, scales: int) -> tf.Tensor:
     """:func:`resmaps.residual_maps` as graph ops (the same formula, without leaving the graph)."""
     tf = _tf()
-    single = SCALE_MAPS[method]
     size = (x.shape[1], x.shape[2])
-    total = single(x, y)
+    total = ssim.scale_maps_tf(x, y, method)  # the very ops test.py runs, traced into the graph
     for _ in range(scales - 1):
         x, y = tf.nn.avg_pool2d(x, 2, 2, "VALID"), tf.nn.avg_pool2d(y, 2, 2, "VALID")
-        total += tf.image.resize(single(x, y)[..., None], size, method="bilinear")[..., 0]
+        total += tf.image.resize(ssim.scale_maps_tf(x, y, method)[..., None], size, method="bilinear")[..., 0]
     return total / scales
 
 
@@ -467,8 +463,9 @@ def _sha256(path):
 
 def _check_supported(run, method, found):
     """One-line refusal of map methods and modes the graph does not reproduce."""
-    if method not in GRAPH_METHODS:
-        raise UserError(f"export supports the map methods {', '.join(GRAPH_METHODS)}, not {method!r}")
+    exportable = methods.names(exportable=True)
+    if method not in exportable:
+        raise UserError(f"export supports the map methods {', '.join(exportable)}, not {method!r}")
     modes = {"setup.json": getattr(run, "mode", run.setup.get("mode")), "validation result": found.get("mode")}
     for where, mode in modes.items():
         if mode not in KNOWN_MODES:
@@ -549,11 +546,11 @@ def export_run(
             raise UserError(
                 f"smoothing sigma {sigma} px is too wide to export for a {side}-px model (at most {side / 4:g})"
             )
-    uses = options.fusion.components if method == "fused" else (method,)
+    uses = [methods.get(c) for c in (options.fusion.components if methods.get(method).composite else (method,))]
     # The graph is built from the Keras layers: the autoencoder, and the head when a map uses it.
-    model = None if set(uses) <= set(inference.TRAINING_FREE) else run.load_model(keras=True)
-    head = run.load_head(keras=True) if "learned" in uses else None
-    fixed = next((c for c in uses if c in SCALE_MAPS), None)  # the calibrated ssim or l2 map, if any
+    model = run.load_model(keras=True) if any(m.needs_model for m in uses) else None
+    head = run.load_head(keras=True) if any(m.needs_head for m in uses) else None
+    fixed = next((m.name for m in uses if m.calibrated), None)  # the calibrated ssim or l2 map, if any
     calibration = (
         inference.calibrate(run, fixed, options.component(fixed), model)
         if fixed
@@ -633,7 +630,7 @@ def map_tolerance(method: str, options: inference.MapOptions) -> float:
     between runtimes by ~1e-5 where an image is flat (its variances cancel), so a fused map
     whose SSIM spread is small cannot meet 1e-4 in its own units; its components do."""
     fusion = options.fusion
-    if method != "fused" or fusion is None:
+    if not methods.get(method).composite or fusion is None:
         return MAP_TOLERANCE
     gain = sum(w / s for w, s in zip(fusion.weights, fusion.spreads) if w)
     return MAP_TOLERANCE * max(1.0, gain)

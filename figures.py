@@ -1,8 +1,9 @@
 """Every figure of the suite: layout, colours and saving live here and nowhere else.
 
 ``visualize.py`` is the command line on top of these; the modules that draw (training,
-validation, finetuning, evaluation) import this one, which imports nothing of the suite
-and nothing above NumPy, matplotlib, Pillow and scikit-image (no TensorFlow/Keras).
+validation, finetuning, evaluation) import this one, which imports nothing of the suite but
+``methods`` (the map methods' labels) and nothing above NumPy, matplotlib, Pillow and
+scikit-image (no TensorFlow/Keras).
 
 All plotting functions take the output ``path`` as their last positional argument,
 write a PNG (or whatever the suffix says) through :func:`save_figure`, close the
@@ -14,7 +15,8 @@ Conventions of the data passed in:
 * images are float arrays in [0, 1], shaped HxW or HxWx1 (grayscale) or HxWx3 (RGB);
 * residual maps are float HxW: SSIM residual ``1 - SSIM`` in [0, 2], L2 residual in [0, 1];
 * masks are bool HxW (True = defect);
-* ``method`` is ``"ssim"``, ``"l2"`` or ``"learned"`` and picks the residual's colour range and labels.
+* ``method`` is a map method's name (methods.py, any case) and picks the residual's colour range and
+  labels (:class:`methods.Method`'s ``label``, ``residual_label``, ``colorbar_label``, ``colour_range``).
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ import numpy as np  # noqa: E402
 from matplotlib.colors import Normalize  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from numpy.typing import ArrayLike  # noqa: E402
+
+import methods  # noqa: E402
 
 PathLike = str | os.PathLike
 
@@ -65,48 +69,11 @@ _STYLE = {
     "figure.facecolor": "white",
 }
 
-_METHODS = {
-    "ssim": {
-        "name": "SSIM",
-        "residual": "SSIM residual",
-        "colorbar": "1 − SSIM  (0 = identical)",
-    },
-    "l2": {
-        "name": "L2",
-        "residual": "L2 residual",
-        "colorbar": "squared difference  (0 = identical)",
-    },
-    "learned": {
-        "name": "learned",
-        "residual": "learned residual",
-        "colorbar": "defect probability (segmentation head)",
-    },
-    "median": {
-        "name": "median",
-        "residual": "median residual",
-        "colorbar": "|image − 21-px median|  (0 = as its neighbourhood)",
-    },
-    "lowfreq": {
-        "name": "low-frequency",
-        "residual": "low-frequency residual",
-        "colorbar": "|blurred image − its median brightness|",
-    },
-    "fused": {
-        "name": "fused",
-        "residual": "fused residual",
-        "colorbar": "fused map  (1 ≈ top 0.1 % of good pixels)",
-    },
-}
-
-
 # --------------------------------------------------------------------------- helpers
 
 
 def _method(method):
-    key = str(method).lower()
-    if key not in _METHODS:
-        raise ValueError(f"unknown method {method!r}; expected one of {sorted(_METHODS)}")
-    return _METHODS[key]
+    return methods.get(str(method).lower())
 
 
 def _styled(func):
@@ -165,9 +132,10 @@ def _as_2d(array, what):
 
 
 def _residual_range(resmap, method):
-    """Colour range of a residual map: SSIM fixed to 0..1 (clipped), L2 0..max of the map."""
-    if _method(method) is _METHODS["ssim"]:
-        return 0.0, 1.0
+    """Colour range of a residual map: the method's fixed one (SSIM 0..1, clipped), else 0..max of the map."""
+    fixed = _method(method).colour_range
+    if fixed is not None:
+        return fixed
     finite = resmap[np.isfinite(resmap)]
     vmax = float(finite.max()) if finite.size else 0.0
     return 0.0, (vmax if vmax > 0 else 1.0)
@@ -197,11 +165,11 @@ def _show_residual(fig, ax, resmap, method, title=None, threshold=None):
     im = ax.imshow(res, cmap=RESIDUAL_CMAP, vmin=vmin, vmax=vmax, interpolation="nearest")
     finite = res[np.isfinite(res)]
     peak = float(finite.max()) if finite.size else float("nan")
-    ax.set_title(title or f"{info['residual']} map\n(max {peak:.3g})")
+    ax.set_title(title or f"{info.residual_label} map\n(max {peak:.3g})")
     _hide_ticks(ax)
     extend = "max" if finite.size and peak > vmax else "neither"
     cbar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03, extend=extend)
-    cbar.set_label(info["colorbar"])
+    cbar.set_label(info.colorbar_label)
     if threshold is not None:
         cbar.ax.axhline(float(threshold), color=PRED_COLOR, linewidth=2)
         cbar.ax.text(1.05, float(threshold), " threshold", transform=cbar.ax.get_yaxis_transform(), va="center")
@@ -278,7 +246,7 @@ def _count_scale(ax, values, extra=()):
 
 
 def _threshold_label(method):
-    return f"threshold on {_method(method)['residual']}"
+    return f"threshold on {_method(method).residual_label}"
 
 
 def _n_regions(n):
@@ -441,7 +409,7 @@ def plot_threshold_search(
         ax.set_ylabel("largest region area (px, log scale)")
     ax.set_xlabel(_threshold_label(method))
     ax.set_title(
-        f"Threshold search ({info['name']}): smallest threshold whose largest region stays below min_area", fontsize=10
+        f"Threshold search ({info.label}): smallest threshold whose largest region stays below min_area", fontsize=10
     )
     ax.grid(True, which="both")
     ax.legend(loc="upper right")
@@ -461,7 +429,7 @@ def plot_regions_vs_threshold(
     scale = {"log": ", log scale", "symlog": ", symlog scale"}.get(ax.get_yscale(), "")
     ax.set_ylabel(f"number of regions (validation images{scale})")
     ax.set_xlabel(_threshold_label(method))
-    ax.set_title(f"Defect regions on validation images vs threshold ({info['name']})")
+    ax.set_title(f"Defect regions on validation images vs threshold ({info.label})")
     ax.grid(True, which="both")
     return save_figure(fig, path)
 
@@ -493,7 +461,7 @@ def plot_area_stats_vs_threshold(
     ax.set_ylim(bottom=0)
     ax.set_xlabel(_threshold_label(method))
     ax.set_ylabel("region area (px)")
-    ax.set_title(f"Region area on validation images vs threshold ({info['name']})")
+    ax.set_title(f"Region area on validation images vs threshold ({info.label})")
     ax.grid(True)
     ax.legend(loc="upper right")
     return save_figure(fig, path)
@@ -545,7 +513,7 @@ def plot_area_distribution(
     ax.set_xlim(-0.5, max_area + 0.5)
     ax.set_xlabel("region area (px)" + (f", bins of {width} px" if width > 1 else ""))
     ax.set_ylabel("number of regions" + (" (log scale)" if ax.get_yscale() == "log" else ""))
-    ax.set_title(f"Region areas on validation images at threshold {threshold:.4g} ({info['name']})")
+    ax.set_title(f"Region areas on validation images at threshold {threshold:.4g} ({info.label})")
     ax.grid(True, axis="y", which="both")
     return save_figure(fig, path)
 
@@ -595,7 +563,7 @@ def plot_area_distributions(
     ax.set_xlabel("region area (px)" + (f", bins of {width} px" if width > 1 else ""))
     ax.set_ylabel("number of regions" + (" (log scale)" if ax.get_yscale() == "log" else ""))
     shown_note = f", {len(items)} of {n_given} thresholds shown" if n_given > len(items) else ""
-    ax.set_title(f"Region areas on validation images at several thresholds ({info['name']}{shown_note})")
+    ax.set_title(f"Region areas on validation images at several thresholds ({info.label}{shown_note})")
     ax.grid(True, axis="y", which="both")
     return save_figure(fig, path)
 
@@ -643,7 +611,7 @@ def plot_stages(
     res = _as_2d(resmap, "resmap")
     finite = res[np.isfinite(res)]
     peak = float(finite.max()) if finite.size else float("nan")
-    _show_residual(fig, axes[2], resmap, method, title=f"3. {info['residual']} map\n(max {peak:.3g})")
+    _show_residual(fig, axes[2], resmap, method, title=f"3. {info.residual_label} map\n(max {peak:.3g})")
     rule = []
     if threshold is not None:
         rule.append(f"residual > {threshold:.4g}")

@@ -13,6 +13,7 @@ import numpy as np
 import data
 import figures
 import inference
+import methods
 import resmaps
 import storage
 from settings import MapRequest
@@ -41,7 +42,7 @@ def finetune(
         raise UserError(f"-r/--range must be a positive number of pixels, got {max_area}")
     mapper = inference.open_maps(path, maps)
     run, method = mapper.run, mapper.method
-    if method == "fused":  # its weights: chosen on the painted copies as validate.py chooses them (default area)
+    if methods.get(method).composite:  # its weights: chosen on the painted copies as validate.py does (default area)
         import validation
 
         mapper = validation.fused_validation_maps(mapper, inference.default_min_area(run.shape))[3]

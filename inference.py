@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 import data
+import methods
 import resmaps
 import runs
 import storage
@@ -59,7 +60,6 @@ def _describe_baseline(baseline_quantile=None, baseline_tolerance=None):
     return f"quantile {baseline_quantile}, {baseline_tolerance or 0}-px tolerance"
 
 
-TRAINING_FREE = ("median", "lowfreq")  # map methods that need no network at all
 FUSION_STEP = 0.25  # weights of the fused map are chosen on this grid of the simplex (validation.py)
 
 
@@ -84,8 +84,9 @@ class Fusion:
         n = len(self.components)
         if not n or any(len(v) != n for v in (self.weights, self.centres, self.spreads)):
             raise ValueError(f"a fusion needs one weight, centre and spread per component, got {self.record()}")
-        if any(c not in FUSABLE for c in self.components):
-            raise ValueError(f"fusion components must be among {', '.join(FUSABLE)}, got {list(self.components)}")
+        fusable = methods.names(fusable=True)
+        if any(c not in fusable for c in self.components):
+            raise ValueError(f"fusion components must be among {', '.join(fusable)}, got {list(self.components)}")
         if not all(np.isfinite(v) and v >= 0 for v in self.weights) or not sum(self.weights) > 0:
             raise ValueError(f"fusion weights must be finite, >= 0 and not all 0, got {list(self.weights)}")
         if not all(np.isfinite(v) and v > 0 for v in self.spreads):
@@ -118,15 +119,12 @@ class Fusion:
         return " + ".join(f"{w:g}×{c}" for c, w in zip(self.components, self.weights) if w)
 
 
-FUSABLE = ("learned", "ssim", "l2", "median", "lowfreq")  # maps the fused map may combine
-
-
 def fusion_components(run: runs.Run) -> tuple:
     """The maps a run's ``fused`` map combines: the learned head's (when the run has one), the
     fixed residual of its loss (ssim or l2) and the training-free median and low-frequency
     residuals (small local defects; large faint ones)."""
-    head = ("learned",) if run.head_path.is_file() else ()
-    return (*head, runs.default_method(run.setup["loss"]), *TRAINING_FREE)
+    head = methods.names(needs_head=True, fusable=True) if run.head_path.is_file() else ()
+    return (*head, methods.default_for_loss(run.setup["loss"]), *methods.names(training_free=True))
 
 
 @dataclass(frozen=True)
@@ -158,10 +156,11 @@ class MapOptions:
         run's ``mode``. The learned map takes no options (the head saw one plain
         reconstruction); surface runs subtract no per-pixel baseline (nothing sits at the same
         place in every image there)."""
-        if method in ("learned", *TRAINING_FREE):
+        if method is not None and not methods.get(method).multiscale:
             if baseline is False or scales not in (None, 1) or passes not in (None, 1):
                 raise UserError(
-                    f"--no-baseline, --scales and --passes apply to ssim, l2 and fused maps, not to --method {method}"
+                    f"--no-baseline, --scales and --passes apply to "
+                    f"{methods.listing(methods.names(multiscale=True), 'and')} maps, not to --method {method}"
                 )
             return cls(False, 1, 1)
         return cls(
@@ -188,7 +187,7 @@ class MapOptions:
     def component(self, method: str) -> MapOptions:
         """The options one component of a fused map is made with: these (without the fusion)
         for ssim and l2, none for the learned and training-free maps."""
-        if method in ("learned", *TRAINING_FREE):
+        if not methods.get(method).multiscale:
             return MapOptions(False, 1, 1)
         return MapOptions(self.baseline, self.scales, self.passes)
 
@@ -390,25 +389,30 @@ def calibrate(run: runs.Run, method: str, options: MapOptions, model=None, batch
 def run_maps(
     run: runs.Run, images: np.ndarray, method: str, options: MapOptions = MapOptions(), batch: int = 16
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``(reconstructions, maps)`` of an N×H×W×C array at the run's shape: the ``learned``
+    """``(reconstructions, maps)`` of an N×H×W×C array at the run's shape with ``method``
+    (methods.py): a training-free map, the fusion of its components' maps, the learned
     head's defect probability (learned.py), or ssim/l2 maps as ``options`` say (see
     :func:`refined_maps`, calibrated on the run's training images)."""
     if batch < 1:
         raise UserError(f"--batch must be >= 1, got {batch}")
+    spec = methods.get(method)
+    # The training-free maps, by name: what each compares the image with stands for the reconstruction.
     if method == "median":
         medians = resmaps.median_images(images)
         return medians, resmaps.median_residual(images, medians)
     if method == "lowfreq":
         return resmaps.lowfreq_images(images), resmaps.lowfreq_residual(images)
-    if method == "fused":
+    if spec.composite:
         if options.fusion is None:
             raise UserError(f"the fused map needs the weights validate.py chooses: run validate.py -p {run.dir} first")
         parts = [run_maps(run, images, c, options.component(c), batch) for c in options.fusion.components]
         # Shown as the reconstruction: the network's (the first component that has one).
-        recons = next((r for (r, _), c in zip(parts, options.fusion.components) if c not in TRAINING_FREE), parts[0][0])
+        recons = next(
+            (r for (r, _), c in zip(parts, options.fusion.components) if methods.get(c).needs_model), parts[0][0]
+        )
         return recons, options.fusion.combine([m for _, m in parts])
     model = run.load_model()
-    if method == "learned":
+    if spec.needs_head:
         import learned
 
         return learned.learned_maps(model, run.load_head(), images, batch)
@@ -427,11 +431,12 @@ def expected_reconstructions(run: runs.Run, method: str, options: MapOptions, im
     """How many images the network computes, at most, to map ``images`` images: one per
     pass (later passes take only images with something to repaint), plus the training
     images when the calibration is still to be learnt; the ``learned`` head maps in one."""
-    if method in TRAINING_FREE:
+    spec = methods.get(method)
+    if spec.training_free:
         return 0
-    if method == "fused" and options.fusion is not None:
+    if spec.composite and options.fusion is not None:
         return sum(expected_reconstructions(run, c, options.component(c), images) for c in options.fusion.components)
-    if method in ("learned", "fused"):
+    if not spec.calibrated:  # the head (or a fusion not chosen yet): one reconstruction each
         return images
     if cached_calibration(run, method, options) is None:
         _check_dataset_for_calibration(run, method, options)
@@ -444,12 +449,13 @@ def load_networks(run: runs.Run, method: str, images: int | None = None, options
     reported before any image is read or any output folder is made. ``images``: how many
     images this process will map with ``options`` (None: unknown), which decides between
     the ONNX twin and Keras (:func:`networks.use_twin`)."""
-    if method in TRAINING_FREE:
+    spec = methods.get(method)
+    if spec.training_free:
         return
     count = None if images is None else expected_reconstructions(run, method, options, images)
     run.load_model(images=count)
-    uses = options.fusion.components if method == "fused" and options.fusion else (method,)
-    if "learned" in uses or (method == "fused" and run.head_path.is_file()):
+    uses = options.fusion.components if spec.composite and options.fusion else (method,)
+    if any(methods.get(c).needs_head for c in uses) or (spec.uses_head and run.head_path.is_file()):
         run.load_head(images=count)
 
 
@@ -553,7 +559,7 @@ def resolve_threshold(
     check_area_threshold(min_area, threshold)
     if threshold is not None and min_area is not None:
         options = MapOptions.from_args(baseline, scales, passes, method, run.mode)
-        if method == "fused":  # the weights come from validate.py whatever the threshold
+        if methods.get(method).composite:  # the weights come from validate.py whatever the threshold
             found = require_validation_result(run, method, None, "which chooses the fused map's weights")
             options = dataclasses.replace(options, fusion=MapOptions.from_record(found, "its result").fusion)
         return float(threshold), int(min_area), options, "command line"

@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import cv2
 import numpy as np
 
+import methods
 import ssim
 
 MAP_THREADS = min(4, os.cpu_count() or 1)  # threads that compute residual maps (batched_residual_maps)
@@ -22,8 +23,9 @@ MAP_THREADS = min(4, os.cpu_count() or 1)  # threads that compute residual maps 
 
 def max_scales(side: int, method: str) -> int:
     """How many scales :func:`residual_maps` can use for ``side``-px images: the smallest
-    scale must still hold one 11-px SSIM window (any size for l2, capped at 4)."""
-    smallest = 11 if method == "ssim" else 1
+    scale must still hold one 11-px SSIM window (any size for l2, capped at 4): the method's
+    :attr:`methods.Method.min_scale_side`."""
+    smallest = methods.get(method).min_scale_side
     n = 1
     while n < 4 and side // 2**n >= smallest:
         n += 1
@@ -50,8 +52,9 @@ def residual_maps(images: np.ndarray, reconstructions: np.ndarray, method: str, 
     in TensorFlow (:func:`ssim.scale_maps_tf`), equal to within ~3e-6 (bench/README.md,
     "Speed").
     """
-    if method not in ("ssim", "l2"):
-        raise ValueError(f"unknown residual method {method!r}; choose ssim or l2")
+    residuals = methods.names(calibrated=True)  # the formulas of image and reconstruction (ssim.py)
+    if method not in residuals:
+        raise ValueError(f"unknown residual method {method!r}; choose {methods.listing(residuals)}")
     x_all = np.asarray(images, dtype=np.float32)
     y_all = np.asarray(reconstructions, dtype=np.float32)
     height, width = x_all.shape[1], x_all.shape[2]

@@ -17,6 +17,7 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import methods
 import settings
 import storage
 from utils import UserError
@@ -26,20 +27,6 @@ VALIDATION_FILES = "validation_files.txt"
 HISTORY = "history.csv"
 LOSS_PLOT = "loss_curve.png"
 BACKUP = "backup"
-METHODS = (
-    "ssim",
-    "l2",
-    "learned",
-    "median",
-    "lowfreq",
-    "fused",
-)  # learned: learned.py's head; median: no training; fused: a mix
-FIXED_METHODS = (
-    "ssim",
-    "l2",
-    "median",
-    "lowfreq",
-)  # maps computed from the model alone; every other method uses the head
 HEAD_FILE = "head.keras"
 
 
@@ -145,12 +132,6 @@ def model_record(path: storage.PathLike) -> dict:
     return {"model_sha256": storage.model_id(path), "model_size": stat.st_size, "model_mtime_ns": stat.st_mtime_ns}
 
 
-def uses_head(method: str) -> bool:
-    """Whether ``method``'s maps are computed by the learned head (``learned``, fusions with
-    it; anything but the fixed formulas of :data:`FIXED_METHODS`)."""
-    return method not in FIXED_METHODS
-
-
 def run_head_path(run_dir: storage.PathLike, setup: dict | None = None) -> Path:
     """Where the run's learned head lives (``setup.json``'s ``head.file``, else
     :data:`HEAD_FILE`), whether or not it exists; refused when it points outside the run."""
@@ -160,11 +141,6 @@ def run_head_path(run_dir: storage.PathLike, setup: dict | None = None) -> Path:
     head = setup.get("head")
     name = head.get("file", HEAD_FILE) if isinstance(head, dict) else HEAD_FILE
     return storage.inside(run_dir, name, "setup.json head file")
-
-
-def default_method(loss: str) -> str:
-    """Residual-map family of a training loss: ssim/mssim → ssim, l2/mse → l2."""
-    return "ssim" if loss in ("ssim", "mssim") else "l2"
 
 
 @dataclass
@@ -206,7 +182,7 @@ class Run:
         if not self.head_path.is_file():
             raise UserError(
                 f"run {self.dir} has no learned residual head ({self.head_path.name}); train a new run "
-                "with --head-steps > 0, or use --method ssim or l2"
+                f"with --head-steps > 0, or use --method {methods.listing(methods.names(calibrated=True))}"
             )
         trained_on = (
             self.setup.get("head", {}).get("model_sha256") if isinstance(self.setup.get("head"), dict) else None
@@ -215,7 +191,7 @@ class Run:
             raise UserError(
                 f"the learned head {self.head_path} was trained on another autoencoder than {self.model_path.name} "
                 f"(a resume stopped before the head was trained again?): run train.py resume -p {self.dir} "
-                "-e 1 to train both again, or use --method ssim or l2"
+                f"-e 1 to train both again, or use --method {methods.listing(methods.names(calibrated=True))}"
             )
         if keras:
             return load_keras(self.head_path, compile=False)  # fresh: callers may change its statistics
@@ -242,10 +218,11 @@ class Run:
         (a plain autoencoder trained with --head-steps 0)."""
         if method is None and self.head_path.is_file():
             method = "fused"
-        method = method or default_method(self.setup["loss"])
-        if method not in METHODS:
-            raise UserError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-        return method
+        method = method or methods.default_for_loss(self.setup["loss"])
+        try:
+            return methods.get(method).name
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
 
     def validation_list(self) -> list[Path]:
         """The held-back images ``validation_files.txt`` names, resolved inside the class folder
@@ -306,7 +283,7 @@ class Run:
         """The files a result of ``method`` is computed from, for a result folder's marker
         (:class:`StagedOutput`): the model's hash, and the head's when ``method`` uses it."""
         identity = {"model_sha256": storage.model_id(self.model_path)}
-        if uses_head(method) and self.head_path.is_file():
+        if methods.uses_head(method) and self.head_path.is_file():
             identity["head_sha256"] = storage.model_id(self.head_path)
         return identity
 
@@ -401,7 +378,7 @@ def find_run(path: storage.PathLike) -> Run:
     if path.is_file() and path.resolve() == run_head_path(run_dir, setup).resolve():
         raise UserError(
             f"{path} is the run's learned head, not its model ({expected.name}): give the run folder or the "
-            ".keras model in it (the head is used with --method learned or fused)"
+            f".keras model in it (the head is used with --method {methods.listing(methods.names(uses_head=True))})"
         )
     model_path = path if path.is_file() else expected
     best = setup.get("best_val_loss")
@@ -470,7 +447,7 @@ def find_validation_result(
 
     With ``model`` (the run's model file), a result computed on other weights is refused
     with a request to validate again: its threshold does not fit the current model. So is,
-    for a method that uses the learned head (:func:`uses_head`), a result computed with
+    for a method that uses the learned head (:func:`methods.uses_head`), a result computed with
     another head than the run's ``head`` (default: the one ``setup.json`` names), e.g. after
     ``head.keras`` was replaced.
     """
@@ -488,7 +465,7 @@ def find_validation_result(
                 f"{path} was computed on other weights (the model changed since, e.g. by train.py resume): {again}"
             )
         head = Path(head) if head is not None else run_head_path(run_dir)
-        if uses_head(method) and head.is_file() and not _made_from(result, "head_sha256", head, path):
+        if methods.uses_head(method) and head.is_file() and not _made_from(result, "head_sha256", head, path):
             raise UserError(
                 f"{path} was computed with another learned head ({head.name} changed since): its threshold "
                 f"does not fit the current head; {again}"
@@ -511,11 +488,9 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     )
     parser.add_argument(
         "--method",
-        choices=METHODS,
+        choices=tuple(methods.METHODS),
         default=None,
-        help="residual map: ssim (1 - SSIM map), l2 (squared difference), learned (the segmentation head's "
-        "defect probability), median (|image - its 21-px median|, no training), lowfreq (blurred image against its "
-        "median brightness, no training) or fused (those maps combined with weights validate.py chooses); "
+        help=f"residual map: {methods.listing(f'{m.name} ({m.help})' for m in methods.METHODS.values())}; "
         "default: fused for runs with a learned head (train.py's default), else the training loss's family",
     )
     parser.add_argument("--batch", type=int, default=16, help="images per inference batch")

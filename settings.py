@@ -28,7 +28,7 @@ DEFAULT_HEAD_STEPS = 1500  # steps of the learned residual's segmentation head
 class MapRequest:
     """How a post-training step is asked to make residual maps; ``None`` means the default.
 
-    ``method``: ``ssim``, ``l2`` or ``learned`` (default: :meth:`runs.Run.method`).
+    ``method``: a name of :data:`methods.METHODS` (default: :meth:`runs.Run.method`).
     ``baseline``, ``scales``, ``passes``: see :class:`inference.MapOptions`; for ssim/l2 maps
     the defaults are :meth:`inference.MapOptions.from_args`'s, and where a validation result
     is followed, what it recorded. ``batch``: images per inference batch.

@@ -29,6 +29,7 @@ import detector
 import evaluation
 import figures
 import inference
+import methods
 import metrics
 import resmaps
 import runs
@@ -217,7 +218,7 @@ def validate(
     if min_area is None:
         min_area = inference.default_min_area(run.shape)
     searched = None
-    if method == "fused":
+    if methods.get(method).composite:  # its weights first, on the painted copies
         paths, good_maps, painted, mapper, searched = fused_validation_maps(mapper, min_area, fusion_rule)
     else:
         paths, good_maps, painted = validation_maps(mapper)

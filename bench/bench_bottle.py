@@ -29,7 +29,7 @@ import data  # noqa: E402
 import detector  # noqa: E402
 import evaluation  # noqa: E402
 import inference  # noqa: E402
-import runs  # noqa: E402
+import methods  # noqa: E402
 import settings  # noqa: E402
 import training  # noqa: E402
 import validation  # noqa: E402
@@ -105,9 +105,9 @@ def get_parser():
     return p
 
 
-def _evaluate(run_dir, area, methods, smooths, baselines, scales_list, passes_list, train_seconds, label):
+def _evaluate(run_dir, area, names, smooths, baselines, scales_list, passes_list, train_seconds, label):
     rows = []
-    for method, baseline, scales, passes in itertools.product(methods, baselines, scales_list, passes_list):
+    for method, baseline, scales, passes in itertools.product(names, baselines, scales_list, passes_list):
         request = MapRequest(method, baseline, scales, passes)
         val, _ = validation.validate(run_dir, area, request)
         # Inference cost of these maps (the calibration on training images is cached by now).
@@ -155,11 +155,11 @@ def bench(args):
     for run_dir in args.run:
         setup = json.loads((Path(run_dir) / "setup.json").read_text())
         label = f"{setup['architecture']}:{setup['loss']}@{setup['size']}"
-        methods = args.methods or [runs.default_method(setup["loss"])]
+        chosen = args.methods or [methods.default_for_loss(setup["loss"])]
         rows += _evaluate(
             run_dir,
             args.area or max(1, setup["size"] ** 2 // 800),
-            methods,
+            chosen,
             args.smooth,
             baselines,
             args.scales,
@@ -200,7 +200,7 @@ def bench(args):
         rows += _evaluate(
             run_dir,
             area,
-            args.methods or [runs.default_method(loss)],
+            args.methods or [methods.default_for_loss(loss)],
             args.smooth,
             baselines,
             args.scales,

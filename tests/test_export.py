@@ -7,6 +7,7 @@ and the same masks (up to pixels within rounding of the threshold); on a folder 
 same scores, verdicts and masks as ``test.py --images``.
 """
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -212,10 +213,13 @@ def test_refusals_one_line(tested, tmp_path, capsys):
 
 
 def test_unknown_method_refused(monkeypatch, tested):
-    monkeypatch.setattr(exporting, "GRAPH_METHODS", ("ssim",))
+    import methods
+
+    l2 = dataclasses.replace(methods.get("l2"), exportable=False)
+    monkeypatch.setattr(methods, "METHODS", {**methods.METHODS, "l2": l2})
     from utils import UserError
 
-    with pytest.raises(UserError, match="map methods ssim, not 'l2'"):
+    with pytest.raises(UserError, match="map methods ssim, learned, median, lowfreq, fused, not 'l2'"):
         exporting._check_supported(
             type("R", (), {"setup": {}, "mode": "object", "size": 32, "shape": (32, 32)})(), "l2", {}
         )

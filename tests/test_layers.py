@@ -11,7 +11,7 @@ from conftest import ROOT
 # Bottom to top. A module may import modules of its own layer or of the layers below it.
 # The same table is in README.md ("Layers"); test_readme_table_matches keeps the two equal.
 LAYERS = {
-    "storage": ("utils", "settings", "storage"),
+    "storage": ("utils", "settings", "storage", "methods"),
     "blocks": (
         "ssim",
         "custom_loss_functions",
