@@ -28,32 +28,38 @@ def _script(name: str):
     return sys.modules[module_name]
 
 
+def _run(name: str) -> int:
+    """Run the script ``name``'s ``main`` as its ``__main__`` does: its errors in its own options."""
+    script = _script(name)
+    return run_cli(script.main, parser=script.get_parser)
+
+
 def train() -> int:
-    return run_cli(_script("train").main)
+    return _run("train")
 
 
 def validate() -> int:
-    return run_cli(_script("validate").main)
+    return _run("validate")
 
 
 def test() -> int:
-    return run_cli(_script("test").main)
+    return _run("test")
 
 
 def finetune() -> int:
-    return run_cli(_script("finetune").main)
+    return _run("finetune")
 
 
 def visualize() -> int:
-    return run_cli(_script("visualize").main)
+    return _run("visualize")
 
 
 def export() -> int:
-    return run_cli(_script("export").main)
+    return _run("export")
 
 
 def make_dataset() -> int:
-    return run_cli(_script("make_dataset").main)
+    return _run("make_dataset")
 
 
 def predict_exported() -> int:

@@ -16,6 +16,7 @@ import tensorflow as tf
 
 from settings import LOSSES  # noqa: F401  (re-exported: the names -l offers)
 from ssim import SSIM_FILTER_SIZE, SSIM_SIGMA, ssim_map
+from utils import SettingError
 
 MSSSIM_POWER_FACTORS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 
@@ -125,17 +126,17 @@ class MSELoss(keras.losses.Loss):
 def get_loss(name: str, size: int) -> keras.losses.Loss:
     """The loss object for ``name`` at square image side ``size``.
 
-    Raises ``ValueError`` (repeating the bad value) for an unknown name or a size that
-    MS-SSIM cannot handle.
+    Raises ``ValueError`` (repeating the bad value) for an unknown name, and a
+    :class:`utils.SettingError` (a ValueError) for a size that MS-SSIM cannot handle.
     """
     if name == "ssim":
         return SSIMLoss()
     if name == "mssim":
         scales = msssim_scales(size)
         if scales < 2:
-            raise ValueError(
+            raise SettingError(
                 f"MS-SSIM needs at least 2 scales, i.e. images of at least {2 * (SSIM_FILTER_SIZE - 1) + 1} px; "
-                f"got --size {size} (use -l ssim)"
+                f"got `size={size}` (use `loss=ssim`)"
             )
         return MSSSIMLoss(scales=scales)
     if name == "l2":

@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from settings import DEFAULT_DENOISE, DEFAULT_ROTATION
-from utils import UserError, warn
+from utils import SettingError, UserError, warn
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 COLOR_MODES = {"grayscale": ("L", 1), "rgb": ("RGB", 3)}
@@ -348,7 +348,7 @@ def split_validation(paths, val_split: float, seed: int) -> tuple[list, list]:
     At least one image goes to each side; raises :class:`UserError` if that is impossible.
     """
     if not 0.0 < val_split < 1.0:
-        raise UserError(f"--val-split must be between 0 and 1 (exclusive), got {val_split}")
+        raise SettingError(f"`val_split` must be between 0 and 1 (exclusive), got {val_split}")
     paths = sorted(paths)
     n_val = max(1, int(round(len(paths) * val_split)))
     if len(paths) - n_val < 1:

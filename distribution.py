@@ -1,4 +1,4 @@
-"""Training on several devices or machines: the ``--strategy`` of ``train.py``.
+"""Training on several devices or machines: the ``strategy`` setting of ``train.py``.
 
 ``one``: the default single device. ``mirrored``: ``tf.distribute.MirroredStrategy`` over
 every local GPU, or over every logical CPU device when there is no GPU (how the tests
@@ -18,7 +18,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from utils import UserError
+from utils import SettingError, UserError
 
 STRATEGIES = ("auto", "one", "mirrored", "multiworker")
 _CREATED = {}  # one strategy object per name and process (multi-worker ones cannot be made twice)
@@ -34,8 +34,8 @@ def tf_config() -> dict | None:
     """``TF_CONFIG`` parsed and checked: ``(cluster dict, task type, task index)``; one-line errors."""
     raw = os.environ.get("TF_CONFIG")
     if not raw:
-        raise UserError(
-            "--strategy multiworker needs TF_CONFIG, e.g. "
+        raise SettingError(
+            "`strategy=multiworker` needs TF_CONFIG, e.g. "
             '{"cluster": {"worker": ["host1:12345", "host2:12345"]}, "task": {"type": "worker", "index": 0}}'
         )
     try:
@@ -146,9 +146,9 @@ def validation_batch(setup: dict, n_images: int) -> int:
     if replicas == 1 or n_images >= batch:
         return batch
     if n_images < replicas:
-        raise UserError(
+        raise SettingError(
             f"{n_images} validation image(s) cannot be shared by {replicas} replicas: "
-            "use a larger --val-split or fewer devices"
+            "use a larger `val_split` or fewer devices"
         )
     return n_images // replicas * replicas
 
@@ -169,9 +169,9 @@ def drop_short_batches(dataset, setup: dict, n_images: int, batch: int, what: st
 def check_train_count(setup: dict, n_images: int) -> None:
     """One-line refusal when the training images do not fill one global batch (see :func:`validation_batch`)."""
     if int(setup.get("replicas") or 1) > 1 and n_images < global_batch(setup):
-        raise UserError(
+        raise SettingError(
             f"{n_images} training images do not fill one global batch of {global_batch(setup)} "
-            f"({setup['replicas']} replicas x -b {setup['batch']}): use a smaller -b or fewer devices"
+            f"({setup['replicas']} replicas x `batch={setup['batch']}`): use a smaller `batch` or fewer devices"
         )
 
 

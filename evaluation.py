@@ -28,7 +28,7 @@ import sharding
 import storage
 from detector import DEFAULT_SMOOTH, SCORE_RULE, Detector, NonFiniteMaps, Prediction, check_smooth, image_scores
 from settings import MapRequest
-from utils import UserError, warn
+from utils import SettingError, UserError, warn
 
 if TYPE_CHECKING:  # pandas is imported where tables are made: validate.py makes none (0.2 s of its start)
     import pandas as pd
@@ -52,7 +52,7 @@ def _write_tiff(path, array):
     tifffile.imwrite(path, array.astype(np.float32))
 
 
-OVERLAYS = ("all", "defective", "none")  # which images of --images get an overlay figure
+OVERLAYS = ("all", "defective", "none")  # which unlabelled images get an overlay figure (predict_images)
 
 
 def _write_mask_and_overlay(
@@ -277,7 +277,7 @@ def test_run(
 
     Everything goes into one staging folder that becomes ``RUN/test/<method>/a<A>_t<T>/`` in
     one rename: the folder always holds the whole of one run (verdicts, maps, metrics and curves
-    of the same ``--smooth``), and an interrupted or failed run leaves the earlier result as it
+    of the same ``smooth``), and an interrupted or failed run leaves the earlier result as it
     was. A result of other weights there is moved into ``other_weights/`` (see
     :class:`storage.StagedOutput`). Files that older versions wrote beside the result folders
     (``RUN/test/<method>/metrics.json``, ``anomaly_maps/``, the curves) are left as they are.
@@ -296,7 +296,7 @@ def test_run(
     model_record = run.model_record()
     method_dir = run.dir / "test" / method
     out_dir = method_dir / f"a{mapper.min_area}_t{runs.format_threshold(mapper.threshold)}"
-    # The settings are part of the result's identity: a rerun with others (e.g. --smooth, --save)
+    # The settings are part of the result's identity: a rerun with others (e.g. smooth, save)
     # moves the earlier result into RUN/test/<method>/earlier/ instead of replacing it.
     settings = {"smooth": float(smooth), "save": bool(save), "fpr_limit": float(fpr_limit), **mapper.options.record()}
     identity = {"kind": "test", **run.identity(method), "settings": settings}
@@ -319,10 +319,10 @@ def test_run(
 
 
 def _check_smooth(smooth):
-    try:  # the detector's rule, in the command line's words
+    try:  # the detector's rule, as a user error naming the setting
         check_smooth(smooth)
     except ValueError:
-        raise UserError(f"--smooth must be a finite number >= 0, got {smooth}") from None
+        raise SettingError(f"`smooth` must be a finite number >= 0, got {smooth}") from None
 
 
 def predict_images(
@@ -347,7 +347,7 @@ def predict_images(
     """
     _check_smooth(smooth)
     if overlays not in OVERLAYS:
-        raise UserError(f"--overlays must be one of {', '.join(OVERLAYS)}, got {overlays!r}")
+        raise SettingError(f"`overlays` must be one of {', '.join(OVERLAYS)}, got {overlays!r}")
     shard = sharding.parse(shard)
     detector = Detector.open(path, maps, threshold, min_area, smooth)
     mapper, run, method = detector.mapper, detector.run, detector.method

@@ -35,7 +35,7 @@ import runs
 import ssim
 import storage
 from settings import MapRequest
-from utils import UserError, package_versions
+from utils import SettingError, UserError, package_versions
 
 if TYPE_CHECKING:  # only for the hints: TensorFlow is imported when a graph is built
     import keras
@@ -531,7 +531,7 @@ def export_run(
     try:  # the one smoothing rule (finite, >= 0), the detector's
         smooth = detector.check_smooth(smooth)
     except ValueError:
-        raise UserError(f"--smooth must be a finite number >= 0, got {smooth}") from None
+        raise SettingError(f"`smooth` must be a finite number >= 0, got {smooth}") from None
     inference.check_area_threshold(min_area=min_area)
     mapper, result_path = open_validated(path, method, min_area)
     run, method, options = mapper.run, mapper.method, mapper.options

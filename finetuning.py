@@ -17,7 +17,7 @@ import methods
 import resmaps
 import storage
 from settings import MapRequest
-from utils import UserError
+from utils import SettingError
 
 N_THRESHOLDS = 60
 N_DISTRIBUTIONS = 8
@@ -39,7 +39,7 @@ def finetune(
     and residual map; ``max_area`` is the largest region area the distributions show.
     """
     if max_area < 1:
-        raise UserError(f"-r/--range must be a positive number of pixels, got {max_area}")
+        raise SettingError(f"`max_area` must be a positive number of pixels, got {max_area}")
     mapper = inference.open_maps(path, maps)
     run, method = mapper.run, mapper.method
     if methods.get(method).composite:  # its weights: chosen on the painted copies as validate.py does (default area)

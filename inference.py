@@ -24,7 +24,7 @@ import resmaps
 import runs
 import storage
 from settings import MapRequest
-from utils import UserError
+from utils import SettingError, UserError
 
 
 @dataclass
@@ -158,9 +158,10 @@ class MapOptions:
         place in every image there)."""
         if method is not None and not methods.get(method).multiscale:
             if baseline is False or scales not in (None, 1) or passes not in (None, 1):
-                raise UserError(
-                    f"--no-baseline, --scales and --passes apply to "
-                    f"{methods.listing(methods.names(multiscale=True), 'and')} maps, not to --method {method}"
+                raise SettingError(
+                    f"`baseline=False`, `scales` and `passes` apply to "
+                    f"{methods.listing(methods.names(multiscale=True), 'and')} maps, not to `method={method}`",
+                    "method",
                 )
             return cls(False, 1, 1)
         return cls(
@@ -215,15 +216,15 @@ class MapOptions:
         )
         stored = {k: record.get(k) for k in _BASELINE_KIND}
         if options.baseline and stored != _BASELINE_KIND:
-            raise UserError(
+            raise SettingError(
                 f"{what} was computed with an older residual baseline ({_describe_baseline(**stored)} instead of "
-                f"{_describe_baseline(**_BASELINE_KIND)}); run validate.py again, or pass -t and -a"
+                f"{_describe_baseline(**_BASELINE_KIND)}); run validate.py again, or pass `threshold` and `min_area`"
             )
         stored = {k: record.get(k) for k in _PASS_KIND}
         if options.passes > 1 and stored != _PASS_KIND:
-            raise UserError(
+            raise SettingError(
                 f"{what} was computed with other mask settings for later passes ({stored} instead of "
-                f"{_PASS_KIND}); run validate.py again, or pass -t and -a"
+                f"{_PASS_KIND}); run validate.py again, or pass `threshold` and `min_area`"
             )
         return options
 
@@ -347,10 +348,11 @@ def _check_dataset_for_calibration(run: runs.Run, method: str, options: MapOptio
     """Refuse (one line) a calibration to learn when the run's dataset is gone (a run moved
     without it): only the cache in the run folder could stand in for its training images."""
     if not run.class_dir.is_dir():
-        raise UserError(
+        raise SettingError(
             f"the residual baseline needs the run's training images, but its dataset {run.class_dir} is not found "
             f"and {options.cache_name('calibration', method)} is not in the run: give the dataset back "
-            "(setup.json 'directory'), validate with these settings where it is, or use --no-baseline --passes 1"
+            "(setup.json 'directory'), validate with these settings where it is, or use `baseline=False` `passes=1`",
+            "baseline",
         )
 
 
@@ -368,9 +370,10 @@ def calibrate(run: runs.Run, method: str, options: MapOptions, model=None, batch
     _check_dataset_for_calibration(run, method, options)
     train_paths = run.training_paths()
     if not train_paths:
-        raise UserError(
+        raise SettingError(
             f"no training images left in {run.class_dir / 'train' / data.GOOD} to learn the residual baseline "
-            "(use --no-baseline --passes 1)"
+            "(use `baseline=False` `passes=1`)",
+            "baseline",
         )
     weights = storage.model_id(run.model_path)  # of the weights learnt from, taken first
     images, _ = data.load_images(train_paths, run.color, run.shape, progress="training images (residual baseline)")
@@ -394,7 +397,7 @@ def run_maps(
     head's defect probability (learned.py), or ssim/l2 maps as ``options`` say (see
     :func:`refined_maps`, calibrated on the run's training images)."""
     if batch < 1:
-        raise UserError(f"--batch must be >= 1, got {batch}")
+        raise SettingError(f"`batch` must be >= 1, got {batch}")
     spec = methods.get(method)
     # The training-free maps, by name: what each compares the image with stands for the reconstruction.
     if method == "median":
@@ -404,7 +407,9 @@ def run_maps(
         return resmaps.lowfreq_images(images), resmaps.lowfreq_residual(images)
     if spec.composite:
         if options.fusion is None:
-            raise UserError(f"the fused map needs the weights validate.py chooses: run validate.py -p {run.dir} first")
+            raise SettingError(
+                f"the fused map needs the weights validate.py chooses: run validate.py `path={run.dir}` first", "method"
+            )
         parts = [run_maps(run, images, c, options.component(c), batch) for c in options.fusion.components]
         # Shown as the reconstruction: the network's (the first component that has one).
         recons = next(
@@ -418,11 +423,11 @@ def run_maps(
         return learned.learned_maps(model, run.load_head(), images, batch)
     most = resmaps.max_scales(min(run.shape), method)
     if not 1 <= options.scales <= most:
-        raise UserError(
-            f"--scales must be 1 to {most} for {method} maps of this {min(run.shape)}-px model, got {options.scales}"
+        raise SettingError(
+            f"`scales` must be 1 to {most} for {method} maps of this {min(run.shape)}-px model, got {options.scales}"
         )
     if options.passes < 1:
-        raise UserError(f"--passes must be >= 1, got {options.passes}")
+        raise SettingError(f"`passes` must be >= 1, got {options.passes}")
     recons, maps, _ = refined_maps(model, images, method, options, batch, calibrate(run, method, options, model, batch))
     return recons, maps
 
@@ -535,9 +540,10 @@ def require_validation_result(run: runs.Run, method: str, min_area: int | None, 
     found = runs.find_validation_result(run.dir, method, min_area, model=run.model_path)  # refuses other weights
     if found is None:
         which = f"method {method}" + (f", area {min_area}" if min_area is not None else "")
-        raise UserError(
-            f"no validation result for {which} in {run.dir}: run validate.py -p {run.dir} -a MIN_AREA"
-            f" --method {method} first, {otherwise}"
+        raise SettingError(
+            f"no validation result for {which} in {run.dir}: run validate.py `path={run.dir}` `min_area=MIN_AREA`"
+            f" `method={method}` first, {otherwise}",
+            "method",
         )
     return found
 
@@ -563,18 +569,21 @@ def resolve_threshold(
             found = require_validation_result(run, method, None, "which chooses the fused map's weights")
             options = dataclasses.replace(options, fusion=MapOptions.from_record(found, "its result").fusion)
         return float(threshold), int(min_area), options, "command line"
-    found = require_validation_result(run, method, min_area, "or pass both -t THRESHOLD and -a MIN_AREA")
+    found = require_validation_result(
+        run, method, min_area, "or pass both `threshold=THRESHOLD` and `min_area=MIN_AREA`"
+    )
     what = f"the validation result for {method} (area {found['min_area']})"
     options = MapOptions.from_record(found, what)
     if baseline is not None and baseline != options.baseline:
-        raise UserError(
+        raise SettingError(
             f"{what} was computed {'with' if options.baseline else 'without'} the residual baseline; run validate.py again "
-            f"{'with' if options.baseline else 'without'} --no-baseline, or pass -t and -a"
+            f"with `baseline={baseline}`, or pass `threshold` and `min_area`"
         )
-    for flag, given, used in (("--scales", scales, options.scales), ("--passes", passes, options.passes)):
+    for name, given, used in (("scales", scales, options.scales), ("passes", passes, options.passes)):
         if given is not None and given != used:
-            raise UserError(
-                f"{what} was computed with {flag} {used}; run validate.py again with {flag} {given}, or pass -t and -a"
+            raise SettingError(
+                f"{what} was computed with `{name}={used}`; run validate.py again with `{name}={given}`, "
+                "or pass `threshold` and `min_area`"
             )
     if threshold is not None:
         return float(threshold), int(found["min_area"]), options, "area from validation, threshold from command line"

@@ -19,6 +19,8 @@ import os
 import keras
 from keras import layers
 
+from utils import SettingError
+
 IMAGENET_WEIGHTS_FILE = "inception_resnet_v2_weights_tf_dim_ordering_tf_kernels_notop.h5"
 MIN_SIZE = 32
 RESNET_MIN_SIZE = 75
@@ -147,17 +149,21 @@ def imagenet_weights_path() -> str:
     return os.path.join(keras_home, "models", IMAGENET_WEIGHTS_FILE)
 
 
+class MissingWeights(SettingError, FileNotFoundError):
+    """The encoder weights asked for are not on this machine (a FileNotFoundError naming the setting)."""
+
+
 def _resolve_weights(weights):
     if weights in (None, "none"):
         return None
     if weights == "imagenet":
         path = imagenet_weights_path()
         if not os.path.isfile(path):
-            raise FileNotFoundError(
+            raise MissingWeights(
                 f"ImageNet weights for InceptionResNetV2 are not in Keras's cache: {path} is missing "
                 f"(no internet here). On a connected machine download {IMAGENET_WEIGHTS_FILE} "
                 f"(e.g. by building keras.applications.InceptionResNetV2(include_top=False) once) and copy it "
-                f"to {os.path.dirname(path)}/, or use --weights PATH to a weights file, or --weights none"
+                f"to {os.path.dirname(path)}/, or use `weights=PATH` to a weights file, or `weights=none`"
             )
         return "imagenet"
     if not os.path.isfile(weights):

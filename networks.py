@@ -40,8 +40,8 @@ SUFFIX = ".onnx"
 OPSET = 17
 TOLERANCE = 1e-4  # largest |ONNX - Keras| on the probe inputs for the twin to be used
 SLOWER_LIMIT = 1.1  # the twin is used unless it takes more than this times Keras's time per image
-TIMED_IMAGES = 16  # images per timed call when the twin is made: one batch of inference's default --batch
-TIMED_BATCH = 16  # in batches of inference's default --batch
+TIMED_IMAGES = 16  # images per timed call when the twin is made: one batch of inference's default batch
+TIMED_BATCH = 16  # in batches of inference's default batch
 # What starting Keras costs a script that otherwise never imports TensorFlow: importing it,
 # loading the model and its first call, 3.7-3.9 s on this 2-core machine against 0.4 s for
 # OpenVINO (bench/README.md, "Fourth round"); a little less, so ties go to Keras.

@@ -20,7 +20,7 @@ from pathlib import Path
 import methods
 import settings
 import storage
-from utils import UserError
+from utils import SettingError, UserError
 
 SETUP = "setup.json"
 VALIDATION_FILES = "validation_files.txt"
@@ -28,6 +28,13 @@ HISTORY = "history.csv"
 LOSS_PLOT = "loss_curve.png"
 BACKUP = "backup"
 HEAD_FILE = "head.keras"
+
+
+def _method_choice(**flags) -> str:
+    """```method=a`, b or c``: the methods with ``flags`` (:func:`methods.names`) as a setting
+    in a message, which the command line words as ``--method a, b or c``."""
+    first, *rest = methods.names(**flags)
+    return methods.listing([f"`method={first}`", *rest])
 
 
 def model_filename(architecture: str, batch: int) -> str:
@@ -173,25 +180,25 @@ class Run:
 
     @property
     def head_path(self) -> Path:
-        """The learned residual's head (learned.py); may be missing (older runs, --head-steps 0)."""
+        """The learned residual's head (learned.py); may be missing (older runs, ``head_steps=0``)."""
         return run_head_path(self.dir, self.setup)
 
     def load_head(self, keras: bool = False, images: int | None = None):
         """Load (once) the segmentation head of the ``learned`` map method: its ONNX twin
         for inference, the Keras model with ``keras`` (see :meth:`load_model`)."""
         if not self.head_path.is_file():
-            raise UserError(
+            raise SettingError(
                 f"run {self.dir} has no learned residual head ({self.head_path.name}); train a new run "
-                f"with --head-steps > 0, or use --method {methods.listing(methods.names(calibrated=True))}"
+                f"with one (train.py new trains it by default), or use {_method_choice(calibrated=True)}"
             )
         trained_on = (
             self.setup.get("head", {}).get("model_sha256") if isinstance(self.setup.get("head"), dict) else None
         )
         if trained_on and trained_on != storage.model_id(self.model_path):
-            raise UserError(
+            raise SettingError(
                 f"the learned head {self.head_path} was trained on another autoencoder than {self.model_path.name} "
-                f"(a resume stopped before the head was trained again?): run train.py resume -p {self.dir} "
-                f"-e 1 to train both again, or use --method {methods.listing(methods.names(calibrated=True))}"
+                f"(a resume stopped before the head was trained again?): run train.py resume `path={self.dir}` "
+                f"for 1 more epoch to train both again, or use {_method_choice(calibrated=True)}"
             )
         if keras:
             return load_keras(self.head_path, compile=False)  # fresh: callers may change its statistics
@@ -215,7 +222,7 @@ class Run:
         """The residual-map method to use: the one asked for, else ``fused`` for every run with a
         learned head (train.py's default: the head's map, the loss's fixed residual and the
         training-free maps, weighed by validate.py, whatever the regime), else the loss's family
-        (a plain autoencoder trained with --head-steps 0)."""
+        (a plain autoencoder trained with ``head_steps=0``)."""
         if method is None and self.head_path.is_file():
             method = "fused"
         method = method or methods.default_for_loss(self.setup["loss"])
@@ -300,7 +307,7 @@ def _float32_policies(config):
 
 
 def _float32_copy(model, path):
-    """``model``, or when it was trained with ``--precision mixed`` the same network computing
+    """``model``, or when it was trained with ``precision="mixed"`` the same network computing
     in float32: residual maps compare reconstructions more finely than bfloat16's three
     significant digits."""
     import keras
@@ -337,7 +344,7 @@ def load_keras(path: storage.PathLike, compile: bool = False):
     if not all(np.isfinite(np.asarray(w)).all() for w in model.weights):
         raise UserError(
             f"model {path} has non-finite weights (training diverged): it cannot be used; "
-            "train again, e.g. with a smaller --lr"
+            "train again, e.g. with a smaller learning rate"
         )
     return model
 
@@ -376,22 +383,23 @@ def find_run(path: storage.PathLike) -> Run:
     if path.is_file() and path.suffix != ".keras":
         raise UserError(f"{path} is not a model file ({expected.name}): give the run folder or the .keras file in it")
     if path.is_file() and path.resolve() == run_head_path(run_dir, setup).resolve():
-        raise UserError(
+        raise SettingError(
             f"{path} is the run's learned head, not its model ({expected.name}): give the run folder or the "
-            f".keras model in it (the head is used with --method {methods.listing(methods.names(uses_head=True))})"
+            f".keras model in it (the head is used with {_method_choice(uses_head=True)})"
         )
     model_path = path if path.is_file() else expected
     best = setup.get("best_val_loss")
     if storage.is_number(best) and not math.isfinite(best):
         raise UserError(
             f"run {run_dir} diverged (best validation loss {best}): it is never validated or tested; "
-            "train again, e.g. with a smaller --lr"
+            "train again, e.g. with a smaller learning rate"
         )
     if not model_path.is_file():
         if setup.get("status") == "training" and not (run_dir / BACKUP / "state.json").is_file():
             raise UserError(run_is_empty_message(run_dir))
-        raise UserError(
-            f"no model in {run_dir}: {model_path.name} is missing (training unfinished? try train.py resume -p {run_dir})"
+        raise SettingError(
+            f"no model in {run_dir}: {model_path.name} is missing (training unfinished? try train.py resume "
+            f"`path={run_dir}`)"
         )
     return Run(dir=run_dir, setup=setup, model_path=model_path, _lock=held)
 
@@ -459,21 +467,21 @@ def find_validation_result(
     path = found[-1]
     result = check_validation_result(storage.read_json(path), path)
     if model is not None:
-        again = f"run validate.py -p {run_dir} -a {int(result['min_area'])} --method {method} again"
+        again = f"run validate.py `path={run_dir}` `min_area={int(result['min_area'])}` `method={method}` again"
         if not _made_from(result, "model_sha256", Path(model), path):
-            raise UserError(
+            raise SettingError(
                 f"{path} was computed on other weights (the model changed since, e.g. by train.py resume): {again}"
             )
         head = Path(head) if head is not None else run_head_path(run_dir)
         if methods.uses_head(method) and head.is_file() and not _made_from(result, "head_sha256", head, path):
-            raise UserError(
+            raise SettingError(
                 f"{path} was computed with another learned head ({head.name} changed since): its threshold "
                 f"does not fit the current head; {again}"
             )
         setup_path = Path(run_dir) / SETUP
         shape = storage.read_json(setup_path).get("shape") if setup_path.is_file() else None
         if result.get("shape") and shape and list(result["shape"]) != list(shape):
-            raise UserError(
+            raise SettingError(
                 f"{path} was computed at image shape {result['shape']}, but setup.json now says {shape} "
                 f"(edited?): its threshold does not fit; {again}"
             )

@@ -19,7 +19,7 @@ import numpy as np
 import data
 import runs
 import storage
-from utils import UserError
+from utils import SettingError, UserError
 
 if TYPE_CHECKING:  # imported where parts are read: scripts that only import this module skip its 0.2 s
     import pandas as pd
@@ -36,8 +36,8 @@ def parse(spec: str | None) -> tuple[int, int] | None:
         return None
     match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(spec))
     if not match or not 1 <= int(match.group(1)) <= int(match.group(2)):
-        raise UserError(
-            f"--shard must be K/N with whole numbers 1 <= K <= N (the K-th of N parts), e.g. 1/4; got {spec!r}"
+        raise SettingError(
+            f"`shard` must be K/N with whole numbers 1 <= K <= N (the K-th of N parts), e.g. 1/4; got {spec!r}"
         )
     return int(match.group(1)), int(match.group(2))
 
@@ -52,7 +52,7 @@ def select(paths: list[Path], root: Path, shard: tuple[int, int]) -> list[Path]:
     k, n = shard
     ordered = sorted(paths, key=lambda p: data.relative_to(p, root))
     if n > len(ordered):
-        raise UserError(f"--shard {k}/{n}: {root} holds only {len(ordered)} image(s), fewer than {n} parts")
+        raise SettingError(f"`shard` {k}/{n}: {root} holds only {len(ordered)} image(s), fewer than {n} parts")
     return list(np.array_split(np.array(ordered, dtype=object), n)[k - 1])
 
 
@@ -77,12 +77,14 @@ def record(shard: tuple[int, int] | None, paths: list[Path], root: Path) -> dict
 def _read_part(folder: Path) -> tuple[dict, pd.DataFrame]:
     setup_file, csv_file = folder / SETUP, folder / PREDICTIONS
     if not setup_file.is_file() or not csv_file.is_file():
-        raise UserError(f"{folder} is not a prediction folder of test.py --images (no {SETUP} or {PREDICTIONS})")
+        raise SettingError(
+            f"{folder} is not a prediction folder of test.py `images` (no {SETUP} or {PREDICTIONS})", "folders"
+        )
     import pandas as pd
 
     setup = storage.read_json(setup_file)
     if "shard" not in setup:
-        raise UserError(f"{folder} holds predictions of a whole folder, not a --shard part")
+        raise SettingError(f"{folder} holds predictions of a whole folder, not a `shard` part", "folders")
     try:
         frame = pd.read_csv(csv_file)
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
@@ -95,7 +97,7 @@ def merge(folders: list, out: str | Path | None = None, run_path: str | Path | N
     named as an unsharded run's folder). Returns ``(frame, output folder)``."""
     folders = [Path(f) for f in folders]
     if not folders:
-        raise UserError("--merge needs the output folders of every --shard part")
+        raise SettingError("merging needs the output folders of every `shard` part", "folders")
     parts = [(f, *_read_part(f)) for f in folders]
     first = parts[0][1]
     for folder, setup, _ in parts[1:]:
@@ -114,7 +116,7 @@ def merge(folders: list, out: str | Path | None = None, run_path: str | Path | N
     repeated = sorted({k for k in seen if seen.count(k) > 1})
     if missing or repeated:
         raise UserError(
-            f"--merge needs each of the {count} parts once: "
+            f"merging needs each of the {count} parts once: "
             + "; ".join(
                 filter(
                     None,
@@ -140,7 +142,7 @@ def merge(folders: list, out: str | Path | None = None, run_path: str | Path | N
         else parts[0][0].parent / parts[0][0].name.replace(suffix((parts[0][1]["shard_index"], count)), "")
     )
     if out_dir.resolve() in {f.resolve() for f in folders}:
-        raise UserError(f"--out {out_dir} is one of the parts: choose another folder")
+        raise SettingError(f"`out` {out_dir} is one of the parts: choose another folder")
     setup = {k: v for k, v in first.items() if k not in ("shard", "shard_index")}
     setup["merged_from"] = [str(f.resolve()) for f, _, _ in parts]
     identity = {"kind": "predictions", "images": first.get("images"), "model_sha256": first.get("model_sha256")}

@@ -26,12 +26,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from utils import UserError, warn
+from utils import SettingError, UserError, warn
 
 MARKER = ".cae-result.json"  # marks a folder this tool wrote as one result (may be replaced by the same result)
 LOCK = ".lock"  # per run: training holds it exclusively, validate/test/finetune shared
 OTHER_WEIGHTS = "other_weights"  # results of earlier weights are moved here, never overwritten
-EARLIER = "earlier"  # results of the same weights made with other settings (e.g. --smooth, --save) go here
+EARLIER = "earlier"  # results of the same weights made with other settings (e.g. smooth, save) go here
 
 PathLike = str | os.PathLike
 
@@ -308,19 +308,19 @@ def check_output(final: PathLike, inputs: Iterable = (), protect: Iterable = (),
     real = Path(os.path.realpath(final))
     for folder in inputs:
         if _related(real, Path(os.path.realpath(folder))):
-            raise UserError(f"output {final} overlaps the input folder {folder}: choose an --out outside it")
+            raise SettingError(f"output {final} overlaps the input folder {folder}: choose an `out` outside it")
     for folder in protect:
         other = Path(os.path.realpath(folder))
         if real == other or real in other.parents:
-            raise UserError(f"output {final} would replace {folder} (or a folder holding it): choose another --out")
+            raise SettingError(f"output {final} would replace {folder} (or a folder holding it): choose another `out`")
     check_writable(final.parent, final)
     if (final.exists() or final.is_symlink()) and not archive:
         if not final.is_dir():
-            raise UserError(f"output {final} exists and is not a folder: choose another --out (nothing was written)")
+            raise SettingError(f"output {final} exists and is not a folder: choose another `out` (nothing was written)")
         if read_marker(final) is None:
-            raise UserError(
+            raise SettingError(
                 f"output {final} exists and is not a result folder of this tool: "
-                "choose a new folder for --out (nothing was written or deleted)"
+                "choose a new folder for `out` (nothing was written or deleted)"
             )
 
 
@@ -461,8 +461,8 @@ class StagedOutput(StagedFolder):
         if not self.archive and self.final.is_dir():
             conflict = self._conflict(read_marker(self.final) or {})
             if conflict is not None:
-                raise UserError(
-                    f"output {self.final} holds {conflict[0]}: choose another --out (nothing was written or deleted)"
+                raise SettingError(
+                    f"output {self.final} holds {conflict[0]}: choose another `out` (nothing was written or deleted)"
                 )
 
     def __enter__(self):
@@ -485,13 +485,13 @@ class StagedOutput(StagedFolder):
                 if conflict is not None:
                     what, old_model = conflict
                     if not self.archive:
-                        raise UserError(
-                            f"output {final} holds {what}: choose another --out (nothing was written or deleted)"
+                        raise SettingError(
+                            f"output {final} holds {what}: choose another `out` (nothing was written or deleted)"
                         )
                     set_aside(final.parent, [final.name], old_model, what)
                 elif self.archive and final.is_dir() and not final.is_symlink():
-                    # The same weights: an earlier result made with other settings (e.g. --smooth,
-                    # --save), or holding files this one does not write (--save masks, overlays),
+                    # The same weights: an earlier result made with other settings (e.g. smooth,
+                    # save), or holding files this one does not write (masks and overlays of ``save``),
                     # is the user's: kept beside, in earlier/<its time>/, never replaced without a word.
                     lacking = _relative_files(final) - _relative_files(self.partial)
                     other = existing.get("settings") != self.identity.get("settings")

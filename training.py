@@ -21,10 +21,10 @@ import runs
 import settings
 import storage
 from settings import TrainConfig
-from utils import UserError, package_versions, set_seed, stop_point, warn
+from utils import SettingError, UserError, package_versions, set_seed, stop_point, warn
 
 FREEZE_SHARE = 0.7  # resnet: encoder frozen for the first 70% of epochs
-DEFAULT_OBJECT_SIZE = 128  # px: objects train at this square side unless --size says otherwise
+DEFAULT_OBJECT_SIZE = 128  # px: objects train at this square side unless the size setting says otherwise
 
 
 def epochs_for(instances: int, n_train: int) -> int:
@@ -37,7 +37,7 @@ def freeze_epochs(architecture: str, epochs: int) -> int:
     return int(math.ceil(FREEZE_SHARE * epochs)) if architecture == "resnet" else 0
 
 
-class NonFiniteLoss(UserError):
+class NonFiniteLoss(SettingError):
     """The loss became NaN or infinite: training stops at once, that epoch is not saved."""
 
 
@@ -66,7 +66,7 @@ def _callbacks(run_dir, model_path, patience, state, clock):
                 if value is not None and not np.isfinite(float(value)):
                     raise NonFiniteLoss(
                         f"training stopped at epoch {self.epoch + 1}{where}: the {key.replace('_', ' ')} "
-                        f"is {float(value)} (diverged; try a smaller --lr)"
+                        f"is {float(value)} (diverged; try a smaller `lr`)"
                     )
 
         def on_train_batch_end(self, batch, logs=None):
@@ -160,52 +160,53 @@ def _compile(model, setup):
 def _geometry(config, mode, paths):
     """``(model size, whole-image (height, width), training patch or None)`` of a new run.
 
-    Objects: every image is squeezed to a ``--size`` square (default
+    Objects: every image is squeezed to a ``size`` square (default
     :data:`DEFAULT_OBJECT_SIZE`). Surfaces: images keep their aspect ratio (shorter side
-    ``--size``, default native up to 256 px, see :func:`regime.surface_shape`) and the
-    fully convolutional model trains on ``--patch`` crops, so its size is the patch's.
+    ``size``, default native up to 256 px, see :func:`regime.surface_shape`) and the
+    fully convolutional model trains on ``patch`` crops, so its size is the patch's.
     """
     if mode == "object":
         if config.patch is not None:
-            warn("--patch only applies to surface runs (--mode surface); ignored for this object run")
+            warn("`patch` only applies to surface runs (`mode=surface`); ignored for this object run", settings=True)
         size = config.size or DEFAULT_OBJECT_SIZE
         return size, (size, size), None
     if config.architecture == "resnet":
-        raise UserError(
-            "-a resnet needs whole square images: use -a mvtec or mvtec2 for surface runs, or --mode object"
+        raise SettingError(
+            "`architecture=resnet` needs whole square images: use `architecture=mvtec` or mvtec2 for surface runs, "
+            "or `mode=object`"
         )
     shape = regime.surface_shape([data.image_size(p) for p in paths], config.size)
     # Default: the usual patch, or the whole shorter side of images smaller than it.
     patch = min(regime.DEFAULT_PATCH, min(shape)) if config.patch is None else config.patch
     if patch < 32 or patch % regime.STRIDE or patch > min(shape):
-        raise UserError(
-            f"--patch must be a multiple of {regime.STRIDE} from 32 to the image's shorter side "
+        raise SettingError(
+            f"`patch` must be a multiple of {regime.STRIDE} from 32 to the image's shorter side "
             f"({min(shape)} px here), got {patch}"
         )
     return patch, shape, patch
 
 
 def _check_out(out, directory):
-    """Refuse (one line, before any work) an --out that is a file, cannot be created, or lies
+    """Refuse (one line, before any work) an ``out`` that is a file, cannot be created, or lies
     inside the dataset (a run is never written into its input)."""
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} is a file, not a folder for run folders")
+        raise SettingError(f"`out` {out} is a file, not a folder for run folders")
     storage.check_writable(out, f"a run folder under {out}")
     real_out, real_class = Path(os.path.realpath(out)), Path(os.path.realpath(directory))
     if real_out == real_class or real_class in real_out.parents:
-        raise UserError(f"--out {out} lies inside the dataset {directory}: choose a folder outside it")
+        raise SettingError(f"`out` {out} lies inside the dataset {directory}: choose a folder outside it")
 
 
 PRECISIONS = ("float32", "mixed")
 
 
 def precision_policy(precision: str) -> str:
-    """Keras dtype policy of ``--precision``: ``mixed`` is bfloat16 on CPUs (whose bfloat16
+    """Keras dtype policy of ``precision``: ``mixed`` is bfloat16 on CPUs (whose bfloat16
     units measured 1.7x less CPU per image here) and float16 on GPUs, where Keras scales
     the loss; variables stay float32 either way."""
     if precision not in PRECISIONS:
-        raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        raise SettingError(f"`precision` must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if precision == "float32":
         return "float32"
     import tensorflow as tf
@@ -235,25 +236,29 @@ def prepare(config: TrainConfig) -> tuple[dict, tuple, list[str], object]:
 
     _check_out(config.out, config.directory)
     if config.batch < 1:
-        raise UserError(f"--batch must be >= 1, got {config.batch}")
+        raise SettingError(f"`batch` must be >= 1, got {config.batch}")
     if not (math.isfinite(config.lr) and config.lr > 0):
-        raise UserError(f"--lr must be a finite number > 0, got {config.lr}")
+        raise SettingError(f"`lr` must be a finite number > 0, got {config.lr}")
     if config.instances is not None and config.instances < 1:
-        raise UserError(f"--instances must be >= 1, got {config.instances}")
+        raise SettingError(f"`instances` must be >= 1, got {config.instances}")
     if config.epochs is not None and config.epochs < 1:
-        raise UserError(f"--epochs must be >= 1, got {config.epochs}")
+        raise SettingError(f"`epochs` must be >= 1, got {config.epochs}")
     if not 0 <= config.denoise <= 1:
-        raise UserError(f"--denoise must be a share from 0 to 1, got {config.denoise}")
+        raise SettingError(f"`denoise` must be a share from 0 to 1, got {config.denoise}")
     if not 0 <= config.rotation <= 180:
-        raise UserError(f"--rotation must be 0 to 180 degrees, got {config.rotation}")
+        raise SettingError(f"`rotation` must be 0 to 180 degrees, got {config.rotation}")
     if config.patience is not None and config.patience < 0:
-        raise UserError(f"--patience must be >= 0, got {config.patience}")
+        raise SettingError(f"`patience` must be >= 0, got {config.patience}")
     if config.weights not in ("imagenet", "none") and config.architecture != "resnet":
-        warn(f"--weights {config.weights} only applies to -a resnet; ignored for -a {config.architecture}")
+        warn(
+            f"`weights={config.weights}` only applies to `architecture=resnet`; "
+            f"ignored for `architecture={config.architecture}`",
+            settings=True,
+        )
     if config.head_steps < 0:
-        raise UserError(f"--head-steps must be >= 0 (0: no learned residual), got {config.head_steps}")
+        raise SettingError(f"`head_steps` must be >= 0 (0: no learned residual), got {config.head_steps}")
     if config.size is not None and config.size < 1:
-        raise UserError(f"--size must be a positive number of pixels, got {config.size}")
+        raise SettingError(f"`size` must be a positive number of pixels, got {config.size}")
     # Before any TensorFlow op: a multi-worker strategy must be created at program start.
     distributed = distribution.describe(config.strategy, config.batch)
     class_dir, good = data.check_class_dir(config.directory)
@@ -274,6 +279,8 @@ def prepare(config: TrainConfig) -> tuple[dict, tuple, list[str], object]:
                 config.architecture, size, channels, weights=config.weights, fully_convolutional=mode == "surface"
             )
         loss = clf.get_loss(config.loss, size)
+    except SettingError:
+        raise  # already worded in settings (an MS-SSIM `size` too small, missing `weights`)
     except (ValueError, FileNotFoundError) as exc:
         raise UserError(str(exc)) from None
     images, kept = data.load_images(paths, color, shape, progress="loading train/good")
@@ -446,7 +453,7 @@ def train(setup: dict, run_dir: Path, images: tuple, model, start_epoch: int = 0
     if diverged is None:
         _write_twins(run_dir, setup)
     if diverged is not None:
-        raise UserError(
+        raise SettingError(
             f"{diverged}; the run keeps its best model (epoch {setup['best_epoch']}, validation loss "
             f"{setup['best_val_loss']:.5f}) and is finished: {run_dir}"
         )
@@ -473,7 +480,9 @@ def _train_head(setup, run_dir, train_images):
             seed=setup["seed"],
         )
     except FloatingPointError as exc:
-        raise UserError(f"learned residual: {exc}; the autoencoder is kept, use --method ssim or l2") from None
+        raise UserError(
+            f"learned residual: {exc}; the autoencoder is kept (its ssim and l2 maps need no head)"
+        ) from None
 
 
 def _write_twins(run_dir, setup):
@@ -557,7 +566,7 @@ def resume_run(path, more_epochs: int | None = None, strategy: str | None = None
     if not (run_dir / runs.SETUP).is_file():
         raise UserError(f"{run_dir} is not a run folder: no {runs.SETUP}")
     if more_epochs is not None and more_epochs < 1:
-        raise UserError(f"-e/--epochs must be >= 1, got {more_epochs}")
+        raise SettingError(f"`more_epochs` must be >= 1, got {more_epochs}")
     lock = storage.RunLock(run_dir, exclusive=True)  # a second resume (or a reader) refuses with one line
     try:
         return _resume_locked(run_dir, more_epochs, strategy)
@@ -582,8 +591,9 @@ def _resume_locked(run_dir, more_epochs, strategy=None):
         print(f"resuming interrupted run at epoch {start + 1} of {setup['epochs'] + (more_epochs or 0)}", flush=True)
     elif setup.get("status") == "done":
         if not more_epochs:
-            raise UserError(
-                f"run {run_dir} already finished {setup['epochs_run']} epochs; pass -e MORE_EPOCHS to train longer"
+            raise SettingError(
+                f"run {run_dir} already finished {setup['epochs_run']} epochs; pass `more_epochs=MORE_EPOCHS` "
+                "to train longer"
             )
         if not best.is_file():
             raise UserError(f"no model in {run_dir}: {best.name} is missing, nothing to extend")

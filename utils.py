@@ -6,6 +6,11 @@ impossible value); :func:`run_cli` turns it into one line on stderr and exit cod
 so users never see a traceback for their own mistakes, and ends a finished run with its
 elapsed time on stderr (stdout's last line stays the path other scripts read).
 
+Libraries never name command-line flags: an error about a setting is a :class:`SettingError`
+(a ValueError) naming the setting, a function's parameter or a config's field, in backticks
+(`batch`, `passes=1`); :func:`run_cli` words it with the running script's options
+(``--batch``, ``--passes 1``), so a notebook reads parameter names and a shell reads flags.
+
 This module imports nothing heavy: the scripts import it first, parse their options, and
 import TensorFlow, OpenVINO and matplotlib only after that (``--help`` and flag errors
 answer without them).
@@ -16,6 +21,7 @@ from __future__ import annotations
 import argparse
 import errno
 import os
+import re
 import sys
 import time
 import warnings
@@ -30,13 +36,99 @@ class UserError(Exception):
     """An error caused by the user's input; printed as one line, no traceback."""
 
 
-def warn(message: str) -> None:
+# A setting named in a message: `name` or `name=value` (a parameter or config field, and a value).
+_SETTING = re.compile(r"`([a-z_][a-z0-9_]*)(?:=([^`]*))?`")
+# Library names whose command-line option has another ``dest`` (the same setting in other words).
+SETTING_OPTIONS = {"min_area": "area", "max_area": "range", "more_epochs": "epochs"}
+
+
+class SettingError(UserError, ValueError):
+    """A setting's value is wrong, or does not fit the run: the message names the settings in
+    backticks, ``SettingError(f"`batch` must be >= 1, got {batch}")`` or "run validate.py again
+    with `passes=3`". A Python caller reads the parameter names; :func:`run_cli` shows the
+    script's options instead (``--batch``, ``--passes 3``).
+
+    ``setting``: the setting the error is about (default: the first one named).
+    """
+
+    def __init__(self, message: str, setting: str | None = None):
+        super().__init__(message)
+        self.settings = tuple(m.group(1) for m in _SETTING.finditer(message))
+        if setting is None and not self.settings:
+            raise TypeError(f"a SettingError names its setting in backticks: {message!r}")
+        self.setting = setting or self.settings[0]
+
+    def __reduce__(self):  # pickles with the explicit setting too (the default __reduce__ drops it)
+        return type(self), (str(self), self.setting)
+
+
+# The command line run_cli is running: (parser or the function that builds it, argv); None outside.
+_COMMAND_LINE: tuple | None = None
+
+
+def _options(parser, argv) -> list[argparse.Action]:
+    """The options of ``parser``: its own, then those of the subcommand in ``argv`` (of every
+    subcommand when none is named there)."""
+    actions = list(parser._actions)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            named = [action.choices[a] for a in argv if a in action.choices][:1]
+            for sub in named or action.choices.values():
+                actions += _options(sub, argv)
+    return actions
+
+
+def in_options(message: str, parser: argparse.ArgumentParser, argv=()) -> str:
+    """``message`` with each setting in backticks named as ``parser``'s option for it (its
+    ``dest``, or :data:`SETTING_OPTIONS`'s alias): a message's subject in full, as argparse
+    names an argument (``-b/--batch must be ...``), a setting inside a sentence as its usage
+    line does (``-t``, ``--passes 3``; a switch by its flag alone, ``--no-baseline`` for
+    `baseline=False`). A setting the parser has no option for is named plainly
+    (``min_area``, ``min_area=4``): the library was called for another command."""
+    options = {}
+    for action in _options(parser, list(argv or ())):
+        if action.option_strings and action.dest not in options:
+            options[action.dest] = action
+
+    def words(match):
+        name, value = match.group(1), match.group(2)
+        action = options.get(name) or options.get(SETTING_OPTIONS.get(name, ""))
+        if action is not None:
+            if value is None:
+                return "/".join(action.option_strings) if match.start() == 0 else action.option_strings[0]
+            if action.nargs != 0:
+                return f"{action.option_strings[0]} {value}"
+            if value == str(action.const):  # a switch: named by its flag when that is the value it sets
+                return action.option_strings[0]
+        return name if value is None else f"{name}={value}"
+
+    return _SETTING.sub(words, message)
+
+
+def _command_line_words(message: str) -> str:
+    """``message`` in the running script's options (:func:`in_options`), unchanged outside run_cli."""
+    if _COMMAND_LINE is None:
+        return message
+    parser, argv = _COMMAND_LINE
+    try:
+        if callable(parser) and not isinstance(parser, argparse.ArgumentParser):
+            parser = parser()
+        return in_options(message, parser, sys.argv[1:] if argv is None else argv)
+    except Exception:  # noqa: BLE001 - wording must never hide the message itself
+        return message
+
+
+def warn(message: str, *, settings: bool = False) -> None:
     """Print a one-line warning on stderr (not through `warnings`, which adds file/line noise).
 
+    ``settings``: the message names settings in backticks, as a :class:`SettingError` does;
+    under :func:`run_cli` they are worded as the script's options.
     Goes through ``tqdm.write`` so it does not break a progress bar on the terminal.
     """
     from tqdm import tqdm
 
+    if settings:
+        message = _command_line_words(message)
     tqdm.write(f"warning: {message}", file=sys.stderr)
 
 
@@ -148,11 +240,26 @@ def stop_on_ctrl_c(name: str) -> None:
         signal.signal(signal.SIGINT, _stop)
 
 
-def run_cli(main: Callable[[list[str] | None], object], argv: list[str] | None = None) -> int:
+def run_cli(main: Callable[[list[str] | None], object], argv: list[str] | None = None, parser=None) -> int:
     """Run ``main(argv)``; map user errors and Ctrl-C to a one-line message and exit code.
 
+    ``parser``: the script's :class:`argparse.ArgumentParser`, or the function that builds it
+    (built only when a message needs it; default: the ``get_parser`` beside ``main``); a
+    :class:`SettingError`'s settings are worded as its options (:func:`in_options`).
     Returns the process exit code (0 on success) so ``__main__`` can ``sys.exit`` it.
     """
+    global _COMMAND_LINE
+    if parser is None:
+        parser = getattr(main, "__globals__", {}).get("get_parser")
+    outer, _COMMAND_LINE = _COMMAND_LINE, (parser, argv) if parser is not None else None
+    try:
+        return _run_main(main, argv)
+    finally:
+        _COMMAND_LINE = outer
+
+
+def _run_main(main, argv) -> int:
+    """:func:`run_cli`'s work, while :data:`_COMMAND_LINE` says which script runs."""
     import signal
 
     prog = os.path.basename(sys.argv[0]) or "cae"
@@ -176,6 +283,9 @@ def run_cli(main: Callable[[list[str] | None], object], argv: list[str] | None =
             if _SIGINT_SEEN:
                 raise KeyboardInterrupt from None
             raise
+    except SettingError as exc:
+        print(f"{prog}: error: {_command_line_words(str(exc))}", file=sys.stderr, flush=True)
+        return EXIT_USER_ERROR
     except UserError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr, flush=True)
         return EXIT_USER_ERROR

@@ -287,7 +287,7 @@ def validation_maps(mapper: inference.Mapper) -> tuple[list[Path], np.ndarray, t
 
     Cached in ``RUN/validation_maps_<method>_s<scales>_p<passes>[_raw].npz`` and used again
     while the model file, the validation images and the settings are the same (see
-    :func:`_maps_key`): choosing the threshold for another ``--area`` then needs no
+    :func:`_maps_key`): choosing the threshold for another ``min_area`` then needs no
     reconstruction at all. The maps do not depend on the area.
     """
     run, options = mapper.run, mapper.options

@@ -19,7 +19,7 @@ import resmaps  # noqa: E402
 import runs  # noqa: E402
 import storage  # noqa: E402
 from inference import MapOptions  # noqa: E402
-from utils import UserError  # noqa: E402
+from utils import SettingError, UserError  # noqa: E402
 
 SIDE = 32
 
@@ -81,8 +81,10 @@ def test_map_options_from_args_defaults_and_regimes():
     assert MapOptions.from_args(False, 1, 3, "l2") == MapOptions(False, 1, 3)
     assert MapOptions.from_args(mode="surface").baseline is False  # nothing sits at one place on a surface
     assert MapOptions.from_args(method="learned") == MapOptions(False, 1, 1)
-    with pytest.raises(UserError, match="not to --method learned"):
+    # The library names its settings; the scripts show them as flags (utils.run_cli).
+    with pytest.raises(SettingError, match="not to `method=learned`") as caught:
         MapOptions.from_args(scales=2, method="learned")
+    assert caught.value.setting == "method" and isinstance(caught.value, ValueError)
 
 
 def test_map_options_record_round_trip_and_refusals():
@@ -204,8 +206,9 @@ def test_resolve_threshold_from_the_command_line_or_the_validation_result(run):
     )
     assert inference.resolve_threshold(run, "l2") == (0.2, 9, MapOptions(True, 1, 2), "validation")
     assert inference.resolve_threshold(run, "l2", threshold=0.5)[:2] == (0.5, 9)
-    with pytest.raises(UserError, match="--scales 1"):
+    with pytest.raises(SettingError, match="computed with `scales=1`; run validate.py again with `scales=2`") as caught:
         inference.resolve_threshold(run, "l2", scales=2)
+    assert caught.value.setting == "scales"
     run.model_path.write_bytes(b"other weights")
     with pytest.raises(UserError, match="other weights"):
         inference.resolve_threshold(run, "l2")

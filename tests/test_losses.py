@@ -76,8 +76,9 @@ def test_msssim_scales_follow_image_size():
     assert clf.msssim_scales(160) == 4
     assert clf.msssim_scales(64) == 3
     assert clf.get_loss("mssim", 64).scales == 3
-    with pytest.raises(ValueError, match="--size 16"):
+    with pytest.raises(ValueError, match="`size=16`") as caught:
         clf.get_loss("mssim", 16)
+    assert caught.value.setting == "size"
     with pytest.raises(ValueError, match="unknown loss 'huber'"):
         clf.get_loss("huber", 64)
 

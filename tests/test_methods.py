@@ -162,8 +162,9 @@ def test_map_options_apply_to_multiscale_methods_only(name):
         with pytest.raises(UserError) as caught:
             MapOptions.from_args(scales=2, method=name)
         assert str(caught.value) == (
-            f"--no-baseline, --scales and --passes apply to ssim, l2 and fused maps, not to --method {name}"
+            f"`baseline=False`, `scales` and `passes` apply to ssim, l2 and fused maps, not to `method={name}`"
         )
+        assert caught.value.setting == "method"
         assert MapOptions(True, 2, 3).component(name) == MapOptions(False, 1, 1)
 
 

@@ -53,7 +53,7 @@ def test_resnet_imagenet_missing_names_file_cache_and_alternatives(tmp_path, mon
     message = str(info.value)
     assert models.IMAGENET_WEIGHTS_FILE in message
     assert str(tmp_path / "models") in message
-    assert "--weights PATH" in message and "--weights none" in message
+    assert "`weights=PATH`" in message and "`weights=none`" in message and info.value.setting == "weights"
 
 
 def test_resnet_weights_from_path(tmp_path):

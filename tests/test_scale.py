@@ -234,8 +234,9 @@ def test_uneven_replicas_refused_or_dropped():
 
 @pytest.mark.parametrize("spec", ["3/2", "a/b", "0/2", "1/0", "1", "-1/2", "1/2/3"])
 def test_bad_shard_specs(spec):
-    with pytest.raises(UserError, match="--shard must be K/N"):
+    with pytest.raises(ValueError, match="`shard` must be K/N") as caught:
         sharding.parse(spec)
+    assert isinstance(caught.value, UserError) and caught.value.setting == "shard"
 
 
 def test_shards_are_disjoint_deterministic_and_complete(tmp_path):

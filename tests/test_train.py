@@ -531,7 +531,7 @@ def test_precision_and_jit_options(tiny_dataset, tmp_path, capsys):
 
     code, _, err = cli(train.main, ["new", "-d", str(tiny_dataset), "--precision", "half"], capsys)
     assert code == 2 and "invalid choice: 'half'" in err
-    with pytest.raises(training.UserError, match="--precision must be one of float32, mixed, got 'half'"):
+    with pytest.raises(training.SettingError, match="`precision` must be one of float32, mixed, got 'half'"):
         training.precision_policy("half")
     assert training.precision_policy("float32") == "float32"
     model = __import__("models").build_model("mvtec", 32, 1)

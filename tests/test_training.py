@@ -90,8 +90,9 @@ def test_resume_refusals_before_any_work(tmp_path):
     with pytest.raises(UserError, match="not a run folder"):
         training.resume_run(tmp_path)
     (tmp_path / runs.SETUP).write_text("{}")
-    with pytest.raises(UserError, match="-e/--epochs must be >= 1"):
+    with pytest.raises(UserError, match="`more_epochs` must be >= 1") as caught:
         training.resume_run(tmp_path, more_epochs=0)
+    assert caught.value.setting == "more_epochs"
     with pytest.raises(UserError, match="lacks 'architecture'"):
         training.resume_run(tmp_path)
 

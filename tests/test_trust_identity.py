@@ -67,7 +67,9 @@ def test_validation_result_of_another_head_is_refused(tmp_path):
     os.replace(other, run_dir / runs.HEAD_FILE)  # another run's head copied in
     with pytest.raises(UserError, match="computed with another learned head") as caught:
         inference.require_validation_result(run, "learned", 4, "")
-    assert "\n" not in str(caught.value) and f"validate.py -p {run_dir} -a 4 --method learned" in str(caught.value)
+    assert "\n" not in str(caught.value) and f"validate.py `path={run_dir}` `min_area=4` `method=learned`" in str(
+        caught.value
+    )
     # ssim maps never use the head: its threshold still fits.
     assert runs.find_validation_result(run_dir, "ssim", 4, model=run.model_path)["threshold"] == 0.5
     # Run A's head back (new file, new time stamps): the same content, the result fits again.
