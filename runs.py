@@ -103,8 +103,9 @@ _TRAINING_TYPES = {
 
 
 def check_setup(setup: dict, setup_path: storage.PathLike, training: bool = False) -> dict:
-    """Refuse (one line) a ``setup.json`` whose fields later steps rely on are missing or of the
-    wrong type, e.g. after a hand edit; with ``training``, also the fields resuming needs."""
+    """Refuse (one line) a ``setup.json`` record (current format, :func:`upgrade_setup`) whose
+    fields later steps rely on are missing or of the wrong type, e.g. after a hand edit; with
+    ``training``, also the fields resuming needs."""
     fields = {**_SETUP_TYPES, **(_TRAINING_TYPES if training else {})}
     for key, (ok, expected) in fields.items():
         if key not in setup:
@@ -120,17 +121,23 @@ def check_setup(setup: dict, setup_path: storage.PathLike, training: bool = Fals
         value = setup.get(key)
         if value is not None and not (storage.is_number(value) and value == int(value) and value >= 0):
             raise UserError(f"{setup_path}: '{key}' must be a whole number >= 0, got {value!r} (edited by hand?)")
-    shape = setup.get("shape")
-    if shape is not None:
-        whole = isinstance(shape, list) and len(shape) == 2 and all(storage.is_number(v) and v == int(v) for v in shape)
-        if setup.get("mode") == "surface":  # fully convolutional: any multiple of the total stride
-            ok = whole and all(16 <= v <= 8192 and v % 16 == 0 for v in shape)
-            expected = "[height, width], multiples of 16"
-        else:  # object runs squeeze whole images to the model's square
-            ok = whole and list(shape) == [setup["size"], setup["size"]]
-            expected = f"[size, size] = [{setup['size']}, {setup['size']}] for an object run"
-        if not ok:
-            raise UserError(f"{setup_path}: 'shape' must be {expected}, got {shape!r} (edited by hand?)")
+    for key in ("replicas", "per_replica_batch", "global_batch"):  # the converter fills them for older runs
+        value = setup.get(key)
+        if not (storage.is_number(value) and value == int(value) and value >= 1):
+            raise UserError(f"{setup_path}: '{key}' must be a whole number >= 1, got {value!r} (edited by hand?)")
+    name = setup.get("model_file")
+    if not (isinstance(name, str) and name.strip()):
+        raise UserError(f"{setup_path}: 'model_file' must be a file name, got {name!r} (edited by hand?)")
+    shape = setup.get("shape")  # older runs: the square, filled in by upgrade_setup
+    whole = isinstance(shape, list) and len(shape) == 2 and all(storage.is_number(v) and v == int(v) for v in shape)
+    if setup.get("mode") == "surface":  # fully convolutional: any multiple of the total stride
+        ok = whole and all(16 <= v <= 8192 and v % 16 == 0 for v in shape)
+        expected = "[height, width], multiples of 16"
+    else:  # object runs squeeze whole images to the model's square
+        ok = whole and list(shape) == [setup["size"], setup["size"]]
+        expected = f"[size, size] = [{setup['size']}, {setup['size']}] for an object run"
+    if not ok:
+        raise UserError(f"{setup_path}: 'shape' must be {expected}, got {shape!r} (edited by hand?)")
     best = setup.get("best_val_loss")
     if best is not None and not storage.is_number(best):
         raise UserError(f"{setup_path}: 'best_val_loss' must be a number, got {best!r} (edited by hand?)")

@@ -238,6 +238,24 @@ def test_scripts_refuse_an_unreadable_setup_in_one_line(tmp_path, capsys, setup,
     assert len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"shape": None}, "'shape' must be [height, width], multiples of 16, got None"),
+        ({"model_file": None}, "'model_file' must be a file name, got None"),
+        ({"global_batch": 0}, "'global_batch' must be a whole number >= 1, got 0"),
+        ({"mode": None}, "'mode' must be one of object, surface, got None"),
+    ],
+)
+def test_fields_the_converter_fills_are_checked_in_the_current_format(tmp_path, change, message):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / runs.SETUP).write_text(json.dumps({**current({"format": runs.SETUP_FORMAT, **LAST}), **change}))
+    with pytest.raises(UserError) as caught:
+        runs.read_setup(run_dir)
+    assert str(caught.value) == f"{run_dir / runs.SETUP}: {message} (edited by hand?)"
+
+
 def test_old_run_opens_with_the_current_fields(tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
