@@ -283,9 +283,9 @@ def _from_format_1(record: dict) -> dict:
     upgraded.update(
         format=SETUP_FORMAT,
         mode=mode,
-        shape=list(record.get("shape") or [size, size]),  # object runs: the square
+        shape=record.get("shape") or [size, size],  # object runs: the square (check_setup checks the rest)
         # --denoise was a bare flag (true: the default share) before it took a share.
-        denoise=settings.DEFAULT_DENOISE if denoise is True else float(denoise or 0.0),
+        denoise=settings.DEFAULT_DENOISE if denoise is True else float(denoise) if storage.is_number(denoise) else 0.0,
         head={"file": HEAD_FILE, **head} if isinstance(head, dict) else None,  # the file named, always
         model_file=record.get("model_file") or model_filename(record["architecture"], batch),
         replicas=record.get("replicas") or 1,
