@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from settings import DEFAULT_DENOISE, DEFAULT_ROTATION
+from settings import DEFAULT_ROTATION
 from utils import SettingError, UserError, warn
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -441,7 +441,7 @@ def tf_dataset(
     and augmented (vectorised per batch) in parallel with the model's step, then prefetched.
     The target is the (augmented) image itself; with ``denoise`` > 0 that share of the
     inputs additionally gets :func:`paste_anomalies`, so the model learns to repair rather
-    than copy (``True``, as older runs recorded it, means :data:`DEFAULT_DENOISE`).
+    than copy (older runs' ``true`` is converted to the default share by runs.upgrade_setup).
     With ``patch`` (surface runs), each training image contributes random
     ``patch``×``patch`` crops (one per epoch, or as many as ``per_epoch`` patches in all
     need), so a pattern is seen at every offset.
@@ -469,7 +469,7 @@ def tf_dataset(
 
         ds = ds.map(_augment, num_parallel_calls=tf.data.AUTOTUNE)
     if training and denoise:
-        share = DEFAULT_DENOISE if denoise is True else float(denoise)
+        share = float(denoise)
         ds = ds.map(lambda x: (paste_anomalies(x, probability=share), x), num_parallel_calls=tf.data.AUTOTUNE)
     else:
         ds = ds.map(lambda x: (x, x))

@@ -127,13 +127,15 @@ def describe(name: str, per_replica_batch: int) -> dict:
 
 
 def global_batch(setup: dict) -> int:
-    """The batch one training step sees: per-replica batch × replicas (older runs: ``batch``)."""
-    return int(setup.get("global_batch") or setup["batch"])
+    """The batch one training step sees: per-replica batch × replicas. ``setup``, here and below:
+    the run's ``setup.json`` object in the current format (runs.RunSetup.to_record), or a part
+    of it with the fields used."""
+    return int(setup["global_batch"])
 
 
 def scope(setup: dict):
     """The strategy scope a run's model and optimizer must be created in."""
-    return get_strategy(setup.get("strategy", "one")).scope()
+    return get_strategy(setup["strategy"]).scope()
 
 
 def validation_batch(setup: dict, n_images: int) -> int:
@@ -142,7 +144,7 @@ def validation_batch(setup: dict, n_images: int) -> int:
     builds the model from the replicas' mean of the first batch, which fails for unequal
     shares). The loss is averaged per image whatever the batch.
     """
-    batch, replicas = global_batch(setup), int(setup.get("replicas") or 1)
+    batch, replicas = global_batch(setup), int(setup["replicas"])
     if replicas == 1 or n_images >= batch:
         return batch
     if n_images < replicas:
@@ -156,7 +158,7 @@ def validation_batch(setup: dict, n_images: int) -> int:
 def drop_short_batches(dataset, setup: dict, n_images: int, batch: int, what: str):
     """Drop a last batch with fewer images than replicas (a replica without images fails
     in TensorFlow's convolutions), with a warning saying how many images that leaves out."""
-    replicas = int(setup.get("replicas") or 1)
+    replicas = int(setup["replicas"])
     rest = n_images % batch
     if replicas == 1 or not 0 < rest < replicas:
         return dataset
@@ -168,7 +170,7 @@ def drop_short_batches(dataset, setup: dict, n_images: int, batch: int, what: st
 
 def check_train_count(setup: dict, n_images: int) -> None:
     """One-line refusal when the training images do not fill one global batch (see :func:`validation_batch`)."""
-    if int(setup.get("replicas") or 1) > 1 and n_images < global_batch(setup):
+    if int(setup["replicas"]) > 1 and n_images < global_batch(setup):
         raise SettingError(
             f"{n_images} training images do not fill one global batch of {global_batch(setup)} "
             f"({setup['replicas']} replicas x `batch={setup['batch']}`): use a smaller `batch` or fewer devices"
@@ -183,7 +185,7 @@ def adapt(model, setup: dict) -> None:
     replica's share has the right structure, so this instance builds from the local share.
     Other strategies are left as they are.
     """
-    if setup.get("strategy") != "multiworker":
+    if setup["strategy"] != "multiworker":
         return model
     from keras import tree
 

@@ -466,7 +466,7 @@ def _check_supported(run, method, found):
     exportable = methods.names(exportable=True)
     if method not in exportable:
         raise UserError(f"export supports the map methods {', '.join(exportable)}, not {method!r}")
-    modes = {"setup.json": getattr(run, "mode", run.setup.get("mode")), "validation result": found.get("mode")}
+    modes = {"setup.json": run.mode, "validation result": found.get("mode")}
     for where, mode in modes.items():
         if mode not in KNOWN_MODES:
             raise UserError(

@@ -124,7 +124,7 @@ def fusion_components(run: runs.Run) -> tuple:
     fixed residual of its loss (ssim or l2) and the training-free median and low-frequency
     residuals (small local defects; large faint ones)."""
     head = methods.names(needs_head=True, fusable=True) if run.head_path.is_file() else ()
-    return (*head, methods.default_for_loss(run.setup["loss"]), *methods.names(training_free=True))
+    return (*head, methods.default_for_loss(run.setup.loss), *methods.names(training_free=True))
 
 
 @dataclass(frozen=True)

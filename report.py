@@ -96,6 +96,17 @@ def _read_json(path: Path) -> dict | None:
         return None
 
 
+def _read_setup(run_dir: Path):
+    """The run's setup (:func:`runs.read_setup`), or None when it is missing or unreadable (with a warning)."""
+    if not (run_dir / runs.SETUP).is_file():
+        return None
+    try:
+        return runs.read_setup(run_dir)
+    except UserError as exc:
+        warn(f"report: {exc}; left out")
+        return None
+
+
 def _read_csv(path: Path) -> list[dict]:
     try:
         with open(path, newline="") as handle:
@@ -155,10 +166,11 @@ def _labelled_rows(result_dir: Path) -> list[dict]:
     return rows
 
 
-def _prediction_rows(result_dir: Path, setup: dict) -> list[dict]:
-    """Gallery rows of ``--images`` predictions, from predictions.csv (masks beside it)."""
+def _prediction_rows(result_dir: Path, prediction: dict) -> list[dict]:
+    """Gallery rows of ``--images`` predictions, from predictions.csv (masks beside it) and
+    ``prediction``, their prediction_setup.json."""
     csv_path = result_dir / "predictions.csv"
-    images = Path(setup.get("images") or "")
+    images = Path(prediction.get("images") or "")
     rows = []
     for record in _read_csv(csv_path):
         path = Path(record.get("path", ""))
@@ -395,34 +407,28 @@ def _table(header: list[str] | None, body: list[list[str]], cls: str = "") -> st
     return f'<table class="{cls}">{head}<tbody>{rows}</tbody></table>'
 
 
-def _setup_section(setup: dict, run_dir: Path) -> str:
-    shape = setup.get("shape")
+def _setup_section(setup: runs.RunSetup, run_dir: Path) -> str:
+    height, width = setup.shape
     fields = [
         ("run folder", str(run_dir)),
-        ("images trained on", setup.get("directory")),
-        ("tag", setup.get("tag")),
-        ("architecture / loss", f"{setup.get('architecture')} / {setup.get('loss')}"),
-        ("regime", f"{setup.get('mode')} (alignment {_fmt(setup.get('alignment'), 2)})" if setup.get("mode") else None),
-        ("colour", setup.get("color")),
-        (
-            "model input",
-            f"{shape[1]} × {shape[0]} px" if isinstance(shape, list) and len(shape) == 2 else setup.get("size"),
-        ),
-        ("training images / held back", f"{setup.get('n_train')} / {setup.get('n_validation')}"),
-        ("epochs run (best)", f"{setup.get('epochs_run')} ({setup.get('best_epoch')})"),
-        (
-            "best validation loss",
-            _fmt(setup.get("best_val_loss"), 4) if setup.get("best_val_loss") is not None else None,
-        ),
-        ("learned head steps", setup.get("head_steps")),
-        ("precision", setup.get("precision")),
+        ("images trained on", setup.directory),
+        ("tag", setup.tag),
+        ("architecture / loss", f"{setup.architecture} / {setup.loss}"),
+        ("regime", f"{setup.mode} (alignment {_fmt(setup.alignment, 2)})"),
+        ("colour", setup.color),
+        ("model input", f"{width} × {height} px"),
+        ("training images / held back", f"{setup.n_train} / {setup.n_validation}"),
+        ("epochs run (best)", f"{setup.epochs_run} ({setup.best_epoch})"),
+        ("best validation loss", _fmt(setup.best_val_loss, 4) if setup.best_val_loss is not None else None),
+        ("learned head steps", setup.head_steps),
+        ("precision", setup.precision),
         (
             "training time",
-            f"{setup['training_seconds']:.0f} s" if storage.is_number(setup.get("training_seconds")) else None,
+            f"{setup.training_seconds:.0f} s" if storage.is_number(setup.training_seconds) else None,
         ),
-        ("command", setup.get("command")),
-        ("status", setup.get("status")),
-        ("versions", ", ".join(f"{k} {v}" for k, v in (setup.get("versions") or {}).items()) or None),
+        ("command", setup.command),
+        ("status", setup.status),
+        ("versions", ", ".join(f"{k} {v}" for k, v in (setup.versions or {}).items()) or None),
     ]
     body = [[e(k), e(str(v))] for k, v in fields if v not in (None, "", "None / None", "None (None)")]
     return _table(["setting", "value"], body, "kv")
@@ -759,7 +765,7 @@ def _scale_text(lut: np.ndarray, scale_text: str, scores: dict | None) -> str:
     )
 
 
-def _story_sections(run_dir: Path, setup: dict | None, result: dict) -> list[tuple[str, str, str]]:
+def _story_sections(run_dir: Path, setup: runs.RunSetup | None, result: dict) -> list[tuple[str, str, str]]:
     """The run's own sections, each when its files exist: setup, training, validation, finetune."""
     sections = []
     method, threshold, min_area = result.get("method"), _threshold(result), result.get("min_area")
@@ -789,16 +795,16 @@ def _story_sections(run_dir: Path, setup: dict | None, result: dict) -> list[tup
     return sections
 
 
-def _run_line(setup: dict | None, run_dir: Path) -> str:
+def _run_line(setup: runs.RunSetup | None, run_dir: Path) -> str:
     """One line about the run under the title."""
     if setup is None:
         return f"Run {e(str(run_dir))} (no setup.json)."
-    shape = setup.get("shape")
-    size = f"{shape[1]}×{shape[0]} px" if isinstance(shape, list) and len(shape) == 2 else f"{setup.get('size')} px"
+    height, width = setup.shape
+    known = lambda value: "?" if value is None else value  # noqa: E731  (hand-made setups lack them)
     return e(
-        f"Run: {setup.get('architecture')} autoencoder, {setup.get('loss')} loss, {setup.get('mode', 'object')} regime, "
-        f"{setup.get('color')} {size}, trained {setup.get('epochs_run', '?')} epochs on {setup.get('n_train', '?')} "
-        f"good images (tag {setup.get('tag')!s})."
+        f"Run: {setup.architecture} autoencoder, {setup.loss} loss, {setup.mode} regime, "
+        f"{setup.color} {width}×{height} px, trained {known(setup.epochs_run)} epochs on {known(setup.n_train)} "
+        f"good images (tag {setup.tag!s})."
     )
 
 
@@ -831,7 +837,7 @@ def write_report(result_dir: Path, run_dir: Path, shown_as: Path | None = None) 
         rows = _prediction_rows(result_dir, result)
     else:
         raise UserError(f"{result_dir} holds neither classification.csv nor predictions.csv: no result to report")
-    setup = _read_json(run_dir / runs.SETUP)
+    setup = _read_setup(run_dir)
     page, files = result_dir / PAGE, result_dir / FILES
     _check_replaceable(page, files)
     rows = default_order(rows)
@@ -855,7 +861,7 @@ def write_report(result_dir: Path, run_dir: Path, shown_as: Path | None = None) 
         scale = _scale_text(lut, scale_text, scores) if has_maps else None
         sections.append(("gallery", f"Every image ({len(rows)})", _gallery_section(rows, labelled, result_dir, scale)))
         sections += _story_sections(run_dir, setup, result)
-        klass = Path(str((setup or {}).get("directory") or "")).name or "run"
+        klass = Path(setup.directory).name if setup is not None else "run"
         title = f"{klass} — {result.get('method')} map — {'labelled test' if labelled else 'predictions'}"
         stamp = dt.datetime.now().strftime("%Y-%m-%d %H:%M")
         subtitle = f"{_run_line(setup, run_dir)}<br>Result folder {e(str(shown_as or result_dir))}, written {stamp}."

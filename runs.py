@@ -14,7 +14,7 @@ import json
 import math
 import re
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import methods
@@ -28,6 +28,13 @@ HISTORY = "history.csv"
 LOSS_PLOT = "loss_curve.png"
 BACKUP = "backup"
 HEAD_FILE = "head.keras"
+
+SETUP_FORMAT = 2
+"""The version of ``setup.json``'s layout this code writes and reads. 1: every setup written
+before the ``format`` field existed, in any of the shapes :func:`upgrade_setup` converts;
+2: ``format`` recorded and every field of :class:`RunSetup` present, each in one shape."""
+
+_MODES = ("object", "surface")  # regime.py's regimes; here so that reading a setup imports no blocks
 
 
 def _method_choice(**flags) -> str:
@@ -103,8 +110,9 @@ _TRAINING_TYPES = {
 
 
 def check_setup(setup: dict, setup_path: storage.PathLike, training: bool = False) -> dict:
-    """Refuse (one line) a ``setup.json`` whose fields later steps rely on are missing or of the
-    wrong type, e.g. after a hand edit; with ``training``, also the fields resuming needs."""
+    """Refuse (one line) a ``setup.json`` record (current format, :func:`upgrade_setup`) whose
+    fields later steps rely on are missing or of the wrong type, e.g. after a hand edit; with
+    ``training``, also the fields resuming needs."""
     fields = {**_SETUP_TYPES, **(_TRAINING_TYPES if training else {})}
     for key, (ok, expected) in fields.items():
         if key not in setup:
@@ -112,25 +120,216 @@ def check_setup(setup: dict, setup_path: storage.PathLike, training: bool = Fals
         if not ok(setup[key]):
             expected = f"one of {', '.join(expected())}" if callable(expected) else expected
             raise UserError(f"{setup_path}: '{key}' must be {expected}, got {setup[key]!r} (edited by hand?)")
+    if setup.get("mode") not in _MODES:
+        raise UserError(
+            f"{setup_path}: 'mode' must be one of {', '.join(_MODES)}, got {setup.get('mode')!r} (edited by hand?)"
+        )
     for key in ("epochs_run", "patience"):
         value = setup.get(key)
         if value is not None and not (storage.is_number(value) and value == int(value) and value >= 0):
             raise UserError(f"{setup_path}: '{key}' must be a whole number >= 0, got {value!r} (edited by hand?)")
-    shape = setup.get("shape")
-    if shape is not None:
-        whole = isinstance(shape, list) and len(shape) == 2 and all(storage.is_number(v) and v == int(v) for v in shape)
-        if setup.get("mode") == "surface":  # fully convolutional: any multiple of the total stride
-            ok = whole and all(16 <= v <= 8192 and v % 16 == 0 for v in shape)
-            expected = "[height, width], multiples of 16"
-        else:  # object runs squeeze whole images to the model's square
-            ok = whole and list(shape) == [setup["size"], setup["size"]]
-            expected = f"[size, size] = [{setup['size']}, {setup['size']}] for an object run"
-        if not ok:
-            raise UserError(f"{setup_path}: 'shape' must be {expected}, got {shape!r} (edited by hand?)")
+    for key in ("replicas", "per_replica_batch", "global_batch"):  # the converter fills them for older runs
+        value = setup.get(key)
+        if not (storage.is_number(value) and value == int(value) and value >= 1):
+            raise UserError(f"{setup_path}: '{key}' must be a whole number >= 1, got {value!r} (edited by hand?)")
+    name = setup.get("model_file")
+    if not (isinstance(name, str) and name.strip()):
+        raise UserError(f"{setup_path}: 'model_file' must be a file name, got {name!r} (edited by hand?)")
+    shape = setup.get("shape")  # older runs: the square, filled in by upgrade_setup
+    whole = isinstance(shape, list) and len(shape) == 2 and all(storage.is_number(v) and v == int(v) for v in shape)
+    if setup.get("mode") == "surface":  # fully convolutional: any multiple of the total stride
+        ok = whole and all(16 <= v <= 8192 and v % 16 == 0 for v in shape)
+        expected = "[height, width], multiples of 16"
+    else:  # object runs squeeze whole images to the model's square
+        ok = whole and list(shape) == [setup["size"], setup["size"]]
+        expected = f"[size, size] = [{setup['size']}, {setup['size']}] for an object run"
+    if not ok:
+        raise UserError(f"{setup_path}: 'shape' must be {expected}, got {shape!r} (edited by hand?)")
     best = setup.get("best_val_loss")
     if best is not None and not storage.is_number(best):
         raise UserError(f"{setup_path}: 'best_val_loss' must be a number, got {best!r} (edited by hand?)")
     return setup
+
+
+@dataclass
+class RunSetup:
+    """A run's ``setup.json`` as typed fields (:data:`SETUP_FORMAT`); what later steps read.
+
+    :func:`read_setup` builds it from the file (older formats converted by :func:`upgrade_setup`),
+    :meth:`to_record` gives back the file's JSON object. Training fills in its progress (status,
+    epochs run, best epoch, the learned head) on the same object and writes it after each step.
+    Fields a setup may lack (hand-made or older runs) are None; keys this code does not know
+    travel in ``extra`` unchanged. The field order is the file's key order.
+    """
+
+    format: int
+    directory: str
+    architecture: str
+    batch: int  # per replica (-b)
+    loss: str
+    color: str
+    color_requested: str | None
+    channels: int
+    size: int  # model input side (surface runs: the training patch)
+    mode: str  # object or surface (regime.py)
+    mode_requested: str | None
+    alignment: float | None
+    shape: tuple  # (height, width) of whole images the model sees
+    patch: int | None
+    patches_per_epoch: int | None
+    head_steps: int
+    head: dict | None  # the learned head's record (learned.train_head), "file" always named
+    precision: str
+    dtype_policy: str
+    jit: bool
+    instances: int | None
+    instances_requested: int | None
+    epochs: int | None
+    epochs_requested: int | None
+    lr: float | None
+    seed: int | None
+    val_split: float | None
+    patience: int | None
+    augment: bool | None
+    rotation: float
+    denoise: float  # share of inputs with a pasted patch
+    flip: bool | None
+    weights: str | None
+    tag: str | None
+    msssim_scales: int | None
+    freeze_epochs: int
+    n_images: int | None
+    n_train: int | None
+    n_validation: int | None
+    validation_files_sha256: str | None
+    versions: dict | None
+    command: str | None
+    status: str | None  # training or done
+    epochs_run: int | None
+    best_val_loss: float | None
+    training_seconds: float
+    model_file: str
+    strategy: str  # distribution.py's name asked
+    strategy_class: str | None
+    replicas: int
+    per_replica_batch: int
+    global_batch: int
+    workers: int | None = None  # written only for multi-worker runs
+    best_epoch: int | None = None  # written once training finished
+    stopped: str | None = None  # written only when training diverged
+    extra: dict = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_record(cls, record: dict) -> RunSetup:
+        """The typed view of a current-format record (:func:`upgrade_setup`'s result)."""
+        known = {f.name for f in fields(cls)} - {"extra"}
+        values = {k: v for k, v in record.items() if k in known}
+        if values.get("shape") is not None:
+            values["shape"] = tuple(int(v) for v in values["shape"])
+        return cls(**values, extra={k: v for k, v in record.items() if k not in known})
+
+    def to_record(self) -> dict:
+        """The ``setup.json`` object: every field, in order, except the ones written only
+        when they apply (:data:`_WHEN_SET`) while unset, then ``extra``."""
+        record = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "extra" or (f.name in _WHEN_SET and value is None):
+                continue
+            record[f.name] = list(value) if f.name == "shape" else value
+        return {**record, **self.extra}
+
+    @property
+    def head_file(self) -> str:
+        """The learned head's file name inside the run (whether or not it exists)."""
+        return (self.head or {}).get("file", HEAD_FILE)
+
+    @property
+    def head_model_sha256(self) -> str | None:
+        """The autoencoder the learned head was trained on (None: not recorded)."""
+        return (self.head or {}).get("model_sha256")
+
+
+_WHEN_SET = ("workers", "best_epoch", "stopped")
+_FIELDS = tuple(f.name for f in fields(RunSetup) if f.name not in (*_WHEN_SET, "extra"))
+
+
+def _chosen_mode(mode):
+    """``(mode, mode asked or None)`` of a format-1 ``mode``: a name; missing (runs from before
+    the two regimes: objects, then the only regime); or a ``{"requested", "chosen"}`` record."""
+    if mode is None:
+        return "object", "object"
+    if isinstance(mode, dict):
+        chosen = next((mode[k] for k in ("chosen", "resolved", "mode", "value") if k in mode), None)
+        return chosen, mode.get("requested", chosen)
+    return mode, None
+
+
+def _from_format_1(record: dict) -> dict:
+    """A format-1 setup in format 2: fields added since filled with what their absence meant
+    to the code that read them, fields once written in another shape in today's shape."""
+    size, batch, color = record["size"], record["batch"], record["color"]
+    mode, asked = _chosen_mode(record.get("mode"))
+    head, denoise = record.get("head"), record.get("denoise")
+    absent = {
+        **{name: None for name in _FIELDS},  # hand-made setups lack even the oldest fields
+        "color_requested": color,  # before --color auto, the colour asked was the colour used
+        "channels": 3 if color == "rgb" else 1,
+        "mode_requested": asked,
+        "head_steps": 0,  # no learned head before it existed
+        "precision": "float32",
+        "dtype_policy": "float32",
+        "jit": False,
+        "instances_requested": record.get("instances"),  # --instances had a default and was recorded as given
+        "rotation": settings.DEFAULT_ROTATION,  # the fixed angle before --rotation
+        "freeze_epochs": 0,
+        "training_seconds": 0.0,
+        "strategy": "one",  # before --strategy: one device
+    }
+    upgraded = {**absent, **record}
+    upgraded.update(
+        format=SETUP_FORMAT,
+        mode=mode,
+        shape=record.get("shape") or [size, size],  # object runs: the square (check_setup checks the rest)
+        # --denoise was a bare flag (true: the default share) before it took a share.
+        denoise=settings.DEFAULT_DENOISE if denoise is True else float(denoise) if storage.is_number(denoise) else 0.0,
+        head={"file": HEAD_FILE, **head} if isinstance(head, dict) else None,  # the file named, always
+        model_file=record.get("model_file") or model_filename(record["architecture"], batch),
+        replicas=record.get("replicas") or 1,
+        per_replica_batch=record.get("per_replica_batch") or batch,
+        global_batch=record.get("global_batch") or batch,  # before --strategy, -b was the whole batch
+    )
+    return upgraded
+
+
+def upgrade_setup(raw, path: storage.PathLike = SETUP) -> dict:
+    """The current format (:data:`SETUP_FORMAT`) of the ``setup.json`` object ``raw`` read from
+    ``path``, whatever older shape it was written in: the one place that knows those shapes.
+    Refused with one line naming ``path``: not a JSON object, a format newer than this code, or
+    a field missing (their types are :func:`check_setup`'s)."""
+    if not isinstance(raw, dict):
+        kind = type(raw).__name__ if raw is not None else "null"
+        raise UserError(f"{path} holds {kind} instead of a JSON object: was it edited by hand?")
+    version = raw.get("format", 1)
+    if not (storage.is_number(version) and version == int(version) and version >= 1):
+        raise UserError(f"{path}: 'format' must be a whole number >= 1, got {version!r} (edited by hand?)")
+    if version > SETUP_FORMAT:
+        raise UserError(
+            f"{path} has format {int(version)}, newer than this version of the tool reads ({SETUP_FORMAT}): "
+            "use a newer version of the tool with this run"
+        )
+    required = list(_SETUP_TYPES) if version < SETUP_FORMAT else [*_SETUP_TYPES, *_FIELDS]
+    missing = [k for k in required if k not in raw]
+    if missing:
+        raise UserError(f"{path} lacks '{missing[0]}': not a setup written by train.py")
+    return _from_format_1(raw) if version < SETUP_FORMAT else dict(raw)
+
+
+def read_setup(run_dir: storage.PathLike, training: bool = False) -> RunSetup:
+    """A run folder's ``setup.json``, read once: converted to the current format, its fields
+    checked (:func:`check_setup`, ``training``: also what resuming needs), typed."""
+    path = Path(run_dir) / SETUP
+    return RunSetup.from_record(check_setup(upgrade_setup(storage.read_json(path), path), path, training))
 
 
 def model_record(path: storage.PathLike) -> dict:
@@ -139,14 +338,12 @@ def model_record(path: storage.PathLike) -> dict:
     return {"model_sha256": storage.model_id(path), "model_size": stat.st_size, "model_mtime_ns": stat.st_mtime_ns}
 
 
-def run_head_path(run_dir: storage.PathLike, setup: dict | None = None) -> Path:
+def run_head_path(run_dir: storage.PathLike, setup: RunSetup | None = None) -> Path:
     """Where the run's learned head lives (``setup.json``'s ``head.file``, else
     :data:`HEAD_FILE`), whether or not it exists; refused when it points outside the run."""
-    if setup is None:
-        setup_path = Path(run_dir) / SETUP
-        setup = storage.read_json(setup_path) if setup_path.is_file() else {}
-    head = setup.get("head")
-    name = head.get("file", HEAD_FILE) if isinstance(head, dict) else HEAD_FILE
+    if setup is None and (Path(run_dir) / SETUP).is_file():
+        setup = read_setup(run_dir)
+    name = setup.head_file if setup is not None else HEAD_FILE
     return storage.inside(run_dir, name, "setup.json head file")
 
 
@@ -155,7 +352,7 @@ class Run:
     """A trained run folder and what it says about itself."""
 
     dir: Path
-    setup: dict
+    setup: RunSetup
     model_path: Path
     _model: object = field(default=None, repr=False)
     _lock: object = field(default=None, repr=False)
@@ -164,19 +361,17 @@ class Run:
 
     @property
     def size(self) -> int:
-        return int(self.setup["size"])
+        return int(self.setup.size)
 
     @property
     def mode(self) -> str:
-        """``object`` or ``surface`` (see regime.py); runs from before the choice existed are objects."""
-        return self.setup.get("mode", "object")
+        """``object`` or ``surface`` (see regime.py)."""
+        return self.setup.mode
 
     @property
     def shape(self) -> tuple[int, int]:
         """Model input ``(height, width)`` of whole images: the square side, or a surface run's own shape."""
-        if self.setup.get("shape"):
-            return tuple(int(v) for v in self.setup["shape"])
-        return (self.size, self.size)
+        return self.setup.shape
 
     @property
     def head_path(self) -> Path:
@@ -191,9 +386,7 @@ class Run:
                 f"run {self.dir} has no learned residual head ({self.head_path.name}); train a new run "
                 f"with one (train.py new trains it by default), or use {_method_choice(calibrated=True)}"
             )
-        trained_on = (
-            self.setup.get("head", {}).get("model_sha256") if isinstance(self.setup.get("head"), dict) else None
-        )
+        trained_on = self.setup.head_model_sha256
         if trained_on and trained_on != storage.model_id(self.model_path):
             raise SettingError(
                 f"the learned head {self.head_path} was trained on another autoencoder than {self.model_path.name} "
@@ -212,11 +405,11 @@ class Run:
 
     @property
     def color(self) -> str:
-        return self.setup["color"]
+        return self.setup.color
 
     @property
     def class_dir(self) -> Path:
-        return Path(self.setup["directory"])
+        return Path(self.setup.directory)
 
     def method(self, method: str | None = None) -> str:
         """The residual-map method to use: the one asked for, else ``fused`` for every run with a
@@ -225,7 +418,7 @@ class Run:
         (a plain autoencoder trained with ``head_steps=0``)."""
         if method is None and self.head_path.is_file():
             method = "fused"
-        method = method or methods.default_for_loss(self.setup["loss"])
+        method = method or methods.default_for_loss(self.setup.loss)
         try:
             return methods.get(method).name
         except ValueError as exc:
@@ -374,12 +567,8 @@ def find_run(path: storage.PathLike) -> Run:
             f"{run_dir} is not a run folder: no {SETUP} (give the folder train.py printed, or the .keras file in it)"
         )
     held = storage.RunLock(run_dir, exclusive=False)
-    setup = check_setup(storage.read_json(setup_path), setup_path)
-    expected = storage.inside(
-        run_dir,
-        setup.get("model_file") or model_filename(setup["architecture"], setup["batch"]),
-        f"{setup_path}: model_file",
-    )
+    setup = read_setup(run_dir)
+    expected = storage.inside(run_dir, setup.model_file, f"{setup_path}: model_file")
     if path.is_file() and path.suffix != ".keras":
         raise UserError(f"{path} is not a model file ({expected.name}): give the run folder or the .keras file in it")
     if path.is_file() and path.resolve() == run_head_path(run_dir, setup).resolve():
@@ -388,14 +577,14 @@ def find_run(path: storage.PathLike) -> Run:
             f".keras model in it (the head is used with {_method_choice(uses_head=True)})"
         )
     model_path = path if path.is_file() else expected
-    best = setup.get("best_val_loss")
+    best = setup.best_val_loss
     if storage.is_number(best) and not math.isfinite(best):
         raise UserError(
             f"run {run_dir} diverged (best validation loss {best}): it is never validated or tested; "
             "train again, e.g. with a smaller learning rate"
         )
     if not model_path.is_file():
-        if setup.get("status") == "training" and not (run_dir / BACKUP / "state.json").is_file():
+        if setup.status == "training" and not (run_dir / BACKUP / "state.json").is_file():
             raise UserError(run_is_empty_message(run_dir))
         raise SettingError(
             f"no model in {run_dir}: {model_path.name} is missing (training unfinished? try train.py resume "
@@ -472,14 +661,14 @@ def find_validation_result(
             raise SettingError(
                 f"{path} was computed on other weights (the model changed since, e.g. by train.py resume): {again}"
             )
-        head = Path(head) if head is not None else run_head_path(run_dir)
+        setup = read_setup(run_dir) if (Path(run_dir) / SETUP).is_file() else None
+        head = Path(head) if head is not None else run_head_path(run_dir, setup)
         if methods.uses_head(method) and head.is_file() and not _made_from(result, "head_sha256", head, path):
             raise SettingError(
                 f"{path} was computed with another learned head ({head.name} changed since): its threshold "
                 f"does not fit the current head; {again}"
             )
-        setup_path = Path(run_dir) / SETUP
-        shape = storage.read_json(setup_path).get("shape") if setup_path.is_file() else None
+        shape = setup.shape if setup is not None else None
         if result.get("shape") and shape and list(result["shape"]) != list(shape):
             raise SettingError(
                 f"{path} was computed at image shape {result['shape']}, but setup.json now says {shape} "

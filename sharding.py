@@ -100,8 +100,8 @@ def merge(folders: list, out: str | Path | None = None, run_path: str | Path | N
         raise SettingError("merging needs the output folders of every `shard` part", "folders")
     parts = [(f, *_read_part(f)) for f in folders]
     first = parts[0][1]
-    for folder, setup, _ in parts[1:]:
-        differ = [k for k in SAME + ("shard_count", "listing_sha256") if setup.get(k) != first.get(k)]
+    for folder, part, _ in parts[1:]:  # part: its prediction_setup.json
+        differ = [k for k in SAME + ("shard_count", "listing_sha256") if part.get(k) != first.get(k)]
         if differ:
             raise UserError(
                 f"{folder} and {parts[0][0]} are not parts of one result: they differ in {', '.join(differ)}"

@@ -19,6 +19,7 @@ quiet_tensorflow()  # before anything imports TensorFlow; the heavy imports wait
 import data  # noqa: E402  (light: numpy and Pillow only)
 import distribution  # noqa: E402  (no TensorFlow at import)
 import regime  # noqa: E402  (numpy only)
+import runs  # noqa: E402  (the run record; no TensorFlow at import)
 import settings  # noqa: E402
 import training  # noqa: E402  (no TensorFlow at import)
 
@@ -189,20 +190,18 @@ def main(argv=None):
     if args.command == "new":
         # The class folder first: a wrong -d is one line before TensorFlow starts (several seconds).
         data.check_class_dir(args.directory)
-        run_dir, setup = training.new_run(settings.TrainConfig.from_args(args))
+        run_dir, record = training.new_run(settings.TrainConfig.from_args(args))
     else:
-        run_dir, setup = training.resume_run(args.path, args.epochs, args.strategy)
+        run_dir, record = training.resume_run(args.path, args.epochs, args.strategy)
+    setup = runs.RunSetup.from_record(record)
     summary = (
-        f"trained {setup['epochs_run']} epochs, best validation loss {setup['best_val_loss']:.5f} "
-        f"(epoch {setup['best_epoch']}), {setup['training_seconds']:.0f} s"
+        f"trained {setup.epochs_run} epochs, best validation loss {setup.best_val_loss:.5f} "
+        f"(epoch {setup.best_epoch}), {setup.training_seconds:.0f} s"
     )
-    if isinstance(setup.get("mode"), str):  # runs made before the two regimes have none
-        alignment = setup.get("alignment")
-        how = "chosen by --mode auto" if setup.get("mode_requested", "auto") == "auto" else "as --mode asked"
-        if isinstance(alignment, (int, float)):
-            how += f", alignment {alignment:.2f}"
-        summary = f"{setup['mode']} run ({how}): {summary}"
-    print(summary)
+    how = "chosen by --mode auto" if setup.mode_requested == "auto" else "as --mode asked"
+    if setup.alignment is not None:
+        how += f", alignment {setup.alignment:.2f}"
+    print(f"{setup.mode} run ({how}): {summary}")
     print(run_dir)
 
 

@@ -18,7 +18,6 @@ import data
 import distribution
 import regime
 import runs
-import settings
 import storage
 from settings import TrainConfig
 from utils import SettingError, UserError, package_versions, set_seed, stop_point, warn
@@ -143,18 +142,18 @@ def _callbacks(run_dir, model_path, patience, state, clock):
     return callbacks
 
 
-def _compile(model, setup):
+def _compile(model, setup: runs.RunSetup):
     import keras
 
     import custom_loss_functions as clf
 
-    with distribution.scope(setup):  # optimizer variables live where the model's do
+    with distribution.scope(setup.to_record()):  # optimizer variables live where the model's do
         model.compile(
-            optimizer=keras.optimizers.Adam(learning_rate=setup["lr"]),
-            loss=clf.get_loss(setup["loss"], setup["size"]),  # Keras losses compute in float32 under mixed precision
-            jit_compile=True if setup.get("jit") else "auto",  # auto: XLA on GPUs, not on CPU-only machines
+            optimizer=keras.optimizers.Adam(learning_rate=setup.lr),
+            loss=clf.get_loss(setup.loss, setup.size),  # Keras losses compute in float32 under mixed precision
+            jit_compile=True if setup.jit else "auto",  # auto: XLA on GPUs, not on CPU-only machines
         )
-    distribution.adapt(model, setup)
+    distribution.adapt(model, setup.to_record())
 
 
 def _geometry(config, mode, paths):
@@ -229,7 +228,8 @@ def _dtype_policy(name):
 def prepare(config: TrainConfig) -> tuple[dict, tuple, list[str], object]:
     """Check everything a new run needs, before any folder is created.
 
-    Returns ``(setup, train_images, val_images, model)``; raises :class:`UserError`.
+    Returns ``(setup, train_images, val_images, model)``, ``setup`` the new run's ``setup.json``
+    object (:data:`runs.SETUP_FORMAT`); raises :class:`UserError`.
     """
     import custom_loss_functions as clf
     import models
@@ -295,6 +295,7 @@ def prepare(config: TrainConfig) -> tuple[dict, tuple, list[str], object]:
     epochs = config.epochs if config.epochs is not None else epochs_for(instances, per_epoch)
     val_names = [data.relative_to(p, class_dir) for p in val_paths]
     setup = {
+        "format": runs.SETUP_FORMAT,
         "directory": str(class_dir.resolve()),
         "architecture": config.architecture,
         "batch": config.batch,
@@ -350,19 +351,19 @@ def _fit_phases(model, setup, run_dir, datasets, start_epoch, end_epoch, state, 
     """Fit from ``start_epoch`` to ``end_epoch``, unfreezing a resnet encoder at its epoch."""
 
     train_ds, val_ds = datasets
-    model_path = run_dir / setup["model_file"]
+    model_path = run_dir / setup.model_file
     verbose = 1 if sys.stdout.isatty() else 2
-    boundary = setup.get("freeze_epochs", 0)
+    boundary = setup.freeze_epochs
     phases = [(start_epoch, min(boundary, end_epoch), False), (max(start_epoch, boundary), end_epoch, True)]
     stopped = False
     for first, last, trainable in phases:
         if first >= last or stopped:
             continue
-        if setup["architecture"] == "resnet":
+        if setup.architecture == "resnet":
             model.get_layer("encoder").trainable = trainable
             _compile(model, setup)  # changing trainability needs a recompile
             print(f"encoder {'trainable' if trainable else 'frozen'} for epochs {first + 1}-{last}", flush=True)
-        callbacks = _callbacks(run_dir, model_path, setup.get("patience"), state, clock)
+        callbacks = _callbacks(run_dir, model_path, setup.patience, state, clock)
         model.fit(
             train_ds, validation_data=val_ds, epochs=last, initial_epoch=first, callbacks=callbacks, verbose=verbose
         )
@@ -370,11 +371,13 @@ def _fit_phases(model, setup, run_dir, datasets, start_epoch, end_epoch, state, 
     return state
 
 
-def train(setup: dict, run_dir: Path, images: tuple, model, start_epoch: int = 0, state: dict | None = None) -> dict:
-    """Train ``model`` in ``run_dir`` from ``start_epoch`` to ``setup['epochs']``; finish the run.
+def train(
+    setup: runs.RunSetup, run_dir: Path, images: tuple, model, start_epoch: int = 0, state: dict | None = None
+) -> runs.RunSetup:
+    """Train ``model`` in ``run_dir`` from ``start_epoch`` to ``setup.epochs``; finish the run.
 
     Writes the best model, ``history.csv``, the loss curve and the final ``setup.json``;
-    removes the backup on success. Returns the updated setup.
+    removes the backup on success. Returns ``setup``, updated.
     """
     import pandas as pd
 
@@ -382,39 +385,39 @@ def train(setup: dict, run_dir: Path, images: tuple, model, start_epoch: int = 0
 
     state = dict(state or {})
     train_images, val_images = images
-    seed = setup["seed"]
+    record = setup.to_record()  # what distribution.py reads of the run
     train_ds = data.tf_dataset(
         train_images,
-        distribution.global_batch(setup),
+        distribution.global_batch(record),
         training=True,
-        augment=setup["augment"],
-        flip=setup["flip"],
-        seed=seed,
-        denoise=setup.get("denoise", 0.0),
-        rotation=setup.get("rotation", settings.DEFAULT_ROTATION),
-        patch=setup.get("patch"),
-        per_epoch=setup.get("patches_per_epoch"),
+        augment=setup.augment,
+        flip=setup.flip,
+        seed=setup.seed,
+        denoise=setup.denoise,
+        rotation=setup.rotation,
+        patch=setup.patch,
+        per_epoch=setup.patches_per_epoch,
     )
-    distribution.check_train_count(setup, len(train_images))
+    distribution.check_train_count(record, len(train_images))
     train_ds = distribution.drop_short_batches(
-        train_ds, setup, len(train_images), distribution.global_batch(setup), "training"
+        train_ds, record, len(train_images), distribution.global_batch(record), "training"
     )
-    val_batch = distribution.validation_batch(setup, len(val_images))
+    val_batch = distribution.validation_batch(record, len(val_images))
     val_ds = distribution.drop_short_batches(
-        data.tf_dataset(val_images, val_batch, training=False), setup, len(val_images), val_batch, "validation"
+        data.tf_dataset(val_images, val_batch, training=False), record, len(val_images), val_batch, "validation"
     )
     if start_epoch == 0 or getattr(model, "optimizer", None) is None:
         _compile(model, setup)  # a resumed model keeps its compiled optimizer state
     # Seconds already spent: from the backup after a crash, else from the finished run being extended.
-    spent = float(state.get("training_seconds", setup.get("training_seconds", 0.0)))
+    spent = float(state.get("training_seconds", setup.training_seconds))
     started = time.time()
     clock = lambda: spent + time.time() - started  # noqa: E731
     diverged = None
     try:
-        _fit_phases(model, setup, run_dir, (train_ds, val_ds), start_epoch, setup["epochs"], state, clock)
+        _fit_phases(model, setup, run_dir, (train_ds, val_ds), start_epoch, setup.epochs, state, clock)
     except NonFiniteLoss as exc:
         diverged = exc
-    model_path = run_dir / setup["model_file"]
+    model_path = run_dir / setup.model_file
     history_path = run_dir / runs.HISTORY
     history = pd.read_csv(history_path) if history_path.is_file() and history_path.stat().st_size else pd.DataFrame()
     if history.empty or not model_path.is_file() or "val_loss" not in history:
@@ -426,36 +429,29 @@ def train(setup: dict, run_dir: Path, images: tuple, model, start_epoch: int = 0
     with storage.atomic_path(history_path) as tmp:
         history.to_csv(tmp, index=False)
     best_row = history.loc[history["val_loss"].idxmin()]
-    head = setup.get("head") if isinstance(setup.get("head"), dict) else None
-    if (
-        diverged is None
-        and setup.get("head_steps")
-        and head
-        and head.get("model_sha256") != storage.model_id(model_path)
-    ):
+    head = setup.head
+    if diverged is None and setup.head_steps and head and setup.head_model_sha256 != storage.model_id(model_path):
         print("learned residual: the autoencoder changed, so its head is trained again on it", flush=True)
         head = None
-    if diverged is None and setup.get("head_steps") and not head:
-        setup["head"] = _train_head(setup, run_dir, train_images)
-    setup.update(
-        status="done",
-        epochs_run=int(history["epoch"].max()) + 1,
-        best_epoch=int(best_row["epoch"]) + 1,
-        best_val_loss=float(best_row["val_loss"]),
-        training_seconds=round(clock(), 1),
-    )
+    if diverged is None and setup.head_steps and not head:
+        setup.head = _train_head(setup, run_dir, train_images)
+    setup.status = "done"
+    setup.epochs_run = int(history["epoch"].max()) + 1
+    setup.best_epoch = int(best_row["epoch"]) + 1
+    setup.best_val_loss = float(best_row["val_loss"])
+    setup.training_seconds = round(clock(), 1)
     if diverged is not None:
-        setup["stopped"] = str(diverged)
+        setup.stopped = str(diverged)
     with storage.atomic_path(run_dir / runs.LOSS_PLOT) as plot:
-        figures.plot_loss_curve(history, plot, title=f"{setup['architecture']} / {setup['loss']} loss")
-    storage.write_json(run_dir / runs.SETUP, setup)
+        figures.plot_loss_curve(history, plot, title=f"{setup.architecture} / {setup.loss} loss")
+    storage.write_json(run_dir / runs.SETUP, setup.to_record())
     _remove_backup(run_dir)
     if diverged is None:
         _write_twins(run_dir, setup)
     if diverged is not None:
         raise SettingError(
-            f"{diverged}; the run keeps its best model (epoch {setup['best_epoch']}, validation loss "
-            f"{setup['best_val_loss']:.5f}) and is finished: {run_dir}"
+            f"{diverged}; the run keeps its best model (epoch {setup.best_epoch}, validation loss "
+            f"{setup.best_val_loss:.5f}) and is finished: {run_dir}"
         )
     return setup
 
@@ -465,19 +461,19 @@ def _train_head(setup, run_dir, train_images):
     import learned
 
     print(
-        f"learned residual: training the segmentation head for {setup['head_steps']} steps on simulated defects",
+        f"learned residual: training the segmentation head for {setup.head_steps} steps on simulated defects",
         flush=True,
     )
-    model = runs.load_keras(run_dir / setup["model_file"], compile=False)
-    autoencoder = storage.model_id(run_dir / setup["model_file"])  # the head belongs to these weights
+    model = runs.load_keras(run_dir / setup.model_file, compile=False)
+    autoencoder = storage.model_id(run_dir / setup.model_file)  # the head belongs to these weights
     try:
         return {"model_sha256": autoencoder} | learned.train_head(
             model,
             train_images,
             run_dir / runs.HEAD_FILE,
-            steps=setup["head_steps"],
-            patch=setup.get("patch") or min(learned.OBJECT_HEAD_PATCH, setup["size"]),
-            seed=setup["seed"],
+            steps=setup.head_steps,
+            patch=setup.patch or min(learned.OBJECT_HEAD_PATCH, setup.size),
+            seed=setup.seed,
         )
     except FloatingPointError as exc:
         raise UserError(
@@ -488,7 +484,7 @@ def _train_head(setup, run_dir, train_images):
 def _write_twins(run_dir, setup):
     """The ONNX twins of the model and head (networks.py), made now while TensorFlow is
     loaded, so validate.py and test.py start without it where the twin is as fast."""
-    run = runs.Run(run_dir, setup, run_dir / setup["model_file"])  # not find_run: this process holds the lock
+    run = runs.Run(run_dir, setup, run_dir / setup.model_file)  # not find_run: this process holds the lock
     run.load_model()
     if run.head_path.is_file():
         run.load_head()
@@ -501,23 +497,25 @@ def _remove_backup(run_dir):
 
 
 def new_run(config: TrainConfig) -> tuple[Path, dict]:
-    """``train.py new``: check inputs, create the run folder, train. Returns the run folder."""
-    setup, images, val_names, model = prepare(config)
+    """``train.py new``: check inputs, create the run folder, train. Returns the run folder and
+    its final ``setup.json`` object."""
+    record, images, val_names, model = prepare(config)
+    setup = runs.RunSetup.from_record(record)
     chief = distribution.is_chief()  # other multi-worker tasks train in a scratch folder that is removed
     run_dir = (
-        runs.new_run_dir(config.out, setup["directory"], setup["architecture"], setup["loss"])
+        runs.new_run_dir(config.out, setup.directory, setup.architecture, setup.loss)
         if chief
         else distribution.scratch_dir()
     )
     lock = storage.RunLock(run_dir, exclusive=True)  # validate/test refuse it while it trains
     try:
         (run_dir / runs.VALIDATION_FILES).write_text("\n".join(val_names) + "\n")
-        storage.write_json(run_dir / runs.SETUP, setup)
+        storage.write_json(run_dir / runs.SETUP, setup.to_record())
         print(f"run folder: {run_dir}", flush=True)
         train(setup, run_dir, images, model)
     except BaseException as exc:
         # Keep a run that finished at least one epoch (it can be resumed); drop the empty one we created.
-        if not (run_dir / runs.BACKUP / "state.json").is_file() and not (run_dir / setup["model_file"]).is_file():
+        if not (run_dir / runs.BACKUP / "state.json").is_file() and not (run_dir / setup.model_file).is_file():
             lock.release()
             storage.remove_tree(run_dir)
         elif not isinstance(exc, UserError):
@@ -527,7 +525,7 @@ def new_run(config: TrainConfig) -> tuple[Path, dict]:
         lock.release()
         if not chief:
             storage.remove_tree(run_dir)
-    return run_dir, setup
+    return run_dir, setup.to_record()
 
 
 def _load_state(run_dir, setup):
@@ -538,29 +536,30 @@ def _load_state(run_dir, setup):
     backup = run_dir / runs.BACKUP
     state_path = backup / "state.json"
     if not state_path.is_file():
-        if backup.exists() and setup.get("status") == "done":
+        if backup.exists() and setup.status == "done":
             storage.remove_tree(backup)
         return None
     state = storage.read_json(state_path)
     epoch = state.get("epoch")
     if not (storage.is_number(epoch) and epoch == int(epoch) and epoch >= 0):
         raise UserError(f"{state_path}: 'epoch' must be a whole number >= 0, got {epoch!r} (edited by hand?)")
-    target = state.get("epochs", setup["epochs"])
-    if setup.get("status") == "done" and (not storage.is_number(target) or target <= setup["epochs"]):
+    target = state.get("epochs", setup.epochs)
+    if setup.status == "done" and (not storage.is_number(target) or target <= setup.epochs):
         _remove_backup(run_dir)  # the run finished after this backup was written
         return None
     model_file = storage.inside(backup, state.get("model", "last.keras"), f"{state_path}: model")
     if not model_file.is_file():
         raise UserError(
             f"{state_path} names {model_file.name}, which is missing: the backup is damaged; "
-            f"{'the run keeps its best model' if (run_dir / setup['model_file']).is_file() else 'start a new run'}"
+            f"{'the run keeps its best model' if (run_dir / setup.model_file).is_file() else 'start a new run'}"
         )
     return state, model_file
 
 
 def resume_run(path, more_epochs: int | None = None, strategy: str | None = None) -> tuple[Path, dict]:
     """``train.py resume``: continue an interrupted run, or extend a finished one by ``more_epochs``,
-    under the strategy setup.json records (or ``strategy``, recorded then)."""
+    under the strategy setup.json records (or ``strategy``, recorded then). Returns the run
+    folder and its final ``setup.json`` object (an older run's in the current format)."""
     path = Path(path)
     run_dir = path.parent if path.is_file() else path
     if not (run_dir / runs.SETUP).is_file():
@@ -569,40 +568,40 @@ def resume_run(path, more_epochs: int | None = None, strategy: str | None = None
         raise SettingError(f"`more_epochs` must be >= 1, got {more_epochs}")
     lock = storage.RunLock(run_dir, exclusive=True)  # a second resume (or a reader) refuses with one line
     try:
-        return _resume_locked(run_dir, more_epochs, strategy)
+        run_dir, setup = _resume_locked(run_dir, more_epochs, strategy)
+        return run_dir, setup.to_record()
     finally:
         lock.release()
 
 
 def _resume_locked(run_dir, more_epochs, strategy=None):
     setup_path = run_dir / runs.SETUP
-    setup = runs.check_setup(storage.read_json(setup_path), setup_path, training=True)
-    name = setup.get("model_file") or runs.model_filename(setup["architecture"], setup["batch"])
+    setup = runs.read_setup(run_dir, training=True)
+    name = setup.model_file
     storage.inside(run_dir, name, f"{setup_path}: model_file")  # never load or overwrite a file outside the run
     if Path(name).name != name:
         raise UserError(f"{setup_path}: model_file {name!r} must be a file name inside the run folder")
-    setup["model_file"] = name
-    best = run_dir / setup["model_file"]
+    best = run_dir / setup.model_file
     found = _load_state(run_dir, setup)
     if found is not None:
         state, model_file = found
         start = int(state["epoch"])
-        setup["epochs"] = int(state.get("epochs", setup["epochs"]))
-        print(f"resuming interrupted run at epoch {start + 1} of {setup['epochs'] + (more_epochs or 0)}", flush=True)
-    elif setup.get("status") == "done":
+        setup.epochs = int(state.get("epochs", setup.epochs))
+        print(f"resuming interrupted run at epoch {start + 1} of {setup.epochs + (more_epochs or 0)}", flush=True)
+    elif setup.status == "done":
         if not more_epochs:
             raise SettingError(
-                f"run {run_dir} already finished {setup['epochs_run']} epochs; pass `more_epochs=MORE_EPOCHS` "
+                f"run {run_dir} already finished {setup.epochs_run} epochs; pass `more_epochs=MORE_EPOCHS` "
                 "to train longer"
             )
         if not best.is_file():
             raise UserError(f"no model in {run_dir}: {best.name} is missing, nothing to extend")
-        start = int(setup["epochs_run"])
+        start = int(setup.epochs_run)
         state = {
-            "best_val_loss": setup.get("best_val_loss"),
+            "best_val_loss": setup.best_val_loss,
             "wait": 0,
             "epoch": start,
-            "training_seconds": setup.get("training_seconds", 0.0),
+            "training_seconds": setup.training_seconds,
         }
         model_file = best
         print(f"extending finished run by {more_epochs} epochs from its best model", flush=True)
@@ -610,34 +609,34 @@ def _resume_locked(run_dir, more_epochs, strategy=None):
         raise UserError(runs.run_is_empty_message(run_dir))
     else:
         raise UserError(
-            f"run {run_dir} has no backup to resume from, but status {setup.get('status')!r}: "
+            f"run {run_dir} has no backup to resume from, but status {setup.status!r}: "
             "its best model is kept; validate or test it"
         )
     if more_epochs:
-        setup["epochs"] = max(int(setup["epochs"]), start) + more_epochs
+        setup.epochs = max(int(setup.epochs), start) + more_epochs
     listing = run_dir / runs.VALIDATION_FILES
     if not listing.is_file():
         raise UserError(f"{listing} is missing: this run cannot be resumed")
     val_names = [n.strip() for n in listing.read_text().splitlines() if n.strip()]
-    if data.files_hash(val_names) != setup["validation_files_sha256"]:
+    if data.files_hash(val_names) != setup.validation_files_sha256:
         raise UserError(f"{runs.VALIDATION_FILES} in {run_dir} does not match setup.json (edited?)")
     run = runs.Run(run_dir, setup, best)
     # Best epochs are compared on one validation set: a missing validation image is refused.
     val_paths, train_paths = run.validation_paths(), run.training_paths()
-    if len(train_paths) != setup.get("n_train"):
+    if len(train_paths) != setup.n_train:
         warn(
             f"{run.class_dir / 'train' / data.GOOD} now holds {len(train_paths)} training images, not "
-            f"{setup.get('n_train')}: training continues on the current ones (n_train updated); the validation "
+            f"{setup.n_train}: training continues on the current ones (n_train updated); the validation "
             "images are unchanged"
         )
-        setup["n_train"] = len(train_paths)
-    set_seed(setup["seed"] + start)  # a fresh but reproducible shuffle order after resuming
-    shape = setup.get("shape") or setup["size"]
-    train_images, _ = data.load_images(train_paths, setup["color"], shape, progress="loading train/good")
-    val_images, _ = data.load_images(sorted(val_paths), setup["color"], shape, progress="loading validation")
+        setup.n_train = len(train_paths)
+    set_seed(setup.seed + start)  # a fresh but reproducible shuffle order after resuming
+    train_images, _ = data.load_images(train_paths, setup.color, setup.shape, progress="loading train/good")
+    val_images, _ = data.load_images(sorted(val_paths), setup.color, setup.shape, progress="loading validation")
     # Replicas are counted again: the machine may differ from the one that started the run.
-    setup.update(distribution.describe(strategy or setup.get("strategy", "one"), setup["batch"]))
-    with distribution.scope(setup):  # the run's strategy (recorded in setup.json), or the one asked for
+    for key, value in distribution.describe(strategy or setup.strategy, setup.batch).items():
+        setattr(setup, key, value)
+    with distribution.scope(setup.to_record()):  # the run's strategy (recorded in setup.json), or the one asked for
         model = runs.load_keras(model_file, compile=True)
     if found is None:
         # Extending a finished run: first a backup at its current epoch (the state names the
@@ -647,11 +646,11 @@ def _resume_locked(run_dir, more_epochs, strategy=None):
         name = f"last-e{start}.keras"
         with storage.atomic_path(backup / name) as tmp:
             shutil.copy2(model_file, tmp)
-        state.update(model=name, epochs=setup["epochs"])
+        state.update(model=name, epochs=setup.epochs)
         storage.write_json(backup / "state.json", state)
         stop_point("extension backed up")
-    state["epochs"] = setup["epochs"]
-    setup["status"] = "training"
-    storage.write_json(run_dir / runs.SETUP, setup)
+    state["epochs"] = setup.epochs
+    setup.status = "training"
+    storage.write_json(run_dir / runs.SETUP, setup.to_record())
     train(setup, run_dir, (train_images, val_images), model, start_epoch=start, state=state)
     return run_dir, setup

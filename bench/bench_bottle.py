@@ -30,6 +30,7 @@ import detector  # noqa: E402
 import evaluation  # noqa: E402
 import inference  # noqa: E402
 import methods  # noqa: E402
+import runs  # noqa: E402
 import settings  # noqa: E402
 import training  # noqa: E402
 import validation  # noqa: E402
@@ -153,18 +154,18 @@ def bench(args):
     baselines = [b == "on" for b in args.baseline]
     rows = []
     for run_dir in args.run:
-        setup = json.loads((Path(run_dir) / "setup.json").read_text())
-        label = f"{setup['architecture']}:{setup['loss']}@{setup['size']}"
-        chosen = args.methods or [methods.default_for_loss(setup["loss"])]
+        setup = runs.read_setup(run_dir)  # any run's setup.json, in the current format
+        label = f"{setup.architecture}:{setup.loss}@{setup.size}"
+        chosen = args.methods or [methods.default_for_loss(setup.loss)]
         rows += _evaluate(
             run_dir,
-            args.area or max(1, setup["size"] ** 2 // 800),
+            args.area or max(1, setup.size**2 // 800),
             chosen,
             args.smooth,
             baselines,
             args.scales,
             args.passes,
-            setup.get("training_seconds"),
+            setup.training_seconds,
             label + args.tag,
         )
     for config in [] if args.run else args.config:

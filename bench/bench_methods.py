@@ -103,7 +103,7 @@ def suite_row(run, measured: dict, floor: dict) -> dict:
     figures_ = {m: {**r["test"], "proxy": r["proxy"].get("au_pro")} for m, r in measured.items()}
     return {
         "category": first["category"],
-        "seed": run.setup.get("seed"),
+        "seed": run.setup.seed,
         "status": "ok",
         "error": None,
         "run": str(run.dir),
@@ -112,7 +112,7 @@ def suite_row(run, measured: dict, floor: dict) -> dict:
         "method": first["method"],
         "min_area": first["min_area"],
         "threshold": first["threshold"],
-        "training_minutes": (run.setup.get("training_seconds") or 0) / 60,
+        "training_minutes": run.setup.training_seconds / 60,
         "proxy": first["proxy"].get("au_pro"),
         **first["test"],
         "per_defect_type": first["test_per_defect"],

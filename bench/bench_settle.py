@@ -66,7 +66,7 @@ def main(argv=None):
             for p in kept
         ]
         train, _ = data.load_images(run.training_paths(), run.color, run.shape)
-        patch = run.setup.get("patch") or learned.OBJECT_HEAD_PATCH
+        patch = run.setup.patch or learned.OBJECT_HEAD_PATCH
         rng = np.random.default_rng(args.seed)
 
         def draw(train=train, patch=patch, rng=rng, model=model):

@@ -898,7 +898,7 @@ def counts_current(world):
     import runs
 
     setup = world.setup()
-    run = runs.Run(world.run, setup, world.model())
+    run = runs.Run(world.run, runs.read_setup(world.run), world.model())
     return setup["n_train"] == len(run.training_paths()) and setup["n_validation"] == len(run.validation_list())
 
 

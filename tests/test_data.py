@@ -5,6 +5,7 @@ import pytest
 from PIL import Image
 
 import data
+import settings
 from utils import UserError
 
 
@@ -135,7 +136,9 @@ def test_denoise_pipeline_corrupts_inputs_not_targets():
 
     tf.random.set_seed(0)
     images = np.random.default_rng(0).random((16, 32, 32, 3), dtype=np.float32)
-    x, y = next(iter(data.tf_dataset(images, 16, training=True, augment=False, denoise=True, seed=0)))
+    x, y = next(
+        iter(data.tf_dataset(images, 16, training=True, augment=False, denoise=settings.DEFAULT_DENOISE, seed=0))
+    )
     x, y = x.numpy(), y.numpy()
     assert {img.tobytes() for img in y} == {img.tobytes() for img in images}  # targets: the clean images
     changed = [not np.array_equal(a, b) for a, b in zip(x, y)]

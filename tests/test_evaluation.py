@@ -26,7 +26,9 @@ def low_dpi(monkeypatch):
 
 
 def mapper(tmp_path, threshold=0.5, min_area=3):
-    run = runs.Run(tmp_path, {"size": SIDE, "color": "grayscale", "directory": str(tmp_path)}, tmp_path / "m.keras")
+    record = {"size": SIDE, "color": "grayscale", "directory": str(tmp_path), "architecture": "mvtec", "loss": "ssim"}
+    setup = runs.RunSetup.from_record(runs.upgrade_setup({**record, "batch": 1}))
+    run = runs.Run(tmp_path, setup, tmp_path / "m.keras")
     return inference.Mapper(run, "ssim", inference.MapOptions(True, 2, 1), 16, threshold, min_area, "command line")
 
 

@@ -6,6 +6,7 @@ import ast
 import dataclasses
 import importlib
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -181,10 +182,10 @@ def test_fusion_takes_the_fusable_methods(name):
 
 def test_fused_components_of_a_run(tmp_path):
     run = _Run(tmp_path, head=True)
-    run.setup = {"loss": "mssim"}
+    run.setup = SimpleNamespace(loss="mssim")
     assert inference.fusion_components(run) == ("learned", "ssim", "median", "lowfreq")
     run.head_path.unlink()
-    run.setup = {"loss": "mse"}
+    run.setup = SimpleNamespace(loss="mse")
     assert inference.fusion_components(run) == ("l2", "median", "lowfreq")
 
 

@@ -535,9 +535,11 @@ def test_precision_and_jit_options(tiny_dataset, tmp_path, capsys):
         training.precision_policy("half")
     assert training.precision_policy("float32") == "float32"
     model = __import__("models").build_model("mvtec", 32, 1)
-    training._compile(model, {"lr": 1e-3, "loss": "ssim", "size": 32, "jit": True})
+    base = {"lr": 1e-3, "loss": "ssim", "size": 32, "architecture": "mvtec", "color": "grayscale", "batch": 4}
+    typed = lambda record: runs.RunSetup.from_record(runs.upgrade_setup({**record, "directory": "."}))  # noqa: E731
+    training._compile(model, typed({**base, "jit": True}))
     assert model.jit_compile is True
-    training._compile(model, {"lr": 1e-3, "loss": "ssim", "size": 32})
+    training._compile(model, typed(base))  # no jit recorded (older runs): Keras's "auto"
     accelerated = any(d.device_type != "CPU" for d in tf.config.list_physical_devices())
     assert model.jit_compile is accelerated  # Keras's "auto": XLA with an accelerator, none on a CPU-only machine
     run_dir, setup = training.new_run(

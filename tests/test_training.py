@@ -4,6 +4,7 @@ that resuming relies on, and resume's one-line refusals (real files, tiny, fast)
 import json
 import sys
 from pathlib import Path
+from types import SimpleNamespace  # the fields of runs.RunSetup _load_state reads
 
 import pytest
 
@@ -47,37 +48,37 @@ def test_out_folder_must_be_a_folder_outside_the_dataset(tmp_path):
 
 
 def test_no_backup_means_nothing_to_resume_and_a_stale_one_of_a_finished_run_goes(tmp_path):
-    assert training._load_state(tmp_path, {"status": "training", "epochs": 5}) is None
+    assert training._load_state(tmp_path, SimpleNamespace(status="training", epochs=5)) is None
     (tmp_path / runs.BACKUP).mkdir()  # left by a kill while a finished run removed it
-    assert training._load_state(tmp_path, {"status": "done", "epochs": 5}) is None
+    assert training._load_state(tmp_path, SimpleNamespace(status="done", epochs=5)) is None
     assert not (tmp_path / runs.BACKUP).exists()
 
 
 def test_backup_state_names_the_model_to_continue_from(tmp_path):
     folder = backup(tmp_path, {"epoch": 3, "model": "last-e3.keras"})
-    state, model = training._load_state(tmp_path, {"status": "training", "epochs": 5, "model_file": MODEL})
+    state, model = training._load_state(tmp_path, SimpleNamespace(status="training", epochs=5, model_file=MODEL))
     assert state["epoch"] == 3 and model == folder / "last-e3.keras"
 
 
 def test_backup_of_a_finished_run_is_removed_unless_it_extends_the_run(tmp_path):
     backup(tmp_path, {"epoch": 5, "model": "last-e3.keras"})
-    assert training._load_state(tmp_path, {"status": "done", "epochs": 5, "model_file": MODEL}) is None
+    assert training._load_state(tmp_path, SimpleNamespace(status="done", epochs=5, model_file=MODEL)) is None
     assert not (tmp_path / runs.BACKUP).exists()
     backup(tmp_path, {"epoch": 5, "epochs": 8, "model": "last-e3.keras"})  # resume -e 3, killed at its start
-    state, _ = training._load_state(tmp_path, {"status": "done", "epochs": 5, "model_file": MODEL})
+    state, _ = training._load_state(tmp_path, SimpleNamespace(status="done", epochs=5, model_file=MODEL))
     assert state["epochs"] == 8
 
 
 def test_damaged_backup_states_are_one_line_errors(tmp_path):
     backup(tmp_path, {"epoch": -1, "model": "last-e3.keras"})
     with pytest.raises(UserError, match="'epoch' must be a whole number"):
-        training._load_state(tmp_path, {"status": "training", "epochs": 5, "model_file": MODEL})
+        training._load_state(tmp_path, SimpleNamespace(status="training", epochs=5, model_file=MODEL))
     backup(tmp_path, {"epoch": 2, "model": "last-e2.keras"}, model_name=None)
     with pytest.raises(UserError, match="last-e2.keras, which is missing"):
-        training._load_state(tmp_path, {"status": "training", "epochs": 5, "model_file": MODEL})
+        training._load_state(tmp_path, SimpleNamespace(status="training", epochs=5, model_file=MODEL))
     backup(tmp_path, {"epoch": 2, "model": "../../x.keras"})
     with pytest.raises(UserError, match="points outside"):
-        training._load_state(tmp_path, {"status": "training", "epochs": 5, "model_file": MODEL})
+        training._load_state(tmp_path, SimpleNamespace(status="training", epochs=5, model_file=MODEL))
 
 
 def test_remove_backup_removes_the_state_and_the_folder(tmp_path):
