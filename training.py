@@ -22,6 +22,9 @@ import storage
 from settings import TrainConfig
 from utils import SettingError, UserError, package_versions, set_seed, stop_point, warn
 
+# Make the run's ONNX twins right after training (while TensorFlow is loaded) rather than at
+# their first use; the tests turn it off for runs they only train (tests/conftest.py).
+TWINS_AFTER_TRAINING = True
 FREEZE_SHARE = 0.7  # resnet: encoder frozen for the first 70% of epochs
 DEFAULT_OBJECT_SIZE = 128  # px: objects train at this square side unless the size setting says otherwise
 
@@ -446,7 +449,7 @@ def train(
         figures.plot_loss_curve(history, plot, title=f"{setup.architecture} / {setup.loss} loss")
     storage.write_json(run_dir / runs.SETUP, setup.to_record())
     _remove_backup(run_dir)
-    if diverged is None:
+    if diverged is None and TWINS_AFTER_TRAINING:
         _write_twins(run_dir, setup)
     if diverged is not None:
         raise SettingError(

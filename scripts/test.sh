@@ -7,4 +7,8 @@ export TF_CPP_MIN_LOG_LEVEL=2 MPLBACKEND=Agg
 # Lint and format first (pyproject.toml): a style slip fails CI like a failing test.
 .venv/bin/ruff check --quiet .
 .venv/bin/ruff format --check --quiet .
-exec .venv/bin/python -m pytest -q "$@"
+# One worker per core, at most 4 (each holds its own TensorFlow), CAE_TEST_WORKERS to choose:
+# every file runs whole in one worker (its module fixtures built once), in random order.
+workers=${CAE_TEST_WORKERS:-$(nproc 2>/dev/null || echo 2)}
+[ "$workers" -gt 4 ] && [ -z "${CAE_TEST_WORKERS:-}" ] && workers=4
+exec .venv/bin/python -m pytest -q -n "$workers" --dist loadfile "$@"

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import cli
 from PIL import Image
 
 import data
@@ -278,24 +279,30 @@ def test_surface_run_validates_and_tests_with_the_fused_map_by_default(surface_r
         (["--mode", "surface", "-a", "resnet"], "-a resnet needs whole square images"),
     ],
 )
-def test_bad_regime_options_get_one_line_errors(surface_run, tmp_path, args, message):
+def test_bad_regime_options_get_one_line_errors(surface_run, tmp_path, capsys, args, message):
+    import train
+
     _, klass = surface_run
-    proc = _cli("train.py", "new", "-d", klass, "--epochs", 1, "--out", tmp_path / "runs", *args, check=False)
-    assert proc.returncode != 0 and message in proc.stderr
-    assert "Traceback" not in proc.stderr
+    argv = ["new", "-d", str(klass), "--epochs", "1", "--out", str(tmp_path / "runs"), *args]
+    code, _, err = cli(train.main, argv, capsys)  # in-process: the script's process is tested end to end above
+    assert code == 2 and message in err.strip().splitlines()[-1] and "Traceback" not in err, (
+        err
+    )  # argparse: usage first
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("setup.json"))
 
 
-def test_learned_method_refuses_map_options_and_a_missing_head(surface_run, tmp_path):
-    run, _ = surface_run
-    proc = _cli("validate.py", "-p", run, "-a", 4, "--method", "learned", "--scales", 2, check=False)
-    assert proc.returncode != 0 and "--scales and --passes apply to ssim, l2 and fused maps" in proc.stderr
+def test_learned_method_refuses_map_options_and_a_missing_head(surface_run, tmp_path, capsys):
     import shutil
 
+    import validate
+
+    run, _ = surface_run
+    code, _, err = cli(validate.main, ["-p", str(run), "-a", "4", "--method", "learned", "--scales", "2"], capsys)
+    assert code == 2 and "--scales and --passes apply to ssim, l2 and fused maps" in err
     copy = tmp_path / "nohead"
     shutil.copytree(run, copy, ignore=shutil.ignore_patterns("head.keras", "validation", "test", ".lock"))
-    proc = _cli("validate.py", "-p", copy, "-a", 4, "--method", "learned", check=False)
-    assert proc.returncode != 0 and "has no learned residual head" in proc.stderr and "Traceback" not in proc.stderr
+    code, _, err = cli(validate.main, ["-p", str(copy), "-a", "4", "--method", "learned"], capsys)
+    assert code == 2 and "has no learned residual head" in err and len(err.strip().splitlines()) == 1, err
 
 
 def test_head_trains_on_crops_of_an_object_autoencoder_that_takes_whole_images(tmp_path):

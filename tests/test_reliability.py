@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import ROOT, cli, train_args
+from conftest import ROOT, cli, train_args, with_twins
 from PIL import Image
 
 import data  # noqa: E402
@@ -92,21 +92,15 @@ def template(tiny_dataset, tiny_run, tmp_path_factory):
 
     head = surface = None
     if any(_uses(c, "hrun") for c in TABLE):
-        head, _ = training.new_run(
-            train_args(
-                tiny_dataset,
-                tmp_path_factory.mktemp("hrun"),
-                epochs=1,
-                head_steps=int(sweep.HEAD_STEPS),
-                no_augment=True,
-            )
+        hrun = train_args(
+            tiny_dataset, tmp_path_factory.mktemp("hrun"), epochs=1, head_steps=int(sweep.HEAD_STEPS), no_augment=True
         )
+        head, _ = with_twins(lambda: training.new_run(hrun))  # the sweep's runs have their twins, as users' do
     if any(_uses(c, "srun") for c in TABLE):
-        surface, _ = training.new_run(
-            train_args(
-                tiny_dataset, tmp_path_factory.mktemp("srun"), epochs=1, mode="surface", patch=32, no_augment=True
-            )
+        srun = train_args(
+            tiny_dataset, tmp_path_factory.mktemp("srun"), epochs=1, mode="surface", patch=32, no_augment=True
         )
+        surface, _ = with_twins(lambda: training.new_run(srun))
     root = sweep.build_template(
         tmp_path_factory.mktemp("reliability") / "template", tiny_dataset, tiny_run, head, surface
     )
