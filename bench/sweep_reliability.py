@@ -915,6 +915,20 @@ def exported_first(world):
     return (world.root / "exp" / "detector.json").is_file()
 
 
+def exported_method(method):
+    """The export's detector.json records ``method`` and its validated threshold (every map
+    method exports since issue 24; the learned one was refused before)."""
+
+    def check(world):
+        meta = json.loads((world.root / "exp" / "detector.json").read_text())
+        validated = json.loads(
+            (world.root / "runs" / "hrun" / "validation" / method / "a10" / "validation_result.json").read_text()
+        )
+        return meta["method"] == method and meta["threshold"] == validated["threshold"]
+
+    return check
+
+
 def user_predictions(world):
     """{mine} holds a predictions.csv of the user's (and a mask)."""
     (world.root / "mine" / "predictions.csv").write_text("path,verdict\nmine.png,good\n")
@@ -1045,7 +1059,7 @@ CASES += [
     Case("head_replaced_test_learned", "test", ["-p", "{hrun}", "--method", "learned"], "another learned head", other_head),
     Case("head_replaced_test_learned_a10", "test", ["-p", "{hrun}", "--method", "learned", "-a", "10"], "another learned head", other_head),
     Case("head_replaced_images_learned", "test", ["-p", "{hrun}", "--images", "{imgs}", "--method", "learned"], "another learned head", other_head),
-    Case("export_learned_method", "export", ["-p", "{hrun}", "--method", "learned", "--format", "onnx", "--out", "{root}/exp"], "not 'learned'"),
+    Case("export_learned_method", "export", ["-p", "{hrun}", "--method", "learned", "--format", "onnx", "--out", "{root}/exp"], None, check=exported_method("learned")),
     Case("head_replaced_validate_learned", "validate", ["-p", "{hrun}", "--method", "learned", "-a", "10"], None, other_head, check=head_maps_recomputed),
     Case("head_replaced_validate_fused", "validate", ["-p", "{hrun}", "--method", "fused", "-a", "10", "--passes", "1", "--scales", "1"], None, other_head, check=head_is_recorded("validation")),
     Case("head_replaced_test_learned_explicit", "test", ["-p", "{hrun}", "--method", "learned", *T], None, other_head, check=head_is_recorded("test")),
