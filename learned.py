@@ -127,10 +127,10 @@ def train_head(
     }
 
 
-def settle_batch_norm(head, draw, batches: int = SETTLE_BATCHES) -> None:
+def settle_batch_norm(head, draw, batches: int | None = None) -> None:
     """Set the moving statistics of every BatchNormalization layer of ``head`` to their mean
-    over ``batches`` fresh training batches (``draw()`` → image, reconstruction, mask), the
-    weights fixed.
+    over ``batches`` fresh training batches (``draw()`` → image, reconstruction, mask; default
+    :data:`SETTLE_BATCHES`, read at call time), the weights fixed.
 
     Why: during training the moving averages (momentum 0.99) trail weights that keep
     changing, and inference uses them. A head whose statistics lag marks every pixel
@@ -139,6 +139,7 @@ def settle_batch_norm(head, draw, batches: int = SETTLE_BATCHES) -> None:
     """
     import keras
 
+    batches = SETTLE_BATCHES if batches is None else batches
     layers = [layer for layer in head.layers if isinstance(layer, keras.layers.BatchNormalization)]
     momenta = [layer.momentum for layer in layers]
     for layer in layers:

@@ -25,6 +25,14 @@ import training  # noqa: E402
 
 training.TWINS_AFTER_TRAINING = False
 
+# A tiny test head trains for 10-20 steps; settling its BatchNormalization statistics over 64
+# batches took longer than training it. 8 batches still average its statistics (tests that
+# judge a head's quality set the product's 64 back).
+import learned  # noqa: E402
+
+PRODUCT_SETTLE_BATCHES = learned.SETTLE_BATCHES
+learned.SETTLE_BATCHES = 8
+
 
 def with_twins(train):
     """Call ``train()`` with the twins made right after training, as for a user's run."""

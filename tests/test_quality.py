@@ -133,12 +133,15 @@ def test_segmentation_head_is_fully_convolutional_and_saves_in_safe_mode(tmp_pat
         models.segmentation_head(channels=2)
 
 
-def test_trained_head_marks_simulated_defects_above_good_pixels(tmp_path):
+def test_trained_head_marks_simulated_defects_above_good_pixels(tmp_path, monkeypatch):
     """A copying 'autoencoder' (identity) hides nothing, so the head must learn from the image:
     after a short training its probability inside fresh simulated defects beats the rest."""
     import keras
+    from conftest import PRODUCT_SETTLE_BATCHES
 
     import learned
+
+    monkeypatch.setattr(learned, "SETTLE_BATCHES", PRODUCT_SETTLE_BATCHES)  # the measured figure's settling
 
     inp = keras.Input((None, None, 1))
     identity = keras.Model(inp, keras.layers.Identity()(inp))
