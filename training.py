@@ -25,6 +25,12 @@ from utils import SettingError, UserError, package_versions, set_seed, stop_poin
 # Make the run's ONNX twins right after training (while TensorFlow is loaded) rather than at
 # their first use; the tests turn it off for runs they only train (tests/conftest.py).
 TWINS_AFTER_TRAINING = True
+# A training of fewer steps than this runs them eagerly (Keras's ``run_eagerly``: the same
+# arithmetic, step by step) instead of tracing them into a graph first: tracing costs ~5 s on
+# 2 cores, an eager step of a tiny model ~0.2 s more than a traced one. 0 (never) for users' runs,
+# whose hundreds of steps repay the tracing; the tests' 3-6-step runs set it (tests/conftest.py).
+# Never with ``jit`` (XLA needs the graph).
+EAGER_BELOW_STEPS = 0
 FREEZE_SHARE = 0.7  # resnet: encoder frozen for the first 70% of epochs
 DEFAULT_OBJECT_SIZE = 128  # px: objects train at this square side unless the size setting says otherwise
 
@@ -145,7 +151,15 @@ def _callbacks(run_dir, model_path, patience, state, clock):
     return callbacks
 
 
-def _compile(model, setup: runs.RunSetup):
+def runs_eagerly(setup: runs.RunSetup, n_train: int, start_epoch: int = 0) -> bool:
+    """Whether the training left (``start_epoch`` to ``setup.epochs`` over ``n_train`` images,
+    or ``patches_per_epoch`` patches on a surface) has fewer steps than :data:`EAGER_BELOW_STEPS`."""
+    per_epoch = n_train if setup.patch is None else setup.patches_per_epoch
+    steps = math.ceil(per_epoch / distribution.global_batch(setup.to_record()))
+    return not setup.jit and steps * (setup.epochs - start_epoch) < EAGER_BELOW_STEPS
+
+
+def _compile(model, setup: runs.RunSetup, eager: bool = False):
     import keras
 
     import custom_loss_functions as clf
@@ -155,6 +169,7 @@ def _compile(model, setup: runs.RunSetup):
             optimizer=keras.optimizers.Adam(learning_rate=setup.lr),
             loss=clf.get_loss(setup.loss, setup.size),  # Keras losses compute in float32 under mixed precision
             jit_compile=True if setup.jit else "auto",  # auto: XLA on GPUs, not on CPU-only machines
+            run_eagerly=eager,
         )
     distribution.adapt(model, setup.to_record())
 
@@ -350,7 +365,7 @@ def prepare(config: TrainConfig) -> tuple[dict, tuple, list[str], object]:
     return setup, (train_images, val_images), val_names, model
 
 
-def _fit_phases(model, setup, run_dir, datasets, start_epoch, end_epoch, state, clock):
+def _fit_phases(model, setup, run_dir, datasets, start_epoch, end_epoch, state, clock, eager=False):
     """Fit from ``start_epoch`` to ``end_epoch``, unfreezing a resnet encoder at its epoch."""
 
     train_ds, val_ds = datasets
@@ -364,7 +379,7 @@ def _fit_phases(model, setup, run_dir, datasets, start_epoch, end_epoch, state, 
             continue
         if setup.architecture == "resnet":
             model.get_layer("encoder").trainable = trainable
-            _compile(model, setup)  # changing trainability needs a recompile
+            _compile(model, setup, eager)  # changing trainability needs a recompile
             print(f"encoder {'trainable' if trainable else 'frozen'} for epochs {first + 1}-{last}", flush=True)
         callbacks = _callbacks(run_dir, model_path, setup.patience, state, clock)
         model.fit(
@@ -409,15 +424,18 @@ def train(
     val_ds = distribution.drop_short_batches(
         data.tf_dataset(val_images, val_batch, training=False), record, len(val_images), val_batch, "validation"
     )
+    eager = runs_eagerly(setup, len(train_images), start_epoch)
     if start_epoch == 0 or getattr(model, "optimizer", None) is None:
-        _compile(model, setup)  # a resumed model keeps its compiled optimizer state
+        _compile(model, setup, eager)  # a resumed model keeps its compiled optimizer state
+    elif eager:  # a loaded model, compiled from its file: not yet traced
+        model.run_eagerly = True
     # Seconds already spent: from the backup after a crash, else from the finished run being extended.
     spent = float(state.get("training_seconds", setup.training_seconds))
     started = time.time()
     clock = lambda: spent + time.time() - started  # noqa: E731
     diverged = None
     try:
-        _fit_phases(model, setup, run_dir, (train_ds, val_ds), start_epoch, setup.epochs, state, clock)
+        _fit_phases(model, setup, run_dir, (train_ds, val_ds), start_epoch, setup.epochs, state, clock, eager)
     except NonFiniteLoss as exc:
         diverged = exc
     model_path = run_dir / setup.model_file

@@ -1,5 +1,6 @@
 """Shared fixtures: a tiny generated dataset and a tiny trained run (session-scoped, CPU-fast)."""
 
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -25,6 +26,13 @@ import training  # noqa: E402
 
 training.TWINS_AFTER_TRAINING = False
 
+# A tiny object run trains for 3-6 steps; tracing them into a graph took ~5 of its ~9 s. Tests
+# run trainings of fewer than 20 steps eagerly (the same arithmetic; a surface run's 128 patch
+# steps stay traced, eager they took 3x longer). The shared run below, the tests of options that
+# live in the graph (strategies, precision, XLA, losses: mark graph_training) and every run a
+# script's own process trains (demo, bench, kill -9, CLI subprocesses) trace as users' runs do.
+training.EAGER_BELOW_STEPS = 20
+
 # A tiny test head trains for 10-20 steps; settling its BatchNormalization statistics over 64
 # batches took longer than training it. 8 batches still average its statistics (tests that
 # judge a head's quality set the product's 64 back).
@@ -32,6 +40,29 @@ import learned  # noqa: E402
 
 PRODUCT_SETTLE_BATCHES = learned.SETTLE_BATCHES
 learned.SETTLE_BATCHES = 8
+
+
+TEST_EAGER_BELOW_STEPS = training.EAGER_BELOW_STEPS
+
+
+@contextlib.contextmanager
+def graph_training():
+    """Train as users' runs do inside: every step traced into a graph."""
+    training.EAGER_BELOW_STEPS = 0
+    try:
+        yield
+    finally:
+        training.EAGER_BELOW_STEPS = TEST_EAGER_BELOW_STEPS
+
+
+@pytest.fixture(autouse=True)
+def _graph_training_mark(request):
+    """Tests marked ``graph_training`` train with their steps traced, as users' runs do."""
+    if request.node.get_closest_marker("graph_training") is None:
+        yield
+        return
+    with graph_training():
+        yield
 
 
 def with_twins(train):
@@ -109,5 +140,6 @@ def tiny_run(tiny_dataset, tmp_path_factory):
     import training
 
     out = tmp_path_factory.mktemp("runs")
-    run_dir, _ = with_twins(lambda: training.new_run(train_args(tiny_dataset, out)))
+    with graph_training():  # the run most tests read is trained as users' are
+        run_dir, _ = with_twins(lambda: training.new_run(train_args(tiny_dataset, out)))
     return run_dir

@@ -135,10 +135,11 @@ def test_fusion_combines_alike_in_numpy_and_tensorflow():
 
 # ---- whole runs: every method, each in every format once ----
 # Each method's graph is converted to every format in one test here or in tests/test_export.py
-# (SSIM: test_every_format_equals_test_py); the same graph on the other run is checked in ONNX
-# only, which tests that run's wiring (regime, shape, options, threshold) at a third of the
-# conversions' time. The defaults (learned on an object run, fused on a surface run) go to all.
-ONE_FORMAT = ("onnx",)
+# (SSIM: test_every_format_equals_test_py); the same graph on the other run is checked as a
+# SavedModel only, which tests that run's wiring (regime, shape, options, threshold): its quickest
+# format (the fused object map: 7.5 s, against 10.5 s to TFLite and 24.5 s to ONNX, 2026-12-03).
+# The defaults (learned on an object run, fused on a surface run) go to all.
+ONE_FORMAT = ("saved_model",)
 
 
 @pytest.mark.parametrize("method, formats", [("learned", FORMATS), ("fused", ONE_FORMAT)])

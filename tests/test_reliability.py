@@ -427,20 +427,14 @@ def test_two_resumes_one_refuses_then_kill_9_mid_training_stays_resumable(tiny_d
     assert setup["status"] == "training" and setup["epochs"] == 9
     state = json.loads((run_dir / "backup" / "state.json").read_text())
     assert (run_dir / "backup" / state["model"]).is_file() and state["epoch"] == 3
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "train.py"), "resume", "-p", str(run_dir), "-e", "1"],
-        cwd=ROOT,
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert done.returncode == 0, done.stderr[-800:]
-    assert f"resuming interrupted run at epoch {state['epoch'] + 1} of 10" in done.stdout
+    # The killed run resumes (in this process: what is under test is the run the kill left).
+    code, out, err = cli(train.main, ["resume", "-p", str(run_dir), "-e", "1"], capsys)
+    assert code == 0, err[-800:]
+    assert f"resuming interrupted run at epoch {state['epoch'] + 1} of 10" in out
     assert json.loads((run_dir / "setup.json").read_text())["epochs_run"] == 10
 
 
-def test_kill_9_at_the_start_of_resume_leaves_the_run_resumable(tiny_dataset, tmp_path):
+def test_kill_9_at_the_start_of_resume_leaves_the_run_resumable(tiny_dataset, tmp_path, capsys):
     """Killed as soon as the extension's backup exists (before the first new epoch): both
     ``resume`` and ``resume -e`` continue; test.py sees a usable model meanwhile."""
     run_dir = _tiny_run(tiny_dataset, tmp_path)
@@ -451,15 +445,8 @@ def test_kill_9_at_the_start_of_resume_leaves_the_run_resumable(tiny_dataset, tm
     assert state["epoch"] == 1 and state["epochs"] == 3 and (run_dir / "backup" / state["model"]).is_file()
     pd.testing.assert_frame_equal(pd.read_csv(run_dir / "history.csv"), history)
     assert runs.find_run(run_dir).model_path.is_file()  # still offered for testing: its best model is intact
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "train.py"), "resume", "-p", str(run_dir)],
-        cwd=ROOT,
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert done.returncode == 0, done.stderr[-800:]
+    code, _, err = cli(train.main, ["resume", "-p", str(run_dir)], capsys)  # in this process, as above
+    assert code == 0, err[-800:]
     setup = json.loads((run_dir / "setup.json").read_text())
     assert setup["status"] == "done" and setup["epochs_run"] == 3 and not (run_dir / "backup").exists()
     assert list(pd.read_csv(run_dir / "history.csv")["epoch"]) == [0, 1, 2]

@@ -36,6 +36,7 @@ if devices > 1:
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * devices)
 import pandas as pd, training, conftest
+training.EAGER_BELOW_STEPS = 0  # strategies trace their steps, as users' runs do
 if {resume!r}:
     run_dir, setup = training.resume_run({resume!r}, {more})
 else:

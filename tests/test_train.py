@@ -471,6 +471,7 @@ def test_no_augment_feeds_the_images_unchanged_and_augment_changes_them():
     assert not any(np.allclose(a, b, atol=1e-3) for a in augmented for b in images)
 
 
+@pytest.mark.graph_training
 @pytest.mark.parametrize("color,loss", [("rgb", "ssim"), ("grayscale", "mssim"), ("grayscale", "mse")])
 def test_other_colours_and_losses_train_and_validate_end_to_end(tiny_dataset, tmp_path, capsys, color, loss):
     import validate
@@ -490,6 +491,7 @@ def test_other_colours_and_losses_train_and_validate_end_to_end(tiny_dataset, tm
     assert result["method"] == method and np.isfinite(result["threshold"]) and result["largest_area_at_threshold"] < 5
 
 
+@pytest.mark.graph_training
 def test_mixed_precision_trains_in_half_resumes_so_and_maps_in_float32(tiny_dataset, tmp_path, capsys):
     """--precision mixed (issue 13): the saved autoencoder computes in bfloat16 on a CPU-only
     machine, float16 where TensorFlow sees a GPU, and a resumed run keeps it; the model the maps
@@ -526,6 +528,7 @@ def test_mixed_precision_trains_in_half_resumes_so_and_maps_in_float32(tiny_data
     assert keras.mixed_precision.global_policy().name == "float32"
 
 
+@pytest.mark.graph_training
 def test_precision_and_jit_options(tiny_dataset, tmp_path, capsys):
     import tensorflow as tf
 
@@ -546,6 +549,25 @@ def test_precision_and_jit_options(tiny_dataset, tmp_path, capsys):
         train_args(tiny_dataset, tmp_path, epochs=1, architecture="mvtec", size=32, jit=True)
     )
     assert setup["jit"] is True and setup["epochs_run"] == 1
+
+
+def test_only_trainings_shorter_than_the_eager_limit_run_eagerly(monkeypatch):
+    """``runs_eagerly``: steps left = ceil(images or patches per epoch / global batch) x epochs
+    left, eager below :data:`training.EAGER_BELOW_STEPS` (users' 0: never), never with XLA."""
+    base = {"lr": 1e-3, "loss": "ssim", "size": 32, "architecture": "mvtec", "color": "grayscale", "batch": 4}
+    typed = lambda **k: runs.RunSetup.from_record(runs.upgrade_setup({**base, "directory": ".", **k}))  # noqa: E731
+    obj = typed(epochs=2)
+    monkeypatch.setattr(training, "EAGER_BELOW_STEPS", 0)
+    assert not training.runs_eagerly(obj, 11)
+    monkeypatch.setattr(training, "EAGER_BELOW_STEPS", 7)
+    assert training.runs_eagerly(obj, 11)  # 3 steps x 2 epochs = 6 < 7
+    assert not training.runs_eagerly(obj, 13)  # 4 x 2 = 8
+    assert training.runs_eagerly(typed(epochs=5), 11, start_epoch=3)  # 3 x 2 epochs left
+    assert not training.runs_eagerly(typed(epochs=2, jit=True), 11)
+    surface = typed(epochs=1, mode="surface", patch=16, patches_per_epoch=28, shape=[32, 32])
+    assert not training.runs_eagerly(surface, 2)  # the patches count: 7 steps, not 1
+    monkeypatch.setattr(training, "EAGER_BELOW_STEPS", 8)
+    assert training.runs_eagerly(surface, 2)
 
 
 def test_train_new_defaults_are_the_configs_own():
