@@ -33,6 +33,12 @@ training.TWINS_AFTER_TRAINING = False
 # script's own process trains (demo, bench, kill -9, CLI subprocesses) trace as users' runs do.
 training.EAGER_BELOW_STEPS = 20
 
+# A surface epoch repeats a small class's images until it holds 256 patches (64 steps of a tiny
+# run, traced); the tests' surface runs check wiring, not what 256 patches teach: 32 (8 steps).
+import regime  # noqa: E402
+
+regime.MIN_PATCHES_PER_EPOCH = 32
+
 # A tiny test head trains for 10-20 steps; settling its BatchNormalization statistics over 64
 # batches took longer than training it. 8 batches still average its statistics (tests that
 # judge a head's quality set the product's 64 back).
@@ -108,6 +114,35 @@ def train_args(directory, out, **overrides):
     from settings import TrainConfig
 
     return TrainConfig(**args)
+
+
+def load_script(name):
+    """A top-level script (``"test"`` for test.py) loaded by its file, under a private module
+    name: ``import test`` could give the standard library's package."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"cae_script_{name}", ROOT / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_script(script, *args):
+    """``script`` (e.g. ``"validate.py"``) with ``args`` run in this process as its ``__main__``
+    would (``run_cli``), no capsys needed: ``(exit code, stdout, stderr)``."""
+    import contextlib
+    import io
+
+    from utils import run_cli
+
+    main = load_script(script.removesuffix(".py")).main
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = run_cli(main, [str(a) for a in args])
+        except SystemExit as exc:  # argparse's own errors
+            code = exc.code
+    return code, out.getvalue(), err.getvalue()
 
 
 def cli(main, argv, capsys):

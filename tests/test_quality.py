@@ -2,22 +2,19 @@
 residual head, the validation proxy, and surface runs end to end on tiny data."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import cli
+from conftest import cli, run_script
 from PIL import Image
 
 import data
 import regime
 import synthetic
 import validation
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _texture(side=256, seed=0):
@@ -185,17 +182,11 @@ def test_settled_batch_norm_makes_inference_equal_training_mode():
 # ---- command lines, end to end ----
 
 
-def _cli(script, *args, check=True):
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / script), *map(str, args)],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env={**__import__("os").environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
-    )
-    if check:
-        assert proc.returncode == 0, proc.stderr[-2000:]
-    return proc
+def _cli(script, *args):
+    """``script`` run in this process (conftest.run_script); its exit code must be 0."""
+    code, out, err = run_script(script, *args)
+    assert code == 0, err[-2000:]
+    return SimpleNamespace(returncode=code, stdout=out, stderr=err)
 
 
 @pytest.fixture(scope="module")
