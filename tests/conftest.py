@@ -37,6 +37,7 @@ training.EAGER_BELOW_STEPS = 20
 # run, traced); the tests' surface runs check wiring, not what 256 patches teach: 32 (8 steps).
 import regime  # noqa: E402
 
+PRODUCT_MIN_PATCHES = regime.MIN_PATCHES_PER_EPOCH
 regime.MIN_PATCHES_PER_EPOCH = 32
 
 # A tiny test head trains for 10-20 steps; settling its BatchNormalization statistics over 64

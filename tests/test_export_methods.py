@@ -75,7 +75,7 @@ def check_parity(run_dir, method, regime, formats=FORMATS):
     images, paths = data.load_images(paths, run.color, run.shape)
     _, expected = inference.run_maps(run, images, method, mapper.options)
     tolerance = exporting.map_tolerance(method, mapper.options)  # 1e-4, more for a fused map (see there)
-    rounding = ROUNDING if tolerance == exporting.MAP_TOLERANCE else tolerance
+    rounding = max(ROUNDING, tolerance)
     for fmt in formats:
         folder, meta = exporting.export_run(run_dir, fmt, method=given)
         assert meta["method"] == method and meta["shape"] == list(run.shape)

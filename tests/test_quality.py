@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import cli, run_script
+from conftest import cli, run_script, with_twins
 from PIL import Image
 
 import data
@@ -208,7 +208,8 @@ def surface_run(tmp_path_factory):
                 gt.mkdir(parents=True, exist_ok=True)
                 Image.fromarray(mask.astype(np.uint8) * 255).save(gt / f"{i:03d}_mask.png")
             Image.fromarray(img).save(d / f"{i:03d}.png")
-    out = _cli("train.py", "new", "-d", klass, "--epochs", 2, "--head-steps", 10, "--patch", 32, "--out", root / "runs")
+    train = ("train.py", "new", "-d", klass, "--epochs", 2, "--head-steps", 10, "--patch", 32, "--out", root / "runs")
+    out = with_twins(lambda: _cli(*train))  # twins at once, as train.py's own process makes them
     return Path(out.stdout.strip().splitlines()[-1]), klass
 
 

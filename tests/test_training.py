@@ -101,9 +101,12 @@ def test_resume_refusals_before_any_work(tmp_path):
 @pytest.mark.parametrize(
     "mode, requested, instances", [("object", None, 30000), ("surface", None, 15000), ("object", 800, 800)]
 )
-def test_instances_default_per_regime(tiny_dataset, tmp_path, mode, requested, instances):
-    from conftest import train_args
+def test_instances_default_per_regime(tiny_dataset, tmp_path, monkeypatch, mode, requested, instances):
+    from conftest import PRODUCT_MIN_PATCHES, train_args
 
+    import regime
+
+    monkeypatch.setattr(regime, "MIN_PATCHES_PER_EPOCH", PRODUCT_MIN_PATCHES)  # users' epochs, not the tests'
     config = train_args(tiny_dataset, tmp_path / "runs", mode=mode, instances=requested, epochs=None, patch=32)
     setup, (train_images, _), _, _ = training.prepare(config)
     assert setup["instances"] == instances and setup["instances_requested"] == requested
