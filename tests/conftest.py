@@ -128,19 +128,17 @@ def load_script(name):
     return module
 
 
-def run_script(script, *args):
-    """``script`` (e.g. ``"validate.py"``) with ``args`` run in this process as its ``__main__``
-    would (``run_cli``), no capsys needed: ``(exit code, stdout, stderr)``."""
-    import contextlib
+def run_quietly(main, argv):
+    """``run_cli(main, argv)`` where there is no capsys (module-scoped fixtures): ``(exit code,
+    stdout, stderr)``, argparse's own exits included."""
     import io
 
     from utils import run_cli
 
-    main = load_script(script.removesuffix(".py")).main
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
-            code = run_cli(main, [str(a) for a in args])
+            code = run_cli(main, [str(a) for a in argv])
         except SystemExit as exc:  # argparse's own errors
             code = exc.code
     return code, out.getvalue(), err.getvalue()

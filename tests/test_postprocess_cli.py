@@ -6,8 +6,6 @@ run or its dataset make their own copies; a copied run's setup.json is re-pointe
 copied dataset when the dataset is changed.
 """
 
-import contextlib
-import io
 import json
 import os
 import shutil
@@ -18,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import ROOT, SIZE, cli
+from conftest import ROOT, SIZE, cli, load_script, run_quietly
 from PIL import Image
 
 import data  # noqa: E402
@@ -30,7 +28,7 @@ import runs  # noqa: E402
 import storage  # noqa: E402
 import validate  # noqa: E402
 import visualize  # noqa: E402
-from utils import UserError, run_cli  # noqa: E402
+from utils import UserError  # noqa: E402
 
 
 def classify(maps, threshold, min_area):
@@ -39,17 +37,7 @@ def classify(maps, threshold, min_area):
     return tuple(np.array(v) for v in zip(*((mask.any(), largest, count) for mask, largest, count in found)))
 
 
-def _load_test_script():
-    """``test.py`` by file (the name ``test`` would otherwise risk the standard library's package)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("cae_test_script", ROOT / "test.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-test_script = _load_test_script()
+test_script = load_script("test")
 
 AREA = 10
 DEFECTS = ("contamination", "crack", "hole", "scratch", "stain")
@@ -67,17 +55,6 @@ def low_dpi():
     figures.DPI = 40
     yield
     figures.DPI = old
-
-
-def run_quietly(main, argv):
-    """``run_cli`` for module-scoped fixtures (no capsys there): ``(code, stdout, stderr)``."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = run_cli(main, argv)
-        except SystemExit as exc:
-            code = exc.code
-    return code, out.getvalue(), err.getvalue()
 
 
 def copy_run(tiny_run, dest, dataset=None):

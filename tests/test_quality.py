@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import cli, run_script, with_twins
+from conftest import cli, load_script, run_quietly, with_twins
 from PIL import Image
 
 import data
@@ -183,8 +183,8 @@ def test_settled_batch_norm_makes_inference_equal_training_mode():
 
 
 def _cli(script, *args):
-    """``script`` run in this process (conftest.run_script); its exit code must be 0."""
-    code, out, err = run_script(script, *args)
+    """``script`` run in this process (conftest.run_quietly); its exit code must be 0."""
+    code, out, err = run_quietly(load_script(script.removesuffix(".py")).main, args)
     assert code == 0, err[-2000:]
     return SimpleNamespace(returncode=code, stdout=out, stderr=err)
 

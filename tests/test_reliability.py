@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import ROOT, cli, train_args, with_twins
+from conftest import ROOT, cli, load_script, train_args, with_twins
 from PIL import Image
 
 import data  # noqa: E402
@@ -36,9 +36,7 @@ from utils import UserError  # noqa: E402
 _spec = importlib.util.spec_from_file_location("sweep_reliability", ROOT / "bench" / "sweep_reliability.py")
 sweep = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(sweep)
-_spec = importlib.util.spec_from_file_location("cae_test_script_rel", ROOT / "test.py")
-test_script = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(test_script)
+test_script = load_script("test")
 
 
 def _predict_exported(argv):

@@ -7,23 +7,21 @@ line where Chromium, its driver or selenium are missing (scripts/setup_env.sh in
 as root on Debian).
 """
 
-import contextlib
 import csv
-import io
 import shutil
 from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, cli
+from conftest import cli, load_script, run_quietly
 from PIL import Image
 
 import figures  # noqa: E402
 import report  # noqa: E402
 import runs  # noqa: E402
 import storage  # noqa: E402
-from utils import UserError, run_cli  # noqa: E402
+from utils import UserError  # noqa: E402
 
 THRESHOLD, AREA = 0.5, 5
 # (defect type, file, truth, prediction as classification.csv writes it, score)
@@ -335,24 +333,6 @@ def test_written_again_and_never_over_foreign_files(tmp_path, monkeypatch):
 # --------------------------------------------------------------------------- test.py and the browser
 
 
-def _load_test_script():
-    """``test.py`` by file (the name ``test`` would otherwise risk the standard library's package)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("cae_test_script_report", ROOT / "test.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def run_quietly(main, argv):
-    """``run_cli`` for module-scoped fixtures (no capsys there): ``(code, stdout, stderr)``."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = run_cli(main, argv)
-    return code, out.getvalue(), err.getvalue()
-
-
 @pytest.fixture(scope="module")
 def tested(tiny_run, tmp_path_factory):
     """A copy of the session's tiny run, validated at area 10 and tested by test.py (in-process):
@@ -365,7 +345,7 @@ def tested(tiny_run, tmp_path_factory):
         shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("validation", "test", "predictions"))
         code, _, err = run_quietly(validate.main, ["-p", str(run), "-a", "10"])
         assert code == 0, err
-        code, out, err = run_quietly(_load_test_script().main, ["-p", str(run)])
+        code, out, err = run_quietly(load_script("test").main, ["-p", str(run)])
         assert code == 0, err
     finally:
         figures.DPI = old_dpi
@@ -386,7 +366,7 @@ def test_test_py_writes_the_report_and_ends_with_the_result_folder(tested, tmp_p
     for defect in ("good", "crack"):
         shutil.copytree(tiny_dataset / "test" / defect, images / defect)
     code, out, err = cli(
-        _load_test_script().main, ["-p", str(run), "--images", str(images), "--overlays", "none"], capsys
+        load_script("test").main, ["-p", str(run), "--images", str(images), "--overlays", "none"], capsys
     )
     assert code == 0, err
     lines = out.strip().splitlines()

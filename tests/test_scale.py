@@ -15,7 +15,7 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import ROOT, cli, train_args
+from conftest import ROOT, cli, load_script, train_args
 
 import distribution  # noqa: E402
 import sharding  # noqa: E402
@@ -264,11 +264,7 @@ def validated(dataset, tmp_path_factory):
 
 
 def test_shard_then_merge_equals_whole_folder(validated, dataset, tmp_path, capsys):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("cae_test_script", ROOT / "test.py")
-    test_script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(test_script)
+    test_script = load_script("test")
     images = dataset / "test"
     whole_code, whole_out, err = cli(
         test_script.main, ["-p", str(validated), "--images", str(images), "--out", str(tmp_path / "whole")], capsys
@@ -302,11 +298,7 @@ def test_shard_then_merge_equals_whole_folder(validated, dataset, tmp_path, caps
 
 
 def test_shard_cli_errors(validated, dataset, capsys):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("cae_test_script", ROOT / "test.py")
-    test_script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(test_script)
+    test_script = load_script("test")
     for argv, message in (
         (["--images", str(dataset / "test"), "--shard", "3/2"], "--shard must be K/N"),
         (["--images", str(dataset / "test"), "--shard", "a/b"], "--shard must be K/N"),
