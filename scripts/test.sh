@@ -8,7 +8,8 @@ export TF_CPP_MIN_LOG_LEVEL=2 MPLBACKEND=Agg
 .venv/bin/ruff check --quiet .
 .venv/bin/ruff format --check --quiet .
 # One worker per core, at most 4 (each holds its own TensorFlow), CAE_TEST_WORKERS to choose:
-# every file runs whole in one worker (its module fixtures built once), in random order.
+# every file runs whole in one worker (its module fixtures built once), longest files first
+# (tests/conftest.py), the others and every file's tests in random order.
 workers=${CAE_TEST_WORKERS:-$(nproc 2>/dev/null || echo 2)}
 [ "$workers" -gt 4 ] && [ -z "${CAE_TEST_WORKERS:-}" ] && workers=4
-exec .venv/bin/python -m pytest -q -n "$workers" --dist loadfile "$@"
+exec .venv/bin/python -m pytest -q -n "$workers" --dist loadfile --no-loadscope-reorder "$@"

@@ -18,6 +18,15 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 import networks  # noqa: E402
 
 networks.SLOWER_LIMIT = float("inf")
+# ... so timing the twin against Keras decides nothing here: one image a timed call, not a batch
+# of 16 (the timing code still runs; ~1.5 s of every twin made).
+networks.TIMED_IMAGES = 1
+
+# Figures at 40 dpi, not 150, in every test: what a figure draws does not depend on it (layout
+# is in inches), and an overlay took 0.6 s at 150 dpi against 0.3 s.
+import figures  # noqa: E402
+
+figures.DPI = 40
 
 # Most runs a test trains are never scored by a script: their ONNX twins (~1/3 of a tiny
 # training) are made at first use instead. The shared runs below, and every run a script's own
@@ -177,3 +186,30 @@ def tiny_run(tiny_dataset, tmp_path_factory):
     with graph_training():  # the run most tests read is trained as users' are
         run_dir, _ = with_twins(lambda: training.new_run(train_args(tiny_dataset, out)))
     return run_dir
+
+
+# Seconds each long file took in the whole suite (two workers, 2026-12-03). `scripts/test.sh`
+# gives each worker whole files (--dist loadfile) in collection order; xdist's own order (most
+# tests first) left a 120-s file such as test_demo.py for the end, one worker idle meanwhile.
+# Longest first, the rest after in pytest-randomly's order, keeps both busy to the end.
+FILE_SECONDS = {
+    "test_reliability.py": 280,
+    "test_export_methods.py": 230,
+    "test_train.py": 200,
+    "test_demo.py": 120,
+    "test_scale.py": 110,
+    "test_postprocess_cli.py": 100,
+    "test_quality.py": 100,
+    "test_bench_suite.py": 90,
+    "test_networks.py": 90,
+    "test_export.py": 70,
+    "test_models.py": 70,
+    "test_interrupt.py": 35,
+    "test_cli_help.py": 30,
+}
+
+
+@pytest.hookimpl(trylast=True)  # after pytest-randomly has shuffled files and tests
+def pytest_collection_modifyitems(items):
+    """Longest files first (:data:`FILE_SECONDS`); a stable sort keeps every file's own order."""
+    items.sort(key=lambda item: -FILE_SECONDS.get(item.path.name, 0))

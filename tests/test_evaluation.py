@@ -13,16 +13,10 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import evaluation  # noqa: E402
-import figures  # noqa: E402
 import inference  # noqa: E402
 import runs  # noqa: E402
 
 SIDE = 16
-
-
-@pytest.fixture(autouse=True)
-def low_dpi(monkeypatch):
-    monkeypatch.setattr(figures, "DPI", 40)
 
 
 def mapper(tmp_path, threshold=0.5, min_area=3):

@@ -16,11 +16,12 @@ import numpy as np
 import pytest
 from conftest import cli, train_args
 from PIL import Image
-from test_export import ROUNDING, assert_same_decision, keras_inference  # noqa: F401 - keras_inference: autouse fixture
+from test_export import PASSES, ROUNDING, assert_same_decision, keras_inference  # noqa: F401 - keras_inference: autouse fixture
 
 import data  # noqa: E402
 import exporting  # noqa: E402
 import inference  # noqa: E402
+import methods  # noqa: E402
 import predict_exported as pe  # noqa: E402
 import resmaps  # noqa: E402
 import runs  # noqa: E402
@@ -67,7 +68,8 @@ def check_parity(run_dir, method, regime, formats=FORMATS):
     import validation
 
     given = None if method == "fused" else method
-    validation.validate(run_dir, AREA, MapRequest(method=given))
+    passes = PASSES if methods.get(method).multiscale else None  # test_export.PASSES: the loop body once
+    validation.validate(run_dir, AREA, MapRequest(method=given, passes=passes))
     mapper, _ = exporting.open_validated(run_dir, given)
     assert mapper.method == method
     run, threshold = mapper.run, mapper.threshold

@@ -48,15 +48,6 @@ CSV_COLUMNS = ["path", "defect_type", "truth", "verdict", "largest_area", "n_reg
 # --------------------------------------------------------------------------- helpers
 
 
-@pytest.fixture(scope="module", autouse=True)
-def low_dpi():
-    """Figures at a low DPI keep overlays and plots fast; their content does not depend on it."""
-    old = figures.DPI
-    figures.DPI = 40
-    yield
-    figures.DPI = old
-
-
 def copy_run(tiny_run, dest, dataset=None):
     """A pristine copy of the run (no outputs of earlier steps), optionally pointed at ``dataset``."""
     dest = Path(dest)

@@ -17,7 +17,6 @@ import pytest
 from conftest import cli, load_script, run_quietly
 from PIL import Image
 
-import figures  # noqa: E402
 import report  # noqa: E402
 import runs  # noqa: E402
 import storage  # noqa: E402
@@ -339,16 +338,12 @@ def tested(tiny_run, tmp_path_factory):
     ``(run folder, stdout, result folder)``."""
     import validate
 
-    old_dpi, figures.DPI = figures.DPI, 40  # figures' content does not depend on it
-    try:
-        run = tmp_path_factory.mktemp("report") / "run"
-        shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("validation", "test", "predictions"))
-        code, _, err = run_quietly(validate.main, ["-p", str(run), "-a", "10"])
-        assert code == 0, err
-        code, out, err = run_quietly(load_script("test").main, ["-p", str(run)])
-        assert code == 0, err
-    finally:
-        figures.DPI = old_dpi
+    run = tmp_path_factory.mktemp("report") / "run"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("validation", "test", "predictions"))
+    code, _, err = run_quietly(validate.main, ["-p", str(run), "-a", "10"])
+    assert code == 0, err
+    code, out, err = run_quietly(load_script("test").main, ["-p", str(run)])
+    assert code == 0, err
     return run, out, Path(out.strip().splitlines()[-1])
 
 

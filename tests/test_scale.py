@@ -37,33 +37,37 @@ if devices > 1:
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * devices)
 import pandas as pd, training, conftest
 training.EAGER_BELOW_STEPS = 0  # strategies trace their steps, as users' runs do
-if {resume!r}:
-    run_dir, setup = training.resume_run({resume!r}, {more})
-else:
-    run_dir, setup = training.new_run(conftest.train_args(**{args!r}))
-history = pd.read_csv(run_dir / "history.csv")
-print(json.dumps({{"run": str(run_dir), "loss": history["loss"].tolist(), "setup": setup}}))
+run_dir = None
+for args, more in {jobs!r}:
+    if args is None:  # resume the previous job's run
+        run_dir, setup = training.resume_run(run_dir, more)
+    else:
+        run_dir, setup = training.new_run(conftest.train_args(**args))
+    history = pd.read_csv(run_dir / "history.csv")
+    print("job:", json.dumps({{"run": str(run_dir), "loss": history["loss"].tolist(), "setup": setup}}))
 """
 
 
-def run_training(devices, resume=None, more=None, env=None, **args):
-    code = RUNNER.format(
-        root=str(ROOT),
-        tests=str(ROOT / "tests"),
-        devices=devices,
-        resume=resume,
-        more=more,
-        args={k: str(v) if hasattr(v, "parts") else v for k, v in args.items()},
-    )
+def run_training(devices, *jobs):
+    """Each job, in turn, in one process whose CPU is split into ``devices`` logical devices:
+    a :class:`settings.TrainConfig` trains a new run, an int resumes the previous job's run for
+    that many more epochs. Returns each job's ``{"run", "loss", "setup"}``."""
+    plain = [
+        (None, job)
+        if isinstance(job, int)
+        else ({k: str(v) if hasattr(v, "parts") else v for k, v in vars(job).items()}, None)
+        for job in jobs
+    ]
+    code = RUNNER.format(root=str(ROOT), tests=str(ROOT / "tests"), devices=devices, jobs=plain)
     done = subprocess.run(
         [sys.executable, "-c", code],
         capture_output=True,
         text=True,
         timeout=600,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})},
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return [json.loads(line[len("job:") :]) for line in done.stdout.splitlines() if line.startswith("job:")]
 
 
 @pytest.fixture(scope="module")
@@ -84,10 +88,13 @@ def dataset(tmp_path_factory):
 
 
 def test_two_logical_devices_same_loss_curve_and_resume(dataset, tmp_path):
-    """Per-image losses: 2 replicas × batch 2 follow 1 device × batch 4 (global batch recorded)."""
-    one = run_training(1, **vars(train_args(dataset, tmp_path / "one", batch=4, epochs=2, strategy="one", **TRAIN)))
-    two = run_training(
-        2, **vars(train_args(dataset, tmp_path / "two", batch=2, epochs=2, strategy="mirrored", **TRAIN))
+    """Per-image losses: 2 replicas × batch 2 follow 1 device × batch 4 (global batch recorded).
+    One process (TensorFlow started once): the one-device run uses the first logical device."""
+    one, two, more = run_training(
+        2,
+        train_args(dataset, tmp_path / "one", batch=4, epochs=2, strategy="one", **TRAIN),
+        train_args(dataset, tmp_path / "two", batch=2, epochs=2, strategy="mirrored", **TRAIN),
+        1,  # resume (extend by one epoch) under the strategy setup.json records
     )
     assert one["setup"]["replicas"] == 1 and one["setup"]["global_batch"] == 4
     setup = json.loads((tmp_path / "two" / two["run"].split("/two/")[1] / "setup.json").read_text())
@@ -98,8 +105,7 @@ def test_two_logical_devices_same_loss_curve_and_resume(dataset, tmp_path):
         4,
     )
     np.testing.assert_allclose(two["loss"], one["loss"], rtol=2e-3)
-    # Resume (extend by one epoch) under the strategy setup.json records.
-    more = run_training(2, resume=two["run"], more=1)
+    assert more["run"] == two["run"]
     assert more["setup"]["strategy"] == "mirrored" and more["setup"]["replicas"] == 2
     assert len(more["loss"]) == 3 and more["setup"]["epochs_run"] == 3
 
