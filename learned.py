@@ -81,13 +81,18 @@ def train_head(
     from tqdm import tqdm
 
     import models
+    import training  # its rule for short trainings: eager steps, no graph traced first
 
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps!r}")
     rng = np.random.default_rng(seed)
     keras.utils.set_random_seed(seed)
     head = models.segmentation_head(channels=images.shape[-1])
-    head.compile(optimizer=keras.optimizers.Adam(HEAD_LR), loss=keras.losses.BinaryFocalCrossentropy(gamma=2.0))
+    head.compile(
+        optimizer=keras.optimizers.Adam(HEAD_LR),
+        loss=keras.losses.BinaryFocalCrossentropy(gamma=2.0),
+        run_eagerly=training.eager(steps),
+    )
     started = time.time()
     losses = []
     # Progress a person can follow: a bar on a terminal; in a log (nohup, CI, a container) a

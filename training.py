@@ -25,11 +25,12 @@ from utils import SettingError, UserError, package_versions, set_seed, stop_poin
 # Make the run's ONNX twins right after training (while TensorFlow is loaded) rather than at
 # their first use; the tests turn it off for runs they only train (tests/conftest.py).
 TWINS_AFTER_TRAINING = True
-# A training of fewer steps than this runs them eagerly (Keras's ``run_eagerly``: the same
-# arithmetic, step by step) instead of tracing them into a graph first: tracing costs ~5 s on
-# 2 cores, an eager step of a tiny model ~0.2 s more than a traced one. 0 (never) for users' runs,
-# whose hundreds of steps repay the tracing; the tests' 3-6-step runs set it (tests/conftest.py).
-# Never with ``jit`` (XLA needs the graph).
+# A training of fewer steps than this (the autoencoder's, or the learned head's) runs them
+# eagerly (Keras's ``run_eagerly``: the same arithmetic, step by step) instead of tracing them
+# into a graph first: tracing costs ~5 s on 2 cores (the head's ~10 s), an eager step of a tiny
+# model ~0.2 s more than a traced one. 0 (never) for users' runs, whose hundreds of steps repay
+# the tracing; the tests' 3-20-step runs set it (tests/conftest.py). Never with ``jit`` (XLA
+# needs the graph). See :func:`eager`.
 EAGER_BELOW_STEPS = 0
 FREEZE_SHARE = 0.7  # resnet: encoder frozen for the first 70% of epochs
 DEFAULT_OBJECT_SIZE = 128  # px: objects train at this square side unless the size setting says otherwise
@@ -151,12 +152,18 @@ def _callbacks(run_dir, model_path, patience, state, clock):
     return callbacks
 
 
+def eager(steps: int, jit: bool = False) -> bool:
+    """Whether a training of ``steps`` steps runs them eagerly: fewer than
+    :data:`EAGER_BELOW_STEPS` (read at call time), never with ``jit``."""
+    return not jit and steps < EAGER_BELOW_STEPS
+
+
 def runs_eagerly(setup: runs.RunSetup, n_train: int, start_epoch: int = 0) -> bool:
     """Whether the training left (``start_epoch`` to ``setup.epochs`` over ``n_train`` images,
-    or ``patches_per_epoch`` patches on a surface) has fewer steps than :data:`EAGER_BELOW_STEPS`."""
+    or ``patches_per_epoch`` patches on a surface) runs eagerly (:func:`eager`)."""
     per_epoch = n_train if setup.patch is None else setup.patches_per_epoch
     steps = math.ceil(per_epoch / distribution.global_batch(setup.to_record()))
-    return not setup.jit and steps * (setup.epochs - start_epoch) < EAGER_BELOW_STEPS
+    return eager(steps * (setup.epochs - start_epoch), setup.jit)
 
 
 def _compile(model, setup: runs.RunSetup, eager: bool = False):

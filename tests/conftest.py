@@ -18,9 +18,6 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 import networks  # noqa: E402
 
 networks.SLOWER_LIMIT = float("inf")
-# ... so timing the twin against Keras decides nothing here: one image a timed call, not a batch
-# of 16 (the timing code still runs; ~1.5 s of every twin made).
-networks.TIMED_IMAGES = 1
 
 # Figures at 40 dpi, not 150, in every test: what a figure draws does not depend on it (layout
 # is in inches), and an overlay took 0.6 s at 150 dpi against 0.3 s.
@@ -36,7 +33,8 @@ import training  # noqa: E402
 training.TWINS_AFTER_TRAINING = False
 
 # A tiny object run trains for 3-6 steps; tracing them into a graph took ~5 of its ~9 s. Tests
-# run trainings of fewer than 20 steps eagerly (the same arithmetic; a surface run's 128 patch
+# run trainings (and learned heads) of fewer than 20 steps eagerly (the same arithmetic; a
+# 3-step head took 21 s traced, 6 s eager; a surface run's 128 patch
 # steps stay traced, eager they took 3x longer). The shared run below, the tests of options that
 # live in the graph (strategies, precision, XLA, losses: mark graph_training) and every run a
 # script's own process trains (demo, bench, kill -9, CLI subprocesses) trace as users' runs do.

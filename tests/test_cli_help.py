@@ -155,8 +155,10 @@ def test_head_training_reports_progress_in_a_log(tmp_path, capsys, monkeypatch):
     import keras
 
     import learned
+    import training
 
     monkeypatch.setattr(learned, "settle_batch_norm", lambda head, draw: None)  # 64 more batches, not progress
+    monkeypatch.setattr(training, "EAGER_BELOW_STEPS", 21)  # its 20 steps eager: no graph traced first
 
     inp = keras.Input((None, None, 1))
     identity = keras.Model(inp, keras.layers.Identity()(inp))

@@ -573,6 +573,39 @@ def test_only_trainings_shorter_than_the_eager_limit_run_eagerly(monkeypatch):
     assert training.runs_eagerly(surface, 2)
 
 
+def test_the_learned_head_trains_eagerly_below_the_same_limit(tmp_path, monkeypatch):
+    """train_head's 3 steps: traced at a limit of 3 (the head compiled with run_eagerly False;
+    stopped there, a traced head costs ~20 s), eager at 4, and the head it saves works."""
+    import keras
+
+    import learned
+
+    compiled = []
+    original = keras.Model.compile
+
+    class Compiled(Exception):
+        pass
+
+    def compile_(self, *args, **kwargs):
+        compiled.append(kwargs.get("run_eagerly"))
+        if not kwargs.get("run_eagerly"):
+            raise Compiled
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(keras.Model, "compile", compile_)
+    inp = keras.Input((None, None, 1))
+    identity = keras.Model(inp, keras.layers.Identity()(inp))
+    images = np.random.default_rng(0).uniform(0.3, 0.7, (4, 32, 32, 1)).astype(np.float32)
+    monkeypatch.setattr(training, "EAGER_BELOW_STEPS", 3)
+    with pytest.raises(Compiled):
+        learned.train_head(identity, images, tmp_path / "traced.keras", steps=3, patch=16, progress=False)
+    monkeypatch.setattr(training, "EAGER_BELOW_STEPS", 4)
+    summary = learned.train_head(identity, images, tmp_path / "head.keras", steps=3, patch=16, progress=False)
+    assert compiled == [False, True] and summary["steps"] == 3
+    head = keras.saving.load_model(tmp_path / "head.keras", compile=False)
+    assert head([images[:1], images[:1]]).shape == (1, 32, 32, 1)
+
+
 def test_train_new_defaults_are_the_configs_own():
     """`train.py new -d X` builds exactly TrainConfig(directory=X): one place for each default,
     and the ones that once disagreed (mode, head steps, strategy) are the command line's."""
