@@ -23,6 +23,7 @@ import data  # noqa: E402
 import figures  # noqa: E402
 import finetune  # noqa: E402
 import inference  # noqa: E402
+import networks  # noqa: E402
 import resmaps  # noqa: E402
 import runs  # noqa: E402
 import storage  # noqa: E402
@@ -1144,7 +1145,10 @@ def test_scales_are_recorded_followed_and_checked(tiny_run, tmp_path, capsys):
     assert code == 2 and "--scales must be 1 to 3" in err
 
 
-def test_passes_are_recorded_followed_and_checked(tiny_run, tmp_path, capsys):
+def test_passes_are_recorded_followed_and_checked(tiny_run, tmp_path, capsys, monkeypatch):
+    # Keras maps, as the recomputation's: the OpenVINO twin's SSIM maps moved this 1-pass
+    # threshold by up to 4e-4 (4 of 9 runs failed the 1e-5 check; with Keras, 5 of 5 passed).
+    monkeypatch.setenv(networks.ENV, "keras")
     run = copy_run(tiny_run, tmp_path / "run")
     folder = run / "validation" / "ssim" / f"a{AREA}"
     for passes in (1, 2):
