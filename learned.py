@@ -69,6 +69,7 @@ def train_head(
     seed: int = 0,
     batch: int = HEAD_BATCH,
     progress: bool = True,
+    eager: bool = False,
 ) -> dict:
     """Train a segmentation head for the autoencoder ``model`` on good ``images`` and save it.
 
@@ -76,12 +77,13 @@ def train_head(
     (or ``patch``-px crops of them), reconstructs the batch with the frozen ``model``, and
     fits the head to the exact defect masks with a focal loss (defect pixels are rare).
     The head is written atomically to ``path``. Returns a summary for ``setup.json``.
+    ``eager``: run the steps eagerly (Keras's ``run_eagerly``), quicker than tracing them for a
+    handful of steps (:func:`training.eager` decides for a run's head).
     """
     import keras
     from tqdm import tqdm
 
     import models
-    import training  # its rule for short trainings: eager steps, no graph traced first
 
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps!r}")
@@ -91,7 +93,7 @@ def train_head(
     head.compile(
         optimizer=keras.optimizers.Adam(HEAD_LR),
         loss=keras.losses.BinaryFocalCrossentropy(gamma=2.0),
-        run_eagerly=training.eager(steps),
+        run_eagerly=eager,
     )
     started = time.time()
     losses = []

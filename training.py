@@ -502,6 +502,7 @@ def _train_head(setup, run_dir, train_images):
             steps=setup.head_steps,
             patch=setup.patch or min(learned.OBJECT_HEAD_PATCH, setup.size),
             seed=setup.seed,
+            eager=eager(setup.head_steps),
         )
     except FloatingPointError as exc:
         raise UserError(

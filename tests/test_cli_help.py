@@ -155,16 +155,14 @@ def test_head_training_reports_progress_in_a_log(tmp_path, capsys, monkeypatch):
     import keras
 
     import learned
-    import training
 
     monkeypatch.setattr(learned, "settle_batch_norm", lambda head, draw: None)  # 64 more batches, not progress
-    monkeypatch.setattr(training, "EAGER_BELOW_STEPS", 21)  # its 20 steps eager: no graph traced first
 
     inp = keras.Input((None, None, 1))
     identity = keras.Model(inp, keras.layers.Identity()(inp))
     rng = np.random.default_rng(0)
     images = rng.uniform(0.3, 0.7, (4, 64, 64, 1)).astype(np.float32)
-    learned.train_head(identity, images, tmp_path / "head.keras", steps=20, patch=32, seed=0)
+    learned.train_head(identity, images, tmp_path / "head.keras", steps=20, patch=32, seed=0, eager=True)
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.startswith("head step ")]
     assert [line.split()[2] for line in lines] == [f"{k}/20" for k in range(2, 21, 2)], err

@@ -573,12 +573,14 @@ def test_only_trainings_shorter_than_the_eager_limit_run_eagerly(monkeypatch):
     assert training.runs_eagerly(surface, 2)
 
 
-def test_the_learned_head_trains_eagerly_below_the_same_limit(tmp_path, monkeypatch):
-    """train_head's 3 steps: traced at a limit of 3 (the head compiled with run_eagerly False;
-    stopped there, a traced head costs ~20 s), eager at 4, and the head it saves works."""
+def test_the_learned_head_trains_eagerly_when_asked_and_a_run_asks_below_the_same_limit(tmp_path, monkeypatch):
+    """train_head compiles its head with run_eagerly=eager (traced: stopped at compile, a traced
+    head costs ~20 s; eager: trained, and the head it saves works); a run's head is eager when
+    its head steps are fewer than training.EAGER_BELOW_STEPS."""
     import keras
 
     import learned
+    import storage
 
     compiled = []
     original = keras.Model.compile
@@ -596,14 +598,25 @@ def test_the_learned_head_trains_eagerly_below_the_same_limit(tmp_path, monkeypa
     inp = keras.Input((None, None, 1))
     identity = keras.Model(inp, keras.layers.Identity()(inp))
     images = np.random.default_rng(0).uniform(0.3, 0.7, (4, 32, 32, 1)).astype(np.float32)
-    monkeypatch.setattr(training, "EAGER_BELOW_STEPS", 3)
     with pytest.raises(Compiled):
         learned.train_head(identity, images, tmp_path / "traced.keras", steps=3, patch=16, progress=False)
-    monkeypatch.setattr(training, "EAGER_BELOW_STEPS", 4)
-    summary = learned.train_head(identity, images, tmp_path / "head.keras", steps=3, patch=16, progress=False)
+    summary = learned.train_head(
+        identity, images, tmp_path / "head.keras", steps=3, patch=16, progress=False, eager=True
+    )
     assert compiled == [False, True] and summary["steps"] == 3
     head = keras.saving.load_model(tmp_path / "head.keras", compile=False)
     assert head([images[:1], images[:1]]).shape == (1, 32, 32, 1)
+
+    asked = []
+    monkeypatch.setattr(learned, "train_head", lambda *args, **kwargs: asked.append(kwargs["eager"]) or {})
+    monkeypatch.setattr(runs, "load_keras", lambda *args, **kwargs: identity)
+    monkeypatch.setattr(storage, "model_id", lambda path: "sha")
+    record = {"lr": 1e-3, "loss": "ssim", "size": 32, "architecture": "mvtec", "color": "grayscale", "batch": 4}
+    setup = runs.RunSetup.from_record(runs.upgrade_setup({**record, "directory": ".", "head_steps": 3}))
+    for limit in (3, 4):
+        monkeypatch.setattr(training, "EAGER_BELOW_STEPS", limit)
+        training._train_head(setup, tmp_path, images)
+    assert asked == [False, True]
 
 
 def test_train_new_defaults_are_the_configs_own():
