@@ -223,6 +223,22 @@ def _raise_interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
+def _deliver_again(unraisable) -> None:
+    """``sys.unraisablehook`` of a script: a Ctrl-C whose KeyboardInterrupt landed where Python
+    cannot raise it (a weakref callback run by an import lock, a ``__del__``) would be printed
+    as "Exception ignored in ..." with a traceback, and the script would go on. Instead SIGINT's
+    handler runs again 1 ms later (an alarm; raised in this hook, it would be ignored too), in
+    the code running then: a KeyboardInterrupt in ``main``, or the one line once ``main`` has
+    ended. Anything else: Python's own hook."""
+    import signal
+
+    if isinstance(unraisable.exc_value, KeyboardInterrupt):
+        signal.signal(signal.SIGALRM, lambda signum, frame: signal.getsignal(signal.SIGINT)(signal.SIGINT, frame))
+        signal.setitimer(signal.ITIMER_REAL, 0.001)
+        return
+    sys.__unraisablehook__(unraisable)
+
+
 def stop_on_ctrl_c(name: str) -> None:
     """In a script run as a program (``name`` is its ``__name__``, ``"__main__"``): from now
     until :func:`run_cli` calls ``main``, and again once ``main`` has ended, Ctrl-C stops the
@@ -238,6 +254,7 @@ def stop_on_ctrl_c(name: str) -> None:
 
     if name == "__main__" and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         signal.signal(signal.SIGINT, _stop)
+        sys.unraisablehook = _deliver_again
 
 
 def run_cli(main: Callable[[list[str] | None], object], argv: list[str] | None = None, parser=None) -> int:
