@@ -132,5 +132,11 @@ def test_ctrl_c_that_lands_in_a_weakref_callback_is_delivered_again(tmp_path):
         "    print('finished')\n"
         "sys.exit(utils.run_cli(main, []))\n"
     )
-    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as interrupt() starts scripts
+    )
     assert (done.returncode, done.stdout, done.stderr) == (130, "", "job.py: interrupted\n")
