@@ -27,7 +27,7 @@ from utils import SettingError, UserError, package_versions, set_seed, stop_poin
 TWINS_AFTER_TRAINING = True
 # A training of fewer steps than this (the autoencoder's, or the learned head's) runs them
 # eagerly (Keras's ``run_eagerly``: the same arithmetic, step by step) instead of tracing them
-# into a graph first: tracing costs ~5 s on 2 cores (the head's ~10 s), an eager step of a tiny
+# into a graph first: tracing costs ~5 s on 2 cores (a 3-step head: 21 s traced, 6 s eager), an eager step of a tiny
 # model ~0.2 s more than a traced one. 0 (never) for users' runs, whose hundreds of steps repay
 # the tracing; the tests' 3-20-step runs set it (tests/conftest.py). Never with ``jit`` (XLA
 # needs the graph). See :func:`eager`.
@@ -166,7 +166,7 @@ def runs_eagerly(setup: runs.RunSetup, n_train: int, start_epoch: int = 0) -> bo
     return eager(steps * (setup.epochs - start_epoch), setup.jit)
 
 
-def _compile(model, setup: runs.RunSetup, eager: bool = False):
+def _compile(model, setup: runs.RunSetup, run_eagerly: bool = False):
     import keras
 
     import custom_loss_functions as clf
@@ -176,7 +176,7 @@ def _compile(model, setup: runs.RunSetup, eager: bool = False):
             optimizer=keras.optimizers.Adam(learning_rate=setup.lr),
             loss=clf.get_loss(setup.loss, setup.size),  # Keras losses compute in float32 under mixed precision
             jit_compile=True if setup.jit else "auto",  # auto: XLA on GPUs, not on CPU-only machines
-            run_eagerly=eager,
+            run_eagerly=run_eagerly,
         )
     distribution.adapt(model, setup.to_record())
 
@@ -372,7 +372,7 @@ def prepare(config: TrainConfig) -> tuple[dict, tuple, list[str], object]:
     return setup, (train_images, val_images), val_names, model
 
 
-def _fit_phases(model, setup, run_dir, datasets, start_epoch, end_epoch, state, clock, eager=False):
+def _fit_phases(model, setup, run_dir, datasets, start_epoch, end_epoch, state, clock, run_eagerly=False):
     """Fit from ``start_epoch`` to ``end_epoch``, unfreezing a resnet encoder at its epoch."""
 
     train_ds, val_ds = datasets
@@ -386,7 +386,7 @@ def _fit_phases(model, setup, run_dir, datasets, start_epoch, end_epoch, state, 
             continue
         if setup.architecture == "resnet":
             model.get_layer("encoder").trainable = trainable
-            _compile(model, setup, eager)  # changing trainability needs a recompile
+            _compile(model, setup, run_eagerly)  # changing trainability needs a recompile
             print(f"encoder {'trainable' if trainable else 'frozen'} for epochs {first + 1}-{last}", flush=True)
         callbacks = _callbacks(run_dir, model_path, setup.patience, state, clock)
         model.fit(
@@ -431,10 +431,10 @@ def train(
     val_ds = distribution.drop_short_batches(
         data.tf_dataset(val_images, val_batch, training=False), record, len(val_images), val_batch, "validation"
     )
-    eager = runs_eagerly(setup, len(train_images), start_epoch)
+    run_eagerly = runs_eagerly(setup, len(train_images), start_epoch)
     if start_epoch == 0 or getattr(model, "optimizer", None) is None:
-        _compile(model, setup, eager)  # a resumed model keeps its compiled optimizer state
-    elif eager:  # a loaded model, compiled from its file: not yet traced
+        _compile(model, setup, run_eagerly)  # a resumed model keeps its compiled optimizer state
+    elif run_eagerly:  # a loaded model, compiled from its file: not yet traced
         model.run_eagerly = True
     # Seconds already spent: from the backup after a crash, else from the finished run being extended.
     spent = float(state.get("training_seconds", setup.training_seconds))
@@ -442,7 +442,7 @@ def train(
     clock = lambda: spent + time.time() - started  # noqa: E731
     diverged = None
     try:
-        _fit_phases(model, setup, run_dir, (train_ds, val_ds), start_epoch, setup.epochs, state, clock, eager)
+        _fit_phases(model, setup, run_dir, (train_ds, val_ds), start_epoch, setup.epochs, state, clock, run_eagerly)
     except NonFiniteLoss as exc:
         diverged = exc
     model_path = run_dir / setup.model_file
