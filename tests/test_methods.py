@@ -77,7 +77,7 @@ def test_figures_draw_the_records_labels(name, monkeypatch):
     assert (record.label, record.residual_label, record.colorbar_label) == LABELS[name]
     texts = []
 
-    def keep_texts(fig, path):
+    def keep_texts(fig, path, crop=None):
         texts.extend(t.get_text() for t in fig.findobj(lambda o: hasattr(o, "get_text")))
         figures.plt.close(fig)
         return path

@@ -258,6 +258,26 @@ def test_plot_overlay(tmp_path, rng, kind):
     check_png(out)
 
 
+def test_overlay_bar_is_as_tall_as_the_map_and_its_labels_do_not_overlap(tmp_path, drawn, rng):
+    """The overlay's fixed layout: a wide image's colour bar spans the map drawn, not its taller
+    axes, and the threshold's label sits between the bar and its label, overlapping neither
+    the bar's label nor the next panel."""
+    wide = rng.random((20, 80)).astype(np.float32)
+    viz.plot_overlay(wide, wide, wide, wide > 0.5, tmp_path / "o.png", threshold=0.4, method="l2", score=1.2)
+    fig = drawn[0]
+    fig.canvas.draw()  # places the axis labels at this canvas's resolution
+    renderer = fig.canvas.get_renderer()
+    cmap_ax, cax, outlines_ax = fig.axes[2], fig.axes[4], fig.axes[3]
+    box, bar = cmap_ax.get_position(), cax.get_position(original=True)  # with its extend triangle
+    assert box.height < 0.5 * cmap_ax.get_position(original=True).height  # the wide map is drawn low
+    assert (bar.y0, bar.height) == pytest.approx((box.y0, box.height))
+    (label,) = [t for t in cax.texts if t.get_text() == "threshold"]
+    mark, name = label.get_window_extent(renderer), cax.yaxis.label.get_window_extent(renderer)
+    assert mark.x0 > cax.get_window_extent(renderer).x1 - 1  # right of the bar ...
+    assert mark.x1 < name.x0 and name.x1 < outlines_ax.get_window_extent(renderer).x0  # ... and in order
+    assert fig.get_layout_engine() is None  # fixed places: drawn once per image, not laid out
+
+
 def test_plot_overlay_empty_masks_no_warnings(tmp_path, rng, recwarn):
     img = make_image("hw", rng)
     empty = np.zeros((H, W), dtype=bool)
@@ -374,7 +394,7 @@ def drawn(monkeypatch):
     """The figures the plot functions save, kept open for inspection (closed afterwards)."""
     figures = []
 
-    def keep(fig, path):
+    def keep(fig, path, crop=None):
         figures.append(fig)
         fig.savefig(path, dpi=20)
         return path
