@@ -179,6 +179,36 @@ def test_settled_batch_norm_makes_inference_equal_training_mode():
     assert bns and {layer.momentum for layer in bns} == {0.99}
 
 
+def test_settled_statistics_are_the_mean_of_each_batchs_own():
+    """Over distinct batches, every BatchNormalization layer keeps the mean of the batches'
+    means and of their (biased) variances, computed here from the layers' inputs."""
+    import keras
+
+    import learned
+    import models
+
+    keras.utils.set_random_seed(1)
+    head = models.segmentation_head(channels=1)
+    rng = np.random.default_rng(1)
+    batches = [rng.random((2, 2, 16, 16, 1), dtype=np.float32) * (k + 1) / 3 for k in range(3)]
+    bns = [layer for layer in head.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    inputs = keras.Model(head.inputs, [layer.input for layer in bns])  # what each layer normalises
+    means = [[] for _ in bns]
+    variances = [[] for _ in bns]
+    for x, recon in batches:
+        for k, value in enumerate(inputs([x, recon], training=True)):
+            value = np.asarray(value, np.float64)
+            means[k].append(value.mean(axis=(0, 1, 2)))
+            variances[k].append(value.var(axis=(0, 1, 2)))
+    drawn = iter(batches)
+    learned.settle_batch_norm(head, lambda: (*next(drawn), None), batches=3)
+    for k, layer in enumerate(bns):
+        np.testing.assert_allclose(np.asarray(layer.moving_mean), np.mean(means[k], axis=0), rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(
+            np.asarray(layer.moving_variance), np.mean(variances[k], axis=0), rtol=1e-3, atol=1e-6
+        )
+
+
 # ---- command lines, end to end ----
 
 
