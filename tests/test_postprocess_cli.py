@@ -1081,7 +1081,7 @@ def test_no_baseline_uses_raw_maps_and_must_match_validation(tiny_run, tmp_path,
     assert code == 0, err
     code, _, err = cli(test_script.main, ["-p", str(run), "--no-baseline"], capsys)
     assert code == 2 and "computed with the residual baseline" in err and "--no-baseline" in err
-    code, _, err = cli(validate.main, ["-p", str(run), "-a", str(AREA), "--no-baseline"], capsys)
+    code, _, err = cli(validate.main, ["-p", str(run), "-a", str(AREA), "--no-baseline", "--false-alarms", "0"], capsys)
     assert code == 0, err
     result = json.loads((run / "validation" / "ssim" / f"a{AREA}" / "validation_result.json").read_text())
     assert result["baseline"] is False
@@ -1098,7 +1098,8 @@ def test_no_baseline_uses_raw_maps_and_must_match_validation(tiny_run, tmp_path,
 
 def test_scales_are_recorded_followed_and_checked(tiny_run, tmp_path, capsys):
     run = copy_run(tiny_run, tmp_path / "run")
-    code, out, err = cli(validate.main, ["-p", str(run), "-a", str(AREA), "--scales", "1"], capsys)
+    argv = ["-p", str(run), "-a", str(AREA), "--scales", "1", "--false-alarms", "0"]  # the threshold recomputed below
+    code, out, err = cli(validate.main, argv, capsys)
     assert code == 0, err
     assert out.startswith("ssim at 1 scale, 4 passes, minus baseline: threshold")
     result = json.loads((run / "validation" / "ssim" / f"a{AREA}" / "validation_result.json").read_text())
@@ -1148,14 +1149,16 @@ def test_passes_are_recorded_followed_and_checked(tiny_run, tmp_path, capsys):
     run = copy_run(tiny_run, tmp_path / "run")
     folder = run / "validation" / "ssim" / f"a{AREA}"
     for passes in (1, 2):
-        code, out, err = cli(validate.main, ["-p", str(run), "-a", str(AREA), "--passes", str(passes)], capsys)
+        # --false-alarms 0: the threshold recomputed below. Without it (the balanced policy) the
+        # threshold lies halfway to the next painted copy's peak, which moved with each session's
+        # training: 0.6-1.4 % above the recomputation in about a third of the runs.
+        argv = ["-p", str(run), "-a", str(AREA), "--passes", str(passes), "--false-alarms", "0"]
+        code, out, err = cli(validate.main, argv, capsys)
         assert code == 0, err
         result = json.loads((folder / "validation_result.json").read_text())
-        assert result["passes"] == passes
-        # Both passes at the repainting tolerance (2 %): on 2026-12-03 the 1-pass threshold was
-        # 4e-4 to 6e-4 (0.6 %) above the recomputation's in 5 of about 15 runs, with the twin and
-        # with Keras alike; cause not found (an open question in that day's note).
-        assert_threshold_matches(result["threshold"], recomputed_validation_maps(run, passes=passes), AREA)
+        assert result["passes"] == passes and result["threshold"] == result["zero_false_alarm_threshold"]
+        maps = recomputed_validation_maps(run, passes=passes)
+        assert_threshold_matches(result["threshold"], maps, AREA, repainted=passes > 1)
     assert out.startswith("ssim at 2 scales, 2 passes, minus baseline: threshold")
     assert (result["mask_quantile"], result["mask_sigma"], result["mask_feather"]) == (0.999, 4.0, 1.5)
     code, _, err = cli(test_script.main, ["-p", str(run), "--passes", "3"], capsys)
