@@ -186,24 +186,25 @@ def tiny_run(tiny_dataset, tmp_path_factory):
     return run_dir
 
 
-# Seconds each long file took in the whole suite (two workers, 2026-12-03). `scripts/test.sh`
+# Seconds each long file took in the whole suite (two workers, 2026-12-03, 17:37 run). `scripts/test.sh`
 # gives each worker whole files (--dist loadfile) in collection order; xdist's own order (most
 # tests first) left a 120-s file such as test_demo.py for the end, one worker idle meanwhile.
 # Longest first, the rest after in pytest-randomly's order, keeps both busy to the end.
 FILE_SECONDS = {
-    "test_reliability.py": 280,
-    "test_export_methods.py": 230,
-    "test_train.py": 200,
-    "test_demo.py": 120,
-    "test_scale.py": 110,
-    "test_postprocess_cli.py": 100,
-    "test_quality.py": 100,
-    "test_bench_suite.py": 90,
-    "test_networks.py": 90,
-    "test_export.py": 70,
+    "test_export_methods.py": 260,
+    "test_train.py": 260,
+    "test_reliability.py": 250,
+    "test_demo.py": 135,
+    "test_scale.py": 130,
+    "test_quality.py": 120,
+    "test_networks.py": 110,
+    "test_bench_suite.py": 100,
+    "test_postprocess_cli.py": 95,
+    "test_export.py": 75,
     "test_models.py": 70,
     "test_interrupt.py": 35,
-    "test_cli_help.py": 30,
+    "test_cli_help.py": 35,
+    "test_real_bottle.py": 30,
 }
 
 
