@@ -69,8 +69,10 @@ def main(argv=None):
         patch = run.setup.patch or learned.OBJECT_HEAD_PATCH
         rng = np.random.default_rng(args.seed)
 
-        def draw(train=train, patch=patch, rng=rng, model=model):
-            return learned.training_batch(model, train, patch, rng)
+        reconstruct = learned.traced_reconstruction(model)  # as train_head reconstructs its batches
+
+        def draw(train=train, patch=patch, rng=rng, model=model, reconstruct=reconstruct):
+            return learned.training_batch(model, train, patch, rng, reconstruct=reconstruct)
 
         for name in ("as trained", "settled"):
             head = run.load_head(keras=True)  # a fresh Keras head: settling changes its statistics
