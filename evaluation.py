@@ -294,8 +294,8 @@ def test_run(
         warn(note)
     inference.load_networks(run, method, len(listed), mapper.options)
     model_record = run.model_record()
-    method_dir = run.dir / "test" / method
-    out_dir = method_dir / f"a{mapper.min_area}_t{runs.format_threshold(mapper.threshold)}"
+    method_dir = run.layout.test(method)
+    out_dir = run.layout.test(method, mapper.min_area, mapper.threshold)
     # The settings are part of the result's identity: a rerun with others (e.g. smooth, save)
     # moves the earlier result into RUN/test/<method>/earlier/ instead of replacing it.
     settings = {"smooth": float(smooth), "save": bool(save), "fpr_limit": float(fpr_limit), **mapper.options.record()}
@@ -361,16 +361,11 @@ def predict_images(
         paths = sharding.select(paths, images_dir, shard)
     # Default name: the folder's name plus a hash of its full path, so /a/imgs and /b/imgs never share a result.
     source = str(images_dir.resolve())
-    out_dir = (
-        Path(out)
-        if out
-        else run.dir
-        / "predictions"
-        / method
-        / (
-            f"{images_dir.resolve().name}-{hashlib.sha256(source.encode()).hexdigest()[:6]}_a{min_area}_t{runs.format_threshold(threshold)}{sharding.suffix(shard)}"
-        )
+    name = (
+        f"{images_dir.resolve().name}-{hashlib.sha256(source.encode()).hexdigest()[:6]}"
+        f"_a{min_area}_t{runs.format_threshold(threshold)}{sharding.suffix(shard)}"
     )
+    out_dir = Path(out) if out else run.layout.predictions(method, name)
     identity = {"kind": "predictions", "images": source, **run.identity(method), **part}
     staging = storage.StagedOutput(
         out_dir, identity, inputs=[images_dir, run.class_dir], protect=[run.dir], archive=not out
@@ -512,7 +507,7 @@ def stage_figures(
     detector = Detector.open(path, maps, threshold, min_area)
     run = detector.run
     paths = [inference.resolve_sample(run, name, run.class_dir, what="image") for name in images]
-    out_dir = run.dir / "visualize"
+    out_dir = run.layout.visualize
     for p in detector.predict(paths):
         gt_path = inference.ground_truth_for(run, p.path)
         gt = inference.resize_map(data.load_mask(gt_path, p.size), run.shape[::-1]) if gt_path else None

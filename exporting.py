@@ -487,7 +487,7 @@ def open_validated(
     _check_supported(run, method, {})  # before looking for a validation result: say what is unsupported first
     found = inference.require_validation_result(run, method, min_area, "export bakes in its threshold")
     _check_supported(run, method, found)
-    result_path = runs.validation_dir(run.dir, method, found["min_area"]) / "validation_result.json"
+    result_path = run.layout.validation_result(method, found["min_area"])
     options = inference.MapOptions.from_record(found, f"the validation result {result_path}")
     validated = replace(
         mapper,
@@ -535,7 +535,7 @@ def export_run(
     inference.check_area_threshold(min_area=min_area)
     mapper, result_path = open_validated(path, method, min_area)
     run, method, options = mapper.run, mapper.method, mapper.options
-    out_dir = Path(out) if out else run.dir / "export" / fmt
+    out_dir = Path(out) if out else run.layout.export(fmt)
     staging = storage.StagedOutput(
         out_dir, export_identity(run, method), inputs=[run.class_dir], protect=[run.dir], archive=out is None
     )

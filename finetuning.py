@@ -70,7 +70,7 @@ def finetune(
         std_area.append(areas.std() if areas.size else np.nan)
         areas_at[float(t)] = areas
     shown = {float(t): areas_at[float(t)] for t in thresholds[:: max(1, N_THRESHOLDS // N_DISTRIBUTIONS)]}
-    out_dir = run.dir / "finetune" / method
+    out_dir = run.layout.finetune(method)
     with storage.StagedOutput(out_dir, {"kind": "finetune", **run.identity(method)}, archive=True) as out:
         figures.plot_regions_vs_threshold(
             thresholds, np.array(n_regions), out / "regions_vs_threshold.png", method=method

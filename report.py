@@ -98,7 +98,7 @@ def _read_json(path: Path) -> dict | None:
 
 def _read_setup(run_dir: Path):
     """The run's setup (:func:`runs.read_setup`), or None when it is missing or unreadable (with a warning)."""
-    if not (run_dir / runs.SETUP).is_file():
+    if not runs.Layout(run_dir).setup.is_file():
         return None
     try:
         return runs.read_setup(run_dir)
@@ -648,15 +648,11 @@ def _page(title: str, sections: list[tuple[str, str, str]], subtitle: str) -> st
 # ---------------------------------------------------------------- the page
 
 
-def _validation_dir(run_dir: Path, method, min_area) -> Path:
-    return run_dir / "validation" / str(method) / f"a{min_area}"
-
-
 def _inferred_source(run_dir: Path, method, min_area, threshold) -> str:
     """Where a result that does not record it (prediction_setup.json) took its threshold
     from: the run's validation result for its method and area when that holds the same threshold."""
-    if method and min_area is not None and threshold is not None:
-        found = _read_json(_validation_dir(run_dir, method, min_area) / "validation_result.json")
+    if method and storage.is_number(min_area) and threshold is not None:
+        found = _read_json(runs.Layout(run_dir).validation_result(method, min_area))
         if found is not None and found.get("threshold") == threshold:
             return "validation"
     return "command line"
@@ -696,8 +692,8 @@ def _decision_section(result: dict, rows: list[dict], labelled: bool, run_dir: P
     method, threshold, min_area = result.get("method"), _threshold(result), result.get("min_area")
     source = result.get("threshold_source") or _inferred_source(run_dir, method, min_area, threshold)
     origin = f"{source}: {SOURCES[source]}" if source in SOURCES else str(source)
-    if source == "validation":
-        found = _read_json(_validation_dir(run_dir, method, min_area) / "validation_result.json") or {}
+    if source == "validation" and method and storage.is_number(min_area):
+        found = _read_json(runs.Layout(run_dir).validation_result(method, min_area)) or {}
         origin += f"; policy: {found['policy']}" if found.get("policy") else ""
     return f'<div class="summary">{_headline(rows, labelled)}</div>' + _table(
         None,
@@ -771,12 +767,13 @@ def _story_sections(run_dir: Path, setup: runs.RunSetup | None, result: dict) ->
     method, threshold, min_area = result.get("method"), _threshold(result), result.get("min_area")
     if setup is not None:
         sections.append(("setup", "Run setup", _setup_section(setup, run_dir)))
-    src = _embedded(run_dir / runs.LOSS_PLOT)
+    layout = runs.Layout(run_dir)
+    src = _embedded(layout.loss_plot)
     if src:
         sections.append(("training", "Training", _figure(src, "training and validation loss per epoch")))
-    if method and min_area is not None:
-        folder = _validation_dir(run_dir, method, min_area)
-        found = _read_json(folder / "validation_result.json")
+    if method and storage.is_number(min_area):
+        folder = layout.validation(method, min_area)
+        found = _read_json(layout.validation_result(method, min_area))
         src = _embedded(folder / "threshold_search.png")
         content = _validation_summary(found) if found is not None else ""
         if found is not None and found.get("threshold") != threshold:
@@ -788,7 +785,7 @@ def _story_sections(run_dir: Path, setup: runs.RunSetup | None, result: dict) ->
         if content:
             sections.append(("validation", "Validation (threshold choice)", content))
     if method:
-        pngs = sorted((run_dir / "finetune" / str(method)).glob("*.png"))
+        pngs = sorted(layout.finetune(method).glob("*.png"))
         figs = [_figure(src, p.stem.replace("_", " ")) for p in pngs if (src := _embedded(p))]
         if figs:
             sections.append(("finetune", "Finetune (choosing the minimum area)", "".join(figs)))

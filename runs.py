@@ -29,6 +29,9 @@ LOSS_PLOT = "loss_curve.png"
 BACKUP = "backup"
 HEAD_FILE = "head.keras"
 
+STATE = "state.json"  # in the backup: the epoch a resume continues from
+VALIDATION_RESULT = "validation_result.json"
+
 SETUP_FORMAT = 2
 """The version of ``setup.json``'s layout this code writes and reads. 1: every setup written
 before the ``format`` field existed, in any of the shapes :func:`upgrade_setup` converts;
@@ -328,8 +331,80 @@ def upgrade_setup(raw, path: storage.PathLike = SETUP) -> dict:
 def read_setup(run_dir: storage.PathLike, training: bool = False) -> RunSetup:
     """A run folder's ``setup.json``, read once: converted to the current format, its fields
     checked (:func:`check_setup`, ``training``: also what resuming needs), typed."""
-    path = Path(run_dir) / SETUP
+    path = Layout(run_dir).setup
     return RunSetup.from_record(check_setup(upgrade_setup(storage.read_json(path), path), path, training))
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Every path inside a run folder, named here only: what ``train.py`` writes at its top, and
+    the folder each later step writes its results into (the README's table of a run's files)."""
+
+    dir: Path
+
+    def __post_init__(self):
+        object.__setattr__(self, "dir", Path(self.dir))
+
+    @property
+    def setup(self) -> Path:
+        return self.dir / SETUP
+
+    @property
+    def validation_files(self) -> Path:
+        return self.dir / VALIDATION_FILES
+
+    @property
+    def history(self) -> Path:
+        return self.dir / HISTORY
+
+    @property
+    def loss_plot(self) -> Path:
+        return self.dir / LOSS_PLOT
+
+    @property
+    def head(self) -> Path:
+        """Where train.py writes the learned head (a run reads the one its setup names: :func:`run_head_path`)."""
+        return self.dir / HEAD_FILE
+
+    @property
+    def backup(self) -> Path:
+        """The last finished epoch's model and state, while a run trains (resume starts there)."""
+        return self.dir / BACKUP
+
+    @property
+    def state(self) -> Path:
+        return self.backup / STATE
+
+    def validation(self, method: str, min_area: int | None = None) -> Path:
+        """``validation/<method>/``, or with ``min_area`` one result's ``validation/<method>/a<AREA>/``."""
+        folder = self.dir / "validation" / str(method)
+        return folder if min_area is None else folder / f"a{int(min_area)}"
+
+    def validation_result(self, method: str, min_area: int) -> Path:
+        return self.validation(method, min_area) / VALIDATION_RESULT
+
+    def test(self, method: str, min_area: int | None = None, threshold: float | None = None) -> Path:
+        """``test/<method>/`` (one writer at a time), or one labelled result's
+        ``test/<method>/a<AREA>_t<THRESHOLD>/`` with ``min_area`` and ``threshold``."""
+        folder = self.dir / "test" / str(method)
+        if min_area is None:
+            return folder
+        return folder / f"a{int(min_area)}_t{format_threshold(threshold)}"
+
+    def predictions(self, method: str, name: str | None = None) -> Path:
+        """``predictions/<method>/`` or one folder of unlabelled images' ``predictions/<method>/<name>/``."""
+        folder = self.dir / "predictions" / str(method)
+        return folder if name is None else folder / name
+
+    def finetune(self, method: str) -> Path:
+        return self.dir / "finetune" / str(method)
+
+    @property
+    def visualize(self) -> Path:
+        return self.dir / "visualize"
+
+    def export(self, fmt: str) -> Path:
+        return self.dir / "export" / fmt
 
 
 def model_record(path: storage.PathLike) -> dict:
@@ -341,7 +416,7 @@ def model_record(path: storage.PathLike) -> dict:
 def run_head_path(run_dir: storage.PathLike, setup: RunSetup | None = None) -> Path:
     """Where the run's learned head lives (``setup.json``'s ``head.file``, else
     :data:`HEAD_FILE`), whether or not it exists; refused when it points outside the run."""
-    if setup is None and (Path(run_dir) / SETUP).is_file():
+    if setup is None and Layout(run_dir).setup.is_file():
         setup = read_setup(run_dir)
     name = setup.head_file if setup is not None else HEAD_FILE
     return storage.inside(run_dir, name, "setup.json head file")
@@ -358,6 +433,11 @@ class Run:
     _lock: object = field(default=None, repr=False)
     _head: object = field(default=None, repr=False)
     _keras_model: object = field(default=None, repr=False)
+
+    @property
+    def layout(self) -> Layout:
+        """Where this run's files and results go."""
+        return Layout(self.dir)
 
     @property
     def size(self) -> int:
@@ -427,7 +507,7 @@ class Run:
     def validation_list(self) -> list[Path]:
         """The held-back images ``validation_files.txt`` names, resolved inside the class folder
         (refused when they point outside it), whether or not they still exist."""
-        listing = self.dir / VALIDATION_FILES
+        listing = self.layout.validation_files
         if not listing.is_file():
             raise UserError(f"{listing} is missing: this run has no validation list (was it made by train.py?)")
         names = [line.strip() for line in listing.read_text().splitlines() if line.strip()]
@@ -561,7 +641,7 @@ def find_run(path: storage.PathLike) -> Run:
     if not path.exists():
         raise UserError(f"run not found: {path}")
     run_dir = path.parent if path.is_file() else path
-    setup_path = run_dir / SETUP
+    setup_path = Layout(run_dir).setup
     if not setup_path.is_file():
         raise UserError(
             f"{run_dir} is not a run folder: no {SETUP} (give the folder train.py printed, or the .keras file in it)"
@@ -584,7 +664,7 @@ def find_run(path: storage.PathLike) -> Run:
             "train again, e.g. with a smaller learning rate"
         )
     if not model_path.is_file():
-        if setup.status == "training" and not (run_dir / BACKUP / "state.json").is_file():
+        if setup.status == "training" and not Layout(run_dir).state.is_file():
             raise UserError(run_is_empty_message(run_dir))
         raise SettingError(
             f"no model in {run_dir}: {model_path.name} is missing (training unfinished? try train.py resume "
@@ -596,11 +676,6 @@ def find_run(path: storage.PathLike) -> Run:
 def format_threshold(value: float) -> str:
     """Threshold as it appears in folder names: fixed 6 decimals, no exponent."""
     return f"{float(value):.6f}"
-
-
-def validation_dir(run_dir: storage.PathLike, method: str, min_area: int) -> Path:
-    """Folder of a validation result: ``RUN/validation/<method>/a<MIN_AREA>/``."""
-    return Path(run_dir) / "validation" / method / f"a{int(min_area)}"
 
 
 def check_validation_result(result: dict, path: storage.PathLike) -> dict:
@@ -648,9 +723,9 @@ def find_validation_result(
     another head than the run's ``head`` (default: the one ``setup.json`` names), e.g. after
     ``head.keras`` was replaced.
     """
-    root = Path(run_dir) / "validation" / method
-    pattern = f"a{int(min_area)}/validation_result.json" if min_area is not None else "a*/validation_result.json"
-    found = sorted(root.glob(pattern), key=lambda p: p.stat().st_mtime)
+    layout = Layout(run_dir)
+    pattern = f"a{int(min_area)}/{VALIDATION_RESULT}" if min_area is not None else f"a*/{VALIDATION_RESULT}"
+    found = sorted(layout.validation(method).glob(pattern), key=lambda p: p.stat().st_mtime)
     if not found:
         return None
     path = found[-1]
@@ -661,7 +736,7 @@ def find_validation_result(
             raise SettingError(
                 f"{path} was computed on other weights (the model changed since, e.g. by train.py resume): {again}"
             )
-        setup = read_setup(run_dir) if (Path(run_dir) / SETUP).is_file() else None
+        setup = read_setup(run_dir) if layout.setup.is_file() else None
         head = Path(head) if head is not None else run_head_path(run_dir, setup)
         if methods.uses_head(method) and head.is_file() and not _made_from(result, "head_sha256", head, path):
             raise SettingError(

@@ -116,7 +116,7 @@ def _callbacks(run_dir, model_path, patience, state, clock):
             self.stopper, self.saver = stopper, saver
 
         def on_epoch_end(self, epoch, logs=None):
-            backup = run_dir / runs.BACKUP
+            backup = runs.Layout(run_dir).backup
             backup.mkdir(exist_ok=True)
             name = f"last-e{epoch + 1}.keras"
             _save_model(self.model, backup / name)
@@ -128,7 +128,7 @@ def _callbacks(run_dir, model_path, patience, state, clock):
                 model=name,
                 training_seconds=round(clock(), 1),
             )  # so a crashed run's time is not lost on resume
-            storage.write_json(backup / "state.json", state)
+            storage.write_json(runs.Layout(run_dir).state, state)
             for old in backup.glob("last*.keras"):  # earlier epochs, now that the state names this one
                 if old.name != name:
                     old.unlink(missing_ok=True)
@@ -144,7 +144,7 @@ def _callbacks(run_dir, model_path, patience, state, clock):
         keras.callbacks.ReduceLROnPlateau(
             monitor="val_loss", factor=0.5, patience=max(2, (patience or 10) // 2), min_lr=1e-6
         ),
-        keras.callbacks.CSVLogger(str(run_dir / runs.HISTORY), append=True),
+        keras.callbacks.CSVLogger(str(runs.Layout(run_dir).history), append=True),
     ]
     if stopper is not None:
         callbacks.append(stopper)
@@ -446,7 +446,8 @@ def train(
     except NonFiniteLoss as exc:
         diverged = exc
     model_path = run_dir / setup.model_file
-    history_path = run_dir / runs.HISTORY
+    layout = runs.Layout(run_dir)
+    history_path = layout.history
     history = pd.read_csv(history_path) if history_path.is_file() and history_path.stat().st_size else pd.DataFrame()
     if history.empty or not model_path.is_file() or "val_loss" not in history:
         raise diverged or UserError("training produced no usable epoch; nothing saved")
@@ -470,9 +471,9 @@ def train(
     setup.training_seconds = round(clock(), 1)
     if diverged is not None:
         setup.stopped = str(diverged)
-    with storage.atomic_path(run_dir / runs.LOSS_PLOT) as plot:
+    with storage.atomic_path(layout.loss_plot) as plot:
         figures.plot_loss_curve(history, plot, title=f"{setup.architecture} / {setup.loss} loss")
-    storage.write_json(run_dir / runs.SETUP, setup.to_record())
+    storage.write_json(layout.setup, setup.to_record())
     _remove_backup(run_dir)
     if diverged is None and TWINS_AFTER_TRAINING:
         _write_twins(run_dir, setup)
@@ -498,7 +499,7 @@ def _train_head(setup, run_dir, train_images):
         return {"model_sha256": autoencoder} | learned.train_head(
             model,
             train_images,
-            run_dir / runs.HEAD_FILE,
+            runs.Layout(run_dir).head,
             steps=setup.head_steps,
             patch=setup.patch or min(learned.OBJECT_HEAD_PATCH, setup.size),
             seed=setup.seed,
@@ -521,8 +522,9 @@ def _write_twins(run_dir, setup):
 
 def _remove_backup(run_dir):
     """Remove the backup, its state first, so a kill half-way leaves no state naming a missing model."""
-    (run_dir / runs.BACKUP / "state.json").unlink(missing_ok=True)
-    storage.remove_tree(run_dir / runs.BACKUP)
+    layout = runs.Layout(run_dir)
+    layout.state.unlink(missing_ok=True)
+    storage.remove_tree(layout.backup)
 
 
 def new_run(config: TrainConfig) -> tuple[Path, dict]:
@@ -537,14 +539,15 @@ def new_run(config: TrainConfig) -> tuple[Path, dict]:
         else distribution.scratch_dir()
     )
     lock = storage.RunLock(run_dir, exclusive=True)  # validate/test refuse it while it trains
+    layout = runs.Layout(run_dir)
     try:
-        (run_dir / runs.VALIDATION_FILES).write_text("\n".join(val_names) + "\n")
-        storage.write_json(run_dir / runs.SETUP, setup.to_record())
+        layout.validation_files.write_text("\n".join(val_names) + "\n")
+        storage.write_json(layout.setup, setup.to_record())
         print(f"run folder: {run_dir}", flush=True)
         train(setup, run_dir, images, model)
     except BaseException as exc:
         # Keep a run that finished at least one epoch (it can be resumed); drop the empty one we created.
-        if not (run_dir / runs.BACKUP / "state.json").is_file() and not (run_dir / setup.model_file).is_file():
+        if not layout.state.is_file() and not (run_dir / setup.model_file).is_file():
             lock.release()
             storage.remove_tree(run_dir)
         elif not isinstance(exc, UserError):
@@ -562,8 +565,8 @@ def _load_state(run_dir, setup):
 
     A backup left behind by a finished run (killed while removing it) is stale: removed.
     """
-    backup = run_dir / runs.BACKUP
-    state_path = backup / "state.json"
+    layout = runs.Layout(run_dir)
+    backup, state_path = layout.backup, layout.state
     if not state_path.is_file():
         if backup.exists() and setup.status == "done":
             storage.remove_tree(backup)
@@ -591,7 +594,7 @@ def resume_run(path, more_epochs: int | None = None, strategy: str | None = None
     folder and its final ``setup.json`` object (an older run's in the current format)."""
     path = Path(path)
     run_dir = path.parent if path.is_file() else path
-    if not (run_dir / runs.SETUP).is_file():
+    if not runs.Layout(run_dir).setup.is_file():
         raise UserError(f"{run_dir} is not a run folder: no {runs.SETUP}")
     if more_epochs is not None and more_epochs < 1:
         raise SettingError(f"`more_epochs` must be >= 1, got {more_epochs}")
@@ -604,7 +607,8 @@ def resume_run(path, more_epochs: int | None = None, strategy: str | None = None
 
 
 def _resume_locked(run_dir, more_epochs, strategy=None):
-    setup_path = run_dir / runs.SETUP
+    layout = runs.Layout(run_dir)
+    setup_path = layout.setup
     setup = runs.read_setup(run_dir, training=True)
     name = setup.model_file
     storage.inside(run_dir, name, f"{setup_path}: model_file")  # never load or overwrite a file outside the run
@@ -643,7 +647,7 @@ def _resume_locked(run_dir, more_epochs, strategy=None):
         )
     if more_epochs:
         setup.epochs = max(int(setup.epochs), start) + more_epochs
-    listing = run_dir / runs.VALIDATION_FILES
+    listing = layout.validation_files
     if not listing.is_file():
         raise UserError(f"{listing} is missing: this run cannot be resumed")
     val_names = [n.strip() for n in listing.read_text().splitlines() if n.strip()]
@@ -670,16 +674,16 @@ def _resume_locked(run_dir, more_epochs, strategy=None):
     if found is None:
         # Extending a finished run: first a backup at its current epoch (the state names the
         # epochs to reach), then the status, so a kill at any moment leaves it resumable.
-        backup = run_dir / runs.BACKUP
+        backup = layout.backup
         backup.mkdir(exist_ok=True)
         name = f"last-e{start}.keras"
         with storage.atomic_path(backup / name) as tmp:
             shutil.copy2(model_file, tmp)
         state.update(model=name, epochs=setup.epochs)
-        storage.write_json(backup / "state.json", state)
+        storage.write_json(layout.state, state)
         stop_point("extension backed up")
     state["epochs"] = setup.epochs
     setup.status = "training"
-    storage.write_json(run_dir / runs.SETUP, setup.to_record())
+    storage.write_json(layout.setup, setup.to_record())
     train(setup, run_dir, (train_images, val_images), model, start_epoch=start, state=state)
     return run_dir, setup

@@ -253,9 +253,9 @@ def validate(
     grid = np.unique(np.concatenate([np.linspace(good_maps.min(), good_maps.max(), CURVE_POINTS), [threshold]]))
     curve = resmaps.threshold_curve(good_maps, grid)
     identity = {"kind": "validation", **run.identity(method)}
-    folder = runs.validation_dir(run.dir, method, min_area)
+    folder = run.layout.validation(method, min_area)
     with storage.StagedOutput(folder, identity, archive=True) as out:
-        storage.write_json(out / "validation_result.json", result)
+        storage.write_json(out / runs.VALIDATION_RESULT, result)
         figures.plot_threshold_search(grid, curve, threshold, min_area, out / "threshold_search.png", method=method)
     return result, folder
 

@@ -200,7 +200,7 @@ def test_resolve_threshold_from_the_command_line_or_the_validation_result(run):
     with pytest.raises(UserError, match="no validation result"):
         inference.resolve_threshold(run, "l2")
     record = MapOptions(True, 1, 2).record()
-    folder = runs.validation_dir(run.dir, "l2", 9)
+    folder = runs.Layout(run.dir).validation("l2", 9)
     storage.write_json(
         folder / "validation_result.json", {"threshold": 0.2, "min_area": 9, **record, **run.model_record()}
     )

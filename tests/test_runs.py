@@ -193,3 +193,54 @@ def test_run_arguments_become_one_map_request():
         ["-p", "R", "--method", "l2", "--no-baseline", "--scales", "1", "--passes", "3", "--batch", "2"]
     )
     assert MapRequest.from_args(args) == MapRequest("l2", False, 1, 3, 2)
+
+
+# --------------------------------------------------------------------------- the layout
+
+
+def test_layout_names_every_path_the_readme_table_gives(tmp_path):
+    """Spelled out here as the README's table of a run's files spells them (an independent copy)."""
+    layout = runs.Layout(str(tmp_path))
+    assert layout.dir == tmp_path
+    top = {
+        layout.setup: "setup.json",
+        layout.validation_files: "validation_files.txt",
+        layout.history: "history.csv",
+        layout.loss_plot: "loss_curve.png",
+        layout.head: "head.keras",
+        layout.backup: "backup",
+        layout.state: "backup/state.json",
+        layout.validation("fused"): "validation/fused",
+        layout.validation("fused", 12.0): "validation/fused/a12",
+        layout.validation_result("l2", 7): "validation/l2/a7/validation_result.json",
+        layout.test("ssim"): "test/ssim",
+        layout.test("ssim", 5, 0.25): "test/ssim/a5_t0.250000",
+        layout.test("ssim", 5, 1e-7): "test/ssim/a5_t0.000000",  # fixed decimals, never an exponent
+        layout.predictions("learned"): "predictions/learned",
+        layout.predictions("learned", "imgs-abc123_a5_t0.500000"): "predictions/learned/imgs-abc123_a5_t0.500000",
+        layout.finetune("median"): "finetune/median",
+        layout.visualize: "visualize",
+        layout.export("onnx"): "export/onnx",
+    }
+    for path, relative in top.items():
+        assert path == tmp_path / relative
+
+
+def test_only_runs_py_spells_a_run_folders_paths():
+    """Every library module and script takes a run's paths from :class:`runs.Layout`: none
+    joins a run folder with a result folder's or a training file's name itself."""
+    import re
+
+    from conftest import ROOT
+
+    spelled = re.compile(
+        r'/ "(validation|test|predictions|finetune|visualize|export|backup)"|"state\.json"|"validation_result\.json"'
+    )
+    found = {
+        path.name: [line.strip() for line in path.read_text().splitlines() if spelled.search(line)]
+        for path in ROOT.glob("*.py")
+        if path.name != "runs.py"
+    }
+    # A class folder's "test" is the dataset's (the MVTec layout, data.py's), not a run's.
+    found = {name: [line for line in lines if "class_dir" not in line] for name, lines in found.items()}
+    assert {name: lines for name, lines in found.items() if lines} == {}

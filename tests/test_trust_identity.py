@@ -34,7 +34,7 @@ def make_run(root, head=b"head of run A"):
 def save_validation(run, method, area=4):
     """A validation result of ``method`` as validate.py records it (the run's model record)."""
     record = runs.find_run(run).model_record()
-    folder = runs.validation_dir(run, method, area)
+    folder = runs.Layout(run).validation(method, area)
     storage.write_json(folder / "validation_result.json", {"threshold": 0.5, "min_area": area, **record})
     return folder / "validation_result.json"
 
