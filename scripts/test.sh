@@ -12,9 +12,9 @@ export TF_CPP_MIN_LOG_LEVEL=2 MPLBACKEND=Agg
 # (tests/conftest.py), the others and every file's tests in random order.
 workers=${CAE_TEST_WORKERS:-$(nproc 2>/dev/null || echo 2)}
 [ "$workers" -gt 4 ] && [ -z "${CAE_TEST_WORKERS:-}" ] && workers=4
-# One TensorFlow thread per worker (a user's setting wins): TensorFlow's default pools, one thread
-# per core in every worker and in every process a test starts, make the workers' threads contend
-# for the same cores (bench/README.md, "Test suite time": 635 -> 597 s on 2 cores, 2026-12-03).
+# One TensorFlow thread per worker (a user's setting wins): with a worker per core, TensorFlow's
+# default pools (a thread per core in every worker and every process a test starts) only contend
+# for the same cores. What it buys is within this machine's drift (bench/README.md, "Test suite time").
 if [ "$workers" -gt 1 ]; then
   export TF_NUM_INTRAOP_THREADS=${TF_NUM_INTRAOP_THREADS:-1} TF_NUM_INTEROP_THREADS=${TF_NUM_INTEROP_THREADS:-1}
 fi

@@ -186,25 +186,26 @@ def tiny_run(tiny_dataset, tmp_path_factory):
     return run_dir
 
 
-# Seconds each long file took in the whole suite (two workers, 2026-12-03, 17:37 run). `scripts/test.sh`
-# gives each worker whole files (--dist loadfile) in collection order; xdist's own order (most
-# tests first) left a 120-s file such as test_demo.py for the end, one worker idle meanwhile.
-# Longest first, the rest after in pytest-randomly's order, keeps both busy to the end.
+# Seconds each long file took in the whole suite (two workers, one TensorFlow thread each,
+# 2026-12-03, 22:05 run). `scripts/test.sh` gives each worker whole files (--dist loadfile) in
+# collection order; xdist's own order (most tests first) left a long one-test file such as
+# test_demo.py for the end, one worker idle meanwhile. Longest first, the rest after in
+# pytest-randomly's order, keeps both busy to the end (that run: the workers ended 5 s apart).
 FILE_SECONDS = {
-    "test_export_methods.py": 260,
-    "test_train.py": 260,
-    "test_reliability.py": 250,
-    "test_demo.py": 135,
-    "test_scale.py": 130,
-    "test_quality.py": 120,
-    "test_networks.py": 110,
-    "test_bench_suite.py": 100,
-    "test_postprocess_cli.py": 95,
-    "test_export.py": 75,
-    "test_models.py": 70,
-    "test_interrupt.py": 35,
-    "test_cli_help.py": 35,
-    "test_real_bottle.py": 30,
+    "test_reliability.py": 145,
+    "test_export_methods.py": 130,
+    "test_train.py": 125,
+    "test_scale.py": 65,
+    "test_networks.py": 55,
+    "test_quality.py": 50,
+    "test_demo.py": 50,
+    "test_bench_suite.py": 40,
+    "test_postprocess_cli.py": 40,
+    "test_models.py": 35,
+    "test_export.py": 35,
+    "test_interrupt.py": 25,
+    "test_real_bottle.py": 15,
+    "test_cli_help.py": 15,
 }
 
 
