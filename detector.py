@@ -6,14 +6,18 @@
         print(result.path, result.verdict, result.score)
 
 Opening loads the run, its map method and options, the threshold and the minimum area once
-(from the newest validation result unless given); :meth:`Detector.stream` maps any number of
-images chunk by chunk and gives one :class:`Prediction` each. ``test.py`` (labelled tests and
-``--images``) goes through it, so a notebook's result is test.py's (the same maps, score,
+(from the newest validation result unless given); the networks and each calibration are loaded
+once, at the first images. :meth:`Detector.stream` maps any number of images chunk by chunk and
+gives one :class:`Prediction` each. Every script that maps images goes through it: ``test.py``
+(labelled tests and ``--images``), ``visualize.py``, and, opened for maps only
+(:meth:`Detector.open_maps`, no threshold yet), ``validate.py`` with its proxy,
+``finetune.py`` and ``export.py``. So a notebook's result is test.py's (the same maps, score,
 regions and verdict).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,11 +77,20 @@ class Prediction:
 
 
 class Detector:
-    """A run with its map method, options, threshold and minimum area (see :meth:`open`)."""
+    """A run with its map method, options, threshold and minimum area (see :meth:`open`), or
+    with its method and options only (:meth:`open_maps`: maps, no verdicts)."""
 
     def __init__(self, mapper: inference.Mapper, smooth: float = DEFAULT_SMOOTH):
         self.smooth = check_smooth(smooth)
         self.mapper = mapper
+
+    @classmethod
+    def open_maps(cls, run_dir, maps: MapRequest = MapRequest(), smooth: float = DEFAULT_SMOOTH) -> Detector:
+        """The run at ``run_dir`` with the map method and options ``maps`` asks for (defaults:
+        the run's method, :meth:`inference.MapOptions.from_args`), before any threshold exists:
+        :meth:`maps` works, :meth:`predict` refuses. What validation, finetuning and export open."""
+        check_smooth(smooth)
+        return cls(inference.open_maps(run_dir, maps), smooth)
 
     @classmethod
     def open(
@@ -109,22 +122,77 @@ class Detector:
     def min_area(self) -> int:
         return self.mapper.min_area
 
+    @property
+    def options(self) -> inference.MapOptions:
+        return self.mapper.options
+
+    def load(self, images: int | None = None) -> None:
+        """Load the networks (once) for about ``images`` images (which decides between the
+        OpenVINO twin and Keras; None: unknown), so a missing model or head is reported first."""
+        self.mapper.load(images)
+
+    @property
+    def source(self) -> str | None:
+        """Where the threshold and minimum area came from (a validation result, the command line)."""
+        return self.mapper.source
+
+    def calibration(self, method: str | None = None) -> inference.Calibration:
+        """What the run's training images say is usual for ``method`` (default: this detector's;
+        or a calibrated component of its fused map): baselines and repaint threshold, read or
+        learnt once."""
+        return self.mapper.calibration(method or self.method)
+
+    def component(self, method: str) -> Detector:
+        """This run mapped with one component ``method`` of its fused map (its own options),
+        sharing this detector's loaded networks and calibrations; maps only."""
+        mapper = dataclasses.replace(
+            self.mapper, method=method, options=self.options.component(method), threshold=None, min_area=None
+        )
+        return Detector(mapper, self.smooth)
+
+    def with_options(self, **changes) -> Detector:
+        """This detector with map options changed (e.g. ``fusion=`` the weights validation chose)."""
+        return Detector(
+            dataclasses.replace(self.mapper, options=dataclasses.replace(self.options, **changes)), self.smooth
+        )
+
+    def maps(self, images: Iterable | np.ndarray, progress: str | None = None) -> inference.Inspected:
+        """The images, reconstructions and raw maps of ``images`` (paths, or an N×H×W×C float
+        array in [0, 1] at the run's shape and colour) in one piece, with no verdict: what a
+        threshold is chosen from. ``progress``: a progress bar's title (paths only)."""
+        if isinstance(images, np.ndarray):
+            images = self._checked(images)
+            recons, maps = self.mapper.map_array(images)
+            return inference.Inspected([None] * len(images), images, recons, maps, [None] * len(images))
+        return self.mapper.inspect([Path(p) for p in images], progress=progress)
+
+    def _checked(self, images: np.ndarray) -> np.ndarray:
+        run = self.run
+        expected = (*run.shape, 3 if run.color == "rgb" else 1)
+        if images.ndim != 4 or images.shape[1:] != expected:
+            raise ValueError(f"images must be N×{expected[0]}×{expected[1]}×{expected[2]}, got {images.shape}")
+        return images.astype(np.float32)
+
+    def _verdicts(self) -> None:
+        if self.threshold is None or self.min_area is None:
+            raise ValueError(
+                f"this detector of {self.run.dir} was opened for maps only: open it with a threshold and a minimum "
+                "area, or validate the run first"
+            )
+
     def predict(self, images: Iterable | np.ndarray) -> list[Prediction]:
         """One :class:`Prediction` per image: ``images`` are file paths (read as the run reads its
         training images; unreadable ones are skipped with a warning) or an N×H×W×C float array in
         [0, 1] at the run's shape and colour."""
+        self._verdicts()
         if isinstance(images, np.ndarray):
-            run = self.run
-            expected = (*run.shape, 3 if run.color == "rgb" else 1)
-            if images.ndim != 4 or images.shape[1:] != expected:
-                raise ValueError(f"images must be N×{expected[0]}×{expected[1]}×{expected[2]}, got {images.shape}")
-            recons, maps = inference.run_maps(run, images.astype(np.float32), self.method, self.mapper.options)
-            return self._results(inference.Inspected([None] * len(images), images, recons, maps, [None] * len(images)))
+            return self._results(self.maps(images))
         return [p for chunk in self.stream(images) for p in chunk]
 
     def stream(self, paths: Iterable, progress: str | None = None) -> Iterator[list[Prediction]]:
         """:meth:`predict` of image files chunk by chunk (constant memory however many there
         are): one list of :class:`Prediction` per chunk; ``progress``: a progress bar's title."""
+        self._verdicts()
         for seen in self.mapper.stream([Path(p) for p in paths], progress=progress):
             if not np.isfinite(seen.maps).all():
                 raise NonFiniteMaps(f"the residual maps of {self.run.model_path} are not finite (a diverged model?)")

@@ -169,17 +169,17 @@ def _labelled_notes(types: list[str]) -> list[str]:
 
 
 def classification_result(
-    mapper: inference.Mapper, scored: Scored, types: list[str], notes: list[str]
+    detector: Detector, scored: Scored, types: list[str], notes: list[str]
 ) -> tuple[dict, pd.DataFrame]:
     """test_result.json (verdict rates at the threshold) and the per-defect-type table."""
     cls = metrics.classification_metrics(scored.truth, (scored.frame["verdict"] == "defective").to_numpy())
     table = detection_table(scored.frame)
     result = {
-        "threshold": mapper.threshold,
-        "min_area": mapper.min_area,
-        "method": mapper.method,
-        **mapper.options.record(),
-        "threshold_source": mapper.source,
+        "threshold": detector.threshold,
+        "min_area": detector.min_area,
+        "method": detector.method,
+        **detector.options.record(),
+        "threshold_source": detector.source,
         **{k: cls[k] for k in ("tpr", "tnr", "accuracy", "balanced_accuracy", "precision", "f1", "confusion_matrix")},
         "n_images": cls["n_images"],
         "n_good": cls["n_good"],
@@ -192,11 +192,11 @@ def classification_result(
 
 
 def threshold_free_metrics(
-    mapper: inference.Mapper, scored: Scored, smooth: float, fpr_limit: float, model_record: dict
+    detector: Detector, scored: Scored, smooth: float, fpr_limit: float, model_record: dict
 ) -> tuple[dict, dict]:
     """metrics.json (image AUROC, pixel AUROC, AU-PRO, overall and per defect type) and the
     pixel curves; one sort of all pixel scores serves every pixel figure and both curves."""
-    run = mapper.run
+    run = detector.run
     evaluated, pixel_curves = metrics.evaluate(
         scored.full_maps if scored.has_masks else None,
         scored.gt_masks if scored.has_masks else None,
@@ -208,8 +208,8 @@ def threshold_free_metrics(
     )
     shown = sorted({f"{w}x{h}" for w, h in scored.sizes})
     evaluated.update(
-        method=mapper.method,
-        **mapper.options.record(),
+        method=detector.method,
+        **detector.options.record(),
         smooth_sigma=float(smooth),
         image_score=SCORE_RULE,
         pixel_resolution=f"ground-truth resolution ({', '.join(shown)}); model input {run.shape[1]}x{run.shape[0]}",
@@ -286,26 +286,26 @@ def test_run(
     """
     _check_smooth(smooth)
     detector = Detector.open(path, maps, threshold, min_area, smooth)
-    mapper, run, method = detector.mapper, detector.run, detector.method
+    run, method = detector.run, detector.method
     listed = data.list_test_images(run.class_dir)
     types = sorted({d for _, d, _ in listed})
     notes = _labelled_notes(types)
     for note in notes:
         warn(note)
-    inference.load_networks(run, method, len(listed), mapper.options)
+    detector.load(len(listed))
     model_record = run.model_record()
     method_dir = run.layout.test(method)
-    out_dir = run.layout.test(method, mapper.min_area, mapper.threshold)
+    out_dir = run.layout.test(method, detector.min_area, detector.threshold)
     # The settings are part of the result's identity: a rerun with others (e.g. smooth, save)
     # moves the earlier result into RUN/test/<method>/earlier/ instead of replacing it.
-    settings = {"smooth": float(smooth), "save": bool(save), "fpr_limit": float(fpr_limit), **mapper.options.record()}
+    settings = {"smooth": float(smooth), "save": bool(save), "fpr_limit": float(fpr_limit), **detector.options.record()}
     identity = {"kind": "test", **run.identity(method), "settings": settings}
     # One writer at a time per method folder, from scoring to the commit: two runs never
     # interleave, and the one committed last is the result, whole.
     with storage.writing(method_dir), storage.StagedOutput(out_dir, identity, archive=True) as out:
         scored = score_test_images(detector, listed, draw_into=out if save else None)
-        result, table = classification_result(mapper, scored, types, notes)
-        evaluated, pixel_curves = threshold_free_metrics(mapper, scored, smooth, fpr_limit, model_record)
+        result, table = classification_result(detector, scored, types, notes)
+        evaluated, pixel_curves = threshold_free_metrics(detector, scored, smooth, fpr_limit, model_record)
         scored.frame.to_csv(out / "classification.csv", index=False)
         storage.write_json(out / "test_result.json", result)
         write_anomaly_maps(out / MAPS_FOLDER, scored)
@@ -350,7 +350,7 @@ def predict_images(
         raise SettingError(f"`overlays` must be one of {', '.join(OVERLAYS)}, got {overlays!r}")
     shard = sharding.parse(shard)
     detector = Detector.open(path, maps, threshold, min_area, smooth)
-    mapper, run, method = detector.mapper, detector.run, detector.method
+    run, method = detector.run, detector.method
     threshold, min_area = detector.threshold, detector.min_area
     images_dir = Path(images_dir)
     paths = data.list_images(images_dir, recursive=True)
@@ -411,7 +411,7 @@ def predict_images(
                 "threshold": threshold,
                 "min_area": min_area,
                 "method": method,
-                **mapper.options.record(),
+                **detector.options.record(),
                 "smooth_sigma": smooth,
                 "image_score": SCORE_RULE,
                 "images": str(images_dir.resolve()),
@@ -423,21 +423,21 @@ def predict_images(
     return frame, out_dir
 
 
-def proxy_maps(mapper: inference.Mapper, good_images: np.ndarray, seed: int = 0) -> tuple | None:
+def proxy_maps(detector: Detector, good_images: np.ndarray, seed: int = 0) -> tuple | None:
     """Painted copies of the good validation images, mapped like test images:
     ``(maps, masks, family names)``, or None when nothing could be painted.
 
     The copies hold one defect each of every synthetic family in turn
     (:func:`synthetic.proxy_copies`: large faint shading, low-opacity texture, missing and
-    frayed edges, dark areas, long thin cracks, contamination), mapped with ``mapper``'s
-    method and options.
+    frayed edges, dark areas, long thin cracks, contamination), mapped by ``detector``
+    (its method and options).
     """
     import synthetic
 
     painted, masks, families = synthetic.proxy_copies(good_images, seed)
     if not len(painted):
         return None
-    _, maps = inference.run_maps(mapper.run, painted, mapper.method, mapper.options, mapper.batch)
+    maps = detector.maps(painted).maps
     return maps, masks, list(families)
 
 

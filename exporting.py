@@ -34,6 +34,7 @@ import resmaps
 import runs
 import ssim
 import storage
+from detector import DEFAULT_SMOOTH, Detector, check_smooth
 from settings import MapRequest
 from utils import SettingError, UserError, package_versions
 
@@ -477,26 +478,26 @@ def _check_supported(run, method, found):
 
 def open_validated(
     path: storage.PathLike, method: str | None = None, min_area: int | None = None
-) -> tuple[inference.Mapper, Path]:
-    """The run at ``path`` opened as every post-training step opens it (:func:`inference.open_maps`:
+) -> tuple[Detector, Path]:
+    """The run at ``path`` opened as every post-training step opens it (:meth:`Detector.open_maps`:
     the run, its method), with the threshold, minimum area and map options of its newest
     validation result for ``min_area`` (any area if None), which export requires; methods and
-    modes the graph does not reproduce are refused first. Returns ``(Mapper, result file)``."""
-    mapper = inference.open_maps(path, MapRequest(method=method))
-    run, method = mapper.run, mapper.method
+    modes the graph does not reproduce are refused first. Returns ``(Detector, result file)``."""
+    opened = Detector.open_maps(path, MapRequest(method=method))
+    run, method = opened.run, opened.method
     _check_supported(run, method, {})  # before looking for a validation result: say what is unsupported first
     found = inference.require_validation_result(run, method, min_area, "export bakes in its threshold")
     _check_supported(run, method, found)
     result_path = run.layout.validation_result(method, found["min_area"])
     options = inference.MapOptions.from_record(found, f"the validation result {result_path}")
     validated = replace(
-        mapper,
+        opened.mapper,
         options=options,
         threshold=float(found["threshold"]),
         min_area=int(found["min_area"]),
         source=str(result_path),
     )
-    return validated, result_path
+    return Detector(validated), result_path
 
 
 def export_identity(run: runs.Run, method: str) -> dict:
@@ -523,18 +524,16 @@ def export_run(
     checks it against the graph on ``check_images`` of the run's validation images.
     Returns ``(output folder, metadata dict)``.
     """
-    import detector
-
     if fmt not in FORMATS:
         raise UserError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    smooth = detector.DEFAULT_SMOOTH if smooth is None else smooth
+    smooth = DEFAULT_SMOOTH if smooth is None else smooth
     try:  # the one smoothing rule (finite, >= 0), the detector's
-        smooth = detector.check_smooth(smooth)
+        smooth = check_smooth(smooth)
     except ValueError:
         raise SettingError(f"`smooth` must be a finite number >= 0, got {smooth}") from None
     inference.check_area_threshold(min_area=min_area)
-    mapper, result_path = open_validated(path, method, min_area)
-    run, method, options = mapper.run, mapper.method, mapper.options
+    validated, result_path = open_validated(path, method, min_area)
+    run, method, options = validated.run, validated.method, validated.options
     out_dir = Path(out) if out else run.layout.export(fmt)
     staging = storage.StagedOutput(
         out_dir, export_identity(run, method), inputs=[run.class_dir], protect=[run.dir], archive=out is None
@@ -552,7 +551,7 @@ def export_run(
     head = run.load_head(keras=True) if any(m.needs_head for m in uses) else None
     fixed = next((m.name for m in uses if m.calibrated), None)  # the calibrated ssim or l2 map, if any
     calibration = (
-        inference.calibrate(run, fixed, options.component(fixed), model)
+        validated.calibration(fixed)
         if fixed
         else inference.Calibration(np.zeros((1, *shape), np.float32), float("inf"))
     )
@@ -561,7 +560,7 @@ def export_run(
         options,
         np.asarray(calibration.baselines, np.float32),
         float(calibration.mask_threshold),
-        mapper.threshold,
+        validated.threshold,
         smooth,
         shape,
         3 if run.color == "rgb" else 1,
@@ -587,7 +586,7 @@ def export_run(
             "defect_pixels": f"N×{shape[0]}×{shape[1]} uint8: residual_map > threshold, before the minimum area",
         },
         "threshold": spec.threshold,
-        "min_area": mapper.min_area,
+        "min_area": validated.min_area,
         "method": method,
         **options.record(),
         "smooth_sigma": smooth,
@@ -599,7 +598,7 @@ def export_run(
             "path": str(result_path),
             "sha256": _sha256(result_path),
             "threshold": spec.threshold,
-            "min_area": mapper.min_area,
+            "min_area": validated.min_area,
         },
         "run": str(run.dir),
         "model": str(run.model_path),

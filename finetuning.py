@@ -16,6 +16,7 @@ import inference
 import methods
 import resmaps
 import storage
+from detector import Detector
 from settings import MapRequest
 from utils import SettingError
 
@@ -40,12 +41,12 @@ def finetune(
     """
     if max_area < 1:
         raise SettingError(f"`max_area` must be a positive number of pixels, got {max_area}")
-    mapper = inference.open_maps(path, maps)
-    run, method = mapper.run, mapper.method
+    detector = Detector.open_maps(path, maps)
+    run, method = detector.run, detector.method
     if methods.get(method).composite:  # its weights: chosen on the painted copies as validate.py does (default area)
         import validation
 
-        mapper = validation.fused_validation_maps(mapper, inference.default_min_area(run.shape))[3]
+        detector = validation.fused_validation_maps(detector, inference.default_min_area(run.shape))[3]
     val_paths = run.validation_paths()
     train_dir, test_dir = run.class_dir / "train", run.class_dir / "test"
     val_sample = (
@@ -60,7 +61,7 @@ def finetune(
         items = data.list_test_images(run.class_dir) if test_dir.is_dir() else []
         defective = [p for p, d, _ in items if d != data.GOOD]
         test_sample = defective[0] if defective else None
-    seen = mapper.inspect(val_paths, progress="validation images")
+    seen = detector.maps(val_paths, progress="validation images")
     thresholds = np.linspace(0.0, float(seen.maps.max()), N_THRESHOLDS)
     n_regions, mean_area, std_area, areas_at = [], [], [], {}
     for t in thresholds:
@@ -96,7 +97,7 @@ def finetune(
             method=method,
         )
         if test_sample is not None:
-            sample = mapper.inspect([test_sample])
+            sample = detector.maps([test_sample])
             figures.plot_sample(
                 sample.images[0],
                 sample.recons[0],

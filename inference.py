@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -390,12 +390,18 @@ def calibrate(run: runs.Run, method: str, options: MapOptions, model=None, batch
 
 
 def run_maps(
-    run: runs.Run, images: np.ndarray, method: str, options: MapOptions = MapOptions(), batch: int = 16
+    run: runs.Run,
+    images: np.ndarray,
+    method: str,
+    options: MapOptions = MapOptions(),
+    batch: int = 16,
+    calibrations: dict | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(reconstructions, maps)`` of an N×H×W×C array at the run's shape with ``method``
     (methods.py): a training-free map, the fusion of its components' maps, the learned
     head's defect probability (learned.py), or ssim/l2 maps as ``options`` say (see
-    :func:`refined_maps`, calibrated on the run's training images)."""
+    :func:`refined_maps`, calibrated on the run's training images). ``calibrations``: a
+    :class:`Mapper`'s own, so each calibration is read (or learnt) once per opened run."""
     if batch < 1:
         raise SettingError(f"`batch` must be >= 1, got {batch}")
     spec = methods.get(method)
@@ -410,7 +416,7 @@ def run_maps(
             raise SettingError(
                 f"the fused map needs the weights validate.py chooses: run validate.py `path={run.dir}` first", "method"
             )
-        parts = [run_maps(run, images, c, options.component(c), batch) for c in options.fusion.components]
+        parts = [run_maps(run, images, c, options.component(c), batch, calibrations) for c in options.fusion.components]
         # Shown as the reconstruction: the network's (the first component that has one).
         recons = next(
             (r for (r, _), c in zip(parts, options.fusion.components) if methods.get(c).needs_model), parts[0][0]
@@ -428,28 +434,59 @@ def run_maps(
         )
     if options.passes < 1:
         raise SettingError(f"`passes` must be >= 1, got {options.passes}")
-    recons, maps, _ = refined_maps(model, images, method, options, batch, calibrate(run, method, options, model, batch))
+    calibration = remembered_calibration(run, method, options, calibrations, model, batch)
+    recons, maps, _ = refined_maps(model, images, method, options, batch, calibration)
     return recons, maps
 
 
-def expected_reconstructions(run: runs.Run, method: str, options: MapOptions, images: int) -> int:
+def remembered_calibration(
+    run: runs.Run, method: str, options: MapOptions, calibrations: dict | None, model=None, batch: int = 16
+) -> Calibration:
+    """:func:`calibrate`, remembered in ``calibrations`` (a :class:`Mapper`'s): read or learnt
+    once however many chunks, components or exports ask for it."""
+    key = options.cache_name("calibration", method)
+    calibration = None if calibrations is None else calibrations.get(key)
+    if calibration is None:
+        calibration = calibrate(run, method, options, model, batch)
+        if calibrations is not None:
+            calibrations[key] = calibration
+    return calibration
+
+
+def expected_reconstructions(
+    run: runs.Run, method: str, options: MapOptions, images: int, calibrations: dict | None = None
+) -> int:
     """How many images the network computes, at most, to map ``images`` images: one per
     pass (later passes take only images with something to repaint), plus the training
-    images when the calibration is still to be learnt; the ``learned`` head maps in one."""
+    images when the calibration is still to be learnt; the ``learned`` head maps in one.
+    A cached calibration found here goes into ``calibrations`` (see :func:`run_maps`)."""
     spec = methods.get(method)
     if spec.training_free:
         return 0
     if spec.composite and options.fusion is not None:
-        return sum(expected_reconstructions(run, c, options.component(c), images) for c in options.fusion.components)
+        return sum(
+            expected_reconstructions(run, c, options.component(c), images, calibrations)
+            for c in options.fusion.components
+        )
     if not spec.calibrated:  # the head (or a fusion not chosen yet): one reconstruction each
         return images
-    if cached_calibration(run, method, options) is None:
+    key = options.cache_name("calibration", method)
+    found = (calibrations or {}).get(key) or cached_calibration(run, method, options)
+    if found is not None and calibrations is not None:
+        calibrations[key] = found
+    if found is None:
         _check_dataset_for_calibration(run, method, options)
         images += len(run.training_paths())
     return images * options.passes
 
 
-def load_networks(run: runs.Run, method: str, images: int | None = None, options: MapOptions = MapOptions()) -> None:
+def load_networks(
+    run: runs.Run,
+    method: str,
+    images: int | None = None,
+    options: MapOptions = MapOptions(),
+    calibrations: dict | None = None,
+) -> None:
     """Load (once) what ``method``'s maps need, so a missing or mismatched model or head is
     reported before any image is read or any output folder is made. ``images``: how many
     images this process will map with ``options`` (None: unknown), which decides between
@@ -457,7 +494,7 @@ def load_networks(run: runs.Run, method: str, images: int | None = None, options
     spec = methods.get(method)
     if spec.training_free:
         return
-    count = None if images is None else expected_reconstructions(run, method, options, images)
+    count = None if images is None else expected_reconstructions(run, method, options, images, calibrations)
     run.load_model(images=count)
     uses = options.fusion.components if spec.composite and options.fusion else (method,)
     if any(methods.get(c).needs_head for c in uses) or (spec.uses_head and run.head_path.is_file()):
@@ -475,6 +512,7 @@ def inspect_stream(
     progress: str | None = None,
     options: MapOptions = MapOptions(),
     chunk: int | None = None,
+    calibrations: dict | None = None,
 ) -> Iterator[Inspected]:
     """Load ``paths`` at the run's shape and colour, reconstruct them and compute their maps
     (see :func:`run_maps`), ``chunk`` images at a time: yields one :class:`Inspected` per
@@ -489,7 +527,7 @@ def inspect_stream(
     chunk = STREAM_CHUNK if chunk is None else chunk
     if chunk < 1:
         raise UserError(f"chunk must be >= 1 image, got {chunk}")
-    load_networks(run, method, len(paths), options)
+    load_networks(run, method, len(paths), options, calibrations)
     readable = 0
     with tqdm(total=len(paths), desc=progress, unit="img", leave=False, disable=None if progress else True) as bar:
         for start in range(0, len(paths), chunk):
@@ -498,7 +536,7 @@ def inspect_stream(
             )
             if kept:
                 readable += len(kept)
-                recons, maps = run_maps(run, images, method, options, batch)
+                recons, maps = run_maps(run, images, method, options, batch, calibrations)
                 yield Inspected(kept, images, recons, maps, sizes)
     if not readable:
         raise UserError(f"no readable images among {len(paths)} file(s)")
@@ -641,14 +679,32 @@ class Mapper:
     threshold: float | None = None
     min_area: int | None = None
     source: str | None = None
+    # Each calibration read (or learnt) once, however many chunks and components map with it.
+    calibrations: dict = field(default_factory=dict, compare=False, repr=False)
+
+    def load(self, images: int | None = None) -> None:
+        """:func:`load_networks` for ``images`` images with this method and these options."""
+        load_networks(self.run, self.method, images, self.options, self.calibrations)
 
     def stream(self, paths, progress: str | None = None, chunk: int | None = None) -> Iterator[Inspected]:
         """:func:`inspect_stream` of ``paths`` with this method and these options."""
-        return inspect_stream(self.run, paths, self.method, self.batch, progress, self.options, chunk)
+        return inspect_stream(
+            self.run, paths, self.method, self.batch, progress, self.options, chunk, self.calibrations
+        )
 
     def inspect(self, paths, progress: str | None = None) -> Inspected:
-        """:func:`inspect` of ``paths`` with this method and these options."""
-        return inspect(self.run, paths, self.method, self.batch, progress, self.options)
+        """All of ``paths`` at once (see :meth:`stream`)."""
+        return next(self.stream(paths, progress, chunk=max(1, len(paths))))
+
+    def calibration(self, method: str) -> Calibration:
+        """The calibration of ``method`` (this mapper's method, or a calibrated component of its
+        fusion) under its options: see :func:`remembered_calibration`."""
+        options = self.options.component(method) if method != self.method else self.options
+        return remembered_calibration(self.run, method, options, self.calibrations, batch=self.batch)
+
+    def map_array(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """:func:`run_maps` of an N×H×W×C array with this method and these options."""
+        return run_maps(self.run, images, self.method, self.options, self.batch, self.calibrations)
 
 
 def open_maps(path, request: MapRequest = MapRequest()) -> Mapper:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+import networks
 import resmaps
 import storage
 import synthetic
@@ -197,5 +198,4 @@ def settle_batch_norm(head, draw, batches: int | None = None) -> None:
 def learned_maps(model, head, images: np.ndarray, batch: int = 16) -> tuple[np.ndarray, np.ndarray]:
     """``(reconstructions, maps)``: the head's defect probability per pixel (N×H×W float32)."""
     recons = resmaps.reconstruct(model, images, batch)
-    maps = head.predict([images, recons], batch_size=batch, verbose=0)[..., 0]
-    return recons, np.asarray(maps, np.float32)
+    return recons, networks.network(head).predict([images, recons], batch)[..., 0]

@@ -81,10 +81,48 @@ def weights_hash(model) -> str:
     return digest.hexdigest()
 
 
-class OnnxNetwork:
-    """The ONNX twin compiled by OpenVINO behind the two calls inference makes of a Keras
-    model: ``predict(x, batch_size=..., verbose=...)`` and ``input_shape`` (batch axis None).
-    ``x`` is one array, or a list of arrays for a network with several inputs."""
+class Network:
+    """The one interface scoring asks of a network, whichever backend computes it:
+    ``predict(x, batch_size)`` gives float32 outputs of ``x`` (one N×… array, or a list of
+    arrays for a network with several inputs), ``input_shape`` its input shape with the batch
+    axis None (a list of them for several inputs). :class:`KerasNetwork` and
+    :class:`OpenVinoNetwork` are the backends; :func:`load` picks one for a model file."""
+
+    input_shape: tuple
+
+    def predict(self, x, batch_size: int = 16) -> np.ndarray:
+        raise NotImplementedError
+
+
+def _arrays(x) -> list[np.ndarray]:
+    return [np.asarray(a, np.float32) for a in (x if isinstance(x, (list, tuple)) else [x])]
+
+
+class KerasNetwork(Network):
+    """A Keras model (or anything with Keras's ``predict(x, batch_size=, verbose=)``) as a
+    :class:`Network`; ``model`` is the wrapped object."""
+
+    def __init__(self, model):
+        self.model = model
+        self.input_shape = getattr(model, "input_shape", None)
+
+    def predict(self, x, batch_size: int = 16) -> np.ndarray:
+        """Outputs of ``x`` in batches of ``batch_size``. A short last batch is padded to a
+        whole one: every new input shape makes TensorFlow trace its predict function again
+        (slow, and a warning on every script run)."""
+        arrays = _arrays(x)
+        n = len(arrays[0])
+        if n == 0:
+            return np.zeros((0,), np.float32)
+        short = -n % batch_size
+        if short:
+            arrays = [np.concatenate([a, np.repeat(a[-1:], short, axis=0)]) for a in arrays]
+        out = self.model.predict(arrays if len(arrays) > 1 else arrays[0], batch_size=batch_size, verbose=0)
+        return np.asarray(out[:n], np.float32)
+
+
+class OpenVinoNetwork(Network):
+    """The ONNX twin compiled by OpenVINO as a :class:`Network`."""
 
     def __init__(self, compiled, source: Path, input_shape: tuple):
         self.compiled = compiled
@@ -92,20 +130,23 @@ class OnnxNetwork:
         self.input_shape = input_shape  # the network's own (None where it takes any size)
         self._request = compiled.create_infer_request()
 
-    # One image per call: OpenVINO's kernels round differently for each batch size (1e-6), so
-    # batches would make an image's map depend on how a folder is chunked; one at a time
-    # costs 0-14% per image here (bench/README.md, "Fourth round") and needs no padding.
-    any_batch = True  # resmaps.reconstruct pads none
+    def predict(self, x, batch_size: int = 16) -> np.ndarray:
+        """Outputs of ``x``, computed one image at a time (``batch_size`` is not needed).
 
-    def predict(self, x, batch_size: int = 16, verbose: int = 0) -> np.ndarray:
-        """Outputs of ``x`` (N×… float32), computed one image at a time (``batch_size`` is
-        Keras's argument, accepted and not needed)."""
-        arrays = [np.asarray(a, np.float32) for a in (x if isinstance(x, (list, tuple)) else [x])]
+        One image per call: OpenVINO's kernels round differently for each batch size (1e-6), so
+        batches would make an image's map depend on how a folder is chunked; one at a time
+        costs 0-14% per image here (bench/README.md, "Fourth round") and needs no padding."""
+        arrays = _arrays(x)
         # share_outputs=False: each result is a copy, not the request's buffer the next call overwrites.
         out = [
             self._request.infer([a[i : i + 1] for a in arrays], share_outputs=False)[0] for i in range(len(arrays[0]))
         ]
         return np.concatenate(out) if out else np.zeros((0,), np.float32)
+
+
+def network(model) -> Network:
+    """``model`` as a :class:`Network`: itself when it is one, else wrapped as a Keras model."""
+    return model if isinstance(model, Network) else KerasNetwork(model)
 
 
 @functools.cache
@@ -124,7 +165,7 @@ def _read(source):
     return model, meta
 
 
-def _compile(model, source: Path, shape: tuple[int, int] | None = None) -> OnnxNetwork:
+def _compile(model, source: Path, shape: tuple[int, int] | None = None) -> OpenVinoNetwork:
     """``model`` (from :func:`_read`) compiled for this CPU in :data:`PRECISION` (float32):
     OpenVINO would otherwise compute in bfloat16 where the CPU has it (AMX), which moves the maps.
 
@@ -143,7 +184,7 @@ def _compile(model, source: Path, shape: tuple[int, int] | None = None) -> OnnxN
             }
         )
     config = {"INFERENCE_PRECISION_HINT": PRECISION, "PERFORMANCE_HINT": "LATENCY"}
-    return OnnxNetwork(_core().compile_model(model, "CPU", config), source, input_shape)
+    return OpenVinoNetwork(_core().compile_model(model, "CPU", config), source, input_shape)
 
 
 def twin_metadata(source) -> dict:
@@ -254,20 +295,21 @@ def use_twin(meta: dict, images: int | None = None) -> bool:
 
 
 def load(model_path, load_keras, shape: tuple[int, int] | None = None, images: int | None = None):
-    """The network to score images with for the model file ``model_path``: its ONNX twin when
-    one matches the file (converted and saved now when missing or stale) and computes
-    ``images`` images (None: an unknown number) faster than Keras would with its start
-    (:func:`use_twin`), else the Keras model ``load_keras()`` returns. ``shape``: the
+    """The :class:`Network` to score images with for the model file ``model_path``: its ONNX
+    twin (:class:`OpenVinoNetwork`) when one matches the file (converted and saved now when
+    missing or stale) and computes ``images`` images (None: an unknown number) faster than
+    Keras would with its start (:func:`use_twin`), else the Keras model ``load_keras()``
+    returns (:class:`KerasNetwork`). ``shape``: the
     images' height and width, for a network that takes any size. See the module's docstring."""
     model_path = Path(model_path)
     if os.environ.get(ENV, "").lower() == "keras":
-        return load_keras()
+        return KerasNetwork(load_keras())
     if not model_path.is_file():
-        return load_keras()  # its one-line error
+        return KerasNetwork(load_keras())  # its one-line error
     try:
         import openvino  # noqa: F401
     except ImportError:
-        return load_keras()
+        return KerasNetwork(load_keras())
     stamp = source_stamp(model_path)
     twin = twin_path(model_path)
     if twin.is_file():
@@ -281,7 +323,7 @@ def load(model_path, load_keras, shape: tuple[int, int] | None = None, images: i
             elif meta.get(_WEIGHTS_KEY) != weights_hash(read):
                 problem = "has damaged weights (they differ from the hash it records)"
             else:
-                return _compile(read, twin, shape) if use_twin(meta, images) else load_keras()
+                return _compile(read, twin, shape) if use_twin(meta, images) else KerasNetwork(load_keras())
         except Exception as exc:  # noqa: BLE001 - damaged: converted again below
             problem = f"is unreadable ({exc.__class__.__name__})"
         warn(f"the ONNX twin {twin} {problem}: made again from {model_path.name}")
@@ -295,7 +337,7 @@ def load(model_path, load_keras, shape: tuple[int, int] | None = None, images: i
     data = convert(model, stamp, shape)
     if data is None:
         print(f"no twin for {model_path.name}: scoring with Keras", file=sys.stderr, flush=True)
-        return model
+        return KerasNetwork(model)
     print(f"twin of {model_path.name} ready in {time.time() - started:.0f} s", file=sys.stderr, flush=True)
     try:
         with storage.atomic_path(twin) as tmp:
@@ -303,4 +345,4 @@ def load(model_path, load_keras, shape: tuple[int, int] | None = None, images: i
     except OSError:
         pass  # a read-only run folder: the twin lives in memory for this process only
     read, meta = _read(data)
-    return _compile(read, twin, shape) if use_twin(meta, images) else model
+    return _compile(read, twin, shape) if use_twin(meta, images) else KerasNetwork(model)

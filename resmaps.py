@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 
 import methods
+import networks
 import ssim
 
 MAP_THREADS = min(4, os.cpu_count() or 1)  # threads that compute residual maps (batched_residual_maps)
@@ -131,17 +132,11 @@ def lowfreq_residual(images: np.ndarray) -> np.ndarray:
 
 
 def reconstruct(model, images: np.ndarray, batch: int = 16) -> np.ndarray:
-    """Model reconstructions of an N×H×W×C array, in batches (float32)."""
-    n = len(images)
-    if n == 0:
+    """Reconstructions of an N×H×W×C array by ``model`` (a :class:`networks.Network`, or a Keras
+    model), in batches (float32)."""
+    if len(images) == 0:
         return np.zeros_like(images, dtype=np.float32)
-    # Pad Keras's input to whole batches: a short last batch has a new shape, and every new
-    # shape makes TensorFlow retrace the predict function (slow, and a warning on every
-    # script run). The ONNX twin computes one image at a time (``any_batch``): padding
-    # would only add work.
-    short = n % batch and not getattr(model, "any_batch", False)
-    padded = np.concatenate([images, np.repeat(images[-1:], -n % batch, axis=0)]) if short else images
-    return np.asarray(model.predict(padded, batch_size=batch, verbose=0)[:n], dtype=np.float32)
+    return networks.network(model).predict(images, batch)
 
 
 def batched_residual_maps(

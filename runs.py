@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import methods
+import networks
 import settings
 import storage
 from utils import SettingError, UserError
@@ -459,8 +460,8 @@ class Run:
         return run_head_path(self.dir, self.setup)
 
     def load_head(self, keras: bool = False, images: int | None = None):
-        """Load (once) the segmentation head of the ``learned`` map method: its ONNX twin
-        for inference, the Keras model with ``keras`` (see :meth:`load_model`)."""
+        """Load (once) the segmentation head of the ``learned`` map method: a
+        :class:`networks.Network` for inference, the Keras model with ``keras`` (see :meth:`load_model`)."""
         if not self.head_path.is_file():
             raise SettingError(
                 f"run {self.dir} has no learned residual head ({self.head_path.name}); train a new run "
@@ -476,8 +477,6 @@ class Run:
         if keras:
             return load_keras(self.head_path, compile=False)  # fresh: callers may change its statistics
         if self._head is None:
-            import networks
-
             self._head = networks.load(
                 self.head_path, lambda: load_keras(self.head_path, compile=False), self.shape, images
             )
@@ -531,14 +530,12 @@ class Run:
         return [p for p in data.list_images(good) if p.resolve() not in held_back]
 
     def load_model(self, keras: bool = False, images: int | None = None):
-        """The model, loaded once and its shape checked: for inference its ONNX twin where
-        one can be made and pays for ``images`` images (networks.py: no TensorFlow import),
-        the Keras model itself with ``keras`` (safe mode, not compiled), e.g. to build a
-        graph from it."""
+        """The model, loaded once and its shape checked: for inference a :class:`networks.Network`
+        (its OpenVINO twin where one can be made and pays for ``images`` images, no TensorFlow
+        import; else Keras), the Keras model itself with ``keras`` (safe mode, not compiled),
+        e.g. to build a graph from it."""
         slot = "_keras_model" if keras else "_model"
         if getattr(self, slot) is None:
-            import networks
-
             load = lambda: load_keras(self.model_path, compile=False)  # noqa: E731
             model = load() if keras else networks.load(self.model_path, load, self.shape, images)
             side = None if self.mode == "surface" else self.size  # surface models are fully convolutional
@@ -762,7 +759,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
         "--method",
         choices=tuple(methods.METHODS),
         default=None,
-        help=f"residual map: {methods.listing(f'{m.name} ({m.help})' for m in methods.METHODS.values())}; "
+        help=f"residual map: {methods.listing([f'{m.name} ({m.help})' for m in methods.METHODS.values()])}; "
         "default: fused for runs with a learned head (train.py's default), else the training loss's family",
     )
     parser.add_argument("--batch", type=int, default=16, help="images per inference batch")

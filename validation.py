@@ -18,14 +18,12 @@ painted copies (:func:`choose_fusion`).
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import json
 from pathlib import Path
 
 import numpy as np
 
-import detector
 import evaluation
 import figures
 import inference
@@ -34,6 +32,7 @@ import metrics
 import resmaps
 import runs
 import storage
+from detector import DEFAULT_SMOOTH, Detector
 from settings import DEFAULT_FUSION_RULE, FUSION_RULES, MapRequest
 from utils import UserError
 
@@ -163,7 +162,7 @@ def choose_fusion(components: dict, min_area: int, rule: str = DEFAULT_FUSION_RU
         good = fusion.combine([components[c][0][:, ::step, ::step] for c in names])
         painted = fusion.combine([components[c][1][0][:, ::step, ::step] for c in names])
         threshold = max(float(resmaps.area_peaks(good, area).max()), 1e-12)
-        figures_ = evaluation._proxy_figures(good, painted, masks, threshold, area, detector.DEFAULT_SMOOTH / step)
+        figures_ = evaluation._proxy_figures(good, painted, masks, threshold, area, DEFAULT_SMOOTH / step)
         objective = float(np.mean([figures_[k] or 0.0 for k in ("image_auroc", "pixel_auroc", "au_pro")]))
         searched.append({"weights": list(weights), "objective": objective, **figures_})
     # Within FUSION_TIE of the best objective (the proxy's noise), the most even weights: no single
@@ -176,24 +175,23 @@ def choose_fusion(components: dict, min_area: int, rule: str = DEFAULT_FUSION_RU
     return fusion_of(searched[best]["weights"]), searched
 
 
-def fused_validation_maps(mapper: inference.Mapper, min_area: int, rule: str = DEFAULT_FUSION_RULE) -> tuple:
+def fused_validation_maps(detector: Detector, min_area: int, rule: str = DEFAULT_FUSION_RULE) -> tuple:
     """:func:`validation_maps` of the fused map: each component's (cached), the weights chosen
     on the proxy (:func:`choose_fusion`), then combined. Returns ``(paths, maps, painted,
-    mapper with the fusion, the fusion search)``."""
-    run = mapper.run
+    the detector with the fusion, the fusion search)``."""
+    run = detector.run
     parts = {}
     for c in inference.fusion_components(run):
-        sub = inference.Mapper(run, c, mapper.options.component(c), mapper.batch)
-        paths, good, painted = validation_maps(sub)
+        paths, good, painted = validation_maps(detector.component(c))
         if painted is None:
             raise UserError(f"no synthetic defect could be painted into the validation images of {run.dir}")
         parts[c] = (good, painted)
     fusion, searched = choose_fusion(parts, min_area, rule)
-    mapper = dataclasses.replace(mapper, options=dataclasses.replace(mapper.options, fusion=fusion))
+    detector = detector.with_options(fusion=fusion)
     good = fusion.combine([parts[c][0] for c in fusion.components])
     first = parts[fusion.components[0]][1]
     painted = (fusion.combine([parts[c][1][0] for c in fusion.components]), first[1], first[2])
-    return paths, good, painted, mapper, searched
+    return paths, good, painted, detector, searched
 
 
 def validate(
@@ -213,16 +211,16 @@ def validate(
     the validation images (:func:`evaluation.proxy_scores`), per defect family.
     """
     inference.check_area_threshold(min_area=min_area)
-    mapper = inference.open_maps(path, maps)
-    run, method = mapper.run, mapper.method
+    detector = Detector.open_maps(path, maps)
+    run, method = detector.run, detector.method
     if min_area is None:
         min_area = inference.default_min_area(run.shape)
     searched = None
     if methods.get(method).composite:  # its weights first, on the painted copies
-        paths, good_maps, painted, mapper, searched = fused_validation_maps(mapper, min_area, fusion_rule)
+        paths, good_maps, painted, detector, searched = fused_validation_maps(detector, min_area, fusion_rule)
     else:
-        paths, good_maps, painted = validation_maps(mapper)
-    options = mapper.options
+        paths, good_maps, painted = validation_maps(detector)
+    options = detector.options
     if not np.isfinite(good_maps).all():
         raise UserError(
             f"the residual maps of {run.model_path} are not finite (a diverged model?): no threshold can be chosen"
@@ -260,10 +258,10 @@ def validate(
     return result, folder
 
 
-def _maps_key(mapper: inference.Mapper) -> str:
+def _maps_key(detector: Detector) -> str:
     """What the validation maps depend on: the model file, every validation image file
     (modification time and size), the map method and options, the proxy's seed."""
-    run = mapper.run
+    run = detector.run
 
     def stamp(p):
         return [str(p), *storage.file_stamp(p)]
@@ -271,28 +269,28 @@ def _maps_key(mapper: inference.Mapper) -> str:
     return json.dumps(
         {
             "version": MAPS_VERSION,
-            **run.identity(mapper.method),  # the weights' content: model, and the head where the method uses it
+            **run.identity(detector.method),  # the weights' content: model, and the head where the method uses it
             "images": [stamp(p) for p in run.validation_paths()],
             "shape": list(run.shape),  # the size images are read at (a surface run's own shape)
-            "method": mapper.method,
-            **mapper.options.record(),
+            "method": detector.method,
+            **detector.options.record(),
             "proxy_seed": PROXY_SEED,
         }
     )
 
 
-def validation_maps(mapper: inference.Mapper) -> tuple[list[Path], np.ndarray, tuple | None]:
+def validation_maps(detector: Detector) -> tuple[list[Path], np.ndarray, tuple | None]:
     """``(validation image paths, their maps, evaluation.proxy_maps of them)`` for the run and
-    map settings of ``mapper``.
+    map settings of ``detector`` (opened for maps).
 
     Cached in ``RUN/validation_maps_<method>_s<scales>_p<passes>[_raw].npz`` and used again
     while the model file, the validation images and the settings are the same (see
     :func:`_maps_key`): choosing the threshold for another ``min_area`` then needs no
     reconstruction at all. The maps do not depend on the area.
     """
-    run, options = mapper.run, mapper.options
-    cache = run.dir / options.cache_name("validation_maps", mapper.method)
-    key = _maps_key(mapper)
+    run, options = detector.run, detector.options
+    cache = run.dir / options.cache_name("validation_maps", detector.method)
+    key = _maps_key(detector)
     stored = storage.load_npz_or_none(cache, ("key", "paths", "maps", "painted_maps", "painted_masks", "defects"))
     if stored is not None and str(stored["key"]) == key:
         painted = (
@@ -302,9 +300,9 @@ def validation_maps(mapper: inference.Mapper) -> tuple[list[Path], np.ndarray, t
         )
         return [Path(p) for p in stored["paths"]], stored["maps"], painted
     paths = run.validation_paths()
-    inference.load_networks(run, mapper.method, 2 * len(paths), options)  # the images and their painted copies
-    seen = mapper.inspect(paths, progress="validation images")
-    painted = evaluation.proxy_maps(mapper, seen.images, PROXY_SEED) if np.isfinite(seen.maps).all() else None
+    detector.load(2 * len(paths))  # the images and their painted copies
+    seen = detector.maps(paths, progress="validation images")
+    painted = evaluation.proxy_maps(detector, seen.images, PROXY_SEED) if np.isfinite(seen.maps).all() else None
     empty = np.zeros((0, *seen.maps.shape[1:]), np.float32)
     try:
         with storage.atomic_path(cache) as tmp:

@@ -112,10 +112,10 @@ def _evaluate(run_dir, area, names, smooths, baselines, scales_list, passes_list
         request = MapRequest(method, baseline, scales, passes)
         val, _ = validation.validate(run_dir, area, request)
         # Inference cost of these maps (the calibration on training images is cached by now).
-        mapper = inference.open_maps(run_dir, request)
-        paths = [p for p, _, _ in data.list_test_images(mapper.run.class_dir)]
+        opened = detector.Detector.open_maps(run_dir, request)
+        paths = [p for p, _, _ in data.list_test_images(opened.run.class_dir)]
         started = time.perf_counter()
-        mapper.inspect(paths)
+        opened.maps(paths)
         ms_per_image = 1000 * (time.perf_counter() - started) / len(paths)
         for smooth in smooths:
             result, scores, table, _ = evaluation.test_run(run_dir, request, smooth=smooth)

@@ -27,10 +27,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import data  # noqa: E402
-import inference  # noqa: E402
 import metrics  # noqa: E402
 import resmaps  # noqa: E402
 import validation  # noqa: E402
+from detector import Detector  # noqa: E402
 from settings import MapRequest  # noqa: E402
 
 
@@ -52,22 +52,22 @@ def _aurocs(maps: np.ndarray, labels: np.ndarray, sigmas) -> dict[float, float]:
 
 def score_run(path, method: str | None, sigmas) -> list[dict]:
     """One row per σ: proxy and test image AUROC of the run at ``path``."""
-    mapper = inference.open_maps(path, MapRequest(method=method))
-    run = mapper.run
-    _, good, painted = validation.validation_maps(mapper)
+    opened = Detector.open_maps(path, MapRequest(method=method))
+    run = opened.run
+    _, good, painted = validation.validation_maps(opened)
     if painted is None:
         raise SystemExit(f"{run.dir}: no painted validation copies (maps not finite?)")
     proxy = _aurocs(np.concatenate([good, painted[0]]), np.r_[np.zeros(len(good)), np.ones(len(painted[0]))], sigmas)
     listed = data.list_test_images(run.class_dir)
-    inference.load_networks(run, mapper.method, len(listed), mapper.options)
-    maps = np.concatenate([seen.maps for seen in mapper.stream([p for p, _, _ in listed])])
+    opened.load(len(listed))
+    maps = np.concatenate([seen.maps for seen in opened.mapper.stream([p for p, _, _ in listed])])
     test = _aurocs(maps, np.array([d != data.GOOD for _, d, _ in listed], float), sigmas)
     stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     return [
         {
             "run": str(run.dir),
             "class": run.class_dir.name,
-            "method": mapper.method,
+            "method": opened.method,
             "sigma": s,
             "proxy_image_auroc": proxy[s],
             "test_image_auroc": test[s],

@@ -8,8 +8,10 @@ Runs ``test.py -p RUN --images FOLDER`` in this process (FOLDER holds only IMAGE
 ``sys.setprofile`` and records every call from one project module into another. It prints the
 modules in the order they are first entered with their layer (the README's layer table), how
 many times each was entered from another module, and the calls that climb from a lower layer to
-a higher one (a library calling back up). A walk that visits each module once, in layer order,
-has every module entered once and no climbs.
+a higher one (a library calling back up), and how often the things the detector should load
+once are loaded: networks, calibrations, the image file, its regions. A walk that visits each
+module once, in layer order, has no climbs: control goes down the layers and comes back only by
+returning.
 """
 
 import argparse
@@ -62,17 +64,33 @@ def _tiny_run(root: Path) -> Path:
     return run_dir
 
 
-def walk(run: Path, image: Path) -> list[tuple[str, str]]:
-    """The calls from one project module into another while ``test.py`` predicts ``image``."""
+# What the detector should do once per opened run or per image: (module, function) -> label.
+ONCE = {
+    ("networks", "load"): "networks loaded (model, head)",
+    ("inference", "cached_calibration"): "calibration files read",
+    ("resmaps", "regions"): "region labellings of the image",
+}
+
+
+def walk(run: Path, image: Path) -> tuple[list[tuple[str, str]], Counter]:
+    """The calls from one project module into another while ``test.py`` predicts ``image``, and
+    the counts of :data:`ONCE`'s functions and of the image file's openings."""
     import test as test_script
 
     own = {p.stem for p in ROOT.glob("*.py")}
     calls = []
+    loads = Counter()
 
     def profile(frame, event, arg):
         if event != "call":
             return
         callee = Path(frame.f_code.co_filename)
+        if callee.name == "Image.py" and frame.f_code.co_name == "open" and callee.parent.name == "PIL":
+            if Path(str(frame.f_locals.get("fp", ""))).name == image.name:
+                loads["openings of the image file"] += 1
+            return
+        if (callee.stem, frame.f_code.co_name) in ONCE and callee.parent == ROOT:
+            loads[ONCE[callee.stem, frame.f_code.co_name]] += 1
         caller = frame.f_back
         if callee.parent != ROOT or caller is None:
             return
@@ -94,7 +112,7 @@ def walk(run: Path, image: Path) -> list[tuple[str, str]]:
             test_script.main(["-p", str(run), "--images", str(folder), "--out", str(Path(tmp) / "out")])
         finally:
             sys.setprofile(None)
-    return calls
+    return calls, loads
 
 
 def main(argv=None):
@@ -107,7 +125,7 @@ def main(argv=None):
             import runs
 
             image = sorted((runs.find_run(run).class_dir / "test").rglob("*.png"))[0]
-        calls = walk(run, image)
+        calls, loads = walk(run, image)
     depth = layers()
     entered = Counter(b for _, b in calls)
     order = list(dict.fromkeys(["test", *(b for _, b in calls)]))
@@ -119,6 +137,9 @@ def main(argv=None):
     print(f"climbs to a higher layer: {len(climbs)}")
     for (a, b), n in Counter(climbs).most_common():
         print(f"  {a} ({depth.get(a)}) -> {b} ({depth.get(b)}): {n}")
+    print("loaded or done per walk:")
+    for label in [*ONCE.values(), "openings of the image file"]:
+        print(f"  {label}: {loads.get(label, 0)}")
 
 
 if __name__ == "__main__":

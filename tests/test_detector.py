@@ -99,3 +99,32 @@ def test_the_readme_python_example_runs(tiny_run, tiny_dataset, tmp_path, capsys
         assert path == str(image) and verdict == frame.loc[str(image), "verdict"]
         assert float(score) == pytest.approx(frame.loc[str(image), "score"], rel=1e-5)
         assert int(largest) == frame.loc[str(image), "largest_area"]
+
+
+def test_a_detector_reads_each_calibration_once_and_one_opened_for_maps_gives_no_verdicts(
+    tiny_run, tiny_dataset, tmp_path, monkeypatch
+):
+    """Opened once, a detector reads its calibration once however many chunks it maps (it was
+    read again for every 32-image chunk); opened for maps only (validate.py, finetune.py,
+    export.py), it maps paths and arrays alike and refuses verdicts."""
+    import shutil
+
+    import inference
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    paths = sorted((tiny_dataset / "test").rglob("*.png"))[:5]
+    request = MapRequest(method="ssim", passes=2)  # a baseline and a repaint threshold to calibrate
+    maps_only = Detector.open_maps(run, request)
+    whole = maps_only.maps(paths)  # learns the calibration and caches it in the run
+    reads = []
+    real = inference.cached_calibration
+    monkeypatch.setattr(inference, "cached_calibration", lambda *a: reads.append(a[1]) or real(*a))
+    monkeypatch.setattr(inference, "STREAM_CHUNK", 2)  # three chunks
+    results = Detector.open(run, request, threshold=1.0, min_area=4).predict(paths)
+    assert reads == ["ssim"]
+    np.testing.assert_allclose(np.stack([r.raw_map for r in results]), whole.maps, atol=1e-5)
+    with pytest.raises(ValueError, match="opened for maps only"):
+        maps_only.predict(paths)
+    np.testing.assert_allclose(maps_only.maps(whole.images).maps, whole.maps, atol=1e-5)
+    assert maps_only.calibration() is maps_only.calibration() and maps_only.calibration().baselines.shape[0] == 2

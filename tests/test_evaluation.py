@@ -15,15 +15,18 @@ if str(ROOT) not in sys.path:
 import evaluation  # noqa: E402
 import inference  # noqa: E402
 import runs  # noqa: E402
+from detector import Detector  # noqa: E402
 
 SIDE = 16
 
 
-def mapper(tmp_path, threshold=0.5, min_area=3):
+def opened(tmp_path, threshold=0.5, min_area=3):
     record = {"size": SIDE, "color": "grayscale", "directory": str(tmp_path), "architecture": "mvtec", "loss": "ssim"}
     setup = runs.RunSetup.from_record(runs.upgrade_setup({**record, "batch": 1}))
     run = runs.Run(tmp_path, setup, tmp_path / "m.keras")
-    return inference.Mapper(run, "ssim", inference.MapOptions(True, 2, 1), 16, threshold, min_area, "command line")
+    return Detector(
+        inference.Mapper(run, "ssim", inference.MapOptions(True, 2, 1), 16, threshold, min_area, "command line")
+    )
 
 
 def scored(tmp_path):
@@ -64,7 +67,7 @@ def test_detection_table_rates_per_defect_type_and_total(tmp_path):
 
 
 def test_classification_result_records_threshold_options_and_rates(tmp_path):
-    result, table = evaluation.classification_result(mapper(tmp_path), scored(tmp_path), ["good", "hole"], [])
+    result, table = evaluation.classification_result(opened(tmp_path), scored(tmp_path), ["good", "hole"], [])
     assert (result["threshold"], result["min_area"], result["method"]) == (0.5, 3, "ssim")
     assert result["threshold_source"] == "command line" and result["scales"] == 2 and result["baseline"] is True
     assert result["tpr"] == 0.5 and result["tnr"] == 0.5 and result["n_images"] == 4
@@ -74,7 +77,7 @@ def test_classification_result_records_threshold_options_and_rates(tmp_path):
 
 def test_threshold_free_metrics_of_separable_maps(tmp_path):
     evaluated, curves = evaluation.threshold_free_metrics(
-        mapper(tmp_path), scored(tmp_path), 4.0, 0.3, {"model_sha256": "x"}
+        opened(tmp_path), scored(tmp_path), 4.0, 0.3, {"model_sha256": "x"}
     )
     assert evaluated["image_auroc"] == 1.0 and evaluated["pixel_auroc"] == pytest.approx(1.0)
     assert evaluated["smooth_sigma"] == 4.0 and evaluated["model_sha256"] == "x"
@@ -94,7 +97,7 @@ def test_anomaly_maps_are_float32_tiffs_in_mvtec_layout(tmp_path):
 
 def test_curve_figures_only_where_defined(tmp_path):
     s = scored(tmp_path)
-    evaluated, curves = evaluation.threshold_free_metrics(mapper(tmp_path), s, 4.0, 0.3, {})
+    evaluated, curves = evaluation.threshold_free_metrics(opened(tmp_path), s, 4.0, 0.3, {})
     evaluation.plot_test_curves(tmp_path, s, evaluated, curves, "ssim", 4.0, 0.3)
     assert (tmp_path / "roc_curves.png").is_file() and (tmp_path / "pro_curve.png").is_file()
     empty = tmp_path / "none"

@@ -70,13 +70,13 @@ def check_parity(run_dir, method, regime, formats=FORMATS):
     given = None if method == "fused" else method
     passes = PASSES if methods.get(method).multiscale else None  # test_export.PASSES: the loop body once
     validation.validate(run_dir, AREA, MapRequest(method=given, passes=passes))
-    mapper, _ = exporting.open_validated(run_dir, given)
-    assert mapper.method == method
-    run, threshold = mapper.run, mapper.threshold
+    validated, _ = exporting.open_validated(run_dir, given)
+    assert validated.method == method
+    run, threshold = validated.run, validated.threshold
     paths = run.validation_paths() + sorted((run.class_dir / "test").rglob("*.png"))
     images, paths = data.load_images(paths, run.color, run.shape)
-    _, expected = inference.run_maps(run, images, method, mapper.options)
-    tolerance = exporting.map_tolerance(method, mapper.options)  # 1e-4, more for a fused map (see there)
+    _, expected = inference.run_maps(run, images, method, validated.options)
+    tolerance = exporting.map_tolerance(method, validated.options)  # 1e-4, more for a fused map (see there)
     rounding = max(ROUNDING, tolerance)
     for fmt in formats:
         folder, meta = exporting.export_run(run_dir, fmt, method=given)
@@ -91,9 +91,9 @@ def check_parity(run_dir, method, regime, formats=FORMATS):
             smoothed = inference.resize_map(resmaps.smooth(ref[None], meta["smooth_sigma"])[0], size)
             assert np.abs(out["anomaly_map"][0] - smoothed).max() <= tolerance
             largest, regions = (int(v[0]) for v in resmaps.region_stats([ref], threshold))
-            mask = inference.resize_map(resmaps.defect_mask(ref, threshold, mapper.min_area), size)
+            mask = inference.resize_map(resmaps.defect_mask(ref, threshold, validated.min_area), size)
             result = detector.predict(image)
-            defective = largest >= mapper.min_area
+            defective = largest >= validated.min_area
             assert_same_decision(detector, image, result, mask, largest, regions, defective, rounding)
         MEASURED[regime, method, fmt] = worst, tolerance
         assert worst <= tolerance, (regime, method, fmt, worst)

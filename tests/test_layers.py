@@ -11,7 +11,7 @@ from conftest import ROOT
 # Bottom to top. A module may import modules of its own layer or of the layers below it.
 # The same table is in README.md ("Layers"); test_readme_table_matches keeps the two equal.
 LAYERS = {
-    "storage": ("utils", "settings", "storage", "methods"),
+    "storage": ("utils", "settings", "storage", "methods", "networks"),
     "blocks": (
         "ssim",
         "custom_loss_functions",
@@ -25,7 +25,7 @@ LAYERS = {
         "regime",
         "distribution",
     ),
-    "run": ("runs", "networks"),
+    "run": ("runs",),
     "detector": ("detector", "inference"),
     "jobs": ("evaluation", "validation", "finetuning", "exporting", "training", "sharding", "report"),
     "command line": (
@@ -156,3 +156,33 @@ def test_readme_table_matches():
     assert list(readme) == list(reversed(LAYERS)), f"README's layers {list(readme)}, expected top to bottom"
     for layer, modules in LAYERS.items():
         assert readme[layer] == set(modules), f"README's {layer!r} row: {sorted(readme[layer] ^ set(modules))} differ"
+
+
+# What maps a run's images: only the detector (detector.py, over inference.py) opens a run for
+# maps, loads its networks and calibrations and computes maps; every job and script asks it.
+MAPPING = (
+    "Mapper",
+    "open_maps",
+    "open_for_verdicts",
+    "run_maps",
+    "inspect",
+    "inspect_stream",
+    "load_networks",
+    "calibrate",
+)
+
+
+def test_every_job_maps_images_through_the_detector():
+    offending = []
+    for module, path in MODULES.items():
+        if module in ("detector", "inference"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (
+                isinstance(node, ast.Attribute)
+                and isinstance(node.value, ast.Name)
+                and node.value.id == "inference"
+                and node.attr in MAPPING
+            ):
+                offending.append(f"{module}.py:{node.lineno} inference.{node.attr}")
+    assert not offending, "maps computed around the detector (use detector.Detector):\n  " + "\n  ".join(offending)

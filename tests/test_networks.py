@@ -32,7 +32,7 @@ def _keras(path):
 def test_twin_is_made_once_matches_keras_and_is_reused_without_keras(tiny_model, monkeypatch):
     net = networks.load(tiny_model, _keras(tiny_model))
     twin = networks.twin_path(tiny_model)
-    assert isinstance(net, networks.OnnxNetwork) and twin.is_file()
+    assert isinstance(net, networks.OpenVinoNetwork) and twin.is_file()
     assert net.input_shape == (None, 32, 32, 3)
     x = np.random.default_rng(1).random((5, 32, 32, 3), dtype=np.float32)
     expected = runs.load_keras(tiny_model).predict(x, verbose=0)
@@ -60,12 +60,12 @@ def test_twin_is_checked_by_content_not_by_stamp(tiny_model, monkeypatch, capsys
     os.utime(tiny_model, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
     with monkeypatch.context() as m:
         m.setattr(networks, "convert", lambda *a: pytest.fail("converted again"))
-        assert isinstance(networks.load(tiny_model, _keras(tiny_model)), networks.OnnxNetwork)
+        assert isinstance(networks.load(tiny_model, _keras(tiny_model)), networks.OpenVinoNetwork)
     assert twin.read_bytes() == first and capsys.readouterr().err == ""
     # Unreadable: made again, with one line.
     twin.write_bytes(b"not an onnx file")
     net = networks.load(tiny_model, _keras(tiny_model))
-    assert isinstance(net, networks.OnnxNetwork) and twin.stat().st_size > 1000
+    assert isinstance(net, networks.OpenVinoNetwork) and twin.stat().st_size > 1000
     err = capsys.readouterr().err
     warned = [line for line in err.splitlines() if line.startswith("warning:")]
     assert len(warned) == 1 and "is unreadable" in warned[0] and "made again" in warned[0]
@@ -116,16 +116,15 @@ def test_twin_timed_by_another_runtime_is_made_again(tiny_model, monkeypatch):
     twin = networks.twin_path(tiny_model)
     assert networks.twin_metadata(twin)["cae_runtime"] == "onnxruntime"
     monkeypatch.undo()
-    assert isinstance(networks.load(tiny_model, _keras(tiny_model)), networks.OnnxNetwork)
+    assert isinstance(networks.load(tiny_model, _keras(tiny_model)), networks.OpenVinoNetwork)
     assert networks.twin_metadata(twin)["cae_runtime"] == "openvino"
 
 
 def test_keras_when_asked_when_conversion_fails_or_disagrees(tiny_model, monkeypatch):
-    import keras
     import tf2onnx
 
     monkeypatch.setenv(networks.ENV, "keras")
-    assert isinstance(networks.load(tiny_model, _keras(tiny_model)), keras.Model)
+    assert isinstance(networks.load(tiny_model, _keras(tiny_model)), networks.KerasNetwork)
     assert not networks.twin_path(tiny_model).exists()
     monkeypatch.delenv(networks.ENV)
 
@@ -133,19 +132,17 @@ def test_keras_when_asked_when_conversion_fails_or_disagrees(tiny_model, monkeyp
         raise RuntimeError("unsupported op")
 
     monkeypatch.setattr(tf2onnx.convert, "from_keras", broken)
-    assert isinstance(networks.load(tiny_model, _keras(tiny_model)), keras.Model)
+    assert isinstance(networks.load(tiny_model, _keras(tiny_model)), networks.KerasNetwork)
     assert not networks.twin_path(tiny_model).exists()
     monkeypatch.undo()
     monkeypatch.setattr(networks, "TOLERANCE", -1.0)  # no twin can agree: Keras is used
-    assert isinstance(networks.load(tiny_model, _keras(tiny_model)), keras.Model)
+    assert isinstance(networks.load(tiny_model, _keras(tiny_model)), networks.KerasNetwork)
     assert not networks.twin_path(tiny_model).exists()
 
 
 def test_a_slower_twin_is_remembered_and_keras_used(tiny_model, monkeypatch):
-    import keras
-
     monkeypatch.setattr(networks, "SLOWER_LIMIT", 0.0)  # any twin is "slower"
-    assert isinstance(networks.load(tiny_model, _keras(tiny_model)), keras.Model)
+    assert isinstance(networks.load(tiny_model, _keras(tiny_model)), networks.KerasNetwork)
     twin = networks.twin_path(tiny_model)
     meta = networks.twin_metadata(twin)
     assert meta["cae_use"] == "keras" and meta["cae_ms_per_image"].startswith("onnx ")
@@ -153,7 +150,7 @@ def test_a_slower_twin_is_remembered_and_keras_used(tiny_model, monkeypatch):
     # The verdict stands for this model file: no second conversion, no second timing.
     monkeypatch.setattr(networks, "SLOWER_LIMIT", float("inf"))
     monkeypatch.setattr(networks, "convert", lambda *a: pytest.fail("converted again"))
-    assert isinstance(networks.load(tiny_model, _keras(tiny_model)), keras.Model)
+    assert isinstance(networks.load(tiny_model, _keras(tiny_model)), networks.KerasNetwork)
 
 
 def test_use_twin_weighs_the_start_keras_would_add(monkeypatch):
@@ -172,15 +169,13 @@ def test_use_twin_weighs_the_start_keras_would_add(monkeypatch):
 
 
 def test_a_slower_twin_serves_a_small_job_and_keras_a_large_one(tiny_model, monkeypatch):
-    import keras
-
     monkeypatch.setattr(networks, "SLOWER_LIMIT", 0.0)  # any twin is "slower"
-    assert isinstance(networks.load(tiny_model, _keras(tiny_model)), keras.Model)  # converted: verdict keras
+    assert isinstance(networks.load(tiny_model, _keras(tiny_model)), networks.KerasNetwork)  # converted: verdict keras
     monkeypatch.delitem(sys.modules, "keras")
     monkeypatch.setattr(networks, "convert", lambda *a: pytest.fail("converted again"))
     small = networks.load(tiny_model, lambda: pytest.fail("Keras loaded for 2 images"), images=2)
-    assert isinstance(small, networks.OnnxNetwork)
-    assert networks.load(tiny_model, lambda: "keras model", images=10**9) == "keras model"
+    assert isinstance(small, networks.OpenVinoNetwork)
+    assert networks.load(tiny_model, lambda: "keras model", images=10**9).model == "keras model"
 
 
 def test_timing_inputs_take_the_runs_shape_where_the_network_has_none(tiny_model):
@@ -199,7 +194,7 @@ def test_unwritable_folder_keeps_the_twin_in_memory(tiny_model, monkeypatch):
 
     monkeypatch.setattr(storage, "atomic_path", refuse)
     net = networks.load(tiny_model, _keras(tiny_model))
-    assert isinstance(net, networks.OnnxNetwork)
+    assert isinstance(net, networks.OpenVinoNetwork)
     assert not networks.twin_path(tiny_model).exists()
 
 
@@ -211,7 +206,7 @@ def test_two_input_head_and_any_size(tmp_path):
     head = models.segmentation_head(channels=1)
     head.save(path)
     net = networks.load(path, _keras(path))
-    assert isinstance(net, networks.OnnxNetwork) and net.input_shape == (None, None, None, 1)
+    assert isinstance(net, networks.OpenVinoNetwork) and net.input_shape == (None, None, None, 1)
     rng = np.random.default_rng(2)
     x, y = rng.random((3, 40, 56, 1), dtype=np.float32), rng.random((3, 40, 56, 1), dtype=np.float32)
     expected = runs.load_keras(path).predict([x, y], verbose=0)
@@ -243,7 +238,7 @@ def test_trained_run_has_twins_and_test_py_starts_without_tensorflow(tiny_run, t
     model_path = runs.find_run(run).model_path
     assert networks.twin_path(model_path).is_file()
     networks.twin_path(model_path).unlink()  # made again here, with the verdict "onnx" (fixture)
-    assert isinstance(networks.load(model_path, _keras(model_path)), networks.OnnxNetwork)
+    assert isinstance(networks.load(model_path, _keras(model_path)), networks.OpenVinoNetwork)
 
     def test_py(**env):
         done = subprocess.run(
@@ -265,3 +260,41 @@ def test_trained_run_has_twins_and_test_py_starts_without_tensorflow(tiny_run, t
     assert "imported True True" in out
     for key in ("image_auroc", "pixel_auroc", "au_pro"):
         assert onnx_scores[key] == pytest.approx(keras_scores[key], abs=1e-4)
+
+
+class _Recording:
+    """A Keras-like model: doubles its input and records the batch shapes it was given."""
+
+    input_shape = (None, 4, 4, 1)
+
+    def __init__(self):
+        self.seen = []
+
+    def predict(self, x, batch_size=32, verbose=1):
+        arrays = x if isinstance(x, list) else [x]
+        self.seen.append(([a.shape for a in arrays], batch_size, verbose))
+        return 2 * sum(arrays)
+
+
+def test_both_backends_are_one_interface_and_keras_pads_a_short_batch(tiny_model):
+    """Scoring asks every backend the same ``predict(x, batch_size)``: the Keras backend pads a
+    short last batch to a whole one (no TensorFlow retracing) and returns exactly the images
+    given; the twin computes one image at a time, so it agrees whatever the chunking."""
+    model = _Recording()
+    net = networks.network(model)
+    assert isinstance(net, networks.KerasNetwork) and net.model is model and net.input_shape == (None, 4, 4, 1)
+    assert networks.network(net) is net
+    x = np.arange(5 * 16, dtype=np.float32).reshape(5, 4, 4, 1)
+    got = net.predict(x, 4)
+    np.testing.assert_array_equal(got, 2 * x)  # the padding is cut off again
+    assert model.seen == [([(8, 4, 4, 1)], 4, 0)]  # 5 images padded to two whole batches, quietly
+    got = net.predict([x, x], 5)  # several inputs: each padded alike (none needed here)
+    np.testing.assert_array_equal(got, 4 * x)
+    assert model.seen[-1] == ([(5, 4, 4, 1), (5, 4, 4, 1)], 5, 0)
+    assert net.predict(x[:0]).shape == (0,)
+    twin = networks.load(tiny_model, _keras(tiny_model))
+    keras_net = networks.KerasNetwork(_keras(tiny_model)())
+    assert isinstance(twin, networks.OpenVinoNetwork) and isinstance(twin, networks.Network)
+    assert twin.input_shape == keras_net.input_shape == (None, 32, 32, 3)
+    images = np.random.default_rng(1).random((3, 32, 32, 3), dtype=np.float32)
+    np.testing.assert_allclose(twin.predict(images, 2), keras_net.predict(images, 2), atol=1e-5)

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from skimage.metrics import structural_similarity
 
+import networks
 import resmaps
 import ssim
 
@@ -105,20 +106,32 @@ def test_threaded_batches_equal_one_pass_over_all_images(monkeypatch):
 
 
 class _Count:
-    """A stand-in network that records the batch sizes it is given (identity output)."""
+    """A stand-in Keras model that records the batch sizes it is given (identity output)."""
 
-    def __init__(self, any_batch):
-        self.any_batch, self.seen = any_batch, []
+    def __init__(self):
+        self.seen = []
 
     def predict(self, x, batch_size=16, verbose=0):
         self.seen.append(len(x))
         return x
 
 
-def test_keras_input_is_padded_to_whole_batches_and_the_twins_is_not():
-    """Keras retraces for every new batch shape; the twin computes one image at a time."""
+class _Twin(networks.Network):
+    """A stand-in backend: a :class:`networks.Network` is asked as it is, unpadded."""
+
+    def __init__(self):
+        self.seen = []
+
+    def predict(self, x, batch_size=16):
+        self.seen.append(len(x))
+        return x
+
+
+def test_keras_input_is_padded_to_whole_batches_and_a_backends_is_not():
+    """Keras retraces for every new batch shape (networks.KerasNetwork pads); the twin computes
+    one image at a time, so a backend is given exactly the images."""
     images = np.random.default_rng(0).random((5, 8, 8, 1), dtype=np.float32)
-    for net, fed in ((_Count(False), 8), (_Count(True), 5)):
+    for net, fed in ((_Count(), 8), (_Twin(), 5)):
         np.testing.assert_array_equal(resmaps.reconstruct(net, images, 4), images)
         assert net.seen == [fed]
 

@@ -525,7 +525,7 @@ def test_mixed_precision_trains_in_half_resumes_so_and_maps_in_float32(tiny_data
     assert 0 < np.abs(float32 - rounded).max() < 0.02  # the same weights, rounded differently
     # The ONNX twin that scripts score with (networks.py) is made from the float32 copy.
     twin = runs.find_run(run_dir).load_model()
-    assert isinstance(twin, networks.OnnxNetwork)
+    assert isinstance(twin, networks.OpenVinoNetwork)
     np.testing.assert_allclose(twin.predict(x), float32, atol=1e-5)
     # The default stays float32 throughout: nothing to convert.
     assert keras.mixed_precision.global_policy().name == "float32"
