@@ -439,12 +439,17 @@ def run_maps(
     return recons, maps
 
 
+def _calibration_key(method: str, options: MapOptions) -> str:
+    """A calibration's name in a :class:`Mapper`'s ``calibrations``: its cache file's."""
+    return options.cache_name("calibration", method)
+
+
 def remembered_calibration(
     run: runs.Run, method: str, options: MapOptions, calibrations: dict | None, model=None, batch: int = 16
 ) -> Calibration:
     """:func:`calibrate`, remembered in ``calibrations`` (a :class:`Mapper`'s): read or learnt
     once however many chunks, components or exports ask for it."""
-    key = options.cache_name("calibration", method)
+    key = _calibration_key(method, options)
     calibration = None if calibrations is None else calibrations.get(key)
     if calibration is None:
         calibration = calibrate(run, method, options, model, batch)
@@ -470,7 +475,7 @@ def expected_reconstructions(
         )
     if not spec.calibrated:  # the head (or a fusion not chosen yet): one reconstruction each
         return images
-    key = options.cache_name("calibration", method)
+    key = _calibration_key(method, options)
     found = (calibrations or {}).get(key) or cached_calibration(run, method, options)
     if found is not None and calibrations is not None:
         calibrations[key] = found
@@ -549,9 +554,10 @@ def inspect(
     batch: int = 16,
     progress: str | None = None,
     options: MapOptions = MapOptions(),
+    calibrations: dict | None = None,
 ) -> Inspected:
     """:func:`inspect_stream` in one piece: all of ``paths`` at once."""
-    return next(inspect_stream(run, paths, method, batch, progress, options, chunk=max(1, len(paths))))
+    return next(inspect_stream(run, paths, method, batch, progress, options, max(1, len(paths)), calibrations))
 
 
 DEFAULT_AREA_SHARE = (
@@ -693,8 +699,8 @@ class Mapper:
         )
 
     def inspect(self, paths, progress: str | None = None) -> Inspected:
-        """All of ``paths`` at once (see :meth:`stream`)."""
-        return next(self.stream(paths, progress, chunk=max(1, len(paths))))
+        """:func:`inspect` of ``paths`` with this method and these options."""
+        return inspect(self.run, paths, self.method, self.batch, progress, self.options, self.calibrations)
 
     def calibration(self, method: str) -> Calibration:
         """The calibration of ``method`` (this mapper's method, or a calibrated component of its
