@@ -19,7 +19,6 @@ Adding a format: one entry in :data:`FORMATS`.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -35,6 +34,7 @@ import runs
 import ssim
 import storage
 from detector import DEFAULT_SMOOTH, Detector, check_smooth
+from networks import OPSET
 from settings import MapRequest
 from utils import SettingError, UserError, package_versions
 
@@ -291,7 +291,7 @@ def gaussian_blur(maps: tf.Tensor, sigma: float) -> tf.Tensor:
     tf = _tf()
     if not sigma:
         return maps
-    radius = int(4.0 * float(sigma) + 0.5)
+    radius = resmaps.gaussian_radius(sigma)
     x = np.arange(-radius, radius + 1, dtype=np.float64)
     g = np.exp(-0.5 / float(sigma) ** 2 * x**2)
     g = (g / g.sum()).astype(np.float32)
@@ -384,7 +384,7 @@ def _write_saved_model(networks, spec, folder):
 
 
 def _write_onnx(networks, spec, folder):
-    """ONNX through tf2onnx (opset 17), its outputs renamed to the signature's names."""
+    """ONNX through tf2onnx (opset :data:`networks.OPSET`), its outputs renamed to the signature's names."""
     try:
         import onnx
         import tf2onnx
@@ -396,7 +396,7 @@ def _write_onnx(networks, spec, folder):
     concrete = function.get_concrete_function()
     names = sorted(concrete.structured_outputs)  # TensorFlow flattens a dict by sorted key
     try:
-        proto, _ = tf2onnx.convert.from_function(function, input_signature=_signature(spec), opset=17)
+        proto, _ = tf2onnx.convert.from_function(function, input_signature=_signature(spec), opset=OPSET)
     except Exception as exc:  # noqa: BLE001 - a converter failure is reported, not a crash
         raise UserError(
             f"tf2onnx cannot convert this detector: {exc.__class__.__name__}: {str(exc).splitlines()[0][:200]}"
@@ -456,10 +456,6 @@ OUTSIDE = {
     )
     for fmt in FORMATS
 }
-
-
-def _sha256(path):
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def _check_supported(run, method, found):
@@ -541,7 +537,7 @@ def export_run(
     staging.check()  # before the graph is built
     shape, side = tuple(run.shape), min(run.shape)
     for sigma in (smooth, inference.MASK_SIGMA if options.passes > 1 else 0):
-        if int(4 * sigma + 0.5) > side:
+        if resmaps.gaussian_radius(sigma) > side:
             raise UserError(
                 f"smoothing sigma {sigma} px is too wide to export for a {side}-px model (at most {side / 4:g})"
             )
@@ -596,14 +592,14 @@ def export_run(
         "mask_threshold": spec.mask_threshold if np.isfinite(spec.mask_threshold) else None,  # None: one pass
         "validation_result": {
             "path": str(result_path),
-            "sha256": _sha256(result_path),
+            "sha256": storage.model_id(result_path),
             "threshold": spec.threshold,
             "min_area": validated.min_area,
         },
         "run": str(run.dir),
         "model": str(run.model_path),
-        "model_sha256": _sha256(run.model_path),
-        **({"head": str(run.head_path), "head_sha256": _sha256(run.head_path)} if head is not None else {}),
+        "model_sha256": storage.model_id(run.model_path),
+        **({"head": str(run.head_path), "head_sha256": storage.model_id(run.head_path)} if head is not None else {}),
         "resize_inside": fmt not in RESIZE_OUTSIDE,
         "outside_the_artefact": OUTSIDE[fmt],
         "versions": package_versions(),
@@ -611,7 +607,7 @@ def export_run(
     with staging as staged:
         metadata["artefact"] = FORMATS[fmt]((model, head), spec, staged)
         if (staged / metadata["artefact"]).is_file():  # predict_exported.py refuses another export's artefact
-            metadata["artefact_sha256"] = _sha256(staged / metadata["artefact"])
+            metadata["artefact_sha256"] = storage.model_id(staged / metadata["artefact"])
         shutil.copy2(PREDICTOR, staged / PREDICTOR.name)
         tolerance = map_tolerance(method, options)
         metadata["check"] = _check_artefact(staged, fmt, metadata, serve, run, check_images, tolerance)

@@ -23,7 +23,7 @@ import methods
 import resmaps
 import runs
 import storage
-from settings import MapRequest
+from settings import BATCH, MapRequest
 from utils import SettingError, UserError
 
 
@@ -262,7 +262,7 @@ def refined_maps(
     images: np.ndarray,
     method: str,
     options: MapOptions = MapOptions(),
-    batch: int = 16,
+    batch: int = BATCH,
     calibration: Calibration | None = None,
 ) -> tuple[np.ndarray, np.ndarray, Calibration]:
     """Reconstructions and residual maps of an N×H×W×C array under ``options``.
@@ -356,7 +356,7 @@ def _check_dataset_for_calibration(run: runs.Run, method: str, options: MapOptio
         )
 
 
-def calibrate(run: runs.Run, method: str, options: MapOptions, model=None, batch: int = 16) -> Calibration:
+def calibrate(run: runs.Run, method: str, options: MapOptions, model=None, batch: int = BATCH) -> Calibration:
     """The run's :class:`Calibration` for ``options``, learnt from its *training* images.
 
     Training images are used so the held-back validation images stay independent for
@@ -394,7 +394,7 @@ def run_maps(
     images: np.ndarray,
     method: str,
     options: MapOptions = MapOptions(),
-    batch: int = 16,
+    batch: int = BATCH,
     calibrations: dict | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(reconstructions, maps)`` of an N×H×W×C array at the run's shape with ``method``
@@ -445,7 +445,7 @@ def _calibration_key(method: str, options: MapOptions) -> str:
 
 
 def remembered_calibration(
-    run: runs.Run, method: str, options: MapOptions, calibrations: dict | None, model=None, batch: int = 16
+    run: runs.Run, method: str, options: MapOptions, calibrations: dict | None, model=None, batch: int = BATCH
 ) -> Calibration:
     """:func:`calibrate`, remembered in ``calibrations`` (a :class:`Mapper`'s): read or learnt
     once however many chunks, components or exports ask for it."""
@@ -513,7 +513,7 @@ def inspect_stream(
     run: runs.Run,
     paths: list,
     method: str,
-    batch: int = 16,
+    batch: int = BATCH,
     progress: str | None = None,
     options: MapOptions = MapOptions(),
     chunk: int | None = None,
@@ -551,7 +551,7 @@ def inspect(
     run: runs.Run,
     paths: list,
     method: str,
-    batch: int = 16,
+    batch: int = BATCH,
     progress: str | None = None,
     options: MapOptions = MapOptions(),
     calibrations: dict | None = None,
@@ -681,7 +681,7 @@ class Mapper:
     run: runs.Run
     method: str
     options: MapOptions
-    batch: int = 16
+    batch: int = BATCH
     threshold: float | None = None
     min_area: int | None = None
     source: str | None = None

@@ -27,7 +27,7 @@ import networks
 import resmaps
 import storage
 import synthetic
-from settings import DEFAULT_HEAD_STEPS
+from settings import BATCH, DEFAULT_HEAD_STEPS
 
 HEAD_BATCH = 8
 HEAD_LR = 1e-3
@@ -195,7 +195,7 @@ def settle_batch_norm(head, draw, batches: int | None = None) -> None:
             layer.momentum = momentum
 
 
-def learned_maps(model, head, images: np.ndarray, batch: int = 16) -> tuple[np.ndarray, np.ndarray]:
+def learned_maps(model, head, images: np.ndarray, batch: int = BATCH) -> tuple[np.ndarray, np.ndarray]:
     """``(reconstructions, maps)``: the head's defect probability per pixel (N×H×W float32)."""
     recons = resmaps.reconstruct(model, images, batch)
     return recons, networks.network(head).predict([images, recons], batch)[..., 0]

@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 import storage
+from settings import BATCH
 from utils import warn
 
 ENV = "CAE_INFERENCE"  # "keras": never use the ONNX twin
@@ -40,8 +41,8 @@ SUFFIX = ".onnx"
 OPSET = 17
 TOLERANCE = 1e-4  # largest |ONNX - Keras| on the probe inputs for the twin to be used
 SLOWER_LIMIT = 1.1  # the twin is used unless it takes more than this times Keras's time per image
-TIMED_IMAGES = 16  # images per timed call when the twin is made: one batch of inference's default batch
-TIMED_BATCH = 16  # in batches of inference's default batch
+TIMED_IMAGES = BATCH  # images per timed call when the twin is made: one batch of inference's default batch
+TIMED_BATCH = BATCH  # in batches of inference's default batch
 # What starting Keras costs a script that otherwise never imports TensorFlow: importing it,
 # loading the model and its first call, 3.7-3.9 s on this 2-core machine against 0.4 s for
 # OpenVINO (bench/README.md, "Fourth round"); a little less, so ties go to Keras.
@@ -90,7 +91,7 @@ class Network:
 
     input_shape: tuple
 
-    def predict(self, x, batch_size: int = 16) -> np.ndarray:
+    def predict(self, x, batch_size: int = BATCH) -> np.ndarray:
         raise NotImplementedError
 
 
@@ -106,7 +107,7 @@ class KerasNetwork(Network):
         self.model = model
         self.input_shape = getattr(model, "input_shape", None)
 
-    def predict(self, x, batch_size: int = 16) -> np.ndarray:
+    def predict(self, x, batch_size: int = BATCH) -> np.ndarray:
         """Outputs of ``x`` in batches of ``batch_size``. A short last batch is padded to a
         whole one: every new input shape makes TensorFlow trace its predict function again
         (slow, and a warning on every script run)."""
@@ -130,7 +131,7 @@ class OpenVinoNetwork(Network):
         self.input_shape = input_shape  # the network's own (None where it takes any size)
         self._request = compiled.create_infer_request()
 
-    def predict(self, x, batch_size: int = 16) -> np.ndarray:
+    def predict(self, x, batch_size: int = BATCH) -> np.ndarray:
         """Outputs of ``x``, computed one image at a time (``batch_size`` is not needed).
 
         One image per call: OpenVINO's kernels round differently for each batch size (1e-6), so

@@ -18,6 +18,7 @@ import numpy as np
 import methods
 import networks
 import ssim
+from settings import BATCH
 
 MAP_THREADS = min(4, os.cpu_count() or 1)  # threads that compute residual maps (batched_residual_maps)
 
@@ -131,7 +132,7 @@ def lowfreq_residual(images: np.ndarray) -> np.ndarray:
     return np.abs(blurred - lowfreq_images(x)).max(axis=-1).astype(np.float32)
 
 
-def reconstruct(model, images: np.ndarray, batch: int = 16) -> np.ndarray:
+def reconstruct(model, images: np.ndarray, batch: int = BATCH) -> np.ndarray:
     """Reconstructions of an N×H×W×C array by ``model`` (a :class:`networks.Network`, or a Keras
     model), in batches (float32)."""
     if len(images) == 0:
@@ -140,7 +141,7 @@ def reconstruct(model, images: np.ndarray, batch: int = 16) -> np.ndarray:
 
 
 def batched_residual_maps(
-    images: np.ndarray, reconstructions: np.ndarray, method: str, batch: int = 16, scales: int = 1
+    images: np.ndarray, reconstructions: np.ndarray, method: str, batch: int = BATCH, scales: int = 1
 ) -> np.ndarray:
     """:func:`residual_maps` of N images, at most ``batch`` at a time in each of
     :data:`MAP_THREADS` threads (bounded memory). OpenCV and NumPy release the GIL, so on
@@ -160,11 +161,17 @@ def batched_residual_maps(
 
 
 def compute_resmaps(
-    model, images: np.ndarray, method: str, batch: int = 16, scales: int = 1
+    model, images: np.ndarray, method: str, batch: int = BATCH, scales: int = 1
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(reconstructions, resmaps)`` for an N×H×W×C array, both computed in batches."""
     recons = reconstruct(model, images, batch)
     return recons, batched_residual_maps(images, recons, method, batch, scales)
+
+
+def gaussian_radius(sigma: float) -> int:
+    """Half-width in pixels of the Gaussian kernel for ``sigma``: ``scipy.ndimage``'s ⌊4σ + ½⌋
+    (truncate 4), which :func:`smooth` and the exported graph both use."""
+    return int(4.0 * float(sigma) + 0.5)
 
 
 def smooth(maps: np.ndarray, sigma: float) -> np.ndarray:
@@ -176,7 +183,7 @@ def smooth(maps: np.ndarray, sigma: float) -> np.ndarray:
     """
     if not sigma:
         return maps
-    radius = int(4.0 * float(sigma) + 0.5)
+    radius = gaussian_radius(sigma)
     size = (2 * radius + 1, 2 * radius + 1)
     maps = np.ascontiguousarray(maps, dtype=np.float32)
     out = np.empty_like(maps)

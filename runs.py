@@ -762,7 +762,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
         help=f"residual map: {methods.listing([f'{m.name} ({m.help})' for m in methods.METHODS.values()])}; "
         "default: fused for runs with a learned head (train.py's default), else the training loss's family",
     )
-    parser.add_argument("--batch", type=int, default=16, help="images per inference batch")
+    parser.add_argument("--batch", type=int, default=settings.BATCH, help="images per inference batch")
     parser.add_argument(
         "--no-baseline",
         dest="baseline",

@@ -22,6 +22,9 @@ DEFAULT_FUSION_RULE = "equal"
 DEFAULT_ROTATION = 10.0  # degrees: largest random rotation of the augmentation
 DEFAULT_DENOISE = 0.5  # share of inputs that get a pasted patch with a bare --denoise
 DEFAULT_HEAD_STEPS = 1500  # steps of the learned residual's segmentation head
+# Images per inference batch: every map, calibration and backend default reads this one value
+# (--batch of test.py / validate.py / finetune.py overrides it per run).
+BATCH = 16
 
 
 @dataclass(frozen=True)
@@ -38,7 +41,7 @@ class MapRequest:
     baseline: bool | None = None
     scales: int | None = None
     passes: int | None = None
-    batch: int = 16
+    batch: int = BATCH
 
     @classmethod
     def from_args(cls, args) -> MapRequest:

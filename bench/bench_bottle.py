@@ -51,7 +51,7 @@ def get_parser():
     p.add_argument("--run", nargs="*", default=[], help="existing run folders to evaluate instead of training")
     p.add_argument("--size", type=int, default=128, help="training size (px); metrics at the images' own 256 px")
     p.add_argument("--color", default="rgb", choices=("rgb", "grayscale"))
-    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--batch", type=int, default=TrainConfig.default("batch"), help="training batch size")
     p.add_argument("--epochs", type=int, default=None, help="epochs (default: from --instances)")
     p.add_argument("--instances", type=int, default=10000)
     p.add_argument("--patience", type=int, default=10)

@@ -186,3 +186,34 @@ def test_every_job_maps_images_through_the_detector():
             ):
                 offending.append(f"{module}.py:{node.lineno} inference.{node.attr}")
     assert not offending, "maps computed around the detector (use detector.Detector):\n  " + "\n  ".join(offending)
+
+
+def batch_defaults(source):
+    """``[(line, parameter, default as source)]`` of every ``batch``/``batch_size`` parameter
+    with a default, and every ``parser.add_argument("--batch", default=...)``, in ``source``."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            positional = node.args.posonlyargs + node.args.args
+            pairs = list(zip(positional[len(positional) - len(node.args.defaults) :], node.args.defaults))
+            pairs += [(a, d) for a, d in zip(node.args.kwonlyargs, node.args.kw_defaults) if d is not None]
+            found += [(d.lineno, a.arg, ast.unparse(d)) for a, d in pairs if a.arg in ("batch", "batch_size")]
+        elif isinstance(node, ast.Call) and node.args and ast.unparse(node.args[0]) == "'--batch'":
+            found += [(k.value.lineno, "--batch", ast.unparse(k.value)) for k in node.keywords if k.arg == "default"]
+    return found
+
+
+def test_batch_defaults_are_written_as_a_name_not_a_number():
+    # Inference's batch size was a bare 16 in sixteen places; it lives in settings.BATCH now, and
+    # the learned head's training batch in learned.HEAD_BATCH. A literal default is a new copy.
+    assert batch_defaults("def f(x, batch=16, *, batch_size=BATCH): pass") == [
+        (1, "batch", "16"),
+        (1, "batch_size", "BATCH"),
+    ]
+    numbers = [
+        f"{module}.py:{line} {name}={default}"
+        for module, path in MODULES.items()
+        for line, name, default in batch_defaults(path.read_text())
+        if re.fullmatch(r"[\d.]+", default)
+    ]
+    assert not numbers, "batch defaults written as numbers (read settings.BATCH):\n  " + "\n  ".join(numbers)
