@@ -17,7 +17,7 @@ import methods
 import resmaps
 import storage
 from detector import Detector
-from settings import MapRequest
+from settings import MapRequest, default_min_area
 from utils import SettingError
 
 N_THRESHOLDS = 60
@@ -46,7 +46,7 @@ def finetune(
     if methods.get(method).composite:  # its weights: chosen on the painted copies as validate.py does (default area)
         import validation
 
-        detector = validation.fused_validation_maps(detector, inference.default_min_area(run.shape))[3]
+        detector = validation.fused_validation_maps(detector, default_min_area(run.shape))[3]
     val_paths = run.validation_paths()
     train_dir, test_dir = run.class_dir / "train", run.class_dir / "test"
     val_sample = (

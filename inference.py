@@ -23,7 +23,7 @@ import methods
 import resmaps
 import runs
 import storage
-from settings import BATCH, MapRequest
+from settings import BATCH, DEFAULT_PASSES, DEFAULT_SCALES, MapRequest
 from utils import SettingError, UserError
 
 
@@ -41,10 +41,6 @@ class Inspected:
 BASELINE_SIGMA = 1.0
 BASELINE_QUANTILE = 0.75  # per pixel, over the training images; beat the mean on bottle (bench/README.md)
 BASELINE_TOLERANCE = 1  # px: the baseline is the maximum over (2t+1)² neighbours, so a 1-px shift of a rim is usual
-DEFAULT_SCALES = 2  # best measured on MVTec bottle (bench/README.md)
-DEFAULT_PASSES = (
-    4  # best measured on MVTec bottle; 5 or 6 add at most 0.0003 AU-PRO (bench/README.md); see refined_maps
-)
 MASK_QUANTILE = 0.999  # later passes repaint where the map exceeds this quantile of the training images' maps
 MASK_SIGMA = 4.0  # px (model size): the map is smoothed before that comparison, so the mask covers whole blobs
 MASK_FEATHER = 1.5  # px: soft edge of the repainted area
@@ -558,16 +554,6 @@ def inspect(
 ) -> Inspected:
     """:func:`inspect_stream` in one piece: all of ``paths`` at once."""
     return next(inspect_stream(run, paths, method, batch, progress, options, max(1, len(paths)), calibrations))
-
-
-DEFAULT_AREA_SHARE = (
-    1 / 800
-)  # validate.py's default minimum area, as a share of the whole image (bottle benchmark's rule)
-
-
-def default_min_area(shape: tuple[int, int]) -> int:
-    """Default minimum defect area for whole images of ``shape`` (height, width) at the model's scale."""
-    return max(4, int(shape[0] * shape[1] * DEFAULT_AREA_SHARE))
 
 
 def check_area_threshold(min_area: int | None = None, threshold: float | None = None) -> None:

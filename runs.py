@@ -776,7 +776,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
         type=int,
         default=None,
         help="average the residual map over this many image scales: 1 = full size only, "
-        "2 = also at half size (the default for validate.py; test.py follows the validation result)",
+        f"2 = also at half size (default for validate.py: {settings.DEFAULT_SCALES}; test.py follows the "
+        "validation result)",
     )
     parser.add_argument(
         "--passes",
@@ -785,6 +786,6 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
         help="reconstructions per image: each later pass repaints what the map so far finds with the previous "
         "reconstruction, reconstructs again, and keeps the pixel-wise minimum of the maps, which cuts the "
         "false alarms around defects; 1 = one plain reconstruction (default for validate.py: "
-        "4; test.py follows the validation result)",
+        f"{settings.DEFAULT_PASSES}; test.py follows the validation result)",
     )
     return parser

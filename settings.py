@@ -25,6 +25,17 @@ DEFAULT_HEAD_STEPS = 1500  # steps of the learned residual's segmentation head
 # Images per inference batch: every map, calibration and backend default reads this one value
 # (--batch of test.py / validate.py / finetune.py overrides it per run).
 BATCH = 16
+# Map and verdict defaults that the command line's help also states (runs.add_run_arguments,
+# validate.py), so the numbers are written once; inference reads them from here.
+DEFAULT_SCALES = 2  # best measured on MVTec bottle (bench/README.md)
+DEFAULT_PASSES = 4  # best measured on MVTec bottle; 5 or 6 add at most 0.0003 AU-PRO (bench/README.md)
+DEFAULT_AREA_SHARE = 1 / 800  # validate.py's default minimum area, as a share of the whole image (bottle's rule)
+MIN_AREA_FLOOR = 4  # px: the default minimum area is never below this
+
+
+def default_min_area(shape: tuple[int, int]) -> int:
+    """Default minimum defect area for whole images of ``shape`` (height, width) at the model's scale."""
+    return max(MIN_AREA_FLOOR, int(shape[0] * shape[1] * DEFAULT_AREA_SHARE))
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ import resmaps
 import runs
 import storage
 from detector import DEFAULT_SMOOTH, Detector
-from settings import DEFAULT_FUSION_RULE, FUSION_RULES, MapRequest
+from settings import DEFAULT_FUSION_RULE, FUSION_RULES, MapRequest, default_min_area
 from utils import UserError
 
 CURVE_POINTS = 120  # thresholds drawn in threshold_search.png (the chosen one is added exactly)
@@ -202,7 +202,7 @@ def validate(
     fusion_rule: str = DEFAULT_FUSION_RULE,
 ) -> tuple[dict, Path]:
     """Compute, save and return the validation result for ``min_area`` (default:
-    :func:`inference.default_min_area`): ``(result, its folder)``.
+    :func:`settings.default_min_area`): ``(result, its folder)``.
 
     ``false_alarms``: None for the balanced policy, else the share of validation images the
     threshold may flag (see :func:`choose_threshold`). Writes
@@ -214,7 +214,7 @@ def validate(
     detector = Detector.open_maps(path, maps)
     run, method = detector.run, detector.method
     if min_area is None:
-        min_area = inference.default_min_area(run.shape)
+        min_area = default_min_area(run.shape)
     searched = None
     if methods.get(method).composite:  # its weights first, on the painted copies
         paths, good_maps, painted, detector, searched = fused_validation_maps(detector, min_area, fusion_rule)

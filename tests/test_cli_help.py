@@ -114,6 +114,22 @@ def test_every_option_shows_its_default(script):
             assert "default" in (shown or ""), (script, parser.prog, action.option_strings, shown)
 
 
+def test_help_states_the_defaults_the_code_uses():
+    # The defaults that are None on the command line (they follow a validation result) are stated
+    # in the help text; these numbers come from settings, where inference reads them.
+    sys.path.insert(0, str(ROOT))
+    import inference  # noqa: PLC0415
+    import settings  # noqa: PLC0415
+
+    helps = {a.dest: a.help for a in load("validate").get_parser()._actions}
+    assert inference.MapOptions.from_args() == inference.MapOptions(True, 2, 4)
+    assert f"default for validate.py: {inference.MapOptions.from_args().scales};" in helps["scales"]
+    assert f"default for validate.py: {inference.MapOptions.from_args().passes};" in helps["passes"]
+    assert settings.default_min_area((128, 128)) == 20 and settings.default_min_area((40, 40)) == 4
+    assert "1/800 of the whole image's pixels, at least 4: 20 px for a 128-px square" in " ".join(helps["area"].split())
+    assert load("test").get_parser().get_default("batch") == settings.BATCH == 16
+
+
 def test_advanced_training_options_are_grouped():
     (new,) = [p for p in _parsers(load("train").get_parser()) if p.prog.endswith(" new")]
     groups = {g.title: {s for a in g._group_actions for s in a.option_strings} for g in new._action_groups}

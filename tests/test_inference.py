@@ -17,6 +17,7 @@ import data  # noqa: E402
 import inference  # noqa: E402
 import resmaps  # noqa: E402
 import runs  # noqa: E402
+import settings  # noqa: E402
 import storage  # noqa: E402
 from inference import MapOptions  # noqa: E402
 from utils import SettingError, UserError  # noqa: E402
@@ -188,8 +189,8 @@ def test_resize_map_brings_maps_and_masks_to_the_image_size():
 
 
 def test_default_area_and_argument_checks():
-    assert inference.default_min_area((128, 128)) == 20
-    assert inference.default_min_area((16, 16)) == 4
+    assert settings.default_min_area((128, 128)) == 20
+    assert settings.default_min_area((16, 16)) == 4
     for bad in ({"min_area": 0}, {"threshold": -1.0}, {"threshold": float("nan")}):
         with pytest.raises(UserError):
             inference.check_area_threshold(**bad)
