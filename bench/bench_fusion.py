@@ -1,0 +1,145 @@
+"""The fused map's choices on trained runs: which components vote and the minimum area, each
+variant scored on the proxy (held-back good images and their painted copies) and on the test set.
+
+    .venv/bin/python bench/bench_fusion.py RUN [RUN ...] [--rules skill all skill+median] [--areas 0.5 1 2]
+
+For each run, every fusable component's raw maps are computed once through the detector
+(validation maps cached as validate.py caches them; test maps in ``--cache``). Rules:
+
+- ``skill``: validate.py's default (``validation.choose_fusion``, rule ``equal``): equal weights
+  over the components whose skill on the painted copies is above ``validation.MIN_SKILL``;
+- ``all``: equal weights over every component;
+- ``skill+median``: ``skill``, with the training-free median map always given a vote.
+
+``--areas``: factors of validate.py's default minimum area (``settings.default_min_area``).
+Figures: image AUROC (region peaks, as test.py scores), pixel AUROC and AU-PRO (maps smoothed by
+``detector.DEFAULT_SMOOTH``), at the model's resolution with masks resized to it. The question
+asked is whether the proxy picks the variant the test set prefers; nothing is chosen here.
+"""
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import data  # noqa: E402
+import inference  # noqa: E402
+import metrics  # noqa: E402
+import resmaps  # noqa: E402
+import validation  # noqa: E402
+from detector import DEFAULT_SMOOTH, Detector  # noqa: E402
+from settings import MapRequest, default_min_area  # noqa: E402
+
+RULES = ("skill", "all", "skill+median")
+
+
+def get_parser():
+    """Command-line options of the fusion benchmark."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("runs", nargs="+", type=Path, help="trained run folders with a learned head")
+    p.add_argument("--rules", nargs="+", choices=RULES, default=list(RULES), help="which components vote")
+    p.add_argument("--areas", nargs="+", type=float, default=[0.5, 1.0, 2.0], help="factors of the default area")
+    p.add_argument("--cache", type=Path, default=ROOT / "bench" / "results" / "fusion_cache", help="test maps")
+    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "fusion.jsonl", help="rows appended")
+    return p
+
+
+def component_maps(run_dir: Path, method: str, cache: Path):
+    """``(good, (painted, masks, families), test maps, listed test images)`` of one component."""
+    opened = Detector.open_maps(run_dir, MapRequest(method=method))
+    _, good, painted = validation.validation_maps(opened)
+    listed = data.list_test_images(opened.run.class_dir)
+    key = cache / f"{opened.run.class_dir.name}_{opened.run.dir.name}_{method}.npy"
+    if key.is_file():
+        test = np.load(key)
+    else:
+        opened.load(len(listed))
+        test = np.concatenate([seen.maps for seen in opened.mapper.stream([p for p, _, _ in listed])])
+        key.parent.mkdir(parents=True, exist_ok=True)
+        np.save(key, test)
+    return good, painted, test, listed
+
+
+def figures(maps: np.ndarray, labels: np.ndarray, masks: np.ndarray, area: int) -> dict:
+    """Image AUROC by region peaks, pixel AUROC and AU-PRO of smoothed maps."""
+    smoothed = list(resmaps.smooth(maps, DEFAULT_SMOOTH))
+    return {
+        "image_auroc": metrics.image_auroc(labels, resmaps.area_peaks(maps, area)),
+        "pixel_auroc": metrics.pixel_auroc(smoothed, list(masks)),
+        "au_pro": metrics.au_pro(smoothed, list(masks)),
+    }
+
+
+def variants(fusion: inference.Fusion, rules) -> dict:
+    """Each rule's fusion, from the default (``skill``) one: only the weights differ."""
+    keep = {
+        "skill": [w > 0 for w in fusion.weights],
+        "all": [True] * len(fusion.components),
+        "skill+median": [w > 0 or c == "median" for c, w in zip(fusion.components, fusion.weights)],
+    }
+    return {r: dataclasses.replace(fusion, weights=tuple(k / sum(keep[r]) for k in keep[r])) for r in rules}
+
+
+def measure(run_dir: Path, rules, areas, cache: Path) -> list[dict]:
+    """One row per rule and area factor of the run at ``run_dir``."""
+    run = Detector.open_maps(run_dir, MapRequest(method="fused")).run
+    names = inference.fusion_components(run)
+    parts = {c: component_maps(run_dir, c, cache) for c in names}
+    base_area = default_min_area(tuple(run.shape))
+    fusion, skills = validation.choose_fusion({c: (p[0], p[1]) for c, p in parts.items()}, base_area)
+    painted_masks = parts[names[0]][1][1]
+    listed = parts[names[0]][3]
+    shape = parts[names[0]][2].shape[1:]
+    labels = np.array([d != data.GOOD for _, d, _ in listed], int)
+    masks = np.stack([data.load_mask(m, shape[::-1]) if m else np.zeros(shape, bool) for _, _, m in listed])
+    rows = []
+    for rule, fused in variants(fusion, rules).items():
+        good = fused.combine([parts[c][0] for c in names])
+        painted = fused.combine([parts[c][1][0] for c in names])
+        test = fused.combine([parts[c][2] for c in names])
+        proxy_labels = np.r_[np.zeros(len(good), int), np.ones(len(painted), int)]
+        proxy_masks = np.concatenate([np.zeros(good.shape, bool), painted_masks])
+        for factor in areas:
+            area = max(1, int(base_area * factor))
+            rows.append(
+                {
+                    "run": str(run.dir),
+                    "class": run.class_dir.name,
+                    "skills": {s["component"]: s["skill"] for s in skills},
+                    "rule": rule,
+                    "weights": dict(zip(names, fused.weights)),
+                    "area": area,
+                    "area_factor": factor,
+                    "proxy": figures(np.concatenate([good, painted]), proxy_labels, proxy_masks, area),
+                    "test": figures(test, labels, masks, area),
+                }
+            )
+    return rows
+
+
+def main(argv=None) -> int:
+    """Measure every run, print one markdown row per variant, append the JSON rows."""
+    args = get_parser().parse_args(argv)
+    print("| class | rule | area | proxy image / pixel / AU-PRO | test image / pixel / AU-PRO |\n|---|---|---|---|---|")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    for run_dir in args.runs:
+        rows = measure(run_dir, args.rules, args.areas, args.cache)
+        with args.out.open("a") as out:
+            out.writelines(json.dumps(r) + "\n" for r in rows)
+        for r in rows:
+            p, t = (
+                " / ".join(f"{r[k][m]:.3f}" for m in ("image_auroc", "pixel_auroc", "au_pro"))
+                for k in ("proxy", "test")
+            )
+            print(f"| {r['class']} | {r['rule']} | ×{r['area_factor']:g} ({r['area']} px) | {p} | {t} |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
