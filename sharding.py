@@ -26,8 +26,11 @@ if TYPE_CHECKING:  # imported where parts are read: scripts that only import thi
 
 SETUP = "prediction_setup.json"
 PREDICTIONS = "predictions.csv"
-# Fields every part must share for their rows to be one result.
-SAME = ("threshold", "min_area", "method", "baseline", "scales", "passes", "smooth_sigma", "images", "model_sha256")
+# The only fields of prediction_setup.json in which parts of one result may differ: which part
+# it is, and where and when the (same, by its SHA-256) model file was read. Every other field
+# (threshold, map settings and fusion, head, images, listing, ...) must be equal, so a setting
+# added to the record later is compared without being listed here.
+MAY_DIFFER = ("shard", "shard_index", "model", "model_mtime_ns")
 
 
 def parse(spec: str | None) -> tuple[int, int] | None:
@@ -101,15 +104,17 @@ def merge(folders: list, out: str | Path | None = None, run_path: str | Path | N
     parts = [(f, *_read_part(f)) for f in folders]
     first = parts[0][1]
     for folder, part, _ in parts[1:]:  # part: its prediction_setup.json
-        differ = [k for k in SAME + ("shard_count", "listing_sha256") if part.get(k) != first.get(k)]
+        differ = sorted(k for k in part.keys() | first.keys() if k not in MAY_DIFFER and part.get(k) != first.get(k))
         if differ:
             raise UserError(
                 f"{folder} and {parts[0][0]} are not parts of one result: they differ in {', '.join(differ)}"
             )
     if run_path is not None:
         run = runs.find_run(run_path)
-        if first.get("model_sha256") != storage.model_id(run.model_path):
-            raise UserError(f"the parts were scored with other weights than {run.model_path}")
+        current = run.model_record()  # the autoencoder's hash, and the head's when the run has one
+        if any(first.get(k) != current.get(k) for k in ("model_sha256", "head_sha256")):
+            files = f"{run.model_path}" + (f" and {run.head_path}" if "head_sha256" in current else "")
+            raise UserError(f"the parts were scored with other weights than {files}")
     count = int(first["shard_count"])
     seen = sorted(int(s["shard_index"]) for _, s, _ in parts)
     missing = sorted(set(range(1, count + 1)) - set(seen))

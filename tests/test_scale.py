@@ -313,3 +313,79 @@ def test_shard_cli_errors(validated, dataset, capsys):
     ):
         code, _, err = cli(test_script.main, ["-p", str(validated), *argv], capsys)
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+
+
+def _part(folder, index, images, **changes):
+    """A finished part ``index``/2 of a two-image folder, as test.py --images --shard writes it."""
+    folder.mkdir()
+    setup = {
+        "threshold": 0.5,
+        "min_area": 4,
+        "method": "fused",
+        "fusion": {"components": ["learned", "median"], "weights": [0.5, 0.5], "centres": [0, 0], "spreads": [1, 1]},
+        "images": str(images),
+        "model": str(folder / "model.keras"),
+        "model_sha256": "a" * 64,
+        "model_mtime_ns": index,
+        "head_sha256": "b" * 64,
+        "shard": f"{index}/2",
+        "shard_index": index,
+        "shard_count": 2,
+        "images_in_folder": 2,
+        "listing_sha256": "c" * 64,
+        **changes,
+    }
+    (folder / sharding.SETUP).write_text(json.dumps(setup))
+    pd.DataFrame({"path": [str(images / f"{index}.png")], "verdict": ["good"], "score": [0.1]}).to_csv(
+        folder / sharding.PREDICTIONS, index=False
+    )
+    return folder
+
+
+@pytest.mark.parametrize(
+    "changes, differ",
+    [
+        ({"head_sha256": "d" * 64}, "head_sha256"),  # scored with another learned head
+        (
+            {"fusion": {"components": ["learned", "median"], "weights": [1, 0], "centres": [0, 0], "spreads": [1, 1]}},
+            "fusion",
+        ),
+        ({"scales": 1}, "scales"),  # a field only one part records
+    ],
+)
+def test_parts_that_differ_in_any_recorded_setting_are_not_merged(tmp_path, changes, differ):
+    images = tmp_path / "images"
+    images.mkdir()
+    first = _part(tmp_path / "p1", 1, images)
+    with pytest.raises(UserError, match=f"not parts of one result: they differ in {differ}$"):
+        sharding.merge([first, _part(tmp_path / "p2", 2, images, **changes)], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_parts_of_one_model_read_from_two_places_are_merged(tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    parts = [_part(tmp_path / f"p{k}", k, images) for k in (1, 2)]  # their model path and time differ
+    frame, out = sharding.merge(parts, tmp_path / "out")
+    assert frame["path"].tolist() == [str(images / "1.png"), str(images / "2.png")]
+    setup = json.loads((out / sharding.SETUP).read_text())
+    assert setup["head_sha256"] == "b" * 64 and "shard_index" not in setup and len(setup["merged_from"]) == 2
+
+
+def test_parts_scored_with_a_replaced_head_are_refused_for_that_run(tmp_path, monkeypatch):
+    images = tmp_path / "images"
+    images.mkdir()
+    parts = [_part(tmp_path / f"p{k}", k, images) for k in (1, 2)]
+
+    class Run:
+        model_path, head_path = tmp_path / "model.keras", tmp_path / "head.keras"
+        record = {"model_sha256": "a" * 64, "head_sha256": "e" * 64}  # the head was trained again since
+
+        def model_record(self):
+            return self.record
+
+    monkeypatch.setattr(sharding.runs, "find_run", lambda path: Run())
+    with pytest.raises(UserError, match="other weights than .*model.keras and .*head.keras$"):
+        sharding.merge(parts, tmp_path / "out", run_path=tmp_path)
+    Run.record = {"model_sha256": "a" * 64, "head_sha256": "b" * 64}
+    assert len(sharding.merge(parts, tmp_path / "out", run_path=tmp_path)[0]) == 2
