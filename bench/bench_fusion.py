@@ -9,7 +9,10 @@ For each run, every fusable component's raw maps are computed once through the d
 - ``skill``: validate.py's default (``validation.choose_fusion``, rule ``equal``): equal weights
   over the components whose skill on the painted copies is above ``validation.MIN_SKILL``;
 - ``all``: equal weights over every component;
-- ``skill+median``: ``skill``, with the training-free median map always given a vote.
+- ``skill+median``: ``skill``, with the training-free median map always given a vote;
+- ``baseline``: every component minus its usual map on training images (per pixel, as the SSIM
+  map's baseline: ``inference._usual_residual`` of up to 80 training images not held back),
+  then ``skill`` chosen again on those maps.
 
 ``--areas``: factors of validate.py's default minimum area (``settings.default_min_area``).
 Figures: image AUROC (region peaks, as test.py scores), pixel AUROC and AU-PRO (maps smoothed by
@@ -36,7 +39,8 @@ import validation  # noqa: E402
 from detector import DEFAULT_SMOOTH, Detector  # noqa: E402
 from settings import MapRequest, default_min_area  # noqa: E402
 
-RULES = ("skill", "all", "skill+median")
+RULES = ("skill", "all", "skill+median", "baseline")
+BASELINE_IMAGES = 80  # training images (not held back) whose usual map the ``baseline`` rule subtracts
 
 
 def get_parser():
@@ -66,6 +70,24 @@ def component_maps(run_dir: Path, method: str, cache: Path):
     return good, painted, test, listed
 
 
+def _minus_usual(run_dir: Path, method: str, part: tuple, cache: Path) -> tuple:
+    """``part`` (:func:`component_maps`) with the component's usual map on training images
+    subtracted from every map."""
+    opened = Detector.open_maps(run_dir, MapRequest(method=method))
+    run = opened.run
+    held = {data.relative_to(p, run.class_dir) for p in run.validation_paths()}
+    train = [
+        p for p in data.list_images(run.class_dir / "train" / "good") if data.relative_to(p, run.class_dir) not in held
+    ]
+    train = train[:: max(1, len(train) // BASELINE_IMAGES)][:BASELINE_IMAGES]
+    key = cache / f"{run.class_dir.name}_{run.dir.name}_{method}_train.npy"
+    if not key.is_file():
+        np.save(key, opened.maps(train).maps)
+    usual = inference._usual_residual(np.load(key))
+    good, (painted, masks, families), test, listed = part
+    return good - usual, (painted - usual, masks, families), test - usual, listed
+
+
 def figures(maps: np.ndarray, labels: np.ndarray, masks: np.ndarray, area: int) -> dict:
     """Image AUROC by region peaks, pixel AUROC and AU-PRO of smoothed maps."""
     smoothed = list(resmaps.smooth(maps, DEFAULT_SMOOTH))
@@ -93,16 +115,22 @@ def measure(run_dir: Path, rules, areas, cache: Path) -> list[dict]:
     parts = {c: component_maps(run_dir, c, cache) for c in names}
     base_area = default_min_area(tuple(run.shape))
     fusion, skills = validation.choose_fusion({c: (p[0], p[1]) for c, p in parts.items()}, base_area)
+    fusions = variants(fusion, [r for r in rules if r != "baseline"])
+    if "baseline" in rules:
+        parts = {**parts, **{f"{c} baseline": _minus_usual(run_dir, c, parts[c], cache) for c in names}}
+        chosen, _ = validation.choose_fusion({c: parts[f"{c} baseline"][:2] for c in names}, base_area)
+        fusions["baseline"] = chosen
     painted_masks = parts[names[0]][1][1]
     listed = parts[names[0]][3]
     shape = parts[names[0]][2].shape[1:]
     labels = np.array([d != data.GOOD for _, d, _ in listed], int)
     masks = np.stack([data.load_mask(m, shape[::-1]) if m else np.zeros(shape, bool) for _, _, m in listed])
     rows = []
-    for rule, fused in variants(fusion, rules).items():
-        good = fused.combine([parts[c][0] for c in names])
-        painted = fused.combine([parts[c][1][0] for c in names])
-        test = fused.combine([parts[c][2] for c in names])
+    for rule, fused in fusions.items():
+        use = [f"{c} baseline" if rule == "baseline" else c for c in names]
+        good = fused.combine([parts[c][0] for c in use])
+        painted = fused.combine([parts[c][1][0] for c in use])
+        test = fused.combine([parts[c][2] for c in use])
         proxy_labels = np.r_[np.zeros(len(good), int), np.ones(len(painted), int)]
         proxy_masks = np.concatenate([np.zeros(good.shape, bool), painted_masks])
         for factor in areas:
