@@ -85,7 +85,15 @@ def _minus_usual(run_dir: Path, method: str, part: tuple, cache: Path) -> tuple:
         np.save(key, opened.maps(train).maps)
     usual = inference._usual_residual(np.load(key))
     good, (painted, masks, families), test, listed = part
-    return good - usual, (painted - usual, masks, families), test - usual, listed
+    return (good - usual, (painted - usual, masks, families), test - usual, listed), usual
+
+
+def top_fifth(usual: np.ndarray, masks: np.ndarray) -> float | None:
+    """The share of the defect pixels in ``masks`` (N×H×W) that lie where ``usual`` is in its
+    top fifth: where a per-pixel baseline subtracts most."""
+    hot = usual >= np.quantile(usual, 0.8)
+    pixels = masks.sum()
+    return float((masks & hot).sum() / pixels) if pixels else None
 
 
 def figures(maps: np.ndarray, labels: np.ndarray, masks: np.ndarray, area: int) -> dict:
@@ -116,15 +124,18 @@ def measure(run_dir: Path, rules, areas, cache: Path) -> list[dict]:
     base_area = default_min_area(tuple(run.shape))
     fusion, skills = validation.choose_fusion({c: (p[0], p[1]) for c, p in parts.items()}, base_area)
     fusions = variants(fusion, [r for r in rules if r != "baseline"])
-    if "baseline" in rules:
-        parts = {**parts, **{f"{c} baseline": _minus_usual(run_dir, c, parts[c], cache) for c in names}}
-        chosen, _ = validation.choose_fusion({c: parts[f"{c} baseline"][:2] for c in names}, base_area)
-        fusions["baseline"] = chosen
     painted_masks = parts[names[0]][1][1]
     listed = parts[names[0]][3]
     shape = parts[names[0]][2].shape[1:]
     labels = np.array([d != data.GOOD for _, d, _ in listed], int)
     masks = np.stack([data.load_mask(m, shape[::-1]) if m else np.zeros(shape, bool) for _, _, m in listed])
+    where = {}  # per component: real and painted defect pixels in the top fifth of its usual map
+    if "baseline" in rules:
+        for c in names:
+            parts[f"{c} baseline"], usual = _minus_usual(run_dir, c, parts[c], cache)
+            where[c] = {"real": top_fifth(usual, masks), "painted": top_fifth(usual, painted_masks)}
+        chosen, _ = validation.choose_fusion({c: parts[f"{c} baseline"][:2] for c in names}, base_area)
+        fusions["baseline"] = chosen
     rows = []
     for rule, fused in fusions.items():
         use = [f"{c} baseline" if rule == "baseline" else c for c in names]
@@ -140,6 +151,7 @@ def measure(run_dir: Path, rules, areas, cache: Path) -> list[dict]:
                     "run": str(run.dir),
                     "class": run.class_dir.name,
                     "skills": {s["component"]: s["skill"] for s in skills},
+                    "defects_in_top_fifth_of_usual_map": where,
                     "rule": rule,
                     "weights": dict(zip(names, fused.weights)),
                     "area": area,
@@ -160,6 +172,10 @@ def main(argv=None) -> int:
         rows = measure(run_dir, args.rules, args.areas, args.cache)
         with args.out.open("a") as out:
             out.writelines(json.dumps(r) + "\n" for r in rows)
+        for c, share in rows[0]["defects_in_top_fifth_of_usual_map"].items():
+            print(
+                f"| {rows[0]['class']} | {c}: defect pixels in its usual map's top fifth | painted {share['painted']:.2f} | real {share['real']:.2f} |"
+            )
         for r in rows:
             p, t = (
                 " / ".join(f"{r[k][m]:.3f}" for m in ("image_auroc", "pixel_auroc", "au_pro"))
