@@ -20,8 +20,14 @@ stop_on_ctrl_c(__name__)  # Ctrl-C from here on: one line and exit code 130, nev
 quiet_tensorflow()  # before anything imports TensorFlow; the heavy imports wait until main has parsed
 
 import runs  # noqa: E402  (light: the shared options)
-import settings  # noqa: E402
-from settings import DEFAULT_FUSION_RULE, FUSION_RULES, MapRequest  # noqa: E402
+from settings import (  # noqa: E402
+    DEFAULT_AREA_SHARE,
+    DEFAULT_FUSION_RULE,
+    FUSION_RULES,
+    MIN_AREA_FLOOR,
+    MapRequest,
+    default_min_area,
+)
 
 
 def get_parser():
@@ -35,8 +41,8 @@ def get_parser():
         default=None,
         metavar="AREA",
         help="minimum defect area in pixels at the model's size (default: "
-        f"1/{round(1 / settings.DEFAULT_AREA_SHARE)} of the whole image's pixels, at least "
-        f"{settings.MIN_AREA_FLOOR}: {settings.default_min_area((128, 128))} px "
+        f"1/{round(1 / DEFAULT_AREA_SHARE)} of the whole image's pixels, at least "
+        f"{MIN_AREA_FLOOR}: {default_min_area((128, 128))} px "
         "for a 128-px square)",
     )
     parser.add_argument(
