@@ -142,6 +142,11 @@ class Detector:
         learnt once."""
         return self.mapper.calibration(method or self.method)
 
+    def usual(self, method: str) -> np.ndarray:
+        """What a component ``method`` of this detector's fused map usually is at each pixel of
+        the run's training images (:func:`inference.usual_map`), read or learnt once."""
+        return self.mapper.usual(method)
+
     def component(self, method: str) -> Detector:
         """This run mapped with one component ``method`` of its fused map (its own options),
         sharing this detector's loaded networks and calibrations; maps only."""

@@ -142,8 +142,12 @@ class _Maps:
         spec = methods.get(method)
         if spec.composite:
             fusion = self.spec.options.fusion
+            usual = None
+            if fusion.usual:  # constants made inside the traced function, as the baselines
+                tf = _tf()
+                usual = [None if u is None else tf.constant(u, tf.float32) for u in self.spec.usual]
             return fusion.combine(
-                [self(c) if w else None for c, w in zip(fusion.components, fusion.weights)], _GraphOps
+                [self(c) if w else None for c, w in zip(fusion.components, fusion.weights)], _GraphOps, usual
             )
         if spec.needs_head:
             return self.head_map()
@@ -313,6 +317,7 @@ class Spec:
     smooth: float
     shape: tuple  # the model's (height, width)
     channels: int
+    usual: tuple | None = None  # H×W per fused component (None at weight 0), when the fusion subtracts them
 
 
 def residual(x: tf.Tensor, y: tf.Tensor, method: str, scales: int) -> tf.Tensor:
@@ -560,6 +565,7 @@ def export_run(
         smooth,
         shape,
         3 if run.color == "rgb" else 1,
+        fused_usual(validated, method),
     )
     serve = detector_function(model, spec, head=head)  # the reference the written artefact is checked against
     metadata = {
@@ -613,6 +619,17 @@ def export_run(
         metadata["check"] = _check_artefact(staged, fmt, metadata, serve, run, check_images, tolerance)
         storage.write_json(staged / METADATA, metadata)
     return out_dir, metadata
+
+
+def fused_usual(detector, method: str) -> tuple | None:
+    """The usual maps a fused ``method``'s fusion subtracts (:attr:`inference.Fusion.usual`),
+    per component (None at weight 0), from the run's cache or its training images; else None."""
+    fusion = detector.options.fusion
+    if not methods.get(method).composite or fusion is None or not fusion.usual:
+        return None
+    return tuple(
+        np.asarray(detector.usual(c), np.float32) if w else None for c, w in zip(fusion.components, fusion.weights)
+    )
 
 
 MAP_TOLERANCE = 1e-4  # how far two runtimes' residual maps may differ, in a map's own units

@@ -69,12 +69,18 @@ class Fusion:
     spread_k))``. A pixel as unusual as the top 0.1 % of good pixels of one component scores
     log 2 on it; the logarithm keeps one map's far tail (a head's probability near 1 is a
     hundred spreads out) from deciding alone, a soft "or" of the maps.
+
+    ``usual``: each component's usual map on the run's training images (:func:`usual_map`,
+    per pixel) is subtracted from ``M_k`` first, so places every good image finds hard (a
+    rim, a turning tread) score lower than the same residual elsewhere; the centres and
+    spreads stay those of the raw maps. validate.py turns it on when the proxy says so.
     """
 
     components: tuple
     weights: tuple
     centres: tuple
     spreads: tuple
+    usual: bool = False
 
     def __post_init__(self):
         n = len(self.components)
@@ -88,31 +94,45 @@ class Fusion:
         if not all(np.isfinite(v) and v > 0 for v in self.spreads):
             raise ValueError(f"fusion spreads must be finite and > 0, got {list(self.spreads)}")
 
-    def combine(self, maps: list, ops=np):
+    def combine(self, maps: list, ops=np, usual: list | None = None):
         """The fused N×H×W map of the components' maps (in :attr:`components` order; a
         component of weight 0 is never read, so it may be None). ``ops``: what computes it,
         NumPy or anything with its ``maximum`` and ``log1p`` (the exported graph's ops,
-        exporting.py), so the formula is written once for both."""
+        exporting.py), so the formula is written once for both. ``usual``: the components'
+        H×W usual maps (:func:`usual_map`), required when :attr:`usual` is on."""
+        if self.usual and usual is None:
+            raise ValueError("this fusion subtracts each component's usual map: pass `usual`")
         total = None
-        for m, w, c, s in zip(maps, self.weights, self.centres, self.spreads):
+        for k, (m, w, c, s) in enumerate(zip(maps, self.weights, self.centres, self.spreads)):
             if w:
                 m = np.asarray(m, np.float32) if ops is np else m
+                if self.usual:
+                    m = m - usual[k]
                 term = np.float32(w) * ops.log1p(ops.maximum((m - np.float32(c)) / np.float32(s), 0.0))
                 total = term if total is None else total + term
         return total
 
     def record(self) -> dict:
-        return {k: list(getattr(self, k)) for k in ("components", "weights", "centres", "spreads")}
+        return {
+            **{k: list(getattr(self, k)) for k in ("components", "weights", "centres", "spreads")},
+            "usual": self.usual,
+        }
 
     @classmethod
     def from_record(cls, record: dict) -> Fusion:
+        """A fusion stored by :meth:`record` (results older than ``usual`` subtracted none)."""
         try:
-            return cls(*(tuple(record[k]) for k in ("components", "weights", "centres", "spreads")))
-        except (KeyError, TypeError) as exc:
+            fields = [tuple(record[k]) for k in ("components", "weights", "centres", "spreads")]
+            usual = record.get("usual", False)
+        except (KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"a fusion record needs components, weights, centres and spreads: {exc}") from None
+        if not isinstance(usual, bool):
+            raise ValueError(f"a fusion record's usual must be true or false, got {usual!r}")
+        return cls(*fields, usual=usual)
 
     def describe(self) -> str:
-        return " + ".join(f"{w:g}×{c}" for c, w in zip(self.components, self.weights) if w)
+        terms = " + ".join(f"{w:g}×{c}" for c, w in zip(self.components, self.weights) if w)
+        return f"{terms}, each minus its usual map" if self.usual else terms
 
 
 def fusion_components(run: runs.Run) -> tuple:
@@ -385,6 +405,90 @@ def calibrate(run: runs.Run, method: str, options: MapOptions, model=None, batch
     return learnt
 
 
+def _usual_identity(run: runs.Run, method: str) -> dict:
+    """The files a component's usual map is computed from: the model's hash (its training
+    images are the model's), and the head's for the head's map."""
+    identity = {"model_sha256": storage.model_id(run.model_path)}
+    if methods.get(method).needs_head:
+        identity["head_sha256"] = storage.model_id(run.head_path)
+    return identity
+
+
+def cached_usual(run: runs.Run, method: str, options: MapOptions) -> np.ndarray | None:
+    """The run's cached usual map of ``method`` under ``options`` (see :func:`usual_map`) when
+    it matches the model and head files and today's quantile and tolerance, else None."""
+    identity = _usual_identity(run, method)
+    stored = storage.load_npz_or_none(
+        run.dir / options.cache_name("usual", method), ("usual", *identity, *_BASELINE_KIND)
+    )
+    if (
+        stored is not None
+        and all(str(stored[k]) == v for k, v in identity.items())
+        and stored["usual"].shape == tuple(run.shape)
+        and all(stored[k] == v for k, v in _BASELINE_KIND.items())
+    ):
+        return stored["usual"]
+    return None
+
+
+def usual_map(
+    run: runs.Run, method: str, options: MapOptions, batch: int = BATCH, calibrations: dict | None = None
+) -> np.ndarray:
+    """What ``method``'s map (a fused map's component, made with ``options``) usually is at
+    each pixel of the run's *training* images: the H×W :func:`_usual_residual` (upper
+    quartile of the 1-px-smoothed maps, then its 3×3 maximum), as the ssim map's baseline.
+    The fused map subtracts it from the component when its fusion says ``usual``. Cached in
+    the run folder; recomputed when the model or head file changes. Never test images."""
+    cached = cached_usual(run, method, options)
+    if cached is not None:
+        return cached
+    if not run.class_dir.is_dir():
+        raise SettingError(
+            f"the fused map's usual maps need the run's training images, but its dataset {run.class_dir} is not "
+            f"found and {options.cache_name('usual', method)} is not in the run: give the dataset back "
+            "(setup.json 'directory') or validate the run again where it is",
+            "method",
+        )
+    paths = run.training_paths()
+    if not paths:
+        raise SettingError(
+            f"no training images left in {run.class_dir / 'train' / data.GOOD} to learn the fused map's usual maps",
+            "method",
+        )
+    identity = _usual_identity(run, method)  # of the files learnt from, taken first
+    chunks = inspect_stream(
+        run, paths, method, batch, f"training images (usual {method} map)", options, calibrations=calibrations
+    )
+    usual = _usual_residual(np.concatenate([seen.maps for seen in chunks]))
+    with storage.atomic_path(run.dir / options.cache_name("usual", method)) as tmp:
+        np.savez(tmp, usual=usual, **{k: np.array(v) for k, v in identity.items()}, **_BASELINE_KIND)
+    return usual
+
+
+def remembered_usual(
+    run: runs.Run, method: str, options: MapOptions, calibrations: dict | None, batch: int = BATCH
+) -> np.ndarray:
+    """:func:`usual_map`, remembered in ``calibrations`` (a :class:`Mapper`'s) like a calibration."""
+    key = options.cache_name("usual", method)
+    usual = None if calibrations is None else calibrations.get(key)
+    if usual is None:
+        usual = usual_map(run, method, options, batch, calibrations)
+        if calibrations is not None:
+            calibrations[key] = usual
+    return usual
+
+
+def fusion_usual(run: runs.Run, fusion: Fusion, options: MapOptions, calibrations: dict | None, batch: int = BATCH):
+    """The usual maps ``fusion.combine`` subtracts (None for a component of weight 0, or all
+    None when the fusion subtracts none)."""
+    if not fusion.usual:
+        return None
+    return [
+        remembered_usual(run, c, options.component(c), calibrations, batch) if w else None
+        for c, w in zip(fusion.components, fusion.weights)
+    ]
+
+
 def run_maps(
     run: runs.Run,
     images: np.ndarray,
@@ -417,7 +521,8 @@ def run_maps(
         recons = next(
             (r for (r, _), c in zip(parts, options.fusion.components) if methods.get(c).needs_model), parts[0][0]
         )
-        return recons, options.fusion.combine([m for _, m in parts])
+        usual = fusion_usual(run, options.fusion, options, calibrations, batch)
+        return recons, options.fusion.combine([m for _, m in parts], usual=usual)
     model = run.load_model()
     if spec.needs_head:
         import learned
@@ -465,9 +570,21 @@ def expected_reconstructions(
     if spec.training_free:
         return 0
     if spec.composite and options.fusion is not None:
+        fusion = options.fusion
+        # Plus the training images of each usual map still to be learnt (its component's maps on them).
+        learn = [
+            c
+            for c, w in zip(fusion.components, fusion.weights)
+            if fusion.usual
+            and w
+            and options.component(c).cache_name("usual", c) not in (calibrations or {})
+            and cached_usual(run, c, options.component(c)) is None
+        ]
         return sum(
-            expected_reconstructions(run, c, options.component(c), images, calibrations)
-            for c in options.fusion.components
+            expected_reconstructions(
+                run, c, options.component(c), images + (len(run.training_paths()) if c in learn else 0), calibrations
+            )
+            for c in fusion.components
         )
     if not spec.calibrated:  # the head (or a fusion not chosen yet): one reconstruction each
         return images
@@ -693,6 +810,11 @@ class Mapper:
         fusion) under its options: see :func:`remembered_calibration`."""
         options = self.options.component(method) if method != self.method else self.options
         return remembered_calibration(self.run, method, options, self.calibrations, batch=self.batch)
+
+    def usual(self, method: str) -> np.ndarray:
+        """The usual map of ``method``, a component of this mapper's fused map, under its options:
+        see :func:`remembered_usual`."""
+        return remembered_usual(self.run, method, self.options.component(method), self.calibrations, self.batch)
 
     def map_array(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """:func:`run_maps` of an N×H×W×C array with this method and these options."""

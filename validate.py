@@ -80,6 +80,12 @@ def main(argv=None):
     )
     if options.fusion is not None:
         print(f"fused map: {options.fusion.describe()} (weights chosen on the painted copies)")
+        usual = result.get("usual_search")
+        if usual:
+            print(
+                f"usual maps {'subtracted' if usual['usual'] else 'not subtracted'}: proxy objective "
+                f"{usual['with']['objective']:.3f} with them, {usual['without']['objective']:.3f} without"
+            )
     passed = result.get("validation_tnr")
     found = result.get("proxy_tpr")
     print(

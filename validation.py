@@ -18,6 +18,7 @@ painted copies (:func:`choose_fusion`).
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 from pathlib import Path
@@ -120,6 +121,40 @@ def _skill(good, painted, masks, families, area) -> float:
     return float(np.mean([v for v in per if v is not None])) if per else 0.5
 
 
+def _proxy_objective(fusion: inference.Fusion, components: dict, min_area: int, usual: list | None = None) -> dict:
+    """The fused map's proxy figures on the painted copies (maps subsampled by
+    :data:`FUSION_SAMPLE`, threshold at the highest good image) and their mean, the
+    ``objective``. ``components`` as :func:`choose_fusion` takes them; ``usual`` the
+    components' usual maps when ``fusion.usual``."""
+    step = FUSION_SAMPLE
+    area = max(1, min_area // step**2)
+    names = fusion.components
+    masks = components[names[0]][1][1][:, ::step, ::step]
+    small = None if usual is None else [None if u is None else u[::step, ::step] for u in usual]
+    good = fusion.combine([components[c][0][:, ::step, ::step] for c in names], usual=small)
+    painted = fusion.combine([components[c][1][0][:, ::step, ::step] for c in names], usual=small)
+    threshold = max(float(resmaps.area_peaks(good, area).max()), 1e-12)
+    figures_ = evaluation._proxy_figures(good, painted, masks, threshold, area, DEFAULT_SMOOTH / step)
+    objective = float(np.mean([figures_[k] or 0.0 for k in ("image_auroc", "pixel_auroc", "au_pro")]))
+    return {"objective": objective, **figures_}
+
+
+def choose_usual(
+    fusion: inference.Fusion, components: dict, usual: list, min_area: int
+) -> tuple[inference.Fusion, dict]:
+    """Whether the fused map subtracts each component's usual map on training images
+    (:attr:`inference.Fusion.usual`), chosen on the painted copies: on when its proxy
+    objective (:func:`_proxy_objective`) beats the raw fusion's by more than
+    :data:`FUSION_TIE`. The weights stay those chosen on the raw maps (choosing them again on
+    the subtracted maps let components the raw maps had judged weak back in, and cost cookie's
+    AU-PRO 0.34 on a good head; bench/README.md "Round 3, session 21"). Returns the fusion and
+    both objectives."""
+    raw = _proxy_objective(fusion, components, min_area)
+    subtracted = _proxy_objective(dataclasses.replace(fusion, usual=True), components, min_area, usual)
+    chosen = subtracted["objective"] > raw["objective"] + FUSION_TIE
+    return dataclasses.replace(fusion, usual=chosen), {"without": raw, "with": subtracted, "usual": chosen}
+
+
 def choose_fusion(components: dict, min_area: int, rule: str = DEFAULT_FUSION_RULE) -> tuple[inference.Fusion, list]:
     """The fused map's weights: ``components`` maps each component method to its
     ``(good maps, (painted maps, masks, families))`` on the validation images.
@@ -156,15 +191,10 @@ def choose_fusion(components: dict, min_area: int, rule: str = DEFAULT_FUSION_RU
         weights = [1.0 / sum(keep) if k else 0.0 for k in keep]
         measured = [{"component": c, "skill": k, "weight": w} for c, k, w in zip(names, skills, weights)]
         return fusion_of(weights), measured
-    searched = []
-    for weights in _simplex(len(names), inference.FUSION_STEP):
-        fusion = fusion_of(weights)
-        good = fusion.combine([components[c][0][:, ::step, ::step] for c in names])
-        painted = fusion.combine([components[c][1][0][:, ::step, ::step] for c in names])
-        threshold = max(float(resmaps.area_peaks(good, area).max()), 1e-12)
-        figures_ = evaluation._proxy_figures(good, painted, masks, threshold, area, DEFAULT_SMOOTH / step)
-        objective = float(np.mean([figures_[k] or 0.0 for k in ("image_auroc", "pixel_auroc", "au_pro")]))
-        searched.append({"weights": list(weights), "objective": objective, **figures_})
+    searched = [
+        {"weights": list(weights), **_proxy_objective(fusion_of(weights), components, min_area)}
+        for weights in _simplex(len(names), inference.FUSION_STEP)
+    ]
     # Within FUSION_TIE of the best objective (the proxy's noise), the most even weights: no single
     # map's blind spot decides alone where the painted defects cannot tell them apart.
     top = max(s["objective"] for s in searched)
@@ -187,11 +217,14 @@ def fused_validation_maps(detector: Detector, min_area: int, rule: str = DEFAULT
             raise UserError(f"no synthetic defect could be painted into the validation images of {run.dir}")
         parts[c] = (good, painted)
     fusion, searched = choose_fusion(parts, min_area, rule)
+    usual = [detector.usual(c) if w else None for c, w in zip(fusion.components, fusion.weights)]
+    fusion, usual_search = choose_usual(fusion, parts, usual, min_area)
+    usual = usual if fusion.usual else None
     detector = detector.with_options(fusion=fusion)
-    good = fusion.combine([parts[c][0] for c in fusion.components])
+    good = fusion.combine([parts[c][0] for c in fusion.components], usual=usual)
     first = parts[fusion.components[0]][1]
-    painted = (fusion.combine([parts[c][1][0] for c in fusion.components]), first[1], first[2])
-    return paths, good, painted, detector, searched
+    painted = (fusion.combine([parts[c][1][0] for c in fusion.components], usual=usual), first[1], first[2])
+    return paths, good, painted, detector, {"weights": searched, "usual": usual_search}
 
 
 def validate(
@@ -238,7 +271,11 @@ def validate(
         **policy,
         "method": method,
         **options.record(),
-        **({"fusion_rule": fusion_rule, "fusion_search": searched} if searched else {}),
+        **(
+            {"fusion_rule": fusion_rule, "fusion_search": searched["weights"], "usual_search": searched["usual"]}
+            if searched
+            else {}
+        ),
         "n_images": len(paths),
         "largest_area_at_threshold": int(largest.max()),
         "validation_files": [str(p) for p in paths],

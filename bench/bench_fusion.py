@@ -13,6 +13,9 @@ For each run, every fusable component's raw maps are computed once through the d
 - ``baseline``: every component minus its usual map on training images (per pixel, as the SSIM
   map's baseline: ``inference._usual_residual`` of up to 80 training images not held back),
   then ``skill`` chosen again on those maps.
+- ``usual``: ``skill``'s weights, each component minus its usual map as validate.py subtracts it
+  (``inference.usual_map`` on every training image, cached in the run folder); the row says
+  whether the proxy chose it (``validation.choose_usual``), which makes it validate.py's default.
 
 ``--areas``: factors of validate.py's default minimum area (``settings.default_min_area``).
 Figures: image AUROC (region peaks, as test.py scores), pixel AUROC and AU-PRO (maps smoothed by
@@ -39,7 +42,7 @@ import validation  # noqa: E402
 from detector import DEFAULT_SMOOTH, Detector  # noqa: E402
 from settings import MapRequest, default_min_area  # noqa: E402
 
-RULES = ("skill", "all", "skill+median", "baseline")
+RULES = ("skill", "all", "skill+median", "baseline", "usual")
 BASELINE_IMAGES = 80  # training images (not held back) whose usual map the ``baseline`` rule subtracts
 
 
@@ -123,7 +126,13 @@ def measure(run_dir: Path, rules, areas, cache: Path) -> list[dict]:
     parts = {c: component_maps(run_dir, c, cache) for c in names}
     base_area = default_min_area(tuple(run.shape))
     fusion, skills = validation.choose_fusion({c: (p[0], p[1]) for c, p in parts.items()}, base_area)
-    fusions = variants(fusion, [r for r in rules if r != "baseline"])
+    fusions = variants(fusion, [r for r in rules if r not in ("baseline", "usual")])
+    usual, chose_usual = None, None
+    if "usual" in rules:
+        opened = Detector.open_maps(run_dir, MapRequest(method="fused"))
+        usual = [opened.usual(c) if w else None for c, w in zip(fusion.components, fusion.weights)]
+        chosen, measured = validation.choose_usual(fusion, {c: p[:2] for c, p in parts.items()}, usual, base_area)
+        fusions["usual"], chose_usual = dataclasses.replace(fusion, usual=True), measured["usual"]
     painted_masks = parts[names[0]][1][1]
     listed = parts[names[0]][3]
     shape = parts[names[0]][2].shape[1:]
@@ -139,9 +148,10 @@ def measure(run_dir: Path, rules, areas, cache: Path) -> list[dict]:
     rows = []
     for rule, fused in fusions.items():
         use = [f"{c} baseline" if rule == "baseline" else c for c in names]
-        good = fused.combine([parts[c][0] for c in use])
-        painted = fused.combine([parts[c][1][0] for c in use])
-        test = fused.combine([parts[c][2] for c in use])
+        minus = usual if fused.usual else None
+        good = fused.combine([parts[c][0] for c in use], usual=minus)
+        painted = fused.combine([parts[c][1][0] for c in use], usual=minus)
+        test = fused.combine([parts[c][2] for c in use], usual=minus)
         proxy_labels = np.r_[np.zeros(len(good), int), np.ones(len(painted), int)]
         proxy_masks = np.concatenate([np.zeros(good.shape, bool), painted_masks])
         for factor in areas:
@@ -153,6 +163,7 @@ def measure(run_dir: Path, rules, areas, cache: Path) -> list[dict]:
                     "skills": {s["component"]: s["skill"] for s in skills},
                     "defects_in_top_fifth_of_usual_map": where,
                     "rule": rule,
+                    "proxy_chose_usual": chose_usual,
                     "weights": dict(zip(names, fused.weights)),
                     "area": area,
                     "area_factor": factor,
@@ -181,7 +192,15 @@ def main(argv=None) -> int:
                 " / ".join(f"{r[k][m]:.3f}" for m in ("image_auroc", "pixel_auroc", "au_pro"))
                 for k in ("proxy", "test")
             )
-            print(f"| {r['class']} | {r['rule']} | ×{r['area_factor']:g} ({r['area']} px) | {p} | {t} |", flush=True)
+            chose = (
+                " (proxy's choice)"
+                if r["proxy_chose_usual"] is (r["rule"] == "usual") and r["rule"] in ("skill", "usual")
+                else ""
+            )
+            print(
+                f"| {r['class']} | {r['rule']}{chose} | ×{r['area_factor']:g} ({r['area']} px) | {p} | {t} |",
+                flush=True,
+            )
     return 0
 
 

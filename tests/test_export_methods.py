@@ -10,6 +10,7 @@ surface run on non-square images (40x64, model 32x48), so the resize inside the 
 the non-square shape are exercised.
 """
 
+import dataclasses
 import json
 
 import numpy as np
@@ -131,6 +132,11 @@ def test_fusion_combines_alike_in_numpy_and_tensorflow():
     given = [tf.constant(m) if w else None for m, w in zip(maps, fusion.weights)]
     got = fusion.combine(given, exporting._GraphOps).numpy()
     assert expected.dtype == np.float32 and np.abs(got - expected).max() < 1e-6
+    minus = dataclasses.replace(fusion, usual=True)
+    usual = [m[0] * 0.5 if w else None for m, w in zip(maps, fusion.weights)]
+    expected = minus.combine(maps, usual=usual)
+    got = minus.combine(given, exporting._GraphOps, [None if u is None else tf.constant(u) for u in usual]).numpy()
+    assert np.abs(got - expected).max() < 1e-6 and np.abs(expected - fusion.combine(maps)).max() > 0.01
     z = np.concatenate([[0.0, 1e-30, 1e-9, 1e-7, 3e-7], np.geomspace(1e-6, 1e6, 200)]).astype(np.float32)
     np.testing.assert_allclose(exporting.log1p(tf.constant(z)).numpy(), np.log1p(z), rtol=1e-6, atol=0)
 
@@ -155,6 +161,21 @@ def test_object_run_exports(object_run, method, formats):
 )
 def test_surface_run_exports(surface_run, method, formats):
     check_parity(surface_run, method, "surface", formats)
+
+
+def test_fused_map_minus_usual_maps_exports(surface_run, monkeypatch):
+    """A fusion that subtracts its components' usual maps (validate.py's choice when the proxy
+    prefers it; forced here) bakes them into the graph: the artefacts equal test.py's maps."""
+    import dataclasses
+
+    import validation
+
+    monkeypatch.setattr(
+        validation, "choose_usual", lambda fusion, *a: (dataclasses.replace(fusion, usual=True), {"usual": True})
+    )
+    check_parity(surface_run, "fused", "surface", ("onnx", "tflite"))  # the converters (SavedModel: the graph itself)
+    validated, _ = exporting.open_validated(surface_run)
+    assert validated.options.fusion.usual
 
 
 def test_export_py_exports_the_default_fused_map(object_run, capsys):

@@ -103,6 +103,54 @@ def test_fusion_combines_normalised_components_and_checks_itself():
         inference.Fusion(("sobel",), (1.0,), (0.0,), (1.0,))
 
 
+def test_fusion_subtracts_each_components_usual_map_before_its_centre():
+    a = np.array([[[1.0, 3.0]]], np.float32)
+    b = np.array([[[10.0, 0.0]]], np.float32)
+    f = inference.Fusion(("ssim", "median"), (0.75, 0.25), (1.0, 2.0), (2.0, 4.0), usual=True)
+    usual = [np.array([[0.0, 2.0]], np.float32), np.array([[4.0, 0.0]], np.float32)]
+    # 0.75 log(1 + max(0, (a-u-1)/2)) + 0.25 log(1 + max(0, (b-u-2)/4)): [0 + 0.25 log 2, 0 + 0]
+    np.testing.assert_allclose(f.combine([a, b], usual=usual), [[[0.25 * np.log(2), 0.0]]], rtol=1e-6, atol=0)
+    assert f.describe() == "0.75×ssim + 0.25×median, each minus its usual map"
+    assert inference.Fusion.from_record(json.loads(json.dumps(f.record()))) == f
+    with pytest.raises(ValueError, match="pass `usual`"):
+        f.combine([a, b])
+    old = {k: v for k, v in f.record().items() if k != "usual"}  # a result written before usual maps
+    assert inference.Fusion.from_record(old).usual is False
+    with pytest.raises(ValueError, match="usual must be true or false"):
+        inference.Fusion.from_record({**old, "usual": "yes"})
+    with pytest.raises(ValueError, match="needs components"):
+        inference.Fusion.from_record({"weights": [1.0]})
+
+
+def _spot_parts(defects_on_spot: bool):
+    """One component and its usual map, hot at one place (a rim the training images had).
+    Off the spot: the good maps and copies are hot there too, and the painted defects, fainter,
+    lie elsewhere. On the spot: the validation maps are not hot there, and the defects are."""
+    rng = np.random.default_rng(5)
+    good = rng.random((8, 24, 24)).astype(np.float32) * 0.1
+    painted = rng.random((8, 24, 24)).astype(np.float32) * 0.1
+    spot = np.zeros((24, 24), np.float32)
+    spot[2:6, 2:6] = 1.0
+    if not defects_on_spot:
+        good, painted = good + spot, painted + spot
+    masks = np.zeros((8, 24, 24), bool)
+    where = (slice(2, 6), slice(2, 6)) if defects_on_spot else (slice(14, 20), slice(14, 20))
+    masks[(slice(None), *where)] = True
+    painted = painted + 0.5 * masks
+    return {"ssim": (good, (painted, masks, ["dark_area"] * 8))}, [spot + 0.1]
+
+
+@pytest.mark.parametrize("on_spot", [False, True])
+def test_usual_maps_are_subtracted_only_when_the_painted_copies_say_so(on_spot):
+    parts, usual = _spot_parts(on_spot)
+    fusion, _ = validation.choose_fusion(parts, 4)
+    chosen, measured = validation.choose_usual(fusion, parts, usual, 4)
+    assert chosen.usual is (not on_spot) and measured["usual"] is chosen.usual
+    assert chosen.weights == fusion.weights and chosen.centres == fusion.centres  # only the subtraction changes
+    better, worse = (measured["with"], measured["without"]) if not on_spot else (measured["without"], measured["with"])
+    assert better["image_auroc"] > worse["image_auroc"] + 0.3  # the rim beats every defect / the defect is erased
+
+
 def test_fusion_search_prefers_the_component_that_sees_the_painted_defects():
     rng = np.random.default_rng(2)
     good = rng.random((4, 24, 24)).astype(np.float32) * 0.1
@@ -220,3 +268,97 @@ def test_region_peak_moves_no_more_than_the_map():
     noise = rng.uniform(-1e-3, 1e-3, maps.shape)
     moved = np.abs(resmaps.area_peaks(maps + noise, 7) - resmaps.area_peaks(maps, 7))
     assert moved.max() <= 1e-3 + 1e-12 and moved.max() > 0
+
+
+def test_usual_map_is_the_upper_quartile_of_training_maps_cached_for_the_model(tiny_run, tmp_path, monkeypatch):
+    from scipy.ndimage import maximum_filter
+
+    from settings import MapRequest
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(tiny_run, run_dir)
+    opened = detector.Detector.open_maps(run_dir, MapRequest(method="fused"))
+    train = opened.run.training_paths()
+    maps = opened.component("median").maps(train).maps
+    # Independent: SciPy's Gaussian (σ 1, mirrored borders), the per-pixel upper quartile, its 3×3 maximum.
+    expected = maximum_filter(
+        np.quantile(ndimage.gaussian_filter(maps, (0, 1, 1), mode="reflect"), 0.75, axis=0), size=3, mode="nearest"
+    )
+    np.testing.assert_allclose(opened.usual("median"), expected, atol=1e-5)
+    (cache,) = run_dir.glob("usual_median*.npz")
+
+    def no_images(*args, **kwargs):
+        raise AssertionError("the cached usual map was computed again")
+
+    with monkeypatch.context() as m:
+        m.setattr(inference, "inspect_stream", no_images)
+        again = detector.Detector.open_maps(run_dir, MapRequest(method="fused")).usual("median")
+    np.testing.assert_array_equal(again, opened.usual("median"))
+    stored = dict(np.load(cache))
+    np.savez(cache, **{**stored, "model_sha256": np.array("0" * 64), "usual": stored["usual"] + 1})
+    fresh = detector.Detector.open_maps(run_dir, MapRequest(method="fused")).usual("median")  # another model's
+    np.testing.assert_allclose(fresh, expected, atol=1e-5)
+    assert str(np.load(cache)["model_sha256"]) == stored["model_sha256"]
+
+
+def test_a_fused_map_minus_usual_maps_is_what_validate_and_test_use(tiny_run, tmp_path, monkeypatch, capsys):
+    import dataclasses
+
+    from conftest import cli
+
+    import validate
+    from settings import MapRequest
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(tiny_run, run_dir)
+    real = validation.choose_usual
+
+    def forced(fusion, *args):  # the proxy's figures, its choice overruled
+        _, measured = real(fusion, *args)
+        return dataclasses.replace(fusion, usual=True), {**measured, "usual": True}
+
+    monkeypatch.setattr(validation, "choose_usual", forced)
+    code, out, err = cli(validate.main, ["-p", str(run_dir), "-a", "4", "--method", "fused"], capsys)
+    assert code == 0, err
+    result = json.loads((run_dir / "validation" / "fused" / "a4" / "validation_result.json").read_text())
+    measured = result["usual_search"]
+    assert result["fusion"]["usual"] is True and measured["usual"] is True
+    assert (
+        f"usual maps subtracted: proxy objective {measured['with']['objective']:.3f} with them, "
+        f"{measured['without']['objective']:.3f} without"
+    ) in out
+    ready = detector.Detector.open(run_dir, MapRequest(method="fused"))
+    fusion = ready.options.fusion
+    assert fusion.usual and fusion.describe().endswith("each minus its usual map")
+    tests = sorted(ready.run.class_dir.glob("test/*/*.png"))[:4]
+    parts = [ready.component(c).maps(tests).maps for c in fusion.components]
+    by_hand = sum(
+        w * np.log1p(np.maximum((m - ready.usual(c) - centre) / spread, 0))
+        for m, c, w, centre, spread in zip(parts, fusion.components, fusion.weights, fusion.centres, fusion.spreads)
+        if w
+    )
+    np.testing.assert_allclose(ready.maps(tests).maps, by_hand, atol=1e-5)
+    scores = [p.score for p in ready.predict(tests)]
+    np.testing.assert_allclose(scores, detector.image_scores(by_hand, ready.threshold, ready.min_area), rtol=1e-4)
+
+
+def test_the_network_count_includes_a_usual_map_still_to_learn(tiny_run, tmp_path):
+    """What decides between the ONNX twin and Keras counts the training images a usual map
+    still needs (each through the component's passes), and nothing once it is cached."""
+    import dataclasses
+
+    from settings import MapRequest
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(tiny_run, run_dir)
+    opened = detector.Detector.open_maps(run_dir, MapRequest(method="fused"))
+    base = inference.Fusion(("ssim", "median"), (1.0, 0.0), (0.0, 0.0), (1.0, 1.0))
+
+    def count(usual):
+        options = dataclasses.replace(opened.options, fusion=dataclasses.replace(base, usual=usual))
+        return inference.expected_reconstructions(opened.run, "fused", options, 5)
+
+    passes = opened.options.component("ssim").passes
+    assert count(True) - count(False) == len(opened.run.training_paths()) * passes
+    opened.usual("ssim")
+    assert count(True) == count(False)
