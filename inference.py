@@ -431,6 +431,18 @@ def cached_usual(run: runs.Run, method: str, options: MapOptions) -> np.ndarray 
     return None
 
 
+def _check_dataset_for_usual(run: runs.Run, method: str, options: MapOptions) -> None:
+    """Refuse (one line) a usual map to learn when the run's dataset is gone (a run moved
+    without it): only its cache in the run folder could stand in for the training images."""
+    if not run.class_dir.is_dir():
+        raise SettingError(
+            f"the fused map's usual maps need the run's training images, but its dataset {run.class_dir} is not "
+            f"found and {options.cache_name('usual', method)} is not in the run: give the dataset back "
+            "(setup.json 'directory') or validate the run again where it is",
+            "method",
+        )
+
+
 def usual_map(
     run: runs.Run, method: str, options: MapOptions, batch: int = BATCH, calibrations: dict | None = None
 ) -> np.ndarray:
@@ -442,13 +454,7 @@ def usual_map(
     cached = cached_usual(run, method, options)
     if cached is not None:
         return cached
-    if not run.class_dir.is_dir():
-        raise SettingError(
-            f"the fused map's usual maps need the run's training images, but its dataset {run.class_dir} is not "
-            f"found and {options.cache_name('usual', method)} is not in the run: give the dataset back "
-            "(setup.json 'directory') or validate the run again where it is",
-            "method",
-        )
+    _check_dataset_for_usual(run, method, options)
     paths = run.training_paths()
     if not paths:
         raise SettingError(
@@ -580,6 +586,8 @@ def expected_reconstructions(
             and options.component(c).cache_name("usual", c) not in (calibrations or {})
             and cached_usual(run, c, options.component(c)) is None
         ]
+        for c in learn:
+            _check_dataset_for_usual(run, c, options.component(c))
         return sum(
             expected_reconstructions(
                 run, c, options.component(c), images + (len(run.training_paths()) if c in learn else 0), calibrations

@@ -362,3 +362,30 @@ def test_the_network_count_includes_a_usual_map_still_to_learn(tiny_run, tmp_pat
     assert count(True) - count(False) == len(opened.run.training_paths()) * passes
     opened.usual("ssim")
     assert count(True) == count(False)
+
+
+def test_a_usual_map_that_cannot_be_learnt_again_is_refused_in_one_line(tiny_run, tmp_path, monkeypatch):
+    """A run moved without its dataset and without its cached usual maps: a one-line error
+    before any output, not a traceback (with the cache the run still predicts)."""
+    import dataclasses
+
+    from settings import MapRequest
+    from utils import UserError
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(tiny_run, run_dir)
+    monkeypatch.setattr(validation, "choose_usual", lambda f, *a: (dataclasses.replace(f, usual=True), {"usual": True}))
+    validation.validate(run_dir, 4, MapRequest(method="fused"))
+    image = detector.Detector.open(run_dir, MapRequest(method="fused")).run.validation_paths()[0]
+    moved = detector.Detector.open(run_dir, MapRequest(method="fused"))
+    expected = moved.predict([image])[0].score
+    setup = json.loads((run_dir / "setup.json").read_text())
+    setup["directory"] = str(tmp_path / "gone")
+    (run_dir / "setup.json").write_text(json.dumps(setup))
+    assert detector.Detector.open(run_dir, MapRequest(method="fused")).predict([image])[0].score == pytest.approx(
+        expected, rel=1e-5
+    )
+    for cache in run_dir.glob("usual_*.npz"):
+        cache.unlink()
+    with pytest.raises(UserError, match=r"usual maps need the run's training images, but its dataset .*gone"):
+        detector.Detector.open(run_dir, MapRequest(method="fused")).predict([image])
