@@ -207,8 +207,9 @@ def choose_fusion(components: dict, min_area: int, rule: str = DEFAULT_FUSION_RU
 
 def fused_validation_maps(detector: Detector, min_area: int, rule: str = DEFAULT_FUSION_RULE) -> tuple:
     """:func:`validation_maps` of the fused map: each component's (cached), the weights chosen
-    on the proxy (:func:`choose_fusion`), then combined. Returns ``(paths, maps, painted,
-    the detector with the fusion, the fusion search)``."""
+    on the proxy (:func:`choose_fusion`), then whether to subtract the usual maps
+    (:func:`choose_usual`), then combined. Returns ``(paths, maps, painted, the detector with
+    the fusion, {"weights": the fusion search, "usual": the usual maps' choice})``."""
     run = detector.run
     parts = {}
     for c in inference.fusion_components(run):
