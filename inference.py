@@ -360,16 +360,27 @@ def cached_calibration(run: runs.Run, method: str, options: MapOptions) -> Calib
     return None
 
 
-def _check_dataset_for_calibration(run: runs.Run, method: str, options: MapOptions) -> None:
-    """Refuse (one line) a calibration to learn when the run's dataset is gone (a run moved
-    without it): only the cache in the run folder could stand in for its training images."""
+def _check_dataset(run: runs.Run, needs: str, cache: str, remedy: str, flag: str) -> None:
+    """Refuse (one line) what is still to learn from the run's training images when its dataset
+    is gone (a run moved without it): only ``cache`` in the run folder could stand in for them.
+    ``needs``: what needs them, with its verb; ``remedy``: what else the user can do."""
     if not run.class_dir.is_dir():
         raise SettingError(
-            f"the residual baseline needs the run's training images, but its dataset {run.class_dir} is not found "
-            f"and {options.cache_name('calibration', method)} is not in the run: give the dataset back "
-            "(setup.json 'directory'), validate with these settings where it is, or use `baseline=False` `passes=1`",
-            "baseline",
+            f"{needs} the run's training images, but its dataset {run.class_dir} is not found and {cache} is not "
+            f"in the run: give the dataset back (setup.json 'directory'), {remedy}",
+            flag,
         )
+
+
+def _check_dataset_for_calibration(run: runs.Run, method: str, options: MapOptions) -> None:
+    """:func:`_check_dataset` of a calibration (the residual baseline, later passes) to learn."""
+    _check_dataset(
+        run,
+        "the residual baseline needs",
+        options.cache_name("calibration", method),
+        "validate with these settings where it is, or use `baseline=False` `passes=1`",
+        "baseline",
+    )
 
 
 def calibrate(run: runs.Run, method: str, options: MapOptions, model=None, batch: int = BATCH) -> Calibration:
@@ -432,15 +443,14 @@ def cached_usual(run: runs.Run, method: str, options: MapOptions) -> np.ndarray 
 
 
 def _check_dataset_for_usual(run: runs.Run, method: str, options: MapOptions) -> None:
-    """Refuse (one line) a usual map to learn when the run's dataset is gone (a run moved
-    without it): only its cache in the run folder could stand in for the training images."""
-    if not run.class_dir.is_dir():
-        raise SettingError(
-            f"the fused map's usual maps need the run's training images, but its dataset {run.class_dir} is not "
-            f"found and {options.cache_name('usual', method)} is not in the run: give the dataset back "
-            "(setup.json 'directory') or validate the run again where it is",
-            "method",
-        )
+    """:func:`_check_dataset` of a fused map's usual map to learn (:func:`usual_map`)."""
+    _check_dataset(
+        run,
+        "the fused map's usual maps need",
+        options.cache_name("usual", method),
+        "or validate the run again where it is",
+        "method",
+    )
 
 
 def usual_map(
