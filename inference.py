@@ -453,11 +453,23 @@ def _check_dataset_for_usual(run: runs.Run, method: str, options: MapOptions) ->
     )
 
 
+USUAL_IMAGES = 256  # training images a usual map is learnt from at most (evenly spread): bounds its time and memory
+
+
+def usual_paths(run: runs.Run) -> list[Path]:
+    """The training images a usual map is learnt from: every one, or :data:`USUAL_IMAGES`
+    evenly spread over them (the listing order) when there are more."""
+    paths = run.training_paths()
+    if len(paths) <= USUAL_IMAGES:
+        return paths
+    return [paths[i] for i in np.linspace(0, len(paths) - 1, USUAL_IMAGES).round().astype(int)]
+
+
 def usual_map(
     run: runs.Run, method: str, options: MapOptions, batch: int = BATCH, calibrations: dict | None = None
 ) -> np.ndarray:
     """What ``method``'s map (a fused map's component, made with ``options``) usually is at
-    each pixel of the run's *training* images: the H×W :func:`_usual_residual` (upper
+    each pixel of the run's *training* images (:func:`usual_paths`): the H×W :func:`_usual_residual` (upper
     quartile of the 1-px-smoothed maps, then its 3×3 maximum), as the ssim map's baseline.
     The fused map subtracts it from the component when its fusion says ``usual``. Cached in
     the run folder; recomputed when the model or head file changes. Never test images."""
@@ -465,7 +477,7 @@ def usual_map(
     if cached is not None:
         return cached
     _check_dataset_for_usual(run, method, options)
-    paths = run.training_paths()
+    paths = usual_paths(run)
     if not paths:
         raise SettingError(
             f"no training images left in {run.class_dir / 'train' / data.GOOD} to learn the fused map's usual maps",
@@ -600,7 +612,7 @@ def expected_reconstructions(
             _check_dataset_for_usual(run, c, options.component(c))
         return sum(
             expected_reconstructions(
-                run, c, options.component(c), images + (len(run.training_paths()) if c in learn else 0), calibrations
+                run, c, options.component(c), images + (len(usual_paths(run)) if c in learn else 0), calibrations
             )
             for c in fusion.components
         )

@@ -279,6 +279,8 @@ def test_usual_map_is_the_upper_quartile_of_training_maps_cached_for_the_model(t
     shutil.copytree(tiny_run, run_dir)
     opened = detector.Detector.open_maps(run_dir, MapRequest(method="fused"))
     train = opened.run.training_paths()
+    monkeypatch.setattr(inference, "USUAL_IMAGES", 4)  # more training images than that: 4 evenly spread
+    train = [train[0], train[round((len(train) - 1) / 3)], train[round(2 * (len(train) - 1) / 3)], train[-1]]
     maps = opened.component("median").maps(train).maps
     # Independent: SciPy's Gaussian (σ 1, mirrored borders), the per-pixel upper quartile, its 3×3 maximum.
     expected = maximum_filter(
@@ -360,6 +362,9 @@ def test_the_network_count_includes_a_usual_map_still_to_learn(tiny_run, tmp_pat
 
     passes = opened.options.component("ssim").passes
     assert count(True) - count(False) == len(opened.run.training_paths()) * passes
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(inference, "USUAL_IMAGES", 3)  # at most 3 of them
+        assert count(True) - count(False) == 3 * passes
     opened.usual("ssim")
     assert count(True) == count(False)
 
