@@ -147,6 +147,11 @@ class Detector:
         the run's training images (:func:`inference.usual_map`), read or learnt once."""
         return self.mapper.usual(method)
 
+    def usual_maps(self, fusion: inference.Fusion | None = None) -> list:
+        """The usual maps of every component of ``fusion`` (default: this detector's), None at
+        weight 0: what :attr:`inference.Fusion.usual` subtracts."""
+        return self.mapper.usual_maps(fusion)
+
     def component(self, method: str) -> Detector:
         """This run mapped with one component ``method`` of its fused map (its own options),
         sharing this detector's loaded networks and calibrations; maps only."""

@@ -565,7 +565,7 @@ def export_run(
         smooth,
         shape,
         3 if run.color == "rgb" else 1,
-        fused_usual(validated, method),
+        tuple(validated.usual_maps()) if methods.get(method).composite and options.fusion.usual else None,
     )
     serve = detector_function(model, spec, head=head)  # the reference the written artefact is checked against
     metadata = {
@@ -619,17 +619,6 @@ def export_run(
         metadata["check"] = _check_artefact(staged, fmt, metadata, serve, run, check_images, tolerance)
         storage.write_json(staged / METADATA, metadata)
     return out_dir, metadata
-
-
-def fused_usual(detector, method: str) -> tuple | None:
-    """The usual maps a fused ``method``'s fusion subtracts (:attr:`inference.Fusion.usual`),
-    per component (None at weight 0), from the run's cache or its training images; else None."""
-    fusion = detector.options.fusion
-    if not methods.get(method).composite or fusion is None or not fusion.usual:
-        return None
-    return tuple(
-        np.asarray(detector.usual(c), np.float32) if w else None for c, w in zip(fusion.components, fusion.weights)
-    )
 
 
 MAP_TOLERANCE = 1e-4  # how far two runtimes' residual maps may differ, in a map's own units

@@ -360,27 +360,29 @@ def cached_calibration(run: runs.Run, method: str, options: MapOptions) -> Calib
     return None
 
 
-def _check_dataset(run: runs.Run, needs: str, cache: str, remedy: str, flag: str) -> None:
-    """Refuse (one line) what is still to learn from the run's training images when its dataset
-    is gone (a run moved without it): only ``cache`` in the run folder could stand in for them.
-    ``needs``: what needs them, with its verb; ``remedy``: what else the user can do."""
-    if not run.class_dir.is_dir():
-        raise SettingError(
-            f"{needs} the run's training images, but its dataset {run.class_dir} is not found and {cache} is not "
-            f"in the run: give the dataset back (setup.json 'directory'), {remedy}",
-            flag,
-        )
-
-
-def _check_dataset_for_calibration(run: runs.Run, method: str, options: MapOptions) -> None:
-    """:func:`_check_dataset` of a calibration (the residual baseline, later passes) to learn."""
-    _check_dataset(
-        run,
+# What a cache learnt from the training images stands for, and what else a user can do without them.
+_LEARNT = {
+    "calibration": (
         "the residual baseline needs",
-        options.cache_name("calibration", method),
         "validate with these settings where it is, or use `baseline=False` `passes=1`",
         "baseline",
-    )
+    ),
+    "usual": ("the fused map's usual maps need", "or validate the run again where it is", "method"),
+}
+
+
+def _check_dataset(run: runs.Run, kind: str, method: str, options: MapOptions) -> None:
+    """Refuse (one line) a ``kind`` cache (``calibration`` or ``usual``) still to learn from the
+    run's training images when its dataset is gone (a run moved without it): only the cache in
+    the run folder could stand in for them."""
+    if not run.class_dir.is_dir():
+        needs, remedy, flag = _LEARNT[kind]
+        raise SettingError(
+            f"{needs} the run's training images, but its dataset {run.class_dir} is not found and "
+            f"{options.cache_name(kind, method)} is not in the run: give the dataset back (setup.json 'directory'), "
+            f"{remedy}",
+            flag,
+        )
 
 
 def calibrate(run: runs.Run, method: str, options: MapOptions, model=None, batch: int = BATCH) -> Calibration:
@@ -394,7 +396,7 @@ def calibrate(run: runs.Run, method: str, options: MapOptions, model=None, batch
     cached = cached_calibration(run, method, options)
     if cached is not None:
         return cached
-    _check_dataset_for_calibration(run, method, options)
+    _check_dataset(run, "calibration", method, options)
     train_paths = run.training_paths()
     if not train_paths:
         raise SettingError(
@@ -442,17 +444,6 @@ def cached_usual(run: runs.Run, method: str, options: MapOptions) -> np.ndarray 
     return None
 
 
-def _check_dataset_for_usual(run: runs.Run, method: str, options: MapOptions) -> None:
-    """:func:`_check_dataset` of a fused map's usual map to learn (:func:`usual_map`)."""
-    _check_dataset(
-        run,
-        "the fused map's usual maps need",
-        options.cache_name("usual", method),
-        "or validate the run again where it is",
-        "method",
-    )
-
-
 USUAL_IMAGES = 256  # training images a usual map is learnt from at most (evenly spread): bounds its time and memory
 
 
@@ -476,7 +467,7 @@ def usual_map(
     cached = cached_usual(run, method, options)
     if cached is not None:
         return cached
-    _check_dataset_for_usual(run, method, options)
+    _check_dataset(run, "usual", method, options)
     paths = usual_paths(run)
     if not paths:
         raise SettingError(
@@ -497,20 +488,14 @@ def remembered_usual(
     run: runs.Run, method: str, options: MapOptions, calibrations: dict | None, batch: int = BATCH
 ) -> np.ndarray:
     """:func:`usual_map`, remembered in ``calibrations`` (a :class:`Mapper`'s) like a calibration."""
-    key = options.cache_name("usual", method)
-    usual = None if calibrations is None else calibrations.get(key)
-    if usual is None:
-        usual = usual_map(run, method, options, batch, calibrations)
-        if calibrations is not None:
-            calibrations[key] = usual
-    return usual
+    return _remembered(
+        calibrations, options.cache_name("usual", method), lambda: usual_map(run, method, options, batch, calibrations)
+    )
 
 
 def fusion_usual(run: runs.Run, fusion: Fusion, options: MapOptions, calibrations: dict | None, batch: int = BATCH):
-    """The usual maps ``fusion.combine`` subtracts (None for a component of weight 0, or all
-    None when the fusion subtracts none)."""
-    if not fusion.usual:
-        return None
+    """The usual maps of ``fusion``'s components (:func:`usual_map`; None at weight 0), whether
+    or not it subtracts them, in :attr:`Fusion.components` order."""
     return [
         remembered_usual(run, c, options.component(c), calibrations, batch) if w else None
         for c, w in zip(fusion.components, fusion.weights)
@@ -549,7 +534,7 @@ def run_maps(
         recons = next(
             (r for (r, _), c in zip(parts, options.fusion.components) if methods.get(c).needs_model), parts[0][0]
         )
-        usual = fusion_usual(run, options.fusion, options, calibrations, batch)
+        usual = fusion_usual(run, options.fusion, options, calibrations, batch) if options.fusion.usual else None
         return recons, options.fusion.combine([m for _, m in parts], usual=usual)
     model = run.load_model()
     if spec.needs_head:
@@ -573,18 +558,24 @@ def _calibration_key(method: str, options: MapOptions) -> str:
     return options.cache_name("calibration", method)
 
 
+def _remembered(calibrations: dict | None, key: str, learn):
+    """``calibrations[key]`` (a :class:`Mapper`'s), else ``learn()``, kept there for next time."""
+    found = None if calibrations is None else calibrations.get(key)
+    if found is None:
+        found = learn()
+        if calibrations is not None:
+            calibrations[key] = found
+    return found
+
+
 def remembered_calibration(
     run: runs.Run, method: str, options: MapOptions, calibrations: dict | None, model=None, batch: int = BATCH
 ) -> Calibration:
     """:func:`calibrate`, remembered in ``calibrations`` (a :class:`Mapper`'s): read or learnt
     once however many chunks, components or exports ask for it."""
-    key = _calibration_key(method, options)
-    calibration = None if calibrations is None else calibrations.get(key)
-    if calibration is None:
-        calibration = calibrate(run, method, options, model, batch)
-        if calibrations is not None:
-            calibrations[key] = calibration
-    return calibration
+    return _remembered(
+        calibrations, _calibration_key(method, options), lambda: calibrate(run, method, options, model, batch)
+    )
 
 
 def expected_reconstructions(
@@ -609,7 +600,7 @@ def expected_reconstructions(
             and cached_usual(run, c, options.component(c)) is None
         ]
         for c in learn:
-            _check_dataset_for_usual(run, c, options.component(c))
+            _check_dataset(run, "usual", c, options.component(c))
         return sum(
             expected_reconstructions(
                 run, c, options.component(c), images + (len(usual_paths(run)) if c in learn else 0), calibrations
@@ -623,7 +614,7 @@ def expected_reconstructions(
     if found is not None and calibrations is not None:
         calibrations[key] = found
     if found is None:
-        _check_dataset_for_calibration(run, method, options)
+        _check_dataset(run, "calibration", method, options)
         images += len(run.training_paths())
     return images * options.passes
 
@@ -845,6 +836,10 @@ class Mapper:
         """The usual map of ``method``, a component of this mapper's fused map, under its options:
         see :func:`remembered_usual`."""
         return remembered_usual(self.run, method, self.options.component(method), self.calibrations, self.batch)
+
+    def usual_maps(self, fusion: Fusion | None = None) -> list:
+        """:func:`fusion_usual` of ``fusion`` (default: this mapper's own) under these options."""
+        return fusion_usual(self.run, fusion or self.options.fusion, self.options, self.calibrations, self.batch)
 
     def map_array(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """:func:`run_maps` of an N×H×W×C array with this method and these options."""

@@ -218,7 +218,7 @@ def fused_validation_maps(detector: Detector, min_area: int, rule: str = DEFAULT
             raise UserError(f"no synthetic defect could be painted into the validation images of {run.dir}")
         parts[c] = (good, painted)
     fusion, searched = choose_fusion(parts, min_area, rule)
-    usual = [detector.usual(c) if w else None for c, w in zip(fusion.components, fusion.weights)]
+    usual = detector.usual_maps(fusion)
     fusion, usual_search = choose_usual(fusion, parts, usual, min_area)
     usual = usual if fusion.usual else None
     detector = detector.with_options(fusion=fusion)

@@ -130,7 +130,7 @@ def measure(run_dir: Path, rules, areas, cache: Path) -> list[dict]:
     usual, chose_usual = None, None
     if "usual" in rules:
         opened = Detector.open_maps(run_dir, MapRequest(method="fused"))
-        usual = [opened.usual(c) if w else None for c, w in zip(fusion.components, fusion.weights)]
+        usual = opened.usual_maps(fusion)
         chosen, measured = validation.choose_usual(fusion, {c: p[:2] for c, p in parts.items()}, usual, base_area)
         fusions["usual"], chose_usual = dataclasses.replace(fusion, usual=True), measured["usual"]
     painted_masks = parts[names[0]][1][1]
