@@ -35,13 +35,17 @@ if TYPE_CHECKING:  # pandas is imported where tables are made: validate.py makes
 
 
 def detection_table(frame: pd.DataFrame) -> pd.DataFrame:
-    """Per defect type: images and share classified defective (pandas), with a total row."""
+    """Per defect type: images and share classified defective (pandas), with a total row, and
+    that share's exact 95 % confidence interval (``low``, ``high``: :func:`metrics.rate_interval`;
+    3 of 10 found is anything from 0.07 to 0.65)."""
     flagged = frame.assign(defective=frame["verdict"] == "defective")
     table = flagged.groupby("defect_type").agg(images=("defective", "size"), predicted_defective=("defective", "sum"))
+    table.loc["total"] = [table["images"].sum(), table["predicted_defective"].sum()]
+    table = table.astype(int)
     table["rate"] = table["predicted_defective"] / table["images"]
-    table.loc["total"] = [table["images"].sum(), table["predicted_defective"].sum(), flagged["defective"].mean()]
-    table["images"] = table["images"].astype(int)
-    table["predicted_defective"] = table["predicted_defective"].astype(int)
+    table[["low", "high"]] = [
+        metrics.rate_interval(k, n) for k, n in zip(table["predicted_defective"], table["images"])
+    ]
     return table
 
 
@@ -180,12 +184,29 @@ def classification_result(
         "method": detector.method,
         **detector.options.record(),
         "threshold_source": detector.source,
-        **{k: cls[k] for k in ("tpr", "tnr", "accuracy", "balanced_accuracy", "precision", "f1", "confusion_matrix")},
+        **{
+            k: cls[k]
+            for k in (
+                "tpr",
+                "tnr",
+                "tpr_interval",
+                "tnr_interval",
+                "accuracy",
+                "balanced_accuracy",
+                "precision",
+                "f1",
+                "confusion_matrix",
+            )
+        },
+        "confidence": metrics.CONFIDENCE,
         "n_images": cls["n_images"],
         "n_good": cls["n_good"],
         "n_defective": cls["n_defective"],
         "detection_rate_per_defect_type": {t: float(table.loc[t, "rate"]) for t in types},
         "images_per_defect_type": {t: int(table.loc[t, "images"]) for t in types},
+        "detection_interval_per_defect_type": {
+            t: [float(table.loc[t, "low"]), float(table.loc[t, "high"])] for t in types
+        },
         "notes": notes + cls["undefined"],
     }
     return result, table

@@ -1,8 +1,8 @@
 """Evaluation metrics for anomaly detection: the one home of every number in ``metrics.json``.
 
-Pure NumPy (OpenCV labels mask regions, imported on first use; no TensorFlow, SciPy or
-scikit-learn), so it imports in milliseconds once NumPy is loaded and can be tested
-without a model.
+Pure NumPy (OpenCV labels mask regions and SciPy gives the rates' exact confidence
+intervals, each imported on first use; no TensorFlow or scikit-learn), so it imports in
+milliseconds once NumPy is loaded and can be tested without a model.
 
 Conventions used throughout:
 
@@ -36,6 +36,7 @@ Maps = Sequence[np.ndarray] | np.ndarray  # per-image 2-D maps or masks, or one 
 
 __all__ = [
     "image_auroc",
+    "image_auroc_interval",
     "roc_curve",
     "pixel_auroc",
     "pixel_roc_curve",
@@ -44,10 +45,12 @@ __all__ = [
     "trapezoid",
     "au_pro",
     "classification_metrics",
+    "rate_interval",
     "evaluate",
 ]
 
 DEFAULT_FPR_LIMIT = 0.3
+CONFIDENCE = 0.95  # level of every rate's confidence interval (rate_interval)
 GOOD_TYPE = "good"
 NO_MASKS_NOTE = "no ground-truth masks: pixel AUROC and AU-PRO not computed"
 NO_MAPS_NOTE = "no anomaly maps: pixel AUROC and AU-PRO not computed"
@@ -178,6 +181,44 @@ def image_auroc(labels: ArrayLike, scores: ArrayLike) -> float | None:
         return None
     fpr, tpr = _binary_roc(y, s)
     return float(np.sum((fpr[1:] - fpr[:-1]) * (tpr[1:] + tpr[:-1]) / 2.0))  # as sklearn's auc
+
+
+BOOTSTRAP_RESAMPLES = 2000  # resamples of image_auroc_interval (its percentile ends move < 0.01 beyond this)
+
+
+def image_auroc_interval(
+    labels: ArrayLike, scores: ArrayLike, level: float = CONFIDENCE, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0
+) -> list[float] | None:
+    """A stratified-bootstrap percentile interval ``[low, high]`` of :func:`image_auroc`, None
+    if only one class is present.
+
+    Each resample draws the defective images' scores with replacement from the defective ones
+    and the good images' from the good ones (``rng = numpy.random.default_rng(seed)``, first
+    ``rng.integers(0, n_defective, (resamples, n_defective))``, then the same for the good
+    images), so every resample keeps both classes; the AUROC of each is the Mann-Whitney
+    statistic from average ranks. Deterministic for a seed.
+    """
+    y = _as_labels(labels)
+    s = _as_scores(scores)
+    if y.shape != s.shape:
+        raise ValueError(f"{y.size} labels but {s.size} scores")
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"the confidence level must be in (0, 1), got {level!r}")
+    if isinstance(resamples, bool) or int(resamples) != resamples or resamples < 1:
+        raise ValueError(f"the bootstrap needs a whole number of resamples >= 1, got {resamples!r}")
+    if y.all() or not y.any():
+        return None
+    from scipy.stats import rankdata
+
+    rng = np.random.default_rng(seed)
+    pos, neg = s[y], s[~y]
+    drawn_pos = pos[rng.integers(0, pos.size, (int(resamples), pos.size))]
+    drawn_neg = neg[rng.integers(0, neg.size, (int(resamples), neg.size))]
+    ranks = rankdata(np.concatenate([drawn_pos, drawn_neg], axis=1), axis=1)  # ties: average ranks
+    u = ranks[:, : pos.size].sum(axis=1) - pos.size * (pos.size + 1) / 2.0
+    aurocs = u / (pos.size * neg.size)
+    tail = (1.0 - level) / 2.0
+    return [float(np.quantile(aurocs, tail)), float(np.quantile(aurocs, 1.0 - tail))]
 
 
 def roc_curve(labels: ArrayLike, scores: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
@@ -664,6 +705,27 @@ def au_pro(
 # ------------------------------------------------------------------ classification
 
 
+def rate_interval(successes: int, trials: int, level: float = CONFIDENCE) -> list[float] | None:
+    """The exact (Clopper–Pearson) two-sided confidence interval ``[low, high]`` of a rate
+    measured as ``successes`` of ``trials`` (SciPy's ``binomtest``), None when ``trials`` is 0.
+
+    A TNR of 1.0 on 5 held-back images says little (its 95 % interval is 0.48–1.0); the
+    interval says how much, and it is never narrower than the true rate's uncertainty.
+    """
+    if isinstance(successes, bool) or isinstance(trials, bool) or int(successes) != successes or int(trials) != trials:
+        raise ValueError(f"a rate interval needs whole counts, got {successes!r} of {trials!r}")
+    if not 0 <= successes <= trials:
+        raise ValueError(f"a rate interval needs 0 <= successes <= trials, got {successes!r} of {trials!r}")
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"the confidence level must be in (0, 1), got {level!r}")
+    if not trials:
+        return None
+    from scipy.stats import binomtest
+
+    ci = binomtest(int(successes), int(trials)).proportion_ci(confidence_level=level, method="exact")
+    return [float(ci.low), float(ci.high)]
+
+
 def classification_metrics(truth: ArrayLike, pred: ArrayLike) -> dict:
     """Confusion counts and rates of a thresholded image-level decision.
 
@@ -680,7 +742,8 @@ def classification_metrics(truth: ArrayLike, pred: ArrayLike) -> dict:
     (f1 uses the count form, equal to 2PR/(P+R) when both are defined; it is 0.0, not
     None, when there are defective images but none is predicted defective.)
     Returns a JSON-serialisable dict: tp, fp, tn, fn, n_images, n_good, n_defective
-    (ints), the rates above (float or None), ``confusion_matrix`` as
+    (ints), the rates above (float or None), ``tpr_interval`` and ``tnr_interval`` (their
+    exact 95 % confidence intervals, :func:`rate_interval`), ``confusion_matrix`` as
     {"truth_good": {"pred_good": tn, "pred_defective": fp},
      "truth_defective": {"pred_good": fn, "pred_defective": tp}},
     and ``undefined``: human-readable notes for every None.
@@ -728,6 +791,8 @@ def classification_metrics(truth: ArrayLike, pred: ArrayLike) -> dict:
         "fn": fn,
         "tpr": _opt_float(tpr),
         "tnr": _opt_float(tnr),
+        "tpr_interval": rate_interval(tp, n_defective),
+        "tnr_interval": rate_interval(tn, n_good),
         "accuracy": _opt_float(accuracy),
         "balanced_accuracy": _opt_float(balanced),
         "precision": _opt_float(precision),
@@ -799,7 +864,8 @@ def evaluate(
     Returns a JSON-serialisable dict::
 
         {"image_auroc": float|None, "pixel_auroc": float|None, "au_pro": float|None,
-         "fpr_limit": float, "n_images": int, "n_good": int, "n_defective": int,
+         "image_auroc_interval": [low, high]|None (:func:`image_auroc_interval`),
+         "confidence": its level, "fpr_limit": float, "n_images": int, "n_good": int, "n_defective": int,
          "per_defect_type": {D: {"image_auroc", "pixel_auroc", "au_pro",
                                  "n_images", "n_defective"}, ...},   # sorted by D
          "notes": [str, ...]}
@@ -848,6 +914,8 @@ def evaluate(
 
     all_idx = np.arange(n)
     result = _image_and_pixel_metrics(all_idx, labels, scores, ranking, fpr_limit, "", notes)
+    result["image_auroc_interval"] = image_auroc_interval(labels, scores)
+    result["confidence"] = CONFIDENCE
     result["fpr_limit"] = fpr_limit
     result["n_images"] = int(n)
     result["n_good"] = int(np.sum(~labels))

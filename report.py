@@ -36,6 +36,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 import data
+import metrics
 import runs
 import storage
 from utils import UserError, warn
@@ -377,6 +378,21 @@ def _link(target: Path, page_dir: Path) -> str:
     return quote(Path(rel).as_posix())
 
 
+def _interval(interval, share: bool = True) -> str:
+    """`` (95% CI 7%–65%)`` of a rate's interval (:func:`metrics.rate_interval`), `` (95% CI
+    0.819–0.951)`` of a score's (``share`` False); nothing without one."""
+    if not interval:
+        return ""
+    low, high = (f"{v:.0%}" if share else _fmt(float(v)) for v in interval)
+    return f" ({metrics.CONFIDENCE:.0%} CI {low}–{high})"
+
+
+def _counted(k: int, n: int) -> str:
+    """``k of n (share, 95 % CI …)``: a rate with how far a count of ``n`` pins it."""
+    low, high = metrics.rate_interval(k, n)
+    return f"{k} of {n} ({k / n:.0%}, {metrics.CONFIDENCE:.0%} CI {low:.0%}–{high:.0%})"
+
+
 def _fmt(value, digits=3) -> str:
     if value is None:
         return "n/a"
@@ -441,8 +457,18 @@ def _validation_summary(result: dict) -> str:
         ("minimum area", f"{result.get('min_area')} px"),
         ("held-back good images", result.get("n_images")),
         ("policy", result.get("policy")),
-        ("held-back good images passed", _fmt(result.get("validation_tnr"), 2) if "validation_tnr" in result else None),
-        ("painted copies found", _fmt(result.get("proxy_tpr"), 2) if result.get("proxy_tpr") is not None else None),
+        (
+            "held-back good images passed",
+            _fmt(result.get("validation_tnr"), 2) + _interval(result.get("validation_tnr_interval"))
+            if "validation_tnr" in result
+            else None,
+        ),
+        (
+            "painted copies found",
+            _fmt(result.get("proxy_tpr"), 2) + _interval(result.get("proxy_tpr_interval"))
+            if result.get("proxy_tpr") is not None
+            else None,
+        ),
         (
             "zero-false-alarm threshold",
             _fmt(result.get("zero_false_alarm_threshold"), 6) if "zero_false_alarm_threshold" in result else None,
@@ -471,19 +497,23 @@ def _metrics_section(result: dict, scores: dict | None, rows: list[dict]) -> str
     for key, label, meaning in METRIC_MEANINGS:
         value = (scores or {}).get(key)
         if scores is not None and key in scores:
-            body.append([e(label), f"<b>{_fmt(value)}</b>", e(meaning)])
+            spread = _interval(scores.get(f"{key}_interval"), share=False)  # the image AUROC's bootstrap
+            body.append([e(label), f"<b>{_fmt(value)}</b>{e(spread)}", e(meaning)])
     body.append(
         [
             "TPR",
             f"<b>{_fmt(result.get('tpr'))}</b>",
-            e(f"share of defective images judged defective at this threshold and minimum area: {found} of {n_def}"),
+            e(
+                "share of defective images judged defective at this threshold and minimum area: "
+                + (_counted(found, n_def) if n_def else "none")
+            ),
         ]
     )
     body.append(
         [
             "TNR",
             f"<b>{_fmt(result.get('tnr'))}</b>",
-            e(f"share of good images judged good: {passed} of {n_good}"),
+            e("share of good images judged good: " + (_counted(passed, n_good) if n_good else "none")),
         ]
     )
     notes = list(result.get("notes") or []) + list((scores or {}).get("notes") or [])
@@ -499,7 +529,7 @@ def _defect_table(rows: list[dict], scores: dict | None) -> str:
         mine = [r for r in rows if r["defect"] == t]
         flagged = sum(r["verdict"] == "defective" for r in mine)
         good = all(r["truth"] == "good" for r in mine)
-        judged = f"{flagged} of {len(mine)} ({flagged / len(mine):.0%})"
+        judged = _counted(flagged, len(mine))
         what = "false alarms" if good else "found"
         m = per.get(t) or {}
         link = f'<a href="#gallery" class="pick-defect" data-defect="{e(t)}">{e(t)}</a>'

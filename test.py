@@ -132,11 +132,15 @@ def main(argv=None):
         f"{options.describe(result['method'])}, threshold "
         f"{result['threshold']:.6f}, min area {result['min_area']} px ({result['threshold_source']})"
     )
-    print(table.rename(columns={"rate": "detection rate"}).to_string(float_format=lambda v: f"{v:.2f}"))
+    level = f"{result['confidence']:.0%}"
+    columns = {"rate": "detection rate", "low": f"{level} CI low", "high": "high"}
+    print(table.rename(columns=columns).to_string(float_format=lambda v: f"{v:.2f}"))
     fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
+    ci = lambda v: "" if v is None else f" ({level} CI {v[0]:.2f}–{v[1]:.2f})"  # noqa: E731
     print(
-        f"TPR {fmt(result['tpr'])}  TNR {fmt(result['tnr'])}  balanced accuracy {fmt(result['balanced_accuracy'])}  "
-        f"image AUROC {fmt(scores['image_auroc'])}  pixel AUROC {fmt(scores.get('pixel_auroc'))}  "
+        f"TPR {fmt(result['tpr'])}{ci(result['tpr_interval'])}  TNR {fmt(result['tnr'])}{ci(result['tnr_interval'])}  "
+        f"balanced accuracy {fmt(result['balanced_accuracy'])}  "
+        f"image AUROC {fmt(scores['image_auroc'])}{ci(scores.get('image_auroc_interval'))}  pixel AUROC {fmt(scores.get('pixel_auroc'))}  "
         f"AU-PRO(0.3) {fmt(scores.get('au_pro'))}"
     )
     for note in result["notes"] + scores.get("notes", []):

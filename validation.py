@@ -50,7 +50,9 @@ def choose_threshold(good_peaks, painted_peaks=None, false_alarms: float | None 
 
     ``false_alarms`` None: the balanced policy (needs ``painted_peaks``; without them, zero
     false alarms); else the lowest threshold flagging at most that share of the good images.
-    Returns ``(threshold, record)``: the policy, the validation TNR and the proxy TPR there.
+    Returns ``(threshold, record)``: the policy, the validation TNR and the proxy TPR there,
+    each with its exact 95 % confidence interval (:func:`metrics.rate_interval`: a handful of
+    held-back images pins the TNR only loosely, and the interval says how loosely).
     """
     good = np.sort(np.asarray(good_peaks, np.float64))
     painted = np.asarray([] if painted_peaks is None else painted_peaks, np.float64)
@@ -76,10 +78,13 @@ def choose_threshold(good_peaks, painted_peaks=None, false_alarms: float | None 
         policy = (
             f"balanced: most painted copies found with at most {MAX_FALSE_ALARMS:g} of the validation images flagged"
         )
+    passed, found = int(np.sum(good <= threshold)), int(np.sum(painted > threshold))
     return threshold, {
         "policy": policy,
-        "validation_tnr": float(np.mean(good <= threshold)),
-        "proxy_tpr": float(np.mean(painted > threshold)) if painted.size else None,
+        "validation_tnr": passed / len(good),
+        "validation_tnr_interval": metrics.rate_interval(passed, len(good)),
+        "proxy_tpr": found / painted.size if painted.size else None,
+        "proxy_tpr_interval": metrics.rate_interval(found, painted.size),
         "zero_false_alarm_threshold": float(good[-1]),
     }
 

@@ -98,8 +98,9 @@ print(f"Results on generated {klass} ({result['n_good']} good, {result['n_defect
 rates, counts = result["detection_rate_per_defect_type"], result["images_per_defect_type"]
 found = {t: round(rates[t] * counts[t]) for t in rates if t != "good"}
 good_passed = counts.get("good", 0) - round(rates.get("good", 0) * counts.get("good", 0))
-print(f"  found {sum(found.values())} of {result['n_defective']} defective images (TPR {f(result['tpr'])}), "
-      f"passed {good_passed} of {result['n_good']} good ones (TNR {f(result['tnr'])})")
+ci = lambda v: f", 95% CI {v[0]:.2f}-{v[1]:.2f}" if v else ""  # noqa: E731  (exact: how far the counts pin the rates)
+print(f"  found {sum(found.values())} of {result['n_defective']} defective images (TPR {f(result['tpr'])}{ci(result.get('tpr_interval'))}), "
+      f"passed {good_passed} of {result['n_good']} good ones (TNR {f(result['tnr'])}{ci(result.get('tnr_interval'))})")
 print("  found per defect type: " + ", ".join(f"{t} {n}/{counts[t]}" for t, n in found.items()))
 print(f"  image AUROC {g(scores['image_auroc'])}   pixel AUROC {g(scores.get('pixel_auroc'))}   "
       f"AU-PRO (FPR <= 0.3) {g(scores.get('au_pro'))}")

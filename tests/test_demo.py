@@ -64,8 +64,13 @@ def test_demo_runs_end_to_end_and_reuses_its_work(tmp_path):
     scores = json.loads(metrics_path.read_text())
     fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
     found = round(result["tpr"] * result["n_defective"])
-    assert f"found {found} of 5 defective images (TPR {result['tpr']:.2f})" in first.stdout
-    assert re.search(rf"passed \d of 3 good ones \(TNR {result['tnr']:.2f}\)", first.stdout)
+    (tpr_low, tpr_high), (tnr_low, tnr_high) = result["tpr_interval"], result["tnr_interval"]
+    assert f"found {found} of 5 defective images (TPR {result['tpr']:.2f}, 95% CI {tpr_low:.2f}-{tpr_high:.2f})" in (
+        first.stdout
+    )
+    assert re.search(
+        rf"passed \d of 3 good ones \(TNR {result['tnr']:.2f}, 95% CI {tnr_low:.2f}-{tnr_high:.2f}\)", first.stdout
+    )
     assert (
         f"image AUROC {fmt(scores['image_auroc'])}   pixel AUROC {fmt(scores['pixel_auroc'])}   "
         f"AU-PRO (FPR <= 0.3) {fmt(scores['au_pro'])}"

@@ -14,6 +14,7 @@ if str(ROOT) not in sys.path:
 
 import evaluation  # noqa: E402
 import inference  # noqa: E402
+import metrics  # noqa: E402
 import runs  # noqa: E402
 from detector import Detector  # noqa: E402
 
@@ -64,6 +65,10 @@ def test_detection_table_rates_per_defect_type_and_total(tmp_path):
     table = evaluation.detection_table(scored(tmp_path).frame)
     assert table.loc["good", "images"] == 2 and table.loc["good", "predicted_defective"] == 1
     assert table.loc["hole", "rate"] == 0.5 and table.loc["total", "rate"] == 0.5
+    # Each rate's exact interval from its own counts: 1 of 2 per type, 2 of 4 in all.
+    # 1 of 2: the exact ends solve 1 - (1 - p)^2 = 0.025 and 1 - p^2 = 0.025.
+    assert list(table.loc["hole", ["low", "high"]]) == pytest.approx([1 - 0.975**0.5, 0.975**0.5])
+    assert list(table.loc["total", ["low", "high"]]) == pytest.approx(metrics.rate_interval(2, 4))
 
 
 def test_classification_result_records_threshold_options_and_rates(tmp_path):
@@ -72,6 +77,9 @@ def test_classification_result_records_threshold_options_and_rates(tmp_path):
     assert result["threshold_source"] == "command line" and result["scales"] == 2 and result["baseline"] is True
     assert result["tpr"] == 0.5 and result["tnr"] == 0.5 and result["n_images"] == 4
     assert result["detection_rate_per_defect_type"] == {"good": 0.5, "hole": 0.5}
+    assert result["tpr_interval"] == result["tnr_interval"] == pytest.approx(metrics.rate_interval(1, 2))
+    assert result["detection_interval_per_defect_type"]["hole"] == pytest.approx(metrics.rate_interval(1, 2))
+    assert result["confidence"] == 0.95
     assert inference.MapOptions.from_record(result, "r") == inference.MapOptions(True, 2, 1)
 
 

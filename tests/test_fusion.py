@@ -12,6 +12,7 @@ from skimage.measure import label
 import detector
 import evaluation
 import inference
+import metrics
 import resmaps
 import synthetic
 import validation
@@ -67,8 +68,12 @@ def test_zero_false_alarm_policy_is_the_top_good_peak_and_a_rate_allows_that_sha
     good = [0.1, 0.4, 0.3, 0.2]
     t, rec = validation.choose_threshold(good, [0.9], false_alarms=0.0)
     assert t == 0.4 and rec["validation_tnr"] == 1.0 and rec["proxy_tpr"] == 1.0
+    assert rec["validation_tnr_interval"] == pytest.approx([0.025**0.25, 1.0])  # 4 of 4 passed: at least 0.40
+    assert rec["proxy_tpr_interval"] == pytest.approx([0.025, 1.0])  # 1 of 1 found
     t, rec = validation.choose_threshold(good, None, false_alarms=0.25)  # one image of four may be flagged
     assert t == 0.3 and rec["validation_tnr"] == 0.75
+    assert rec["validation_tnr_interval"] == pytest.approx(metrics.rate_interval(3, 4))
+    assert rec["proxy_tpr"] is None and rec["proxy_tpr_interval"] is None
     t, _ = validation.choose_threshold(good, None, None)  # no painted copies: zero false alarms
     assert t == 0.4
     with pytest.raises(ValueError, match="false-alarm rate must be in"):
@@ -329,6 +334,12 @@ def test_a_fused_map_minus_usual_maps_is_what_validate_and_test_use(tiny_run, tm
         f"usual maps subtracted: proxy objective {measured['with']['objective']:.3f} with them, "
         f"{measured['without']['objective']:.3f} without"
     ) in out
+    low, high = result["validation_tnr_interval"]
+    assert low <= result["validation_tnr"] <= high == 1.0
+    assert (
+        f"{result['validation_tnr']:.0%} (95% CI {low:.0%}–{high:.0%}) of the {result['n_images']} validation images pass"
+        in out
+    )
     ready = detector.Detector.open(run_dir, MapRequest(method="fused"))
     fusion = ready.options.fusion
     assert fusion.usual and fusion.describe().endswith("each minus its usual map")

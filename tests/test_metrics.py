@@ -1,6 +1,7 @@
 """Tests for metrics.py: hand-derived values and independent brute-force implementations."""
 
 import json
+import math
 import os
 import sys
 import warnings
@@ -278,6 +279,73 @@ def test_classification_metrics_hand_built():
     assert r["undefined"] == []
     assert json.loads(json.dumps(r)) == r
     assert all(type(r[k]) is int for k in ("tp", "fp", "tn", "fn"))
+
+
+def test_image_auroc_interval_is_the_documented_stratified_bootstrap():
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(3)
+    labels = np.r_[np.zeros(9, bool), np.ones(14, bool)]
+    scores = np.round(rng.normal(size=23) + labels, 1)  # rounded: ties between the classes
+    got = metrics.image_auroc_interval(labels, scores, resamples=300, seed=7)
+    # The same resamples, drawn as the docstring says, scored one by one by scikit-learn.
+    draw = np.random.default_rng(7)
+    pos = scores[labels][draw.integers(0, 14, (300, 14))]
+    neg = scores[~labels][draw.integers(0, 9, (300, 9))]
+    aurocs = [roc_auc_score(np.r_[np.ones(14), np.zeros(9)], np.r_[p, n]) for p, n in zip(pos, neg)]
+    assert got == pytest.approx(np.quantile(aurocs, [0.025, 0.975]))
+    assert got[0] < metrics.image_auroc(labels, scores) < got[1]
+    assert metrics.image_auroc_interval(labels, scores, resamples=300, seed=7) == got  # seeded
+    assert metrics.image_auroc_interval([0, 1, 1], [0.1, 0.5, 0.9]) == [1.0, 1.0]  # separated in every resample
+    assert metrics.image_auroc_interval([1, 1], [0.1, 0.5]) is None
+    with pytest.raises(ValueError, match="whole number of resamples"):
+        metrics.image_auroc_interval(labels, scores, resamples=0)
+
+
+def test_evaluate_reports_the_image_auroc_interval():
+    labels = np.r_[np.zeros(6, bool), np.ones(8, bool)]
+    scores = np.linspace(0, 1, 14)[::-1] * 0.3 + labels * 0.5
+    types = np.where(labels, "hole", "good")
+    result = metrics.evaluate(None, None, labels, scores, types)
+    assert result["image_auroc_interval"] == metrics.image_auroc_interval(labels, scores)
+    assert result["confidence"] == 0.95 and json.loads(json.dumps(result)) == result
+
+
+def _binomial_tail(k_from, k_to, n, p):
+    """P(k_from <= X <= k_to) for X ~ Binomial(n, p), summed by hand (independent of SciPy)."""
+    return sum(math.comb(n, k) * p**k * (1 - p) ** (n - k) for k in range(k_from, k_to + 1))
+
+
+@pytest.mark.parametrize("k, n", [(3, 10), (1, 7), (19, 20), (42, 50)])
+def test_rate_interval_is_clopper_pearson(k, n):
+    low, high = metrics.rate_interval(k, n)
+    # The exact interval's ends are where each one-sided tail holds 2.5 %.
+    assert _binomial_tail(k, n, n, low) == pytest.approx(0.025, abs=1e-6)
+    assert _binomial_tail(0, k, n, high) == pytest.approx(0.025, abs=1e-6)
+    assert low < k / n < high
+    narrow = metrics.rate_interval(k, n, level=0.8)
+    assert low < narrow[0] < k / n < narrow[1] < high
+
+
+def test_rate_interval_at_the_ends_has_closed_forms_and_refuses_impossible_counts():
+    assert metrics.rate_interval(5, 5) == pytest.approx([0.025 ** (1 / 5), 1.0])  # 0.478: 5 of 5 says little
+    assert metrics.rate_interval(0, 5) == pytest.approx([0.0, 1 - 0.025 ** (1 / 5)])
+    assert metrics.rate_interval(0, 0) is None
+    for bad, match in (((6, 5), "0 <= successes <= trials"), ((-1, 5), "0 <= successes"), ((1.5, 5), "whole counts")):
+        with pytest.raises(ValueError, match=match):
+            metrics.rate_interval(*bad)
+    with pytest.raises(ValueError, match="confidence level must be in"):
+        metrics.rate_interval(1, 5, level=1.0)
+
+
+def test_classification_metrics_carry_each_rates_interval():
+    truth = np.array([1, 1, 1, 1, 0, 0, 0, 0, 0, 0], bool)
+    pred = np.array([1, 1, 1, 0, 1, 1, 0, 0, 0, 0], bool)
+    r = metrics.classification_metrics(truth, pred)
+    assert r["tpr_interval"] == pytest.approx(metrics.rate_interval(3, 4))
+    assert r["tnr_interval"] == pytest.approx(metrics.rate_interval(4, 6))
+    r = metrics.classification_metrics([True, True], [True, False])
+    assert r["tnr_interval"] is None and r["tpr_interval"] == pytest.approx(metrics.rate_interval(1, 2))
 
 
 def test_classification_metrics_undefined():

@@ -18,6 +18,7 @@ import pandas as pd
 import pytest
 from conftest import ROOT, SIZE, cli, load_script, run_quietly
 from PIL import Image
+from scipy.stats import beta
 
 import data  # noqa: E402
 import figures  # noqa: E402
@@ -582,10 +583,22 @@ def test_labelled_stdout_table(run_dir, labelled):
     for defect in ("good", *DEFECTS):
         row = next(line for line in lines if line.split() and line.split()[0] == defect)
         sub = frame[frame["defect_type"] == defect]
-        assert row.split()[1:3] == [str(len(sub)), str(int((sub["verdict"] == "defective").sum()))]
+        flagged = int((sub["verdict"] == "defective").sum())
+        assert row.split()[1:3] == [str(len(sub)), str(flagged)]
+        # The rate's exact 95 % interval from the same counts (scipy's Beta quantiles, independently).
+        low = beta.ppf(0.025, flagged, len(sub) - flagged + 1) if flagged else 0.0
+        high = beta.ppf(0.975, flagged + 1, len(sub) - flagged) if flagged < len(sub) else 1.0
+        assert row.split()[4:6] == [f"{low:.2f}", f"{high:.2f}"]
     total = next(line for line in lines if line.split() and line.split()[0] == "total")
     assert total.split()[1:3] == ["13", str(int((frame["verdict"] == "defective").sum()))]
-    assert f"image AUROC {metrics['image_auroc']:.3f}" in out
+    low, high = metrics["image_auroc_interval"]
+    assert low <= metrics["image_auroc"] <= high
+    assert f"image AUROC {metrics['image_auroc']:.3f} (95% CI {low:.2f}–{high:.2f})" in out
+    result = json.loads((written(labelled) / "test_result.json").read_text())
+    for rate in ("tpr", "tnr"):
+        low, high = result[f"{rate}_interval"]
+        assert low <= result[rate] <= high
+        assert f"{rate.upper()} {result[rate]:.3f} (95% CI {low:.2f}–{high:.2f})" in out
     assert lines[-1] == str(out_dir)
 
 

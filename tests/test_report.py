@@ -8,6 +8,7 @@ as root on Debian).
 """
 
 import csv
+import json
 import shutil
 from html.parser import HTMLParser
 from pathlib import Path
@@ -16,6 +17,7 @@ import numpy as np
 import pytest
 from conftest import cli, load_script, run_quietly
 from PIL import Image
+from scipy.stats import beta
 
 import report  # noqa: E402
 import runs  # noqa: E402
@@ -143,6 +145,7 @@ def make_labelled(tmp_path, optional=True):
             out / "metrics.json",
             {
                 "image_auroc": 0.75,
+                "image_auroc_interval": [0.5, 0.9375],
                 "pixel_auroc": 0.9,
                 "au_pro": 0.6,
                 "smooth_sigma": 4.0,
@@ -218,6 +221,12 @@ def test_labelled_page_rows_are_the_csv_misses_and_false_alarms_first(tmp_path):
     assert "validation" in text and "0.500000" in text and f"{AREA} px" in text
     for label in ("image AUROC", "pixel AUROC", "AU-PRO", "TPR", "TNR"):
         assert label in text
+    # Each count-based rate with its exact 95 % interval (Beta quantiles: Clopper-Pearson by hand).
+    for k, n, said in ((2, 3, "good images judged good"), (2, 4, "minimum area"), (1, 2, "found")):
+        low, high = beta.ppf(0.025, k, n - k + 1), beta.ppf(0.975, k + 1, n - k)
+        assert f"{said}: {k} of {n} ({k / n:.0%}, 95% CI {low:.0%}–{high:.0%})" in text
+    assert "0.750" in text and "(95% CI 0.500–0.938)" in text  # the image AUROC with its bootstrap interval
+    assert f"false alarms: 1 of 3 (33%, 95% CI {beta.ppf(0.025, 1, 3):.0%}–{beta.ppf(0.975, 2, 2):.0%})" in text
 
     # Every image has its thumbnail and its map on the shared scale, small files in report_files/.
     sources = [img["data-src"] for img in page.images if "data-src" in img]  # set by the page when in view
@@ -355,6 +364,11 @@ def test_test_py_writes_the_report_and_ends_with_the_result_folder(tested, tmp_p
     page = read_page(folder / "report.html")
     assert len(page.rows) == len(csv_rows(folder / "classification.csv"))
     assert {"validation", "setup", "training", "curves"} <= set(page.sections)
+    validated = json.loads(next(run.glob("validation/ssim/a*/validation_result.json")).read_text())
+    low, high = validated["validation_tnr_interval"]
+    assert f"held-back good images passed {validated['validation_tnr']:.2f} (95% CI {low:.0%}–{high:.0%})" in " ".join(
+        page.text
+    )
 
     # --images predictions get their page too, and the last line stays the folder.
     images = tmp_path / "new"
