@@ -16,6 +16,8 @@ For each run, every fusable component's raw maps are computed once through the d
 - ``usual``: ``skill``'s weights, each component minus its usual map as validate.py subtracts it
   (``inference.usual_map`` on every training image, cached in the run folder); the row says
   whether the proxy chose it (``validation.choose_usual``), which makes it validate.py's default.
+- ``usual×0.5``, ``usual×0.75``: the same with only that share of each usual map subtracted
+  (a trade between the raw map's pixels and the subtracted map's images; no option of validate.py).
 
 ``--areas``: factors of validate.py's default minimum area (``settings.default_min_area``).
 Figures: image AUROC (region peaks, as test.py scores), pixel AUROC and AU-PRO (maps smoothed by
@@ -42,7 +44,8 @@ import validation  # noqa: E402
 from detector import DEFAULT_SMOOTH, Detector  # noqa: E402
 from settings import MapRequest, default_min_area  # noqa: E402
 
-RULES = ("skill", "all", "skill+median", "baseline", "usual")
+PARTIAL = {"usual×0.5": 0.5, "usual×0.75": 0.75}  # rules subtracting only this share of the usual maps
+RULES = ("skill", "all", "skill+median", "baseline", "usual", *PARTIAL)
 BASELINE_IMAGES = 80  # training images (not held back) whose usual map the ``baseline`` rule subtracts
 
 
@@ -126,13 +129,15 @@ def measure(run_dir: Path, rules, areas, cache: Path) -> list[dict]:
     parts = {c: component_maps(run_dir, c, cache) for c in names}
     base_area = default_min_area(tuple(run.shape))
     fusion, skills = validation.choose_fusion({c: (p[0], p[1]) for c, p in parts.items()}, base_area)
-    fusions = variants(fusion, [r for r in rules if r not in ("baseline", "usual")])
-    usual, chose_usual = None, None
-    if "usual" in rules:
+    fusions = variants(fusion, [r for r in rules if r in ("skill", "all", "skill+median")])
+    usual, chose_usual, scale = None, None, {}
+    if "usual" in rules or PARTIAL.keys() & set(rules):
         opened = Detector.open_maps(run_dir, MapRequest(method="fused"))
         usual = opened.usual_maps(fusion)
         chosen, measured = validation.choose_usual(fusion, {c: p[:2] for c, p in parts.items()}, usual, base_area)
-        fusions["usual"], chose_usual = dataclasses.replace(fusion, usual=True), measured["usual"]
+        chose_usual = measured["usual"]
+        for rule in [r for r in rules if r == "usual" or r in PARTIAL]:
+            fusions[rule], scale[rule] = dataclasses.replace(fusion, usual=True), PARTIAL.get(rule, 1.0)
     painted_masks = parts[names[0]][1][1]
     listed = parts[names[0]][3]
     shape = parts[names[0]][2].shape[1:]
@@ -148,7 +153,7 @@ def measure(run_dir: Path, rules, areas, cache: Path) -> list[dict]:
     rows = []
     for rule, fused in fusions.items():
         use = [f"{c} baseline" if rule == "baseline" else c for c in names]
-        minus = usual if fused.usual else None
+        minus = [None if u is None else scale[rule] * u for u in usual] if fused.usual else None
         good = fused.combine([parts[c][0] for c in use], usual=minus)
         painted = fused.combine([parts[c][1][0] for c in use], usual=minus)
         test = fused.combine([parts[c][2] for c in use], usual=minus)
