@@ -866,7 +866,7 @@ def evaluate(
         {"image_auroc": float|None, "pixel_auroc": float|None, "au_pro": float|None,
          "image_auroc_interval": [low, high]|None (:func:`image_auroc_interval`),
          "confidence": its level, "fpr_limit": float, "n_images": int, "n_good": int, "n_defective": int,
-         "per_defect_type": {D: {"image_auroc", "pixel_auroc", "au_pro",
+         "per_defect_type": {D: {"image_auroc", "image_auroc_interval", "pixel_auroc", "au_pro",
                                  "n_images", "n_defective"}, ...},   # sorted by D
          "notes": [str, ...]}
 
@@ -926,6 +926,7 @@ def evaluate(
     for dtype in sorted(set(types[~is_good_type].tolist())):
         idx = np.concatenate([good_idx, np.flatnonzero(types == dtype)])
         entry = _image_and_pixel_metrics(idx, labels, scores, ranking, fpr_limit, f"{dtype}: ", notes)
+        entry["image_auroc_interval"] = image_auroc_interval(labels[idx], scores[idx])
         entry["n_images"] = int(idx.size)
         entry["n_defective"] = int(np.sum(types == dtype))
         per_type[dtype] = entry

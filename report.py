@@ -538,7 +538,7 @@ def _defect_table(rows: list[dict], scores: dict | None) -> str:
                 link,
                 str(len(mine)),
                 f"{what}: {judged}",
-                _fmt(m.get("image_auroc")) if m else "",
+                _fmt(m.get("image_auroc")) + _interval(m.get("image_auroc_interval"), share=False) if m else "",
                 _fmt(m.get("pixel_auroc")) if m else "",
                 _fmt(m.get("au_pro")) if m else "",
             ]

@@ -305,9 +305,14 @@ def test_image_auroc_interval_is_the_documented_stratified_bootstrap():
 def test_evaluate_reports_the_image_auroc_interval():
     labels = np.r_[np.zeros(6, bool), np.ones(8, bool)]
     scores = np.linspace(0, 1, 14)[::-1] * 0.3 + labels * 0.5
-    types = np.where(labels, "hole", "good")
+    types = np.array(["good"] * 6 + ["hole", "crack"] * 4)
     result = metrics.evaluate(None, None, labels, scores, types)
     assert result["image_auroc_interval"] == metrics.image_auroc_interval(labels, scores)
+    # Per type: that type's images with every good one, as its image AUROC.
+    crack = (types == "good") | (types == "crack")
+    assert result["per_defect_type"]["crack"]["image_auroc_interval"] == metrics.image_auroc_interval(
+        labels[crack], scores[crack]
+    )
     assert result["confidence"] == 0.95 and json.loads(json.dumps(result)) == result
 
 

@@ -149,7 +149,14 @@ def make_labelled(tmp_path, optional=True):
                 "pixel_auroc": 0.9,
                 "au_pro": 0.6,
                 "smooth_sigma": 4.0,
-                "per_defect_type": {"crack": {"image_auroc": 0.8, "pixel_auroc": 0.91, "au_pro": 0.7}},
+                "per_defect_type": {
+                    "crack": {
+                        "image_auroc": 0.8,
+                        "image_auroc_interval": [0.25, 1.0],
+                        "pixel_auroc": 0.91,
+                        "au_pro": 0.7,
+                    }
+                },
                 "notes": [],
             },
         )
@@ -226,6 +233,7 @@ def test_labelled_page_rows_are_the_csv_misses_and_false_alarms_first(tmp_path):
         low, high = beta.ppf(0.025, k, n - k + 1), beta.ppf(0.975, k + 1, n - k)
         assert f"{said}: {k} of {n} ({k / n:.0%}, 95% CI {low:.0%}–{high:.0%})" in text
     assert "0.750" in text and "(95% CI 0.500–0.938)" in text  # the image AUROC with its bootstrap interval
+    assert "0.800 (95% CI 0.250–1.000)" in text  # crack's, in the defect table
     assert f"false alarms: 1 of 3 (33%, 95% CI {beta.ppf(0.025, 1, 3):.0%}–{beta.ppf(0.975, 2, 2):.0%})" in text
 
     # Every image has its thumbnail and its map on the shared scale, small files in report_files/.
