@@ -9,6 +9,7 @@ import warnings
 import numpy as np
 import pytest
 from scipy import ndimage
+from scipy.stats import binomtest
 from skimage.measure import label as sk_label
 from sklearn import metrics as sk_metrics
 
@@ -328,6 +329,8 @@ def test_rate_interval_is_clopper_pearson(k, n):
     assert _binomial_tail(k, n, n, low) == pytest.approx(0.025, abs=1e-6)
     assert _binomial_tail(0, k, n, high) == pytest.approx(0.025, abs=1e-6)
     assert low < k / n < high
+    exact = binomtest(k, n).proportion_ci(confidence_level=0.95, method="exact")  # SciPy's own
+    assert [low, high] == pytest.approx([exact.low, exact.high], abs=1e-9)
     narrow = metrics.rate_interval(k, n, level=0.8)
     assert low < narrow[0] < k / n < narrow[1] < high
 
