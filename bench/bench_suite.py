@@ -409,9 +409,11 @@ def run_category(
         result = json.loads((test_dir / "test_result.json").read_text())
         scores = json.loads((test_dir / "metrics.json").read_text())
         row.update(
-            {k: scores.get(k) for k in ("image_auroc", "pixel_auroc", "au_pro")},
+            {k: scores.get(k) for k in ("image_auroc", "pixel_auroc", "au_pro", "image_auroc_interval")},
             tpr=result.get("tpr"),
             tnr=result.get("tnr"),
+            tpr_interval=result.get("tpr_interval"),
+            tnr_interval=result.get("tnr_interval"),
             n_good=result.get("n_good"),
             n_defective=result.get("n_defective"),
             detection_rate_per_defect_type=result.get("detection_rate_per_defect_type", {}),
@@ -536,6 +538,13 @@ def _fmt(value, digits=3):
     return "–" if value is None else f"{value:.{digits}f}"
 
 
+def _with_interval(row, key):
+    """A run's figure with its 95% interval from test.py's results (rows written before test.py
+    stored intervals, and means over runs, have none)."""
+    interval = row.get(f"{key}_interval")
+    return _fmt(row.get(key)) + (f" ({interval[0]:.2f}–{interval[1]:.2f})" if interval else "")
+
+
 def format_tables(rows, header, loo=False):
     """The Markdown block for one suite run: a header, the main table and a per-defect-type table."""
     table, overall = summarize(rows)
@@ -565,7 +574,7 @@ def format_tables(rows, header, loo=False):
             r["category"],
             str(r["seed"]),
             r.get("mode") or "–",
-            *(_fmt(r.get(k)) for k in ("image_auroc", "pixel_auroc", "au_pro", "tpr", "tnr")),
+            *(_with_interval(r, k) for k in ("image_auroc", "pixel_auroc", "au_pro", "tpr", "tnr")),
             *([_fmt(r.get("proxy"))] if proxy else []),
             _fmt(r.get("training_minutes"), 1),
             _fmt(r.get("wall_minutes"), 1),
@@ -730,7 +739,8 @@ def header_for(settings: Settings, default_area: bool, argv) -> str:
     return (
         f"### Suite run {stamp}, commit {git or '?'}{' (uncommitted changes)' if dirty else ''}: {'; '.join(what)}\n\n"
         f"`{shlex.join(['bench/bench_suite.py', *argv])}` — {area}; TPR/TNR at the threshold validate.py picks "
-        f"on held-back good images; wall time per category includes data generation, training, validation and testing."
+        f"on held-back good images; in brackets, a run's 95% intervals (test.py's: bootstrap for the image AUROC, "
+        f"exact for TPR/TNR); wall time per category includes data generation, training, validation and testing."
     )
 
 

@@ -90,10 +90,16 @@ def test_quick_suite_runs_every_category_and_reports_a_failure_in_its_row(tmp_pa
     assert text.endswith("## Training throughput\n\nOther text.\n")
     table = text[block:end]
     assert "--quick smoke run on tiny data: not a quality figure" in table and "default configuration" in table
+    assert brick["image_auroc_interval"] == scores["image_auroc_interval"]
+    assert (brick["tpr_interval"], brick["tnr_interval"]) == (result["tpr_interval"], result["tnr_interval"])
+    low, high = brick["image_auroc_interval"]
+    (tpr_low, tpr_high), (tnr_low, tnr_high) = brick["tpr_interval"], brick["tnr_interval"]
     assert (
-        f"| generated/brick | 0 | {brick['mode'] or '–'} | {brick['image_auroc']:.3f} | {brick['pixel_auroc']:.3f} | {brick['au_pro']:.3f} |"
-        in table
-    )
+        f"| generated/brick | 0 | {brick['mode'] or '–'} | {brick['image_auroc']:.3f} ({low:.2f}–{high:.2f}) | "
+        f"{brick['pixel_auroc']:.3f} | {brick['au_pro']:.3f} | {brick['tpr']:.3f} ({tpr_low:.2f}–{tpr_high:.2f}) | "
+        f"{brick['tnr']:.3f} ({tnr_low:.2f}–{tnr_high:.2f}) |"
+    ) in table
+    assert "in brackets, a run's 95% intervals" in table
     assert "| generated/nosuch | 0 |" in table and "generate: make_dataset.py: error:" in table
     assert "**mean of 1 category** (1 failed, not counted)" in table
     assert "| generated/brick | 0 | hole | 1 |" in table
@@ -129,6 +135,17 @@ def test_summary_means_over_seeds_then_categories_and_skips_failures():
     text = suite.format_tables(rows, "### header")
     assert "proxy" not in text  # no validation result reported one
     assert "| c/z | 0 | – | – |" in text and "train: boom" in text
+
+
+def test_a_runs_intervals_are_printed_beside_its_figures_and_means_have_none():
+    rows = [
+        _row("a/x", 0, image_auroc=0.8, image_auroc_interval=[0.61, 0.93], tnr=0.9, tnr_interval=[0.683, 0.988]),
+        _row("a/x", 1, image_auroc=0.6, tnr=0.8),  # a row saved before test.py stored intervals
+    ]
+    text = suite.format_tables(rows, "### header")
+    assert "| a/x | 0 | – | 0.800 (0.61–0.93) | – | – | – | 0.900 (0.68–0.99) |" in text
+    assert "| a/x | 1 | – | 0.600 | – | – | – | 0.800 |" in text
+    assert "| a/x | mean of 2 | – | 0.700 | – | – | – | 0.850 |" in text
 
 
 def test_proxy_and_regime_are_read_whatever_their_shape():
