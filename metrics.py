@@ -46,6 +46,7 @@ __all__ = [
     "au_pro",
     "classification_metrics",
     "rate_interval",
+    "interval_text",
     "evaluate",
 ]
 
@@ -223,8 +224,9 @@ def image_auroc_interval(
     rows = np.arange(b)[:, None] * block
     goods = np.sort((codes[pos.size :][drawn_neg] + rows).ravel())
     queries = codes[: pos.size][drawn_pos] + rows
-    below = np.searchsorted(goods, queries, side="left") - np.arange(b)[:, None] * neg.size
-    equal = np.searchsorted(goods, queries, side="right") - np.searchsorted(goods, queries, side="left")
+    left = np.searchsorted(goods, queries, side="left")
+    below = left - np.arange(b)[:, None] * neg.size
+    equal = np.searchsorted(goods, queries, side="right") - left
     aurocs = (below + 0.5 * equal).sum(axis=1) / (pos.size * neg.size)  # Mann-Whitney: ties count 1/2
     tail = (1.0 - level) / 2.0
     return [float(np.quantile(aurocs, tail)), float(np.quantile(aurocs, 1.0 - tail))]
@@ -736,6 +738,13 @@ def rate_interval(successes: int, trials: int, level: float = CONFIDENCE) -> lis
     low = 0.0 if k == 0 else float(betaincinv(k, n - k + 1, tail))
     high = 1.0 if k == n else float(betaincinv(k + 1, n - k, 1.0 - tail))
     return [low, high]
+
+
+def interval_text(interval, digits: int = 2, share: bool = False) -> str:
+    """How an interval reads in every output: ``95% CI 0.36–0.64`` (``digits`` decimals) or,
+    with ``share``, ``95% CI 36%–64%``."""
+    low, high = (f"{v:.0%}" if share else f"{v:.{digits}f}" for v in interval)
+    return f"{CONFIDENCE:.0%} CI {low}–{high}"
 
 
 def classification_metrics(truth: ArrayLike, pred: ArrayLike) -> dict:

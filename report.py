@@ -381,16 +381,12 @@ def _link(target: Path, page_dir: Path) -> str:
 def _interval(interval, share: bool = True) -> str:
     """`` (95% CI 7%–65%)`` of a rate's interval (:func:`metrics.rate_interval`), `` (95% CI
     0.819–0.951)`` of a score's (``share`` False); nothing without one."""
-    if not interval:
-        return ""
-    low, high = (f"{v:.0%}" if share else _fmt(float(v)) for v in interval)
-    return f" ({metrics.CONFIDENCE:.0%} CI {low}–{high})"
+    return f" ({metrics.interval_text(interval, 3, share)})" if interval else ""
 
 
 def _counted(k: int, n: int) -> str:
     """``k of n (share, 95 % CI …)``: a rate with how far a count of ``n`` pins it."""
-    low, high = metrics.rate_interval(k, n)
-    return f"{k} of {n} ({k / n:.0%}, {metrics.CONFIDENCE:.0%} CI {low:.0%}–{high:.0%})"
+    return f"{k} of {n} ({k / n:.0%}, {metrics.interval_text(metrics.rate_interval(k, n), share=True)})"
 
 
 def _fmt(value, digits=3) -> str:

@@ -25,6 +25,7 @@ quiet_tensorflow()
 import detector  # noqa: E402
 import evaluation  # noqa: E402
 import inference  # noqa: E402
+import metrics  # noqa: E402
 import report  # noqa: E402
 import runs  # noqa: E402
 import sharding  # noqa: E402
@@ -136,7 +137,7 @@ def main(argv=None):
     columns = {"rate": "detection rate", "low": f"{level} CI low", "high": "high"}
     print(table.rename(columns=columns).to_string(float_format=lambda v: f"{v:.2f}"))
     fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
-    ci = lambda v: "" if v is None else f" ({level} CI {v[0]:.2f}–{v[1]:.2f})"  # noqa: E731
+    ci = lambda v: "" if v is None else f" ({metrics.interval_text(v)})"  # noqa: E731
     print(
         f"TPR {fmt(result['tpr'])}{ci(result['tpr_interval'])}  TNR {fmt(result['tnr'])}{ci(result['tnr_interval'])}  "
         f"balanced accuracy {fmt(result['balanced_accuracy'])}  "

@@ -71,7 +71,7 @@ def main(argv=None):
         raise UserError(f"--false-alarms must be a share in [0, 1), got {args.false_alarms}")
     import inference
     import validation
-    from metrics import CONFIDENCE
+    from metrics import interval_text
 
     result, out = validation.validate(args.path, args.area, MapRequest.from_args(args), args.false_alarms, args.fusion)
     options = inference.MapOptions.from_record(result, "this validation result")
@@ -89,7 +89,7 @@ def main(argv=None):
             )
     passed = result.get("validation_tnr")
     found = result.get("proxy_tpr")
-    ci = lambda v: f" ({CONFIDENCE:.0%} CI {v[0]:.0%}–{v[1]:.0%})" if v else ""  # noqa: E731
+    ci = lambda v: f" ({interval_text(v, share=True)})" if v else ""  # noqa: E731
     print(
         (f"{passed:.0%}{ci(result.get('validation_tnr_interval'))} of " if passed is not None else "")
         + f"the {result['n_images']} validation images pass (largest region at the threshold "
