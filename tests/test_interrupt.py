@@ -140,3 +140,35 @@ def test_ctrl_c_that_lands_in_a_weakref_callback_is_delivered_again(tmp_path):
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as interrupt() starts scripts
     )
     assert (done.returncode, done.stdout, done.stderr) == (130, "", "job.py: interrupted\n")
+
+
+def test_ctrl_c_ends_the_process_even_beside_a_thread_an_import_left(tmp_path):
+    """After Ctrl-C in ``main`` the process ends at once with one line and 130, without
+    Python's own shutdown: a Ctrl-C that cut TensorFlow's import short leaves native threads
+    half made, and finalising beside them aborted now and then in CI (exit -6, "Fatal Python
+    error: PyThreadState_Get"). Here the left-over thread is one shutdown would wait for (a
+    minute), and an exit handler stands for the rest of the shutdown: neither may run."""
+    script = tmp_path / "job.py"
+    script.write_text(
+        f"import sys; sys.path.insert(0, {str(ROOT)!r})\n"
+        "import utils; utils.stop_on_ctrl_c(__name__)\n"
+        "def main(argv):\n"
+        "    import atexit, os, signal, threading, time\n"
+        "    atexit.register(lambda: print('shut down', file=sys.stderr))\n"
+        "    threading.Thread(target=time.sleep, args=(60,)).start()  # not a daemon\n"
+        "    print('working', flush=True)\n"
+        "    os.kill(os.getpid(), signal.SIGINT)\n"
+        "    time.sleep(5)\n"
+        "    print('finished')\n"
+        "sys.exit(utils.run_cli(main, []))\n"
+    )
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as interrupt() starts scripts
+    )
+    assert (done.returncode, done.stdout, done.stderr) == (130, "working\n", "job.py: interrupted\n")
+    assert time.monotonic() - started < 30  # not the minute the thread would have held it
