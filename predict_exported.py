@@ -581,6 +581,8 @@ def _run_as_script() -> int:
                 raise KeyboardInterrupt from None
             raise
     except KeyboardInterrupt:
+        if ours:  # main has cleaned up; Python's shutdown beside an import cut short can abort
+            _stop()
         print("predict_exported: interrupted", file=sys.stderr, flush=True)
         return EXIT_INTERRUPTED
 

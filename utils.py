@@ -202,25 +202,16 @@ _REAL_STDERR = None  # stderr's descriptor while _QuietImport sends descriptor 2
 def _stop(signum, frame) -> None:
     """SIGINT outside ``main``: one line and exit code 130 at once, no traceback. Nothing is
     half-written: before ``main`` a script only imports, after it everything is committed."""
-    try:
-        sys.stdout.flush()
-    except Exception:  # noqa: BLE001 - interrupted inside a write, or closed: nothing more to save
-        pass
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # noqa: BLE001 - interrupted inside a write, or closed: nothing more to save
+            pass
     prog = os.path.basename(sys.argv[0]) or "cae"
     try:
         os.write(_REAL_STDERR if _REAL_STDERR is not None else 2, f"{prog}: interrupted\n".encode())
     finally:
         os._exit(EXIT_INTERRUPTED)
-
-
-def _stop_now() -> None:
-    """End the process with exit code 130 at once, the standard streams flushed first."""
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except Exception:  # noqa: BLE001 - closed or interrupted: nothing more to save
-            pass
-    os._exit(EXIT_INTERRUPTED)
 
 
 _SIGINT_SEEN = False  # set once Ctrl-C reached main (see run_cli)
@@ -317,13 +308,13 @@ def _run_main(main, argv) -> int:
         print(f"{prog}: error: {exc}", file=sys.stderr, flush=True)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr, flush=True)
         if ours:
             # main has cleaned up after itself; Python's own shutdown has not. A Ctrl-C that cut
             # TensorFlow's import short leaves its native threads half made, and finalising beside
             # them aborts now and then ("Fatal Python error: PyThreadState_Get", exit -6, about 1
             # in 60 under load). Nothing is left to save, so the process ends here.
-            _stop_now()
+            _stop(signal.SIGINT, None)
+        print(f"{prog}: interrupted", file=sys.stderr, flush=True)
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         # The reader of stdout went away (e.g. `| head -n 1`): stop quietly like other Unix
