@@ -114,30 +114,38 @@ def test_ctrl_c_at_any_moment_of_training(delay, tiny_dataset, tmp_path):
     assert left == [], left  # no temporary file or staged folder left behind
 
 
-def test_ctrl_c_that_lands_in_a_weakref_callback_is_delivered_again(tmp_path):
-    """A KeyboardInterrupt raised where Python cannot raise it (here a weakref callback, as an
-    import lock's: seen once in CI, "Exception ignored in ... Traceback") is sent again and
-    ends the script with one line and 130; without the hook the script went on to "finished"."""
+def run_job(tmp_path, main_body: str) -> subprocess.CompletedProcess:
+    """Run a script ``job.py`` whose ``main`` is ``main_body`` (indented lines), set up as the
+    repository's scripts are (``stop_on_ctrl_c``, ``run_cli``), started as interrupt() starts them."""
     script = tmp_path / "job.py"
     script.write_text(
         f"import sys; sys.path.insert(0, {str(ROOT)!r})\n"
         "import utils; utils.stop_on_ctrl_c(__name__)\n"
-        "def main(argv):\n"
+        f"def main(argv):\n{main_body}"
+        "sys.exit(utils.run_cli(main, []))\n"
+    )
+    return subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+
+
+def test_ctrl_c_that_lands_in_a_weakref_callback_is_delivered_again(tmp_path):
+    """A KeyboardInterrupt raised where Python cannot raise it (here a weakref callback, as an
+    import lock's: seen once in CI, "Exception ignored in ... Traceback") is sent again and
+    ends the script with one line and 130; without the hook the script went on to "finished"."""
+    done = run_job(
+        tmp_path,
         "    import weakref\n"
         "    class Held: pass\n"
         "    held = Held()\n"
         "    ref = weakref.ref(held, lambda _: utils._raise_interrupt(2, None))  # Ctrl-C lands in it\n"
         "    del held\n"
         "    import time; time.sleep(5)  # where it is raised again (1 ms later)\n"
-        "    print('finished')\n"
-        "sys.exit(utils.run_cli(main, []))\n"
-    )
-    done = subprocess.run(
-        [sys.executable, str(script)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as interrupt() starts scripts
+        "    print('finished')\n",
     )
     assert (done.returncode, done.stdout, done.stderr) == (130, "", "job.py: interrupted\n")
 
@@ -148,27 +156,16 @@ def test_ctrl_c_ends_the_process_even_beside_a_thread_an_import_left(tmp_path):
     half made, and finalising beside them aborted now and then in CI (exit -6, "Fatal Python
     error: PyThreadState_Get"). Here the left-over thread is one shutdown would wait for (a
     minute), and an exit handler stands for the rest of the shutdown: neither may run."""
-    script = tmp_path / "job.py"
-    script.write_text(
-        f"import sys; sys.path.insert(0, {str(ROOT)!r})\n"
-        "import utils; utils.stop_on_ctrl_c(__name__)\n"
-        "def main(argv):\n"
+    started = time.monotonic()
+    done = run_job(
+        tmp_path,
         "    import atexit, os, signal, threading, time\n"
         "    atexit.register(lambda: print('shut down', file=sys.stderr))\n"
         "    threading.Thread(target=time.sleep, args=(60,)).start()  # not a daemon\n"
         "    print('working', flush=True)\n"
         "    os.kill(os.getpid(), signal.SIGINT)\n"
         "    time.sleep(5)\n"
-        "    print('finished')\n"
-        "sys.exit(utils.run_cli(main, []))\n"
-    )
-    started = time.monotonic()
-    done = subprocess.run(
-        [sys.executable, str(script)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as interrupt() starts scripts
+        "    print('finished')\n",
     )
     assert (done.returncode, done.stdout, done.stderr) == (130, "working\n", "job.py: interrupted\n")
     assert time.monotonic() - started < 30  # not the minute the thread would have held it
