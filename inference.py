@@ -264,12 +264,12 @@ class Calibration:
     mask_threshold: float
 
 
-def _usual_residual(maps):
-    """Per-pixel :data:`BASELINE_QUANTILE` of 1-px-smoothed maps, then its maximum over
-    each pixel's neighbours within :data:`BASELINE_TOLERANCE` px."""
+def _usual_residual(maps, quantile: float = BASELINE_QUANTILE):
+    """Per-pixel ``quantile`` of 1-px-smoothed maps, then its maximum over each pixel's
+    neighbours within :data:`BASELINE_TOLERANCE` px. (Only benchmarks pass another quantile.)"""
     from scipy.ndimage import maximum_filter
 
-    usual = np.quantile(resmaps.smooth(maps, BASELINE_SIGMA), BASELINE_QUANTILE, axis=0)
+    usual = np.quantile(resmaps.smooth(maps, BASELINE_SIGMA), quantile, axis=0)
     return maximum_filter(usual, size=2 * BASELINE_TOLERANCE + 1, mode="nearest").astype(np.float32)
 
 

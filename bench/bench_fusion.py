@@ -18,6 +18,13 @@ For each run, every fusable component's raw maps are computed once through the d
   whether the proxy chose it (``validation.choose_usual``), which makes it validate.py's default.
 - ``usual×0.5``, ``usual×0.75``: the same with only that share of each usual map subtracted
   (a trade between the raw map's pixels and the subtracted map's images; no option of validate.py).
+- ``usual recentred``: ``usual``, with each component's centre and spread taken again from the
+  subtracted good maps (validate.py keeps those of the raw maps).
+- ``usual q50``: ``skill``'s weights minus a usual map that is the per-pixel median rather than
+  the upper quartile (``inference._usual_residual``), from the ``baseline`` rule's training images.
+- ``usual subset``: ``usual``, but only the components whose subset of subtracted usual maps has
+  the best proxy objective (``validation._proxy_objective``; every subset of the voting ones,
+  within ``validation.FUSION_TIE`` the largest) subtract theirs.
 
 ``--areas``: factors of validate.py's default minimum area (``settings.default_min_area``).
 Figures: image AUROC (region peaks, as test.py scores), pixel AUROC and AU-PRO (maps smoothed by
@@ -27,6 +34,7 @@ asked is whether the proxy picks the variant the test set prefers; nothing is ch
 
 import argparse
 import dataclasses
+import itertools
 import json
 import sys
 from pathlib import Path
@@ -45,7 +53,8 @@ from detector import DEFAULT_SMOOTH, Detector  # noqa: E402
 from settings import MapRequest, default_min_area  # noqa: E402
 
 PARTIAL = {"usual×0.5": 0.5, "usual×0.75": 0.75}  # rules subtracting only this share of the usual maps
-RULES = ("skill", "all", "skill+median", "baseline", "usual", *PARTIAL)
+USUAL_VARIANTS = ("usual recentred", "usual q50", "usual subset")  # other ways to subtract them
+RULES = ("skill", "all", "skill+median", "baseline", "usual", *PARTIAL, *USUAL_VARIANTS)
 BASELINE_IMAGES = 80  # training images (not held back) whose usual map the ``baseline`` rule subtracts
 
 
@@ -76,22 +85,63 @@ def component_maps(run_dir: Path, method: str, cache: Path):
     return good, painted, test, listed
 
 
+def _training_maps(run_dir: Path, method: str, cache: Path) -> np.ndarray:
+    """The component's maps of up to :data:`BASELINE_IMAGES` training images not held back (cached)."""
+    opened = Detector.open_maps(run_dir, MapRequest(method=method))
+    run = opened.run
+    key = cache / f"{run.class_dir.name}_{run.dir.name}_{method}_train.npy"
+    if not key.is_file():
+        held = {data.relative_to(p, run.class_dir) for p in run.validation_paths()}
+        train = [
+            p
+            for p in data.list_images(run.class_dir / "train" / "good")
+            if data.relative_to(p, run.class_dir) not in held
+        ]
+        train = train[:: max(1, len(train) // BASELINE_IMAGES)][:BASELINE_IMAGES]
+        np.save(key, opened.maps(train).maps)
+    return np.load(key)
+
+
 def _minus_usual(run_dir: Path, method: str, part: tuple, cache: Path) -> tuple:
     """``part`` (:func:`component_maps`) with the component's usual map on training images
     subtracted from every map."""
-    opened = Detector.open_maps(run_dir, MapRequest(method=method))
-    run = opened.run
-    held = {data.relative_to(p, run.class_dir) for p in run.validation_paths()}
-    train = [
-        p for p in data.list_images(run.class_dir / "train" / "good") if data.relative_to(p, run.class_dir) not in held
-    ]
-    train = train[:: max(1, len(train) // BASELINE_IMAGES)][:BASELINE_IMAGES]
-    key = cache / f"{run.class_dir.name}_{run.dir.name}_{method}_train.npy"
-    if not key.is_file():
-        np.save(key, opened.maps(train).maps)
-    usual = inference._usual_residual(np.load(key))
+    usual = inference._usual_residual(_training_maps(run_dir, method, cache))
     good, (painted, masks, families), test, listed = part
     return (good - usual, (painted - usual, masks, families), test - usual, listed), usual
+
+
+def usual_variant(rule: str, fusion: inference.Fusion, parts: dict, usual: list, run_dir: Path, cache: Path, area: int):
+    """``(fusion, maps subtracted, components subtracting)`` of a rule of the ``usual`` family:
+    ``fusion`` is the raw one chosen by ``skill``, ``usual`` its components' usual maps."""
+    on = dataclasses.replace(fusion, usual=True)
+    names = fusion.components
+    voting = [c for c, u in zip(names, usual) if u is not None]
+    if rule == "usual":
+        return on, usual, voting
+    if rule in PARTIAL:
+        return on, [None if u is None else PARTIAL[rule] * u for u in usual], voting
+    if rule == "usual recentred":
+        norms = [validation._normaliser(parts[c][0] - u) if u is not None else None for c, u in zip(names, usual)]
+        centres = tuple(c0 if n is None else n[0] for c0, n in zip(fusion.centres, norms))
+        spreads = tuple(s0 if n is None else n[1] for s0, n in zip(fusion.spreads, norms))
+        return dataclasses.replace(on, centres=centres, spreads=spreads), usual, voting
+    if rule == "usual q50":
+        return on, [
+            None if u is None else inference._usual_residual(_training_maps(run_dir, c, cache), 0.5)
+            for c, u in zip(names, usual)
+        ], voting
+    if rule == "usual subset":
+        components = {c: p[:2] for c, p in parts.items()}
+        tried = []
+        for k in range(len(voting) + 1):
+            for subset in itertools.combinations(voting, k):
+                minus = [u if c in subset else (None if u is None else np.zeros_like(u)) for c, u in zip(names, usual)]
+                objective = validation._proxy_objective(on, components, area, minus)["objective"]
+                tried.append((objective, len(subset), subset, minus))
+        top = max(t[0] for t in tried)
+        _, _, subset, minus = max((t for t in tried if t[0] >= top - validation.FUSION_TIE), key=lambda t: t[1])
+        return on, minus, list(subset)
+    raise ValueError(f"not a rule of the usual family: {rule!r}")
 
 
 def top_fifth(usual: np.ndarray, masks: np.ndarray) -> float | None:
@@ -130,14 +180,16 @@ def measure(run_dir: Path, rules, areas, cache: Path) -> list[dict]:
     base_area = default_min_area(tuple(run.shape))
     fusion, skills = validation.choose_fusion({c: (p[0], p[1]) for c, p in parts.items()}, base_area)
     fusions = variants(fusion, [r for r in rules if r in ("skill", "all", "skill+median")])
-    usual, chose_usual, scale = None, None, {}
-    if "usual" in rules or PARTIAL.keys() & set(rules):
-        opened = Detector.open_maps(run_dir, MapRequest(method="fused"))
-        usual = opened.usual_maps(fusion)
+    chose_usual, minus_of, subtracting = None, {}, {}
+    family = [r for r in rules if r == "usual" or r in PARTIAL or r in USUAL_VARIANTS]
+    if family:
+        usual = Detector.open_maps(run_dir, MapRequest(method="fused")).usual_maps(fusion)
         chosen, measured = validation.choose_usual(fusion, {c: p[:2] for c, p in parts.items()}, usual, base_area)
         chose_usual = measured["usual"]
-        for rule in [r for r in rules if r == "usual" or r in PARTIAL]:
-            fusions[rule], scale[rule] = dataclasses.replace(fusion, usual=True), PARTIAL.get(rule, 1.0)
+        for rule in family:
+            fusions[rule], minus_of[rule], subtracting[rule] = usual_variant(
+                rule, fusion, parts, usual, run_dir, cache, base_area
+            )
     painted_masks = parts[names[0]][1][1]
     listed = parts[names[0]][3]
     shape = parts[names[0]][2].shape[1:]
@@ -153,7 +205,7 @@ def measure(run_dir: Path, rules, areas, cache: Path) -> list[dict]:
     rows = []
     for rule, fused in fusions.items():
         use = [f"{c} baseline" if rule == "baseline" else c for c in names]
-        minus = [None if u is None else scale[rule] * u for u in usual] if fused.usual else None
+        minus = minus_of.get(rule)
         good = fused.combine([parts[c][0] for c in use], usual=minus)
         painted = fused.combine([parts[c][1][0] for c in use], usual=minus)
         test = fused.combine([parts[c][2] for c in use], usual=minus)
@@ -170,6 +222,7 @@ def measure(run_dir: Path, rules, areas, cache: Path) -> list[dict]:
                     "rule": rule,
                     "proxy_chose_usual": chose_usual,
                     "weights": dict(zip(names, fused.weights)),
+                    "subtracting_usual": subtracting.get(rule, []),
                     "area": area,
                     "area_factor": factor,
                     "proxy": figures(np.concatenate([good, painted]), proxy_labels, proxy_masks, area),
@@ -202,6 +255,8 @@ def main(argv=None) -> int:
                 if r["proxy_chose_usual"] is (r["rule"] == "usual") and r["rule"] in ("skill", "usual")
                 else ""
             )
+            if r["rule"] == "usual subset":
+                chose = f" ({' + '.join(r['subtracting_usual']) or 'none'})"
             print(
                 f"| {r['class']} | {r['rule']}{chose} | ×{r['area_factor']:g} ({r['area']} px) | {p} | {t} |",
                 flush=True,
