@@ -114,15 +114,21 @@ def test_ctrl_c_at_any_moment_of_training(delay, tiny_dataset, tmp_path):
     assert left == [], left  # no temporary file or staged folder left behind
 
 
-def run_job(tmp_path, main_body: str) -> subprocess.CompletedProcess:
+UTILS_SCRIPT = ("import utils; utils.stop_on_ctrl_c(__name__)\n", "sys.exit(utils.run_cli(main, []))\n")
+# predict_exported.py stands alone (no utils): its handler and its own wrapper around main
+PREDICT_SCRIPT = (
+    "import signal, predict_exported as pe; signal.signal(signal.SIGINT, pe._stop)\n",
+    "pe.main = main\nsys.exit(pe._run_as_script())\n",
+)
+
+
+def run_job(tmp_path, main_body: str, frame=UTILS_SCRIPT) -> subprocess.CompletedProcess:
     """Run a script ``job.py`` whose ``main`` is ``main_body`` (indented lines), set up as the
-    repository's scripts are (``stop_on_ctrl_c``, ``run_cli``), started as interrupt() starts them."""
+    repository's scripts are (``frame``: the lines before and after ``main``), started as
+    interrupt() starts them."""
     script = tmp_path / "job.py"
     script.write_text(
-        f"import sys; sys.path.insert(0, {str(ROOT)!r})\n"
-        "import utils; utils.stop_on_ctrl_c(__name__)\n"
-        f"def main(argv):\n{main_body}"
-        "sys.exit(utils.run_cli(main, []))\n"
+        f"import sys; sys.path.insert(0, {str(ROOT)!r})\n{frame[0]}def main(argv=None):\n{main_body}{frame[1]}"
     )
     return subprocess.run(
         [sys.executable, str(script)],
@@ -150,7 +156,8 @@ def test_ctrl_c_that_lands_in_a_weakref_callback_is_delivered_again(tmp_path):
     assert (done.returncode, done.stdout, done.stderr) == (130, "", "job.py: interrupted\n")
 
 
-def test_ctrl_c_ends_the_process_even_beside_a_thread_an_import_left(tmp_path):
+@pytest.mark.parametrize("frame, prog", [(UTILS_SCRIPT, "job.py"), (PREDICT_SCRIPT, "predict_exported")])
+def test_ctrl_c_ends_the_process_even_beside_a_thread_an_import_left(frame, prog, tmp_path):
     """After Ctrl-C in ``main`` the process ends at once with one line and 130, without
     Python's own shutdown: a Ctrl-C that cut TensorFlow's import short leaves native threads
     half made, and finalising beside them aborted now and then in CI (exit -6, "Fatal Python
@@ -166,6 +173,7 @@ def test_ctrl_c_ends_the_process_even_beside_a_thread_an_import_left(tmp_path):
         "    os.kill(os.getpid(), signal.SIGINT)\n"
         "    time.sleep(5)\n"
         "    print('finished')\n",
+        frame,
     )
-    assert (done.returncode, done.stdout, done.stderr) == (130, "working\n", "job.py: interrupted\n")
+    assert (done.returncode, done.stdout, done.stderr) == (130, "working\n", f"{prog}: interrupted\n")
     assert time.monotonic() - started < 30  # not the minute the thread would have held it
