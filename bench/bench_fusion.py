@@ -126,10 +126,14 @@ def usual_variant(rule: str, fusion: inference.Fusion, parts: dict, usual: list,
         spreads = tuple(s0 if n is None else n[1] for s0, n in zip(fusion.spreads, norms))
         return dataclasses.replace(on, centres=centres, spreads=spreads), usual, voting
     if rule == "usual q50":
-        return on, [
-            None if u is None else inference._usual_residual(_training_maps(run_dir, c, cache), 0.5)
-            for c, u in zip(names, usual)
-        ], voting
+        return (
+            on,
+            [
+                None if u is None else inference._usual_residual(_training_maps(run_dir, c, cache), 0.5)
+                for c, u in zip(names, usual)
+            ],
+            voting,
+        )
     if rule == "usual subset":
         components = {c: p[:2] for c, p in parts.items()}
         tried = []
