@@ -200,8 +200,9 @@ _REAL_STDERR = None  # stderr's descriptor while _QuietImport sends descriptor 2
 
 
 def _stop(signum, frame) -> None:
-    """SIGINT outside ``main``: one line and exit code 130 at once, no traceback. Nothing is
-    half-written: before ``main`` a script only imports, after it everything is committed."""
+    """SIGINT outside ``main`` (and the end of a ``main`` Ctrl-C stopped): one line and exit
+    code 130 at once, no traceback, without Python's shutdown. Nothing is half-written: before
+    ``main`` a script only imports, after it everything is committed or cleaned up."""
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
