@@ -25,6 +25,11 @@ For each run, every fusable component's raw maps are computed once through the d
 - ``usual subset``: ``usual``, but only the components whose subset of subtracted usual maps has
   the best proxy objective (``validation._proxy_objective``; every subset of the voting ones,
   within ``validation.FUSION_TIE`` the largest) subtract theirs.
+- ``usual max``: ``usual``, but the fused map is the largest of the components' terms rather
+  than their weighted sum (a hard "or").
+- ``usual after fusing``: ``skill``'s raw fused map minus its own usual map
+  (``inference._usual_residual`` of the fused maps of the ``baseline`` rule's training images),
+  negatives set to 0: the subtraction made on the common log scale instead of on each raw map.
 
 ``--areas``: factors of validate.py's default minimum area (``settings.default_min_area``).
 Figures: image AUROC (region peaks, as test.py scores), pixel AUROC and AU-PRO (maps smoothed by
@@ -54,7 +59,8 @@ from settings import MapRequest, default_min_area  # noqa: E402
 
 PARTIAL = {"usual×0.5": 0.5, "usual×0.75": 0.75}  # rules subtracting only this share of the usual maps
 USUAL_VARIANTS = ("usual recentred", "usual q50", "usual subset")  # other ways to subtract them
-RULES = ("skill", "all", "skill+median", "baseline", "usual", *PARTIAL, *USUAL_VARIANTS)
+COMBINATIONS = ("usual max", "usual after fusing")  # other ways to combine the components
+RULES = ("skill", "all", "skill+median", "baseline", "usual", *PARTIAL, *USUAL_VARIANTS, *COMBINATIONS)
 BASELINE_IMAGES = 80  # training images (not held back) whose usual map the ``baseline`` rule subtracts
 
 
@@ -116,7 +122,7 @@ def usual_variant(rule: str, fusion: inference.Fusion, parts: dict, usual: list,
     on = dataclasses.replace(fusion, usual=True)
     names = fusion.components
     voting = [c for c, u in zip(names, usual) if u is not None]
-    if rule == "usual":
+    if rule in ("usual", "usual max"):
         return on, usual, voting
     if rule in PARTIAL:
         return on, [None if u is None else PARTIAL[rule] * u for u in usual], voting
@@ -146,6 +152,21 @@ def usual_variant(rule: str, fusion: inference.Fusion, parts: dict, usual: list,
         _, _, subset, minus = max((t for t in tried if t[0] >= top - validation.FUSION_TIE), key=lambda t: t[1])
         return on, minus, list(subset)
     raise ValueError(f"not a rule of the usual family: {rule!r}")
+
+
+def combined(rule: str, fused: inference.Fusion, maps: list, minus: list | None, after: np.ndarray | None):
+    """The fused N×H×W map of a rule: :meth:`inference.Fusion.combine` but for the
+    :data:`COMBINATIONS` (``after``: the fused map's own usual map, for ``usual after fusing``)."""
+    if rule == "usual max":
+        one_hot = [
+            dataclasses.replace(fused, weights=tuple(float(j == k) for j in range(len(maps))))
+            for k, w in enumerate(fused.weights)
+            if w
+        ]
+        return np.max([f.combine(maps, usual=minus) for f in one_hot], axis=0)
+    if rule == "usual after fusing":
+        return np.maximum(fused.combine(maps) - after, 0.0)
+    return fused.combine(maps, usual=minus)
 
 
 def top_fifth(usual: np.ndarray, masks: np.ndarray) -> float | None:
@@ -185,7 +206,7 @@ def measure(run_dir: Path, rules, areas, cache: Path) -> list[dict]:
     fusion, skills = validation.choose_fusion({c: (p[0], p[1]) for c, p in parts.items()}, base_area)
     fusions = variants(fusion, [r for r in rules if r in ("skill", "all", "skill+median")])
     chose_usual, minus_of, subtracting = None, {}, {}
-    family = [r for r in rules if r == "usual" or r in PARTIAL or r in USUAL_VARIANTS]
+    family = [r for r in rules if r == "usual" or r in PARTIAL or r in USUAL_VARIANTS or r == "usual max"]
     if family:
         usual = Detector.open_maps(run_dir, MapRequest(method="fused")).usual_maps(fusion)
         chosen, measured = validation.choose_usual(fusion, {c: p[:2] for c, p in parts.items()}, usual, base_area)
@@ -194,6 +215,11 @@ def measure(run_dir: Path, rules, areas, cache: Path) -> list[dict]:
             fusions[rule], minus_of[rule], subtracting[rule] = usual_variant(
                 rule, fusion, parts, usual, run_dir, cache, base_area
             )
+    after = None
+    if "usual after fusing" in rules:
+        fusions["usual after fusing"] = fusion
+        train = [_training_maps(run_dir, c, cache) if w else None for c, w in zip(names, fusion.weights)]
+        after = inference._usual_residual(fusion.combine(train))
     painted_masks = parts[names[0]][1][1]
     listed = parts[names[0]][3]
     shape = parts[names[0]][2].shape[1:]
@@ -210,9 +236,9 @@ def measure(run_dir: Path, rules, areas, cache: Path) -> list[dict]:
     for rule, fused in fusions.items():
         use = [f"{c} baseline" if rule == "baseline" else c for c in names]
         minus = minus_of.get(rule)
-        good = fused.combine([parts[c][0] for c in use], usual=minus)
-        painted = fused.combine([parts[c][1][0] for c in use], usual=minus)
-        test = fused.combine([parts[c][2] for c in use], usual=minus)
+        good = combined(rule, fused, [parts[c][0] for c in use], minus, after)
+        painted = combined(rule, fused, [parts[c][1][0] for c in use], minus, after)
+        test = combined(rule, fused, [parts[c][2] for c in use], minus, after)
         proxy_labels = np.r_[np.zeros(len(good), int), np.ones(len(painted), int)]
         proxy_masks = np.concatenate([np.zeros(good.shape, bool), painted_masks])
         for factor in areas:
