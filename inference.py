@@ -41,11 +41,16 @@ class Inspected:
 BASELINE_SIGMA = 1.0
 BASELINE_QUANTILE = 0.75  # per pixel, over the training images; beat the mean on bottle (bench/README.md)
 BASELINE_TOLERANCE = 1  # px: the baseline is the maximum over (2t+1)² neighbours, so a 1-px shift of a rim is usual
+# The fused map's usual maps (usual_map) take their maximum over a wider square, 9×9: on the twelve
+# trainings of bench/README.md "Round 3, session 24" it lifted cookie's AU-PRO 0.014 and tire's 0.008
+# over 3×3; of 0–12 px, 4 was the pooled and left-out best and the painted copies' near-best.
+USUAL_TOLERANCE = 4  # px
 MASK_QUANTILE = 0.999  # later passes repaint where the map exceeds this quantile of the training images' maps
 MASK_SIGMA = 4.0  # px (model size): the map is smoothed before that comparison, so the mask covers whole blobs
 MASK_FEATHER = 1.5  # px: soft edge of the repainted area
 # What a result records of the baseline it subtracted and of the later passes (see refined_maps).
 _BASELINE_KIND = {"baseline_quantile": BASELINE_QUANTILE, "baseline_tolerance": BASELINE_TOLERANCE}
+_USUAL_KIND = {"baseline_quantile": BASELINE_QUANTILE, "baseline_tolerance": USUAL_TOLERANCE}  # a cached usual map's
 _PASS_KIND = {"mask_quantile": MASK_QUANTILE, "mask_sigma": MASK_SIGMA, "mask_feather": MASK_FEATHER}
 _CALIBRATION_KIND = {**_BASELINE_KIND, **_PASS_KIND}  # the settings a cached calibration was learnt with
 
@@ -73,7 +78,8 @@ class Fusion:
     ``usual``: each component's usual map on the run's training images (:func:`usual_map`,
     per pixel) is subtracted from ``M_k`` first, so places every good image finds hard (a
     rim, a turning tread) score lower than the same residual elsewhere; the centres and
-    spreads stay those of the raw maps. validate.py turns it on when the proxy says so.
+    spreads stay those of the raw maps. validate.py turns it on when the proxy says so. Its
+    record keeps :data:`USUAL_TOLERANCE`: a fusion validated with other usual maps is refused.
     """
 
     components: tuple
@@ -116,18 +122,26 @@ class Fusion:
         return {
             **{k: list(getattr(self, k)) for k in ("components", "weights", "centres", "spreads")},
             "usual": self.usual,
+            "usual_tolerance": USUAL_TOLERANCE if self.usual else None,
         }
 
     @classmethod
     def from_record(cls, record: dict) -> Fusion:
-        """A fusion stored by :meth:`record` (results older than ``usual`` subtracted none)."""
+        """A fusion stored by :meth:`record` (results older than ``usual`` subtracted none;
+        older than ``usual_tolerance``, usual maps of :data:`BASELINE_TOLERANCE` px). One whose
+        usual maps had another tolerance than today's is refused: its threshold fits other maps."""
         try:
             fields = [tuple(record[k]) for k in ("components", "weights", "centres", "spreads")]
             usual = record.get("usual", False)
+            tolerance = record.get("usual_tolerance", BASELINE_TOLERANCE)
         except (KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"a fusion record needs components, weights, centres and spreads: {exc}") from None
         if not isinstance(usual, bool):
             raise ValueError(f"a fusion record's usual must be true or false, got {usual!r}")
+        if usual and tolerance != USUAL_TOLERANCE:
+            raise ValueError(
+                f"its fused map subtracted usual maps of a {tolerance}-px tolerance, today's are {USUAL_TOLERANCE} px"
+            )
         return cls(*fields, usual=usual)
 
     def describe(self) -> str:
@@ -264,13 +278,14 @@ class Calibration:
     mask_threshold: float
 
 
-def _usual_residual(maps, quantile: float = BASELINE_QUANTILE):
+def _usual_residual(maps, quantile: float = BASELINE_QUANTILE, tolerance: int = BASELINE_TOLERANCE):
     """Per-pixel ``quantile`` of 1-px-smoothed maps, then its maximum over each pixel's
-    neighbours within :data:`BASELINE_TOLERANCE` px. (Only benchmarks pass another quantile.)"""
+    neighbours within ``tolerance`` px (:data:`BASELINE_TOLERANCE` for a method's baseline,
+    :data:`USUAL_TOLERANCE` for the fused map's usual maps). (Only benchmarks pass another quantile.)"""
     from scipy.ndimage import maximum_filter
 
     usual = np.quantile(resmaps.smooth(maps, BASELINE_SIGMA), quantile, axis=0)
-    return maximum_filter(usual, size=2 * BASELINE_TOLERANCE + 1, mode="nearest").astype(np.float32)
+    return maximum_filter(usual, size=2 * tolerance + 1, mode="nearest").astype(np.float32)
 
 
 def refined_maps(
@@ -431,14 +446,12 @@ def cached_usual(run: runs.Run, method: str, options: MapOptions) -> np.ndarray 
     """The run's cached usual map of ``method`` under ``options`` (see :func:`usual_map`) when
     it matches the model and head files and today's quantile and tolerance, else None."""
     identity = _usual_identity(run, method)
-    stored = storage.load_npz_or_none(
-        run.dir / options.cache_name("usual", method), ("usual", *identity, *_BASELINE_KIND)
-    )
+    stored = storage.load_npz_or_none(run.dir / options.cache_name("usual", method), ("usual", *identity, *_USUAL_KIND))
     if (
         stored is not None
         and all(str(stored[k]) == v for k, v in identity.items())
         and stored["usual"].shape == tuple(run.shape)
-        and all(stored[k] == v for k, v in _BASELINE_KIND.items())
+        and all(stored[k] == v for k, v in _USUAL_KIND.items())
     ):
         return stored["usual"]
     return None
@@ -461,7 +474,8 @@ def usual_map(
 ) -> np.ndarray:
     """What ``method``'s map (a fused map's component, made with ``options``) usually is at
     each pixel of the run's *training* images (:func:`usual_paths`): the H×W :func:`_usual_residual` (upper
-    quartile of the 1-px-smoothed maps, then its 3×3 maximum), as the ssim map's baseline.
+    quartile of the 1-px-smoothed maps, as the ssim map's baseline, then its maximum within
+    :data:`USUAL_TOLERANCE` px).
     The fused map subtracts it from the component when its fusion says ``usual``. Cached in
     the run folder; recomputed when the model or head file changes. Never test images."""
     cached = cached_usual(run, method, options)
@@ -478,9 +492,9 @@ def usual_map(
     chunks = inspect_stream(
         run, paths, method, batch, f"training images (usual {method} map)", options, calibrations=calibrations
     )
-    usual = _usual_residual(np.concatenate([seen.maps for seen in chunks]))
+    usual = _usual_residual(np.concatenate([seen.maps for seen in chunks]), tolerance=USUAL_TOLERANCE)
     with storage.atomic_path(run.dir / options.cache_name("usual", method)) as tmp:
-        np.savez(tmp, usual=usual, **{k: np.array(v) for k, v in identity.items()}, **_BASELINE_KIND)
+        np.savez(tmp, usual=usual, **{k: np.array(v) for k, v in identity.items()}, **_USUAL_KIND)
     return usual
 
 

@@ -1,6 +1,7 @@
 """The image score in the threshold's units, the threshold policies, the median and fused maps,
 and the proxy's defect families (issue 22, issue 23 point 3)."""
 
+import dataclasses
 import json
 import shutil
 
@@ -119,7 +120,15 @@ def test_fusion_subtracts_each_components_usual_map_before_its_centre():
     assert inference.Fusion.from_record(json.loads(json.dumps(f.record()))) == f
     with pytest.raises(ValueError, match="pass `usual`"):
         f.combine([a, b])
-    old = {k: v for k, v in f.record().items() if k != "usual"}  # a result written before usual maps
+    assert f.record()["usual_tolerance"] == 4 and inference.Fusion.from_record(f.record()) == f
+    assert dataclasses.replace(f, usual=False).record()["usual_tolerance"] is None
+    earlier = {k: v for k, v in f.record().items() if k != "usual_tolerance"}  # validated with 3×3 usual maps
+    with pytest.raises(ValueError, match="usual maps of a 1-px tolerance, today's are 4 px"):
+        inference.Fusion.from_record(earlier)
+    with pytest.raises(ValueError, match="usual maps of a 2-px tolerance"):
+        inference.Fusion.from_record({**earlier, "usual_tolerance": 2})
+    assert inference.Fusion.from_record({**earlier, "usual": False}).usual is False  # nothing subtracted: fine
+    old = {k: v for k, v in f.record().items() if k not in ("usual", "usual_tolerance")}  # before usual maps
     assert inference.Fusion.from_record(old).usual is False
     with pytest.raises(ValueError, match="usual must be true or false"):
         inference.Fusion.from_record({**old, "usual": "yes"})
@@ -287,9 +296,11 @@ def test_usual_map_is_the_upper_quartile_of_training_maps_cached_for_the_model(t
     monkeypatch.setattr(inference, "USUAL_IMAGES", 4)  # more training images than that: 4 evenly spread
     train = [train[0], train[round((len(train) - 1) / 3)], train[round(2 * (len(train) - 1) / 3)], train[-1]]
     maps = opened.component("median").maps(train).maps
-    # Independent: SciPy's Gaussian (σ 1, mirrored borders), the per-pixel upper quartile, its 3×3 maximum.
+    # Independent: SciPy's Gaussian (σ 1, mirrored borders), the per-pixel upper quartile, its 9×9
+    # maximum (4 px every way: the usual maps' tolerance, wider than the ssim baseline's 3×3).
+    assert inference.USUAL_TOLERANCE == 4 and inference.BASELINE_TOLERANCE == 1
     expected = maximum_filter(
-        np.quantile(ndimage.gaussian_filter(maps, (0, 1, 1), mode="reflect"), 0.75, axis=0), size=3, mode="nearest"
+        np.quantile(ndimage.gaussian_filter(maps, (0, 1, 1), mode="reflect"), 0.75, axis=0), size=9, mode="nearest"
     )
     np.testing.assert_allclose(opened.usual("median"), expected, atol=1e-5)
     (cache,) = run_dir.glob("usual_median*.npz")
@@ -306,13 +317,17 @@ def test_usual_map_is_the_upper_quartile_of_training_maps_cached_for_the_model(t
     fresh = detector.Detector.open_maps(run_dir, MapRequest(method="fused")).usual("median")  # another model's
     np.testing.assert_allclose(fresh, expected, atol=1e-5)
     assert str(np.load(cache)["model_sha256"]) == stored["model_sha256"]
+    assert int(np.load(cache)["baseline_tolerance"]) == 4
+    np.savez(cache, **{**stored, "baseline_tolerance": np.array(1), "usual": stored["usual"] + 1})
+    older = detector.Detector.open_maps(run_dir, MapRequest(method="fused")).usual("median")  # a 3×3 one, cached before
+    np.testing.assert_allclose(older, expected, atol=1e-5)
 
 
 def test_a_fused_map_minus_usual_maps_is_what_validate_and_test_use(tiny_run, tmp_path, monkeypatch, capsys):
-    import dataclasses
 
     from conftest import cli
 
+    import test as test_script
     import validate
     from settings import MapRequest
 
@@ -353,12 +368,19 @@ def test_a_fused_map_minus_usual_maps_is_what_validate_and_test_use(tiny_run, tm
     np.testing.assert_allclose(ready.maps(tests).maps, by_hand, atol=1e-5)
     scores = [p.score for p in ready.predict(tests)]
     np.testing.assert_allclose(scores, detector.image_scores(by_hand, ready.threshold, ready.min_area), rtol=1e-4)
+    # A result validated before the usual maps' tolerance changed has a threshold for other maps.
+    path = run_dir / "validation" / "fused" / "a4" / "validation_result.json"
+    result["fusion"]["usual_tolerance"] = 1
+    path.write_text(json.dumps(result))
+    code, out, err = cli(test_script.main, ["-p", str(run_dir), "-a", "4", "--method", "fused"], capsys)
+    assert code != 0 and "Traceback" not in err
+    assert "usual maps of a 1-px tolerance, today's are 4 px; run validate.py again" in err
+    assert not (run_dir / "test").exists()
 
 
 def test_the_network_count_includes_a_usual_map_still_to_learn(tiny_run, tmp_path):
     """What decides between the ONNX twin and Keras counts the training images a usual map
     still needs (each through the component's passes), and nothing once it is cached."""
-    import dataclasses
 
     from settings import MapRequest
 
@@ -383,7 +405,6 @@ def test_the_network_count_includes_a_usual_map_still_to_learn(tiny_run, tmp_pat
 def test_a_usual_map_that_cannot_be_learnt_again_is_refused_in_one_line(tiny_run, tmp_path, monkeypatch):
     """A run moved without its dataset and without its cached usual maps: a one-line error
     before any output, not a traceback (with the cache the run still predicts)."""
-    import dataclasses
 
     from settings import MapRequest
     from utils import UserError
