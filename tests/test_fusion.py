@@ -324,7 +324,6 @@ def test_usual_map_is_the_upper_quartile_of_training_maps_cached_for_the_model(t
 
 
 def test_a_fused_map_minus_usual_maps_is_what_validate_and_test_use(tiny_run, tmp_path, monkeypatch, capsys):
-
     from conftest import cli
 
     import test as test_script
