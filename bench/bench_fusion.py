@@ -31,6 +31,10 @@ For each run, every fusable component's raw maps are computed once through the d
   (``inference._usual_residual`` of the fused maps of the ``baseline`` rule's training images),
   negatives set to 0: the subtraction made on the common log scale instead of on each raw map.
 
+``--tolerances T [T ...]``: one more row per tolerance, ``usual ±T px``: ``usual``, but each usual
+map is ``inference._usual_residual`` of the ``baseline`` rule's training images with its
+neighbourhood maximum over ``T`` px every way (how ``inference.USUAL_TOLERANCE`` was chosen).
+
 ``--areas``: factors of validate.py's default minimum area (``settings.default_min_area``).
 Figures: image AUROC (region peaks, as test.py scores), pixel AUROC and AU-PRO (maps smoothed by
 ``detector.DEFAULT_SMOOTH``), at the model's resolution with masks resized to it. The question
@@ -70,6 +74,9 @@ def get_parser():
     p.add_argument("runs", nargs="+", type=Path, help="trained run folders with a learned head")
     p.add_argument("--rules", nargs="+", choices=RULES, default=list(RULES), help="which components vote")
     p.add_argument("--areas", nargs="+", type=float, default=[0.5, 1.0, 2.0], help="factors of the default area")
+    p.add_argument(
+        "--tolerances", nargs="*", type=int, default=[], help="usual maps' tolerances (px) to try, one row each"
+    )
     p.add_argument("--cache", type=Path, default=ROOT / "bench" / "results" / "fusion_cache", help="test maps")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "fusion.jsonl", help="rows appended")
     return p
@@ -197,8 +204,8 @@ def variants(fusion: inference.Fusion, rules) -> dict:
     return {r: dataclasses.replace(fusion, weights=tuple(k / sum(keep[r]) for k in keep[r])) for r in rules}
 
 
-def measure(run_dir: Path, rules, areas, cache: Path) -> list[dict]:
-    """One row per rule and area factor of the run at ``run_dir``."""
+def measure(run_dir: Path, rules, areas, cache: Path, tolerances=()) -> list[dict]:
+    """One row per rule (and tolerance) and area factor of the run at ``run_dir``."""
     run = Detector.open_maps(run_dir, MapRequest(method="fused")).run
     names = inference.fusion_components(run)
     parts = {c: component_maps(run_dir, c, cache) for c in names}
@@ -215,6 +222,13 @@ def measure(run_dir: Path, rules, areas, cache: Path) -> list[dict]:
             fusions[rule], minus_of[rule], subtracting[rule] = usual_variant(
                 rule, fusion, parts, usual, run_dir, cache, base_area
             )
+    for t in tolerances:
+        rule = f"usual ±{t} px"
+        fusions[rule] = dataclasses.replace(fusion, usual=True)
+        minus_of[rule] = [
+            inference._usual_residual(_training_maps(run_dir, c, cache), tolerance=t) if w else None
+            for c, w in zip(names, fusion.weights)
+        ]
     after = None
     if "usual after fusing" in rules:
         fusions["usual after fusing"] = fusion
@@ -268,7 +282,7 @@ def main(argv=None) -> int:
     print("| class | rule | area | proxy image / pixel / AU-PRO | test image / pixel / AU-PRO |\n|---|---|---|---|---|")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     for run_dir in args.runs:
-        rows = measure(run_dir, args.rules, args.areas, args.cache)
+        rows = measure(run_dir, args.rules, args.areas, args.cache, args.tolerances)
         with args.out.open("a") as out:
             out.writelines(json.dumps(r) + "\n" for r in rows)
         for c, share in rows[0]["defects_in_top_fifth_of_usual_map"].items():
