@@ -21,14 +21,16 @@ For each run, every fusable component's raw maps are computed once through the d
 - ``usual recentred``: ``usual``, with each component's centre and spread taken again from the
   subtracted good maps (validate.py keeps those of the raw maps).
 - ``usual q50``: ``skill``'s weights minus a usual map that is the per-pixel median rather than
-  the upper quartile (``inference._usual_residual``), from the ``baseline`` rule's training images.
+  the upper quartile (``inference._usual_residual``, ``inference.USUAL_TOLERANCE``), from the
+  ``baseline`` rule's training images.
 - ``usual subset``: ``usual``, but only the components whose subset of subtracted usual maps has
   the best proxy objective (``validation._proxy_objective``; every subset of the voting ones,
   within ``validation.FUSION_TIE`` the largest) subtract theirs.
 - ``usual max``: ``usual``, but the fused map is the largest of the components' terms rather
   than their weighted sum (a hard "or").
 - ``usual after fusing``: ``skill``'s raw fused map minus its own usual map
-  (``inference._usual_residual`` of the fused maps of the ``baseline`` rule's training images),
+  (``inference._usual_residual`` of the fused maps of the ``baseline`` rule's training images,
+  ``inference.USUAL_TOLERANCE``),
   negatives set to 0: the subtraction made on the common log scale instead of on each raw map.
 
 ``--tolerances T [T ...]``: one more row per tolerance, ``usual ±T px``: ``usual``, but each usual
@@ -142,7 +144,9 @@ def usual_variant(rule: str, fusion: inference.Fusion, parts: dict, usual: list,
         return (
             on,
             [
-                None if u is None else inference._usual_residual(_training_maps(run_dir, c, cache), 0.5)
+                None
+                if u is None
+                else inference._usual_residual(_training_maps(run_dir, c, cache), 0.5, inference.USUAL_TOLERANCE)
                 for c, u in zip(names, usual)
             ],
             voting,
@@ -233,7 +237,7 @@ def measure(run_dir: Path, rules, areas, cache: Path, tolerances=()) -> list[dic
     if "usual after fusing" in rules:
         fusions["usual after fusing"] = fusion
         train = [_training_maps(run_dir, c, cache) if w else None for c, w in zip(names, fusion.weights)]
-        after = inference._usual_residual(fusion.combine(train))
+        after = inference._usual_residual(fusion.combine(train), tolerance=inference.USUAL_TOLERANCE)
     painted_masks = parts[names[0]][1][1]
     listed = parts[names[0]][3]
     shape = parts[names[0]][2].shape[1:]
