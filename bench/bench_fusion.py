@@ -30,8 +30,8 @@ For each run, every fusable component's raw maps are computed once through the d
   than their weighted sum (a hard "or").
 - ``usual after fusing``: ``skill``'s raw fused map minus its own usual map
   (``inference._usual_residual`` of the fused maps of the ``baseline`` rule's training images,
-  ``inference.USUAL_TOLERANCE``),
-  negatives set to 0: the subtraction made on the common log scale instead of on each raw map.
+  ``inference.USUAL_TOLERANCE``), negatives set to 0: the subtraction made on the common log scale
+  instead of on each raw map.
 
 ``--tolerances T [T ...]``: one more row per tolerance, ``usual ±T px``: ``usual``, but each usual
 map is ``inference._usual_residual`` of the ``baseline`` rule's training images with its
@@ -217,7 +217,7 @@ def measure(run_dir: Path, rules, areas, cache: Path, tolerances=()) -> list[dic
     fusion, skills = validation.choose_fusion({c: (p[0], p[1]) for c, p in parts.items()}, base_area)
     fusions = variants(fusion, [r for r in rules if r in ("skill", "all", "skill+median")])
     chose_usual, minus_of, subtracting = None, {}, {}
-    family = [r for r in rules if r == "usual" or r in PARTIAL or r in USUAL_VARIANTS or r == "usual max"]
+    family = [r for r in rules if r in ("usual", "usual max") or r in PARTIAL or r in USUAL_VARIANTS]
     if family:
         usual = Detector.open_maps(run_dir, MapRequest(method="fused")).usual_maps(fusion)
         chosen, measured = validation.choose_usual(fusion, {c: p[:2] for c, p in parts.items()}, usual, base_area)
